@@ -1,0 +1,333 @@
+"""Load catalog files: YAML with line numbers, secret screening, typed validation, cross-checks.
+
+One bad file never hides the others: :func:`load_catalogs` returns the good catalogs and, apart, one
+:class:`CatalogError` per bad file, so that DAG files can build what is valid while the errors surface
+as an Airflow import error and in ``cloudops validate``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, get_args
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from cloudops.catalog.errors import CatalogError, CatalogIssue, did_you_mean, format_path
+from cloudops.catalog.models import Catalog, SmtpNotification, SnsNotification
+from cloudops.catalog.references import check_references, cross_catalog_duplicates
+
+CATALOG_ENV = "CLOUDOPS_CATALOG"
+# pydantic names the member of a tagged union in error locations: notifications[0].smtp.to
+_NOTIFICATION_KINDS: dict[str | int, type[BaseModel]] = {
+    "smtp": SmtpNotification,
+    "sns": SnsNotification,
+}
+YamlPath = tuple[str | int, ...]
+
+# Keys that would hold a secret: the catalog names connections, never credentials.
+_SECRET_KEY = re.compile(
+    r"(^|_)(password|passwd|pwd|secret|secret_key|secret_access_key|token|api_key|apikey|"
+    r"private_key|credentials?)($|_)",
+    re.IGNORECASE,
+)
+_SECRET_VALUES = [
+    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"), "a private key"),
+    (re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"), "an AWS access key id"),
+    (re.compile(r"^[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@"), "a URL with a password in it"),
+]
+
+
+@dataclass(frozen=True)
+class LoadedCatalog:
+    """A valid catalog and the file it came from."""
+
+    path: Path
+    catalog: Catalog
+
+
+@dataclass
+class CatalogSet:
+    """The result of loading several catalog files: the valid ones and one error per bad file."""
+
+    catalogs: list[LoadedCatalog] = field(default_factory=list)
+    errors: list[CatalogError] = field(default_factory=list)
+
+    @property
+    def issues(self) -> list[CatalogIssue]:
+        """Every issue of every bad file, in file order."""
+        return [issue for error in self.errors for issue in error.issues]
+
+
+# libyaml's parser when present: catalogs of thousands of hosts are parsed at every DAG parse.
+_YamlLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _project_root() -> Path:
+    here = Path(__file__).resolve()
+    for parent in [Path.cwd(), *here.parents]:
+        if (parent / "runbooks").is_dir() and (parent / "dags").is_dir():
+            return parent
+    return Path.cwd()
+
+
+def catalog_paths(spec: str | Sequence[str | Path] | None = None) -> list[Path]:
+    """Return the catalog files to load, sorted.
+
+    :param spec: files or directories; defaults to ``$CLOUDOPS_CATALOG`` (paths separated by
+        ``os.pathsep``) and then to the project's ``runbooks/`` directory. A directory contributes
+        its ``*.yaml`` and ``*.yml`` files (not those in subdirectories such as ``schema/``).
+    """
+    if spec is None:
+        spec = os.environ.get(CATALOG_ENV) or str(_project_root() / "runbooks")
+    entries = spec.split(os.pathsep) if isinstance(spec, str) else list(spec)
+    paths: list[Path] = []
+    for entry in entries:
+        path = Path(entry)
+        if path.is_dir():
+            paths.extend(sorted([*path.glob("*.yaml"), *path.glob("*.yml")]))
+        elif str(entry):
+            paths.append(path)
+    return paths
+
+
+def _parse(text: str, file: str) -> tuple[Any, dict[YamlPath, int], list[CatalogIssue]]:
+    """Parse YAML into plain data plus the line of every key and item, and duplicate-key issues."""
+    loader = _YamlLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        line = mark.line + 1 if mark else None
+        problem = " ".join(filter(None, [error.context, error.problem]))
+        raise CatalogError([CatalogIssue(file, line, "", f"not valid YAML: {problem}")]) from None
+    except yaml.YAMLError as error:
+        raise CatalogError([CatalogIssue(file, None, "", f"not valid YAML: {error}")]) from None
+    finally:
+        loader.dispose()
+    lines: dict[YamlPath, int] = {}
+    issues: list[CatalogIssue] = []
+    if node is not None:
+        _record_lines(node, (), lines, issues, file)
+    return data, lines, issues
+
+
+def _record_lines(
+    node: yaml.Node, path: YamlPath, lines: dict[YamlPath, int], issues: list[CatalogIssue], file: str
+) -> None:
+    """Record the line of every key and item; PyYAML keeps the last of duplicate keys, we refuse."""
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            key_path = (*path, key)
+            if key_path in lines:
+                issues.append(
+                    CatalogIssue(
+                        file,
+                        key_node.start_mark.line + 1,
+                        format_path(key_path),
+                        f"key {key!r} appears twice (first on line {lines[key_path]})",
+                    )
+                )
+                continue
+            lines[key_path] = key_node.start_mark.line + 1
+            _record_lines(value_node, key_path, lines, issues, file)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _record_lines(item, (*path, index), lines, issues, file)
+
+
+def _screen_secrets(
+    data: Any, path: YamlPath, lines: dict[YamlPath, int], file: str
+) -> list[CatalogIssue]:
+    """Refuse anything that looks like a credential: the catalog holds connection ids only."""
+    issues: list[CatalogIssue] = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if isinstance(key, str) and _SECRET_KEY.search(key) and not key.endswith("_conn_id"):
+                issues.append(
+                    CatalogIssue(
+                        file,
+                        _line_of(lines, (*path, key)),
+                        format_path((*path, key)),
+                        "secrets are not allowed in the catalog: store the credential in an Airflow "
+                        "connection and name it with a *conn_id field",
+                    )
+                )
+            else:
+                issues.extend(_screen_secrets(value, (*path, key), lines, file))
+    elif isinstance(data, list):
+        for index, item in enumerate(data):
+            issues.extend(_screen_secrets(item, (*path, index), lines, file))
+    elif isinstance(data, str):
+        for pattern, what in _SECRET_VALUES:
+            if pattern.search(data):
+                issues.append(
+                    CatalogIssue(
+                        file,
+                        _line_of(lines, path),
+                        format_path(path),
+                        f"this value looks like {what}: secrets are not allowed in the catalog; "
+                        "store it in an Airflow connection",
+                    )
+                )
+    return issues
+
+
+def _line_of(lines: dict[YamlPath, int], path: Sequence[str | int]) -> int | None:
+    """The line of ``path``, or of its nearest ancestor that has one."""
+    path = tuple(path)
+    while path:
+        if path in lines:
+            return lines[path]
+        path = path[:-1]
+    return lines.get((), None)
+
+
+def _model_at(model: type[BaseModel], path: Sequence[str | int]) -> type[BaseModel] | None:
+    """Follow ``path`` through the model's fields and return the model found there, if any."""
+    current: Any = model
+    for part in path:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        if part in _NOTIFICATION_KINDS:
+            current = _NOTIFICATION_KINDS[part]
+            continue
+        if part not in current.model_fields:
+            return None
+        current = _inner_model(current.model_fields[part].annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _inner_model(annotation: Any) -> Any:
+    """The BaseModel inside ``list[X]``, ``X | None`` or ``Annotated[...]``, if there is one."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _validation_issues(
+    error: ValidationError, lines: dict[YamlPath, int], file: str
+) -> list[CatalogIssue]:
+    """Turn pydantic's errors into issues with a line, a field path and a hint."""
+    issues: list[CatalogIssue] = []
+    for item in error.errors(include_url=False):
+        # Tagged unions add the tag to the location (notifications[0].smtp.to); drop it so the path
+        # matches the YAML and the model lookup.
+        raw_loc = list(item["loc"])
+        loc = [part for part in raw_loc if part not in _NOTIFICATION_KINDS]
+        message, hint = item["msg"], None
+        if item["type"] == "extra_forbidden":
+            owner = _model_at(Catalog, raw_loc[:-1])
+            known = list(owner.model_fields) if owner else []
+            message = f"unknown key {loc[-1]!r}"
+            hint = did_you_mean(str(loc[-1]), known)
+            if not hint and known:
+                hint = "expected one of: " + ", ".join(known)
+        elif item["type"] == "union_tag_invalid":
+            expected = re.findall(r"'([^']*)'", str(item.get("ctx", {}).get("expected_tags", "")))
+            loc = [*loc, item.get("ctx", {}).get("discriminator", "kind").strip("'")]
+            message = f"unknown kind {item.get('ctx', {}).get('tag')!r}; expected one of {', '.join(expected)}"
+            hint = did_you_mean(str(item.get("ctx", {}).get("tag")), expected)
+        elif item["type"] == "literal_error":
+            expected = re.findall(r"'([^']*)'", str(item.get("ctx", {}).get("expected", "")))
+            message = f"{message} (got {item['input']!r})"
+            hint = did_you_mean(str(item["input"]), expected)
+        elif item["type"] == "missing":
+            message = "required field is missing"
+        elif item["type"] in ("value_error", "assertion_error"):
+            message = message.removeprefix("Value error, ")
+        elif "input" in item and not isinstance(item["input"], dict | list):
+            message = f"{message} (got {item['input']!r})"
+        issues.append(CatalogIssue(file, _line_of(lines, loc), format_path(loc), message, hint))
+    return issues
+
+
+def load_catalog_file(path: str | Path) -> Catalog:
+    """Load and validate one catalog file.
+
+    :raises CatalogError: naming every problem found, each with file, line and field.
+    """
+    return _load_cached(str(path), *_file_stamp(Path(path)))[0]
+
+
+def _file_stamp(path: Path) -> tuple[float, int]:
+    try:
+        stat = path.stat()
+    except OSError:
+        return (0.0, -1)
+    return (stat.st_mtime, stat.st_size)
+
+
+@lru_cache(maxsize=64)
+def _load_cached(file: str, mtime: float, size: int) -> tuple[Catalog, dict[YamlPath, int]]:
+    """Parse a file once per content stamp: every DAG file of a parse loads the same catalogs."""
+    del mtime, size  # only part of the cache key
+    try:
+        text = Path(file).read_text(encoding="utf-8")
+    except OSError as error:
+        raise CatalogError([CatalogIssue(file, None, "", f"cannot read: {error.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise CatalogError([CatalogIssue(file, None, "", "not UTF-8 text")]) from None
+    data, lines, issues = _parse(text, file)
+    if data is None:
+        raise CatalogError([CatalogIssue(file, None, "", "the file is empty")])
+    if not isinstance(data, dict):
+        raise CatalogError([CatalogIssue(file, 1, "", "the top level must be a mapping (estate: ...)")])
+    issues.extend(_screen_secrets(data, (), lines, file))
+    try:
+        catalog = Catalog.model_validate(data)
+    except ValidationError as error:
+        # A secret-looking key is also an unknown key: say it once, as the secret it is.
+        reported = {issue.field for issue in issues}
+        issues += [i for i in _validation_issues(error, lines, file) if i.field not in reported]
+    if issues:
+        raise CatalogError(sorted(issues, key=lambda issue: issue.line or 0))
+    problems = check_references(catalog)
+    if problems:
+        raise CatalogError(
+            [CatalogIssue(file, _line_of(lines, p.path), format_path(p.path), p.message, p.hint) for p in problems]
+        )
+    return catalog, lines
+
+
+def load_catalogs(paths: Iterable[str | Path] | None = None) -> CatalogSet:
+    """Load every catalog file; a bad file is reported apart and never stops the others.
+
+    Names that become DAG ids (estates, databases, fleets) must be unique across files: the first
+    file that claims a name keeps it, and each later claim is an error of the later file.
+    """
+    result = CatalogSet()
+    claimed: dict[tuple[str, str], tuple[str, int | None]] = {}
+    for path in catalog_paths(None if paths is None else list(paths)):
+        try:
+            catalog, lines = _load_cached(str(path), *_file_stamp(path))
+        except CatalogError as error:
+            result.errors.append(error)
+            continue
+        clashes = cross_catalog_duplicates(catalog, claimed, str(path), lines)
+        if clashes:
+            result.errors.append(
+                CatalogError(
+                    [CatalogIssue(str(path), _line_of(lines, c.path), format_path(c.path), c.message) for c in clashes]
+                )
+            )
+            continue
+        result.catalogs.append(LoadedCatalog(path, catalog))
+    return result
+
+
+__all__ = ["CATALOG_ENV", "CatalogSet", "LoadedCatalog", "catalog_paths", "load_catalog_file", "load_catalogs"]

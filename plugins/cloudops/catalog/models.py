@@ -1,0 +1,359 @@
+"""Typed models of an estate: databases, backup repositories, host fleets, clouds, SLOs, notifications.
+
+The catalog holds no secrets, only Airflow connection ids. Every model forbids unknown keys so that a
+misspelt key is an error (with a "did you mean" hint) rather than a silently ignored setting.
+Cross-references between sections (a backup naming its repository, say) are checked by
+:func:`cloudops.catalog.references.check_references`, which can name the line of the reference.
+"""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from datetime import timedelta
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+_DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_DURATION_PART = re.compile(r"(\d+)([smhdw])")
+_DURATION = re.compile(r"^(?:\d+[smhdw])+$")
+_RESTIC_DURATION = re.compile(r"^(?:\d+y)?(?:\d+m)?(?:\d+d)?(?:\d+h)?$")
+
+
+def parse_duration(value: object) -> object:
+    """Turn ``90s``, ``30m``, ``24h``, ``7d``, ``2w`` or ``1d12h`` into a timedelta.
+
+    Other values pass through for pydantic to validate (a timedelta, an ISO 8601 duration, seconds).
+    """
+    if isinstance(value, str) and _DURATION.match(value.strip()):
+        parts = {_DURATION_UNITS[unit]: 0 for unit in _DURATION_UNITS}
+        for amount, unit in _DURATION_PART.findall(value.strip()):
+            parts[_DURATION_UNITS[unit]] += int(amount)
+        return timedelta(**parts)
+    return value
+
+
+def render_duration(value: timedelta) -> str:
+    """Render a timedelta the way catalog authors write it (``1d12h``)."""
+    seconds = int(value.total_seconds())
+    text = ""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        amount, seconds = divmod(seconds, size)
+        if amount:
+            text += f"{amount}{unit}"
+    return text or "0s"
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(render_duration, return_type=str),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": _DURATION.pattern,
+            "description": "A duration: digits and units s, m (minutes), h, d, w, e.g. 30m, 24h, 1d12h.",
+        }
+    ),
+]
+ResticDuration = Annotated[
+    str,
+    StringConstraints(pattern=_RESTIC_DURATION.pattern, min_length=2),
+    Field(description="restic duration: years y, months m, days d, hours h, e.g. 1y2m3d4h."),
+]
+TargetName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$"),
+    Field(description="Lower-case letters, digits and underscores; part of DAG ids."),
+]
+HostName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")]
+ConnId = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,250}$"),
+    Field(description="An Airflow connection id; the connection holds the credentials."),
+]
+Cron = Annotated[
+    str,
+    StringConstraints(min_length=1),
+    Field(description="A cron expression or an Airflow preset such as @daily."),
+]
+
+
+class CatalogModel(BaseModel):
+    """Base of every catalog model: unknown keys are errors, values are immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+def _check_cron(value: str) -> str:
+    """Refuse a schedule that is neither an Airflow preset nor a five-field cron expression."""
+    presets = {"@once", "@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@continuous"}
+    if value in presets:
+        return value
+    from croniter import croniter  # a small module: croniter is what Airflow itself uses
+
+    if len(value.split()) != 5 or not croniter.is_valid(value):
+        raise ValueError(f"{value!r} is not a five-field cron expression or an Airflow preset")
+    return value
+
+
+class Cloud(CatalogModel):
+    """A cloud account the runbooks act in."""
+
+    name: TargetName
+    provider: Literal["aws"]
+    aws_conn_id: ConnId
+    region: Annotated[str, StringConstraints(pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")]
+
+
+class Encryption(CatalogModel):
+    """Server-side encryption of backup objects."""
+
+    mode: Literal["sse-s3", "sse-kms"] = "sse-s3"
+    kms_key_id: str | None = Field(default=None, description="KMS key id or ARN, for sse-kms.")
+
+    @model_validator(mode="after")
+    def _kms_key_matches_mode(self) -> Encryption:
+        if self.mode == "sse-kms" and not self.kms_key_id:
+            raise ValueError("sse-kms needs kms_key_id")
+        if self.mode == "sse-s3" and self.kms_key_id:
+            raise ValueError("kms_key_id is only used with mode sse-kms")
+        return self
+
+
+class ObjectLock(CatalogModel):
+    """S3 Object Lock applied to every backup object."""
+
+    mode: Literal["GOVERNANCE", "COMPLIANCE"]
+    days: Annotated[int, Field(ge=1, le=36500)]
+
+
+class Repository(CatalogModel):
+    """An S3 (or S3-compatible) bucket and prefix that holds backups."""
+
+    name: TargetName
+    cloud: TargetName = Field(description="Name of the cloud account (clouds[].name) that owns it.")
+    bucket: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
+    prefix: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_./-]*$")] = "backups"
+    region: Annotated[str, StringConstraints(pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")]
+    encryption: Encryption = Encryption()
+    object_lock: ObjectLock | None = None
+
+
+class RetentionPolicy(CatalogModel):
+    """How long backups are kept, in restic's `forget` vocabulary (-1 means unlimited)."""
+
+    keep_last: Annotated[int, Field(ge=-1)] | None = None
+    keep_hourly: Annotated[int, Field(ge=-1)] | None = None
+    keep_daily: Annotated[int, Field(ge=-1)] | None = None
+    keep_weekly: Annotated[int, Field(ge=-1)] | None = None
+    keep_monthly: Annotated[int, Field(ge=-1)] | None = None
+    keep_yearly: Annotated[int, Field(ge=-1)] | None = None
+    keep_within: ResticDuration | None = None
+    keep_within_hourly: ResticDuration | None = None
+    keep_within_daily: ResticDuration | None = None
+    keep_within_weekly: ResticDuration | None = None
+    keep_within_monthly: ResticDuration | None = None
+    keep_within_yearly: ResticDuration | None = None
+    keep_tags: list[list[Annotated[str, StringConstraints(min_length=1)]]] | None = Field(
+        default=None, description="Keep backups carrying all tags of any one listed set."
+    )
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> RetentionPolicy:
+        # restic's empty policy deletes everything; here that is never what anyone meant.
+        if not any(value not in (None, 0, [], "") for value in self.__dict__.values()):
+            raise ValueError(
+                "the retention policy keeps nothing: set at least one keep_* rule (e.g. keep_daily: 7)"
+            )
+        return self
+
+
+class BackupPolicy(CatalogModel):
+    """When and how a database is backed up, where to, and for how long backups are kept."""
+
+    repository: TargetName = Field(description="Name of the repository (repositories[].name).")
+    schedule: Cron = "@daily"
+    method: Literal["logical", "physical"] = "logical"
+    compression_level: Annotated[int, Field(ge=1, le=19)] = 3
+    parallel_jobs: Annotated[int, Field(ge=1, le=32)] = 1
+    deadline: Duration = Field(
+        default=timedelta(hours=2), description="Alert when the backup has not finished by then."
+    )
+    retention: RetentionPolicy
+    max_delete_share: Annotated[float, Field(gt=0, le=1)] = Field(
+        default=0.5, description="Largest share of backups one retention run may delete."
+    )
+
+    _check_schedule = field_validator("schedule")(_check_cron)
+
+
+class DrillPolicy(CatalogModel):
+    """Restore drills: when they run and where the scratch restore goes."""
+
+    schedule: str = Field(
+        default="on_backup", description="'on_backup' (after each backup) or a cron expression."
+    )
+    scratch_conn_id: ConnId | None = Field(
+        default=None, description="Instance that receives scratch restores; defaults to conn_id."
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        return value if value == "on_backup" else _check_cron(value)
+
+
+class Database(CatalogModel):
+    """A database the estate runs: how to reach it, its role, and its backup and drill policies."""
+
+    name: TargetName
+    engine: Literal["postgres", "mariadb"]
+    conn_id: ConnId
+    role: Literal["primary", "replica"] = "primary"
+    cluster: TargetName | None = Field(
+        default=None, description="Replication cluster shared by a primary and its replicas."
+    )
+    database: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_$-]{1,63}$")]
+    rds_instance_id: str | None = Field(default=None, description="Set when the database is on RDS.")
+    rpo: Duration | None = None
+    rto: Duration | None = None
+    max_replication_lag: Duration = Field(
+        default=timedelta(minutes=5), description="A replica further behind than this is unhealthy."
+    )
+    allow_restore_over: bool = Field(
+        default=False, description="Allow on-demand restores over this database (never by default)."
+    )
+    backup: BackupPolicy | None = None
+    drill: DrillPolicy | None = None
+
+
+class Host(CatalogModel):
+    """One host of a fleet, reached over SSH with a verified host key."""
+
+    name: HostName
+    ssh_conn_id: ConnId
+    groups: list[TargetName] = Field(default_factory=list)
+    ebs_volume_ids: list[Annotated[str, StringConstraints(pattern=r"^vol-[0-9a-f]+$")]] = Field(
+        default_factory=list
+    )
+
+
+class Fleet(CatalogModel):
+    """A set of hosts patched and checked together."""
+
+    name: TargetName
+    os_family: Literal["debian", "ubuntu", "rhel", "amazon_linux"]
+    hosts: Annotated[list[Host], Field(min_length=1)]
+    disk_used_max_percent: Annotated[int, Field(ge=1, le=100)] = 90
+
+
+class Slo(CatalogModel):
+    """A service level objective reported monthly."""
+
+    name: TargetName
+    database: TargetName | None = None
+    objective: Literal["availability", "backup_success", "restore_drill_success"]
+    target_percent: Annotated[float, Field(gt=0, le=100)]
+    window: Duration = timedelta(days=30)
+
+
+class SmtpNotification(CatalogModel):
+    """E-mail through an SMTP connection."""
+
+    name: TargetName
+    kind: Literal["smtp"]
+    smtp_conn_id: ConnId
+    to: Annotated[
+        list[Annotated[str, StringConstraints(pattern=r"^[^@\s]+@[^@\s]+$")]], Field(min_length=1)
+    ]
+
+
+class SnsNotification(CatalogModel):
+    """A message on an SNS topic."""
+
+    name: TargetName
+    kind: Literal["sns"]
+    aws_conn_id: ConnId
+    topic_arn: Annotated[str, StringConstraints(pattern=r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:\S+$")]
+
+
+Notification = Annotated[SmtpNotification | SnsNotification, Field(discriminator="kind")]
+
+
+class Catalog(CatalogModel):
+    """One estate (a customer or an environment): everything its runbooks act on."""
+
+    estate: TargetName
+    description: str = ""
+    owner: Annotated[str, StringConstraints(min_length=1)] = Field(
+        description="Who is on call for this estate; the owner of its DAGs."
+    )
+    timezone: str = "UTC"
+    clouds: list[Cloud] = Field(default_factory=list)
+    repositories: list[Repository] = Field(default_factory=list)
+    databases: list[Database] = Field(default_factory=list)
+    fleets: list[Fleet] = Field(default_factory=list)
+    slos: list[Slo] = Field(default_factory=list)
+    notifications: list[Notification] = Field(default_factory=list)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Europe/Paris)")
+        return value
+
+    def database(self, name: str) -> Database:
+        """Return the database called ``name``; raise KeyError naming the estate otherwise."""
+        for database in self.databases:
+            if database.name == name:
+                return database
+        raise KeyError(f"no database {name!r} in estate {self.estate!r}")
+
+    def repository(self, name: str) -> Repository:
+        """Return the repository called ``name``; raise KeyError naming the estate otherwise."""
+        for repository in self.repositories:
+            if repository.name == name:
+                return repository
+        raise KeyError(f"no repository {name!r} in estate {self.estate!r}")
+
+    @property
+    def hosts(self) -> list[tuple[Fleet, Host]]:
+        """Every host of every fleet, with its fleet."""
+        return [(fleet, host) for fleet in self.fleets for host in fleet.hosts]
+
+
+__all__ = [
+    "BackupPolicy",
+    "Catalog",
+    "Cloud",
+    "Database",
+    "DrillPolicy",
+    "Duration",
+    "Encryption",
+    "Fleet",
+    "Host",
+    "Notification",
+    "ObjectLock",
+    "Repository",
+    "RetentionPolicy",
+    "Slo",
+    "SmtpNotification",
+    "SnsNotification",
+    "parse_duration",
+    "render_duration",
+]

@@ -1,0 +1,133 @@
+"""Cross-checks between catalog sections and across catalog files: names exist and are unique."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cloudops.catalog.errors import did_you_mean
+from cloudops.catalog.models import Catalog
+
+Path = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class ReferenceProblem:
+    """A broken or duplicated name, at ``path`` in the catalog."""
+
+    path: Path
+    message: str
+    hint: str | None = None
+
+
+def _duplicates(section: str, names: list[str]) -> list[ReferenceProblem]:
+    counts = Counter(names)
+    seen: set[str] = set()
+    problems = []
+    for index, name in enumerate(names):
+        if counts[name] > 1 and name in seen:
+            first = names.index(name)
+            problems.append(
+                ReferenceProblem(
+                    (section, index, "name"),
+                    f"duplicate name {name!r} (already used by {section}[{first}])",
+                )
+            )
+        seen.add(name)
+    return problems
+
+
+def _missing(path: Path, kind: str, name: str, known: Iterable[str]) -> ReferenceProblem:
+    known = sorted(known)
+    hint = did_you_mean(name, known) or (
+        f"known {kind}: {', '.join(known)}" if known else f"the catalog defines no {kind}"
+    )
+    return ReferenceProblem(path, f"unknown {kind[:-1] if kind.endswith('s') else kind} {name!r}", hint)
+
+
+def check_references(catalog: Catalog) -> list[ReferenceProblem]:
+    """Check that every name used is defined once and that clusters have one primary."""
+    problems: list[ReferenceProblem] = []
+    for section in ("clouds", "repositories", "databases", "fleets", "slos", "notifications"):
+        problems += _duplicates(section, [item.name for item in getattr(catalog, section)])
+    host_names = [host.name for _, host in catalog.hosts]
+    for index, (fleet, host) in enumerate(catalog.hosts):
+        if host_names.index(host.name) != index:
+            at = fleet.hosts.index(host)
+            problems.append(
+                ReferenceProblem(
+                    ("fleets", catalog.fleets.index(fleet), "hosts", at, "name"),
+                    f"duplicate host name {host.name!r}: host names are unique across fleets",
+                )
+            )
+
+    clouds = {cloud.name for cloud in catalog.clouds}
+    for index, repository in enumerate(catalog.repositories):
+        if repository.cloud not in clouds:
+            problems.append(_missing(("repositories", index, "cloud"), "clouds", repository.cloud, clouds))
+
+    repositories = {repository.name for repository in catalog.repositories}
+    databases = {database.name for database in catalog.databases}
+    for index, database in enumerate(catalog.databases):
+        if database.backup and database.backup.repository not in repositories:
+            problems.append(
+                _missing(
+                    ("databases", index, "backup", "repository"),
+                    "repositories",
+                    database.backup.repository,
+                    repositories,
+                )
+            )
+        if database.role == "replica" and not database.cluster:
+            problems.append(
+                ReferenceProblem(
+                    ("databases", index, "role"),
+                    "a replica needs a cluster: name the cluster it shares with its primary",
+                )
+            )
+    for index, slo in enumerate(catalog.slos):
+        if slo.database and slo.database not in databases:
+            problems.append(_missing(("slos", index, "database"), "databases", slo.database, databases))
+
+    primaries = Counter(d.cluster for d in catalog.databases if d.cluster and d.role == "primary")
+    for index, database in enumerate(catalog.databases):
+        if database.cluster and primaries[database.cluster] != 1:
+            count = primaries[database.cluster]
+            problems.append(
+                ReferenceProblem(
+                    ("databases", index, "cluster"),
+                    f"cluster {database.cluster!r} has {count} primaries; it needs exactly one",
+                )
+            )
+    return problems
+
+
+def cross_catalog_duplicates(
+    catalog: Catalog,
+    claimed: dict[tuple[str, str], tuple[str, int | None]],
+    file: str,
+    lines: dict[Path, int],
+) -> list[ReferenceProblem]:
+    """Claim this catalog's DAG-id names in ``claimed``; report names another file claimed first.
+
+    A catalog with a clash claims nothing, so that its DAGs are not built at all.
+    """
+    wanted: list[tuple[tuple[str, str], Path]] = [(("estate", catalog.estate), ("estate",))]
+    wanted += [(("database", d.name), ("databases", i, "name")) for i, d in enumerate(catalog.databases)]
+    wanted += [(("fleet", f.name), ("fleets", i, "name")) for i, f in enumerate(catalog.fleets)]
+    problems = []
+    for key, path in wanted:
+        if key in claimed:
+            other_file, other_line = claimed[key]
+            where = f"{other_file}:{other_line}" if other_line else other_file
+            problems.append(
+                ReferenceProblem(path, f"{key[0]} name {key[1]!r} is already defined in {where}")
+            )
+    if not problems:
+        for key, path in wanted:
+            claimed[key] = (file, lines.get(path))
+    return problems
+
+
+__all__ = ["ReferenceProblem", "check_references", "cross_catalog_duplicates"]

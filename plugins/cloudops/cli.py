@@ -1,0 +1,106 @@
+"""The `cloudops` command: validate catalogs, run the local sandbox, and act when Airflow is down.
+
+Exit codes: 0 success, 1 the action failed, 2 invalid input (a bad catalog, a bad argument).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cloudops.errors import CloudOpsError
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+
+def _validate(args: argparse.Namespace) -> int:
+    """Validate catalog files; print every issue with file, line and field."""
+    from cloudops.catalog import load_catalogs
+
+    result = load_catalogs(args.paths or None)
+    for issue in result.issues:
+        print(issue, file=sys.stderr)
+    for loaded in result.catalogs:
+        catalog = loaded.catalog
+        print(
+            f"ok {loaded.path}: estate {catalog.estate!r}, {len(catalog.databases)} databases, "
+            f"{len(catalog.fleets)} fleets, {len(catalog.hosts)} hosts"
+        )
+    if not result.catalogs and not result.errors:
+        print("no catalog files found", file=sys.stderr)
+        return EXIT_INVALID
+    return EXIT_INVALID if result.errors else EXIT_OK
+
+
+def _schema(args: argparse.Namespace) -> int:
+    """Write the catalog's JSON Schema, or check that the written one is current."""
+    from cloudops.catalog.schema import catalog_schema_text
+
+    text = catalog_schema_text()
+    target = Path(args.output)
+    if args.check:
+        if not target.exists() or target.read_text(encoding="utf-8") != text:
+            print(f"{target} is out of date: run `cloudops schema --output {target}`", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"{target} is current")
+        return EXIT_OK
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text, encoding="utf-8")
+    print(f"wrote {target}")
+    return EXIT_OK
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    """Start, stop or show the local sandbox estate."""
+    from cloudops.sandbox import estate
+
+    if args.action == "up":
+        estate.up()
+    elif args.action == "down":
+        estate.down()
+    rows = estate.status()
+    print(estate.format_status(rows))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="cloudops", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    validate = commands.add_parser("validate", help="validate catalog files (exit 2 when invalid)")
+    validate.add_argument(
+        "paths", nargs="*", help="files or directories (default: $CLOUDOPS_CATALOG or runbooks/)"
+    )
+    validate.set_defaults(handler=_validate)
+
+    schema = commands.add_parser("schema", help="write the catalog JSON Schema")
+    schema.add_argument("--output", default="runbooks/schema/catalog.schema.json")
+    schema.add_argument("--check", action="store_true", help="fail when the file is out of date")
+    schema.set_defaults(handler=_schema)
+
+    sandbox = commands.add_parser("sandbox", help="the local sandbox estate")
+    sandbox.add_argument("action", choices=["up", "down", "status"])
+    sandbox.set_defaults(handler=_sandbox)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; errors of ours print one clear message instead of a traceback."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except CloudOpsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["build_parser", "main"]

@@ -1,0 +1,73 @@
+"""What every runbook DAG shares: catalog loading, default arguments, tags, docs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from cloudops.catalog import CatalogSet, LoadedCatalog, load_catalogs
+
+if TYPE_CHECKING:
+    from airflow.sdk import DAG
+
+log = logging.getLogger(__name__)
+
+# Runbooks never backfill: a missed health check or backup is run now, not replayed for the past.
+RUNBOOK_EPOCH = (2026, 1, 1)
+
+
+def default_args(
+    owner: str,
+    *,
+    retries: int = 2,
+    retry_delay: timedelta = timedelta(minutes=1),
+    execution_timeout: timedelta = timedelta(minutes=30),
+) -> dict[str, Any]:
+    """Task defaults: retries with exponential backoff (1, 2, 4 … minutes, at most 15) and a timeout."""
+    return {
+        "owner": owner,
+        "retries": retries,
+        "retry_delay": retry_delay,
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=15),
+        "execution_timeout": execution_timeout,
+    }
+
+
+def start_date(timezone: str) -> datetime:
+    """The runbooks' start date, in the estate's time zone so that cron schedules are local."""
+    import pendulum
+
+    return pendulum.datetime(*RUNBOOK_EPOCH, tz=timezone)
+
+
+def tags(kind: str, loaded: LoadedCatalog, *extra: str) -> list[str]:
+    """Tags that let the UI filter by platform, runbook kind and estate."""
+    return ["cloudops", kind, f"estate:{loaded.catalog.estate}", *extra]
+
+
+def runbook_doc(text: str | None, *sections: str) -> str:
+    """The DAG's ``doc_md``: the runbook text, then sections about this DAG's targets."""
+    body = (text or "").strip()
+    return "\n\n".join([body, *(section.strip() for section in sections if section)])
+
+
+def log_catalog_errors(result: CatalogSet) -> None:
+    """Log bad catalog files; the ``catalog_errors`` DAG file raises them as an import error."""
+    for error in result.errors:
+        log.error("catalog file skipped, its runbooks are not built:\n%s", error)
+
+
+def build_dags(builder: Callable[[LoadedCatalog], Iterable[DAG]]) -> dict[str, DAG]:
+    """Build the DAGs of every valid catalog file with ``builder``; bad files are skipped and logged.
+
+    :return: DAGs by dag_id, to be merged into the DAG module's globals.
+    """
+    result = load_catalogs()
+    log_catalog_errors(result)
+    return {dag.dag_id: dag for loaded in result.catalogs for dag in builder(loaded)}
+
+
+__all__ = ["build_dags", "default_args", "log_catalog_errors", "runbook_doc", "start_date", "tags"]
