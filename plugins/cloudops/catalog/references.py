@@ -38,12 +38,13 @@ def _duplicates(section: str, names: list[str]) -> list[ReferenceProblem]:
     return problems
 
 
-def _missing(path: Path, kind: str, name: str, known: Iterable[str]) -> ReferenceProblem:
-    known = sorted(known)
-    hint = did_you_mean(name, known) or (
-        f"known {kind}: {', '.join(known)}" if known else f"the catalog defines no {kind}"
+def _missing(path: Path, section: str, what: str, name: str, known: Iterable[str]) -> ReferenceProblem:
+    """An unknown name used at ``path``: ``what`` is one item of ``section`` (a repository)."""
+    names = sorted(known)
+    hint = did_you_mean(name, names) or (
+        f"{section} defines: {', '.join(names)}" if names else f"the catalog defines no {section}"
     )
-    return ReferenceProblem(path, f"unknown {kind[:-1] if kind.endswith('s') else kind} {name!r}", hint)
+    return ReferenceProblem(path, f"unknown {what} {name!r}", hint)
 
 
 def check_references(catalog: Catalog) -> list[ReferenceProblem]:
@@ -65,7 +66,7 @@ def check_references(catalog: Catalog) -> list[ReferenceProblem]:
     clouds = {cloud.name for cloud in catalog.clouds}
     for index, repository in enumerate(catalog.repositories):
         if repository.cloud not in clouds:
-            problems.append(_missing(("repositories", index, "cloud"), "clouds", repository.cloud, clouds))
+            problems.append(_missing(("repositories", index, "cloud"), "clouds", "cloud", repository.cloud, clouds))
 
     repositories = {repository.name for repository in catalog.repositories}
     databases = {database.name for database in catalog.databases}
@@ -75,6 +76,7 @@ def check_references(catalog: Catalog) -> list[ReferenceProblem]:
                 _missing(
                     ("databases", index, "backup", "repository"),
                     "repositories",
+                    "repository",
                     database.backup.repository,
                     repositories,
                 )
@@ -88,7 +90,7 @@ def check_references(catalog: Catalog) -> list[ReferenceProblem]:
             )
     for index, slo in enumerate(catalog.slos):
         if slo.database and slo.database not in databases:
-            problems.append(_missing(("slos", index, "database"), "databases", slo.database, databases))
+            problems.append(_missing(("slos", index, "database"), "databases", "database", slo.database, databases))
 
     primaries = Counter(d.cluster for d in catalog.databases if d.cluster and d.role == "primary")
     for index, database in enumerate(catalog.databases):

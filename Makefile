@@ -1,0 +1,91 @@
+# CloudOps Runbooks: `make demo` and `make test` do every set-up step they need on a fresh machine.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+ROOT := $(CURDIR)
+VENV := $(ROOT)/.venv
+BIN := $(VENV)/bin
+UV := python3 -m uv
+export CLOUDOPS_SANDBOX_DIR ?= $(ROOT)/.sandbox
+export CLOUDOPS_CATALOG ?= $(ROOT)/runbooks
+export AIRFLOW_HOME ?= $(CLOUDOPS_SANDBOX_DIR)/airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(ROOT)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(ROOT)/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__EXECUTOR := LocalExecutor
+export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS := admin:admin
+export PATH := $(BIN):$(PATH)
+ENV_FILE := $(CLOUDOPS_SANDBOX_DIR)/airflow.env
+# Every command that talks to the sandbox reads its connections from the environment file.
+WITH_SANDBOX_ENV := set -a; . "$(ENV_FILE)"; set +a;
+
+# Debian packages the sandbox runs (servers, sshd) and the runbooks call (dump tools, zstd).
+DEBIAN_PACKAGES := postgresql postgresql-client mariadb-server mariadb-client openssh-server openssh-client zstd pgbackrest
+REQUIRED_BINARIES := /usr/lib/postgresql/15/bin/initdb /usr/sbin/mariadbd /usr/sbin/sshd /usr/bin/zstd /usr/bin/pg_dump /usr/bin/mariadb-dump
+
+.PHONY: help setup system-packages venv lock sandbox sandbox-down airflow-db demo test test-unit lint schema up down bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
+
+setup: system-packages venv  ## install Debian packages and the Python environment
+
+system-packages:  ## install the Debian packages the sandbox needs, if any is missing
+	@missing=""; for b in $(REQUIRED_BINARIES); do [ -x "$$b" ] || missing="$$missing $$b"; done; \
+	if [ -z "$$missing" ]; then echo "system packages: present"; exit 0; fi; \
+	echo "system packages: missing$$missing; installing: $(DEBIAN_PACKAGES)"; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO=sudo; \
+	else echo "run as root or install: apt-get install $(DEBIAN_PACKAGES)" >&2; exit 1; fi; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES) >/dev/null
+
+venv: $(VENV)/.installed  ## create .venv with uv from requirements.lock
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	@[ -x $(BIN)/python ] || $(UV) venv --quiet --python 3.11 $(VENV)
+	$(UV) pip install --quiet --python $(BIN)/python -r requirements.lock
+	$(UV) pip install --quiet --python $(BIN)/python --no-deps -e .
+	@touch $@
+
+lock:  ## re-resolve requirements.lock from pyproject.toml
+	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+
+sandbox: setup  ## start the local sandbox estate (idempotent)
+	$(BIN)/cloudops sandbox up
+
+sandbox-down:  ## stop what the sandbox started
+	$(BIN)/cloudops sandbox down
+
+airflow-db: sandbox  ## create or upgrade the Airflow metadata database of the sandbox
+	@mkdir -p "$(AIRFLOW_HOME)"
+	@$(WITH_SANDBOX_ENV) airflow db migrate >"$(AIRFLOW_HOME)/db-migrate.log" 2>&1 || { tail -20 "$(AIRFLOW_HOME)/db-migrate.log"; exit 1; }
+	@echo "airflow metadata database ready in $(AIRFLOW_HOME)"
+
+demo: airflow-db  ## run every runbook once on the sandbox and print a summary table
+	@$(WITH_SANDBOX_ENV) $(BIN)/python -m cloudops.sandbox.demo
+
+test: sandbox  ## run every test layer: unit, dags, integration, e2e
+	@$(WITH_SANDBOX_ENV) $(BIN)/python -m pytest -m "unit or dags or integration or e2e" $(PYTEST_ARGS)
+
+test-unit: venv  ## only the tests that need no service
+	$(BIN)/python -m pytest -m "unit or dags" $(PYTEST_ARGS)
+
+lint: venv  ## ruff and mypy
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
+
+schema: venv  ## regenerate runbooks/schema/ from the catalog models
+	$(BIN)/cloudops schema --output runbooks/schema/catalog.schema.json
+
+up: airflow-db  ## run Airflow (standalone) against the sandbox: http://localhost:8080, admin / admin
+	@echo '{"admin": "admin"}' > "$(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated"
+	@echo "Airflow UI: http://localhost:8080  login: admin  password: admin  (Ctrl-C stops it)"
+	@$(WITH_SANDBOX_ENV) exec airflow standalone
+
+down: sandbox-down  ## stop the sandbox (Airflow standalone stops with Ctrl-C)
+
+bench: sandbox  ## run the benchmarks in tests/benchmarks (by hand; they assert nothing)
+	@$(WITH_SANDBOX_ENV) $(BIN)/python tests/benchmarks/bench_dag_parsing.py
+
+clean: sandbox-down  ## stop the sandbox and delete its state and the venv
+	rm -rf "$(CLOUDOPS_SANDBOX_DIR)" $(VENV)

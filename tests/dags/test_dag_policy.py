@@ -1,0 +1,91 @@
+"""Every catalog target has its DAG, every DAG follows the runbook policy, and parsing stays light."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloudops.catalog import load_catalogs
+
+pytestmark = pytest.mark.dags
+
+# Modules that make parsing slow or need services: they belong inside tasks.
+HEAVY_MODULES = ["boto3", "botocore", "paramiko", "great_expectations", "pandas", "psycopg", "pymysql", "moto"]
+
+
+def parse(dags_folder: Path) -> Any:
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(dags_folder))
+
+
+@pytest.fixture(scope="module")
+def dagbag(project_root: Path) -> Any:
+    return parse(project_root / "dags")
+
+
+def test_no_import_errors(dagbag: Any) -> None:
+    assert dagbag.import_errors == {}
+
+
+def test_every_catalog_target_has_its_runbooks(dagbag: Any) -> None:
+    for loaded in load_catalogs().catalogs:
+        assert f"health_check__{loaded.catalog.estate}" in dagbag.dag_ids
+
+
+def test_every_dag_follows_the_runbook_policy(dagbag: Any) -> None:
+    owners = {loaded.catalog.owner for loaded in load_catalogs().catalogs}
+    assert dagbag.dags, "no DAG was built"
+    for dag_id, dag in dagbag.dags.items():
+        kind = dag_id.split("__")[0]
+        doc = dag.doc_md or ""
+        for heading in ("What it does", "What a failure means", "What to do next"):
+            assert heading in doc, f"{dag_id}: doc_md lacks {heading!r}"
+        assert {"cloudops", kind} <= set(dag.tags), f"{dag_id}: tags {dag.tags}"
+        assert dag.max_active_runs == 1, f"{dag_id}: two runs at once would conflict"
+        assert dag.catchup is False, f"{dag_id}: runbooks never backfill"
+        assert dag.default_args["retries"] >= 1, f"{dag_id}: no retries"
+        assert dag.default_args["retry_exponential_backoff"] >= 2, f"{dag_id}: no backoff"
+        for task in dag.tasks:
+            assert task.owner in owners, f"{dag_id}.{task.task_id}: owner {task.owner!r}"
+            assert task.execution_timeout is not None, f"{dag_id}.{task.task_id}: no execution timeout"
+
+
+def test_parsing_imports_no_heavy_module(project_root: Path) -> None:
+    # A fresh interpreter: this test process may have imported anything already.
+    script = (
+        "import sys, json\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"bag = DagBag(dag_folder={str(project_root / 'dags')!r})\n"
+        f"print(json.dumps([m for m in {HEAVY_MODULES!r} if m in sys.modules]))\n"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+    assert json.loads(output.strip().splitlines()[-1]) == []
+
+
+def test_bad_catalog_file_is_an_import_error_and_the_others_still_load(
+    tmp_path: Path, project_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    catalogs = tmp_path / "runbooks"
+    catalogs.mkdir()
+    shutil.copy(project_root / "runbooks" / "sandbox.yaml", catalogs / "sandbox.yaml")
+    (catalogs / "acme.yaml").write_text("estate: acme\nowner: ops\nfleets: [{name: web, os_family: beos}]\n")
+    monkeypatch.setenv("CLOUDOPS_CATALOG", str(catalogs))
+
+    bag = parse(project_root / "dags")
+
+    assert "health_check__sandbox" in bag.dag_ids
+    assert "health_check__acme" not in bag.dag_ids
+    (error_file, message), *others = bag.import_errors.items()
+    assert others == []
+    assert error_file.endswith("catalog_errors.py")
+    assert f"{catalogs / 'acme.yaml'}:3: fleets[0].os_family: Input should be" in message
+    assert f"{catalogs / 'acme.yaml'}:3: fleets[0].hosts: required field is missing" in message

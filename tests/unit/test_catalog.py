@@ -1,0 +1,195 @@
+"""The catalog loader: the sandbox catalog is valid, and every kind of bad input gets one clear message."""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from cloudops.catalog import CatalogError, load_catalog_file, load_catalogs
+
+pytestmark = pytest.mark.unit
+
+VALID = """\
+estate: acme
+owner: acme-oncall
+timezone: Europe/Paris
+clouds:
+  - {name: acme_aws, provider: aws, aws_conn_id: acme_aws, region: eu-west-1}
+repositories:
+  - name: acme_backups
+    cloud: acme_aws
+    bucket: acme-backups
+    region: eu-west-1
+databases:
+  - name: shop
+    engine: postgres
+    conn_id: acme_shop
+    database: shop
+    rpo: 1d12h
+    backup:
+      repository: acme_backups
+      retention: {keep_daily: 7}
+fleets:
+  - name: web
+    os_family: debian
+    hosts:
+      - {name: web-1, ssh_conn_id: acme_web_1}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "acme.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def messages(path: Path) -> list[str]:
+    with pytest.raises(CatalogError) as caught:
+        load_catalog_file(path)
+    return [str(issue) for issue in caught.value.issues]
+
+
+def test_sandbox_catalog_is_valid(project_root: Path) -> None:
+    catalog = load_catalog_file(project_root / "runbooks" / "sandbox.yaml")
+    assert catalog.estate == "sandbox"
+    assert {d.engine for d in catalog.databases} == {"postgres", "mariadb"}
+    assert len(catalog.hosts) >= 6
+
+
+def test_valid_file_loads_typed_values(tmp_path: Path) -> None:
+    catalog = load_catalog_file(write(tmp_path, VALID))
+    shop = catalog.database("shop")
+    assert shop.rpo == timedelta(days=1, hours=12)
+    assert shop.backup is not None
+    assert shop.backup.retention.keep_daily == 7
+    assert shop.backup.schedule == "@daily"
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "estate: acme\nowner: [unclosed\n")
+    (message,) = messages(path)
+    assert message.startswith(f"{path}:")
+    assert "not valid YAML" in message
+
+
+def test_unknown_key_suggests_the_close_name(tmp_path: Path) -> None:
+    path = write(tmp_path, VALID.replace("    engine: postgres", "    engnie: postgres"))
+    found = messages(path)
+    assert f"{path}:13: databases[0].engnie: unknown key 'engnie' (did you mean 'engine'?)" in found
+    assert f"{path}:12: databases[0].engine: required field is missing" in found
+
+
+def test_wrong_type_names_field_and_value(tmp_path: Path) -> None:
+    path = write(tmp_path, VALID.replace("retention: {keep_daily: 7}", "retention: {keep_daily: many}"))
+    (message,) = messages(path)
+    assert message.startswith(f"{path}:19: databases[0].backup.retention.keep_daily:")
+    assert "'many'" in message
+
+
+def test_misspelt_enum_value_gets_a_hint(tmp_path: Path) -> None:
+    path = write(tmp_path, VALID.replace("engine: postgres", "engine: postgress"))
+    (message,) = messages(path)
+    assert "databases[0].engine" in message
+    assert "did you mean 'postgres'?" in message
+
+
+@pytest.mark.parametrize(
+    ("line", "expected_field"),
+    [
+        ("    password: hunter2", "databases[0].password"),
+        ("    aws_secret_access_key: abc", "databases[0].aws_secret_access_key"),
+    ],
+)
+def test_secret_keys_are_refused(tmp_path: Path, line: str, expected_field: str) -> None:
+    path = write(tmp_path, VALID.replace("    database: shop\n", f"    database: shop\n{line}\n"))
+    (message,) = messages(path)
+    assert f"{expected_field}: secrets are not allowed in the catalog" in message
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["postgres://admin:s3cret@db.example/shop", "AKIAIOSFODNN7EXAMPLE", "-----BEGIN OPENSSH PRIVATE KEY-----"],
+)
+def test_secret_values_are_refused(tmp_path: Path, value: str) -> None:
+    path = write(tmp_path, VALID.replace("description", "x") + f'description: "{value}"\n')
+    (message,) = messages(path)
+    assert "description: this value looks like" in message
+    assert value not in message, "the error must not echo the secret"
+
+
+def test_duplicate_yaml_key_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, VALID + "owner: someone-else\n")
+    (message,) = messages(path)
+    assert f"{path}:25: owner: key 'owner' appears twice (first on line 2)" == message
+
+
+def test_duplicate_target_name_in_one_file(tmp_path: Path) -> None:
+    duplicate = """\
+  - name: shop
+    engine: mariadb
+    conn_id: other
+    database: shop
+"""
+    path = write(tmp_path, VALID.replace("fleets:\n", duplicate + "fleets:\n"))
+    (message,) = messages(path)
+    assert message == f"{path}:20: databases[1].name: duplicate name 'shop' (already used by databases[0])"
+
+
+def test_duplicate_target_across_files_keeps_the_first(tmp_path: Path) -> None:
+    first = write(tmp_path, VALID, "a.yaml")
+    second = write(tmp_path, VALID.replace("estate: acme", "estate: acme_two"), "b.yaml")
+    result = load_catalogs([tmp_path])
+    assert [loaded.path for loaded in result.catalogs] == [first]
+    issues = [str(issue) for issue in result.issues]
+    assert f"{second}:12: databases[0].name: database name 'shop' is already defined in {first}:12" in issues
+    assert f"{second}:21: fleets[0].name: fleet name 'web' is already defined in {first}:21" in issues
+
+
+def test_one_bad_file_does_not_stop_the_others(tmp_path: Path) -> None:
+    write(tmp_path, VALID, "a.yaml")
+    write(tmp_path, "estate: broken\n", "b.yaml")
+    result = load_catalogs([tmp_path])
+    assert [loaded.catalog.estate for loaded in result.catalogs] == ["acme"]
+    assert [str(i) for i in result.issues] == [f"{tmp_path / 'b.yaml'}:1: owner: required field is missing"]
+
+
+def test_unknown_reference_suggests_a_name(tmp_path: Path) -> None:
+    path = write(tmp_path, VALID.replace("repository: acme_backups", "repository: acme_backup"))
+    (message,) = messages(path)
+    assert message == (
+        f"{path}:18: databases[0].backup.repository: unknown repository 'acme_backup' "
+        "(did you mean 'acme_backups'?)"
+    )
+
+
+def test_empty_retention_policy_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, VALID.replace("retention: {keep_daily: 7}", "retention: {}"))
+    (message,) = messages(path)
+    assert "databases[0].backup.retention: the retention policy keeps nothing" in message
+
+
+def test_cluster_needs_exactly_one_primary(tmp_path: Path) -> None:
+    replica = """\
+  - {name: shop_replica, engine: postgres, conn_id: r, database: shop, role: replica, cluster: shop}
+"""
+    path = write(tmp_path, VALID.replace("fleets:\n", replica + "fleets:\n"))
+    (message,) = messages(path)
+    assert "databases[1].cluster: cluster 'shop' has 0 primaries; it needs exactly one" in message
+
+
+def test_bad_schedule_and_timezone(tmp_path: Path) -> None:
+    text = VALID.replace("Europe/Paris", "Europe/Pariss").replace(
+        "      repository: acme_backups", '      repository: acme_backups\n      schedule: "0 25 * * *"'
+    )
+    found = messages(write(tmp_path, text))
+    assert any("timezone: unknown time zone 'Europe/Pariss'" in m for m in found)
+    assert any("backup.schedule: '0 25 * * *' is not a five-field cron expression" in m for m in found)
+
+
+def test_empty_file_and_wrong_top_level(tmp_path: Path) -> None:
+    assert messages(write(tmp_path, "", "empty.yaml")) == [f"{tmp_path / 'empty.yaml'}: the file is empty"]
+    (message,) = messages(write(tmp_path, "- a\n- b\n", "list.yaml"))
+    assert "the top level must be a mapping" in message
