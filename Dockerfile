@@ -1,0 +1,46 @@
+# The CloudOps Runbooks image: the official Airflow image plus the locked dependencies, the
+# `cloudops` package and the client tools the runbooks shell out to. docker-compose.yaml builds it.
+#
+#   docker build -t cloudops-runbooks:0.1.0 .
+#
+# Keep the tag's Airflow version equal to `apache-airflow==` in requirements.lock
+# (tests/dags/test_docker_compose.py checks it).
+FROM apache/airflow:3.3.2-python3.11
+
+# Client tools for the runbooks: pg_dump/pg_restore/psql, mariadb-dump/mariadb, ssh/scp, zstd.
+USER root
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends \
+        postgresql-client \
+        mariadb-client \
+        openssh-client \
+        zstd \
+    && apt-get autoremove -yqq --purge \
+    && apt-get clean \
+    && rm -rf /var/lib/apt/lists/*
+
+# The SimpleAuthManager passwords file lives here (a named volume in docker-compose.yaml, seeded by
+# airflow-init). Creating it in the image lets the volume inherit an owner the airflow user can write,
+# whatever AIRFLOW_UID is (the image's convention: group 0, group-writable).
+RUN install -d -o airflow -g 0 -m 0770 /opt/airflow/auth
+
+USER airflow
+
+# Dependencies first, from the lock only, so code changes do not reinstall them. Every requirement in
+# the lock is pinned (apache-airflow==3.3.2 included), and the lock is also passed as constraints.
+COPY --chown=airflow:0 requirements.lock /opt/airflow/requirements.lock
+RUN pip install --no-cache-dir -r /opt/airflow/requirements.lock -c /opt/airflow/requirements.lock
+
+# CeleryExecutor needs the celery provider. It ships with the base image and is not in the lock:
+# fail the build here rather than at the first task if that ever stops being true.
+RUN pip show --quiet apache-airflow-providers-celery
+
+# The package, installed editable into /opt/airflow/plugins: the ./plugins bind mount of
+# docker-compose.yaml then replaces this copy with the checkout's code, and an image without the
+# mount runs the copy baked in here. --no-deps: everything it needs came from the lock above.
+COPY --chown=airflow:0 pyproject.toml /opt/airflow/pyproject.toml
+COPY --chown=airflow:0 plugins/ /opt/airflow/plugins/
+RUN pip install --no-cache-dir --no-deps -e /opt/airflow \
+    && command -v cloudops
+
+ENV CLOUDOPS_CATALOG=/opt/airflow/runbooks

@@ -1,0 +1,598 @@
+"""Check docker-compose.yaml and the Dockerfile it builds, without a Docker engine.
+
+Each check returns a list of problems, one line each, naming the service (or file) and the key, so a
+failure says what to fix. The checks read everything relative to the compose file they are given,
+which lets the last test run them on broken copies in tmp_path and prove they catch each mistake.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import SplitResult, urlsplit
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.dags
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+API_SERVER = "airflow-apiserver"
+SCHEDULER = "airflow-scheduler"
+DAG_PROCESSOR = "airflow-dag-processor"
+TRIGGERER = "airflow-triggerer"
+WORKER = "airflow-worker"
+INIT = "airflow-init"
+POSTGRES = "postgres"
+REDIS = "redis"
+
+# The long-running Airflow services: the airflow subcommand each runs, and what its healthcheck
+# must probe (any one of the fragments).
+AIRFLOW_DAEMONS: dict[str, tuple[list[str], tuple[str, ...]]] = {
+    API_SERVER: (["api-server"], ("localhost:8080/api/v2/",)),
+    SCHEDULER: (["scheduler"], ("localhost:8974/health", "--job-type SchedulerJob")),
+    DAG_PROCESSOR: (["dag-processor"], ("--job-type DagProcessorJob",)),
+    TRIGGERER: (["triggerer"], ("--job-type TriggererJob",)),
+    WORKER: (["celery", "worker"], ("inspect ping",)),
+}
+AIRFLOW_SERVICES = [*AIRFLOW_DAEMONS, INIT]
+EXPECTED_SERVICES = [*AIRFLOW_SERVICES, POSTGRES, REDIS]
+
+API_SERVER_PORT = 8080
+CATALOG_IN_CONTAINER = "/opt/airflow/runbooks"
+REPO_MOUNTS = {f"./{name}": f"/opt/airflow/{name}" for name in ("dags", "plugins", "runbooks", "include")}
+CONNECTIONS_ENV_FILE = ".sandbox/airflow.env"
+RESTART_POLICIES = {"always", "unless-stopped", "on-failure"}
+
+# Literal defaults a secret may have: only the local metadata database's dev password.
+ALLOWED_SECRET_DEFAULTS = {("POSTGRES_PASSWORD", "airflow")}
+SECRET_NAME = re.compile(r"PASSWORD|PASSWD|PASSPHRASE|SECRET|TOKEN|CREDENTIAL|PRIVATE|FERNET|_KEY$|^KEY$")
+# Keys that name where a secret is, or how to get it, rather than holding one.
+SECRET_LOCATION_SUFFIXES = ("_FILE", "_PATH", "_DIR", "_CMD")
+INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^{}]*))?\}")
+PLACEHOLDER = "<interpolated>"
+URL_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:(?P<password>[^@/\s]*)@")
+RANDOM_LOOKING = re.compile(r"[A-Za-z0-9+/_=-]{24,}")
+AIRFLOW_IMAGE = re.compile(
+    r"^(?:docker\.io/)?apache/airflow:(?:slim-)?(?P<version>\d+\.\d+\.\d+)(?:-python\d+\.\d+)?$"
+)
+LOCKED_AIRFLOW = re.compile(r"^apache-airflow==(?P<version>[^\s;#]+)", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class ComposeFile:
+    """A parsed compose file and the directory its relative paths start from."""
+
+    path: Path
+    data: dict[str, Any]
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    @property
+    def services(self) -> dict[str, dict[str, Any]]:
+        return self.data.get("services") or {}
+
+
+def load_compose(path: Path) -> ComposeFile:
+    """Parse a compose file; safe_load resolves the `<<` merge keys of the x- anchors."""
+    data = yaml.safe_load(path.read_text())
+    assert isinstance(data, dict), f"{path.name}: the top level is {type(data).__name__}, not a mapping"
+    assert isinstance(data.get("services"), dict), f"{path.name}: services: missing or not a mapping"
+    return ComposeFile(path=path, data=data)
+
+
+# --- Compose value helpers ---------------------------------------------------------------------
+
+
+def resolve_defaults(value: str) -> str:
+    """Interpolate as compose would with no variable set: `${X:-d}` gives d, anything else ''."""
+    value = value.replace("$$", "\0")
+    previous = None
+    while previous != value:
+        previous = value
+        value = INTERPOLATION.sub(
+            lambda m: m["arg"] if m["op"] in ("-", ":-") and m["arg"] is not None else "", value
+        )
+    return value.replace("\0", "$")
+
+
+def environment(service: dict[str, Any]) -> dict[str, str | None]:
+    """Return a service's environment as a mapping, whether it is written as a list or a mapping."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        pairs = (item.split("=", 1) for item in env)
+        return {pair[0]: pair[1] if len(pair) == 2 else None for pair in pairs}
+    return {key: None if value is None else str(value) for key, value in env.items()}
+
+
+def command(service: dict[str, Any]) -> list[str]:
+    """Return a service's command as argv, without a leading `airflow` (the image's entrypoint adds it)."""
+    raw = service.get("command") or []
+    argv = shlex.split(raw) if isinstance(raw, str) else [str(arg) for arg in raw]
+    return argv[1:] if argv[:1] == ["airflow"] else argv
+
+
+def healthcheck_test(service: dict[str, Any]) -> str:
+    test = (service.get("healthcheck") or {}).get("test") or []
+    return test if isinstance(test, str) else " ".join(str(part) for part in test)
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str | None
+    target: str
+    bind: bool
+    read_only: bool
+
+
+def mounts(service: dict[str, Any]) -> list[Mount]:
+    """Parse a service's volumes, short or long syntax."""
+    parsed = []
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, dict):
+            source = volume.get("source")
+            parsed.append(
+                Mount(
+                    source=source,
+                    target=volume["target"],
+                    bind=volume.get("type") == "bind",
+                    read_only=bool(volume.get("read_only")),
+                )
+            )
+            continue
+        parts = volume.split(":")
+        if len(parts) == 1:  # an anonymous volume
+            parsed.append(Mount(source=None, target=parts[0], bind=False, read_only=False))
+            continue
+        source, target, *options = parts
+        is_path = resolve_defaults(source).startswith((".", "/", "~"))
+        parsed.append(Mount(source=source, target=target, bind=is_path, read_only="ro" in options))
+    return parsed
+
+
+def env_files(service: dict[str, Any]) -> dict[str, bool]:
+    """Return each env_file path of a service and whether compose requires it to exist."""
+    raw = service.get("env_file") or []
+    entries = [raw] if isinstance(raw, str | dict) else raw
+    files = {}
+    for entry in entries:
+        if isinstance(entry, str):
+            files[entry] = True
+        else:
+            files[entry["path"]] = bool(entry.get("required", True))
+    return files
+
+
+def url_of(value: str | None) -> SplitResult:
+    return urlsplit(resolve_defaults(value or ""))
+
+
+def dockerfiles(compose: ComposeFile) -> dict[str, Path]:
+    """Return the Dockerfile each service with a `build` section builds from."""
+    found = {}
+    for name, service in compose.services.items():
+        build = service.get("build")
+        if build is None:
+            continue
+        if isinstance(build, str):
+            build = {"context": build}
+        context = compose.root / resolve_defaults(build.get("context", "."))
+        found[name] = context / resolve_defaults(build.get("dockerfile", "Dockerfile"))
+    return found
+
+
+def final_base_image(dockerfile: Path) -> str | None:
+    """Return the base image of a Dockerfile's last stage, with ARG defaults substituted."""
+    args: dict[str, str] = {}
+    stages: dict[str, str] = {}
+    image = None
+    for line in dockerfile.read_text().splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        instruction = words[0].upper()
+        if instruction == "ARG" and image is None and len(words) > 1 and "=" in words[1]:
+            key, default = words[1].split("=", 1)
+            args[key] = default.strip("\"'")
+        elif instruction == "FROM":
+            operands = [word for word in words[1:] if not word.startswith("--")]
+            image = re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", lambda m: args.get(m[1], ""), operands[0])
+            image = stages.get(image, image)
+            if len(operands) == 3 and operands[1].upper() == "AS":
+                stages[operands[2]] = image
+    return image
+
+
+def locked_airflow_version(compose: ComposeFile) -> str | None:
+    match = LOCKED_AIRFLOW.search((compose.root / "requirements.lock").read_text())
+    return match["version"] if match else None
+
+
+# --- Checks --------------------------------------------------------------------------------------
+
+
+def check_services(compose: ComposeFile) -> list[str]:
+    return [f"{name}: service missing" for name in EXPECTED_SERVICES if name not in compose.services]
+
+
+def check_commands(compose: ComposeFile) -> list[str]:
+    problems = []
+    for name, (expected, _) in AIRFLOW_DAEMONS.items():
+        argv = command(compose.services.get(name, {}))
+        if argv[: len(expected)] != expected:
+            problems.append(f"{name}: command is {argv!r}, expected `airflow {' '.join(expected)}`")
+    init_script = " ".join(command(compose.services.get(INIT, {})))
+    if "airflow db migrate" not in init_script:
+        problems.append(f"{INIT}: command does not run `airflow db migrate`")
+    return problems
+
+
+def check_healthchecks(compose: ComposeFile) -> list[str]:
+    problems = []
+    for name in [*AIRFLOW_DAEMONS, POSTGRES, REDIS]:
+        service = compose.services.get(name, {})
+        test = healthcheck_test(service)
+        if not test or test.split()[0] == "NONE" or (service.get("healthcheck") or {}).get("disable"):
+            problems.append(f"{name}: healthcheck.test missing or disabled")
+            continue
+        fragments = AIRFLOW_DAEMONS[name][1] if name in AIRFLOW_DAEMONS else ()
+        if fragments and not any(fragment in test for fragment in fragments):
+            problems.append(f"{name}: healthcheck.test {test!r} probes none of {fragments!r}")
+    return problems
+
+
+def check_shared_environment(compose: ComposeFile) -> list[str]:
+    problems = []
+    for name in AIRFLOW_SERVICES:
+        env = environment(compose.services.get(name, {}))
+        db = url_of(env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"))
+        broker = url_of(env.get("AIRFLOW__CELERY__BROKER_URL"))
+        backend = url_of(env.get("AIRFLOW__CELERY__RESULT_BACKEND"))
+        execution = url_of(env.get("AIRFLOW__CORE__EXECUTION_API_SERVER_URL"))
+        expectations = {
+            "AIRFLOW__CORE__EXECUTOR": (
+                env.get("AIRFLOW__CORE__EXECUTOR") == "CeleryExecutor",
+                "expected CeleryExecutor",
+            ),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": (
+                db.scheme.startswith("postgresql") and db.hostname == POSTGRES,
+                f"expected a postgresql URL on the {POSTGRES} service",
+            ),
+            "AIRFLOW__CELERY__BROKER_URL": (
+                broker.scheme == "redis" and broker.hostname == REDIS,
+                f"expected a redis URL on the {REDIS} service",
+            ),
+            "AIRFLOW__CELERY__RESULT_BACKEND": (
+                backend.hostname == POSTGRES,
+                f"expected the {POSTGRES} service",
+            ),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": (
+                (execution.hostname, execution.port, execution.path)
+                == (API_SERVER, API_SERVER_PORT, "/execution/"),
+                f"expected http://{API_SERVER}:{API_SERVER_PORT}/execution/",
+            ),
+            "AIRFLOW__API_AUTH__JWT_SECRET": (
+                bool(env.get("AIRFLOW__API_AUTH__JWT_SECRET")),
+                "every component must sign and check task tokens with the same secret",
+            ),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": (
+                str(env.get("AIRFLOW__CORE__LOAD_EXAMPLES")).lower() in ("false", "0"),
+                "expected False",
+            ),
+            "CLOUDOPS_CATALOG": (
+                env.get("CLOUDOPS_CATALOG") == CATALOG_IN_CONTAINER,
+                f"expected {CATALOG_IN_CONTAINER}",
+            ),
+        }
+        problems += [
+            f"{name}: environment.{key} is {env.get(key)!r}: {why}"
+            for key, (ok, why) in expectations.items()
+            if not ok
+        ]
+        if env_files(compose.services.get(name, {})).get(CONNECTIONS_ENV_FILE) is not False:
+            problems.append(
+                f"{name}: env_file must list {CONNECTIONS_ENV_FILE} with required: false "
+                "(it is written by `cloudops sandbox up` and absent from a fresh clone)"
+            )
+    return problems
+
+
+def check_dependencies_and_restart(compose: ComposeFile) -> list[str]:
+    problems = []
+    wanted = {
+        POSTGRES: "service_healthy",
+        REDIS: "service_healthy",
+        INIT: "service_completed_successfully",
+    }
+    for name in AIRFLOW_DAEMONS:
+        service = compose.services.get(name, {})
+        depends_on = service.get("depends_on") or {}
+        for dependency, condition in wanted.items():
+            actual = (
+                (depends_on.get(dependency) or {}).get("condition") if isinstance(depends_on, dict) else None
+            )
+            if actual != condition:
+                problems.append(
+                    f"{name}: depends_on.{dependency}.condition is {actual!r}, expected {condition}"
+                )
+    init_depends = compose.services.get(INIT, {}).get("depends_on") or {}
+    if not isinstance(init_depends, dict) or (init_depends.get(POSTGRES) or {}).get("condition") != (
+        "service_healthy"
+    ):
+        problems.append(f"{INIT}: depends_on.{POSTGRES}.condition must be service_healthy")
+    if INIT in init_depends:
+        problems.append(f"{INIT}: depends_on.{INIT}: the init service waits for itself")
+    for name in [*AIRFLOW_DAEMONS, POSTGRES, REDIS]:
+        restart = str(compose.services.get(name, {}).get("restart", "no"))
+        if restart.split(":")[0] not in RESTART_POLICIES:
+            problems.append(f"{name}: restart is {restart!r}, expected one of {sorted(RESTART_POLICIES)}")
+    return problems
+
+
+def check_mounts(compose: ComposeFile) -> list[str]:
+    problems = []
+    declared_volumes = compose.data.get("volumes") or {}
+    for name, service in compose.services.items():
+        for mount in mounts(service):
+            if mount.bind:
+                host_path = (compose.root / resolve_defaults(mount.source or "")).resolve()
+                if not host_path.exists():
+                    problems.append(
+                        f"{name}: volumes: {mount.source}:{mount.target}: {host_path} does not exist"
+                    )
+            elif mount.source is not None and mount.source not in declared_volumes:
+                problems.append(f"{name}: volumes: named volume {mount.source!r} is not declared")
+    for name in AIRFLOW_DAEMONS:
+        binds = {m.source: m.target for m in mounts(compose.services.get(name, {})) if m.bind}
+        for source, target in REPO_MOUNTS.items():
+            if binds.get(source) != target:
+                problems.append(f"{name}: volumes: expected {source}:{target}, found {binds.get(source)!r}")
+    return problems
+
+
+def check_build(compose: ComposeFile) -> list[str]:
+    problems = []
+    built = dockerfiles(compose)
+    for name in AIRFLOW_SERVICES:
+        if name not in built:
+            problems.append(f"{name}: build: missing, the service would run an image without cloudops")
+    for name, dockerfile in built.items():
+        if not dockerfile.is_file():
+            problems.append(f"{name}: build: {dockerfile} does not exist")
+            continue
+        image = final_base_image(dockerfile)
+        match = AIRFLOW_IMAGE.match(image or "")
+        if not match or not match["version"].startswith("3.3."):
+            problems.append(f"{name}: build: {dockerfile.name}: FROM {image!r} is not apache/airflow:3.3.x")
+    return problems
+
+
+def check_airflow_version(compose: ComposeFile) -> list[str]:
+    locked = locked_airflow_version(compose)
+    if locked is None:
+        return ["requirements.lock: no apache-airflow== pin"]
+    problems = []
+    for name, dockerfile in dockerfiles(compose).items():
+        if dockerfile.is_file():
+            match = AIRFLOW_IMAGE.match(final_base_image(dockerfile) or "")
+            if match and match["version"] != locked:
+                problems.append(
+                    f"{name}: build: {dockerfile.name}: FROM apache/airflow:{match['version']}, "
+                    f"but requirements.lock pins apache-airflow=={locked}"
+                )
+    for name, service in compose.services.items():
+        match = AIRFLOW_IMAGE.match(resolve_defaults(str(service.get("image", ""))))
+        if match and match["version"] != locked:
+            problems.append(
+                f"{name}: image is apache/airflow:{match['version']}, "
+                f"but requirements.lock pins apache-airflow=={locked}"
+            )
+    return problems
+
+
+def literal_secret_problems(where: str, value: str, *, secret_key: bool) -> list[str]:
+    """Name what in `value` looks like a secret written into the file."""
+    problems = []
+    value = value.replace("$$", "")
+    for match in INTERPOLATION.finditer(value):
+        default = match["arg"] if match["op"] in ("-", ":-", "+", ":+") else ""
+        if not default:
+            continue
+        if (secret_key or SECRET_NAME.search(match["name"])) and (
+            match["name"],
+            default,
+        ) not in ALLOWED_SECRET_DEFAULTS:
+            problems.append(f"{where}: ${{{match['name']}}} has the literal default {default!r}")
+        problems += literal_secret_problems(
+            f"{where} (default of ${{{match['name']}}})", default, secret_key=False
+        )
+    literal = INTERPOLATION.sub(PLACEHOLDER, value)
+    if secret_key and literal.replace(PLACEHOLDER, "").strip():
+        problems.append(f"{where}: is a literal; take it from the environment with ${{...}}")
+    for match in URL_PASSWORD.finditer(literal):
+        if match["password"] not in ("", PLACEHOLDER):
+            problems.append(f"{where}: a URL carries the literal password {match['password']!r}")
+    for token in RANDOM_LOOKING.findall(literal.replace(PLACEHOLDER, " ")):
+        if re.search(r"\d", token) and re.search(r"[A-Za-z]", token):
+            problems.append(f"{where}: {token[:6]}... looks like a key or token")
+    return problems
+
+
+def check_no_literal_secrets(compose: ComposeFile) -> list[str]:
+    problems = []
+    for name, service in compose.services.items():
+        for key, value in environment(service).items():
+            if value is None:  # passed through from the caller's environment
+                continue
+            secret_key = bool(SECRET_NAME.search(key)) and not key.endswith(SECRET_LOCATION_SUFFIXES)
+            problems += literal_secret_problems(f"{name}: environment.{key}", value, secret_key=secret_key)
+    return problems
+
+
+ALL_CHECKS: list[Callable[[ComposeFile], list[str]]] = [
+    check_services,
+    check_commands,
+    check_healthchecks,
+    check_shared_environment,
+    check_dependencies_and_restart,
+    check_mounts,
+    check_build,
+    check_airflow_version,
+    check_no_literal_secrets,
+]
+
+
+# --- Tests on the repository's file ------------------------------------------------------------
+
+
+@pytest.fixture
+def compose_path() -> Path:
+    return REPO_ROOT / "docker-compose.yaml"
+
+
+@pytest.fixture
+def compose(compose_path: Path) -> ComposeFile:
+    return load_compose(compose_path)
+
+
+def test_compose_file_parses(compose: ComposeFile) -> None:
+    assert compose.services, f"{compose.path.name}: services: empty"
+
+
+@pytest.mark.parametrize("check", ALL_CHECKS, ids=lambda check: check.__name__.removeprefix("check_"))
+def test_compose_file(compose: ComposeFile, check: Callable[[ComposeFile], list[str]]) -> None:
+    problems = check(compose)
+    assert not problems, "\n".join(problems)
+
+
+def test_locked_airflow_is_3_3(compose: ComposeFile) -> None:
+    locked = locked_airflow_version(compose)
+    assert locked is not None, "requirements.lock: no apache-airflow== pin"
+    assert locked.startswith("3.3."), f"requirements.lock: apache-airflow=={locked}, expected 3.3.x"
+
+
+# --- The checks catch a broken copy -------------------------------------------------------------
+
+
+def _env(service: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    return lambda data: data["services"][service]["environment"]
+
+
+def _set_env(service: str, key: str, value: str) -> Callable[[dict[str, Any], Path], None]:
+    return lambda data, root: _env(service)(data).__setitem__(key, value)
+
+
+def _rewrite(file: str, old: str, new: str) -> Callable[[dict[str, Any], Path], None]:
+    def rewrite(data: dict[str, Any], root: Path) -> None:
+        path = root / file
+        text = path.read_text()
+        assert old in text, f"{file}: {old!r} not found; the breakage no longer applies"
+        path.write_text(text.replace(old, new))
+
+    return rewrite
+
+
+BREAKAGES: dict[str, tuple[Callable[[dict[str, Any], Path], None], list[str]]] = {
+    "executor": (
+        _set_env(WORKER, "AIRFLOW__CORE__EXECUTOR", "LocalExecutor"),
+        [WORKER, "AIRFLOW__CORE__EXECUTOR"],
+    ),
+    "database-elsewhere": (
+        _set_env(SCHEDULER, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "sqlite:////tmp/airflow.db"),
+        [SCHEDULER, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"],
+    ),
+    "broker-elsewhere": (
+        _set_env(WORKER, "AIRFLOW__CELERY__BROKER_URL", "redis://localhost:6379/0"),
+        [WORKER, "AIRFLOW__CELERY__BROKER_URL"],
+    ),
+    "missing-service": (lambda data, root: data["services"].pop(REDIS), [REDIS, "service missing"]),
+    "wrong-command": (
+        lambda data, root: data["services"][TRIGGERER].__setitem__("command", ["airflow", "scheduler"]),
+        [TRIGGERER, "command"],
+    ),
+    "no-healthcheck": (
+        lambda data, root: data["services"][SCHEDULER].pop("healthcheck"),
+        [SCHEDULER, "healthcheck"],
+    ),
+    "no-restart": (
+        lambda data, root: data["services"][DAG_PROCESSOR].pop("restart"),
+        [DAG_PROCESSOR, "restart"],
+    ),
+    "missing-mount-source": (
+        lambda data, root: data["services"][API_SERVER]["volumes"].append("./missing:/opt/airflow/missing"),
+        [API_SERVER, "volumes", "./missing"],
+    ),
+    "env-file-required": (
+        lambda data, root: data["services"][WORKER].__setitem__("env_file", [CONNECTIONS_ENV_FILE]),
+        [WORKER, "env_file"],
+    ),
+    "literal-jwt-secret": (
+        _set_env(SCHEDULER, "AIRFLOW__API_AUTH__JWT_SECRET", "not-so-secret"),
+        [SCHEDULER, "AIRFLOW__API_AUTH__JWT_SECRET", "literal"],
+    ),
+    "secret-with-default": (
+        _set_env(TRIGGERER, "AIRFLOW__API_AUTH__JWT_SECRET", "${AIRFLOW__API_AUTH__JWT_SECRET:-changeme}"),
+        [TRIGGERER, "AIRFLOW__API_AUTH__JWT_SECRET", "changeme"],
+    ),
+    "password-in-url": (
+        _set_env(
+            API_SERVER,
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+            "postgresql+psycopg2://airflow:hunter2@postgres/airflow",
+        ),
+        [API_SERVER, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "hunter2"],
+    ),
+    "key-in-unnamed-variable": (
+        _set_env(WORKER, "EXTRA_SETTING", "Zm9vYmFyYmF6cXV4MTIzNDU2Nzg5MGFiY2RlZg=="),
+        [WORKER, "EXTRA_SETTING", "looks like a key"],
+    ),
+    "airflow-2-base-image": (
+        _rewrite("Dockerfile", "apache/airflow:3.3.2-python3.11", "apache/airflow:2.10.5-python3.11"),
+        [API_SERVER, "build", "Dockerfile", "FROM"],
+    ),
+    "lock-disagrees": (
+        _rewrite("requirements.lock", "apache-airflow==3.3.2\n", "apache-airflow==3.3.1\n"),
+        [WORKER, "build", "requirements.lock", "apache-airflow==3.3.1"],
+    ),
+}
+
+
+@pytest.fixture
+def compose_copy(compose_path: Path, tmp_path: Path) -> Path:
+    """Lay out a copy of the compose file, with the files and directories it refers to, in tmp_path."""
+    for name in ("Dockerfile", "requirements.lock"):
+        shutil.copy(compose_path.parent / name, tmp_path / name)
+    for source in REPO_MOUNTS:
+        (tmp_path / source).mkdir()
+    # A plain JSON round trip drops the anchors, so a breakage changes one service only.
+    data = json.loads(json.dumps(yaml.safe_load(compose_path.read_text())))
+    copy = tmp_path / "docker-compose.yaml"
+    copy.write_text(yaml.safe_dump(data, sort_keys=False))
+    return copy
+
+
+@pytest.mark.parametrize("breakage", list(BREAKAGES))
+def test_checks_catch_a_broken_copy(compose_copy: Path, breakage: str) -> None:
+    intact = load_compose(compose_copy)
+    assert not [problem for check in ALL_CHECKS for problem in check(intact)], (
+        "the intact copy must pass, or this test proves nothing"
+    )
+    break_it, expected = BREAKAGES[breakage]
+    data = yaml.safe_load(compose_copy.read_text())
+    break_it(data, compose_copy.parent)
+    compose_copy.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    problems = [problem for check in ALL_CHECKS for problem in check(load_compose(compose_copy))]
+
+    assert any(all(fragment in problem for fragment in expected) for problem in problems), (
+        f"{breakage}: no problem names all of {expected!r}; found {problems!r}"
+    )
