@@ -193,3 +193,36 @@ def test_empty_file_and_wrong_top_level(tmp_path: Path) -> None:
     assert messages(write(tmp_path, "", "empty.yaml")) == [f"{tmp_path / 'empty.yaml'}: the file is empty"]
     (message,) = messages(write(tmp_path, "- a\n- b\n", "list.yaml"))
     assert "the top level must be a mapping" in message
+
+
+def test_cache_serves_unchanged_files_and_never_stale_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Airflow parses each DAG file in a new process: valid catalogs are cached on disk, keyed on content."""
+    from cloudops.catalog import loader
+
+    monkeypatch.setenv("CLOUDOPS_CACHE_DIR", str(tmp_path / "cache"))
+    path = write(tmp_path, VALID)
+    assert load_catalog_file(path).estate == "acme"
+    assert list((tmp_path / "cache").rglob("*.pickle")), "a valid catalog is cached"
+
+    loader._load_cached.cache_clear()  # as a new process would start
+    assert load_catalog_file(path).estate == "acme"
+
+    path.write_text(VALID.replace("estate: acme", "estate: acme_renamed"))
+    loader._load_cached.cache_clear()
+    assert load_catalog_file(path).estate == "acme_renamed"
+
+    path.write_text(VALID.replace("engine: postgres", "engine: oracle"))
+    loader._load_cached.cache_clear()
+    with pytest.raises(CatalogError):
+        load_catalog_file(path)
+
+
+def test_unwritable_cache_directory_does_not_stop_loading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setenv("CLOUDOPS_CACHE_DIR", str(blocker))
+    assert load_catalog_file(write(tmp_path, VALID)).estate == "acme"

@@ -7,7 +7,10 @@ as an Airflow import error and in ``cloudops validate``.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import pickle
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +24,8 @@ from pydantic import BaseModel, ValidationError
 from cloudops.catalog.errors import CatalogError, CatalogIssue, did_you_mean, format_path
 from cloudops.catalog.models import Catalog, SmtpNotification, SnsNotification
 from cloudops.catalog.references import check_references, cross_catalog_duplicates
+
+log = logging.getLogger(__name__)
 
 CATALOG_ENV = "CLOUDOPS_CATALOG"
 # pydantic names the member of a tagged union in error locations: notifications[0].smtp.to
@@ -97,11 +102,19 @@ def catalog_paths(spec: str | Sequence[str | Path] | None = None) -> list[Path]:
 
 
 def _parse(text: str, file: str) -> tuple[Any, dict[YamlPath, int], list[CatalogIssue]]:
-    """Parse YAML into plain data plus the line of every key and item, and duplicate-key issues."""
+    """Parse YAML into plain data, the line of every key and item, and the issues seen on the way.
+
+    One walk over libyaml's node tree does what PyYAML's constructor would, plus what it cannot:
+    it records lines, refuses duplicate keys (PyYAML silently keeps the last) and screens secrets.
+    """
     loader = _YamlLoader(text)
     try:
         node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
+        if node is None:
+            return None, {}, []
+        walk = _Walk(loader, file)
+        data = walk.build(node, ())
+        return data, walk.lines, walk.issues
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark else None
@@ -111,74 +124,67 @@ def _parse(text: str, file: str) -> tuple[Any, dict[YamlPath, int], list[Catalog
         raise CatalogError([CatalogIssue(file, None, "", f"not valid YAML: {error}")]) from None
     finally:
         loader.dispose()
-    lines: dict[YamlPath, int] = {}
-    issues: list[CatalogIssue] = []
-    if node is not None:
-        _record_lines(node, (), lines, issues, file)
-    return data, lines, issues
 
 
-def _record_lines(
-    node: yaml.Node, path: YamlPath, lines: dict[YamlPath, int], issues: list[CatalogIssue], file: str
-) -> None:
-    """Record the line of every key and item; PyYAML keeps the last of duplicate keys, we refuse."""
-    lines.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
+_STR_TAG = "tag:yaml.org,2002:str"
+_SECRET_HINTS = ("@", "AKIA", "ASIA", "-----BEGIN")
+
+
+class _Walk:
+    """Build data from YAML nodes while collecting lines, duplicate keys and secret-looking values."""
+
+    def __init__(self, loader: yaml.SafeLoader, file: str) -> None:
+        self.loader, self.file = loader, file
+        self.lines: dict[YamlPath, int] = {}
+        self.issues: list[CatalogIssue] = []
+
+    def build(self, node: yaml.Node, path: YamlPath) -> Any:
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*path, index)) for index, item in enumerate(node.value)]
+        if node.tag == _STR_TAG:
+            value = node.value
+            if any(hint in value for hint in _SECRET_HINTS):
+                self._screen_value(value, path)
+            return value
+        return self.loader.construct_object(node)  # ints, booleans, null: YAML's own rules
+
+    def _mapping(self, node: yaml.MappingNode, path: YamlPath) -> dict[Any, Any]:
+        data: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             key = key_node.value
             key_path = (*path, key)
-            if key_path in lines:
-                issues.append(
-                    CatalogIssue(
-                        file,
-                        key_node.start_mark.line + 1,
-                        format_path(key_path),
-                        f"key {key!r} appears twice (first on line {lines[key_path]})",
-                    )
+            line = key_node.start_mark.line + 1
+            if key_path in self.lines:
+                first = self.lines[key_path]
+                self._issue(line, key_path, f"key {key!r} appears twice (first on line {first})")
+                continue
+            self.lines[key_path] = line
+            if _SECRET_KEY.search(key) and not key.endswith("_conn_id"):
+                self._issue(
+                    line,
+                    key_path,
+                    "secrets are not allowed in the catalog: store the credential in an Airflow "
+                    "connection and name it with a *conn_id field",
                 )
                 continue
-            lines[key_path] = key_node.start_mark.line + 1
-            _record_lines(value_node, key_path, lines, issues, file)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _record_lines(item, (*path, index), lines, issues, file)
+            data[key] = self.build(value_node, key_path)
+        return data
 
-
-def _screen_secrets(
-    data: Any, path: YamlPath, lines: dict[YamlPath, int], file: str
-) -> list[CatalogIssue]:
-    """Refuse anything that looks like a credential: the catalog holds connection ids only."""
-    issues: list[CatalogIssue] = []
-    if isinstance(data, dict):
-        for key, value in data.items():
-            if isinstance(key, str) and _SECRET_KEY.search(key) and not key.endswith("_conn_id"):
-                issues.append(
-                    CatalogIssue(
-                        file,
-                        _line_of(lines, (*path, key)),
-                        format_path((*path, key)),
-                        "secrets are not allowed in the catalog: store the credential in an Airflow "
-                        "connection and name it with a *conn_id field",
-                    )
-                )
-            else:
-                issues.extend(_screen_secrets(value, (*path, key), lines, file))
-    elif isinstance(data, list):
-        for index, item in enumerate(data):
-            issues.extend(_screen_secrets(item, (*path, index), lines, file))
-    elif isinstance(data, str):
+    def _screen_value(self, value: str, path: YamlPath) -> None:
         for pattern, what in _SECRET_VALUES:
-            if pattern.search(data):
-                issues.append(
-                    CatalogIssue(
-                        file,
-                        _line_of(lines, path),
-                        format_path(path),
-                        f"this value looks like {what}: secrets are not allowed in the catalog; "
-                        "store it in an Airflow connection",
-                    )
+            if pattern.search(value):
+                self._issue(
+                    self.lines[path],
+                    path,
+                    f"this value looks like {what}: secrets are not allowed in the catalog; "
+                    "store it in an Airflow connection",
                 )
-    return issues
+
+    def _issue(self, line: int, path: YamlPath, message: str) -> None:
+        self.issues.append(CatalogIssue(self.file, line, format_path(path), message))
 
 
 def _line_of(lines: dict[YamlPath, int], path: Sequence[str | int]) -> int | None:
@@ -264,18 +270,70 @@ def load_catalog_file(path: str | Path) -> Catalog:
     return _load_cached(str(path), *_file_stamp(Path(path)))[0]
 
 
-def _file_stamp(path: Path) -> tuple[float, int]:
+def _file_stamp(path: Path) -> tuple[int, int]:
     try:
         stat = path.stat()
     except OSError:
-        return (0.0, -1)
-    return (stat.st_mtime, stat.st_size)
+        return (0, -1)
+    return (stat.st_mtime_ns, stat.st_size)
+
+
+# Valid catalogs are cached on disk between processes: Airflow parses each DAG file in a fresh
+# process, and re-validating thousands of hosts in each one would cost more than the DAGs themselves.
+# The key covers the file (path, mtime, size) and the code that validated it.
+CACHE_ENV = "CLOUDOPS_CACHE_DIR"
+_CODE_FILES = ("models.py", "references.py", "loader.py", "errors.py")
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get(CACHE_ENV) or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cloudops" / "catalog"
+
+
+@lru_cache(maxsize=1)
+def _code_stamp() -> tuple[tuple[int, int], ...]:
+    here = Path(__file__).parent
+    return tuple(_file_stamp(here / name) for name in _CODE_FILES)
+
+
+def _cache_path(file: str) -> Path:
+    digest = hashlib.sha256(str(Path(file).resolve()).encode()).hexdigest()[:24]
+    return _cache_dir() / f"{digest}.pickle"
+
+
+def _read_cache(file: str, key: tuple[object, ...]) -> tuple[Catalog, dict[YamlPath, int]] | None:
+    try:
+        with _cache_path(file).open("rb") as stream:
+            cached_key, payload = pickle.load(stream)  # noqa: S301 - our own private cache directory
+    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, ValueError, TypeError):
+        return None
+    return payload if cached_key == key else None
+
+
+def _write_cache(file: str, key: tuple[object, ...], payload: tuple[Catalog, dict[YamlPath, int]]) -> None:
+    target = _cache_path(file)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        partial = target.with_suffix(f".{os.getpid()}.partial")
+        partial.write_bytes(pickle.dumps((key, payload), protocol=pickle.HIGHEST_PROTOCOL))
+        partial.replace(target)
+    except OSError as error:  # a read-only home must not stop DAGs from loading
+        log.debug("catalog cache not written for %s: %s", file, error)
 
 
 @lru_cache(maxsize=64)
-def _load_cached(file: str, mtime: float, size: int) -> tuple[Catalog, dict[YamlPath, int]]:
-    """Parse a file once per content stamp: every DAG file of a parse loads the same catalogs."""
-    del mtime, size  # only part of the cache key
+def _load_cached(file: str, mtime_ns: int, size: int) -> tuple[Catalog, dict[YamlPath, int]]:
+    """Parse a file once per content stamp, in this process and (when valid) across processes."""
+    key = (str(Path(file).resolve()), mtime_ns, size, _code_stamp())
+    cached = _read_cache(file, key) if size >= 0 else None
+    if cached is not None:
+        return cached
+    payload = _parse_and_validate(file)
+    _write_cache(file, key, payload)
+    return payload
+
+
+def _parse_and_validate(file: str) -> tuple[Catalog, dict[YamlPath, int]]:
     try:
         text = Path(file).read_text(encoding="utf-8")
     except OSError as error:
@@ -287,7 +345,6 @@ def _load_cached(file: str, mtime: float, size: int) -> tuple[Catalog, dict[Yaml
         raise CatalogError([CatalogIssue(file, None, "", "the file is empty")])
     if not isinstance(data, dict):
         raise CatalogError([CatalogIssue(file, 1, "", "the top level must be a mapping (estate: ...)")])
-    issues.extend(_screen_secrets(data, (), lines, file))
     try:
         catalog = Catalog.model_validate(data)
     except ValidationError as error:
@@ -330,4 +387,6 @@ def load_catalogs(paths: Iterable[str | Path] | None = None) -> CatalogSet:
     return result
 
 
-__all__ = ["CATALOG_ENV", "CatalogSet", "LoadedCatalog", "catalog_paths", "load_catalog_file", "load_catalogs"]
+__all__ = [
+    "CACHE_ENV",
+    "CATALOG_ENV", "CatalogSet", "LoadedCatalog", "catalog_paths", "load_catalog_file", "load_catalogs"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import zoneinfo
 from datetime import timedelta
+from functools import lru_cache
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -96,6 +97,7 @@ class CatalogModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
 
+@lru_cache(maxsize=1024)
 def _check_cron(value: str) -> str:
     """Refuse a schedule that is neither an Airflow preset nor a five-field cron expression."""
     presets = {"@once", "@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@continuous"}
