@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from cloudops.engines import first_line
 from cloudops.errors import CloudOpsError, ConnectionMissingError
-from cloudops.fleet.ssh import run_command
+from cloudops.fleet.ssh import InsecureConnectionError, run_command
 
 # One round trip: uptime, then every local, real filesystem (no tmpfs, overlay or squashfs).
 HEALTH_COMMAND = (
@@ -43,13 +43,13 @@ def probe_host(ssh_conn_id: str, *, used_by: str, timeout_seconds: int = 10) -> 
     """Connect with a verified host key and read uptime and disk use; never raises for a down host.
 
     An unknown or changed host key is reported as unreachable with the reason, never bypassed.
-    A missing Airflow connection still raises: that is a catalog or deployment error, not a host one.
+    A missing or insecure Airflow connection still raises: that is a deployment error, not a host one.
     """
     try:
         result = run_command(
             ssh_conn_id, HEALTH_COMMAND, used_by=used_by, conn_timeout=timeout_seconds, cmd_timeout=timeout_seconds
         )
-    except ConnectionMissingError:
+    except (ConnectionMissingError, InsecureConnectionError):
         raise
     except (CloudOpsError, OSError, EOFError) as error:
         return HostState(False, error=first_line(error))

@@ -16,6 +16,10 @@ class HostKeyError(CloudOpsError):
     """The host's key is unknown or differs from the one on record."""
 
 
+class InsecureConnectionError(CloudOpsError):
+    """The SSH connection asks to skip host key checking, which is never obeyed."""
+
+
 @dataclass(frozen=True)
 class CommandResult:
     """What a remote command returned."""
@@ -38,14 +42,14 @@ def run_command(
 
     :raises HostKeyError: when the host key is unknown or changed (possible interception).
     :raises ConnectionMissingError: when the Airflow connection does not exist.
-    :raises CloudOpsError: when the connection disables host key checking.
+    :raises InsecureConnectionError: when the connection disables host key checking.
     """
     import paramiko
     from airflow.providers.ssh.hooks.ssh import SSHHook
 
     conn = get_connection(ssh_conn_id, used_by)
     if str(conn.extra_dejson.get("no_host_key_check", "false")).lower() == "true":
-        raise CloudOpsError(
+        raise InsecureConnectionError(
             f"connection {ssh_conn_id!r} ({used_by}) sets no_host_key_check: host keys are always "
             "checked here; put the host's key in the connection's host_key extra instead"
         )
@@ -76,4 +80,4 @@ def run_command(
     return CommandResult(status, stdout.decode(errors="replace"), stderr.decode(errors="replace"))
 
 
-__all__ = ["CommandResult", "HostKeyError", "run_command"]
+__all__ = ["CommandResult", "HostKeyError", "InsecureConnectionError", "run_command"]

@@ -1,0 +1,73 @@
+"""health_check__<estate> run end to end by Airflow: catalog -> DAG -> tasks -> real services -> verdict."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from subprocess import CompletedProcess
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.e2e
+
+DagsTest = Callable[..., CompletedProcess[str]]
+
+
+def test_sandbox_health_check_succeeds(dags_test: DagsTest) -> None:
+    run = dags_test("health_check__sandbox")
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-3000:]
+    assert "estate sandbox: all 9 targets healthy" in output
+    for target in ("database orders_pg_replica", "host web-1", "host app-3"):
+        assert target in output
+
+
+def test_health_check_fails_naming_what_is_down(
+    dags_test: DagsTest, tmp_path: Path, project_root: Path, sandbox_env: dict[str, str]
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    catalogs = tmp_path / "runbooks"
+    catalogs.mkdir()
+    (catalogs / "broken.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "estate": "broken",
+                "owner": "tests",
+                "databases": [
+                    {"name": "orders_copy", "engine": "postgres", "conn_id": "sandbox_pg_primary", "database": "orders"},
+                    {"name": "lost_db", "engine": "postgres", "conn_id": "lost_db", "database": "x"},
+                ],
+                "fleets": [
+                    {
+                        "name": "edge",
+                        "os_family": "debian",
+                        "hosts": [
+                            {"name": "web-1", "ssh_conn_id": "sandbox_ssh_web_1"},
+                            {"name": "ghost-1", "ssh_conn_id": "ghost"},
+                        ],
+                    }
+                ],
+            }
+        )
+    )
+    web_1 = json.loads(sandbox_env["AIRFLOW_CONN_SANDBOX_SSH_WEB_1"])
+    run = dags_test(
+        "health_check__broken",
+        CLOUDOPS_CATALOG=str(catalogs),
+        AIRFLOW_CONN_LOST_DB=json.dumps(
+            {"conn_type": "postgres", "host": "127.0.0.1", "port": closed_port, "login": "x", "password": "y"}
+        ),
+        AIRFLOW_CONN_GHOST=json.dumps({**web_1, "port": closed_port}),
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode != 0, output[-3000:]
+    assert "estate broken: 2 of 4 targets unhealthy" in output
+    assert "database lost_db is down: unreachable" in output
+    assert "host ghost-1 is down: unreachable over SSH" in output
+    assert sandbox_env["AIRFLOW_CONN_SANDBOX_PG_PRIMARY"] not in output
+    assert json.loads(sandbox_env["AIRFLOW_CONN_SANDBOX_PG_PRIMARY"])["password"] not in output
