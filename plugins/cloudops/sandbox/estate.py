@@ -1,0 +1,215 @@
+"""Start, stop and inspect the whole sandbox estate described by runbooks/sandbox.yaml.
+
+`up` is idempotent: it checks binaries and ports of everything that is not running before it starts
+anything, then brings the components up in independent chains run side by side (PostgreSQL primary then
+replica; MariaDB; moto; each sshd host; the SMTP sink), reusing what runs and seeding what is missing,
+and finally writes the Airflow connections to <sandbox>/airflow.env. `down` stops only processes whose pid
+file and command line say this sandbox started them, and keeps all data on disk.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from cloudops.errors import SandboxError
+from cloudops.sandbox.credentials import CredentialStore
+from cloudops.sandbox.layout import SandboxLayout, render_env_file
+from cloudops.sandbox.mariadb import MariadbServer
+from cloudops.sandbox.moto import MotoServer
+from cloudops.sandbox.plan import load_plan
+from cloudops.sandbox.postgres import PostgresServer
+from cloudops.sandbox.process import (
+    POLL_INTERVAL,
+    RUNNING,
+    Binary,
+    Daemon,
+    Say,
+    port_conflict,
+    port_in_use,
+    write_if_changed,
+)
+from cloudops.sandbox.smtp import SmtpSink
+from cloudops.sandbox.sshd import SshdHost, SshKeyring
+
+LOCK_TIMEOUT = 600.0  # a cold `up` by another process may hold the lock this long
+
+
+class Component(Protocol):
+    """What every sandbox component offers the orchestration."""
+
+    name: str
+    address: str
+    detail: str
+    daemon: Daemon
+    log: Path
+
+    def binaries(self) -> list[Binary]: ...
+    def endpoints(self) -> list[tuple[str, int]]: ...
+    def ensure(self, say: Say) -> None: ...
+    def stop(self, say: Say) -> None: ...
+    def connections(self) -> dict[str, dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    """One row of `cloudops sandbox status`."""
+
+    component: str
+    address: str
+    pid: int | None
+    state: str  # running | stopped | stale pid
+    detail: str = ""
+
+
+def _say(line: str) -> None:
+    print(f"sandbox: {line}", flush=True)
+
+
+def _chains(layout: SandboxLayout) -> list[list[Component]]:
+    """Build the components, grouped in chains that may start in parallel (in order within a chain)."""
+    plan = load_plan(layout.catalog_path)
+    store = CredentialStore(layout.credentials_file)
+    primary = PostgresServer(layout, plan.postgres_primary, store)
+    postgres: list[Component] = [primary]
+    if plan.postgres_replica is not None:
+        postgres.append(PostgresServer(layout, plan.postgres_replica, store, primary=primary))
+    keyring = SshKeyring(layout, plan.hosts)
+    hosts: list[list[Component]] = [[SshdHost(layout, keyring, host, i)] for i, host in enumerate(plan.hosts)]
+    return [
+        postgres,
+        [MariadbServer(layout, plan.mariadb, store)],
+        [MotoServer(layout, plan)],
+        *hosts,
+        [SmtpSink(layout, plan.smtp_conn_ids)],
+    ]
+
+
+@contextmanager
+def _locked(layout: SandboxLayout) -> Iterator[None]:
+    """Serialise `up` and `down` of one sandbox across processes (the lock dies with its holder)."""
+    layout.run_dir.mkdir(parents=True, exist_ok=True)
+    with (layout.run_dir / "sandbox.lock").open("a") as handle:
+        deadline = time.monotonic() + LOCK_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise SandboxError(
+                        f"another `cloudops sandbox` command still holds {handle.name} after "
+                        f"{LOCK_TIMEOUT:.0f} s: wait for it to finish"
+                    ) from None
+                time.sleep(POLL_INTERVAL)
+        yield
+
+
+def _preflight(layout: SandboxLayout, components: list[Component]) -> None:
+    """Fail before starting anything when a binary is missing or a port is taken by someone else."""
+    to_start = [c for c in components if c.daemon.state()[0] != RUNNING]
+    missing: list[str] = []
+    for component in to_start:
+        for binary in component.binaries():
+            problem = binary.problem()
+            if problem and problem not in missing:
+                missing.append(problem)
+    if missing:
+        raise SandboxError("; ".join(missing))
+    taken = [
+        port_conflict(host, port, layout.port_offset)
+        for component in to_start
+        for host, port in component.endpoints()
+        if port_in_use(host, port)
+    ]
+    if taken:
+        raise SandboxError("; ".join(taken))
+
+
+def _ensure_chain(chain: list[Component], say: Say) -> None:
+    for component in chain:
+        try:
+            component.ensure(say)
+        except SandboxError:
+            raise
+        except Exception as exc:
+            raise SandboxError(f"{component.name}: {type(exc).__name__}: {exc}; see {component.log}") from exc
+
+
+def up(say: Say = _say) -> None:
+    """Start what is not running, reuse what is, seed what is missing, and write airflow.env.
+
+    :raises SandboxError: naming the component, and how to fix it, when something cannot start.
+    """
+    started = time.monotonic()
+    layout = SandboxLayout.from_environment()
+    chains = _chains(layout)
+    components = [c for chain in chains for c in chain]
+    with _locked(layout):
+        _preflight(layout, components)
+        layout.ensure_dirs()  # only now, so a failed preflight leaves no data directory behind
+        with ThreadPoolExecutor(max_workers=len(chains), thread_name_prefix="sandbox") as pool:
+            futures = [pool.submit(_ensure_chain, chain, say) for chain in chains]
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            raise SandboxError("\n".join(str(e) for e in errors)) from errors[0]
+        connections: dict[str, dict[str, Any]] = {}
+        for component in components:
+            connections.update(component.connections())
+        changed = write_if_changed(layout.env_file, render_env_file(layout.dir, connections), mode=0o600)
+    if layout.data_root_is_fallback:
+        say(layout.data_note)
+    say(f"{'wrote' if changed else 'unchanged:'} {layout.env_file} ({len(connections)} connections)")
+    say(f"ready in {time.monotonic() - started:.1f} s")
+
+
+def down(say: Say = _say) -> None:
+    """Stop what `up` started (recorded in pid files), replica before primary; keep all data on disk.
+
+    :raises SandboxError: when a component could not be stopped (the others are still stopped).
+    """
+    layout = SandboxLayout.from_environment()
+    chains = _chains(layout)
+    errors: list[str] = []
+    with _locked(layout):
+        for chain in reversed(chains):
+            for component in reversed(chain):
+                try:
+                    component.stop(say)
+                except SandboxError as exc:
+                    errors.append(str(exc))
+    if errors:
+        raise SandboxError("\n".join(errors))
+
+
+def status() -> list[ComponentStatus]:
+    """Report every component from its pid file alone (fast; connects to nothing)."""
+    layout = SandboxLayout.from_environment()
+    rows = []
+    for chain in _chains(layout):
+        for component in chain:
+            state, pid = component.daemon.state()
+            rows.append(ComponentStatus(component.name, component.address, pid, state, component.detail))
+    return rows
+
+
+def format_status(rows: list[ComponentStatus]) -> str:
+    """Render status rows as an aligned text table."""
+    header = ("COMPONENT", "ADDRESS", "PID", "STATE", "DETAIL")
+    table = [header] + [
+        (r.component, r.address, str(r.pid) if r.pid is not None else "-", r.state, r.detail) for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join([*(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)), row[-1]]).rstrip()
+        for row in table
+    )
+
+
+__all__ = ["ComponentStatus", "down", "format_status", "status", "up"]

@@ -1,0 +1,234 @@
+"""The sandbox's MariaDB server with the `inventory` database and the binary log on.
+
+It reads only its own option file (--defaults-file, so /etc/mysql is ignored), runs as the `mysql` OS user
+when the sandbox runs as root, and logs to stderr, which the sandbox sends to its log file. The binary log
+is on (ROW format, server_id 1) because backups record binlog positions. Administration goes through the
+unix socket as root (unix_socket authentication); Airflow gets the `cloudops`@`127.0.0.1` account over TCP.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import pwd
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cloudops.sandbox import seed
+from cloudops.sandbox.layout import LOOPBACK, SandboxLayout
+from cloudops.sandbox.process import (
+    RUNNING,
+    STALE,
+    Binary,
+    Daemon,
+    Say,
+    run,
+    spawn_detached,
+    stop_daemon,
+    wait_until,
+    write_if_changed,
+)
+
+if TYPE_CHECKING:
+    import pymysql
+
+    from cloudops.sandbox.credentials import CredentialStore
+    from cloudops.sandbox.plan import DatabasePlan
+
+USER = "cloudops"
+PASSWORD_KEY = "mariadb_cloudops"
+
+
+class MariadbServer:
+    """The one MariaDB server of the sandbox."""
+
+    def __init__(self, layout: SandboxLayout, plan: DatabasePlan, store: CredentialStore) -> None:
+        self.layout, self.plan, self.store = layout, plan, store
+        self.name = "mariadb"
+        self.port = layout.port("mariadb")
+        self.address = f"{LOOPBACK}:{self.port}"
+        self.base = layout.data_root / "mariadb"
+        self.data_dir = self.base / "data"
+        self.socket = self.base / "run" / "mariadbd.sock"
+        self.option_file = self.base / "my.cnf"
+        self.log = layout.log_file("mariadb")
+        self.daemon = Daemon(
+            layout.pid_file("mariadb"),
+            marker=f"--defaults-file={self.option_file}",
+            server_pid_file=self.base / "run" / "mariadbd.pid",
+        )
+        self.os_user = layout.os_user("mysql")
+        self.detail = layout.data_note
+
+    def binaries(self) -> list[Binary]:
+        return [
+            Binary("mariadbd", self.layout.mariadbd, "mariadb-server"),
+            Binary("mariadb-install-db", self.layout.mariadb_install_db, "mariadb-server"),
+        ]
+
+    def endpoints(self) -> list[tuple[str, int]]:
+        return [(LOOPBACK, self.port)]
+
+    def _options(self) -> str:
+        lines = [
+            "# Written by `cloudops sandbox up`: the only option file this server reads.",
+            "[mariadbd]",
+            *([f"user = {self.os_user}"] if self.os_user else []),
+            f"datadir = {self.data_dir}",
+            f"socket = {self.socket}",
+            f"pid-file = {self.daemon.server_pid_file}",
+            f"port = {self.port}",
+            f"bind-address = {LOOPBACK}",
+            "skip-name-resolve",
+            "log-bin = mariadb-bin",
+            "binlog_format = ROW",
+            "server_id = 1",
+            "innodb_buffer_pool_size = 128M",
+            "performance_schema = OFF",
+            "character-set-server = utf8mb4",
+            "collation-server = utf8mb4_unicode_ci",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def _admin_connect(self) -> pymysql.Connection[Any]:
+        import pymysql
+
+        user = "root" if os.geteuid() == 0 else getpass.getuser()
+        return pymysql.connect(unix_socket=str(self.socket), user=user, autocommit=True, connect_timeout=5)
+
+    def tcp_connect(self, database: str | None = None) -> pymysql.Connection[Any]:
+        """Connect over TCP as the cloudops account, the way Airflow will."""
+        import pymysql
+
+        return pymysql.connect(
+            host=LOOPBACK,
+            port=self.port,
+            user=USER,
+            password=self.store.password(PASSWORD_KEY),
+            database=database,
+            autocommit=True,
+            connect_timeout=5,
+        )
+
+    def ensure(self, say: Say) -> None:
+        """Start the server if needed, then make sure the cloudops account and inventory data exist."""
+        state, pid = self.daemon.state()
+        if state == RUNNING and pid is not None:
+            with self._admin_connect() as conn, conn.cursor() as cur:
+                cur.execute("SELECT 1")
+            self.daemon.record(pid)
+            say(f"{self.name}: already running (pid {pid}) on {self.address}")
+        else:
+            if state == STALE:
+                self.daemon.forget()
+            self._prepare(say)
+            self._start(say)
+        self._ensure_account(say)
+        self._ensure_seed(say)
+
+    def _chown(self, path: Path) -> None:
+        if self.os_user:
+            entry = pwd.getpwnam(self.os_user)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def _prepare(self, say: Say) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.socket.parent.mkdir(exist_ok=True)
+        self._chown(self.socket.parent)
+        write_if_changed(self.option_file, self._options())
+        if (self.data_dir / "mysql").is_dir():
+            return
+        say(f"{self.name}: mariadb-install-db into {self.data_dir}")
+        started = time.monotonic()
+        argv = [
+            str(self.layout.mariadb_install_db),
+            f"--defaults-file={self.option_file}",
+            "--auth-root-authentication-method=socket",
+            "--skip-test-db",
+            "--basedir=/usr",
+            *([f"--user={self.os_user}"] if self.os_user else []),
+        ]
+        run(argv, what=f"{self.name}: mariadb-install-db", log_path=self.log, timeout=300, cwd=self.base)
+        say(f"{self.name}: data directory ready in {time.monotonic() - started:.1f} s")
+
+    def _start(self, say: Say) -> None:
+        proc = spawn_detached(
+            [str(self.layout.mariadbd), f"--defaults-file={self.option_file}"],
+            log_path=self.log,
+            cwd=self.base,
+        )
+
+        def ready() -> bool:
+            with self._admin_connect() as conn, conn.cursor() as cur:
+                cur.execute("SELECT 1")
+            return True
+
+        wait_until(ready, what=self.name, log_path=self.log, timeout=90, alive=lambda: proc.poll() is None)
+        self.daemon.record(proc.pid)
+        say(f"{self.name}: started (pid {proc.pid}) on {self.address}")
+
+    def _ensure_account(self, say: Say) -> None:
+        import pymysql
+
+        try:
+            with self.tcp_connect():
+                return
+        except pymysql.err.OperationalError:
+            pass  # missing account or a password from an earlier sandbox: (re)set it below
+        password = self.store.password(PASSWORD_KEY)
+        account = f"'{USER}'@'{LOOPBACK}'"
+        with self._admin_connect() as conn, conn.cursor() as cur:
+            cur.execute(f"CREATE USER IF NOT EXISTS {account} IDENTIFIED BY %s", [password])
+            cur.execute(f"ALTER USER {account} IDENTIFIED BY %s", [password])
+            cur.execute(f"GRANT ALL PRIVILEGES ON *.* TO {account} WITH GRANT OPTION")
+        say(f"{self.name}: account {USER}@{LOOPBACK} ready")
+
+    def _ensure_seed(self, say: Say) -> None:
+        database = self.plan.database
+        with self.tcp_connect() as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = %s AND table_name = %s",
+                [database, seed.INVENTORY_MARKER_TABLE],
+            )
+            row = cur.fetchone()
+            if row and row[0]:
+                cur.execute(f"SELECT COUNT(*) FROM `{database}`.`{seed.INVENTORY_MARKER_TABLE}`")
+                filled = cur.fetchone()
+                if filled and filled[0]:
+                    say(f"{self.name}: database {database} already seeded")
+                    return
+            started = time.monotonic()
+            # A half-made database (interrupted seed) is rebuilt whole.
+            cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
+            cur.execute(f"CREATE DATABASE `{database}`")
+            cur.execute(f"USE `{database}`")
+            for statement in seed.INVENTORY_SQL:
+                cur.execute(statement)
+            cur.execute(f"SELECT COUNT(*) FROM `{seed.INVENTORY_MARKER_TABLE}`")
+            count = cur.fetchone()
+        rows = count[0] if count else 0
+        say(
+            f"{self.name}: seeded database {database} ({rows} stock levels) in "
+            f"{time.monotonic() - started:.1f} s"
+        )
+
+    def connections(self) -> dict[str, dict[str, Any]]:
+        return {
+            self.plan.conn_id: {
+                "conn_type": "mysql",
+                "host": LOOPBACK,
+                "port": self.port,
+                "login": USER,
+                "password": self.store.password(PASSWORD_KEY),
+                "schema": self.plan.database,
+                "extra": {"charset": "utf8mb4"},
+            }
+        }
+
+    def stop(self, say: Say) -> None:
+        """Shut the server down cleanly (SIGTERM), if this sandbox started it."""
+        stop_daemon(self.daemon, what=self.name, say=say, timeout=90)
+
+
+__all__ = ["MariadbServer"]

@@ -1,0 +1,122 @@
+"""What the sandbox must start, read from runbooks/sandbox.yaml.
+
+Only `plan_from_catalog` knows the catalog's shape; the components consume the EstatePlan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cloudops.catalog import Catalog, load_catalog_file
+from cloudops.catalog.models import SmtpNotification, SnsNotification
+from cloudops.errors import SandboxError
+
+
+@dataclass(frozen=True)
+class DatabasePlan:
+    name: str
+    engine: str  # postgres | mariadb
+    role: str  # primary | replica
+    conn_id: str
+    database: str
+    cluster: str | None
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    name: str
+    fleet: str
+    os_family: str
+    ssh_conn_id: str
+    groups: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AwsPlan:
+    conn_id: str
+    region: str
+    bucket: str
+    object_lock_mode: str | None
+    object_lock_days: int | None
+    encryption: str | None
+    sns_topics: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class EstatePlan:
+    estate: str
+    postgres_primary: DatabasePlan
+    postgres_replica: DatabasePlan | None
+    mariadb: DatabasePlan
+    databases: tuple[DatabasePlan, ...]
+    aws: AwsPlan
+    hosts: tuple[HostPlan, ...]
+    smtp_conn_ids: tuple[str, ...]
+
+
+def plan_from_catalog(catalog: Catalog) -> EstatePlan:
+    """Map the validated sandbox catalog to the components to start.
+
+    The sandbox runs one PostgreSQL cluster (the first postgres primary and its replica), one MariaDB
+    server, one AWS endpoint for the first AWS cloud and its repository, and one sshd per host.
+
+    :raises SandboxError: when the catalog lacks something the sandbox needs.
+    """
+    databases = tuple(
+        DatabasePlan(d.name, d.engine, d.role, d.conn_id, d.database, d.cluster) for d in catalog.databases
+    )
+    pg_primary = next((d for d in databases if d.engine == "postgres" and d.role == "primary"), None)
+    mariadb = next((d for d in databases if d.engine == "mariadb"), None)
+    cloud = next((c for c in catalog.clouds if c.provider == "aws"), None)
+    repo = next((r for r in catalog.repositories if cloud and r.cloud == cloud.name), None)
+    if pg_primary is None or mariadb is None or cloud is None or repo is None:
+        raise SandboxError(
+            "the sandbox catalog must name a postgres primary, a mariadb database and an aws cloud "
+            "with a repository"
+        )
+    pg_replica = next(
+        (
+            d
+            for d in databases
+            if d.engine == "postgres" and d.role == "replica" and d.cluster == pg_primary.cluster
+        ),
+        None,
+    )
+    aws = AwsPlan(
+        conn_id=cloud.aws_conn_id,
+        region=cloud.region,
+        bucket=repo.bucket,
+        object_lock_mode=repo.object_lock.mode if repo.object_lock else None,
+        object_lock_days=repo.object_lock.days if repo.object_lock else None,
+        encryption=repo.encryption.mode,
+        sns_topics=tuple(
+            n.topic_arn.rsplit(":", 1)[-1] for n in catalog.notifications if isinstance(n, SnsNotification)
+        ),
+    )
+    hosts = tuple(
+        HostPlan(host.name, fleet.name, fleet.os_family, host.ssh_conn_id, tuple(host.groups))
+        for fleet, host in catalog.hosts
+    )
+    smtp = tuple(n.smtp_conn_id for n in catalog.notifications if isinstance(n, SmtpNotification))
+    return EstatePlan(
+        estate=catalog.estate,
+        postgres_primary=pg_primary,
+        postgres_replica=pg_replica,
+        mariadb=mariadb,
+        databases=databases,
+        aws=aws,
+        hosts=hosts,
+        smtp_conn_ids=smtp,
+    )
+
+
+def load_plan(path: Path) -> EstatePlan:
+    """Read and validate the sandbox catalog file and plan the estate from it.
+
+    :raises CatalogError: naming file, line and field when the catalog is invalid.
+    """
+    return plan_from_catalog(load_catalog_file(path))
+
+
+__all__ = ["AwsPlan", "DatabasePlan", "EstatePlan", "HostPlan", "load_plan", "plan_from_catalog"]

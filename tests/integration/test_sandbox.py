@@ -1,0 +1,345 @@
+"""Integration tests of the sandbox estate (cloudops.sandbox) with real servers on loopback.
+
+Most tests run against the main sandbox, which a session fixture brings up with `up()` (a no-op when it
+already runs). Fault and lifecycle tests use a second sandbox in tmp_path with a port offset, so they
+never touch the first; the lifecycle test removes the data directory it made under /var/tmp.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import smtplib
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import paramiko
+import psycopg
+import pymysql
+import pytest
+
+from cloudops.errors import SandboxError
+from cloudops.sandbox import estate
+from cloudops.sandbox.layout import SandboxLayout, read_env_file
+from cloudops.sandbox.plan import EstatePlan, load_plan
+from cloudops.sandbox.process import RUNNING, STALE, STOPPED
+
+pytestmark = pytest.mark.integration
+
+EXPECTED_COMPONENTS = {"postgres-primary", "postgres-replica", "mariadb", "moto", "smtp-sink"}
+
+
+def _quiet(_: str) -> None:
+    """Swallow progress lines."""
+
+
+@pytest.fixture(scope="session")
+def layout() -> SandboxLayout:
+    """Bring the main sandbox up (reused when it already runs) and return its layout."""
+    estate.up(say=_quiet)
+    return SandboxLayout.from_environment()
+
+
+@pytest.fixture(scope="session")
+def plan(layout: SandboxLayout) -> EstatePlan:
+    return load_plan(layout.catalog_path)
+
+
+@pytest.fixture(scope="session")
+def connections(layout: SandboxLayout) -> dict[str, dict[str, Any]]:
+    """The Airflow connections of the env file, by conn id (lower case, as in the catalog)."""
+    env = read_env_file(layout.env_file)
+    prefix = "AIRFLOW_CONN_"
+    return {k[len(prefix) :].lower(): json.loads(v) for k, v in env.items() if k.startswith(prefix)}
+
+
+def _pg(conn: dict[str, Any]) -> psycopg.Connection[Any]:
+    return psycopg.connect(
+        host=conn["host"],
+        port=conn["port"],
+        user=conn["login"],
+        password=conn["password"],
+        dbname=conn["schema"],
+        connect_timeout=5,
+        autocommit=True,
+    )
+
+
+def _ssh_client(known_hosts: Path) -> paramiko.SSHClient:
+    client = paramiko.SSHClient()
+    client.load_host_keys(str(known_hosts))
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    return client
+
+
+@pytest.fixture
+def second_sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the environment at a second sandbox in tmp_path whose ports sit 3000 above the main one."""
+    sandbox_dir = tmp_path / "sandbox"
+    monkeypatch.setenv("CLOUDOPS_SANDBOX_DIR", str(sandbox_dir))
+    monkeypatch.setenv("CLOUDOPS_SANDBOX_PORT_OFFSET", "3000")
+    return sandbox_dir
+
+
+# -- the main sandbox ------------------------------------------------------------------------------------
+
+
+def test_every_component_is_running(layout: SandboxLayout, plan: EstatePlan) -> None:
+    rows = estate.status()
+    names = {row.component for row in rows}
+    assert names == EXPECTED_COMPONENTS | {f"sshd-{host.name}" for host in plan.hosts}
+    assert len(plan.hosts) >= 6
+    assert {row.component: row.state for row in rows if row.state != RUNNING} == {}
+    table = estate.format_status(rows)
+    assert table.splitlines()[0].split() == ["COMPONENT", "ADDRESS", "PID", "STATE", "DETAIL"]
+    assert all(row.component in table and str(row.pid) in table for row in rows)
+
+
+def test_every_host_key_verifies_against_known_hosts(
+    layout: SandboxLayout, plan: EstatePlan, connections: dict[str, dict[str, Any]]
+) -> None:
+    known_hosts = layout.ssh_dir / "known_hosts"
+    for host in plan.hosts:
+        conn = connections[host.ssh_conn_id]
+        client = _ssh_client(known_hosts)
+        try:
+            client.connect(
+                conn["host"],
+                port=conn["port"],
+                username=conn["login"],
+                key_filename=conn["extra"]["key_file"],
+                look_for_keys=False,
+                allow_agent=False,
+                timeout=5,
+            )
+            assert client.get_transport().get_remote_server_key().get_base64() in conn["extra"]["host_key"]
+            _, stdout, _ = client.exec_command("echo $CLOUDOPS_SANDBOX_HOST", timeout=10)
+            assert stdout.read().decode().strip() == host.name
+        finally:
+            client.close()
+
+
+def test_a_wrong_or_unknown_host_key_is_rejected(
+    layout: SandboxLayout, plan: EstatePlan, connections: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    conn = connections[plan.hosts[0].ssh_conn_id]
+    impostor = paramiko.Ed25519Key.from_private_key_file(
+        str(layout.ssh_dir / "hosts" / plan.hosts[1].name / "ssh_host_ed25519_key")
+    )
+    wrong = tmp_path / "known_hosts_wrong"
+    wrong.write_text(f"[{conn['host']}]:{conn['port']} {impostor.get_name()} {impostor.get_base64()}\n")
+    empty = tmp_path / "known_hosts_empty"
+    empty.write_text("")
+    kwargs = {
+        "port": conn["port"],
+        "username": conn["login"],
+        "key_filename": conn["extra"]["key_file"],
+        "look_for_keys": False,
+        "allow_agent": False,
+        "timeout": 5,
+    }
+    with pytest.raises(paramiko.BadHostKeyException):
+        _ssh_client(wrong).connect(conn["host"], **kwargs)
+    with pytest.raises(paramiko.SSHException, match="not found in known_hosts"):
+        _ssh_client(empty).connect(conn["host"], **kwargs)
+
+
+def test_replica_is_in_recovery_and_streaming(
+    plan: EstatePlan, connections: dict[str, dict[str, Any]]
+) -> None:
+    assert plan.postgres_replica is not None
+    with _pg(connections[plan.postgres_replica.conn_id]) as replica:
+        assert replica.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+        assert replica.execute("SELECT status FROM pg_stat_wal_receiver").fetchone() == ("streaming",)
+    with _pg(connections[plan.postgres_primary.conn_id]) as primary:
+        row = primary.execute(
+            "SELECT state FROM pg_stat_replication WHERE application_name = %s", [plan.postgres_replica.name]
+        ).fetchone()
+    assert row == ("streaming",)
+
+
+def test_orders_database_is_seeded(plan: EstatePlan, connections: dict[str, dict[str, Any]]) -> None:
+    with _pg(connections[plan.postgres_primary.conn_id]) as conn:
+        (orders,) = conn.execute("SELECT count(*) FROM orders").fetchone() or (0,)
+        (customers,) = conn.execute("SELECT count(*) FROM customers").fetchone() or (0,)
+        (orphans,) = conn.execute(
+            "SELECT count(*) FROM orders o LEFT JOIN customers c USING (customer_id) WHERE c IS NULL"
+        ).fetchone() or (1,)
+    assert orders >= 200_000
+    assert customers >= 10_000
+    assert orphans == 0
+
+
+def test_mariadb_inventory_is_seeded_with_binlog_on(
+    plan: EstatePlan, connections: dict[str, dict[str, Any]]
+) -> None:
+    conn = connections[plan.mariadb.conn_id]
+    assert conn["conn_type"] == "mysql"
+    with (
+        pymysql.connect(
+            host=conn["host"],
+            port=conn["port"],
+            user=conn["login"],
+            password=conn["password"],
+            database=conn["schema"],
+            connect_timeout=5,
+        ) as db,
+        db.cursor() as cur,
+    ):
+        cur.execute("SELECT COUNT(*) FROM stock_levels")
+        assert (cur.fetchone() or (0,))[0] >= 1000
+        cur.execute("SELECT @@log_bin, @@binlog_format, @@server_id")
+        assert cur.fetchone() == (1, "ROW", 1)
+        cur.execute("SHOW MASTER STATUS")
+        assert (cur.fetchone() or ("",))[0].startswith("mariadb-bin.")
+
+
+def test_aws_endpoint_is_seeded(plan: EstatePlan, connections: dict[str, dict[str, Any]]) -> None:
+    import boto3
+
+    conn = connections[plan.aws.conn_id]
+    session = boto3.session.Session(
+        aws_access_key_id=conn["login"],
+        aws_secret_access_key=conn["password"],
+        region_name=conn["extra"]["region_name"],
+    )
+    endpoint = conn["extra"]["endpoint_url"]
+    s3 = session.client("s3", endpoint_url=endpoint)
+    lock = s3.get_object_lock_configuration(Bucket=plan.aws.bucket)["ObjectLockConfiguration"]
+    assert lock["ObjectLockEnabled"] == "Enabled"
+    assert lock["Rule"]["DefaultRetention"]["Mode"] == plan.aws.object_lock_mode
+    assert lock["Rule"]["DefaultRetention"]["Days"] == plan.aws.object_lock_days
+    assert s3.get_bucket_versioning(Bucket=plan.aws.bucket)["Status"] == "Enabled"
+    topics = session.client("sns", endpoint_url=endpoint).list_topics()["Topics"]
+    assert {t["TopicArn"].rsplit(":", 1)[-1] for t in topics} >= set(plan.aws.sns_topics)
+    engines = {
+        db["Engine"]
+        for db in session.client("rds", endpoint_url=endpoint).describe_db_instances()["DBInstances"]
+    }
+    assert engines >= {"postgres", "mariadb"}
+    reservations = session.client("ec2", endpoint_url=endpoint).describe_instances(
+        Filters=[{"Name": "tag:Estate", "Values": [plan.estate]}]
+    )["Reservations"]
+    instances = [i for r in reservations for i in r["Instances"]]
+    assert len(instances) >= len(plan.hosts)
+    assert all(len(i["BlockDeviceMappings"]) >= 2 for i in instances)  # root volume + the data volume
+
+
+def test_env_file_is_private_complete_and_shell_sourceable(
+    layout: SandboxLayout, plan: EstatePlan, connections: dict[str, dict[str, Any]]
+) -> None:
+    assert layout.env_file.stat().st_mode & 0o777 == 0o600
+    expected = {d.conn_id for d in plan.databases} | {plan.aws.conn_id} | set(plan.smtp_conn_ids)
+    expected |= {h.ssh_conn_id for h in plan.hosts}
+    assert set(connections) == expected
+    assert connections[plan.postgres_primary.conn_id]["conn_type"] == "postgres"
+    assert connections[plan.aws.conn_id]["extra"]["endpoint_url"].startswith("http://127.0.0.1:")
+    parsed = read_env_file(layout.env_file)
+    assert parsed["CLOUDOPS_SANDBOX_DIR"] == str(layout.dir)
+    script = f'set -a; . "{layout.env_file}"; set +a; env -0'
+    out = subprocess.run(
+        ["bash", "-c", script], capture_output=True, check=True, env={"PATH": "/usr/bin:/bin"}
+    )
+    from_shell = dict(item.split("=", 1) for item in out.stdout.decode().split("\0") if "=" in item)
+    assert {k: from_shell.get(k) for k in parsed} == parsed
+
+
+def test_up_again_is_fast_and_changes_nothing(layout: SandboxLayout) -> None:
+    before = {row.component: row.pid for row in estate.status()}
+    env_mtime = layout.env_file.stat().st_mtime_ns
+    lines: list[str] = []
+    started = time.monotonic()
+    estate.up(say=lines.append)
+    elapsed = time.monotonic() - started
+    assert {row.component: row.pid for row in estate.status()} == before
+    assert layout.env_file.stat().st_mtime_ns == env_mtime
+    assert elapsed < 5, f"warm up took {elapsed:.1f} s"
+    assert not [line for line in lines if "started" in line or "created" in line or "seeded database" in line]
+    secrets = json.loads(layout.credentials_file.read_text()).values()
+    assert not [line for line in lines for secret in secrets if secret in line]
+
+
+# -- a second sandbox: faults and lifecycle --------------------------------------------------------------
+
+
+def test_port_in_use_is_refused_before_anything_starts(second_sandbox: Path) -> None:
+    port = 55432 + 3000
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        with pytest.raises(
+            SandboxError, match=f"port {port} on 127.0.0.1 is already in use by another process"
+        ):
+            estate.up(say=_quiet)
+    assert {row.state for row in estate.status()} == {STOPPED}
+    assert not SandboxLayout.from_environment().data_root.joinpath("postgres").exists()
+
+
+def test_missing_binary_is_named_with_its_package(
+    second_sandbox: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = second_sandbox.parent / "bin" / "sshd"
+    monkeypatch.setenv("CLOUDOPS_SANDBOX_SSHD", str(missing))
+    with pytest.raises(
+        SandboxError, match=f"sshd not found at {missing}: install the Debian package openssh-server"
+    ):
+        estate.up(say=_quiet)
+    assert {row.state for row in estate.status()} == {STOPPED}
+
+
+def test_bad_port_offset_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLOUDOPS_SANDBOX_PORT_OFFSET", "lots")
+    with pytest.raises(SandboxError, match="CLOUDOPS_SANDBOX_PORT_OFFSET='lots' is not an integer"):
+        estate.status()
+
+
+def test_down_never_signals_a_process_it_did_not_start(second_sandbox: Path) -> None:
+    layout = SandboxLayout.from_environment()
+    pid_file = layout.pid_file("moto")
+    pid_file.parent.mkdir(parents=True)
+    pid_file.write_text(f"{os.getpid()}\n")  # this pytest process: alive, but not the sandbox's moto
+    assert {row.component: row.state for row in estate.status()}["moto"] == STALE
+    lines: list[str] = []
+    estate.down(say=lines.append)
+    assert any("moto: pid" in line and "nothing stopped" in line for line in lines)
+    assert not pid_file.exists()
+
+
+def test_a_second_sandbox_comes_up_goes_down_and_comes_back(second_sandbox: Path) -> None:
+    layout = SandboxLayout.from_environment()
+    plan = load_plan(layout.catalog_path)
+    assert plan.postgres_replica is not None
+    try:
+        estate.up(say=_quiet)
+        assert {row.state for row in estate.status()} == {RUNNING}
+        env = {
+            k: json.loads(v) for k, v in read_env_file(layout.env_file).items() if k.startswith("AIRFLOW_")
+        }
+        assert env[f"AIRFLOW_CONN_{plan.postgres_primary.conn_id.upper()}"]["port"] == 55432 + 3000
+        with smtplib.SMTP("127.0.0.1", layout.port("smtp"), timeout=5) as smtp:
+            smtp.sendmail(
+                "runbook@sandbox.example", ["oncall@sandbox.example"], b"Subject: drill\r\n\r\nok\r\n"
+            )
+        assert len(list(layout.mail_dir.glob("*.eml"))) == 1
+
+        estate.down(say=_quiet)
+        assert {row.state for row in estate.status()} == {STOPPED}
+        assert (layout.data_root / "postgres" / "primary" / "PG_VERSION").exists()
+
+        lines: list[str] = []
+        estate.up(say=lines.append)
+        assert {row.state for row in estate.status()} == {RUNNING}
+        assert any("orders already seeded" in line for line in lines)
+        conn = json.loads(
+            read_env_file(layout.env_file)[f"AIRFLOW_CONN_{plan.postgres_replica.conn_id.upper()}"]
+        )
+        with _pg(conn) as replica:
+            assert replica.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+    finally:
+        estate.down(say=_quiet)
+        if layout.data_root_is_fallback:
+            shutil.rmtree(layout.data_root, ignore_errors=True)
