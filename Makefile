@@ -6,7 +6,9 @@ SHELL := /bin/bash
 ROOT := $(CURDIR)
 VENV := $(ROOT)/.venv
 BIN := $(VENV)/bin
-UV := python3 -m uv
+# The machine's Python (resolved before .venv/bin joins PATH) runs uv; it is installed if missing.
+SYSTEM_PYTHON := $(shell command -v python3.11 || command -v python3)
+UV := $(SYSTEM_PYTHON) -m uv
 export CLOUDOPS_SANDBOX_DIR ?= $(ROOT)/.sandbox
 export CLOUDOPS_CATALOG ?= $(ROOT)/runbooks
 export AIRFLOW_HOME ?= $(CLOUDOPS_SANDBOX_DIR)/airflow
@@ -42,7 +44,7 @@ system-packages:  ## install the Debian packages the sandbox needs, if any is mi
 venv: $(VENV)/.installed  ## create .venv with uv from requirements.lock
 
 $(VENV)/.installed: requirements.lock pyproject.toml
-	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	@$(UV) --version >/dev/null 2>&1 || $(SYSTEM_PYTHON) -m pip install --quiet uv
 	@[ -x $(BIN)/python ] || $(UV) venv --quiet --python 3.11 $(VENV)
 	$(UV) pip install --quiet --python $(BIN)/python -r requirements.lock
 	$(UV) pip install --quiet --python $(BIN)/python --no-deps -e .

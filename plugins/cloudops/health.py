@@ -88,7 +88,9 @@ def assess_host(fleet: Fleet, host: Host, state: HostState) -> Finding:
     detail = f"up {uptime / 86400:.1f}d"
     if fullest:
         detail += f", fullest disk {fullest[0]} {fullest[1]}%"
-    over = {mount: used for mount, used in state.disk_used_percent.items() if used > fleet.disk_used_max_percent}
+    over = {
+        mount: used for mount, used in state.disk_used_percent.items() if used > fleet.disk_used_max_percent
+    }
     if over:
         listed = ", ".join(f"{mount} {used}%" for mount, used in sorted(over.items()))
         return Finding(target, DEGRADED, detail, f"disk use over {fleet.disk_used_max_percent}%: {listed}")
@@ -131,8 +133,10 @@ class HealthReport:
 def render_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Render rows as a plain-text table with aligned columns."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)]
+
     def line(cells: Sequence[str]) -> str:
         return "  ".join(str(cell).ljust(width) for cell, width in zip(cells, widths, strict=False)).rstrip()
+
     return "\n".join([line(header), line(["-" * width for width in widths]), *(line(row) for row in rows)])
 
 

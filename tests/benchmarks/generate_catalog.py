@@ -37,7 +37,9 @@ def estate_document(estate: int, databases: int, fleets: int, hosts: int) -> dic
         "estate": name,
         "owner": f"{name}-oncall",
         "timezone": "Europe/Paris",
-        "clouds": [{"name": f"{name}_aws", "provider": "aws", "aws_conn_id": f"{name}_aws", "region": "eu-west-1"}],
+        "clouds": [
+            {"name": f"{name}_aws", "provider": "aws", "aws_conn_id": f"{name}_aws", "region": "eu-west-1"}
+        ],
         "repositories": [
             {
                 "name": f"{name}_backups",

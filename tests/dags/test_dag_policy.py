@@ -16,7 +16,16 @@ from cloudops.catalog import load_catalogs
 pytestmark = pytest.mark.dags
 
 # Modules that make parsing slow or need services: they belong inside tasks.
-HEAVY_MODULES = ["boto3", "botocore", "paramiko", "great_expectations", "pandas", "psycopg", "pymysql", "moto"]
+HEAVY_MODULES = [
+    "boto3",
+    "botocore",
+    "paramiko",
+    "great_expectations",
+    "pandas",
+    "psycopg",
+    "pymysql",
+    "moto",
+]
 
 
 def parse(dags_folder: Path) -> Any:

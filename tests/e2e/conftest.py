@@ -29,9 +29,7 @@ def airflow_env(
         "CLOUDOPS_CATALOG": str(project_root / "runbooks"),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    subprocess.run(
-        ["airflow", "db", "migrate"], env=env, check=True, capture_output=True, timeout=300
-    )
+    subprocess.run(["airflow", "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
     return env
 
 

@@ -39,7 +39,12 @@ def test_health_check_fails_naming_what_is_down(
                 "estate": "broken",
                 "owner": "tests",
                 "databases": [
-                    {"name": "orders_copy", "engine": "postgres", "conn_id": "sandbox_pg_primary", "database": "orders"},
+                    {
+                        "name": "orders_copy",
+                        "engine": "postgres",
+                        "conn_id": "sandbox_pg_primary",
+                        "database": "orders",
+                    },
                     {"name": "lost_db", "engine": "postgres", "conn_id": "lost_db", "database": "x"},
                 ],
                 "fleets": [

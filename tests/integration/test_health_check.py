@@ -26,7 +26,9 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def catalog_file(tmp_path: Path, *, databases: list[dict[str, Any]] = (), hosts: list[dict[str, Any]] = ()) -> str:  # type: ignore[assignment]
+def catalog_file(
+    tmp_path: Path, *, databases: list[dict[str, Any]] = (), hosts: list[dict[str, Any]] = ()
+) -> str:  # type: ignore[assignment]
     document: dict[str, Any] = {"estate": "probe", "owner": "tests", "databases": list(databases)}
     if hosts:
         document["fleets"] = [{"name": "probe", "os_family": "debian", "hosts": list(hosts)}]
@@ -59,7 +61,8 @@ def test_every_sandbox_target_is_healthy(project_root: Path) -> None:
 
 def test_missing_connection_is_named(tmp_path: Path) -> None:
     catalog = catalog_file(
-        tmp_path, databases=[{"name": "ghost", "engine": "postgres", "conn_id": "no_such_conn", "database": "x"}]
+        tmp_path,
+        databases=[{"name": "ghost", "engine": "postgres", "conn_id": "no_such_conn", "database": "x"}],
     )
     (finding,) = check_databases(catalog, "probe")
     assert finding["status"] == "error"
@@ -72,8 +75,12 @@ def test_missing_connection_is_named(tmp_path: Path) -> None:
 def test_database_down_is_reported_not_raised(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str
 ) -> None:
-    connection("dead_db", monkeypatch, conn_type=engine, host="127.0.0.1", port=free_port(), login="x", password="y")
-    catalog = catalog_file(tmp_path, databases=[{"name": "dead", "engine": engine, "conn_id": "dead_db", "database": "x"}])
+    connection(
+        "dead_db", monkeypatch, conn_type=engine, host="127.0.0.1", port=free_port(), login="x", password="y"
+    )
+    catalog = catalog_file(
+        tmp_path, databases=[{"name": "dead", "engine": engine, "conn_id": "dead_db", "database": "x"}]
+    )
     (finding,) = check_databases(catalog, "probe")
     assert finding["status"] == "down"
     assert finding["problem"].startswith("unreachable: ")
@@ -81,12 +88,12 @@ def test_database_down_is_reported_not_raised(
         report_health("probe", [finding], [])
 
 
-def test_replica_listed_as_primary_is_a_role_mismatch(
-    tmp_path: Path, sandbox_env: dict[str, str]
-) -> None:
+def test_replica_listed_as_primary_is_a_role_mismatch(tmp_path: Path, sandbox_env: dict[str, str]) -> None:
     catalog = catalog_file(
         tmp_path,
-        databases=[{"name": "swapped", "engine": "postgres", "conn_id": "sandbox_pg_replica", "database": "orders"}],
+        databases=[
+            {"name": "swapped", "engine": "postgres", "conn_id": "sandbox_pg_replica", "database": "orders"}
+        ],
     )
     (finding,) = check_databases(catalog, "probe")
     assert finding["status"] == "degraded"
@@ -99,7 +106,11 @@ def test_changed_host_key_is_refused(
     web_1 = sandbox_connection(sandbox_env, "sandbox_ssh_web_1")
     web_2 = sandbox_connection(sandbox_env, "sandbox_ssh_web_2")
     # web-1's address with web-2's key: what an interception (or a rebuilt host) looks like.
-    connection("spoofed", monkeypatch, **{**web_1, "extra": {**web_1["extra"], "host_key": web_2["extra"]["host_key"]}})
+    connection(
+        "spoofed",
+        monkeypatch,
+        **{**web_1, "extra": {**web_1["extra"], "host_key": web_2["extra"]["host_key"]}},
+    )
     catalog = catalog_file(tmp_path, hosts=[{"name": "spoofed-1", "ssh_conn_id": "spoofed"}])
     (finding,) = check_hosts(catalog, "probe")
     assert finding["status"] == "down"
@@ -137,7 +148,9 @@ def test_host_with_nothing_listening_is_down(tmp_path: Path, monkeypatch: pytest
         host="127.0.0.1",
         port=free_port(),
         login="root",
-        extra={"host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEZKFTbP+K9MlSh8rLr9Zqo0e36n8Vr7azjVfSYGUcuE"},
+        extra={
+            "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEZKFTbP+K9MlSh8rLr9Zqo0e36n8Vr7azjVfSYGUcuE"
+        },
     )
     catalog = catalog_file(tmp_path, hosts=[{"name": "nowhere-1", "ssh_conn_id": "nowhere"}])
     (finding,) = check_hosts(catalog, "probe")

@@ -111,7 +111,11 @@ def test_secret_keys_are_refused(tmp_path: Path, line: str, expected_field: str)
 
 @pytest.mark.parametrize(
     "value",
-    ["postgres://admin:s3cret@db.example/shop", "AKIAIOSFODNN7EXAMPLE", "-----BEGIN OPENSSH PRIVATE KEY-----"],
+    [
+        "postgres://admin:s3cret@db.example/shop",
+        "AKIAIOSFODNN7EXAMPLE",
+        "-----BEGIN OPENSSH PRIVATE KEY-----",
+    ],
 )
 def test_secret_values_are_refused(tmp_path: Path, value: str) -> None:
     path = write(tmp_path, VALID.replace("description", "x") + f'description: "{value}"\n')

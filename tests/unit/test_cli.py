@@ -23,7 +23,9 @@ def test_validate_refuses_a_bad_file_with_exit_2(
     tmp_path: Path, project_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("estate: bad\nowner: ops\ndatabases:\n  - {name: x, engine: oracle, conn_id: c, database: d}\n")
+    bad.write_text(
+        "estate: bad\nowner: ops\ndatabases:\n  - {name: x, engine: oracle, conn_id: c, database: d}\n"
+    )
     assert main(["validate", str(project_root / "runbooks"), str(bad)]) == 2
     out = capsys.readouterr()
     assert f"{bad}:4: databases[0].engine: Input should be 'postgres' or 'mariadb' (got 'oracle')" in out.err

@@ -69,7 +69,9 @@ def test_role_mismatch_points_at_a_failover() -> None:
         (None, True, DEGRADED, "replication lag unknown exceeds 60s"),
     ],
 )
-def test_replica_lag_against_policy(lag: float | None, streaming: bool, status: str, problem: str | None) -> None:
+def test_replica_lag_against_policy(
+    lag: float | None, streaming: bool, status: str, problem: str | None
+) -> None:
     finding = assess_database(REPLICA, DatabaseState(True, "replica", "15", lag, streaming), CATALOG)
     assert (finding.status, finding.problem) == (status, problem)
 

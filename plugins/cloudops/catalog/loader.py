@@ -194,7 +194,7 @@ def _line_of(lines: dict[YamlPath, int], path: Sequence[str | int]) -> int | Non
         if path in lines:
             return lines[path]
         path = path[:-1]
-    return lines.get((), None)
+    return lines.get(())
 
 
 def _model_at(model: type[BaseModel], path: Sequence[str | int]) -> type[BaseModel] | None:
@@ -225,9 +225,7 @@ def _inner_model(annotation: Any) -> Any:
     return None
 
 
-def _validation_issues(
-    error: ValidationError, lines: dict[YamlPath, int], file: str
-) -> list[CatalogIssue]:
+def _validation_issues(error: ValidationError, lines: dict[YamlPath, int], file: str) -> list[CatalogIssue]:
     """Turn pydantic's errors into issues with a line, a field path and a hint."""
     issues: list[CatalogIssue] = []
     for item in error.errors(include_url=False):
@@ -246,7 +244,9 @@ def _validation_issues(
         elif item["type"] == "union_tag_invalid":
             expected = re.findall(r"'([^']*)'", str(item.get("ctx", {}).get("expected_tags", "")))
             loc = [*loc, item.get("ctx", {}).get("discriminator", "kind").strip("'")]
-            message = f"unknown kind {item.get('ctx', {}).get('tag')!r}; expected one of {', '.join(expected)}"
+            message = (
+                f"unknown kind {item.get('ctx', {}).get('tag')!r}; expected one of {', '.join(expected)}"
+            )
             hint = did_you_mean(str(item.get("ctx", {}).get("tag")), expected)
         elif item["type"] == "literal_error":
             expected = re.findall(r"'([^']*)'", str(item.get("ctx", {}).get("expected", "")))
@@ -304,7 +304,7 @@ def _cache_path(file: str) -> Path:
 def _read_cache(file: str, key: tuple[object, ...]) -> tuple[Catalog, dict[YamlPath, int]] | None:
     try:
         with _cache_path(file).open("rb") as stream:
-            cached_key, payload = pickle.load(stream)  # noqa: S301 - our own private cache directory
+            cached_key, payload = pickle.load(stream)
     except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, ValueError, TypeError):
         return None
     return payload if cached_key == key else None
@@ -356,7 +356,10 @@ def _parse_and_validate(file: str) -> tuple[Catalog, dict[YamlPath, int]]:
     problems = check_references(catalog)
     if problems:
         raise CatalogError(
-            [CatalogIssue(file, _line_of(lines, p.path), format_path(p.path), p.message, p.hint) for p in problems]
+            [
+                CatalogIssue(file, _line_of(lines, p.path), format_path(p.path), p.message, p.hint)
+                for p in problems
+            ]
         )
     return catalog, lines
 
@@ -379,7 +382,10 @@ def load_catalogs(paths: Iterable[str | Path] | None = None) -> CatalogSet:
         if clashes:
             result.errors.append(
                 CatalogError(
-                    [CatalogIssue(str(path), _line_of(lines, c.path), format_path(c.path), c.message) for c in clashes]
+                    [
+                        CatalogIssue(str(path), _line_of(lines, c.path), format_path(c.path), c.message)
+                        for c in clashes
+                    ]
                 )
             )
             continue
@@ -389,4 +395,10 @@ def load_catalogs(paths: Iterable[str | Path] | None = None) -> CatalogSet:
 
 __all__ = [
     "CACHE_ENV",
-    "CATALOG_ENV", "CatalogSet", "LoadedCatalog", "catalog_paths", "load_catalog_file", "load_catalogs"]
+    "CATALOG_ENV",
+    "CatalogSet",
+    "LoadedCatalog",
+    "catalog_paths",
+    "load_catalog_file",
+    "load_catalogs",
+]

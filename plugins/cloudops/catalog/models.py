@@ -277,9 +277,7 @@ class SmtpNotification(CatalogModel):
     name: TargetName
     kind: Literal["smtp"]
     smtp_conn_id: ConnId
-    to: Annotated[
-        list[Annotated[str, StringConstraints(pattern=r"^[^@\s]+@[^@\s]+$")]], Field(min_length=1)
-    ]
+    to: Annotated[list[Annotated[str, StringConstraints(pattern=r"^[^@\s]+@[^@\s]+$")]], Field(min_length=1)]
 
 
 class SnsNotification(CatalogModel):
@@ -316,7 +314,7 @@ class Catalog(CatalogModel):
         try:
             zoneinfo.ZoneInfo(value)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Europe/Paris)")
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Europe/Paris)") from None
         return value
 
     def database(self, name: str) -> Database:

@@ -66,7 +66,9 @@ def check_references(catalog: Catalog) -> list[ReferenceProblem]:
     clouds = {cloud.name for cloud in catalog.clouds}
     for index, repository in enumerate(catalog.repositories):
         if repository.cloud not in clouds:
-            problems.append(_missing(("repositories", index, "cloud"), "clouds", "cloud", repository.cloud, clouds))
+            problems.append(
+                _missing(("repositories", index, "cloud"), "clouds", "cloud", repository.cloud, clouds)
+            )
 
     repositories = {repository.name for repository in catalog.repositories}
     databases = {database.name for database in catalog.databases}
@@ -90,7 +92,9 @@ def check_references(catalog: Catalog) -> list[ReferenceProblem]:
             )
     for index, slo in enumerate(catalog.slos):
         if slo.database and slo.database not in databases:
-            problems.append(_missing(("slos", index, "database"), "databases", "database", slo.database, databases))
+            problems.append(
+                _missing(("slos", index, "database"), "databases", "database", slo.database, databases)
+            )
 
     primaries = Counter(d.cluster for d in catalog.databases if d.cluster and d.role == "primary")
     for index, database in enumerate(catalog.databases):
@@ -123,9 +127,7 @@ def cross_catalog_duplicates(
         if key in claimed:
             other_file, other_line = claimed[key]
             where = f"{other_file}:{other_line}" if other_line else other_file
-            problems.append(
-                ReferenceProblem(path, f"{key[0]} name {key[1]!r} is already defined in {where}")
-            )
+            problems.append(ReferenceProblem(path, f"{key[0]} name {key[1]!r} is already defined in {where}"))
     if not problems:
         for key, path in wanted:
             claimed[key] = (file, lines.get(path))

@@ -47,7 +47,11 @@ def probe_host(ssh_conn_id: str, *, used_by: str, timeout_seconds: int = 10) -> 
     """
     try:
         result = run_command(
-            ssh_conn_id, HEALTH_COMMAND, used_by=used_by, conn_timeout=timeout_seconds, cmd_timeout=timeout_seconds
+            ssh_conn_id,
+            HEALTH_COMMAND,
+            used_by=used_by,
+            conn_timeout=timeout_seconds,
+            cmd_timeout=timeout_seconds,
         )
     except (ConnectionMissingError, InsecureConnectionError):
         raise
@@ -56,7 +60,9 @@ def probe_host(ssh_conn_id: str, *, used_by: str, timeout_seconds: int = 10) -> 
     except Exception as error:  # paramiko raises its own hierarchy and plain socket errors
         return HostState(False, error=f"{type(error).__name__}: {first_line(error)}")
     if result.exit_status != 0:
-        return HostState(False, error=f"health command exited {result.exit_status}: {result.stderr.strip()[:200]}")
+        return HostState(
+            False, error=f"health command exited {result.exit_status}: {result.stderr.strip()[:200]}"
+        )
     first, _, rest = result.stdout.partition("\n")
     return HostState(True, parse_uptime(first), parse_df(rest))
 
