@@ -6,11 +6,12 @@ Exit codes: 0 success, 1 the action failed, 2 invalid input (a bad catalog, a ba
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cloudops.errors import CloudOpsError
+from cloudops.errors import CloudOpsError, InvalidInputError
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -65,6 +66,31 @@ def _sandbox(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _read_json(path: str, what: str) -> object:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise InvalidInputError(f"{what} {path}: cannot read: {error.strerror}") from None
+    except json.JSONDecodeError as error:
+        raise InvalidInputError(f"{what} {path}:{error.lineno}: not valid JSON: {error.msg}") from None
+
+
+def _retention_plan(args: argparse.Namespace) -> int:
+    """Print the retention plan for a policy and a list of backups, as JSON."""
+    from cloudops.repository.retention import parse_backups, plan_retention, policy_from_json
+
+    policy = policy_from_json(_read_json(args.policy, "policy"))
+    backups = parse_backups(_read_json(args.backups, "backups"))
+    plan = plan_retention(
+        backups,
+        policy,
+        max_delete_share=args.max_delete_share,
+        allow_large_delete=args.allow_large_delete,
+    )
+    print(json.dumps(plan.to_json(), indent=2))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="cloudops", description=__doc__.splitlines()[0])
@@ -81,6 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument("--check", action="store_true", help="fail when the file is out of date")
     schema.set_defaults(handler=_schema)
 
+    retention = commands.add_parser("retention", help="retention planning")
+    retention_commands = retention.add_subparsers(dest="retention_command", required=True)
+    plan = retention_commands.add_parser(
+        "plan", help="print which backups a policy keeps and deletes, as JSON (deletes nothing)"
+    )
+    plan.add_argument("--policy", required=True, help="JSON object of keep_* rules")
+    plan.add_argument("--backups", required=True, help='JSON list of {"id", "time", "tags"?}')
+    plan.add_argument("--max-delete-share", type=float, default=0.5, help="default 0.5")
+    plan.add_argument("--allow-large-delete", action="store_true", help="allow deleting more than the share")
+    plan.set_defaults(handler=_retention_plan)
+
     sandbox = commands.add_parser("sandbox", help="the local sandbox estate")
     sandbox.add_argument("action", choices=["up", "down", "status"])
     sandbox.set_defaults(handler=_sandbox)
@@ -92,6 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
+    except InvalidInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INVALID
     except CloudOpsError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED

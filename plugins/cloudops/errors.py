@@ -7,6 +7,10 @@ class CloudOpsError(Exception):
     """Base class of every error this package raises on purpose."""
 
 
+class InvalidInputError(CloudOpsError):
+    """Input from a person (a catalog file, a form, a command-line file) is unusable as given."""
+
+
 class SandboxError(CloudOpsError):
     """The local sandbox estate could not be started, stopped or inspected."""
 
@@ -23,4 +27,4 @@ class ConnectionMissingError(CloudOpsError):
         self.used_by = used_by
 
 
-__all__ = ["CloudOpsError", "ConnectionMissingError", "SandboxError"]
+__all__ = ["CloudOpsError", "ConnectionMissingError", "InvalidInputError", "SandboxError"]

@@ -58,3 +58,56 @@ def test_schema_check_detects_a_stale_file(tmp_path: Path) -> None:
     assert main(["schema", "--output", str(target), "--check"]) == 0
     target.write_text("{}\n")
     assert main(["schema", "--output", str(target), "--check"]) == 1
+
+
+def test_retention_plan_prints_the_plan_as_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"keep_last": 2}))
+    backups = tmp_path / "backups.json"
+    backups.write_text(
+        json.dumps(
+            [
+                {"id": "a", "time": "2026-11-20T02:00:00Z"},
+                {"id": "b", "time": "2026-11-21T02:00:00Z", "tags": ["nightly"]},
+                {"id": "c", "time": "2026-11-22T02:00:00Z"},
+            ]
+        )
+    )
+    assert main(["retention", "plan", "--policy", str(policy), "--backups", str(backups)]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["keep"] == ["c", "b"]
+    assert plan["delete"] == ["a"]
+    assert set(plan) == {"keep", "delete", "reasons"}
+    assert plan["reasons"]["a"] == ["not kept by any rule"]
+    assert plan["reasons"]["c"][0].startswith("last")
+
+
+@pytest.mark.parametrize(
+    ("policy", "backups", "expected"),
+    [
+        ("{}", "[]", "keeps nothing"),
+        ('{"keep_dialy": 3}', "[]", "did you mean 'keep_daily'?"),
+        ('{"keep_last": 1}', '[{"id": "a", "time": "yesterday"}]', "backups[0].time"),
+        ('{"keep_last": 1', "[]", "not valid JSON"),
+    ],
+)
+def test_retention_plan_refuses_bad_input_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], policy: str, backups: str, expected: str
+) -> None:
+    (tmp_path / "p.json").write_text(policy)
+    (tmp_path / "b.json").write_text(backups)
+    args = ["retention", "plan", "--policy", str(tmp_path / "p.json"), "--backups", str(tmp_path / "b.json")]
+    assert main(args) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_retention_plan_refuses_a_large_delete_without_override(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "p.json").write_text('{"keep_last": 1}')
+    times = [f"2026-11-{day:02d}T02:00:00Z" for day in range(1, 11)]
+    (tmp_path / "b.json").write_text(json.dumps([{"id": t, "time": t} for t in times]))
+    args = ["retention", "plan", "--policy", str(tmp_path / "p.json"), "--backups", str(tmp_path / "b.json")]
+    assert main(args) == 1
+    assert "refusing to delete 9 of 10" in capsys.readouterr().err
+    assert main([*args, "--allow-large-delete"]) == 0

@@ -6,7 +6,7 @@ import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from cloudops.errors import CloudOpsError
+from cloudops.errors import InvalidInputError
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class CatalogIssue:
         return f"{where}:{field} {self.message}{hint}"
 
 
-class CatalogError(CloudOpsError):
+class CatalogError(InvalidInputError):
     """One or more catalog files are invalid; each issue names file, line and field."""
 
     def __init__(self, issues: Sequence[CatalogIssue]) -> None:

@@ -29,7 +29,7 @@ from pydantic import (
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _DURATION_PART = re.compile(r"(\d+)([smhdw])")
 _DURATION = re.compile(r"^(?:\d+[smhdw])+$")
-_RESTIC_DURATION = re.compile(r"^(?:\d+y)?(?:\d+m)?(?:\d+d)?(?:\d+h)?$")
+_RESTIC_DURATION = re.compile(r"^(?:\d+[ymdh])+$")
 
 
 def parse_duration(value: object) -> object:
@@ -153,6 +153,13 @@ class Repository(CatalogModel):
     object_lock: ObjectLock | None = None
 
 
+def _keeps_something(rule: object) -> bool:
+    """A rule that keeps at least one backup: not unset, not 0, not an empty list, not "0d"."""
+    if isinstance(rule, str):
+        return any(int(amount) for amount in re.findall(r"\d+", rule))
+    return rule not in (None, 0, [])
+
+
 class RetentionPolicy(CatalogModel):
     """How long backups are kept, in restic's `forget` vocabulary (-1 means unlimited)."""
 
@@ -168,14 +175,14 @@ class RetentionPolicy(CatalogModel):
     keep_within_weekly: ResticDuration | None = None
     keep_within_monthly: ResticDuration | None = None
     keep_within_yearly: ResticDuration | None = None
-    keep_tags: list[list[Annotated[str, StringConstraints(min_length=1)]]] | None = Field(
-        default=None, description="Keep backups carrying all tags of any one listed set."
-    )
+    keep_tags: (
+        list[Annotated[list[Annotated[str, StringConstraints(min_length=1)]], Field(min_length=1)]] | None
+    ) = Field(default=None, description="Keep backups carrying all tags of any one listed set.")
 
     @model_validator(mode="after")
     def _not_empty(self) -> RetentionPolicy:
         # restic's empty policy deletes everything; here that is never what anyone meant.
-        if not any(value not in (None, 0, [], "") for value in self.__dict__.values()):
+        if not any(_keeps_something(value) for value in self.__dict__.values()):
             raise ValueError(
                 "the retention policy keeps nothing: set at least one keep_* rule (e.g. keep_daily: 7)"
             )

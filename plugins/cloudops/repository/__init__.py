@@ -1,0 +1,1 @@
+"""Backup repositories: retention planning now, and (later) the code that lists and deletes backups."""

@@ -1,0 +1,439 @@
+"""Plan which backups a retention run keeps and which it deletes, with the reason for each decision.
+
+The policy is restic's ``forget`` policy, applied exactly as restic applies it (the cases of restic's own
+tests are this module's conformance tests). Safety rules sit on top of it:
+
+- only complete backups count for the policy; an incomplete one (no manifest) is deleted as cleanup once
+  it is older than a grace period, and held until then, since it may still be being written;
+- the newest complete backup is never deleted, whatever the policy says;
+- a backup under object lock (``locked_until`` after ``now``) is not deleted: it is held;
+- one run never deletes more than ``max_delete_share`` of the complete backups unless told to.
+
+Everything here is pure: no I/O, no clock read except ``now``'s default.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from cloudops.catalog.errors import did_you_mean, format_path
+from cloudops.catalog.models import RetentionPolicy, render_duration
+from cloudops.errors import CloudOpsError, InvalidInputError
+
+NEWEST_COMPLETE = "newest complete backup"
+NOT_KEPT = "not kept by any rule"
+
+_RESTIC_DURATION_PART = re.compile(r"(\d+)([ymdh])")
+_BACKUP_FIELDS = ("id", "time", "tags", "complete", "locked_until")
+
+
+class RetentionInputError(InvalidInputError):
+    """A backup list or a retention policy given as JSON is malformed; the message names the field."""
+
+
+class RetentionRefused(CloudOpsError):
+    """The plan would delete a larger share of the complete backups than one run may.
+
+    :ivar plan: the plan that was refused, for the operator to review.
+    :ivar would_delete: how many complete backups the plan deletes.
+    :ivar limit: how many one run may delete.
+    """
+
+    def __init__(self, plan: RetentionPlan, *, would_delete: int, limit: int, complete: int, share: float):
+        super().__init__(
+            f"refusing to delete {would_delete} of {complete} complete backups in one run: "
+            f"max_delete_share={share:g} allows at most {limit}. Review the plan; if it is what you want, "
+            "run again with allow_large_delete=True (or raise max_delete_share in the backup policy)"
+        )
+        self.plan = plan
+        self.would_delete = would_delete
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class BackupRecord:
+    """One backup in a repository, as the planner sees it.
+
+    :param id: unique within the repository.
+    :param time: when the backup was taken; must be timezone-aware, kept in UTC.
+    :param tags: labels that ``keep_tags`` matches.
+    :param complete: False when the backup has no manifest (failed, or still being written).
+    :param locked_until: end of its S3 Object Lock retention, if any; aware.
+    """
+
+    id: str
+    time: datetime
+    tags: frozenset[str] = frozenset()
+    complete: bool = True
+    locked_until: datetime | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "time", _utc(self.time, f"backup {self.id!r} time"))
+        object.__setattr__(self, "tags", frozenset(self.tags))
+        if self.locked_until is not None:
+            object.__setattr__(
+                self, "locked_until", _utc(self.locked_until, f"backup {self.id!r} locked_until")
+            )
+
+
+@dataclass(frozen=True)
+class RetentionPlan:
+    """What one retention run keeps and deletes, newest first, and why.
+
+    :param keep: ids to keep.
+    :param delete: ids to delete.
+    :param reasons: for every id, kept or deleted, the reasons for the decision.
+    :param held: kept ids that the policy alone would have deleted (newest complete backup, object lock,
+        incomplete backup inside its grace period); their reasons say which rule held them.
+    """
+
+    keep: list[str]
+    delete: list[str]
+    reasons: dict[str, list[str]]
+    held: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """Return ``{"keep": [...], "delete": [...], "reasons": {id: [...]}}``."""
+        return {
+            "keep": list(self.keep),
+            "delete": list(self.delete),
+            "reasons": {backup_id: list(why) for backup_id, why in self.reasons.items()},
+        }
+
+
+def plan_retention(
+    backups: Iterable[BackupRecord],
+    policy: RetentionPolicy,
+    *,
+    now: datetime | None = None,
+    max_delete_share: float = 0.5,
+    allow_large_delete: bool = False,
+    incomplete_grace: timedelta = timedelta(hours=24),
+) -> RetentionPlan:
+    """Decide which backups to keep and which to delete, with a reason for each.
+
+    :param backups: the repository's backups, in any order (equal times keep their given order).
+    :param policy: restic's keep_* rules; applied to complete backups only.
+    :param now: the time the safety rules compare with (object locks, grace period); default: now.
+    :param max_delete_share: largest share of the complete backups this run may delete.
+    :param allow_large_delete: delete even when the plan exceeds ``max_delete_share``.
+    :param incomplete_grace: how long an incomplete backup is held before it is cleaned up.
+    :return: the plan; ``keep`` and ``delete`` are newest first.
+    :raises RetentionRefused: the plan exceeds ``max_delete_share`` and large deletes are not allowed.
+    :raises RetentionInputError: two backups share an id.
+    """
+    now = datetime.now(UTC) if now is None else _utc(now, "now")
+    if not 0 < max_delete_share <= 1:
+        raise ValueError(f"max_delete_share must be in (0, 1], got {max_delete_share}")
+    # Python's sort is stable, as restic's is: backups with equal times keep their given order.
+    ordered = sorted(backups, key=lambda backup: backup.time, reverse=True)
+    _check_unique_ids(ordered)
+    complete = [backup for backup in ordered if backup.complete]
+    by_policy = dict(zip((b.id for b in complete), _policy_reasons(complete, policy, now), strict=True))
+    newest_complete = complete[0].id if complete else None
+    grace = render_duration(incomplete_grace)
+
+    keep: list[str] = []
+    delete: list[str] = []
+    held: list[str] = []
+    reasons: dict[str, list[str]] = {}
+    for backup in ordered:
+        why = by_policy.get(backup.id, [])
+        if why:
+            keep.append(backup.id)
+        elif backup.id == newest_complete:
+            why = [NEWEST_COMPLETE]
+            keep.append(backup.id)
+            held.append(backup.id)
+        elif not backup.complete and now - backup.time <= incomplete_grace:
+            why = [f"incomplete, younger than grace period ({grace}): it may still be in progress"]
+            keep.append(backup.id)
+            held.append(backup.id)
+        elif backup.locked_until is not None and backup.locked_until > now:
+            why = [f"locked until {_iso(backup.locked_until)}"]
+            keep.append(backup.id)
+            held.append(backup.id)
+        elif not backup.complete and newest_complete is None:
+            # With no complete backup at all, "incomplete" more likely means a listing or manifest
+            # problem than leftovers: deleting would risk the only copies there are.
+            why = ["incomplete, but no complete backup exists: cleanup waits until one does"]
+            keep.append(backup.id)
+            held.append(backup.id)
+        else:
+            why = [NOT_KEPT if backup.complete else f"incomplete, older than grace period ({grace})"]
+            delete.append(backup.id)
+        reasons[backup.id] = why
+
+    plan = RetentionPlan(keep=keep, delete=delete, reasons=reasons, held=held)
+    complete_ids = set(by_policy)
+    would_delete = sum(1 for backup_id in delete if backup_id in complete_ids)
+    # The epsilon keeps 0.57 * 100 from flooring to 56.
+    limit = math.floor(max_delete_share * len(complete) + 1e-9)
+    if would_delete > limit and not allow_large_delete:
+        raise RetentionRefused(
+            plan, would_delete=would_delete, limit=limit, complete=len(complete), share=max_delete_share
+        )
+    return plan
+
+
+def parse_backups(items: object) -> list[BackupRecord]:
+    """Turn a JSON list of ``{"id", "time", "tags"?, "complete"?, "locked_until"?}`` into records.
+
+    :raises RetentionInputError: naming the item's index and field, e.g. ``backups[3].time``.
+    """
+    if not isinstance(items, list):
+        raise RetentionInputError(f"backups: expected a JSON list of backups, got {_kind(items)}")
+    records: list[BackupRecord] = []
+    seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        where = f"backups[{index}]"
+        if not isinstance(item, Mapping):
+            raise RetentionInputError(f"{where}: expected an object with id and time, got {_kind(item)}")
+        for key in item:
+            if key not in _BACKUP_FIELDS:
+                hint = did_you_mean(str(key), _BACKUP_FIELDS)
+                expected = ", ".join(_BACKUP_FIELDS)
+                raise RetentionInputError(
+                    f"{where}.{key}: unknown field ({hint or f'expected one of {expected}'})"
+                )
+        backup_id = item.get("id")
+        if not isinstance(backup_id, str) or not backup_id:
+            got = "missing" if backup_id is None else f"got {backup_id!r}"
+            raise RetentionInputError(f"{where}.id: expected a non-empty string, {got}")
+        if backup_id in seen:
+            raise RetentionInputError(
+                f"{where}.id: duplicate id {backup_id!r} (also backups[{seen[backup_id]}])"
+            )
+        seen[backup_id] = index
+        tags = item.get("tags") or []
+        if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+            raise RetentionInputError(f"{where}.tags: expected a list of strings, got {tags!r}")
+        complete = item.get("complete", True)
+        if not isinstance(complete, bool):
+            raise RetentionInputError(f"{where}.complete: expected true or false, got {complete!r}")
+        locked_until = item.get("locked_until")
+        if locked_until is not None:
+            locked_until = _parse_time(locked_until, f"{where}.locked_until")
+        records.append(
+            BackupRecord(
+                id=backup_id,
+                time=_parse_time(item.get("time"), f"{where}.time"),
+                tags=frozenset(tags),
+                complete=complete,
+                locked_until=locked_until,
+            )
+        )
+    return records
+
+
+def policy_from_json(obj: object) -> RetentionPolicy:
+    """Validate a retention policy given as JSON.
+
+    :raises RetentionInputError: one message naming each offending field.
+    """
+    if not isinstance(obj, Mapping):
+        raise RetentionInputError(
+            f'retention policy: expected an object such as {{"keep_daily": 7}}, got {_kind(obj)}'
+        )
+    try:
+        return RetentionPolicy.model_validate(obj)
+    except ValidationError as error:
+        problems = "; ".join(_describe_policy_error(dict(detail)) for detail in error.errors())
+        raise RetentionInputError(f"invalid retention policy: {problems}") from None
+
+
+# The policy: restic's ApplyPolicy (internal/data/snapshot_policy.go), rule by rule.
+
+
+def _hour(time: datetime) -> str:
+    return time.strftime("%Y-%m-%dT%H")
+
+
+def _day(time: datetime) -> str:
+    return time.strftime("%Y-%m-%d")
+
+
+def _week(time: datetime) -> str:
+    year, week, _ = time.isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def _month(time: datetime) -> str:
+    return time.strftime("%Y-%m")
+
+
+def _year(time: datetime) -> str:
+    return f"{time.year}"
+
+
+_BUCKETS: tuple[tuple[str, Callable[[datetime], str]], ...] = (
+    ("hourly", _hour),
+    ("daily", _day),
+    ("weekly", _week),
+    ("monthly", _month),
+    ("yearly", _year),
+)
+
+
+def _policy_reasons(backups: list[BackupRecord], policy: RetentionPolicy, now: datetime) -> list[list[str]]:
+    """Return, for each backup (complete, newest first), the policy rules that keep it."""
+    reasons: list[list[str]] = [[] for _ in backups]
+    if not backups:
+        return reasons
+    oldest = len(backups) - 1
+
+    for tags in policy.keep_tags or []:
+        wanted = frozenset(tags)
+        label = f"tags {','.join(tags)}" if tags else "tags [] (an empty set matches every backup)"
+        for index, backup in enumerate(backups):
+            if wanted <= backup.tags:
+                reasons[index].append(label)
+
+    # Windows end at the newest backup, not at `now`; one from the future (clock skew) does not count.
+    newest = max((backup.time for backup in backups if backup.time <= now), default=None)
+    if policy.keep_within and (amounts := _restic_duration(policy.keep_within)):
+        start = _window_start(newest, amounts)
+        for index, backup in enumerate(backups):
+            if start is None or backup.time > start:
+                reasons[index].append(f"within {policy.keep_within}")
+
+    counted: list[tuple[str, int | None, Callable[[datetime], str] | None]] = [
+        ("last", policy.keep_last, None),
+        ("hourly", policy.keep_hourly, _hour),
+        ("daily", policy.keep_daily, _day),
+        ("weekly", policy.keep_weekly, _week),
+        ("monthly", policy.keep_monthly, _month),
+        ("yearly", policy.keep_yearly, _year),
+    ]
+    for name, count, bucket in counted:
+        if not count:
+            continue
+        left, previous = count, None
+        for index, backup in enumerate(backups):
+            if left == 0:
+                break
+            key = str(index) if bucket is None else bucket(backup.time)
+            if key != previous:
+                reasons[index].append(f"last {count}" if bucket is None else f"{name} {key}")
+                previous = key
+                left = left - 1 if left > 0 else left
+            elif index == oldest:
+                # restic keeps the oldest backup while a count is left, to keep the longest history.
+                reasons[index].append(f"{name} {key}: oldest backup, keep_{name} not used up")
+
+    for name, bucket in _BUCKETS:
+        duration = getattr(policy, f"keep_within_{name}")
+        if not duration or not (amounts := _restic_duration(duration)):
+            continue
+        start, previous = _window_start(newest, amounts), None
+        for index, backup in enumerate(backups):
+            if start is not None and backup.time <= start:
+                break
+            key = bucket(backup.time)
+            if key != previous:
+                reasons[index].append(f"{name} {key} within {duration}")
+                previous = key
+            elif index == oldest:
+                reasons[index].append(f"{name} {key} within {duration}: oldest backup")
+    return reasons
+
+
+def _restic_duration(duration: str) -> dict[str, int]:
+    """Return the years, months, days and hours of ``duration``; empty when all are zero (no rule)."""
+    amounts = {"y": 0, "m": 0, "d": 0, "h": 0}
+    for amount, unit in _RESTIC_DURATION_PART.findall(duration):
+        amounts[unit] = int(amount)  # as in restic, a repeated unit replaces the earlier one
+    return amounts if any(amounts.values()) else {}
+
+
+def _window_start(newest: datetime | None, amounts: Mapping[str, int]) -> datetime | None:
+    """Return the exclusive start of the window reaching ``amounts`` back from ``newest``.
+
+    The arithmetic is Go's ``AddDate``, as in restic: shift year and month, then let the day overflow
+    (Mar 31 minus 1m is Mar 3). None means the window holds every backup: it reaches back before year 1,
+    or there is no newest backup to measure from (restic measures from its zero time then).
+    """
+    if newest is None:
+        return None
+    months = newest.year * 12 + newest.month - 1 - 12 * amounts["y"] - amounts["m"]
+    year, month = divmod(months, 12)
+    if year < 1:
+        return None
+    try:
+        first = newest.replace(year=year, month=month + 1, day=1)
+        return first + timedelta(days=newest.day - 1 - amounts["d"], hours=-amounts["h"])
+    except OverflowError:
+        return None
+
+
+# Input checks and formatting.
+
+
+def _utc(value: datetime, what: str) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware, got {value.isoformat()}")
+    return value.astimezone(UTC)
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _check_unique_ids(backups: list[BackupRecord]) -> None:
+    seen: set[str] = set()
+    for backup in backups:
+        if backup.id in seen:
+            raise RetentionInputError(f"backup id {backup.id!r} appears more than once")
+        seen.add(backup.id)
+
+
+def _parse_time(value: object, where: str) -> datetime:
+    example = "an ISO 8601 time with an offset, e.g. 2026-11-20T03:00:00Z"
+    if value is None:
+        raise RetentionInputError(f"{where}: missing ({example})")
+    if not isinstance(value, str):
+        raise RetentionInputError(f"{where}: expected {example}, got {value!r}")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise RetentionInputError(f"{where}: {value!r} is not {example}") from None
+    if parsed.tzinfo is None:
+        raise RetentionInputError(f"{where}: {value!r} has no UTC offset (append Z for UTC)")
+    return parsed.astimezone(UTC)
+
+
+def _kind(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _describe_policy_error(detail: dict[str, Any]) -> str:
+    location = format_path(detail["loc"])
+    message = str(detail["msg"]).removeprefix("Value error, ")
+    if detail["type"] == "extra_forbidden":
+        hint = did_you_mean(str(detail["loc"][-1]), RetentionPolicy.model_fields)
+        return f"{location}: unknown rule{f' ({hint})' if hint else ''}"
+    if detail["type"] == "string_pattern_mismatch" and location.startswith("keep_within"):
+        message = "expected a restic duration: digits with y, m (months), d, h, e.g. 7d, 1m14d, 1y2m3d4h"
+    if not location:
+        return message
+    return f"{location}: {message} (got {detail['input']!r})"
+
+
+__all__ = [
+    "NEWEST_COMPLETE",
+    "NOT_KEPT",
+    "BackupRecord",
+    "RetentionInputError",
+    "RetentionPlan",
+    "RetentionRefused",
+    "parse_backups",
+    "plan_retention",
+    "policy_from_json",
+]
