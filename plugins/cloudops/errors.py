@@ -27,4 +27,54 @@ class ConnectionMissingError(CloudOpsError):
         self.used_by = used_by
 
 
-__all__ = ["CloudOpsError", "ConnectionMissingError", "InvalidInputError", "SandboxError"]
+class DatabaseUnavailableError(CloudOpsError):
+    """A database could not be reached (or queried) to prepare work on it; nothing was started."""
+
+    def __init__(self, used_by: str, address: str, detail: str) -> None:
+        super().__init__(f"{used_by} is unavailable at {address}: {detail}")
+        self.used_by = used_by
+        self.address = address
+        self.detail = detail
+
+
+class ToolMissingError(CloudOpsError):
+    """A client program (pg_dump, mariadb-dump, ...) that a runbook runs is not installed."""
+
+    def __init__(
+        self, tool: str, package: str, problem: str = "was not found (not on PATH, or not executable)"
+    ) -> None:
+        super().__init__(
+            f"client program {tool!r} {problem}: install the Debian package {package} on the Airflow workers"
+        )
+        self.tool = tool
+        self.package = package
+
+
+class ToolVersionError(CloudOpsError):
+    """A client program is older than the server it would work on, so its output cannot be trusted."""
+
+    def __init__(self, tool: str, tool_version: str, server_version: str, used_by: str, package: str) -> None:
+        super().__init__(
+            f"{tool} {tool_version} is older than the server of {used_by} ({server_version}): "
+            f"upgrade the Debian package {package} on the Airflow workers"
+        )
+        self.tool = tool
+        self.tool_version = tool_version
+        self.server_version = server_version
+        self.package = package
+
+
+class BackupSourceError(CloudOpsError):
+    """A backup cannot be made, or could not record facts that match what it dumped."""
+
+
+__all__ = [
+    "BackupSourceError",
+    "CloudOpsError",
+    "ConnectionMissingError",
+    "DatabaseUnavailableError",
+    "InvalidInputError",
+    "SandboxError",
+    "ToolMissingError",
+    "ToolVersionError",
+]

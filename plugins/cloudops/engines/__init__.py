@@ -1,8 +1,10 @@
-"""Database engines: one module per engine, each with the same verbs (probe now; dump, restore later)."""
+"""Database engines: one module per engine, with the same verbs (probe, backup sources; later restore)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -26,10 +28,54 @@ class DatabaseState:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class DumpCommand:
+    """A dump to run, as the backup pipeline needs it: the pipeline streams its stdout to storage.
+
+    :param argv: the program and its arguments; never holds a password (credentials are in files that
+        ``env`` points at, so they do not show in ``ps`` or in logs).
+    :param env: extra environment, merged over ``os.environ`` by the runner.
+    :param object_name: the name of the stored object (``orders.pgdump.zst``): the pipeline compresses.
+    :param format: ``pg_dump-custom``, ``pg_basebackup-tar`` or ``mariadb-dump-sql``, which says how to
+        restore it.
+    :param description: what is being run, safe to log.
+    """
+
+    argv: list[str]
+    env: dict[str, str]
+    object_name: str
+    format: str
+    description: str
+
+
+@dataclass
+class BackupSource:
+    """A dump command and the facts its manifest records, taken from the same snapshot as the dump.
+
+    :param facts: JSON-serialisable: ``engine``, ``engine_version``, ``tool_versions``, ``database``,
+        ``row_counts`` (``schema.table``, or the bare table name for MariaDB), ``schema_fingerprint`` and
+        ``position`` (``lsn_start``, or ``binlog_file`` and ``binlog_position``).
+    :param on_finish: what :meth:`finish` runs; each engine supplies its own.
+    """
+
+    command: DumpCommand
+    facts: dict[str, Any]
+    on_finish: Callable[[], dict[str, Any]] | None = field(default=None, repr=False, compare=False)
+
+    def finish(self) -> dict[str, Any]:
+        """Return the facts only knowable once the dump has exited 0 (an end LSN); may be ``{}``.
+
+        Call it only after a successful dump, while the source's context is still open.
+
+        :raises BackupSourceError: when the engine cannot vouch that the facts match the dump.
+        """
+        return self.on_finish() if self.on_finish else {}
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an error's message: driver errors add noise below it."""
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0]
 
 
-__all__ = ["DatabaseState", "first_line"]
+__all__ = ["BackupSource", "DatabaseState", "DumpCommand", "first_line"]

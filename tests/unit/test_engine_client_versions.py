@@ -1,0 +1,55 @@
+"""Reading client and server versions: what counts as older, for each engine."""
+
+from __future__ import annotations
+
+import pytest
+
+from cloudops.engines import mariadb, postgres
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    ("text", "major"),
+    [
+        ("pg_dump (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)", (15,)),
+        ("pg_basebackup (PostgreSQL) 16.4", (16,)),
+        ("pg_dump (PostgreSQL) 17beta1", (17,)),
+        ("pg_dump (PostgreSQL) 9.6.24", (9, 6)),
+    ],
+)
+def test_postgres_client_major(text: str, major: tuple[int, ...]) -> None:
+    assert postgres.client_major(text) == major
+
+
+def test_postgres_client_major_refuses_other_programs() -> None:
+    with pytest.raises(ValueError, match="not a PostgreSQL client version"):
+        postgres.client_major("mysqldump  Ver 8.0.36")
+
+
+@pytest.mark.parametrize(("num", "major"), [(150020, (15,)), (100023, (10,)), (90624, (9, 6))])
+def test_postgres_server_major(num: int, major: tuple[int, ...]) -> None:
+    assert postgres.server_major(num) == major
+
+
+def test_postgres_minor_releases_are_not_older() -> None:
+    assert not postgres.client_major("pg_dump (PostgreSQL) 15.1") < postgres.server_major(150020)
+    assert postgres.client_major("pg_dump (PostgreSQL) 14.12") < postgres.server_major(150020)
+
+
+@pytest.mark.parametrize(
+    ("text", "release"),
+    [
+        ("mariadb-dump  Ver 10.19 Distrib 10.11.19-MariaDB, for debian-linux-gnu (x86_64)", (10, 11, 19)),
+        ("mariadb-dump from 11.4.2-MariaDB, client 10.19 for debian-linux-gnu (x86_64)", (11, 4, 2)),
+        ("mysqldump  Ver 10.19 Distrib 10.5.2-MariaDB, for Linux (x86_64)", (10, 5, 2)),
+    ],
+)
+def test_mariadb_client_release(text: str, release: tuple[int, int, int]) -> None:
+    assert mariadb.client_release(text) == release
+
+
+def test_mariadb_server_release() -> None:
+    assert mariadb.server_release("10.11.19-MariaDB-0+deb12u1-log") == (10, 11, 19)
+    with pytest.raises(ValueError, match="not a MariaDB server version"):
+        mariadb.server_release("MariaDB")
