@@ -1,1 +1,6 @@
-"""Backup repositories: retention planning now, and (later) the code that lists and deletes backups."""
+"""Backup repositories in object storage.
+
+``layout`` (where keys go), ``manifest`` (what a complete backup records), ``pipeline`` (a dump streamed
+through zstd into a multipart upload), ``s3`` (store, lock, list, verify, delete) and ``retention``
+(which backups to keep, pure).
+"""
