@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from cloudops.errors import CloudOpsError, InvalidInputError
 
@@ -91,6 +92,62 @@ def _retention_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _find_database(name: str) -> tuple[Any, Any]:
+    """The catalog and database called ``name``, across every catalog file."""
+    from cloudops.catalog import load_catalogs
+    from cloudops.catalog.errors import did_you_mean
+
+    result = load_catalogs()
+    names = []
+    for loaded in result.catalogs:
+        for database in loaded.catalog.databases:
+            if database.name == name:
+                return loaded.catalog, database
+            names.append(database.name)
+    hint = did_you_mean(name, names)
+    raise InvalidInputError(f"no database {name!r} in the catalog" + (f" ({hint})" if hint else ""))
+
+
+def _backups_list(args: argparse.Namespace) -> int:
+    """List what the repository holds for one database, newest first."""
+    from cloudops.health import render_table
+    from cloudops.runbooks.backup import open_repository
+
+    catalog, database = _find_database(args.database)
+    if database.backup is None:
+        raise InvalidInputError(f"database {database.name!r} has no backup policy in the catalog")
+    backups = sorted(open_repository(catalog, database).list_backups(database.name), key=lambda b: b.time)
+    backups.reverse()
+    if args.json:
+        print(json.dumps([_backup_json(b) for b in backups], indent=2))
+        return EXIT_OK
+    rows = [
+        [
+            b.backup_id,
+            "complete" if b.complete else "INCOMPLETE",
+            f"{b.size / 1e6:.1f} MB",
+            b.locked_until.isoformat() if b.locked_until else "-",
+            "; ".join(b.problems) or (b.manifest.format if b.manifest else ""),
+        ]
+        for b in backups
+    ]
+    print(render_table(["backup", "state", "stored", "locked until", "format / problems"], rows))
+    print(f"{len(backups)} backups of {database.name}, {sum(b.complete for b in backups)} complete")
+    return EXIT_OK
+
+
+def _backup_json(backup: Any) -> dict[str, Any]:
+    return {
+        "id": backup.backup_id,
+        "time": backup.time.isoformat(),
+        "complete": backup.complete,
+        "size": backup.size,
+        "locked_until": backup.locked_until.isoformat() if backup.locked_until else None,
+        "tags": sorted(backup.tags),
+        "problems": backup.problems,
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="cloudops", description=__doc__.splitlines()[0])
@@ -117,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--max-delete-share", type=float, default=0.5, help="default 0.5")
     plan.add_argument("--allow-large-delete", action="store_true", help="allow deleting more than the share")
     plan.set_defaults(handler=_retention_plan)
+
+    backups = commands.add_parser("backups", help="what the backup repositories hold")
+    backups_commands = backups.add_subparsers(dest="backups_command", required=True)
+    listing = backups_commands.add_parser("list", help="list a database's backups, newest first")
+    listing.add_argument("database", help="a catalog database name")
+    listing.add_argument("--json", action="store_true", help="print JSON (usable as retention plan input)")
+    listing.set_defaults(handler=_backups_list)
 
     sandbox = commands.add_parser("sandbox", help="the local sandbox estate")
     sandbox.add_argument("action", choices=["up", "down", "status"])

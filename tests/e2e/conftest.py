@@ -27,6 +27,8 @@ def airflow_env(
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(project_root / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "CLOUDOPS_CATALOG": str(project_root / "runbooks"),
+        # `airflow dags test` cannot run Deadline Alerts: see cloudops.runbooks.common.
+        "CLOUDOPS_DEADLINE_ALERTS": "false",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     subprocess.run(["airflow", "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,20 @@ log = logging.getLogger(__name__)
 
 # Runbooks never backfill: a missed health check or backup is run now, not replayed for the past.
 RUNBOOK_EPOCH = (2026, 1, 1)
+
+
+DEADLINE_ALERTS_ENV = "CLOUDOPS_DEADLINE_ALERTS"
+
+
+def deadline_alerts_enabled() -> bool:
+    """Whether DAGs carry their Deadline Alerts (default yes).
+
+    `airflow dags test` in Airflow 3.3.2 crashes when a run with a Deadline Alert succeeds
+    (``DagRun.update_state`` reads the in-memory alerts as ids: "'dict' object has no attribute
+    'hex'"); the scheduler's path is not affected. `make demo` and the e2e tests, which use
+    `airflow dags test`, turn the alerts off with ``CLOUDOPS_DEADLINE_ALERTS=false``.
+    """
+    return os.environ.get(DEADLINE_ALERTS_ENV, "true").strip().lower() not in ("0", "false", "no")
 
 
 def default_args(
@@ -70,4 +85,12 @@ def build_dags(builder: Callable[[LoadedCatalog], Iterable[DAG]]) -> dict[str, D
     return {dag.dag_id: dag for loaded in result.catalogs for dag in builder(loaded)}
 
 
-__all__ = ["build_dags", "default_args", "log_catalog_errors", "runbook_doc", "start_date", "tags"]
+__all__ = [
+    "build_dags",
+    "deadline_alerts_enabled",
+    "default_args",
+    "log_catalog_errors",
+    "runbook_doc",
+    "start_date",
+    "tags",
+]

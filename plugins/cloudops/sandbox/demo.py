@@ -49,6 +49,8 @@ def run_dag_test(dag_id: str, log_dir: Path, timeout: int = DAG_TEST_TIMEOUT_SEC
         try:
             completed = subprocess.run(
                 ["airflow", "dags", "test", dag_id],
+                # `airflow dags test` cannot run Deadline Alerts: see deadline_alerts_enabled().
+                env={**os.environ, "CLOUDOPS_DEADLINE_ALERTS": "false"},
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 timeout=timeout,
