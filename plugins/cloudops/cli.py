@@ -136,6 +136,31 @@ def _backups_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _backup_run(args: argparse.Namespace) -> int:
+    """Take one backup now, outside Airflow (the same steps as backup__<database>'s take_backup)."""
+    from cloudops.runbooks.backup import apply_retention, take_backup
+
+    catalog, database = _find_database(args.database)
+    if database.backup is None:
+        raise InvalidInputError(f"database {database.name!r} has no backup policy in the catalog")
+    catalog_file = _catalog_file_of(catalog.estate)
+    manifest = take_backup(catalog_file, catalog.estate, database.name, run_id=None)
+    stored = manifest["compressed_bytes"]
+    print(f"backup {manifest['backup_id']} of {database.name} complete: {stored} bytes stored")
+    if args.retention:
+        plan = apply_retention(
+            catalog_file, catalog.estate, database.name, dry_run=args.dry_run, allow_large_delete=False
+        )
+        print(json.dumps(plan, indent=2))
+    return EXIT_OK
+
+
+def _catalog_file_of(estate: str) -> str:
+    from cloudops.catalog import load_catalogs
+
+    return next(str(loaded.path) for loaded in load_catalogs().catalogs if loaded.catalog.estate == estate)
+
+
 def _backup_json(backup: Any) -> dict[str, Any]:
     return {
         "id": backup.backup_id,
@@ -181,6 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("database", help="a catalog database name")
     listing.add_argument("--json", action="store_true", help="print JSON (usable as retention plan input)")
     listing.set_defaults(handler=_backups_list)
+
+    run = backups_commands.add_parser("run", help="take a backup now, outside Airflow")
+    run.add_argument("database", help="a catalog database name")
+    run.add_argument("--retention", action="store_true", help="apply the retention policy afterwards")
+    run.add_argument("--dry-run", action="store_true", help="with --retention: only print the plan")
+    run.set_defaults(handler=_backup_run)
 
     sandbox = commands.add_parser("sandbox", help="the local sandbox estate")
     sandbox.add_argument("action", choices=["up", "down", "status"])
