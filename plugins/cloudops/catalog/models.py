@@ -204,6 +204,9 @@ class BackupPolicy(CatalogModel):
     max_delete_share: Annotated[float, Field(gt=0, le=1)] = Field(
         default=0.5, description="Largest share of backups one retention run may delete."
     )
+    retries: Annotated[int, Field(ge=0, le=10)] = Field(
+        default=2, description="Retries of a failed step, with exponential backoff from 1 minute."
+    )
 
     _check_schedule = field_validator("schedule")(_check_cron)
 

@@ -329,7 +329,7 @@ def build_backup_dags(loaded: LoadedCatalog) -> Iterator[DAG]:
             max_active_runs=1,
             dagrun_timeout=timedelta(hours=12),
             default_args={
-                **default_args(catalog.owner, retries=2, execution_timeout=timedelta(hours=6)),
+                **default_args(catalog.owner, retries=policy.retries, execution_timeout=timedelta(hours=6)),
                 "on_failure_callback": [notifier],
             },
             deadline=_deadline_alert(loaded, database) if deadline_alerts_enabled() else None,

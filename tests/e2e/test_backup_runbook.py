@@ -1,0 +1,107 @@
+"""backup__<database> run by Airflow: a complete backup in S3, and a failure that alerts on-call."""
+
+from __future__ import annotations
+
+import email
+import html
+import json
+import socket
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from subprocess import CompletedProcess
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.e2e
+
+DagsTest = Callable[..., CompletedProcess[str]]
+
+
+def test_sandbox_backup_runs_to_a_complete_backup(dags_test: DagsTest, airflow_env: dict[str, str]) -> None:
+    from cloudops.catalog import load_catalog_file
+    from cloudops.runbooks.backup import open_repository
+
+    catalog = load_catalog_file(Path(airflow_env["CLOUDOPS_CATALOG"]) / "sandbox.yaml")
+    store = open_repository(catalog, catalog.database("inventory_mariadb"))
+    before = {b.backup_id for b in store.list_backups("inventory_mariadb")}
+
+    run = dags_test("backup__inventory_mariadb")
+
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-3000:]
+    (new,) = [b for b in store.list_backups("inventory_mariadb") if b.backup_id not in before]
+    assert new.complete
+    assert new.locked_until is not None, "the sandbox repository locks every backup"
+    assert "retention plan for inventory_mariadb" in output
+    assert json.loads(airflow_env["AIRFLOW_CONN_SANDBOX_MARIADB"])["password"] not in output
+
+
+def test_failed_backup_alerts_on_call_naming_the_step(
+    dags_test: DagsTest, tmp_path: Path, airflow_env: dict[str, str]
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    estate = f"alerting_{uuid.uuid4().hex[:6]}"
+    catalogs = tmp_path / "runbooks"
+    catalogs.mkdir()
+    (catalogs / "alerting.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "estate": estate,
+                "owner": "tests",
+                "clouds": [
+                    {"name": "aws", "provider": "aws", "aws_conn_id": "sandbox_aws", "region": "eu-west-1"}
+                ],
+                "repositories": [
+                    {"name": "r", "cloud": "aws", "bucket": "cloudops-sandbox-backups", "region": "eu-west-1"}
+                ],
+                "databases": [
+                    {
+                        "name": f"{estate}_db",
+                        "engine": "postgres",
+                        "conn_id": "lost_pg",
+                        "database": "x",
+                        "backup": {"repository": "r", "retention": {"keep_last": 3}, "retries": 0},
+                    }
+                ],
+                "notifications": [
+                    {
+                        "name": "mail",
+                        "kind": "smtp",
+                        "smtp_conn_id": "sandbox_smtp",
+                        "to": ["oncall@sandbox.example"],
+                    }
+                ],
+            }
+        )
+    )
+    mail_dir = Path(airflow_env["CLOUDOPS_SANDBOX_DIR"]) / "mail"
+    before = set(mail_dir.glob("*.eml"))
+
+    run = dags_test(
+        f"backup__{estate}_db",
+        CLOUDOPS_CATALOG=str(catalogs),
+        AIRFLOW_CONN_LOST_PG=json.dumps(
+            {"conn_type": "postgres", "host": "127.0.0.1", "port": closed_port, "login": "x", "password": "y"}
+        ),
+    )
+
+    assert run.returncode != 0
+    messages = [email.message_from_bytes(path.read_bytes()) for path in set(mail_dir.glob("*.eml")) - before]
+    subjects = [m["Subject"] for m in messages]
+    assert (
+        f"[cloudops][{estate}] backup__{estate}_db failed at take_backup (database {estate}_db)" in subjects
+    )
+    body = html.unescape(
+        "".join(
+            part.get_payload(decode=True).decode()
+            for m in messages
+            for part in m.walk()
+            if not part.is_multipart()
+        )
+    )
+    assert f"database '{estate}_db' is unavailable at 127.0.0.1:{closed_port}" in body
+    assert "Next action: check the database is up" in body
