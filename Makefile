@@ -16,6 +16,8 @@ export AIRFLOW__CORE__DAGS_FOLDER := $(ROOT)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(ROOT)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__EXECUTOR := LocalExecutor
+# A 2-core sandbox machine: a handful of task processes, not the default 32.
+export AIRFLOW__CORE__PARALLELISM ?= 8
 export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS := admin:admin
 export PATH := $(BIN):$(PATH)
 ENV_FILE := $(CLOUDOPS_SANDBOX_DIR)/airflow.env

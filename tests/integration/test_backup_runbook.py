@@ -217,3 +217,52 @@ def test_locked_backups_are_held_not_deleted(estate: dict[str, Any]) -> None:
     assert plan["delete"] == []
     assert plan["keep"] == list(reversed(ids))
     assert plan["reasons"][ids[0]][0].startswith("locked until ")
+
+
+def test_rds_snapshot_is_tagged_and_pruned_with_the_backups(estate: dict[str, Any]) -> None:
+    from cloudops.clouds.aws import list_cloud_snapshots
+    from cloudops.runbooks.backup import snapshot_rds
+
+    orders = {**estate["document"]["databases"][0], "rds_instance_id": "orders-pg"}
+    estate["write"](databases=[orders])
+    backup_ids = []
+    for _ in range(3):
+        backup_id = take_backup(estate["file"], estate["estate"], "orders")["backup_id"]
+        snapshot = snapshot_rds(estate["file"], estate["estate"], "orders", backup_id=backup_id)
+        assert snapshot["status"] == "available"
+        backup_ids.append(backup_id)
+
+    plan = apply_retention(
+        estate["file"], estate["estate"], "orders", dry_run=False, allow_large_delete=False
+    )
+
+    assert plan["rds_snapshots"]["keep"] == list(reversed(backup_ids))[:2]
+    assert plan["rds_snapshots"]["delete"] == backup_ids[:1]
+    left = list_cloud_snapshots("sandbox_aws", estate=estate["estate"], kind="rds", database="orders")
+    assert sorted(s.backup_id for s in left) == sorted(backup_ids[1:])
+    estate["write"](
+        databases=[
+            {
+                **orders,
+                "backup": {
+                    "repository": "test_backups",
+                    "retention": {"keep_last": 1},
+                    "max_delete_share": 1.0,
+                },
+            }
+        ]
+    )
+    apply_retention(estate["file"], estate["estate"], "orders", dry_run=False, allow_large_delete=False)
+    (last,) = list_cloud_snapshots("sandbox_aws", estate=estate["estate"], kind="rds", database="orders")
+    assert last.backup_id == backup_ids[-1]
+    from cloudops.clouds.aws import delete_cloud_snapshot
+
+    delete_cloud_snapshot("sandbox_aws", last, dry_run=False)
+
+
+def test_missing_rds_instance_is_named(estate: dict[str, Any]) -> None:
+    from cloudops.runbooks.backup import snapshot_rds
+
+    estate["write"](databases=[{**estate["document"]["databases"][0], "rds_instance_id": "no-such-instance"}])
+    with pytest.raises(CloudOpsError, match="no-such-instance"):
+        snapshot_rds(estate["file"], estate["estate"], "orders", backup_id="20261123T000000Z-000000")

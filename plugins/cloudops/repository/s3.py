@@ -399,7 +399,7 @@ class BackupRepository:
                     continue
                 sizes.setdefault(parts.backup_id, {})[parts.name] = int(item["Size"])
         backups = [self._stored_backup(database, backup_id, objects) for backup_id, objects in sizes.items()]
-        return sorted(backups, key=lambda backup: backup.backup_id, reverse=True)
+        return sorted(backups, key=lambda backup: (backup.time, backup.backup_id), reverse=True)
 
     @staticmethod
     def as_retention_records(backups: Iterable[StoredBackup]) -> list[BackupRecord]:
@@ -576,9 +576,14 @@ class BackupRepository:
         keys = [self.object_key(database, backup_id, name) for name in objects]
         keys.sort(key=lambda key: (key != manifest_key, key))
         lock_dates = [lock[1] for key in keys if (lock := self._lock_of(self._head(key) or {})) is not None]
+        # The manifest's start time is exact; the id's is to the second, which ties for backups
+        # started in the same second (a retry, a manual run) and would leave retention's order to chance.
+        started = (
+            manifest.started_at if manifest is not None and not problems else layout.backup_time(backup_id)
+        )
         return StoredBackup(
             backup_id=backup_id,
-            time=layout.backup_time(backup_id),
+            time=started,
             complete=not problems,
             manifest=manifest,
             keys=keys,

@@ -6,7 +6,8 @@ dump on local disk. PostgreSQL: `pg_dump` custom format (logical) or `pg_basebac
 (physical). MariaDB: `mariadb-dump --single-transaction`, recording the binlog position. Row counts
 and a schema fingerprint are taken from the same snapshot as the dump. Each object gets Object Lock
 retention when the repository has it. The `manifest.json` is written **last**: a backup without one
-is incomplete, never counted, never restored. Then retention applies the catalog's policy.
+is incomplete, never counted, never restored. A database on RDS also gets an RDS snapshot tagged
+with the backup id. Then retention applies the catalog's policy to backups and snapshots alike.
 A successful backup updates the database's backup Asset, which schedules its restore drill.
 
 **What a failure means.**
@@ -56,9 +57,12 @@ KIND = "backup"
 # The longest a dump and its upload may take; the task's own timeout is longer, so that this bound
 # (which kills the dump and aborts the upload cleanly) is the one that fires.
 DUMP_TIMEOUT = timedelta(hours=5)
+RDS_SNAPSHOT_WAIT = timedelta(hours=1)
 NEXT_ACTIONS = {
     "take_backup": "check the database is up and reachable (health_check) and the S3 endpoint, then "
     "clear take_backup to retry; no incomplete backup is ever used",
+    "snapshot_rds": "the dump is safe in S3; check the RDS instance's state and the snapshot in the AWS "
+    "console, then clear snapshot_rds to retry",
     "apply_retention": "the new backup is safe; check the retention plan in the task log, then clear "
     "apply_retention (trigger with allow_large_delete only if the deletions are intended)",
     "*": "read the task log",
@@ -94,8 +98,7 @@ def open_repository(catalog: Catalog, database: Database) -> BackupRepository:
 
     assert database.backup is not None
     repository = catalog.repository(database.backup.repository)
-    cloud = next(cloud for cloud in catalog.clouds if cloud.name == repository.cloud)
-    return BackupRepository(repository, aws_conn_id=cloud.aws_conn_id, estate=catalog.estate)
+    return BackupRepository(repository, aws_conn_id=aws_conn_id_of(catalog, database), estate=catalog.estate)
 
 
 def backup_source(database: Database, workdir: Path) -> AbstractContextManager[BackupSource]:
@@ -192,6 +195,35 @@ def take_backup(
     return manifest.model_dump(mode="json")
 
 
+def aws_conn_id_of(catalog: Catalog, database: Database) -> str:
+    """The AWS connection of the cloud that holds ``database``'s backup repository (and its RDS instance)."""
+    assert database.backup is not None
+    repository = catalog.repository(database.backup.repository)
+    return next(cloud.aws_conn_id for cloud in catalog.clouds if cloud.name == repository.cloud)
+
+
+def snapshot_rds(catalog_file: str, estate: str, database_name: str, *, backup_id: str) -> dict[str, Any]:
+    """Take an RDS snapshot of the database's instance, tagged with the backup id; wait (bounded).
+
+    :raises CloudOpsError: the instance is missing, the snapshot failed, or the wait ran out.
+    """
+    from cloudops.clouds.aws import snapshot_rds_instance
+
+    catalog, database = _target(catalog_file, estate, database_name)
+    if not database.rds_instance_id:
+        raise CloudOpsError(f"database {database_name!r} has no rds_instance_id in {catalog_file}")
+    snapshot = snapshot_rds_instance(
+        aws_conn_id_of(catalog, database),
+        database.rds_instance_id,
+        backup_id=backup_id,
+        estate=estate,
+        database=database.name,
+        wait_timeout=RDS_SNAPSHOT_WAIT,
+    )
+    log.info("RDS snapshot %s of %s is %s", snapshot.snapshot_id, database.rds_instance_id, snapshot.status)
+    return {"snapshot_id": snapshot.snapshot_id, "backup_id": backup_id, "status": snapshot.status}
+
+
 def apply_retention(
     catalog_file: str, estate: str, database_name: str, *, dry_run: bool, allow_large_delete: bool
 ) -> dict[str, Any]:
@@ -227,13 +259,52 @@ def apply_retention(
         store.delete_backup(database.name, backup_id, dry_run=dry_run)
         if not dry_run:
             deleted.append(backup_id)
+    result: dict[str, Any] = {**plan.to_json(), "deleted": deleted, "dry_run": dry_run}
+    if database.rds_instance_id:
+        result["rds_snapshots"] = _apply_rds_snapshot_retention(
+            catalog, database, dry_run=dry_run, allow_large_delete=allow_large_delete
+        )
     if dry_run:
         log.info("dry run: nothing deleted")
-    return {**plan.to_json(), "deleted": deleted, "dry_run": dry_run}
+    return result
+
+
+def _apply_rds_snapshot_retention(
+    catalog: Catalog, database: Database, *, dry_run: bool, allow_large_delete: bool
+) -> dict[str, Any]:
+    """The same policy and safety rules for the database's RDS snapshots as for its backups."""
+    from cloudops.clouds.aws import delete_cloud_snapshot, list_cloud_snapshots, plan_cloud_snapshot_retention
+
+    assert database.backup is not None
+    aws_conn_id = aws_conn_id_of(catalog, database)
+    snapshots = list_cloud_snapshots(aws_conn_id, estate=catalog.estate, kind="rds", database=database.name)
+    plans = plan_cloud_snapshot_retention(
+        snapshots,
+        database.backup.retention,
+        max_delete_share=database.backup.max_delete_share,
+        allow_large_delete=allow_large_delete,
+    )
+    deleted: list[str] = []
+    for group in plans:
+        log.info("retention plan for %s: keep %s, delete %s", group.group, group.plan.keep, group.plan.delete)
+        for snapshot in group.to_delete:
+            delete_cloud_snapshot(aws_conn_id, snapshot, dry_run=dry_run)
+            if not dry_run:
+                deleted.append(snapshot.snapshot_id)
+    return {
+        "keep": [backup_id for group in plans for backup_id in group.plan.keep],
+        "delete": [backup_id for group in plans for backup_id in group.plan.delete],
+        "deleted": deleted,
+    }
 
 
 def _take_backup_task(catalog_file: str, estate: str, database_name: str, **context: Any) -> dict[str, Any]:
     return take_backup(catalog_file, estate, database_name, run_id=context["run_id"])
+
+
+def _snapshot_rds_task(catalog_file: str, estate: str, database_name: str, **context: Any) -> dict[str, Any]:
+    backup = context["ti"].xcom_pull(task_ids="take_backup")
+    return snapshot_rds(catalog_file, estate, database_name, backup_id=backup["backup_id"])
 
 
 def _retention_task(catalog_file: str, estate: str, database_name: str, **context: Any) -> dict[str, Any]:
@@ -366,8 +437,25 @@ def build_backup_dags(loaded: LoadedCatalog) -> Iterator[DAG]:
                 op_kwargs=op_kwargs,
                 execution_timeout=timedelta(hours=1),
             )
-            take_backup_task >> apply_retention_task
+            if database.rds_instance_id:
+                # After the dump, tagged with its backup id, so that retention prunes both together.
+                snapshot_rds_task = PythonOperator(  # noqa: AIR001
+                    task_id="snapshot_rds",
+                    python_callable=_snapshot_rds_task,
+                    op_kwargs=op_kwargs,
+                    execution_timeout=RDS_SNAPSHOT_WAIT + timedelta(minutes=10),
+                )
+                take_backup_task >> snapshot_rds_task >> apply_retention_task
+            else:
+                take_backup_task >> apply_retention_task
         yield dag
 
 
-__all__ = ["apply_retention", "backup_asset", "build_backup_dags", "take_backup"]
+__all__ = [
+    "apply_retention",
+    "aws_conn_id_of",
+    "backup_asset",
+    "build_backup_dags",
+    "snapshot_rds",
+    "take_backup",
+]
