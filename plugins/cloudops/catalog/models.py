@@ -262,6 +262,17 @@ class Host(CatalogModel):
     )
 
 
+class FleetSnapshotPolicy(CatalogModel):
+    """EBS snapshots of a fleet's volumes: when, in which cloud account, kept for how long."""
+
+    cloud: TargetName = Field(description="Name of the cloud account (clouds[].name) of the volumes.")
+    schedule: Cron = "@daily"
+    retention: RetentionPolicy
+    max_delete_share: Annotated[float, Field(gt=0, le=1)] = 0.5
+
+    _check_schedule = field_validator("schedule")(_check_cron)
+
+
 class Fleet(CatalogModel):
     """A set of hosts patched and checked together."""
 
@@ -269,6 +280,11 @@ class Fleet(CatalogModel):
     os_family: Literal["debian", "ubuntu", "rhel", "amazon_linux"]
     hosts: Annotated[list[Host], Field(min_length=1)]
     disk_used_max_percent: Annotated[int, Field(ge=1, le=100)] = 90
+    snapshots: FleetSnapshotPolicy | None = Field(
+        default=None,
+        description="EBS snapshots of every host's volumes: ebs_volume_ids, or else the volumes of the "
+        "EC2 instance tagged Name=<host name>.",
+    )
 
 
 class Slo(CatalogModel):
@@ -356,6 +372,7 @@ __all__ = [
     "Duration",
     "Encryption",
     "Fleet",
+    "FleetSnapshotPolicy",
     "Host",
     "Notification",
     "ObjectLock",

@@ -70,6 +70,14 @@ def check_references(catalog: Catalog) -> list[ReferenceProblem]:
                 _missing(("repositories", index, "cloud"), "clouds", "cloud", repository.cloud, clouds)
             )
 
+    for index, fleet in enumerate(catalog.fleets):
+        if fleet.snapshots and fleet.snapshots.cloud not in clouds:
+            problems.append(
+                _missing(
+                    ("fleets", index, "snapshots", "cloud"), "clouds", "cloud", fleet.snapshots.cloud, clouds
+                )
+            )
+
     repositories = {repository.name for repository in catalog.repositories}
     databases = {database.name for database in catalog.databases}
     for index, database in enumerate(catalog.databases):

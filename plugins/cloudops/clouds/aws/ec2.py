@@ -171,6 +171,39 @@ def delete_ebs_snapshot(aws_conn_id: str, snapshot: CloudSnapshot, *, dry_run: b
     log.info("deleted %s", snapshot.describe())
 
 
+def volumes_of_hosts(aws_conn_id: str, host_names: Sequence[str]) -> list[tuple[str, str]]:
+    """The EBS volumes attached to the EC2 instances whose ``Name`` tag is one of ``host_names``.
+
+    :return: ``(host, volume_id)`` pairs, in ``host_names`` order, then by device name.
+    :raises SnapshotTargetNotFound: a host has no instance with its name, naming every such host.
+    """
+    client = _client(aws_conn_id)
+    devices: dict[str, list[tuple[str, str]]] = {name: [] for name in host_names}
+    found: set[str] = set()
+    pages = client.get_paginator("describe_instances").paginate(
+        Filters=[
+            {"Name": "tag:Name", "Values": list(host_names)},
+            {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]},
+        ]
+    )
+    for page in pages:
+        for reservation in page.get("Reservations", []):
+            for instance in reservation.get("Instances", []):
+                name = next((t["Value"] for t in instance.get("Tags", []) if t["Key"] == "Name"), None)
+                if name not in devices:
+                    continue
+                found.add(name)
+                for mapping in instance.get("BlockDeviceMappings", []):
+                    if "Ebs" in mapping:
+                        devices[name].append((mapping["DeviceName"], mapping["Ebs"]["VolumeId"]))
+    if missing := [name for name in host_names if name not in found]:
+        raise SnapshotTargetNotFound(
+            f"no EC2 instance tagged Name={', '.join(missing)}: tag the hosts' instances with their "
+            "catalog names or list their ebs_volume_ids in the catalog"
+        )
+    return [(name, volume) for name in host_names for _, volume in sorted(devices[name])]
+
+
 def _client(aws_conn_id: str) -> Any:
     from airflow.providers.amazon.aws.hooks.ec2 import EC2Hook
 
@@ -243,4 +276,4 @@ def _failed_call(
     )
 
 
-__all__ = ["delete_ebs_snapshot", "list_ebs_snapshots", "snapshot_ebs_volumes"]
+__all__ = ["delete_ebs_snapshot", "list_ebs_snapshots", "snapshot_ebs_volumes", "volumes_of_hosts"]

@@ -1,0 +1,70 @@
+"""ebs_snapshot__<fleet>'s steps against moto's EC2: every host volume snapshotted, pruned by policy."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cloudops.clouds.aws import SnapshotTargetNotFound, delete_cloud_snapshot, list_cloud_snapshots
+from cloudops.runbooks.ebs_snapshot import apply_snapshot_retention, snapshot_volumes
+
+pytestmark = pytest.mark.integration
+
+
+def catalog(tmp_path: Path, estate: str, hosts: list[str], retention: dict[str, Any]) -> str:
+    path = tmp_path / "fleet.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "estate": estate,
+                "owner": "tests",
+                "clouds": [
+                    {"name": "aws", "provider": "aws", "aws_conn_id": "sandbox_aws", "region": "eu-west-1"}
+                ],
+                "fleets": [
+                    {
+                        "name": "web",
+                        "os_family": "debian",
+                        "snapshots": {"cloud": "aws", "retention": retention, "max_delete_share": 1.0},
+                        "hosts": [{"name": host, "ssh_conn_id": f"ssh_{i}"} for i, host in enumerate(hosts)],
+                    }
+                ],
+            }
+        )
+    )
+    return str(path)
+
+
+def test_every_volume_is_snapshotted_and_old_snapshots_pruned(
+    tmp_path: Path, sandbox_env: dict[str, str]
+) -> None:
+    estate = f"ebs_{uuid.uuid4().hex[:6]}"
+    path = catalog(tmp_path, estate, ["web-1", "web-2"], {"keep_last": 1})
+    try:
+        first = snapshot_volumes(path, estate, "web")
+        second = snapshot_volumes(path, estate, "web")
+        assert {s["host"] for s in first["snapshots"]} == {"web-1", "web-2"}
+        assert len(second["snapshots"]) == len(first["snapshots"]) >= 2
+
+        dry = apply_snapshot_retention(path, estate, "web", dry_run=True)
+        assert dry["deleted"] == []
+        result = apply_snapshot_retention(path, estate, "web")
+
+        assert sorted(result["deleted"]) == sorted(s["snapshot"] for s in first["snapshots"])
+        left = list_cloud_snapshots("sandbox_aws", estate=estate, kind="ebs", fleet="web")
+        assert {s.backup_id for s in left} == {second["backup_id"]}
+    finally:
+        for snapshot in list_cloud_snapshots("sandbox_aws", estate=estate, kind="ebs", fleet="web"):
+            delete_cloud_snapshot("sandbox_aws", snapshot, dry_run=False)
+
+
+def test_host_without_an_instance_is_named(tmp_path: Path, sandbox_env: dict[str, str]) -> None:
+    estate = f"ebs_{uuid.uuid4().hex[:6]}"
+    path = catalog(tmp_path, estate, ["web-1", "ghost-9"], {"keep_last": 1})
+    with pytest.raises(SnapshotTargetNotFound, match="ghost-9"):
+        snapshot_volumes(path, estate, "web")
+    assert list_cloud_snapshots("sandbox_aws", estate=estate, kind="ebs", fleet="web") == []
