@@ -28,7 +28,7 @@ WITH_SANDBOX_ENV := set -a; . "$(ENV_FILE)"; set +a;
 DEBIAN_PACKAGES := postgresql postgresql-client mariadb-server mariadb-client openssh-server openssh-client zstd pgbackrest
 REQUIRED_BINARIES := /usr/lib/postgresql/15/bin/initdb /usr/sbin/mariadbd /usr/sbin/sshd /usr/bin/zstd /usr/bin/pg_dump /usr/bin/mariadb-dump
 
-.PHONY: help setup system-packages venv lock sandbox sandbox-down airflow-db demo test test-unit lint schema up down bench clean
+.PHONY: bench-backup bench-pipeline help setup system-packages venv lock sandbox sandbox-down airflow-db demo test test-unit lint schema up down bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
@@ -88,8 +88,14 @@ up: airflow-db  ## run Airflow (standalone) against the sandbox: http://localhos
 
 down: sandbox-down  ## stop the sandbox (Airflow standalone stops with Ctrl-C)
 
-bench: sandbox  ## run the benchmarks in tests/benchmarks (by hand; they assert nothing)
+bench: sandbox  ## DAG parsing benchmark (tests/benchmarks; by hand, asserts nothing)
 	@$(WITH_SANDBOX_ENV) $(BIN)/python tests/benchmarks/bench_dag_parsing.py
+
+bench-backup: sandbox  ## backups vs pg_dump and pgBackRest, ~10 min (docs/benchmarks.md)
+	@$(WITH_SANDBOX_ENV) $(BIN)/python tests/benchmarks/bench_backup.py
+
+bench-pipeline: sandbox  ## peak memory of the streaming upload pipeline
+	@$(WITH_SANDBOX_ENV) $(BIN)/python tests/benchmarks/bench_pipeline_memory.py
 
 clean: sandbox-down  ## stop the sandbox and delete its state and the venv
 	rm -rf "$(CLOUDOPS_SANDBOX_DIR)" $(VENV)
