@@ -68,12 +68,22 @@ class BackupSourceError(CloudOpsError):
     """A backup cannot be made, or could not record facts that match what it dumped."""
 
 
+class RestoreRefused(CloudOpsError):
+    """A guard refused a destructive step (drop a database, restore into one that exists); nothing done."""
+
+
+class RestoreError(CloudOpsError):
+    """A restore could not be prepared or did not complete; the message names the step and the target."""
+
+
 __all__ = [
     "BackupSourceError",
     "CloudOpsError",
     "ConnectionMissingError",
     "DatabaseUnavailableError",
     "InvalidInputError",
+    "RestoreError",
+    "RestoreRefused",
     "SandboxError",
     "ToolMissingError",
     "ToolVersionError",

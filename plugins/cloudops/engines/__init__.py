@@ -1,4 +1,4 @@
-"""Database engines: one module per engine, with the same verbs (probe, backup sources; later restore)."""
+"""Database engines: one module per engine, with the same verbs (probe, backup sources, restore)."""
 
 from __future__ import annotations
 
@@ -72,10 +72,26 @@ class BackupSource:
         return self.on_finish() if self.on_finish else {}
 
 
+@dataclass(frozen=True)
+class RestoreResult:
+    """What one restore of a dump into a database did.
+
+    :param database: the database the dump was restored into.
+    :param seconds: wall time of the restore (creating the database included).
+    :param tool: the client program and its version (``pg_restore 15.20``).
+    :param replaced_leftover: a scratch database of the same name, left by an earlier try, was dropped first.
+    """
+
+    database: str
+    seconds: float
+    tool: str
+    replaced_leftover: bool = False
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an error's message: driver errors add noise below it."""
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0]
 
 
-__all__ = ["BackupSource", "DatabaseState", "DumpCommand", "first_line"]
+__all__ = ["BackupSource", "DatabaseState", "DumpCommand", "RestoreResult", "first_line"]

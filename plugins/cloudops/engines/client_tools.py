@@ -6,17 +6,22 @@ variable or an option: never through argv, which any local user can read in ``ps
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from cloudops.errors import ToolMissingError
+from cloudops.errors import RestoreError, ToolMissingError
 
 VERSION_TIMEOUT_SECONDS = 10
+_OUTPUT_LINES = 10
+_OUTPUT_CHARS = 2_000
+_KILL_WAIT_SECONDS = 10
 
 
 def locate_tool(tool: str, package: str) -> str:
@@ -71,4 +76,77 @@ def private_file(workdir: Path, prefix: str, content: str) -> Iterator[Path]:
         path.unlink(missing_ok=True)
 
 
-__all__ = ["VERSION_TIMEOUT_SECONDS", "locate_tool", "private_file", "version_output"]
+def run_restore_tool(
+    argv: list[str],
+    *,
+    env: Mapping[str, str],
+    timeout_seconds: float,
+    description: str,
+    stdin: Path | None = None,
+    secrets: Iterable[str] = (),
+) -> None:
+    """Run a client program that loads data (pg_restore, mariadb) to completion, within a bound.
+
+    The program runs in its own process group, killed whole when time runs out, so that no loader keeps
+    writing into a database that teardown is about to drop. Its output is kept only for the error.
+
+    :param env: extra environment, merged over ``os.environ`` (where the credential files are named).
+    :param description: what runs, safe to log (``pg_restore -j 2 into 'drill_orders_pg_…' on host:5432``).
+    :param stdin: a file to feed on standard input (the SQL of a MariaDB dump).
+    :param secrets: strings to redact from the output before it goes into the error.
+    :raises RestoreError: the program could not start, exited non-zero, or ran out of time.
+    """
+    with contextlib.ExitStack() as stack:
+        feed = stack.enter_context(stdin.open("rb")) if stdin is not None else subprocess.DEVNULL
+        try:
+            process = subprocess.Popen(
+                argv,
+                stdin=feed,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **env},
+                start_new_session=True,
+            )
+        except OSError as error:
+            raise RestoreError(f"{description}: could not start {argv[0]!r}: {error.strerror}") from None
+        try:
+            output, _ = process.communicate(timeout=timeout_seconds)
+        except BaseException as error:
+            # A timeout, or the task being killed: stop the loader before anything else happens.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.communicate(timeout=_KILL_WAIT_SECONDS)
+            if isinstance(error, subprocess.TimeoutExpired):
+                raise RestoreError(
+                    f"{description}: did not finish within {timeout_seconds:g} s and was killed"
+                ) from None
+            raise
+    if process.returncode != 0:
+        how = (
+            f"was killed by signal {-process.returncode}"
+            if process.returncode < 0
+            else f"exited with status {process.returncode}"
+        )
+        head = output_head(output.decode("utf-8", errors="replace"), secrets=secrets)
+        raise RestoreError(f"{description}: {how}" + (f"\n{head}" if head else ""))
+
+
+def output_head(text: str, *, secrets: Iterable[str] = ()) -> str:
+    """The first non-empty lines of a program's output, with ``secrets`` replaced by ``***``."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    lines = [line.rstrip() for line in text.splitlines() if line.strip()][:_OUTPUT_LINES]
+    head = "\n".join(lines)
+    return head if len(head) <= _OUTPUT_CHARS else head[:_OUTPUT_CHARS] + " ..."
+
+
+__all__ = [
+    "VERSION_TIMEOUT_SECONDS",
+    "locate_tool",
+    "output_head",
+    "private_file",
+    "run_restore_tool",
+    "version_output",
+]

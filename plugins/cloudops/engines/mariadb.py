@@ -1,7 +1,5 @@
-"""MariaDB: replication state, and the backup source (mariadb-dump) with its manifest facts.
-
-Later runbooks add restore.
-"""
+"""MariaDB: replication state, the backup source (mariadb-dump) with its manifest facts, and restores of
+its SQL dumps into new (scratch) databases."""
 
 from __future__ import annotations
 
@@ -13,13 +11,22 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cloudops.connections import get_connection
-from cloudops.engines import BackupSource, DatabaseState, DumpCommand, first_line
-from cloudops.engines.client_tools import locate_tool, private_file, version_output
-from cloudops.errors import BackupSourceError, DatabaseUnavailableError, ToolMissingError, ToolVersionError
+from cloudops.engines import BackupSource, DatabaseState, DumpCommand, RestoreResult, first_line
+from cloudops.engines.client_tools import locate_tool, private_file, run_restore_tool, version_output
+from cloudops.engines.scratch import check_scratch, is_scratch_name, is_scratch_of, like_pattern
+from cloudops.errors import (
+    BackupSourceError,
+    DatabaseUnavailableError,
+    RestoreError,
+    RestoreRefused,
+    ToolMissingError,
+    ToolVersionError,
+)
 
 if TYPE_CHECKING:
     import pymysql
@@ -582,4 +589,301 @@ def _close(session: pymysql.Connection[Any]) -> None:
         session.close()
 
 
-__all__ = ["logical_backup_source", "probe", "schema_fingerprint", "table_row_counts"]
+# -- restores ------------------------------------------------------------------------------------------
+
+DEFAULT_RESTORE_TIMEOUT = timedelta(hours=6)
+_TARGET_NAME = re.compile(r"^[A-Za-z0-9_$][A-Za-z0-9_$-]{0,62}$")
+# Statements and client commands that would move the load out of the target database. A dump of one
+# database (mariadb-dump without --databases) has none: each line starts with a statement, a comment
+# or a row of an INSERT, whose strings never hold a raw newline (mariadb-dump escapes it).
+_SWITCHES_DATABASE = re.compile(
+    rb"^[ \t]*(?:/\*!\d*[ \t]*)?"
+    rb"(?:USE\b|CONNECT\b|\\[ur]\b|(?:CREATE|DROP|ALTER)[ \t]+(?:DATABASE|SCHEMA)\b)",
+    re.IGNORECASE | re.MULTILINE,
+)
+_SCAN_CHUNK = 4 * 1024 * 1024
+
+
+def check_single_database_dump(sql_file: Path) -> None:
+    """Refuse a SQL dump that could write outside the database it is loaded into.
+
+    Reads the file once, in chunks, looking for ``USE``, ``CONNECT`` (``\\u``, ``\\r``) and ``CREATE``,
+    ``DROP`` or ``ALTER DATABASE`` at the start of a line: loaded into a scratch database, such a dump
+    could write into (or drop) the real one.
+
+    :raises RestoreRefused: naming the line and what it starts with.
+    """
+    line = 1
+    carry = b""
+    with sql_file.open("rb") as handle:
+        while True:
+            chunk = handle.read(_SCAN_CHUNK)
+            text = carry + chunk
+            end = len(text) if not chunk else text.rfind(b"\n") + 1
+            whole, carry = text[:end], text[end:]
+            found = _SWITCHES_DATABASE.search(whole)
+            if found is not None:
+                at = line + whole.count(b"\n", 0, found.start())
+                statement = found.group(0).strip().decode("ascii", errors="replace")
+                raise RestoreRefused(
+                    f"{sql_file.name} line {at} starts with {statement!r}: a dump of one database never "
+                    "switches or creates databases, so it is not loaded (it could write outside the target)"
+                )
+            line += whole.count(b"\n")
+            if not chunk:
+                return
+
+
+@contextmanager
+def _admin_session(
+    conn: Connection, *, used_by: str, connect_timeout_seconds: int, what: str
+) -> Iterator[pymysql.Connection[Any]]:
+    """A session without a current database, for CREATE and DROP DATABASE; driver errors name the step."""
+    session = _backup_session(
+        conn,
+        None,
+        used_by=used_by,
+        connect_timeout_seconds=connect_timeout_seconds,
+        read_timeout_seconds=600,
+    )
+    try:
+        with _restore_step(conn, used_by, what):
+            # A DROP waits for metadata locks of open transactions on the database: bound that wait.
+            _rows(session, "SET SESSION lock_wait_timeout = 60")
+            yield session
+    finally:
+        _close(session)
+
+
+@contextmanager
+def _restore_step(conn: Connection, used_by: str, what: str) -> Iterator[None]:
+    import pymysql
+
+    try:
+        yield
+    except pymysql.MySQLError as error:
+        code = error.args[0] if error.args and isinstance(error.args[0], int) else None
+        if code in _CONNECTION_LOST:
+            raise DatabaseUnavailableError(used_by, _address(conn), first_line(error)) from error
+        raise RestoreError(f"{used_by}: {what} on {_address(conn)}: {first_line(error)}") from error
+
+
+def _database_exists(session: pymysql.Connection[Any], name: str) -> bool:
+    return bool(_rows(session, "SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", name))
+
+
+def _drop(session: pymysql.Connection[Any], name: str) -> None:
+    check_scratch(name, action="drop")  # the last word, right before the statement
+    _rows(session, f"DROP DATABASE IF EXISTS {_quote(name)}")
+
+
+def restore_logical(
+    conn_id: str,
+    target_database: str,
+    sql_file: Path,
+    *,
+    used_by: str,
+    mariadb: str = "mariadb",
+    workdir: Path | None = None,
+    connect_timeout_seconds: int = 10,
+    timeout: timedelta = DEFAULT_RESTORE_TIMEOUT,
+) -> RestoreResult:
+    """Create ``target_database`` and load a ``mariadb-dump`` SQL file of one database into it.
+
+    A dump of one database (as :func:`logical_backup_source` takes it) holds no ``CREATE DATABASE`` and
+    no ``USE``: its tables land in whatever database the client is in. The file is checked for such
+    statements first (:func:`check_single_database_dump`) and the client runs with ``--one-database``
+    as well, so that nothing is written outside the target. The restore only ever goes into a new
+    database: an existing one is refused unless it is a scratch database, the leftover of an earlier
+    try, which is dropped first. The client stops at the first error. The password reaches it through a
+    0600 option file in ``workdir`` (default: the dump's folder), removed on exit.
+
+    :param sql_file: the local, decompressed SQL dump.
+    :param used_by: what is restored (``restore drill of 'inventory_mariadb'``), named in errors.
+    :param timeout: the longest the load may run; the client is killed after it.
+    :raises RestoreRefused: the target exists and is not a scratch database, its name is unusable, or the
+        dump would switch databases.
+    :raises ToolMissingError, ToolVersionError: the mariadb client is missing or older than the server.
+    :raises DatabaseUnavailableError: the server cannot be reached.
+    :raises RestoreError: the database could not be created, or the load failed (the client's first lines).
+    """
+    if not _TARGET_NAME.match(target_database):
+        raise RestoreRefused(
+            f"{target_database!r} is not a database name a restore may create "
+            "(letters, digits, _ $ -, at most 63)"
+        )
+    if not sql_file.is_file():
+        raise RestoreError(f"{used_by}: the dump {sql_file} does not exist or is not a file")
+    check_single_database_dump(sql_file)
+    tool, release = _client(mariadb)
+    conn = get_connection(conn_id, used_by)
+    login = conn.login or ""
+    started = time.monotonic()
+    replaced = False
+    with _admin_session(
+        conn,
+        used_by=used_by,
+        connect_timeout_seconds=connect_timeout_seconds,
+        what=f"cannot create database {target_database!r}",
+    ) as admin:
+        ((version,),) = _rows(admin, "SELECT VERSION()")
+        server = server_release(str(version))
+        if release[:2] < server[:2]:
+            raise ToolVersionError(
+                "mariadb",
+                _dotted(release),
+                f"MariaDB {_dotted(server)}",
+                used_by,
+                f"{CLIENT_PACKAGE} ({server[0]}.{server[1]} or newer)",
+            )
+        if _database_exists(admin, target_database):
+            if not is_scratch_name(target_database):
+                raise RestoreRefused(
+                    f"{used_by}: refusing to restore into database {target_database!r} on {_address(conn)}: "
+                    "it exists and is not a scratch database (a restore only creates a new database)"
+                )
+            log.warning(
+                "scratch database %r on %s exists, left by an earlier try: dropping it before restoring",
+                target_database,
+                _address(conn),
+            )
+            _drop(admin, target_database)
+            replaced = True
+        log.info("creating database %r on %s for %s", target_database, _address(conn), used_by)
+        _rows(admin, f"CREATE DATABASE {_quote(target_database)}")
+    with private_file(workdir or sql_file.parent, ".cloudops-my-", _option_file(conn)) as option_file:
+        description = (
+            f"mariadb {_dotted(release)} loading {sql_file.name} into database {target_database!r} on "
+            f"{_address(conn)} as {login} ({used_by})"
+        )
+        log.info("running %s", description)
+        run_restore_tool(
+            [
+                tool,
+                f"--defaults-extra-file={option_file}",  # must come first
+                "--protocol=TCP",
+                f"--host={conn.host or 'localhost'}",
+                f"--port={conn.port or 3306}",
+                f"--user={login}",
+                f"--default-character-set={conn.extra_dejson.get('charset', 'utf8mb4')}",
+                f"--connect-timeout={connect_timeout_seconds}",
+                "--batch",
+                # Applies to the database named as the last argument: with --database=, it skips everything.
+                "--one-database",
+                target_database,
+            ],
+            env={},
+            stdin=sql_file,
+            timeout_seconds=timeout.total_seconds(),
+            description=description,
+            secrets=[conn.password or ""],
+        )
+    seconds = time.monotonic() - started
+    log.info("restored %s into %r on %s in %.1f s", sql_file.name, target_database, _address(conn), seconds)
+    return RestoreResult(
+        database=target_database,
+        seconds=seconds,
+        tool=f"mariadb {_dotted(release)}",
+        replaced_leftover=replaced,
+    )
+
+
+def drop_database(conn_id: str, name: str, *, used_by: str, connect_timeout_seconds: int = 10) -> bool:
+    """Drop scratch database ``name``; safe to repeat.
+
+    :return: whether it existed.
+    :raises RestoreRefused: ``name`` is not a scratch database name; nothing was done, nothing connected.
+    :raises DatabaseUnavailableError: the server cannot be reached.
+    :raises RestoreError: the drop failed.
+    """
+    check_scratch(name, action="drop")
+    conn = get_connection(conn_id, used_by)
+    with _admin_session(
+        conn,
+        used_by=used_by,
+        connect_timeout_seconds=connect_timeout_seconds,
+        what=f"cannot drop scratch database {name!r}",
+    ) as admin:
+        if not _database_exists(admin, name):
+            log.info("scratch database %r does not exist on %s: nothing to drop", name, _address(conn))
+            return False
+        log.info("dropping scratch database %r on %s (%s)", name, _address(conn), used_by)
+        _drop(admin, name)
+    return True
+
+
+def leftover_scratch_databases(
+    conn_id: str, database: str, *, used_by: str | None = None, connect_timeout_seconds: int = 10
+) -> list[str]:
+    """List the scratch databases of catalog database ``database`` on the server, sorted.
+
+    What a drill killed half-way leaves behind; the next drill drops them (:func:`drop_database`).
+    """
+    used_by = used_by or f"scratch databases of {database!r}"
+    conn = get_connection(conn_id, used_by)
+    with _admin_session(
+        conn, used_by=used_by, connect_timeout_seconds=connect_timeout_seconds, what="cannot list databases"
+    ) as admin:
+        rows = _rows(
+            admin,
+            "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE %s",
+            like_pattern(database),
+        )
+    return sorted(str(name) for (name,) in rows if is_scratch_of(str(name), database))
+
+
+def newest_timestamp(session: pymysql.Connection[Any], table: str, column: str) -> datetime | None:
+    """Return the greatest value of a date or time column of the current database as an aware datetime
+    (None: no rows).
+
+    DATETIME values carry no time zone: they are read in the session's time zone, the one the server
+    used when ``CURRENT_TIMESTAMP`` wrote them.
+    """
+    ((value,),) = _rows(session, f"SELECT UNIX_TIMESTAMP(MAX({_quote(column)})) FROM {_quote(table)}")
+    return None if value is None else datetime.fromtimestamp(float(value), UTC)
+
+
+@contextmanager
+def snapshot_session(
+    conn_id: str,
+    database: str,
+    *,
+    used_by: str,
+    connect_timeout_seconds: int = 10,
+    query_timeout_seconds: int = 3600,
+) -> Iterator[pymysql.Connection[Any]]:
+    """A session on ``database`` inside ``START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY``: every
+    query sees one snapshot (for counting a restored copy and checking it).
+
+    :raises ConnectionMissingError, DatabaseUnavailableError: as for the backup source.
+    """
+    conn = get_connection(conn_id, used_by)
+    session = _backup_session(
+        conn,
+        database,
+        used_by=used_by,
+        connect_timeout_seconds=connect_timeout_seconds,
+        read_timeout_seconds=query_timeout_seconds,
+    )
+    try:
+        with _restore_step(conn, used_by, f"cannot open a snapshot of {database!r}"):
+            _rows(session, "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            _rows(session, "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        yield session
+    finally:
+        _close(session)
+
+
+__all__ = [
+    "DEFAULT_RESTORE_TIMEOUT",
+    "check_single_database_dump",
+    "drop_database",
+    "leftover_scratch_databases",
+    "logical_backup_source",
+    "newest_timestamp",
+    "probe",
+    "restore_logical",
+    "schema_fingerprint",
+    "snapshot_session",
+    "table_row_counts",
+]

@@ -1,6 +1,7 @@
-"""PostgreSQL: replication state, and backup sources (pg_dump, pg_basebackup) with their manifest facts.
+"""PostgreSQL: replication state, backup sources (pg_dump, pg_basebackup) with their manifest facts, and
+restores of logical dumps into new (scratch) databases.
 
-Later runbooks add restore, promote and rewind.
+Later runbooks add promote and rewind.
 """
 
 from __future__ import annotations
@@ -9,15 +10,25 @@ import hashlib
 import json
 import logging
 import re
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cloudops.connections import get_connection
-from cloudops.engines import BackupSource, DatabaseState, DumpCommand, first_line
-from cloudops.engines.client_tools import locate_tool, private_file, version_output
-from cloudops.errors import BackupSourceError, DatabaseUnavailableError, ToolMissingError, ToolVersionError
+from cloudops.engines import BackupSource, DatabaseState, DumpCommand, RestoreResult, first_line
+from cloudops.engines.client_tools import locate_tool, private_file, run_restore_tool, version_output
+from cloudops.engines.scratch import check_scratch, is_scratch_name, is_scratch_of, like_pattern
+from cloudops.errors import (
+    BackupSourceError,
+    DatabaseUnavailableError,
+    RestoreError,
+    RestoreRefused,
+    ToolMissingError,
+    ToolVersionError,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -246,9 +257,15 @@ def _address(conn: Connection) -> str:
 
 @contextmanager
 def _backup_session(
-    conn: Connection, database: str, *, used_by: str, connect_timeout_seconds: int, query_timeout_seconds: int
+    conn: Connection,
+    database: str,
+    *,
+    used_by: str,
+    connect_timeout_seconds: int,
+    query_timeout_seconds: int,
+    application_name: str = "cloudops-backup",
 ) -> Iterator[psycopg.Connection[Any]]:
-    """A session to prepare a backup from; a server that cannot be reached is a clear error.
+    """A session to prepare a backup (or a restore) from; a server that cannot be reached is a clear error.
 
     ``idle_in_transaction_session_timeout`` is off for this session because it stays idle in its
     snapshot transaction while the dump runs; ``statement_timeout`` bounds each of its own queries.
@@ -263,7 +280,7 @@ def _backup_session(
             password=conn.password,
             dbname=database,
             connect_timeout=connect_timeout_seconds,
-            application_name="cloudops-backup",
+            application_name=application_name,
             autocommit=True,
             options=(
                 f"-c statement_timeout={query_timeout_seconds * 1000} "
@@ -315,9 +332,11 @@ def _pgpass_line(conn: Connection) -> str:
 
 
 @contextmanager
-def _credentials(conn: Connection, workdir: Path) -> Iterator[dict[str, str]]:
+def _credentials(
+    conn: Connection, workdir: Path, *, application_name: str = "cloudops-backup"
+) -> Iterator[dict[str, str]]:
     """The environment that gives libpq the password (through a 0600 pgpass file) and bounds its connect."""
-    env = {"PGCONNECT_TIMEOUT": "30", "PGAPPNAME": "cloudops-backup"}
+    env = {"PGCONNECT_TIMEOUT": "30", "PGAPPNAME": application_name}
     sslmode = conn.extra_dejson.get("sslmode")
     if sslmode:
         env["PGSSLMODE"] = str(sslmode)
@@ -526,10 +545,279 @@ def _check_physical_preconditions(session: psycopg.Connection[Any], conn: Connec
         )
 
 
+# -- restores ------------------------------------------------------------------------------------------
+
+# Where CREATE and DROP DATABASE run from: a session cannot drop the database it is connected to.
+MAINTENANCE_DATABASE = "postgres"
+DEFAULT_RESTORE_TIMEOUT = timedelta(hours=6)
+# A new database's name: the catalog's database names, without a leading "-" that argv could misread.
+_TARGET_NAME = re.compile(r"^[A-Za-z0-9_$][A-Za-z0-9_$-]{0,62}$")
+
+
+def _check_target_name(name: str) -> None:
+    if not _TARGET_NAME.match(name):
+        raise RestoreRefused(
+            f"{name!r} is not a database name a restore may create (letters, digits, _ $ -, at most 63)"
+        )
+
+
+@contextmanager
+def _admin_step(
+    session: psycopg.Connection[Any], conn: Connection, used_by: str, what: str
+) -> Iterator[None]:
+    """Turn driver errors into errors naming the database and the step; a lost server is unavailable."""
+    import psycopg
+
+    try:
+        yield
+    except psycopg.Error as error:
+        if session.closed:
+            raise DatabaseUnavailableError(used_by, _address(conn), first_line(error)) from error
+        raise RestoreError(f"{used_by}: {what} on {_address(conn)}: {first_line(error)}") from error
+
+
+def _database_exists(session: psycopg.Connection[Any], name: str) -> bool:
+    return session.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is not None
+
+
+def _drop(session: psycopg.Connection[Any], name: str) -> None:
+    from psycopg import sql
+
+    check_scratch(name, action="drop")  # the last word, right before the statement
+    # FORCE ends sessions still connected (a killed drill's validation); PostgreSQL 13 and later.
+    session.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def restore_logical(
+    conn_id: str,
+    target_database: str,
+    dump_file: Path,
+    *,
+    used_by: str,
+    jobs: int = 2,
+    pg_restore: str = "pg_restore",
+    workdir: Path | None = None,
+    maintenance_database: str = MAINTENANCE_DATABASE,
+    connect_timeout_seconds: int = 10,
+    timeout: timedelta = DEFAULT_RESTORE_TIMEOUT,
+) -> RestoreResult:
+    """Create ``target_database`` and restore a ``pg_dump -Fc`` file into it with ``pg_restore -j``.
+
+    The restore only ever goes into a new database: an existing one is refused, unless it is a scratch
+    database (:mod:`cloudops.engines.scratch`), which is then the leftover of an earlier try of the same
+    run and is dropped first. The database is created from ``template0`` (so nothing an administrator
+    added to ``template1`` clashes with the dump), and restored with ``--no-owner --no-privileges`` (the
+    dump's roles need not exist here) and ``--exit-on-error``. A failed restore leaves the database for
+    the caller's teardown (:func:`drop_database`) or for inspection. The password reaches pg_restore
+    through a 0600 pgpass file in ``workdir`` (default: the dump's folder), removed on exit.
+
+    :param target_database: the database to create.
+    :param dump_file: a local custom-format dump (pg_restore -j needs a seekable file).
+    :param used_by: what is restored (``restore drill of 'orders_pg'``), named in errors.
+    :param jobs: parallel pg_restore jobs.
+    :param timeout: the longest pg_restore may run; it is killed after it.
+    :raises RestoreRefused: the target exists and is not a scratch database, or its name is unusable.
+    :raises ToolMissingError, ToolVersionError: pg_restore is missing or older than the server.
+    :raises DatabaseUnavailableError: the server cannot be reached.
+    :raises RestoreError: the database could not be created, or pg_restore failed (its first lines).
+    """
+    _check_target_name(target_database)
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    if not dump_file.is_file():
+        raise RestoreError(f"{used_by}: the dump {dump_file} does not exist or is not a file")
+    tool, tool_version, major = _client(pg_restore)
+    conn = get_connection(conn_id, used_by)
+    started = time.monotonic()
+    with _backup_session(
+        conn,
+        maintenance_database,
+        used_by=used_by,
+        connect_timeout_seconds=connect_timeout_seconds,
+        query_timeout_seconds=600,
+        application_name="cloudops-restore",
+    ) as admin:
+        with _admin_step(admin, conn, used_by, "cannot read the server's version"):
+            server_version, server_num = _server_version(admin)
+        _refuse_older_client("pg_restore", tool_version, major, server_version, server_num, used_by)
+        replaced = False
+        with _admin_step(admin, conn, used_by, f"cannot create database {target_database!r}"):
+            if _database_exists(admin, target_database):
+                if not is_scratch_name(target_database):
+                    raise RestoreRefused(
+                        f"{used_by}: refusing to restore into database {target_database!r} on "
+                        f"{_address(conn)}: it exists and is not a scratch database (a restore only "
+                        "creates a new database)"
+                    )
+                log.warning(
+                    "scratch database %r on %s exists, left by an earlier try: dropping it before restoring",
+                    target_database,
+                    _address(conn),
+                )
+                _drop(admin, target_database)
+                replaced = True
+            from psycopg import sql
+
+            log.info("creating database %r on %s for %s", target_database, _address(conn), used_by)
+            admin.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(target_database))
+            )
+    with _credentials(conn, workdir or dump_file.parent, application_name="cloudops-restore") as env:
+        description = (
+            f"pg_restore {tool_version} -j {jobs} of {dump_file.name} into database {target_database!r} "
+            f"on {_address(conn)} as {conn.login} ({used_by})"
+        )
+        log.info("running %s", description)
+        run_restore_tool(
+            [
+                tool,
+                f"--jobs={jobs}",
+                "--no-owner",
+                "--no-privileges",
+                "--exit-on-error",
+                "--no-password",
+                *_target_args(conn),
+                f"--dbname={target_database}",
+                str(dump_file),
+            ],
+            env=env,
+            timeout_seconds=timeout.total_seconds(),
+            description=description,
+            secrets=[conn.password or ""],
+        )
+    seconds = time.monotonic() - started
+    log.info("restored %s into %r on %s in %.1f s", dump_file.name, target_database, _address(conn), seconds)
+    return RestoreResult(
+        database=target_database,
+        seconds=seconds,
+        tool=f"pg_restore {tool_version}",
+        replaced_leftover=replaced,
+    )
+
+
+def drop_database(
+    conn_id: str,
+    name: str,
+    *,
+    used_by: str,
+    maintenance_database: str = MAINTENANCE_DATABASE,
+    connect_timeout_seconds: int = 10,
+) -> bool:
+    """Drop scratch database ``name`` (sessions still connected to it are ended); safe to repeat.
+
+    :return: whether it existed.
+    :raises RestoreRefused: ``name`` is not a scratch database name; nothing was done, nothing connected.
+    :raises DatabaseUnavailableError: the server cannot be reached.
+    :raises RestoreError: the drop failed.
+    """
+    check_scratch(name, action="drop")
+    conn = get_connection(conn_id, used_by)
+    with (
+        _backup_session(
+            conn,
+            maintenance_database,
+            used_by=used_by,
+            connect_timeout_seconds=connect_timeout_seconds,
+            query_timeout_seconds=600,
+            application_name="cloudops-restore",
+        ) as admin,
+        _admin_step(admin, conn, used_by, f"cannot drop scratch database {name!r}"),
+    ):
+        if not _database_exists(admin, name):
+            log.info("scratch database %r does not exist on %s: nothing to drop", name, _address(conn))
+            return False
+        log.info("dropping scratch database %r on %s (%s)", name, _address(conn), used_by)
+        _drop(admin, name)
+    return True
+
+
+def leftover_scratch_databases(
+    conn_id: str,
+    database: str,
+    *,
+    used_by: str | None = None,
+    maintenance_database: str = MAINTENANCE_DATABASE,
+    connect_timeout_seconds: int = 10,
+) -> list[str]:
+    """List the scratch databases of catalog database ``database`` on the server, sorted.
+
+    What a drill killed half-way leaves behind; the next drill drops them (:func:`drop_database`).
+    """
+    used_by = used_by or f"scratch databases of {database!r}"
+    conn = get_connection(conn_id, used_by)
+    with (
+        _backup_session(
+            conn,
+            maintenance_database,
+            used_by=used_by,
+            connect_timeout_seconds=connect_timeout_seconds,
+            query_timeout_seconds=60,
+            application_name="cloudops-restore",
+        ) as admin,
+        _admin_step(admin, conn, used_by, "cannot list databases"),
+    ):
+        rows = admin.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s", [like_pattern(database)]
+        ).fetchall()
+    return sorted(str(name) for (name,) in rows if is_scratch_of(str(name), database))
+
+
+def newest_timestamp(session: psycopg.Connection[Any], table: str, column: str) -> datetime | None:
+    """Return the greatest value of a date or time column as an aware datetime (None: no rows).
+
+    ``table`` is ``schema.table`` or a bare name (schema ``public``). A column without a time zone is
+    read in the session's time zone.
+    """
+    from psycopg import sql
+
+    schema, _, name = table.rpartition(".")
+    query = sql.SQL("SELECT max({})::timestamptz FROM {}.{}").format(
+        sql.Identifier(column), sql.Identifier(schema or "public"), sql.Identifier(name)
+    )
+    row = session.execute(query).fetchone()
+    value = row[0] if row else None
+    return value.astimezone(UTC) if isinstance(value, datetime) else None
+
+
+@contextmanager
+def snapshot_session(
+    conn_id: str,
+    database: str,
+    *,
+    used_by: str,
+    connect_timeout_seconds: int = 10,
+    query_timeout_seconds: int = 3600,
+) -> Iterator[psycopg.Connection[Any]]:
+    """A session on ``database`` inside a REPEATABLE READ, READ ONLY transaction: every query sees one
+    snapshot (for counting a restored copy and checking it).
+
+    :raises ConnectionMissingError, DatabaseUnavailableError: as for the backup sources.
+    """
+    conn = get_connection(conn_id, used_by)
+    with _backup_session(
+        conn,
+        database,
+        used_by=used_by,
+        connect_timeout_seconds=connect_timeout_seconds,
+        query_timeout_seconds=query_timeout_seconds,
+        application_name="cloudops-validate",
+    ) as session:
+        with _admin_step(session, conn, used_by, f"cannot open a snapshot of {database!r}"):
+            session.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield session
+
+
 __all__ = [
+    "DEFAULT_RESTORE_TIMEOUT",
+    "MAINTENANCE_DATABASE",
+    "drop_database",
+    "leftover_scratch_databases",
     "logical_backup_source",
+    "newest_timestamp",
     "physical_backup_source",
     "probe",
+    "restore_logical",
     "schema_fingerprint",
+    "snapshot_session",
     "table_row_counts",
 ]

@@ -401,6 +401,29 @@ class BackupRepository:
         backups = [self._stored_backup(database, backup_id, objects) for backup_id, objects in sizes.items()]
         return sorted(backups, key=lambda backup: (backup.time, backup.backup_id), reverse=True)
 
+    def describe_backup(self, database: str, backup_id: str) -> StoredBackup:
+        """Judge one backup as :meth:`list_backups` does, listing only its own folder.
+
+        :raises BackupNotFound: nothing is stored under the backup's folder.
+        """
+        folder = self.backup_prefix(database, backup_id)
+        objects: dict[str, int] = {}
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=folder):
+            for item in page.get("Contents", []):
+                try:
+                    parts = layout.parse_key(self.prefix, item["Key"])
+                except layout.LayoutError as error:
+                    log.warning("skipping a key outside the backup layout: %s", error)
+                    continue
+                objects[parts.name] = int(item["Size"])
+        if not objects:
+            raise BackupNotFound(
+                f"backup {backup_id} of {self.estate}/{database}: nothing is stored under "
+                f"s3://{self.bucket}/{folder}"
+            )
+        return self._stored_backup(database, backup_id, objects)
+
     @staticmethod
     def as_retention_records(backups: Iterable[StoredBackup]) -> list[BackupRecord]:
         """Return the retention planner's records of listed backups (list once, plan, then delete by id)."""
@@ -564,6 +587,8 @@ class BackupRepository:
                 )
             stored = {name: size for name, size in objects.items() if name != layout.MANIFEST_NAME}
             for item in manifest.objects:
+                if item.key != (expected := self.object_key(database, backup_id, item.name)):
+                    problems.append(f"object {item.name!r} has key {item.key!r}, expected {expected!r}")
                 if item.name not in stored:
                     problems.append(f"object {item.name!r} is missing")
                 elif stored[item.name] != item.size:

@@ -1,0 +1,248 @@
+"""The record of a restore drill: what was restored, what was checked, how long it took, and the verdict.
+
+A drill's record is its evidence: printed as a table in the task log, stored as JSON next to the backup
+and collected for audits. The verdicts are derived, never set: ``passed`` (every object's SHA-256 matched
+and every check passed), ``targets_met`` (RTO and RPO within the catalog's targets), ``rto_seconds``
+(restore plus validation) and ``rpo_seconds`` (the backup's age when the drill started). Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    computed_field,
+    field_validator,
+    model_validator,
+)
+
+from cloudops.catalog.models import render_duration
+from cloudops.health import render_table
+
+RECORD_VERSION = 1
+_CELL = 48  # the widest a value may be in the table; JSON keeps it whole
+_COMPUTED = ("rto_seconds", "rpo_seconds", "targets_met", "passed")
+
+
+class _RecordModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Check(_RecordModel):
+    """One comparison of the restored database with what it should be.
+
+    :param name: what was checked (``rows public.orders``,
+        ``public.orders: column_values_to_be_unique(order_id)``).
+    :param expected: the value or rule it should meet (JSON).
+    :param observed: what the restored database showed (JSON); None when it could not be measured.
+    :param detail: why it failed, or how it was measured; never holds a password.
+    """
+
+    name: Annotated[str, StringConstraints(min_length=1)]
+    passed: bool
+    expected: JsonValue = None
+    observed: JsonValue = None
+    detail: str = ""
+
+
+class ObjectChecksum(_RecordModel):
+    """One backup object whose SHA-256 was recomputed while it was downloaded."""
+
+    object: Annotated[str, StringConstraints(min_length=1)]
+    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    ok: bool
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+class DrillRecord(_RecordModel):
+    """What one restore drill did and found.
+
+    :param backup_time: when the backup's snapshot was taken (its manifest's ``started_at``).
+    :param scratch_target: the database the backup was restored into.
+    :param checksums: the objects verified against the manifest (the first failing one ends the list).
+    :param checks: schema, row counts and the expectation suite, in that order.
+    :param restore_seconds: download, verification and restore; None when the drill stopped before.
+    :param validation_seconds: comparing with the manifest and running the suite.
+    :param rto_target_seconds: the catalog's RTO (None: no target).
+    :param rpo_target_seconds: the catalog's RPO (None: no target).
+    :param error: why the drill stopped before its checks could all run (a bad object, a failed restore).
+    :param started_at: when the drill started; the RPO is measured then.
+    """
+
+    record_version: Literal[1] = 1
+    estate: Annotated[str, StringConstraints(min_length=1)]
+    database: Annotated[str, StringConstraints(min_length=1)]
+    engine: str = ""
+    backup_id: Annotated[str, StringConstraints(min_length=1)]
+    backup_time: AwareDatetime
+    run_id: Annotated[str, StringConstraints(min_length=1)]
+    scratch_target: Annotated[str, StringConstraints(min_length=1)]
+    checksums: list[ObjectChecksum] = Field(default_factory=list)
+    checks: list[Check] = Field(default_factory=list)
+    restore_seconds: Annotated[float, Field(ge=0)] | None = None
+    validation_seconds: Annotated[float, Field(ge=0)] | None = None
+    rto_target_seconds: Annotated[float, Field(gt=0)] | None = None
+    rpo_target_seconds: Annotated[float, Field(gt=0)] | None = None
+    error: str | None = None
+    started_at: AwareDatetime
+    finished_at: AwareDatetime
+
+    _times_in_utc = field_validator("backup_time", "started_at", "finished_at")(_utc)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_derived(cls, data: Any) -> Any:
+        """A record read back from JSON carries its derived fields: they are computed again, not trusted."""
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if key not in _COMPUTED}
+        return data
+
+    @model_validator(mode="after")
+    def _in_order(self) -> DrillRecord:
+        if self.finished_at < self.started_at:
+            raise ValueError("finished_at is before started_at")
+        return self
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def rto_seconds(self) -> float | None:
+        """Recovery time measured: restore plus validation (None when the drill did not get that far)."""
+        if self.restore_seconds is None or self.validation_seconds is None:
+            return None
+        return round(self.restore_seconds + self.validation_seconds, 3)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def rpo_seconds(self) -> float:
+        """The backup's age when the drill started: the data a restore of it would lose."""
+        return round(max((self.started_at - self.backup_time).total_seconds(), 0.0), 3)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def targets_met(self) -> bool:
+        """RTO and RPO within the catalog's targets (a missing target is met; an unmeasured RTO is not)."""
+        return self._rto_met() and self._rpo_met()
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def passed(self) -> bool:
+        """The backup restored and checked out: every object matched, every check ran and passed."""
+        return (
+            self.error is None
+            and bool(self.checksums)
+            and all(item.ok for item in self.checksums)
+            and bool(self.checks)
+            and all(check.passed for check in self.checks)
+        )
+
+    def _rto_met(self) -> bool:
+        if self.rto_target_seconds is None:
+            return True
+        return self.rto_seconds is not None and self.rto_seconds <= self.rto_target_seconds
+
+    def _rpo_met(self) -> bool:
+        return self.rpo_target_seconds is None or self.rpo_seconds <= self.rpo_target_seconds
+
+    @property
+    def failed_checks(self) -> list[Check]:
+        """The checks that did not pass."""
+        return [check for check in self.checks if not check.passed]
+
+    def to_json(self) -> str:
+        """Return the record as canonical JSON (sorted keys, UTC times, derived verdicts included)."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> DrillRecord:
+        """Read a record written by :meth:`to_json`; its verdicts are computed again."""
+        return cls.model_validate_json(data)
+
+    def to_table(self) -> str:
+        """Render the record as plain fixed-width text for the task log."""
+        verdict = "PASSED" if self.passed else "FAILED"
+        targets = "targets met" if self.targets_met else "TARGETS MISSED"
+        rto = (
+            f"{_seconds(self.rto_seconds)} (restore {_seconds(self.restore_seconds)} + validation "
+            f"{_seconds(self.validation_seconds)})"
+            if self.rto_seconds is not None
+            else "not measured (the drill stopped before validating)"
+        )
+        summary = [
+            ["backup", f"{self.backup_id}, taken {_iso(self.backup_time)}"],
+            ["run", self.run_id],
+            ["scratch target", self.scratch_target],
+            ["RTO", f"{rto}; {_target(self.rto_target_seconds, self._rto_met())}"],
+            [
+                "RPO",
+                f"{_seconds(self.rpo_seconds)} (backup age at drill time); "
+                f"{_target(self.rpo_target_seconds, self._rpo_met())}",
+            ],
+            ["drill", f"{_iso(self.started_at)} to {_iso(self.finished_at)}"],
+        ]
+        if self.error:
+            summary.append(["error", self.error])
+        engine = f" ({self.engine})" if self.engine else ""
+        parts = [
+            f"Restore drill of {self.estate}/{self.database}{engine}: {verdict}, {targets}",
+            "\n".join(f"{label:<15} {value}" for label, value in summary),
+            render_table(
+                ["object", "sha256", "ok"],
+                [[item.object, item.sha256, "yes" if item.ok else "NO"] for item in self.checksums],
+            )
+            if self.checksums
+            else "(no object verified)",
+            render_table(
+                ["check", "result", "expected", "observed", "detail"],
+                [
+                    [
+                        check.name,
+                        "pass" if check.passed else "FAIL",
+                        _cell(check.expected),
+                        _cell(check.observed),
+                        _cell(check.detail),
+                    ]
+                    for check in self.checks
+                ],
+            )
+            if self.checks
+            else "(no check ran)",
+        ]
+        return "\n\n".join(parts)
+
+
+def _cell(value: JsonValue) -> str:
+    text = "" if value is None else value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    text = " ".join(text.split())
+    return text if len(text) <= _CELL else text[: _CELL - 3] + "..."
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 90:
+        return f"{value:.1f} s"
+    return render_duration(timedelta(seconds=round(value)))
+
+
+def _target(target: float | None, met: bool) -> str:
+    if target is None:
+        return "no target"
+    return f"target {_seconds(target)}: {'met' if met else 'MISSED'}"
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+__all__ = ["RECORD_VERSION", "Check", "DrillRecord", "ObjectChecksum"]

@@ -1,0 +1,535 @@
+"""The restore library against the real sandbox: fresh backups of orders and inventory in a private bucket,
+fetched byte-checked, restored into scratch databases, compared with their manifests and checked with the
+expectation suites; and the faults (a flipped byte, a truncated, deleted or swapped object or manifest)
+each refused before anything is restored, naming the object.
+
+The bucket is this module's own and has no Object Lock, so objects can be overwritten to stage faults.
+The sandbox's own backups and the orders and inventory databases are only read; every database written
+is a scratch database (``drill_<database>_<hash>``), dropped at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cloudops.catalog import load_catalog_file
+from cloudops.engines import mariadb, postgres
+from cloudops.engines.scratch import scratch_name
+from cloudops.errors import RestoreError, RestoreRefused
+from cloudops.repository.manifest import Manifest
+from cloudops.repository.s3 import BackupRepository
+from cloudops.restore.fetch import (
+    BackupVerificationError,
+    choose_backup,
+    fetch_backup,
+    verify_manifest_matches,
+)
+from cloudops.restore.record import DrillRecord, ObjectChecksum
+from cloudops.restore.validation import (
+    ExpectationSuiteError,
+    compare_with_manifest,
+    run_expectation_suite,
+    suite_path,
+)
+from cloudops.runbooks.backup import open_repository, take_backup
+
+pytestmark = pytest.mark.integration
+
+PG, MARIA = "sandbox_pg_primary", "sandbox_mariadb"
+ENGINES = {"orders_pg": (postgres, PG, "postgres"), "inventory_mariadb": (mariadb, MARIA, "mariadb")}
+# Long enough that the suite's freshness check passes however long ago the sandbox was seeded.
+GENEROUS_RPO = timedelta(days=3650)
+
+
+def s3_client() -> Any:
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    return S3Hook(aws_conn_id="sandbox_aws").get_conn()
+
+
+def empty_and_delete(bucket: str) -> None:
+    client = s3_client()
+    for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
+            client.delete_object(Bucket=bucket, Key=item["Key"], VersionId=item["VersionId"])
+    client.delete_bucket(Bucket=bucket)
+
+
+@dataclass
+class Estate:
+    """A private catalog and bucket: ``orders_pg`` and ``inventory_mariadb`` backing up into it."""
+
+    file: str
+    estate: str
+    bucket: str
+
+    def store(self, database: str) -> BackupRepository:
+        catalog = load_catalog_file(self.file)
+        return open_repository(catalog, catalog.database(database))
+
+    def backup(self, database: str) -> Manifest:
+        return Manifest.model_validate(take_backup(self.file, self.estate, database, run_id="restore-test"))
+
+
+@pytest.fixture(scope="module")
+def estate(sandbox_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Estate]:
+    suffix = uuid.uuid4().hex[:8]
+    bucket = f"cloudops-restore-{suffix}"
+    # No Object Lock (hence no versioning): the fault tests overwrite and delete objects.
+    s3_client().create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    backup = {"repository": "test_backups", "retention": {"keep_last": 5}}
+    document: dict[str, Any] = {
+        "estate": f"rt_{suffix}",
+        "owner": "tests",
+        "clouds": [{"name": "aws", "provider": "aws", "aws_conn_id": "sandbox_aws", "region": "eu-west-1"}],
+        "repositories": [
+            {
+                "name": "test_backups",
+                "cloud": "aws",
+                "bucket": bucket,
+                "prefix": "backups",
+                "region": "eu-west-1",
+            }
+        ],
+        "databases": [
+            {
+                "name": "orders_pg",
+                "engine": "postgres",
+                "conn_id": PG,
+                "database": "orders",
+                "rpo": "24h",
+                "rto": "1h",
+                "backup": backup,
+                "drill": {"schedule": "on_backup"},
+            },
+            {
+                "name": "inventory_mariadb",
+                "engine": "mariadb",
+                "conn_id": MARIA,
+                "database": "inventory",
+                "rpo": "24h",
+                "rto": "1h",
+                "backup": backup,
+                "drill": {"schedule": "on_backup"},
+            },
+        ],
+    }
+    path = tmp_path_factory.mktemp("restore-estate") / "estate.yaml"
+    path.write_text(yaml.safe_dump(document))
+    yield Estate(file=str(path), estate=document["estate"], bucket=bucket)
+    empty_and_delete(bucket)
+
+
+@dataclass
+class Restored:
+    """One backup restored into a scratch database, as a drill leaves it before validation."""
+
+    database: str
+    manifest: Manifest
+    target: str
+    checksums: list[ObjectChecksum]
+    restore_seconds: float
+
+
+def restore(estate: Estate, database: str, manifest: Manifest, workdir: Path, run_id: str) -> Restored:
+    """The drill's steps up to the restore, in the drill's order: verify, fetch, restore."""
+    module, conn_id, _ = ENGINES[database]
+    store = estate.store(database)
+    started = time.monotonic()
+    verify_manifest_matches(store, database, manifest.backup_id, manifest)
+    dump = fetch_backup(store, manifest, workdir)
+    target = scratch_name(database, run_id)
+    module.restore_logical(conn_id, target, dump, used_by=f"restore drill of {database!r}")
+    checksums = [ObjectChecksum(object=item.name, sha256=item.sha256, ok=True) for item in manifest.objects]
+    return Restored(database, manifest, target, checksums, time.monotonic() - started)
+
+
+@pytest.fixture(scope="module")
+def restored(estate: Estate, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Restored]]:
+    """Fresh backups of orders and inventory, each restored once into a scratch database."""
+    done: dict[str, Restored] = {}
+    try:
+        for database in ENGINES:
+            manifest = estate.backup(database)
+            chosen = choose_backup(estate.store(database), database)
+            assert chosen.backup_id == manifest.backup_id
+            workdir = tmp_path_factory.mktemp(f"fetch-{database}")
+            done[database] = restore(estate, database, manifest, workdir, f"test-{uuid.uuid4().hex}")
+        yield done
+    finally:
+        for database, item in done.items():
+            module, conn_id, _ = ENGINES[database]
+            module.drop_database(conn_id, item.target, used_by="test teardown")
+
+
+@pytest.fixture
+def leftovers() -> Iterator[Callable[[str, str], str]]:
+    """Scratch names handed out to a test; whatever exists of them at the end is dropped."""
+    made: list[tuple[str, str]] = []
+
+    def make(database: str, run_id: str) -> str:
+        name = scratch_name(database, run_id)
+        made.append((database, name))
+        return name
+
+    yield make
+    for database, name in made:
+        module, conn_id, _ = ENGINES[database]
+        module.drop_database(conn_id, name, used_by="test teardown")
+
+
+def password_of(conn_id: str) -> str:
+    return str(json.loads(os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"])["password"])
+
+
+# -- the happy path ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("database", list(ENGINES))
+def test_restored_copy_matches_its_manifest(restored: dict[str, Restored], database: str) -> None:
+    item = restored[database]
+    _, conn_id, engine = ENGINES[database]
+
+    checks = compare_with_manifest(conn_id, engine, item.target, item.manifest)
+
+    assert [check.name for check in checks if not check.passed] == []
+    names = {check.name for check in checks}
+    assert {"schema fingerprint", "tables"} <= names
+    assert {f"rows {table}" for table in item.manifest.row_counts} <= names
+    assert sum(c.observed for c in checks if c.name.startswith("rows ")) == sum(  # type: ignore[misc]
+        item.manifest.row_counts.values()
+    )
+
+
+@pytest.mark.parametrize("database", list(ENGINES))
+def test_expectation_suite_passes_on_the_restored_copy(restored: dict[str, Restored], database: str) -> None:
+    item = restored[database]
+    _, conn_id, engine = ENGINES[database]
+    started = time.monotonic()
+
+    checks = run_expectation_suite(
+        conn_id,
+        engine,
+        item.target,
+        suite_path(database),
+        rpo=GENEROUS_RPO,
+        backup_time=item.manifest.started_at,
+    )
+
+    print(f"suite of {database}: {len(checks)} checks in {time.monotonic() - started:.2f} s")
+    assert checks
+    assert [(c.name, c.detail) for c in checks if not c.passed] == []
+    assert any("newest_within_rpo" in check.name for check in checks)
+    assert password_of(conn_id) not in json.dumps([check.model_dump() for check in checks])
+
+
+def test_a_stale_backup_fails_newest_within_rpo_only(restored: dict[str, Restored]) -> None:
+    item = restored["orders_pg"]
+    # The newest order is older than "backup time - 1 second": as if nothing had been written for a while.
+    checks = run_expectation_suite(
+        PG,
+        "postgres",
+        item.target,
+        suite_path("orders_pg"),
+        rpo=timedelta(seconds=1),
+        backup_time=item.manifest.started_at + timedelta(days=400),
+    )
+    failed = [check for check in checks if not check.passed]
+    assert [check.name for check in failed] == ["public.orders: newest_within_rpo(ordered_at)"]
+    assert "before the backup" in failed[0].detail
+
+
+def test_suite_errors_are_named_before_anything_runs(restored: dict[str, Restored], tmp_path: Path) -> None:
+    item = restored["orders_pg"]
+    typo = tmp_path / "typo.json"
+    typo.write_text(
+        json.dumps({"tables": {"public.orders": [{"expect": "column_values_to_be_uniqe", "column": "x"}]}})
+    )
+    with pytest.raises(
+        ExpectationSuiteError, match=r"tables\.public\.orders\[0\].*did you mean 'column_values_to_be_unique'"
+    ):
+        run_expectation_suite(
+            PG, "postgres", item.target, typo, rpo=GENEROUS_RPO, backup_time=datetime.now(UTC)
+        )
+
+    missing_table = tmp_path / "missing.json"
+    missing_table.write_text(
+        json.dumps({"tables": {"public.nope": [{"expect": "column_values_to_not_be_null", "column": "id"}]}})
+    )
+    (check,) = run_expectation_suite(
+        PG, "postgres", item.target, missing_table, rpo=GENEROUS_RPO, backup_time=datetime.now(UTC)
+    )
+    assert (check.name, check.passed) == ("public.nope: table exists", False)
+    assert password_of(PG) not in check.detail
+
+
+def test_a_changed_copy_fails_the_comparison(restored: dict[str, Restored]) -> None:
+    item = restored["inventory_mariadb"]
+    import pymysql
+
+    c = json.loads(os.environ["AIRFLOW_CONN_SANDBOX_MARIADB"])
+    # Only the scratch copy is changed; it is the last test to use this copy's counts.
+    with (
+        pymysql.connect(
+            host=c["host"],
+            port=c["port"],
+            user=c["login"],
+            password=c["password"],
+            database=item.target,
+            autocommit=True,
+        ) as session,
+        session.cursor() as cursor,
+    ):
+        cursor.execute("DELETE FROM stock_levels WHERE warehouse_id = 1 AND item_id = 2")
+        cursor.execute("ALTER TABLE warehouses ADD COLUMN note TEXT")
+    try:
+        checks = compare_with_manifest(MARIA, "mariadb", item.target, item.manifest)
+        failed = {check.name: check for check in checks if not check.passed}
+        assert set(failed) == {"schema fingerprint", "rows stock_levels"}
+        assert failed["rows stock_levels"].observed == item.manifest.row_counts["stock_levels"] - 1
+    finally:
+        with (
+            pymysql.connect(
+                host=c["host"],
+                port=c["port"],
+                user=c["login"],
+                password=c["password"],
+                database=item.target,
+                autocommit=True,
+            ) as session,
+            session.cursor() as cursor,
+        ):
+            cursor.execute("ALTER TABLE warehouses DROP COLUMN note")
+            cursor.execute("INSERT INTO stock_levels (warehouse_id, item_id, quantity) VALUES (1, 2, 0)")
+
+
+def test_the_drill_record_of_a_restore(restored: dict[str, Restored]) -> None:
+    item = restored["orders_pg"]
+    started = datetime.now(UTC)
+    checks = compare_with_manifest(PG, "postgres", item.target, item.manifest)
+    record = DrillRecord(
+        estate=item.manifest.estate,
+        database="orders_pg",
+        engine="postgres",
+        backup_id=item.manifest.backup_id,
+        backup_time=item.manifest.started_at,
+        run_id="test",
+        scratch_target=item.target,
+        checksums=item.checksums,
+        checks=checks,
+        restore_seconds=item.restore_seconds,
+        validation_seconds=1.0,
+        rto_target_seconds=3600,
+        rpo_target_seconds=86400,
+        started_at=started,
+        finished_at=datetime.now(UTC),
+    )
+    assert record.passed
+    assert record.targets_met
+    table = record.to_table()
+    print(table)
+    assert item.manifest.backup_id in table
+    assert item.manifest.objects[0].sha256 in table
+    assert DrillRecord.from_json(record.to_json()) == record
+
+
+# -- the guards ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("database", "real"), [("orders_pg", "orders"), ("inventory_mariadb", "inventory")])
+def test_drop_refuses_a_real_database(database: str, real: str) -> None:
+    module, conn_id, _ = ENGINES[database]
+    with pytest.raises(RestoreRefused, match=f"refusing to drop database '{real}'"):
+        module.drop_database(conn_id, real, used_by="test")
+    assert real not in module.leftover_scratch_databases(conn_id, database)
+
+
+@pytest.mark.parametrize(("database", "real"), [("orders_pg", "orders"), ("inventory_mariadb", "inventory")])
+def test_restore_refuses_an_existing_database(database: str, real: str, tmp_path: Path) -> None:
+    module, conn_id, _ = ENGINES[database]
+    dump = tmp_path / "dump"
+    dump.write_bytes(b"-- not even read\n")
+    with pytest.raises(RestoreRefused, match=f"refusing to restore into database '{real}'.*not a scratch"):
+        module.restore_logical(conn_id, real, dump, used_by="test")
+
+
+def test_a_dump_that_switches_databases_is_refused(
+    tmp_path: Path, leftovers: Callable[[str, str], str]
+) -> None:
+    dump = tmp_path / "inventory.sql"
+    dump.write_text("CREATE TABLE t (id INT);\nUSE `inventory`;\nDROP TABLE stock_levels;\n")
+    target = leftovers("inventory_mariadb", f"test-{uuid.uuid4().hex}")
+    with pytest.raises(RestoreRefused, match="line 2 starts with 'USE'"):
+        mariadb.restore_logical(MARIA, target, dump, used_by="test")
+    assert target not in mariadb.leftover_scratch_databases(MARIA, "inventory_mariadb")
+
+
+@pytest.mark.parametrize("database", list(ENGINES))
+def test_leftover_scratch_databases_are_listed_and_replaced(
+    database: str,
+    estate: Estate,
+    restored: dict[str, Restored],
+    tmp_path: Path,
+    leftovers: Callable[[str, str], str],
+) -> None:
+    module, conn_id, _ = ENGINES[database]
+    item = restored[database]
+    run_id = f"killed-{uuid.uuid4().hex}"
+    target = leftovers(database, run_id)
+    dump = fetch_backup(estate.store(database), item.manifest, tmp_path)
+
+    first = module.restore_logical(conn_id, target, dump, used_by="a drill killed half-way")
+    assert target in module.leftover_scratch_databases(conn_id, database)
+    assert not first.replaced_leftover
+    # The retry of the same run finds its own leftover and replaces it.
+    again = module.restore_logical(conn_id, target, dump, used_by="the retry")
+    assert again.replaced_leftover
+
+    assert module.drop_database(conn_id, target, used_by="cleanup") is True
+    assert target not in module.leftover_scratch_databases(conn_id, database)
+    assert module.drop_database(conn_id, target, used_by="cleanup again") is False
+
+
+def test_a_broken_restore_fails_clearly(tmp_path: Path, leftovers: Callable[[str, str], str]) -> None:
+    dump = tmp_path / "broken.pgdump"
+    dump.write_bytes(b"PGDMP this is not a dump")
+    target = leftovers("orders_pg", f"test-{uuid.uuid4().hex}")
+    with pytest.raises(
+        RestoreError, match=r"pg_restore .* into database 'drill_orders_pg_\w+'.*exited with status 1"
+    ):
+        postgres.restore_logical(PG, target, dump, used_by="test")
+
+
+# -- faults: each refused before anything is restored ------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_backup(estate: Estate) -> Manifest:
+    """A new inventory backup of this test's own, to damage."""
+    return estate.backup("inventory_mariadb")
+
+
+def object_bytes(estate: Estate, key: str) -> bytes:
+    body = s3_client().get_object(Bucket=estate.bucket, Key=key)["Body"]
+    with body:
+        return bytes(body.read())
+
+
+def assert_nothing_restored(workdir: Path, target: str) -> None:
+    assert list(workdir.iterdir()) == [], "a partly fetched file was left behind"
+    assert target not in mariadb.leftover_scratch_databases(MARIA, "inventory_mariadb")
+
+
+def drill_steps(estate: Estate, backup_id: str, workdir: Path, target: str) -> None:
+    """What a drill runs for inventory_mariadb, in order: choose, verify, fetch, then restore."""
+    store = estate.store("inventory_mariadb")
+    stored = choose_backup(store, "inventory_mariadb", backup_id)
+    assert stored.manifest is not None
+    verify_manifest_matches(store, "inventory_mariadb", backup_id, stored.manifest)
+    dump = fetch_backup(store, stored.manifest, workdir)
+    mariadb.restore_logical(MARIA, target, dump, used_by="test")
+
+
+def test_a_flipped_byte_is_caught_while_fetching(
+    estate: Estate, fresh_backup: Manifest, tmp_path: Path, leftovers: Callable[[str, str], str]
+) -> None:
+    (item,) = fresh_backup.objects
+    data = bytearray(object_bytes(estate, item.key))
+    data[len(data) // 2] ^= 0x01
+    s3_client().put_object(Bucket=estate.bucket, Key=item.key, Body=bytes(data))
+    store = estate.store("inventory_mariadb")
+    # Same size: the listing cannot tell, only the bytes can.
+    assert store.describe_backup("inventory_mariadb", fresh_backup.backup_id).complete
+    target = leftovers("inventory_mariadb", f"test-{uuid.uuid4().hex}")
+
+    with pytest.raises(
+        BackupVerificationError,
+        match=r"object 'inventory\.sql\.zst' .* has SHA-256 [0-9a-f]{64}, the manifest says",
+    ) as caught:
+        drill_steps(estate, fresh_backup.backup_id, tmp_path, target)
+
+    assert caught.value.object_name == "inventory.sql.zst"
+    assert [(c.object, c.ok) for c in caught.value.checksums] == [("inventory.sql.zst", False)]
+    assert_nothing_restored(tmp_path, target)
+
+
+def test_a_truncated_object_is_caught(
+    estate: Estate, fresh_backup: Manifest, tmp_path: Path, leftovers: Callable[[str, str], str]
+) -> None:
+    (item,) = fresh_backup.objects
+    data = object_bytes(estate, item.key)
+    s3_client().put_object(Bucket=estate.bucket, Key=item.key, Body=data[: len(data) - 100])
+    target = leftovers("inventory_mariadb", f"test-{uuid.uuid4().hex}")
+
+    with pytest.raises(
+        BackupVerificationError,
+        match=rf"object 'inventory\.sql\.zst' is {item.size - 100} bytes, manifest says {item.size}",
+    ) as caught:
+        drill_steps(estate, fresh_backup.backup_id, tmp_path, target)
+    assert caught.value.object_name == "inventory.sql.zst"
+    # Fetching it anyway (no listing first) is refused too, by the bytes.
+    with pytest.raises(
+        BackupVerificationError,
+        match=rf"is {item.size - 100} bytes, the manifest says {item.size} \(truncated\)",
+    ):
+        fetch_backup(estate.store("inventory_mariadb"), fresh_backup, tmp_path)
+    assert_nothing_restored(tmp_path, target)
+
+
+def test_a_deleted_object_is_caught(
+    estate: Estate, fresh_backup: Manifest, tmp_path: Path, leftovers: Callable[[str, str], str]
+) -> None:
+    (item,) = fresh_backup.objects
+    s3_client().delete_object(Bucket=estate.bucket, Key=item.key)
+    target = leftovers("inventory_mariadb", f"test-{uuid.uuid4().hex}")
+
+    with pytest.raises(BackupVerificationError, match=r"object 'inventory\.sql\.zst' is missing") as caught:
+        drill_steps(estate, fresh_backup.backup_id, tmp_path, target)
+    assert caught.value.object_name == "inventory.sql.zst"
+    with pytest.raises(BackupVerificationError, match=r"object 'inventory\.sql\.zst' \(s3://.*\) is missing"):
+        fetch_backup(estate.store("inventory_mariadb"), fresh_backup, tmp_path)
+    assert_nothing_restored(tmp_path, target)
+
+
+def test_a_swapped_manifest_is_caught(
+    estate: Estate, fresh_backup: Manifest, tmp_path: Path, leftovers: Callable[[str, str], str]
+) -> None:
+    other = estate.backup("inventory_mariadb")
+    store = estate.store("inventory_mariadb")
+    # The other backup's manifest, copied over this one's.
+    s3_client().put_object(
+        Bucket=estate.bucket,
+        Key=store.manifest_key("inventory_mariadb", fresh_backup.backup_id),
+        Body=object_bytes(estate, store.manifest_key("inventory_mariadb", other.backup_id)),
+    )
+    target = leftovers("inventory_mariadb", f"test-{uuid.uuid4().hex}")
+
+    with pytest.raises(
+        BackupVerificationError,
+        match=rf"the manifest is for {estate.estate}/inventory_mariadb/{other.backup_id}",
+    ) as caught:
+        drill_steps(estate, fresh_backup.backup_id, tmp_path, target)
+    assert "nothing was restored" in str(caught.value)
+    assert_nothing_restored(tmp_path, target)
+
+
+def test_a_manifest_of_another_backup_is_refused(estate: Estate, restored: dict[str, Restored]) -> None:
+    item = restored["inventory_mariadb"]
+    other = estate.backup("inventory_mariadb")
+    store = estate.store("inventory_mariadb")
+    with pytest.raises(
+        BackupVerificationError,
+        match=rf"the manifest given is for {estate.estate}/inventory_mariadb/{other.backup_id}",
+    ):
+        verify_manifest_matches(store, "inventory_mariadb", item.manifest.backup_id, other)
