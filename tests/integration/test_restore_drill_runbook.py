@@ -1,0 +1,149 @@
+"""restore_drill__<database>'s steps against the sandbox: a drill that passes, one that must fail on a
+damaged backup before restoring anything, and the cleanup of a drill killed half-way."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cloudops.errors import CloudOpsError
+from cloudops.runbooks.backup import open_repository, take_backup
+from cloudops.runbooks.restore_drill import prepare, record_drill, restore, teardown, validate
+
+pytestmark = pytest.mark.integration
+
+
+def s3() -> Any:
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    return S3Hook(aws_conn_id="sandbox_aws").get_conn()
+
+
+@pytest.fixture
+def estate(
+    tmp_path: Path, sandbox_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, Any]]:
+    """inventory_mariadb backed up into a bucket of this test's own, without Object Lock (tests alter it)."""
+    suffix = uuid.uuid4().hex[:8]
+    bucket = f"cloudops-drill-{suffix}"
+    s3().create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    monkeypatch.setenv("CLOUDOPS_EVIDENCE_DIR", str(tmp_path / "evidence"))
+    document = {
+        "estate": f"dr_{suffix}",
+        "owner": "tests",
+        "clouds": [{"name": "aws", "provider": "aws", "aws_conn_id": "sandbox_aws", "region": "eu-west-1"}],
+        "repositories": [{"name": "r", "cloud": "aws", "bucket": bucket, "region": "eu-west-1"}],
+        "databases": [
+            {
+                "name": "inventory_mariadb",
+                "engine": "mariadb",
+                "conn_id": "sandbox_mariadb",
+                "database": "inventory",
+                "rpo": "1d",
+                "rto": "1h",
+                "backup": {"repository": "r", "retention": {"keep_last": 3}},
+                "drill": {"schedule": "on_backup"},
+            }
+        ],
+    }
+    path = tmp_path / "estate.yaml"
+    path.write_text(yaml.safe_dump(document))
+    yield {
+        "file": str(path),
+        "estate": document["estate"],
+        "bucket": bucket,
+        "evidence": tmp_path / "evidence",
+    }
+    client = s3()
+    for item in client.list_object_versions(Bucket=bucket).get("Versions", []):
+        client.delete_object(Bucket=bucket, Key=item["Key"], VersionId=item["VersionId"])
+    client.delete_bucket(Bucket=bucket)
+
+
+def run_drill(estate: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """The DAG's steps in its order, with its trigger rules: teardown and record always run."""
+    args = (estate["file"], estate["estate"], "inventory_mariadb")
+    prepared = prepare(*args, run_id=run_id, backup_id="latest")
+    restored = validated = None
+    try:
+        restored = restore(*args, backup_id=prepared["backup_id"], scratch=prepared["scratch"])
+        validated = validate(*args, backup_id=prepared["backup_id"], scratch=prepared["scratch"])
+    except CloudOpsError as error:
+        failure = str(error)
+    else:
+        failure = None
+    finally:
+        teardown(*args, scratch=prepared["scratch"])
+    try:
+        return {
+            "result": record_drill(
+                *args, run_id=run_id, prepared=prepared, restored=restored, validated=validated
+            ),
+            "failure": failure,
+        }
+    except CloudOpsError as error:
+        return {"result": None, "failure": failure, "verdict": str(error)}
+
+
+def scratch_databases() -> list[str]:
+    from cloudops.engines import mariadb
+
+    return mariadb.leftover_scratch_databases("sandbox_mariadb", "inventory_mariadb")
+
+
+def test_drill_passes_and_records_evidence(estate: dict[str, Any]) -> None:
+    backup_id = take_backup(estate["file"], estate["estate"], "inventory_mariadb")["backup_id"]
+
+    outcome = run_drill(estate, "manual__drill-pass")
+
+    assert outcome["failure"] is None
+    assert outcome["result"]["passed"]
+    (local,) = (estate["evidence"] / "drills").rglob("*.json")
+    record = json.loads(local.read_text())
+    assert record["backup_id"] == backup_id
+    assert record["checks"]
+    assert all(check["passed"] for check in record["checks"])
+    key = outcome["result"]["record"].removeprefix(f"s3://{estate['bucket']}/")
+    assert json.loads(s3().get_object(Bucket=estate["bucket"], Key=key)["Body"].read()) == record
+    assert scratch_databases() == []
+    from cloudops.catalog import load_catalog_file
+
+    catalog = load_catalog_file(estate["file"])
+    (listed,) = open_repository(catalog, catalog.database("inventory_mariadb")).list_backups(
+        "inventory_mariadb"
+    )
+    assert listed.complete, "the drill record must not make the backup look incomplete"
+
+
+def test_flipped_byte_fails_before_any_restore_and_teardown_still_runs(estate: dict[str, Any]) -> None:
+    manifest = take_backup(estate["file"], estate["estate"], "inventory_mariadb")
+    key = manifest["objects"][0]["key"]
+    data = bytearray(s3().get_object(Bucket=estate["bucket"], Key=key)["Body"].read())
+    data[len(data) // 2] ^= 0xFF
+    s3().put_object(Bucket=estate["bucket"], Key=key, Body=bytes(data))
+
+    outcome = run_drill(estate, "manual__drill-flip")
+
+    assert manifest["objects"][0]["name"] in outcome["failure"]
+    assert "sha256" in outcome["failure"].lower() or "SHA-256" in outcome["failure"]
+    assert "failed" in outcome["verdict"]
+    assert scratch_databases() == [], "nothing was restored, and nothing is left"
+
+
+def test_next_drill_drops_what_a_killed_drill_left(estate: dict[str, Any]) -> None:
+    take_backup(estate["file"], estate["estate"], "inventory_mariadb")
+    args = (estate["file"], estate["estate"], "inventory_mariadb")
+    killed = prepare(*args, run_id="manual__killed", backup_id="latest")
+    restore(*args, backup_id=killed["backup_id"], scratch=killed["scratch"])
+    assert scratch_databases() == [killed["scratch"]]
+
+    outcome = run_drill(estate, "manual__after-kill")
+
+    assert outcome["result"]["passed"]
+    assert scratch_databases() == []
