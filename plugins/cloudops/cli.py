@@ -155,6 +155,28 @@ def _backup_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _restore(args: argparse.Namespace) -> int:
+    """Restore a backup into a new database without Airflow (the same checks as restore_request)."""
+    from cloudops.catalog import load_catalogs
+    from cloudops.runbooks.restore_request import check_request, restore_backup, verify_restore
+
+    request = check_request(
+        load_catalogs(),
+        database=args.database,
+        backup_id=args.backup,
+        target=args.target,
+        point_in_time=args.point_in_time,
+        confirm_overwrite=args.confirm_overwrite,
+    )
+    restored = restore_backup(request)
+    verified = verify_restore(request, restored["backup_id"])
+    print(
+        f"restored backup {restored['backup_id']} of {request.database} into {request.target} in "
+        f"{restored['seconds']:.1f} s; {verified['checks']} checks against the manifest passed"
+    )
+    return EXIT_OK
+
+
 def _catalog_file_of(estate: str) -> str:
     from cloudops.catalog import load_catalogs
 
@@ -212,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--retention", action="store_true", help="apply the retention policy afterwards")
     run.add_argument("--dry-run", action="store_true", help="with --retention: only print the plan")
     run.set_defaults(handler=_backup_run)
+
+    restore = commands.add_parser("restore", help="restore a backup into a new database, without Airflow")
+    restore.add_argument("database", help="a catalog database name")
+    restore.add_argument("--backup", default="latest", help="'latest' (default) or a backup id")
+    restore.add_argument("--target", required=True, help="the new database to restore into")
+    restore.add_argument("--point-in-time", default=None, help="not supported yet")
+    restore.add_argument("--confirm-overwrite", action="store_true", help="see restore_request")
+    restore.set_defaults(handler=_restore)
 
     sandbox = commands.add_parser("sandbox", help="the local sandbox estate")
     sandbox.add_argument("action", choices=["up", "down", "status"])

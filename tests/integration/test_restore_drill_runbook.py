@@ -147,3 +147,29 @@ def test_next_drill_drops_what_a_killed_drill_left(estate: dict[str, Any]) -> No
 
     assert outcome["result"]["passed"]
     assert scratch_databases() == []
+
+
+def test_on_demand_restore_into_a_new_database(estate: dict[str, Any]) -> None:
+    from cloudops.catalog import load_catalogs
+    from cloudops.runbooks.restore_request import check_request, restore_backup, verify_restore
+
+    backup_id = take_backup(estate["file"], estate["estate"], "inventory_mariadb")["backup_id"]
+    target = f"restored_{uuid.uuid4().hex[:6]}"
+    request = check_request(load_catalogs([estate["file"]]), database="inventory_mariadb", target=target)
+    try:
+        restored = restore_backup(request)
+        assert restored["backup_id"] == backup_id
+        assert verify_restore(request, backup_id)["checks"] >= 3
+        with pytest.raises(CloudOpsError, match="exists"):
+            restore_backup(request)  # never over an existing database
+    finally:
+        import os
+
+        import pymysql
+
+        conn = json.loads(os.environ["AIRFLOW_CONN_SANDBOX_MARIADB"])
+        session = pymysql.connect(
+            host=conn["host"], port=conn["port"], user=conn["login"], password=conn["password"]
+        )
+        session.cursor().execute(f"DROP DATABASE IF EXISTS `{target}`")
+        session.close()
