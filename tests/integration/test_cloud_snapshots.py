@@ -103,7 +103,7 @@ def rds_snapshot_count(estate: str) -> int:
 
 
 def test_rds_snapshot_is_tagged_listed_planned_and_deleted(
-    estate: str, capsys: pytest.CaptureFixture[str]
+    estate: str, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     ids = backup_ids(3)
     snapshots = [
@@ -155,17 +155,25 @@ def test_rds_snapshot_is_tagged_listed_planned_and_deleted(
     assert retention.plan.delete == [ids[1], ids[0]]
     assert len(retention.to_delete) == 2
 
-    # Airflow routes logging to stdout (structlog), where the plan's lines are read back.
-    capsys.readouterr()
+    # Once Airflow has configured logging (structlog) the lines go to stdout, before that to the
+    # logging handlers: read both, so the test does not depend on which tests ran first.
+    caplog.set_level("INFO")
+
+    def logged() -> str:
+        text = capsys.readouterr().out + caplog.text
+        caplog.clear()
+        return text
+
+    logged()
     for snapshot in retention.to_delete:
         delete_cloud_snapshot(AWS_CONN_ID, snapshot, dry_run=True)
     assert rds_snapshot_count(estate) == 3
-    out = capsys.readouterr().out
+    out = logged()
     assert f"dry run: would delete rds snapshot {retention.to_delete[0].snapshot_id}" in out
 
     for snapshot in retention.to_delete:
         delete_cloud_snapshot(AWS_CONN_ID, snapshot, dry_run=False)
-    out = capsys.readouterr().out
+    out = logged()
     assert out.index(f"deleting rds snapshot {retention.to_delete[0].snapshot_id}") < out.index(
         f"deleted rds snapshot {retention.to_delete[0].snapshot_id}"
     )
@@ -173,7 +181,7 @@ def test_rds_snapshot_is_tagged_listed_planned_and_deleted(
     assert [s.backup_id for s in remaining] == [ids[2]]
     # Deleting again is a no-op that says so.
     delete_cloud_snapshot(AWS_CONN_ID, retention.to_delete[0], dry_run=False)
-    assert "already gone, nothing to delete" in capsys.readouterr().out
+    assert "already gone, nothing to delete" in logged()
 
     delete_cloud_snapshot(AWS_CONN_ID, remaining[0], dry_run=False)
     assert list_cloud_snapshots(AWS_CONN_ID, estate=estate, kind="rds") == []
