@@ -8,6 +8,8 @@ data volumes, which are never changed.
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -35,7 +37,6 @@ pytestmark = pytest.mark.integration
 
 AWS_CONN_ID = "sandbox_aws"
 REGION = "eu-west-1"
-ENDPOINT = "http://127.0.0.1:55000"
 INSTANCE = "orders-pg"
 DATABASE = "orders_pg"
 FLEET = "web"
@@ -43,9 +44,11 @@ FLEET = "web"
 
 def admin_client(service: str) -> Any:
     """A plain boto3 client to inspect and clean up, apart from the code under test."""
+    # The sandbox's endpoint, as its connection names it (a sandbox may run with a port offset).
+    endpoint = json.loads(os.environ["AIRFLOW_CONN_SANDBOX_AWS"])["extra"]["endpoint_url"]
     return boto3.client(
         service,
-        endpoint_url=ENDPOINT,
+        endpoint_url=endpoint,
         region_name=REGION,
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
