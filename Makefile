@@ -48,7 +48,7 @@ venv: $(VENV)/.installed  ## create .venv with uv from requirements.lock
 $(VENV)/.installed: requirements.lock pyproject.toml
 	@$(UV) --version >/dev/null 2>&1 || $(SYSTEM_PYTHON) -m pip install --quiet uv
 	@[ -x $(BIN)/python ] || $(UV) venv --quiet --python 3.11 $(VENV)
-	$(UV) pip install --quiet --python $(BIN)/python -r requirements.lock
+	$(UV) pip install --quiet --compile-bytecode --python $(BIN)/python -r requirements.lock
 	$(UV) pip install --quiet --python $(BIN)/python --no-deps -e .
 	@touch $@
 
