@@ -78,7 +78,8 @@ def scratch_conn_id(database: Database) -> str:
     return (database.drill.scratch_conn_id if database.drill else None) or database.conn_id
 
 
-def _engine(database: Database) -> Any:
+def engine_for(database: Database) -> Any:
+    """The engine module (postgres or mariadb) that restores and drops databases of ``database``."""
     from cloudops.engines import mariadb, postgres
 
     return mariadb if database.engine == "mariadb" else postgres
@@ -93,7 +94,7 @@ def prepare(
     from cloudops.runbooks.backup import open_repository
 
     catalog, database = _target(catalog_file, estate, database_name)
-    engine, conn_id, used_by = _engine(database), scratch_conn_id(database), f"database {database_name!r}"
+    engine, conn_id, used_by = engine_for(database), scratch_conn_id(database), f"database {database_name!r}"
     for leftover in engine.leftover_scratch_databases(conn_id, database.name, used_by=used_by):
         log.info("dropping %s, left by an earlier drill that did not finish", leftover)
         engine.drop_database(conn_id, leftover, used_by=used_by)
@@ -126,7 +127,7 @@ def restore(
     with tempfile.TemporaryDirectory(prefix="cloudops-drill-") as workdir:
         dump = fetch_backup(store, manifest, Path(workdir))
         log.info("every object matches the manifest: %s", [o.name for o in manifest.objects])
-        _engine(database).restore_logical(
+        engine_for(database).restore_logical(
             scratch_conn_id(database), scratch, dump, used_by=f"database {database_name!r}"
         )
     return {
@@ -172,7 +173,7 @@ def teardown(catalog_file: str, estate: str, database_name: str, *, scratch: str
         log.info("no scratch database was named: nothing to drop")
         return
     _, database = _target(catalog_file, estate, database_name)
-    dropped = _engine(database).drop_database(
+    dropped = engine_for(database).drop_database(
         scratch_conn_id(database), scratch, used_by=f"scratch copy of {database_name!r}"
     )
     log.info("scratch database %s %s", scratch, "dropped" if dropped else "did not exist")
@@ -367,6 +368,7 @@ def build_restore_drill_dags(loaded: LoadedCatalog) -> list[DAG]:
 
 __all__ = [
     "build_restore_drill_dags",
+    "engine_for",
     "evidence_dir",
     "prepare",
     "record_drill",

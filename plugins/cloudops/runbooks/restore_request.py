@@ -129,7 +129,7 @@ def restore_backup(request: RestoreRequest) -> dict[str, Any]:
     from cloudops.catalog import load_catalog_file
     from cloudops.restore.fetch import choose_backup, fetch_backup, verify_manifest_matches
     from cloudops.runbooks.backup import open_repository
-    from cloudops.runbooks.restore_drill import _engine
+    from cloudops.runbooks.restore_drill import engine_for
 
     catalog = load_catalog_file(request.catalog_file)
     database = catalog.database(request.database)
@@ -150,7 +150,7 @@ def restore_backup(request: RestoreRequest) -> dict[str, Any]:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="cloudops-restore-") as workdir:
         dump = fetch_backup(store, manifest, Path(workdir))
-        _engine(database).restore_logical(
+        engine_for(database).restore_logical(
             database.conn_id, request.target, dump, used_by=f"database {database.name!r}"
         )
     return {"backup_id": chosen.backup_id, "target": request.target, "seconds": time.monotonic() - started}
