@@ -309,12 +309,24 @@ def test_down_never_signals_a_process_it_did_not_start(second_sandbox: Path) -> 
     assert not pid_file.exists()
 
 
-def test_a_second_sandbox_comes_up_goes_down_and_comes_back(second_sandbox: Path) -> None:
+def test_a_second_sandbox_comes_up_goes_down_and_comes_back(
+    second_sandbox: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     layout = SandboxLayout.from_environment()
     plan = load_plan(layout.catalog_path)
     assert plan.postgres_replica is not None
     try:
         estate.up(say=_quiet)
+        assert {row.state for row in estate.status()} == {RUNNING}
+        # The offset up used is remembered: status (and down) find the sandbox without being told,
+        # and a different explicit offset is refused instead of losing track of running servers.
+        with monkeypatch.context() as untold:
+            untold.delenv("CLOUDOPS_SANDBOX_PORT_OFFSET")
+            assert SandboxLayout.from_environment().port_offset == 3000
+            assert {row.state for row in estate.status()} == {RUNNING}
+            untold.setenv("CLOUDOPS_SANDBOX_PORT_OFFSET", "2000")
+            with pytest.raises(SandboxError, match="was started with CLOUDOPS_SANDBOX_PORT_OFFSET=3000"):
+                estate.down(say=_quiet)
         assert {row.state for row in estate.status()} == {RUNNING}
         env = {
             k: json.loads(v) for k, v in read_env_file(layout.env_file).items() if k.startswith("AIRFLOW_")

@@ -154,6 +154,7 @@ def up(say: Say = _say) -> None:
     with _locked(layout):
         _preflight(layout, components)
         layout.ensure_dirs()  # only now, so a failed preflight leaves no data directory behind
+        layout.record_port_offset()
         with ThreadPoolExecutor(max_workers=len(chains), thread_name_prefix="sandbox") as pool:
             futures = [pool.submit(_ensure_chain, chain, say) for chain in chains]
         errors = [f.exception() for f in futures if f.exception() is not None]
@@ -184,6 +185,8 @@ def down(say: Say = _say) -> None:
                     component.stop(say)
                 except SandboxError as exc:
                     errors.append(str(exc))
+        if not errors:
+            layout.forget_port_offset()
     if errors:
         raise SandboxError("\n".join(errors))
 

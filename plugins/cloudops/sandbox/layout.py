@@ -74,6 +74,16 @@ def _can_traverse(path: Path, user: str) -> bool:
     return True
 
 
+PORT_OFFSET_FILE = "port-offset"
+
+
+def _recorded_offset(sandbox_dir: Path) -> int | None:
+    try:
+        return int((sandbox_dir / "run" / PORT_OFFSET_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
 @dataclass(frozen=True)
 class SandboxLayout:
     """Paths, ports, binaries and OS users of one sandbox."""
@@ -100,7 +110,10 @@ class SandboxLayout:
         env = os.environ if environ is None else environ
         root = find_project_root()
         sandbox_dir = Path(env.get("CLOUDOPS_SANDBOX_DIR") or root / ".sandbox").resolve()
-        raw_offset = env.get("CLOUDOPS_SANDBOX_PORT_OFFSET", "0") or "0"
+        # The offset `up` used is recorded, so that `down` and `status` find the same ports without
+        # being told again; an explicit, different offset for a running sandbox is refused.
+        recorded = _recorded_offset(sandbox_dir)
+        raw_offset = env.get("CLOUDOPS_SANDBOX_PORT_OFFSET") or str(recorded or 0)
         try:
             offset = int(raw_offset)
         except ValueError:
@@ -109,6 +122,11 @@ class SandboxLayout:
             ) from None
         if not 0 <= offset <= 9000:
             raise SandboxError(f"CLOUDOPS_SANDBOX_PORT_OFFSET={offset} is out of range: use 0..9000")
+        if recorded is not None and offset != recorded:
+            raise SandboxError(
+                f"the sandbox in {sandbox_dir} was started with CLOUDOPS_SANDBOX_PORT_OFFSET={recorded}, "
+                f"not {offset}: use the same offset, or run `cloudops sandbox down` with it first"
+            )
         as_root = os.geteuid() == 0
         data_root, fallback = sandbox_dir, False
         if as_root and not all(
@@ -135,6 +153,15 @@ class SandboxLayout:
     @property
     def catalog_path(self) -> Path:
         return self.project_root / CATALOG_RELPATH
+
+    def record_port_offset(self) -> None:
+        """Remember the offset `up` uses, for `down` and `status` (see from_environment)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / PORT_OFFSET_FILE).write_text(f"{self.port_offset}\n")
+
+    def forget_port_offset(self) -> None:
+        """Forget the recorded offset once everything is stopped: the next `up` may choose another."""
+        (self.run_dir / PORT_OFFSET_FILE).unlink(missing_ok=True)
 
     @property
     def run_dir(self) -> Path:
