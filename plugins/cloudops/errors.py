@@ -76,6 +76,18 @@ class RestoreError(CloudOpsError):
     """A restore could not be prepared or did not complete; the message names the step and the target."""
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message: driver and SDK errors add noise below it."""
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+def aws_error_code(error: BaseException) -> str:
+    """The AWS error code of a botocore ``ClientError`` (empty for any other error)."""
+    response = getattr(error, "response", None)
+    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
+
+
 __all__ = [
     "BackupSourceError",
     "CloudOpsError",
@@ -87,4 +99,6 @@ __all__ = [
     "SandboxError",
     "ToolMissingError",
     "ToolVersionError",
+    "aws_error_code",
+    "first_line",
 ]

@@ -88,10 +88,4 @@ class RestoreResult:
     replaced_leftover: bool = False
 
 
-def first_line(error: BaseException) -> str:
-    """The first line of an error's message: driver errors add noise below it."""
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
-
-
-__all__ = ["BackupSource", "DatabaseState", "DumpCommand", "RestoreResult", "first_line"]
+__all__ = ["BackupSource", "DatabaseState", "DumpCommand", "RestoreResult"]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cloudops.connections import get_connection
-from cloudops.engines import BackupSource, DatabaseState, DumpCommand, RestoreResult, first_line
+from cloudops.engines import BackupSource, DatabaseState, DumpCommand, RestoreResult
 from cloudops.engines.client_tools import locate_tool, private_file, run_restore_tool, version_output
 from cloudops.engines.scratch import check_scratch, is_scratch_name, is_scratch_of, like_pattern
 from cloudops.errors import (
@@ -28,6 +28,7 @@ from cloudops.errors import (
     RestoreRefused,
     ToolMissingError,
     ToolVersionError,
+    first_line,
 )
 
 if TYPE_CHECKING:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cloudops.engines import first_line
-from cloudops.errors import CloudOpsError, ConnectionMissingError
+from cloudops.errors import CloudOpsError, ConnectionMissingError, first_line
 from cloudops.fleet.ssh import InsecureConnectionError, run_command
 
 # One round trip: uptime, then every local, real filesystem (no tmpfs, overlay or squashfs).

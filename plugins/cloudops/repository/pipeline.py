@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from cloudops.errors import CloudOpsError
+from cloudops.errors import CloudOpsError, first_line
 
 if TYPE_CHECKING:
     from cloudops.catalog.models import Encryption
@@ -190,7 +190,7 @@ def upload_bytes(
             Bucket=bucket, Key=key, Body=data, ContentType=content_type, **dict(extra_args or {})
         )
     except Exception as error:
-        raise BackupFailed(step="put object", key=_s3_url(bucket, key), reason=_first_line(error)) from error
+        raise BackupFailed(step="put object", key=_s3_url(bucket, key), reason=first_line(error)) from error
     return StreamResult(
         raw_bytes=len(data),
         compressed_bytes=len(data),
@@ -306,7 +306,7 @@ class _CommandStream:
                 raise  # KeyboardInterrupt, SystemExit, a task being killed: cleaned up, not re-labelled
             if self.timed_out.is_set():
                 raise self._timeout_failure() from error
-            raise self._failure(_first_line(error)) from error
+            raise self._failure(first_line(error)) from error
         finally:
             watchdog.cancel()
             self.executor.shutdown(wait=False, cancel_futures=True)
@@ -385,7 +385,7 @@ class _CommandStream:
                 "lifecycle rule (AbortIncompleteMultipartUpload) removes them",
                 self.upload_id,
                 self.url,
-                _first_line(error),
+                first_line(error),
             )
 
     # The dump process.
@@ -516,7 +516,7 @@ class _CommandStream:
             raise BackupFailed(
                 step=f"upload part {part_number}",
                 key=self.url,
-                reason=_first_line(error),
+                reason=first_line(error),
                 description=self.command.description,
             ) from error
         part = {"PartNumber": part_number, "ETag": response["ETag"]}
@@ -539,11 +539,6 @@ def _exit_reason(returncode: int) -> str:
 
 def _s3_url(bucket: str, key: str) -> str:
     return f"s3://{bucket}/{key}"
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
 
 
 __all__ = [

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from cloudops.errors import CloudOpsError
+from cloudops.errors import CloudOpsError, aws_error_code, first_line
 from cloudops.repository import layout
 from cloudops.repository.manifest import Manifest, ManifestError, ManifestObject, ManifestObjectLock
 from cloudops.repository.pipeline import (
@@ -239,7 +239,7 @@ class BackupRepository:
             complete = self._head(manifest_key) is not None
         except Exception as error:
             raise BackupFailed(
-                step="check backup", key=f"s3://{self.bucket}/{key}", reason=_first_line(error)
+                step="check backup", key=f"s3://{self.bucket}/{key}", reason=first_line(error)
             ) from error
         if complete:
             raise BackupFailed(
@@ -292,7 +292,7 @@ class BackupRepository:
                     Bucket=self.bucket, Key=key, Retention={"Mode": mode, "RetainUntilDate": until}
                 )
             except Exception as error:
-                raise BackupFailed(step="object lock", key=url, reason=_first_line(error)) from error
+                raise BackupFailed(step="object lock", key=url, reason=first_line(error)) from error
             # get_object_retention is broken in moto (500); head_object reports the same facts.
             after = self._lock_of(self._head_or_fail(key, step="object lock"))
             if after is None or after[0] != mode or after[1] < until:
@@ -340,7 +340,7 @@ class BackupRepository:
         try:
             exists = self._head(key) is not None
         except Exception as error:
-            raise refuse(_first_line(error)) from error
+            raise refuse(first_line(error)) from error
         if exists:
             raise refuse("a manifest already exists: a complete backup is never changed")
         extra_args: dict[str, Any] = encryption_args(self.repository.encryption)
@@ -449,10 +449,10 @@ class BackupRepository:
             try:
                 response = self.client.get_object(Bucket=self.bucket, Key=item.key)
             except Exception as error:
-                if _error_code(error) in {"NoSuchKey", "404"}:
+                if aws_error_code(error) in {"NoSuchKey", "404"}:
                     reason = f"object {item.name!r} is missing (s3://{self.bucket}/{item.key})"
                 else:
-                    reason = f"object {item.name!r} could not be read: {_first_line(error)}"
+                    reason = f"object {item.name!r} could not be read: {first_line(error)}"
                 return Verification(False, reason, item.name, checked, total)
             digest, size = hashlib.sha256(), 0
             body = response["Body"]
@@ -461,7 +461,7 @@ class BackupRepository:
                     digest.update(chunk)
                     size += len(chunk)
             except Exception as error:
-                reason = f"object {item.name!r}: reading failed after {size} bytes: {_first_line(error)}"
+                reason = f"object {item.name!r}: reading failed after {size} bytes: {first_line(error)}"
                 return Verification(False, reason, item.name, checked, total + size)
             finally:
                 body.close()
@@ -512,7 +512,7 @@ class BackupRepository:
             except Exception as error:
                 raise BackupDeleteFailed(
                     f"cannot delete backup {backup_id} of {self.estate}/{database}: reading the lock of "
-                    f"s3://{self.bucket}/{key} version {version_id} failed ({_first_line(error)}); "
+                    f"s3://{self.bucket}/{key} version {version_id} failed ({first_line(error)}); "
                     "nothing was deleted"
                 ) from error
             if lock is not None and lock[1] > now:
@@ -558,7 +558,7 @@ class BackupRepository:
                 raise BackupDeleteFailed(
                     f"deleting backup {backup_id} of {self.estate}/{database} stopped after {done} of "
                     f"{len(plan)} version(s): s3://{self.bucket}/{key} version {version_id}: "
-                    f"{_first_line(error)}. The manifest went first: the backup now lists as incomplete"
+                    f"{first_line(error)}. The manifest went first: the backup now lists as incomplete"
                 ) from error
             done += 1
         log.info("deleted backup %s of %s: %d version(s) of %d key(s)", backup_id, database, done, len(keys))
@@ -621,7 +621,7 @@ class BackupRepository:
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=key)
         except Exception as error:
-            if _error_code(error) in {"NoSuchKey", "404"}:
+            if aws_error_code(error) in {"NoSuchKey", "404"}:
                 return None
             raise
         body = response["Body"]
@@ -646,7 +646,7 @@ class BackupRepository:
         try:
             response: dict[str, Any] = self.client.head_object(Bucket=self.bucket, Key=key)
         except Exception as error:
-            if _error_code(error) in {"NoSuchKey", "404", "NotFound"}:
+            if aws_error_code(error) in {"NoSuchKey", "404", "NotFound"}:
                 return None
             raise
         return response
@@ -659,7 +659,7 @@ class BackupRepository:
         try:
             head = self._head(key)
         except Exception as error:
-            raise BackupFailed(step=step, key=url, reason=_first_line(error)) from error
+            raise BackupFailed(step=step, key=url, reason=first_line(error)) from error
         if head is None:
             raise BackupFailed(step=step, key=url, reason=missing)
         return head
@@ -677,18 +677,6 @@ class BackupRepository:
         if not mode or until is None:
             return None
         return str(mode), until.astimezone(UTC)
-
-
-def _error_code(error: BaseException) -> str:
-    response = getattr(error, "response", None)
-    if isinstance(response, dict):
-        return str(response.get("Error", {}).get("Code", ""))
-    return ""
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
 
 
 def _iso(value: datetime) -> str:

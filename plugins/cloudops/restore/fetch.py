@@ -20,9 +20,9 @@ import time
 from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from cloudops.errors import CloudOpsError, RestoreError
+from cloudops.errors import CloudOpsError, RestoreError, aws_error_code, first_line
 from cloudops.repository.s3 import COMPRESSED_SUFFIX, BackupNotFound
 from cloudops.restore.record import ObjectChecksum
 
@@ -225,10 +225,10 @@ def _fetch_object(
     try:
         response = store.client.get_object(Bucket=store.bucket, Key=item.key)
     except Exception as error:
-        if _error_code(error) in {"NoSuchKey", "404", "NotFound"}:
+        if aws_error_code(error) in {"NoSuchKey", "404", "NotFound"}:
             raise mismatch("is missing") from None
         raise RestoreError(
-            f"{where}: object {item.name!r} could not be read from {url}: {_first_line(error)}"
+            f"{where}: object {item.name!r} could not be read from {url}: {first_line(error)}"
         ) from error
     body = response["Body"]
     decompressor = zstandard.ZstdDecompressor().decompressobj()
@@ -260,8 +260,7 @@ def _fetch_object(
         raise
     except Exception as error:
         raise RestoreError(
-            f"{where}: reading object {item.name!r} from {url} failed after {size} bytes: "
-            f"{_first_line(error)}"
+            f"{where}: reading object {item.name!r} from {url} failed after {size} bytes: {first_line(error)}"
         ) from error
     finally:
         with contextlib.suppress(Exception):
@@ -296,18 +295,6 @@ def _fetch_object(
         seconds,
         size / 1048576 / seconds if seconds else 0.0,
     )
-
-
-def _error_code(error: BaseException) -> str:
-    response: Any = getattr(error, "response", None)
-    if isinstance(response, dict):
-        return str(response.get("Error", {}).get("Code", ""))
-    return ""
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
 
 
 __all__ = [

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from cloudops.catalog.errors import did_you_mean, format_path
 from cloudops.catalog.models import render_duration
 from cloudops.connections import get_connection
-from cloudops.errors import DatabaseUnavailableError, InvalidInputError
+from cloudops.errors import DatabaseUnavailableError, InvalidInputError, first_line
 from cloudops.restore.record import Check
 
 if TYPE_CHECKING:
@@ -261,7 +261,7 @@ def run_expectation_suite(
                         name=f"{table}: table exists",
                         passed=False,
                         expected=table,
-                        detail=_scrub(_first_line(error), secrets),
+                        detail=_scrub(first_line(error), secrets),
                     )
                 )
                 continue
@@ -386,7 +386,7 @@ def _data_source(
     try:
         datasource = add(name=database_name, connection_string="${" + _URL_VARIABLE + "}")
     except Exception as error:
-        raise DatabaseUnavailableError(used_by, address, _scrub(_first_line(error), secrets)) from None
+        raise DatabaseUnavailableError(used_by, address, _scrub(first_line(error), secrets)) from None
     try:
         yield context, datasource
     finally:
@@ -394,7 +394,7 @@ def _data_source(
             datasource.get_engine().dispose()
         except Exception as error:  # the checks are done; a failed dispose only leaves pooled connections
             log.warning(
-                "could not close the validation's connections: %s", _scrub(_first_line(error), secrets)
+                "could not close the validation's connections: %s", _scrub(first_line(error), secrets)
             )
 
 
@@ -451,7 +451,7 @@ def _newest_within_rpo(
     except DatabaseUnavailableError:
         raise
     except Exception as error:
-        return Check(name=name, passed=False, expected=expected, detail=_scrub(_first_line(error), secrets))
+        return Check(name=name, passed=False, expected=expected, detail=_scrub(first_line(error), secrets))
     if newest is None:
         return Check(name=name, passed=False, expected=expected, detail="the table has no rows")
     age = backup_time - newest
@@ -500,11 +500,6 @@ def _scrub(text: str, secrets: list[str]) -> str:
     for secret in secrets:
         text = text.replace(secret, "***")
     return text
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
 
 
 def _iso(value: datetime) -> str:

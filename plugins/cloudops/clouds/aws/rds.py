@@ -20,7 +20,6 @@ from cloudops.clouds.aws.snapshots import (
     CloudSnapshot,
     CloudSnapshotError,
     SnapshotTargetNotFound,
-    aws_error_code,
     aws_tags,
     base_tags,
     check_ownership,
@@ -30,6 +29,7 @@ from cloudops.clouds.aws.snapshots import (
     tags_from_aws,
     wait_for_snapshots,
 )
+from cloudops.errors import aws_error_code
 
 log = logging.getLogger(__name__)
 

@@ -401,12 +401,6 @@ def client_config(hook_config: Any) -> Any:
     return config.merge(hook_config) if hook_config is not None else config
 
 
-def aws_error_code(error: BaseException) -> str:
-    """Return the AWS error code of a botocore ``ClientError`` (empty for other errors)."""
-    response = getattr(error, "response", None)
-    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
-
-
 def created_at_or_now(*candidates: datetime | None) -> datetime:
     """Return the first creation time the cloud gave, in UTC; the listing time when it gave none.
 
