@@ -41,9 +41,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cloudops.catalog import Catalog, Database, LoadedCatalog, load_catalog_file
+from cloudops.catalog import Catalog, Database, LoadedCatalog
 from cloudops.errors import CloudOpsError
 from cloudops.health import render_table
+from cloudops.runbooks.common import load_estate
 
 if TYPE_CHECKING:
     from airflow.sdk import DAG, Asset
@@ -82,10 +83,9 @@ def backup_asset(catalog: Catalog, database: Database) -> Asset:
     )
 
 
-def _target(catalog_file: str, estate: str, database_name: str) -> tuple[Catalog, Database]:
-    catalog = load_catalog_file(catalog_file)
-    if catalog.estate != estate:
-        raise CloudOpsError(f"{catalog_file} now describes estate {catalog.estate!r}, not {estate!r}")
+def backed_up_database(catalog_file: str, estate: str, database_name: str) -> tuple[Catalog, Database]:
+    """The catalog and the database a task acts on, which must have a backup policy."""
+    catalog = load_estate(catalog_file, estate)
     database = catalog.database(database_name)
     if database.backup is None:
         raise CloudOpsError(f"database {database_name!r} has no backup policy in {catalog_file}")
@@ -131,7 +131,7 @@ def take_backup(
     from cloudops.repository.layout import new_backup_id
     from cloudops.repository.manifest import Compression, Manifest, ManifestEncryption
 
-    catalog, database = _target(catalog_file, estate, database_name)
+    catalog, database = backed_up_database(catalog_file, estate, database_name)
     policy = database.backup
     assert policy is not None
     repository = catalog.repository(policy.repository)
@@ -209,7 +209,7 @@ def snapshot_rds(catalog_file: str, estate: str, database_name: str, *, backup_i
     """
     from cloudops.clouds.aws import snapshot_rds_instance
 
-    catalog, database = _target(catalog_file, estate, database_name)
+    catalog, database = backed_up_database(catalog_file, estate, database_name)
     if not database.rds_instance_id:
         raise CloudOpsError(f"database {database_name!r} has no rds_instance_id in {catalog_file}")
     snapshot = snapshot_rds_instance(
@@ -233,7 +233,7 @@ def apply_retention(
     """
     from cloudops.repository.retention import plan_retention
 
-    catalog, database = _target(catalog_file, estate, database_name)
+    catalog, database = backed_up_database(catalog_file, estate, database_name)
     policy = database.backup
     assert policy is not None
     store = open_repository(catalog, database)
@@ -273,7 +273,11 @@ def _apply_rds_snapshot_retention(
     catalog: Catalog, database: Database, *, dry_run: bool, allow_large_delete: bool
 ) -> dict[str, Any]:
     """The same policy and safety rules for the database's RDS snapshots as for its backups."""
-    from cloudops.clouds.aws import delete_cloud_snapshot, list_cloud_snapshots, plan_cloud_snapshot_retention
+    from cloudops.clouds.aws import (
+        apply_cloud_snapshot_retention,
+        list_cloud_snapshots,
+        plan_cloud_snapshot_retention,
+    )
 
     assert database.backup is not None
     aws_conn_id = aws_conn_id_of(catalog, database)
@@ -284,13 +288,7 @@ def _apply_rds_snapshot_retention(
         max_delete_share=database.backup.max_delete_share,
         allow_large_delete=allow_large_delete,
     )
-    deleted: list[str] = []
-    for group in plans:
-        log.info("retention plan for %s: keep %s, delete %s", group.group, group.plan.keep, group.plan.delete)
-        for snapshot in group.to_delete:
-            delete_cloud_snapshot(aws_conn_id, snapshot, dry_run=dry_run)
-            if not dry_run:
-                deleted.append(snapshot.snapshot_id)
+    deleted = apply_cloud_snapshot_retention(aws_conn_id, plans, dry_run=dry_run)
     return {
         "keep": [backup_id for group in plans for backup_id in group.plan.keep],
         "delete": [backup_id for group in plans for backup_id in group.plan.delete],
@@ -454,6 +452,7 @@ def build_backup_dags(loaded: LoadedCatalog) -> Iterator[DAG]:
 __all__ = [
     "apply_retention",
     "aws_conn_id_of",
+    "backed_up_database",
     "backup_asset",
     "build_backup_dags",
     "snapshot_rds",

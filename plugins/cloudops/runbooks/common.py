@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from cloudops.catalog import CatalogSet, LoadedCatalog, load_catalogs
+from cloudops.catalog import Catalog, CatalogSet, LoadedCatalog, load_catalog_file, load_catalogs
+from cloudops.errors import CloudOpsError
 
 if TYPE_CHECKING:
     from airflow.sdk import DAG
@@ -31,6 +32,17 @@ def deadline_alerts_enabled() -> bool:
     `airflow dags test`, turn the alerts off with ``CLOUDOPS_DEADLINE_ALERTS=false``.
     """
     return os.environ.get(DEADLINE_ALERTS_ENV, "true").strip().lower() not in ("0", "false", "no")
+
+
+def load_estate(catalog_file: str, estate: str) -> Catalog:
+    """Reload a task's catalog file at run time, refusing it if it now describes another estate.
+
+    :raises CloudOpsError: the file was renamed or rewritten for another estate since the DAG was built.
+    """
+    catalog = load_catalog_file(catalog_file)
+    if catalog.estate != estate:
+        raise CloudOpsError(f"{catalog_file} now describes estate {catalog.estate!r}, not {estate!r}")
+    return catalog
 
 
 def default_args(
@@ -89,6 +101,7 @@ __all__ = [
     "build_dags",
     "deadline_alerts_enabled",
     "default_args",
+    "load_estate",
     "log_catalog_errors",
     "runbook_doc",
     "start_date",

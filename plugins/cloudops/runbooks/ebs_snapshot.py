@@ -24,8 +24,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from cloudops.catalog import Catalog, Fleet, LoadedCatalog, load_catalog_file
+from cloudops.catalog import Catalog, Fleet, LoadedCatalog
 from cloudops.errors import CloudOpsError
+from cloudops.runbooks.common import load_estate
 
 if TYPE_CHECKING:
     from airflow.sdk import DAG
@@ -42,9 +43,7 @@ NEXT_ACTIONS = {
 
 
 def _target(catalog_file: str, estate: str, fleet_name: str) -> tuple[Catalog, Fleet, str]:
-    catalog = load_catalog_file(catalog_file)
-    if catalog.estate != estate:
-        raise CloudOpsError(f"{catalog_file} now describes estate {catalog.estate!r}, not {estate!r}")
+    catalog = load_estate(catalog_file, estate)
     fleet = next((f for f in catalog.fleets if f.name == fleet_name), None)
     if fleet is None or fleet.snapshots is None:
         raise CloudOpsError(f"fleet {fleet_name!r} has no snapshots policy in {catalog_file}")
@@ -84,7 +83,11 @@ def apply_snapshot_retention(
     allow_large_delete: bool = False,
 ) -> dict[str, Any]:
     """Plan retention per host volume with the fleet's policy, log it, then delete (unless a dry run)."""
-    from cloudops.clouds.aws import delete_cloud_snapshot, list_cloud_snapshots, plan_cloud_snapshot_retention
+    from cloudops.clouds.aws import (
+        apply_cloud_snapshot_retention,
+        list_cloud_snapshots,
+        plan_cloud_snapshot_retention,
+    )
 
     _, fleet, aws_conn_id = _target(catalog_file, estate, fleet_name)
     assert fleet.snapshots is not None
@@ -95,13 +98,7 @@ def apply_snapshot_retention(
         max_delete_share=fleet.snapshots.max_delete_share,
         allow_large_delete=allow_large_delete,
     )
-    deleted = []
-    for group in plans:
-        log.info("retention plan for %s: keep %s, delete %s", group.group, group.plan.keep, group.plan.delete)
-        for snapshot in group.to_delete:
-            delete_cloud_snapshot(aws_conn_id, snapshot, dry_run=dry_run)
-            if not dry_run:
-                deleted.append(snapshot.snapshot_id)
+    deleted = apply_cloud_snapshot_retention(aws_conn_id, plans, dry_run=dry_run)
     return {"groups": {g.group: g.plan.to_json() for g in plans}, "deleted": deleted, "dry_run": dry_run}
 
 

@@ -33,9 +33,10 @@ from dataclasses import asdict
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from cloudops.catalog import Catalog, LoadedCatalog, load_catalog_file
+from cloudops.catalog import Catalog, LoadedCatalog
 from cloudops.errors import CloudOpsError
 from cloudops.health import ERROR, Finding, HealthReport, assess_database, assess_host
+from cloudops.runbooks.common import load_estate
 
 if TYPE_CHECKING:
     from airflow.sdk import DAG
@@ -47,13 +48,6 @@ SCHEDULE = "*/30 * * * *"
 PROBE_TIMEOUT_SECONDS = 10
 MAX_PARALLEL_PROBES = 16
 T = TypeVar("T")
-
-
-def _load(catalog_file: str, estate: str) -> Catalog:
-    catalog = load_catalog_file(catalog_file)
-    if catalog.estate != estate:
-        raise CloudOpsError(f"{catalog_file} now describes estate {catalog.estate!r}, not {estate!r}")
-    return catalog
 
 
 def _in_parallel(items: Sequence[T], check: Callable[[T], Finding]) -> list[Finding]:
@@ -68,7 +62,7 @@ def check_databases(catalog_file: str, estate: str) -> list[dict[str, Any]]:
     """Probe every database of the estate; return one finding per database."""
     from cloudops.engines import mariadb, postgres
 
-    catalog = _load(catalog_file, estate)
+    catalog = load_estate(catalog_file, estate)
     engines = {"postgres": postgres.probe, "mariadb": mariadb.probe}
 
     def check(database: Any) -> Finding:
@@ -89,7 +83,7 @@ def check_hosts(catalog_file: str, estate: str) -> list[dict[str, Any]]:
     """Probe every host of every fleet over SSH; return one finding per host."""
     from cloudops.fleet.health import probe_host
 
-    catalog = _load(catalog_file, estate)
+    catalog = load_estate(catalog_file, estate)
 
     def check(fleet_and_host: Any) -> Finding:
         fleet, host = fleet_and_host

@@ -37,8 +37,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cloudops.catalog import Catalog, Database, LoadedCatalog, load_catalog_file
+from cloudops.catalog import Database, LoadedCatalog
 from cloudops.errors import CloudOpsError
+from cloudops.runbooks.backup import backed_up_database
 
 if TYPE_CHECKING:
     from airflow.sdk import DAG
@@ -63,16 +64,6 @@ def evidence_dir() -> Path:
     return Path(os.environ.get(EVIDENCE_ENV) or default)
 
 
-def _target(catalog_file: str, estate: str, database_name: str) -> tuple[Catalog, Database]:
-    catalog = load_catalog_file(catalog_file)
-    if catalog.estate != estate:
-        raise CloudOpsError(f"{catalog_file} now describes estate {catalog.estate!r}, not {estate!r}")
-    database = catalog.database(database_name)
-    if database.backup is None:
-        raise CloudOpsError(f"database {database_name!r} has no backup policy in {catalog_file}")
-    return catalog, database
-
-
 def scratch_conn_id(database: Database) -> str:
     """The server that receives scratch restores: the drill policy's, else the database's own."""
     return (database.drill.scratch_conn_id if database.drill else None) or database.conn_id
@@ -93,7 +84,7 @@ def prepare(
     from cloudops.restore.fetch import choose_backup, verify_manifest_matches
     from cloudops.runbooks.backup import open_repository
 
-    catalog, database = _target(catalog_file, estate, database_name)
+    catalog, database = backed_up_database(catalog_file, estate, database_name)
     engine, conn_id, used_by = engine_for(database), scratch_conn_id(database), f"database {database_name!r}"
     for leftover in engine.leftover_scratch_databases(conn_id, database.name, used_by=used_by):
         log.info("dropping %s, left by an earlier drill that did not finish", leftover)
@@ -115,7 +106,7 @@ def restore(
     from cloudops.restore.fetch import fetch_backup
     from cloudops.runbooks.backup import open_repository
 
-    catalog, database = _target(catalog_file, estate, database_name)
+    catalog, database = backed_up_database(catalog_file, estate, database_name)
     store = open_repository(catalog, database)
     manifest = store.read_manifest(database.name, backup_id)
     if manifest.method != "logical":
@@ -143,7 +134,7 @@ def validate(
     from cloudops.restore.validation import compare_with_manifest, run_expectation_suite, suite_path
     from cloudops.runbooks.backup import open_repository
 
-    catalog, database = _target(catalog_file, estate, database_name)
+    catalog, database = backed_up_database(catalog_file, estate, database_name)
     manifest = open_repository(catalog, database).read_manifest(database.name, backup_id)
     conn_id, used_by = scratch_conn_id(database), f"scratch copy of {database_name!r}"
     started = time.monotonic()
@@ -172,7 +163,7 @@ def teardown(catalog_file: str, estate: str, database_name: str, *, scratch: str
     if not scratch:
         log.info("no scratch database was named: nothing to drop")
         return
-    _, database = _target(catalog_file, estate, database_name)
+    _, database = backed_up_database(catalog_file, estate, database_name)
     dropped = engine_for(database).drop_database(
         scratch_conn_id(database), scratch, used_by=f"scratch copy of {database_name!r}"
     )
@@ -197,7 +188,7 @@ def record_drill(
     from cloudops.restore.record import Check, DrillRecord, ObjectChecksum
     from cloudops.runbooks.backup import open_repository
 
-    catalog, database = _target(catalog_file, estate, database_name)
+    catalog, database = backed_up_database(catalog_file, estate, database_name)
     if prepared is None:
         raise CloudOpsError(
             f"the drill of {database_name} stopped before choosing a backup: see prepare's log"

@@ -358,6 +358,23 @@ def as_retention_records(snapshots: Iterable[CloudSnapshot]) -> list[BackupRecor
     ]
 
 
+def apply_cloud_snapshot_retention(
+    aws_conn_id: str, plans: Iterable[CloudSnapshotRetention], *, dry_run: bool
+) -> list[str]:
+    """Log each group's plan, then delete what it deletes (nothing in a dry run).
+
+    :return: the ids of the snapshots deleted.
+    """
+    deleted: list[str] = []
+    for group in plans:
+        log.info("retention plan for %s: keep %s, delete %s", group.group, group.plan.keep, group.plan.delete)
+        for snapshot in group.to_delete:
+            delete_cloud_snapshot(aws_conn_id, snapshot, dry_run=dry_run)
+            if not dry_run:
+                deleted.append(snapshot.snapshot_id)
+    return deleted
+
+
 def plan_cloud_snapshot_retention(
     snapshots: Iterable[CloudSnapshot], policy: RetentionPolicy, **safety: Any
 ) -> list[CloudSnapshotRetention]:
@@ -432,6 +449,7 @@ __all__ = [
     "SnapshotKind",
     "SnapshotTargetNotFound",
     "SnapshotWaitTimeout",
+    "apply_cloud_snapshot_retention",
     "as_retention_records",
     "delete_cloud_snapshot",
     "list_cloud_snapshots",
