@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 from cloudops.catalog.errors import CatalogError, CatalogIssue, did_you_mean, format_path
 from cloudops.catalog.models import Catalog, SmtpNotification, SnsNotification
 from cloudops.catalog.references import check_references, cross_catalog_duplicates
+from cloudops.secrets import SECRET_HINTS, SECRET_VALUES, is_secret_key
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +36,6 @@ _NOTIFICATION_KINDS: dict[str | int, type[BaseModel]] = {
     "sns": SnsNotification,
 }
 YamlPath = tuple[str | int, ...]
-
-# Keys that would hold a secret: the catalog names connections, never credentials.
-_SECRET_KEY = re.compile(
-    r"(^|_)(password|passwd|pwd|secret|secret_key|secret_access_key|token|api_key|apikey|"
-    r"private_key|credentials?)($|_)",
-    re.IGNORECASE,
-)
-_SECRET_VALUES = [
-    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"), "a private key"),
-    (re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"), "an AWS access key id"),
-    (re.compile(r"^[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@"), "a URL with a password in it"),
-]
-
 
 @dataclass(frozen=True)
 class LoadedCatalog:
@@ -128,7 +116,6 @@ def _parse(text: str, file: str) -> tuple[Any, dict[YamlPath, int], list[Catalog
 
 
 _STR_TAG = "tag:yaml.org,2002:str"
-_SECRET_HINTS = ("@", "AKIA", "ASIA", "-----BEGIN")
 
 
 class _Walk:
@@ -147,7 +134,7 @@ class _Walk:
             return [self.build(item, (*path, index)) for index, item in enumerate(node.value)]
         if node.tag == _STR_TAG:
             value = node.value
-            if any(hint in value for hint in _SECRET_HINTS):
+            if any(hint in value for hint in SECRET_HINTS):
                 self._screen_value(value, path)
             return value
         return self.loader.construct_object(node)  # ints, booleans, null: YAML's own rules
@@ -163,7 +150,7 @@ class _Walk:
                 self._issue(line, key_path, f"key {key!r} appears twice (first on line {first})")
                 continue
             self.lines[key_path] = line
-            if _SECRET_KEY.search(key) and not key.endswith("_conn_id"):
+            if is_secret_key(key):
                 self._issue(
                     line,
                     key_path,
@@ -175,7 +162,7 @@ class _Walk:
         return data
 
     def _screen_value(self, value: str, path: YamlPath) -> None:
-        for pattern, what in _SECRET_VALUES:
+        for pattern, what in SECRET_VALUES:
             if pattern.search(value):
                 self._issue(
                     self.lines[path],
