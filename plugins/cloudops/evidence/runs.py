@@ -1,0 +1,149 @@
+"""What the ledger's records mean: the record kinds, and runs folded from them for reports and views.
+
+Every record has ``seq``, ``at``, ``kind``, ``key``, ``prev``, ``hash`` (see ledger.py) and, for the
+kinds below, ``dag_id``, ``run_id``, ``runbook`` (the runbook kind: ``backup``, ``restore_drill``,
+...), ``target`` (the database, fleet or estate the run is for; None for one-off DAGs) and ``data``:
+
+- ``run.started``: data ``run_type``, ``triggered_by`` (timetable, asset, ui, rest_api, cli, test...),
+  ``triggered_by_user`` (None when the scheduler started it), ``conf`` (secrets masked),
+  ``logical_date``;
+- ``run.finished``: data ``state`` (success or failed), ``started_at``, ``finished_at``,
+  ``duration_seconds``, ``triggered_by_user``;
+- ``step.try``: also ``task_id``, ``map_index``, ``try_number``; data ``state`` (success, failed,
+  skipped), ``error`` (first line, secrets masked), ``started_at``, ``finished_at``,
+  ``duration_seconds``, ``hostname``;
+- ``backup.taken``: data ``estate``, ``database``, ``engine``, ``method``, ``backup_id``, ``bucket``,
+  ``manifest_key``, ``size_bytes``, ``objects`` ([{name, size, sha256}]), ``locked_until``;
+- ``drill.recorded``: data ``estate``, ``database``, ``backup_id``, ``passed``, ``rto_seconds``,
+  ``rpo_seconds``, ``rto_target_seconds``, ``rpo_target_seconds``, ``targets_met``,
+  ``checksums_verified``, ``checks`` ([{name, passed, expected, observed}]), ``record_uri``;
+- ``restore.performed``: data ``estate``, ``database``, ``backup_id``, ``target_database``,
+  ``overwrite``, ``requested_by``, ``approved_by``;
+- ``approval``: also ``task_id``; data ``subject``, ``decision`` (Approve or Reject), ``approver``,
+  ``requested_by``, ``responded_at``, ``accepted`` (False when the approver was the requester).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from cloudops.evidence.ledger import Record
+
+RUN_STARTED = "run.started"
+RUN_FINISHED = "run.finished"
+STEP_TRY = "step.try"
+BACKUP_TAKEN = "backup.taken"
+DRILL_RECORDED = "drill.recorded"
+RESTORE_PERFORMED = "restore.performed"
+APPROVAL = "approval"
+FACT_KINDS = (BACKUP_TAKEN, DRILL_RECORDED, RESTORE_PERFORMED, APPROVAL)
+
+
+def runbook_of(dag_id: str) -> tuple[str, str | None]:
+    """``backup__orders_pg`` -> (``backup``, ``orders_pg``); a one-off DAG has no target."""
+    kind, _, target = dag_id.partition("__")
+    return kind, target or None
+
+
+@dataclass
+class Run:
+    """One runbook run as the ledger tells it."""
+
+    dag_id: str
+    run_id: str
+    runbook: str
+    target: str | None
+    started_at: str | None = None
+    finished_at: str | None = None
+    state: str = "running"
+    triggered_by: str | None = None
+    triggered_by_user: str | None = None
+    conf: dict[str, Any] = field(default_factory=dict)
+    steps: list[Record] = field(default_factory=list)
+    facts: list[Record] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
+
+    @property
+    def day(self) -> str:
+        return (self.started_at or self.finished_at or (self.records[0].at if self.records else ""))[:10]
+
+    @property
+    def manual(self) -> bool:
+        """Started by a person (UI, REST API, CLI) rather than by a schedule or an asset."""
+        return bool(self.triggered_by_user) or self.triggered_by in ("ui", "rest_api", "cli")
+
+    @property
+    def approvals(self) -> list[Record]:
+        return [f for f in self.facts if f.kind == APPROVAL]
+
+    def facts_of(self, kind: str) -> list[Record]:
+        return [f for f in self.facts if f.kind == kind]
+
+
+def fold_runs(records: Iterable[Record]) -> list[Run]:
+    """Group records by run, in the order runs first appear; records without a run are left out."""
+    runs: dict[tuple[str, str], Run] = {}
+    for record in records:
+        dag_id, run_id = record.fields.get("dag_id"), record.fields.get("run_id")
+        if not dag_id or not run_id:
+            continue
+        run = runs.get((dag_id, run_id))
+        if run is None:
+            runbook, target = runbook_of(dag_id)
+            run = runs[(dag_id, run_id)] = Run(
+                dag_id, run_id, record.fields.get("runbook") or runbook, record.fields.get("target") or target
+            )
+        run.records.append(record)
+        data = record.fields.get("data") or {}
+        if record.kind == RUN_STARTED:
+            run.started_at = record.at
+            run.triggered_by = data.get("triggered_by")
+            run.triggered_by_user = data.get("triggered_by_user")
+            run.conf = data.get("conf") or {}
+        elif record.kind == RUN_FINISHED:
+            run.finished_at = record.at
+            run.state = data.get("state", run.state)
+            run.triggered_by_user = run.triggered_by_user or data.get("triggered_by_user")
+        elif record.kind == STEP_TRY:
+            run.steps.append(record)
+        elif record.kind in FACT_KINDS:
+            run.facts.append(record)
+    return list(runs.values())
+
+
+def select_runs(
+    runs: Iterable[Run],
+    *,
+    since: date | None = None,
+    until: date | None = None,
+    runbook: str | None = None,
+    target: str | None = None,
+) -> list[Run]:
+    """The runs of a period, a runbook kind and a target (each optional)."""
+    return [
+        run
+        for run in runs
+        if (since is None or run.day >= since.isoformat())
+        and (until is None or run.day <= until.isoformat())
+        and (not runbook or run.runbook == runbook)
+        and (not target or run.target == target)
+    ]
+
+
+__all__ = [
+    "APPROVAL",
+    "BACKUP_TAKEN",
+    "DRILL_RECORDED",
+    "FACT_KINDS",
+    "RESTORE_PERFORMED",
+    "RUN_FINISHED",
+    "RUN_STARTED",
+    "STEP_TRY",
+    "Run",
+    "fold_runs",
+    "runbook_of",
+    "select_runs",
+]
