@@ -813,6 +813,104 @@ def drop_database(conn_id: str, name: str, *, used_by: str, connect_timeout_seco
     return True
 
 
+def replace_database(
+    conn_id: str, staging: str, target: str, *, keep_as: str, used_by: str, connect_timeout_seconds: int = 10
+) -> bool:
+    """Put restored scratch database ``staging`` in the place of ``target``, keeping the old tables.
+
+    MariaDB cannot rename a database: the tables move instead, each set in one atomic ``RENAME
+    TABLE``. ``target``'s tables move into the new database ``keep_as`` (drop it once the restore is
+    accepted), then ``staging``'s tables move into ``target`` and the empty ``staging`` is dropped.
+    A target holding views, routines, triggers or events is refused before anything moves: they
+    would not follow their tables.
+
+    :return: whether a previous ``target`` existed (and its tables are now in ``keep_as``).
+    :raises RestoreRefused: ``staging`` is not a scratch database or does not exist, ``keep_as``
+        exists, or the target holds objects that RENAME TABLE cannot move.
+    """
+    check_scratch(staging, action="rename into place")
+    conn = get_connection(conn_id, used_by)
+    with _admin_session(
+        conn,
+        used_by=used_by,
+        connect_timeout_seconds=connect_timeout_seconds,
+        what=f"cannot put {staging!r} in the place of {target!r}",
+    ) as admin:
+        if not _database_exists(admin, staging):
+            raise RestoreRefused(
+                f"{used_by}: the restored database {staging!r} does not exist on {_address(conn)}"
+            )
+        if _database_exists(admin, keep_as):
+            raise RestoreRefused(
+                f"{used_by}: database {keep_as!r} exists on {_address(conn)}: refusing to overwrite it"
+            )
+        existed = _database_exists(admin, target)
+        for schema in (target, staging) if existed else (staging,):
+            others = _rows(
+                admin,
+                "SELECT 'view', TABLE_NAME FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s "
+                "UNION ALL SELECT 'routine', ROUTINE_NAME FROM information_schema.ROUTINES "
+                "WHERE ROUTINE_SCHEMA = %s "
+                "UNION ALL SELECT 'trigger', TRIGGER_NAME FROM information_schema.TRIGGERS "
+                "WHERE TRIGGER_SCHEMA = %s "
+                "UNION ALL SELECT 'event', EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s",
+                schema,
+                schema,
+                schema,
+                schema,
+            )
+            if others:
+                listed = ", ".join(f"{kind} {name}" for kind, name in others[:5])
+                raise RestoreRefused(
+                    f"{used_by}: database {schema!r} holds objects RENAME TABLE cannot move ({listed}): "
+                    "restore into a new database and switch the application over instead"
+                )
+
+        def tables(schema: str) -> list[str]:
+            return [
+                row[0]
+                for row in _rows(
+                    admin,
+                    "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s "
+                    "AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME",
+                    schema,
+                )
+            ]
+
+        old, new = (tables(target) if existed else []), tables(staging)
+        log.info(
+            "plan on %s: move %d table(s) of %r into new database %r, then %d restored table(s) "
+            "of %r into %r",
+            _address(conn),
+            len(old),
+            target,
+            keep_as,
+            len(new),
+            staging,
+            target,
+        )
+        if existed:
+            _rows(admin, f"CREATE DATABASE {_quote(keep_as)}")
+            if old:
+                _rows(admin, "RENAME TABLE " + _moves(target, keep_as, old))
+        else:
+            _rows(admin, f"CREATE DATABASE {_quote(target)}")
+        if new:
+            _rows(admin, "RENAME TABLE " + _moves(staging, target, new))
+        _drop(admin, staging)
+    log.info(
+        "%r now holds the restored tables%s",
+        target,
+        f"; the previous ones are kept in {keep_as!r}" if existed else "",
+    )
+    return existed
+
+
+def _moves(source: str, destination: str, tables: list[str]) -> str:
+    """The clauses of one atomic RENAME TABLE moving ``tables`` between databases."""
+    return ", ".join(f"{_quote(source)}.{_quote(t)} TO {_quote(destination)}.{_quote(t)}" for t in tables)
+
+
 def leftover_scratch_databases(
     conn_id: str, database: str, *, used_by: str | None = None, connect_timeout_seconds: int = 10
 ) -> list[str]:

@@ -459,7 +459,7 @@ def physical_backup_source(
     """
     tool, tool_version, major = _client(pg_basebackup)
     conn = get_connection(conn_id, used_by)
-    database = conn.schema or "postgres"
+    database = fingerprinted_database(conn)
 
     def session() -> AbstractContextManager[psycopg.Connection[Any]]:
         return _backup_session(
@@ -519,6 +519,11 @@ def physical_backup_source(
         )
         log.info("backup source for %s: %s", used_by, command.description)
         yield BackupSource(command=command, facts=facts, on_finish=finish)
+
+
+def fingerprinted_database(conn: Connection) -> str:
+    """The database whose schema fingerprint a physical backup of ``conn``'s cluster records."""
+    return conn.schema or "postgres"
 
 
 def _check_physical_preconditions(session: psycopg.Connection[Any], conn: Connection, used_by: str) -> None:
@@ -732,6 +737,84 @@ def drop_database(
     return True
 
 
+def replace_database(
+    conn_id: str,
+    staging: str,
+    target: str,
+    *,
+    keep_as: str,
+    used_by: str,
+    maintenance_database: str = MAINTENANCE_DATABASE,
+    connect_timeout_seconds: int = 10,
+) -> bool:
+    """Put restored scratch database ``staging`` in the place of ``target``, keeping the old one.
+
+    The approved end of a restore over an existing database: nothing is dropped. Sessions connected
+    to ``target`` are ended, ``target`` is renamed ``keep_as`` (drop it once the restore is accepted)
+    and ``staging`` is renamed ``target``, in one transaction: either both renames happen or neither.
+
+    :return: whether a previous ``target`` existed (and is now ``keep_as``).
+    :raises RestoreRefused: ``staging`` is not a scratch database, it does not exist, or ``keep_as``
+        exists already.
+    """
+    from psycopg import sql
+
+    check_scratch(staging, action="rename into place")
+    _check_target_name(target)
+    _check_target_name(keep_as)
+    conn = get_connection(conn_id, used_by)
+    with (
+        _backup_session(
+            conn,
+            maintenance_database,
+            used_by=used_by,
+            connect_timeout_seconds=connect_timeout_seconds,
+            query_timeout_seconds=600,
+            application_name="cloudops-restore",
+        ) as admin,
+        _admin_step(admin, conn, used_by, f"cannot put {staging!r} in the place of {target!r}"),
+    ):
+        if not _database_exists(admin, staging):
+            raise RestoreRefused(
+                f"{used_by}: the restored database {staging!r} does not exist on {_address(conn)}"
+            )
+        if _database_exists(admin, keep_as):
+            raise RestoreRefused(
+                f"{used_by}: database {keep_as!r} exists on {_address(conn)}: refusing to overwrite it"
+            )
+        existed = _database_exists(admin, target)
+        log.info(
+            "plan on %s: %srename %r to %r",
+            _address(conn),
+            f"end the sessions on {target!r}, rename it to {keep_as!r}, then " if existed else "",
+            staging,
+            target,
+        )
+        with admin.transaction():
+            if existed:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()",
+                    [target],
+                )
+                admin.execute(
+                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                        sql.Identifier(target), sql.Identifier(keep_as)
+                    )
+                )
+            admin.execute(
+                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                    sql.Identifier(staging), sql.Identifier(target)
+                )
+            )
+    log.info(
+        "%r is now the restored database%s",
+        target,
+        f"; the previous one is kept as {keep_as!r}" if existed else "",
+    )
+    return existed
+
+
 def leftover_scratch_databases(
     conn_id: str,
     database: str,
@@ -782,7 +865,7 @@ def newest_timestamp(session: psycopg.Connection[Any], table: str, column: str) 
 
 @contextmanager
 def snapshot_session(
-    conn_id: str,
+    conn_id: str | Connection,
     database: str,
     *,
     used_by: str,
@@ -812,6 +895,7 @@ __all__ = [
     "DEFAULT_RESTORE_TIMEOUT",
     "MAINTENANCE_DATABASE",
     "drop_database",
+    "fingerprinted_database",
     "leftover_scratch_databases",
     "logical_backup_source",
     "newest_timestamp",

@@ -7,8 +7,9 @@ kinds below, ``dag_id``, ``run_id``, ``runbook`` (the runbook kind: ``backup``, 
 - ``run.started``: data ``run_type``, ``triggered_by`` (timetable, asset, ui, rest_api, cli, test...),
   ``triggered_by_user`` (None when the scheduler started it), ``conf`` (secrets masked),
   ``logical_date``;
-- ``run.finished``: data ``state`` (success or failed), ``started_at``, ``finished_at``,
-  ``duration_seconds``, ``triggered_by_user``;
+- ``run.finished``: data ``state`` (success or failed), ``message``, ``started_at``, ``finished_at``,
+  ``duration_seconds``, and again ``run_type``, ``triggered_by``, ``triggered_by_user``, ``conf``,
+  ``logical_date`` (a run is complete even where ``run.started`` did not fire, as in ``dags test``);
 - ``step.try``: also ``task_id``, ``map_index``, ``try_number``; data ``state`` (success, failed,
   skipped), ``error`` (first line, secrets masked), ``started_at``, ``finished_at``,
   ``duration_seconds``, ``hostname``;
@@ -105,8 +106,11 @@ def fold_runs(records: Iterable[Record]) -> list[Run]:
             run.conf = data.get("conf") or {}
         elif record.kind == RUN_FINISHED:
             run.finished_at = record.at
+            run.started_at = run.started_at or data.get("started_at")
             run.state = data.get("state", run.state)
+            run.triggered_by = run.triggered_by or data.get("triggered_by")
             run.triggered_by_user = run.triggered_by_user or data.get("triggered_by_user")
+            run.conf = run.conf or data.get("conf") or {}
         elif record.kind == STEP_TRY:
             run.steps.append(record)
         elif record.kind in FACT_KINDS:

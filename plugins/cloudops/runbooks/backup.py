@@ -297,7 +297,31 @@ def _apply_rds_snapshot_retention(
 
 
 def _take_backup_task(catalog_file: str, estate: str, database_name: str, **context: Any) -> dict[str, Any]:
-    return take_backup(catalog_file, estate, database_name, run_id=context["run_id"])
+    from cloudops.evidence.recorder import record_fact
+    from cloudops.evidence.runs import BACKUP_TAKEN
+
+    manifest = take_backup(catalog_file, estate, database_name, run_id=context["run_id"])
+    record_fact(BACKUP_TAKEN, context, backup_evidence(manifest))
+    return manifest
+
+
+def backup_evidence(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The ledger's ``backup.taken`` facts of a manifest (as returned by take_backup)."""
+    lock = manifest.get("object_lock") or {}
+    return {
+        "estate": manifest["estate"],
+        "database": manifest["database"],
+        "engine": manifest["engine"],
+        "method": manifest["method"],
+        "backup_id": manifest["backup_id"],
+        "started_at": manifest["started_at"],
+        "finished_at": manifest["finished_at"],
+        "size_bytes": manifest["compressed_bytes"],
+        "raw_bytes": manifest["raw_bytes"],
+        "objects": [{k: o.get(k) for k in ("key", "size", "sha256")} for o in manifest["objects"]],
+        "locked_until": lock.get("retain_until"),
+        "lock_mode": lock.get("mode"),
+    }
 
 
 def _snapshot_rds_task(catalog_file: str, estate: str, database_name: str, **context: Any) -> dict[str, Any]:

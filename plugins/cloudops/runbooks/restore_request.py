@@ -28,6 +28,7 @@ import re
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,7 @@ class RestoreRequest:
     database: str
     backup_id: str
     target: str
+    overwrite: bool = False
 
 
 def check_request(
@@ -99,18 +101,14 @@ def check_request(
             "with a letter (at most 63 characters)"
         )
     protected = _protected_targets(loaded.catalog, source)
-    if target in protected:
-        what = protected[target]
-        if not (source.allow_restore_over and confirm_overwrite):
-            raise InvalidInputError(
-                f"target_database: {target!r} is {what}: refusing to restore over it (the catalog must set "
-                f"allow_restore_over for {source.name} and the overwrite must be confirmed)"
-            )
+    if target in protected and not (source.allow_restore_over and confirm_overwrite):
         raise InvalidInputError(
-            f"target_database: {target!r} is {what}: restoring over an existing database is not supported "
-            "yet; restore into a new name and switch over"
+            f"target_database: {target!r} is {protected[target]}: refusing to restore over it (the catalog "
+            f"must set allow_restore_over for {source.name} and the overwrite must be confirmed)"
         )
-    return RestoreRequest(str(loaded.path), loaded.catalog.estate, source.name, backup_id, target)
+    return RestoreRequest(
+        str(loaded.path), loaded.catalog.estate, source.name, backup_id, target, overwrite=confirm_overwrite
+    )
 
 
 def _protected_targets(catalog: Catalog, source: Database) -> dict[str, str]:
@@ -124,8 +122,23 @@ def _protected_targets(catalog: Catalog, source: Database) -> dict[str, str]:
     return protected
 
 
-def restore_backup(request: RestoreRequest) -> dict[str, Any]:
-    """Download, verify and restore the requested backup into the new target database."""
+def restored_into(request: RestoreRequest, run_id: str | None) -> str:
+    """Where the restore lands first: the target itself, or for an overwrite a scratch database that
+    only takes the target's place after the checks and a second person's approval."""
+    from cloudops.engines.scratch import scratch_name
+
+    if not request.overwrite:
+        return request.target
+    if not run_id:
+        raise InvalidInputError("confirm_overwrite: a restore over an existing database runs only in Airflow")
+    # Named for "restore_<database>", not "<database>": a restore drill of the same database cleans
+    # its own leftovers and must never take this staging copy for one.
+    return scratch_name(f"restore_{request.database}"[:63], run_id)
+
+
+def restore_backup(request: RestoreRequest, *, run_id: str | None = None) -> dict[str, Any]:
+    """Download, verify and restore the requested backup (into a new target, or a staging scratch
+    database when the target is to be overwritten)."""
     from cloudops.catalog import load_catalog_file
     from cloudops.restore.fetch import choose_backup, fetch_backup, verify_manifest_matches
     from cloudops.runbooks.backup import open_repository
@@ -142,21 +155,33 @@ def restore_backup(request: RestoreRequest) -> dict[str, Any]:
     if manifest.method != "logical":
         raise InvalidInputError(
             f"backup_id: {chosen.backup_id} is a {manifest.method} backup; on-demand restores take logical "
-            "backups (physical restores are not implemented yet)"
+            "backups (a physical backup restores a whole server: see the restore drill's scratch cluster)"
         )
+    into = restored_into(request, run_id)
     log.info(
-        "restoring backup %s of %s into new database %s", chosen.backup_id, database.name, request.target
+        "restoring backup %s of %s into %s%s",
+        chosen.backup_id,
+        database.name,
+        into,
+        f" (staging: it replaces {request.target} only after the checks and an approval)"
+        if request.overwrite
+        else " (a new database)",
     )
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="cloudops-restore-") as workdir:
         dump = fetch_backup(store, manifest, Path(workdir))
         engine_for(database).restore_logical(
-            database.conn_id, request.target, dump, used_by=f"database {database.name!r}"
+            database.conn_id, into, dump, used_by=f"database {database.name!r}"
         )
-    return {"backup_id": chosen.backup_id, "target": request.target, "seconds": time.monotonic() - started}
+    return {
+        "backup_id": chosen.backup_id,
+        "target": request.target,
+        "restored_into": into,
+        "seconds": time.monotonic() - started,
+    }
 
 
-def verify_restore(request: RestoreRequest, backup_id: str) -> dict[str, Any]:
+def verify_restore(request: RestoreRequest, backup_id: str, *, restored: str | None = None) -> dict[str, Any]:
     """Compare the restored database with the backup's manifest; raise when any check failed."""
     from cloudops.catalog import load_catalog_file
     from cloudops.errors import CloudOpsError
@@ -166,7 +191,8 @@ def verify_restore(request: RestoreRequest, backup_id: str) -> dict[str, Any]:
     catalog = load_catalog_file(request.catalog_file)
     database = catalog.database(request.database)
     manifest = open_repository(catalog, database).read_manifest(database.name, backup_id)
-    checks = compare_with_manifest(database.conn_id, database.engine, request.target, manifest)
+    restored = restored or request.target
+    checks = compare_with_manifest(database.conn_id, database.engine, restored, manifest)
     failed = [check.name for check in checks if not check.passed]
     for check in checks:
         log.info(
@@ -177,8 +203,65 @@ def verify_restore(request: RestoreRequest, backup_id: str) -> dict[str, Any]:
             check.observed,
         )
     if failed:
-        raise CloudOpsError(f"restored {request.target} differs from backup {backup_id}: {', '.join(failed)}")
-    return {"checks": len(checks), "target": request.target, "backup_id": backup_id}
+        raise CloudOpsError(f"restored {restored} differs from backup {backup_id}: {', '.join(failed)}")
+    return {
+        "checks": len(checks),
+        "target": request.target,
+        "restored_into": restored,
+        "backup_id": backup_id,
+    }
+
+
+def kept_name(target: str, now: datetime) -> str:
+    """The name the replaced database keeps: ``<target>_before_<UTC stamp>``, within 63 characters."""
+    suffix = f"_before_{now.astimezone(UTC):%Y%m%d%H%M%S}"
+    return target[: 63 - len(suffix)] + suffix
+
+
+def put_in_place(
+    request: RestoreRequest, restored: dict[str, Any], *, approved_by: str | None
+) -> dict[str, Any]:
+    """After the approval: the staging copy takes the target's place; the old target is kept renamed."""
+    from cloudops.catalog import load_catalog_file
+    from cloudops.runbooks.restore_drill import engine_for
+
+    if not request.overwrite:
+        log.info("%s was restored as a new database: nothing to put in place", request.target)
+        return {"target": request.target, "replaced": False, "kept_as": None}
+    database = load_catalog_file(request.catalog_file).database(request.database)
+    keep_as = kept_name(request.target, datetime.now(UTC))
+    log.info(
+        "approved by %s: %s takes the place of %s; the current %s is kept as %s",
+        approved_by,
+        restored["restored_into"],
+        request.target,
+        request.target,
+        keep_as,
+    )
+    replaced = engine_for(database).replace_database(
+        database.conn_id,
+        restored["restored_into"],
+        request.target,
+        keep_as=keep_as,
+        used_by=f"restore over {request.target!r} of database {database.name!r}",
+    )
+    return {"target": request.target, "replaced": replaced, "kept_as": keep_as if replaced else None}
+
+
+def drop_staging(request: RestoreRequest, run_id: str) -> bool:
+    """Drop the staging copy of an overwrite that did not go into place (failed, rejected); safe to repeat."""
+    from cloudops.catalog import load_catalog_file
+    from cloudops.runbooks.restore_drill import engine_for
+
+    if not request.overwrite:
+        return False
+    database = load_catalog_file(request.catalog_file).database(request.database)
+    staging = restored_into(request, run_id)
+    return bool(
+        engine_for(database).drop_database(
+            database.conn_id, staging, used_by=f"staging copy of {database.name!r}"
+        )
+    )
 
 
 def _request_from_params(params: dict[str, Any]) -> RestoreRequest:
@@ -198,14 +281,71 @@ def _check_task(**context: Any) -> dict[str, str]:
     return request.__dict__
 
 
+def _request(context: dict[str, Any]) -> RestoreRequest:
+    return RestoreRequest(**context["ti"].xcom_pull(task_ids="check_request"))
+
+
 def _restore_task(**context: Any) -> dict[str, Any]:
-    return restore_backup(RestoreRequest(**context["ti"].xcom_pull(task_ids="check_request")))
+    return restore_backup(_request(context), run_id=context["run_id"])
 
 
 def _verify_task(**context: Any) -> dict[str, Any]:
-    ti = context["ti"]
-    restored = ti.xcom_pull(task_ids="restore")
-    return verify_restore(RestoreRequest(**ti.xcom_pull(task_ids="check_request")), restored["backup_id"])
+    restored = context["ti"].xcom_pull(task_ids="restore")
+    return verify_restore(_request(context), restored["backup_id"], restored=restored["restored_into"])
+
+
+def _approval_body(context: dict[str, Any]) -> str | None:
+    """What the approver reads; None (no approval needed) when the restore went into a new database."""
+    request = _request(context)
+    if not request.overwrite:
+        return None
+    restored = context["ti"].xcom_pull(task_ids="restore")
+    verified = context["ti"].xcom_pull(task_ids="verify")
+    requester = getattr(context["dag_run"], "triggering_user_name", None) or "unknown"
+    return (
+        f"**{requester}** asks to restore over database `{request.target}` of catalog database "
+        f"`{request.database}` (estate {request.estate}).\n\n"
+        f"- Backup `{restored['backup_id']}` is restored in `{restored['restored_into']}` and passed "
+        f"{verified['checks']} checks against its manifest.\n"
+        f"- On approval, `{request.target}` is renamed `{request.target}_before_<time>` (kept, not dropped) "
+        f"and the restored copy takes its name. Sessions on `{request.target}` are ended.\n"
+        "- On rejection nothing changes and the restored copy is dropped.\n\n"
+        "Only someone other than the requester can approve."
+    )
+
+
+def _put_in_place_task(**context: Any) -> dict[str, Any]:
+    from cloudops.evidence.recorder import record_fact
+    from cloudops.evidence.runs import APPROVAL, RESTORE_PERFORMED
+
+    request = _request(context)
+    restored = context["ti"].xcom_pull(task_ids="restore")
+    approval = context["ti"].xcom_pull(task_ids="approve_overwrite") or {}
+    approver = (approval.get("responded_by_user") or {}).get("name") if isinstance(approval, dict) else None
+    placed = put_in_place(request, restored, approved_by=approver)
+    record_fact(
+        RESTORE_PERFORMED,
+        context,
+        {
+            "estate": request.estate,
+            "database": request.database,
+            "backup_id": restored["backup_id"],
+            "target_database": request.target,
+            "overwrite": request.overwrite,
+            "replaced": placed["replaced"],
+            "kept_as": placed["kept_as"],
+            "requested_by": getattr(context["dag_run"], "triggering_user_name", None),
+            "approved_by": approver,
+            "approval": APPROVAL if request.overwrite else None,
+        },
+    )
+    return placed
+
+
+def _drop_staging_task(**context: Any) -> None:
+    pulled = context["ti"].xcom_pull(task_ids="check_request")
+    if pulled and drop_staging(RestoreRequest(**pulled), context["run_id"]):
+        log.info("the staging copy was not put in place (failed or rejected): dropped it")
 
 
 def build_restore_request_dag(catalogs: CatalogSet) -> DAG:
@@ -264,13 +404,41 @@ def build_restore_request_dag(catalogs: CatalogSet) -> DAG:
             ),
         },
     ) as dag:
+        from cloudops.runbooks.approval import SecondPersonApproval
+
         check_request_task = PythonOperator(  # noqa: AIR001 - check_request is the library function
             task_id="check_request", python_callable=_check_task, retries=0
         )
         restore = PythonOperator(task_id="restore", python_callable=_restore_task)
         verify = PythonOperator(task_id="verify", python_callable=_verify_task, retries=0)
-        check_request_task >> restore >> verify
+        approve = SecondPersonApproval(
+            task_id="approve_overwrite",
+            subject="Approve a restore over an existing database",
+            needed=_approval_body,
+            retries=0,
+            response_timeout=timedelta(hours=4),
+            # The wait for an answer is bounded by response_timeout; this only bounds the step as a whole.
+            execution_timeout=timedelta(hours=4, minutes=10),
+        )
+        put_in_place_task = PythonOperator(  # noqa: AIR001 - put_in_place is the library function
+            task_id="put_in_place", python_callable=_put_in_place_task, retries=0
+        )
+        # all_done: a failed, refused or rejected overwrite never leaves its staging copy behind.
+        drop_staging_task = PythonOperator(  # noqa: AIR001 - drop_staging is the library function
+            task_id="drop_staging", python_callable=_drop_staging_task, trigger_rule="all_done", retries=2
+        )
+        check_request_task >> restore >> verify >> approve >> put_in_place_task >> drop_staging_task
     return dag
 
 
-__all__ = ["RestoreRequest", "build_restore_request_dag", "check_request", "restore_backup", "verify_restore"]
+__all__ = [
+    "RestoreRequest",
+    "build_restore_request_dag",
+    "check_request",
+    "drop_staging",
+    "kept_name",
+    "put_in_place",
+    "restore_backup",
+    "restored_into",
+    "verify_restore",
+]

@@ -1,0 +1,145 @@
+"""Writing evidence without ever failing a runbook: the one way the listener and the runbooks record.
+
+An error while recording (a full disk, an unwritable evidence folder, a broken ledger) must never
+fail the runbook whose evidence it is. It is logged loudly (ERROR, with ``EVIDENCE NOT RECORDED``),
+counted in the Airflow metric ``cloudops.evidence.record_errors`` and in
+``<evidence dir>/record-errors.jsonl`` (one line per lost record: when, which kind and run, why),
+which ``cloudops evidence verify`` reports. Everything recorded passes through ``mask_secrets``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cloudops.evidence.ledger import Ledger, Record, canonical_json, evidence_dir
+from cloudops.evidence.runs import runbook_of
+from cloudops.secrets import mask_secrets
+
+log = logging.getLogger("cloudops.evidence")
+
+ERRORS_FILE = "record-errors.jsonl"
+_ledgers: dict[Path, Ledger] = {}
+
+
+def ledger() -> Ledger:
+    """The local ledger of this process's evidence folder (one object per folder: it caches the tail)."""
+    directory = evidence_dir() / "ledger"
+    if directory not in _ledgers:
+        _ledgers[directory] = Ledger(directory)
+    return _ledgers[directory]
+
+
+def record(
+    kind: str,
+    *,
+    dag_id: str | None,
+    run_id: str | None,
+    key: str | None = None,
+    data: dict[str, Any] | None = None,
+    **fields: Any,
+) -> Record | None:
+    """Append one record for a run; never raises. Returns it, or None when not written."""
+    try:
+        runbook, target = runbook_of(dag_id) if dag_id else (None, None)
+        body = {
+            "dag_id": dag_id,
+            "run_id": run_id,
+            "runbook": runbook,
+            "target": target,
+            **fields,
+            "data": mask_secrets(_json_safe(data or {})),
+        }
+        return ledger().append(kind, key=key, **body)
+    except Exception as error:
+        count_error(kind, dag_id, run_id, error)
+        return None
+
+
+def record_fact(kind: str, context: dict[str, Any], data: dict[str, Any], *, key: str | None = None) -> None:
+    """Record a runbook's own fact (a backup taken, a drill's result...) from inside a task."""
+    ti = context.get("ti") or context.get("task_instance")
+    dag_id = getattr(ti, "dag_id", None) or getattr(context.get("dag"), "dag_id", None)
+    run_id = context.get("run_id") or getattr(ti, "run_id", None)
+    task_id = getattr(ti, "task_id", None)
+    written = record(
+        kind,
+        dag_id=dag_id,
+        run_id=run_id,
+        key=key or f"{kind}|{dag_id}|{run_id}|{task_id}|{_digest(data)}",
+        data=data,
+        task_id=task_id,
+    )
+    if written:
+        log.info("evidence recorded: %s (seq %s, hash %s)", kind, written.seq, written.hash[:12])
+
+
+def count_error(kind: str, dag_id: str | None, run_id: str | None, error: BaseException) -> None:
+    """Log an evidence record that could not be written, loudly, and count it."""
+    log.error(
+        "EVIDENCE NOT RECORDED: %s of %s / %s: %s: %s (the runbook goes on; "
+        "see %s and `cloudops evidence verify`)",
+        kind,
+        dag_id,
+        run_id,
+        type(error).__name__,
+        error,
+        evidence_dir() / ERRORS_FILE,
+        exc_info=error,
+    )
+    try:
+        from airflow.observability.stats import Stats
+
+        Stats.incr("cloudops.evidence.record_errors")
+    except Exception:
+        pass
+    try:
+        line = {
+            "at": datetime.now(UTC).isoformat(),
+            "kind": kind,
+            "dag_id": dag_id,
+            "run_id": run_id,
+            "error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
+        path = evidence_dir() / ERRORS_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as handle:
+            handle.write(json.dumps(line) + "\n")
+    except Exception:
+        log.error("EVIDENCE NOT RECORDED and the error count could not be written either")
+
+
+def recorded_errors() -> list[dict[str, Any]]:
+    """The records that could not be written, as counted by count_error."""
+    path = evidence_dir() / ERRORS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _digest(data: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(_json_safe(data))).hexdigest()[:16]
+
+
+def _json_safe(value: Any) -> Any:
+    """Dates as ISO text, tuples as lists, anything else unknown as its text."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+__all__ = ["count_error", "ledger", "record", "record_fact", "recorded_errors"]
