@@ -2,8 +2,12 @@
 
 A drill's record is its evidence: printed as a table in the task log, stored as JSON next to the backup
 and collected for audits. The verdicts are derived, never set: ``passed`` (every object's SHA-256 matched
-and every check passed), ``targets_met`` (RTO and RPO within the catalog's targets), ``rto_seconds``
-(restore plus validation) and ``rpo_seconds`` (the backup's age when the drill started). Pure: no I/O.
+and every check passed, the RDS part's included), ``targets_met`` (RTO and RPO within the catalog's
+targets), ``rto_seconds`` (restore plus validation) and ``rpo_seconds`` (the backup's age when the
+drill started). Pure: no I/O.
+
+Version 2 added the optional ``rds`` part (the restore of the backup's RDS snapshot into a scratch
+instance); version 1 records, without it, still load.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pydantic import (
 from cloudops.catalog.models import render_duration
 from cloudops.health import render_table
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
 _CELL = 48  # the widest a value may be in the table; JSON keeps it whole
 _COMPUTED = ("rto_seconds", "rpo_seconds", "targets_met", "passed")
 
@@ -61,6 +65,35 @@ class ObjectChecksum(_RecordModel):
     ok: bool
 
 
+class RdsDrill(_RecordModel):
+    """The restore of the backup's RDS snapshot into a scratch instance, checked through the RDS API.
+
+    :param instance_id: the RDS instance the snapshot is of (the catalog's ``rds_instance_id``).
+    :param snapshot_id: the DB snapshot restored; None when none was chosen.
+    :param snapshot_choice: why that snapshot: the backup's own, or the newest one as a fallback.
+    :param scratch_instance: the instance it was restored into (named after the run).
+    :param checks: status, engine and version, endpoint, allocated storage.
+    :param restore_seconds: from choosing the snapshot until the scratch instance was available.
+    :param error: why the RDS part stopped before its checks ran.
+    :param cleanup_error: the scratch instance could not be deleted; the backup's verdict stands, but the
+        run fails so that someone deletes it.
+    """
+
+    instance_id: Annotated[str, StringConstraints(min_length=1)]
+    snapshot_id: str | None = None
+    snapshot_choice: str = ""
+    scratch_instance: Annotated[str, StringConstraints(min_length=1)]
+    checks: list[Check] = Field(default_factory=list)
+    restore_seconds: Annotated[float, Field(ge=0)] | None = None
+    error: str | None = None
+    cleanup_error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        """The snapshot restored and every check ran and passed."""
+        return self.error is None and bool(self.checks) and all(check.passed for check in self.checks)
+
+
 def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
@@ -77,10 +110,13 @@ class DrillRecord(_RecordModel):
     :param rto_target_seconds: the catalog's RTO (None: no target).
     :param rpo_target_seconds: the catalog's RPO (None: no target).
     :param error: why the drill stopped before its checks could all run (a bad object, a failed restore).
+    :param rds: the restore of the backup's RDS snapshot, for a database on RDS (None: not drilled).
+    :param cleanup_error: the scratch target could not be removed; the backup's verdict stands, but the
+        run fails so that someone removes it.
     :param started_at: when the drill started; the RPO is measured then.
     """
 
-    record_version: Literal[1] = 1
+    record_version: Literal[1, 2] = 2  # RECORD_VERSION
     estate: Annotated[str, StringConstraints(min_length=1)]
     database: Annotated[str, StringConstraints(min_length=1)]
     engine: str = ""
@@ -95,6 +131,8 @@ class DrillRecord(_RecordModel):
     rto_target_seconds: Annotated[float, Field(gt=0)] | None = None
     rpo_target_seconds: Annotated[float, Field(gt=0)] | None = None
     error: str | None = None
+    rds: RdsDrill | None = None
+    cleanup_error: str | None = None
     started_at: AwareDatetime
     finished_at: AwareDatetime
 
@@ -144,6 +182,7 @@ class DrillRecord(_RecordModel):
             and all(item.ok for item in self.checksums)
             and bool(self.checks)
             and all(check.passed for check in self.checks)
+            and (self.rds is None or self.rds.passed)
         )
 
     def _rto_met(self) -> bool:
@@ -156,8 +195,9 @@ class DrillRecord(_RecordModel):
 
     @property
     def failed_checks(self) -> list[Check]:
-        """The checks that did not pass."""
-        return [check for check in self.checks if not check.passed]
+        """The checks that did not pass, the RDS part's included."""
+        rds_checks = self.rds.checks if self.rds else []
+        return [check for check in [*self.checks, *rds_checks] if not check.passed]
 
     def to_json(self) -> str:
         """Return the record as canonical JSON (sorted keys, UTC times, derived verdicts included)."""
@@ -192,6 +232,25 @@ class DrillRecord(_RecordModel):
         ]
         if self.error:
             summary.append(["error", self.error])
+        if self.cleanup_error:
+            summary.append(["cleanup", self.cleanup_error])
+        if self.rds:
+            rds = self.rds
+            summary += [
+                [
+                    "RDS snapshot",
+                    f"{rds.snapshot_id or '-'} of {rds.instance_id}: {rds.snapshot_choice or '-'}",
+                ],
+                [
+                    "RDS scratch",
+                    f"{rds.scratch_instance}, available after {_seconds(rds.restore_seconds)}: "
+                    f"{'PASSED' if rds.passed else 'FAILED'}",
+                ],
+            ]
+            if rds.error:
+                summary.append(["RDS error", rds.error])
+            if rds.cleanup_error:
+                summary.append(["RDS cleanup", rds.cleanup_error])
         engine = f" ({self.engine})" if self.engine else ""
         parts = [
             f"Restore drill of {self.estate}/{self.database}{engine}: {verdict}, {targets}",
@@ -218,7 +277,25 @@ class DrillRecord(_RecordModel):
             if self.checks
             else "(no check ran)",
         ]
+        if self.rds:
+            parts.append(_checks_table(self.rds.checks) if self.rds.checks else "(no RDS check ran)")
         return "\n\n".join(parts)
+
+
+def _checks_table(checks: list[Check]) -> str:
+    return render_table(
+        ["check", "result", "expected", "observed", "detail"],
+        [
+            [
+                check.name,
+                "pass" if check.passed else "FAIL",
+                _cell(check.expected),
+                _cell(check.observed),
+                _cell(check.detail),
+            ]
+            for check in checks
+        ],
+    )
 
 
 def _cell(value: JsonValue) -> str:
@@ -245,4 +322,4 @@ def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-__all__ = ["RECORD_VERSION", "Check", "DrillRecord", "ObjectChecksum"]
+__all__ = ["RECORD_VERSION", "Check", "DrillRecord", "ObjectChecksum", "RdsDrill"]

@@ -2,33 +2,63 @@
 
 **What it does.** Proves the latest backup can be restored, the way auditors ask for it. After each
 backup (on the backup's Asset) or on the catalog's cron:
-1. `prepare` drops scratch databases left by a drill killed half-way, chooses the backup (the latest
-   complete one by default) and checks its manifest is the one of that backup folder;
+1. `prepare` drops scratch databases (and stops and removes scratch clusters) left by a drill killed
+   half-way, chooses the backup (the latest complete one by default) and checks its manifest is the one
+   of that backup folder;
 2. `restore` downloads every object, checking its size and SHA-256 against the manifest as it arrives
    (a flipped byte, a truncated or missing object fails here, **before any restore**), and restores
-   into a scratch database named after the run (`pg_restore -j 2` or `mariadb`);
+   into a scratch database named after the run (`pg_restore -j 2` or `mariadb`). A PostgreSQL
+   **physical** backup (pg_basebackup tar) is instead extracted into a scratch cluster named after the
+   run (`$CLOUDOPS_SCRATCH_DIR` or the temp folder, `cloudops-scratch-clusters/<estate>/<name>/` on the
+   worker), checked with `pg_verifybackup`, and started on a free 127.0.0.1 port with the backup's major
+   version (`/usr/lib/postgresql/<major>/bin`); it recovers to the backup's consistent point
+   (`recovery_target = 'immediate'`) and promotes (bounded wait, 30 minutes; `server.log` in the folder);
 3. `validate` compares the restored schema fingerprint and per-table row counts with the manifest and
    runs the database's expectation suite (`include/expectations/<database>.json`, with Great
-   Expectations): keys not null and unique, newest rows within the RPO, whatever the owner declares;
-4. `teardown` always drops the scratch database, whatever happened before;
-5. `record` measures RTO (restore + validation) and RPO (the backup's age), compares them with the
+   Expectations): keys not null and unique, newest rows within the RPO, whatever the owner declares.
+   For a physical backup (no row counts recorded): server version, backup position within the
+   manifest's WAL range, pg_verifybackup, recovery ended, every database readable, the schema
+   fingerprint, then the suite, on the scratch cluster (same worker as `restore`);
+4. `teardown` always drops the scratch database, or stops and removes the scratch cluster (a
+   half-started one too), whatever happened before;
+5. for a database on RDS (`rds_instance_id` in the catalog), a branch beside 2-4 proves the backup's
+   RDS snapshot: `restore_rds` restores the snapshot tagged with the backup's id (waiting up to an hour
+   while the backup is still taking it; else the newest available snapshot of the instance, with a
+   warning in the log and the record) into a scratch
+   instance `cloudops-drill-<database>-<run hash>`, tagged `cloudops:drill=<database>` and with the run
+   id, and waits until it is `available` (at most 90 minutes); `check_rds` checks through the RDS API
+   that it is available, has the snapshot's engine and engine version, an endpoint, and at least the
+   snapshot's storage; `teardown_rds` always deletes it (no final snapshot), after checking its name
+   and tags say it is this drill's scratch instance. `prepare` deletes scratch instances a killed drill
+   left;
+6. `record` measures RTO (restore + validation) and RPO (the backup's age), compares them with the
    catalog's targets, logs the drill record as a table, stores it as JSON in S3 beside the backups
    (`<prefix>/<estate>/_drills/<database>/<backup_id>/`) and in the local evidence folder, and
-   **fails the run when any check failed or a target was missed**.
+   **fails the run when any check failed, a step failed (the RDS ones included), a target was missed or
+   a scratch RDS instance could not be deleted**.
 
 **What a failure means.** The backup named in the record cannot be trusted as it is: a checksum
 mismatch or missing object means the stored backup is damaged; a failed check means the restored
 data differs from what was backed up (or breaks the owner's expectations); a missed RTO means a real
-restore would take longer than promised; a missed RPO means backups are older than promised.
+restore would take longer than promised; a missed RPO means backups are older than promised. A failed
+RDS part means the instance cannot be brought back from its snapshot as it is (or the backup's own
+snapshot is missing, when the record says a fallback was drilled).
 
 **What to do next.** Read the record table in the `record` task's log. Damaged backup: take a new
 backup now (trigger `backup__<database>`) and find out what altered the stored objects. Failed
-checks: compare the failing tables with the source. Missed targets: raise them with the owner, or
-speed up the restore path. The drill never touches the source database; re-running is safe.
+checks: compare the failing tables with the source. A physical restore that did not start or recover:
+read the quoted `server.log` in `restore`'s log. A scratch cluster left running (teardown failed):
+the next drill's `prepare` removes it, or stop it yourself (`kill -QUIT <pid>` of the `postgres` whose
+`-D` is under `cloudops-scratch-clusters/`) and delete its folder. Missed targets: raise them with the
+owner, or speed up the restore path. RDS: read `restore_rds`'s log (the snapshot chosen, the instance's last
+status); if `teardown_rds` failed, delete the instance it names (`cloudops-drill-...`, tagged
+`cloudops:drill`) or let the next drill's `prepare` do it. The drill never touches the source database
+or instance; re-running is safe.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -38,7 +68,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cloudops.catalog import Database, LoadedCatalog
-from cloudops.errors import CloudOpsError
+from cloudops.errors import CloudOpsError, DatabaseUnavailableError, RestoreError
 from cloudops.runbooks.backup import backed_up_database
 
 if TYPE_CHECKING:
@@ -47,12 +77,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KIND = "restore_drill"
+RDS_RESTORE_WAIT = timedelta(minutes=90)
 EVIDENCE_ENV = "CLOUDOPS_EVIDENCE_DIR"
 DRILLS_FOLDER = "_drills"  # never a catalog name (they start with a letter), so never a backup folder
 NEXT_ACTIONS = {
     "prepare": "check the repository and the backup listing (cloudops backups list <database>)",
     "restore": "a damaged or missing object fails here: take a new backup now and find what altered it",
     "validate": "read the failed checks in the log and compare those tables with the source",
+    "restore_rds": "read the log: the RDS snapshot chosen and the scratch instance's last status",
+    "check_rds": "read the failed RDS checks in the record task's log",
+    "teardown_rds": "delete the scratch RDS instance named in the log (cloudops-drill-...) by hand, or let "
+    "the next drill's prepare delete it",
     "record": "read the drill record in the record task's log: failed checks or missed RTO/RPO targets",
     "*": "read the task log",
 }
@@ -67,6 +102,11 @@ def evidence_dir() -> Path:
 def scratch_conn_id(database: Database) -> str:
     """The server that receives scratch restores: the drill policy's, else the database's own."""
     return (database.drill.scratch_conn_id if database.drill else None) or database.conn_id
+
+
+def scratch_server(database_name: str, conn_id: str) -> str:
+    """Name the scratch server in errors: by its connection, which is not the database's own server."""
+    return f"the scratch server of {database_name!r} (connection {conn_id!r})"
 
 
 def engine_for(database: Database) -> Any:
@@ -85,41 +125,89 @@ def prepare(
     from cloudops.runbooks.backup import open_repository
 
     catalog, database = backed_up_database(catalog_file, estate, database_name)
-    engine, conn_id, used_by = engine_for(database), scratch_conn_id(database), f"database {database_name!r}"
+    engine, conn_id = engine_for(database), scratch_conn_id(database)
+    used_by = scratch_server(database_name, conn_id)
     for leftover in engine.leftover_scratch_databases(conn_id, database.name, used_by=used_by):
         log.info("dropping %s, left by an earlier drill that did not finish", leftover)
         engine.drop_database(conn_id, leftover, used_by=used_by)
+    if database.engine == "postgres":
+        from cloudops.restore.physical import leftover_clusters, stop_and_remove
+
+        for cluster in leftover_clusters(estate, database.name):
+            log.info(
+                "removing scratch cluster %s, left by an earlier drill that did not finish", cluster.folder
+            )
+            stop_and_remove(cluster)
+    if database.rds_instance_id:
+        from cloudops.clouds.aws.rds import delete_leftover_rds_drill_instances, rds_drill_instance_name
+        from cloudops.runbooks.backup import aws_conn_id_of
+
+        delete_leftover_rds_drill_instances(
+            aws_conn_id_of(catalog, database),
+            database=database.name,
+            estate=estate,
+            keep=rds_drill_instance_name(database.name, run_id),
+        )
     store = open_repository(catalog, database)
     chosen = choose_backup(store, database.name, backup_id)
     if chosen.manifest is None:
         raise CloudOpsError(f"backup {chosen.backup_id} of {database.name} has no readable manifest")
     verify_manifest_matches(store, database.name, chosen.backup_id, chosen.manifest)
-    scratch = scratch_name(database.name, run_id)
-    log.info("drill of backup %s of %s into scratch database %s", chosen.backup_id, database.name, scratch)
-    return {"backup_id": chosen.backup_id, "scratch": scratch, "started_at": datetime.now(UTC).isoformat()}
+    scratch, method = scratch_name(database.name, run_id), chosen.manifest.method
+    log.info(
+        "drill of %s backup %s of %s into scratch %s %s",
+        method,
+        chosen.backup_id,
+        database.name,
+        "cluster" if method == "physical" else "database",
+        scratch,
+    )
+    return {
+        "backup_id": chosen.backup_id,
+        "scratch": scratch,
+        "method": method,
+        "started_at": datetime.now(UTC).isoformat(),
+    }
 
 
 def restore(
     catalog_file: str, estate: str, database_name: str, *, backup_id: str, scratch: str
 ) -> dict[str, Any]:
-    """Download and verify every object, then restore into the scratch database; return the timings."""
+    """Download and verify every object, then restore into the scratch database (a logical backup) or
+    a scratch cluster started on this worker (a physical one); return the timings (and the cluster)."""
     from cloudops.restore.fetch import fetch_backup
     from cloudops.runbooks.backup import open_repository
 
     catalog, database = backed_up_database(catalog_file, estate, database_name)
     store = open_repository(catalog, database)
     manifest = store.read_manifest(database.name, backup_id)
-    if manifest.method != "logical":
-        raise CloudOpsError(
-            f"backup {backup_id} of {database.name} is {manifest.method}: drills restore logical backups "
-            "(physical restores into a scratch instance are not implemented yet)"
-        )
     started = time.monotonic()
+    if manifest.method == "physical":
+        from cloudops.connections import get_connection
+        from cloudops.restore.physical import restore_scratch_cluster
+
+        used_by = f"database {database_name!r}"
+        cluster, checks = restore_scratch_cluster(
+            store,
+            manifest,
+            scratch=scratch,
+            source=get_connection(database.conn_id, used_by),
+            used_by=used_by,
+        )
+        return {
+            "restore_seconds": time.monotonic() - started,
+            "checksums": [{"object": o.name, "sha256": o.sha256, "ok": True} for o in manifest.objects],
+            "cluster": cluster.to_xcom(),
+            "checks": [c.model_dump(mode="json") for c in checks],
+        }
     with tempfile.TemporaryDirectory(prefix="cloudops-drill-") as workdir:
         dump = fetch_backup(store, manifest, Path(workdir))
         log.info("every object matches the manifest: %s", [o.name for o in manifest.objects])
         engine_for(database).restore_logical(
-            scratch_conn_id(database), scratch, dump, used_by=f"database {database_name!r}"
+            scratch_conn_id(database),
+            scratch,
+            dump,
+            used_by=scratch_server(database_name, scratch_conn_id(database)),
         )
     return {
         "restore_seconds": time.monotonic() - started,
@@ -128,23 +216,39 @@ def restore(
 
 
 def validate(
-    catalog_file: str, estate: str, database_name: str, *, backup_id: str, scratch: str
+    catalog_file: str,
+    estate: str,
+    database_name: str,
+    *,
+    backup_id: str,
+    scratch: str,
+    restored: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Compare the scratch copy with the manifest and run the expectation suite; return every check."""
+    """Compare the scratch copy with the manifest and run the expectation suite; return every check.
+
+    :param restored: what ``restore`` returned: for a physical backup, the scratch cluster to check
+        and the checks made before it started.
+    """
     from cloudops.restore.validation import compare_with_manifest, run_expectation_suite, suite_path
     from cloudops.runbooks.backup import open_repository
 
     catalog, database = backed_up_database(catalog_file, estate, database_name)
     manifest = open_repository(catalog, database).read_manifest(database.name, backup_id)
-    conn_id, used_by = scratch_conn_id(database), f"scratch copy of {database_name!r}"
+    used_by = f"scratch copy of {database_name!r}"
     started = time.monotonic()
-    checks = compare_with_manifest(conn_id, database.engine, scratch, manifest, used_by=used_by)
+    target: Any
+    if manifest.method == "physical":
+        target, checks = _check_physical(database, manifest, restored, used_by=used_by)
+        target_database = database.database
+    else:
+        target, target_database = scratch_conn_id(database), scratch
+        checks = compare_with_manifest(target, database.engine, scratch, manifest, used_by=used_by)
     suite = suite_path(database.name)
     if suite.exists():
         checks += run_expectation_suite(
-            conn_id,
+            target,
             database.engine,
-            scratch,
+            target_database,
             suite,
             rpo=database.rpo or timedelta(days=1),
             backup_time=manifest.started_at,
@@ -158,16 +262,125 @@ def validate(
     }
 
 
-def teardown(catalog_file: str, estate: str, database_name: str, *, scratch: str | None) -> None:
-    """Drop the scratch database; the drill's checks are already recorded."""
+def _check_physical(
+    database: Database, manifest: Any, restored: dict[str, Any] | None, *, used_by: str
+) -> tuple[Any, list[Any]]:
+    """The scratch cluster's checks (those made before it started included) and a connection to the
+    catalog's database on it, for the expectation suite."""
+    from cloudops.connections import get_connection
+    from cloudops.engines.postgres import fingerprinted_database
+    from cloudops.restore.physical import ScratchCluster, check_scratch_cluster, scratch_connection
+    from cloudops.restore.record import Check
+    from cloudops.restore.validation import compare_with_manifest
+
+    if not restored or "cluster" not in restored:
+        raise CloudOpsError(
+            f"backup {manifest.backup_id} of {database.name} is physical and no scratch cluster was "
+            "started: the restore step failed (see its log)"
+        )
+    source = get_connection(database.conn_id, f"database {database.name!r}")
+    cluster = ScratchCluster.from_xcom(restored["cluster"])
+    # The database the backup fingerprinted, decided as physical_backup_source decides it.
+    fingerprinted = fingerprinted_database(source)
+    checks = [Check(**c) for c in restored.get("checks", [])]
+    checks += check_scratch_cluster(
+        cluster, source, required_databases=[database.database, fingerprinted], used_by=used_by
+    )
+    checks += compare_with_manifest(
+        scratch_connection(cluster, source, database=fingerprinted),
+        "postgres",
+        fingerprinted,
+        manifest,
+        used_by=used_by,
+    )
+    return scratch_connection(cluster, source, database=database.database), checks
+
+
+def teardown(
+    catalog_file: str, estate: str, database_name: str, *, scratch: str | None, method: str | None = None
+) -> None:
+    """Drop the scratch database, or stop and remove the scratch cluster (``method`` physical, from
+    ``prepare``: also a half-started one); the drill's checks are already recorded."""
     if not scratch:
         log.info("no scratch database was named: nothing to drop")
         return
     _, database = backed_up_database(catalog_file, estate, database_name)
-    dropped = engine_for(database).drop_database(
-        scratch_conn_id(database), scratch, used_by=f"scratch copy of {database_name!r}"
-    )
+    if method == "physical":
+        from cloudops.restore.physical import scratch_root, stop_and_remove
+        from cloudops.restore.physical_plan import cluster_paths
+
+        removed = stop_and_remove(cluster_paths(scratch_root(), estate, scratch))
+        log.info("scratch cluster %s %s", scratch, "stopped and removed" if removed else "did not exist")
+        return
+    try:
+        dropped = engine_for(database).drop_database(
+            scratch_conn_id(database),
+            scratch,
+            used_by=scratch_server(database_name, scratch_conn_id(database)),
+        )
+    except DatabaseUnavailableError as error:
+        # Say what is at stake: the scratch database may remain, whatever failed before.
+        raise RestoreError(
+            f"could not drop scratch database {scratch!r}, it may remain: {error}. The next drill's prepare "
+            "drops it once the server is reachable"
+        ) from error
     log.info("scratch database %s %s", scratch, "dropped" if dropped else "did not exist")
+
+
+def restore_rds(
+    catalog_file: str, estate: str, database_name: str, *, backup_id: str, run_id: str
+) -> dict[str, Any]:
+    """Restore the backup's RDS snapshot into the run's scratch instance; wait (bounded) until available."""
+    from cloudops.clouds.aws.rds import restore_rds_drill_instance
+    from cloudops.runbooks.backup import aws_conn_id_of
+
+    catalog, database = backed_up_database(catalog_file, estate, database_name)
+    if not database.rds_instance_id:
+        raise CloudOpsError(f"database {database_name!r} has no rds_instance_id in {catalog_file}")
+    return restore_rds_drill_instance(
+        aws_conn_id_of(catalog, database),
+        database.rds_instance_id,
+        database=database.name,
+        estate=estate,
+        backup_id=backup_id,
+        run_id=run_id,
+        wait_timeout=RDS_RESTORE_WAIT,
+    )
+
+
+def check_rds(
+    catalog_file: str, estate: str, database_name: str, *, restored: dict[str, Any]
+) -> dict[str, Any]:
+    """Check the scratch RDS instance against its snapshot through the RDS API; return every check."""
+    from cloudops.clouds.aws.rds import check_rds_drill_instance
+    from cloudops.runbooks.backup import aws_conn_id_of
+
+    catalog, database = backed_up_database(catalog_file, estate, database_name)
+    checks = check_rds_drill_instance(
+        aws_conn_id_of(catalog, database), restored["scratch_instance"], restored["facts"]
+    )
+    for check in checks:
+        (log.info if check.passed else log.warning)(
+            "%s: %s (expected %s, observed %s)",
+            check.name,
+            "pass" if check.passed else "FAIL",
+            check.expected,
+            check.observed,
+        )
+    return {"checks": [c.model_dump(mode="json") for c in checks]}
+
+
+def teardown_rds(catalog_file: str, estate: str, database_name: str, *, run_id: str) -> dict[str, Any]:
+    """Delete the run's scratch RDS instance (guarded: only a drill's own); safe when it never existed."""
+    from cloudops.clouds.aws.rds import delete_rds_drill_instance, rds_drill_instance_name
+    from cloudops.runbooks.backup import aws_conn_id_of
+
+    catalog, database = backed_up_database(catalog_file, estate, database_name)
+    scratch = rds_drill_instance_name(database.name, run_id)
+    deleted = delete_rds_drill_instance(
+        aws_conn_id_of(catalog, database), scratch, database=database.name, estate=estate
+    )
+    return {"scratch_instance": scratch, "deleted": deleted}
 
 
 def record_drill(
@@ -179,23 +392,52 @@ def record_drill(
     prepared: dict[str, Any] | None,
     restored: dict[str, Any] | None,
     validated: dict[str, Any] | None,
+    rds_restored: dict[str, Any] | None = None,
+    rds_checked: dict[str, Any] | None = None,
+    rds_torn_down: dict[str, Any] | None = None,
+    scratch_left: bool = False,
     error: str | None = None,
 ) -> dict[str, Any]:
     """Build, log and store the drill record; raise when the drill did not pass.
 
-    :raises CloudOpsError: a step failed, a check failed or a target was missed.
+    The ``rds_*`` results (of ``restore_rds``, ``check_rds``, ``teardown_rds``) are read only for a
+    database with ``rds_instance_id``; there, None means that step failed. ``scratch_left``: teardown
+    failed, so the scratch target may remain.
+
+    :raises CloudOpsError: a step failed, a check failed, a target was missed or a scratch target or
+        RDS instance could not be removed.
     """
-    from cloudops.restore.record import Check, DrillRecord, ObjectChecksum
+    from cloudops.restore.record import Check, DrillRecord, ObjectChecksum, RdsDrill
     from cloudops.runbooks.backup import open_repository
 
     catalog, database = backed_up_database(catalog_file, estate, database_name)
     if prepared is None:
         raise CloudOpsError(
-            f"the drill of {database_name} stopped before choosing a backup: see prepare's log"
+            f"the drill of {database_name} failed in step prepare, before choosing a backup (no drill record "
+            "was stored): see prepare's log"
         )
     store = open_repository(catalog, database)
     manifest = store.read_manifest(database.name, prepared["backup_id"])
     missing = [name for name, step in (("restore", restored), ("validate", validated)) if step is None]
+    rds = None
+    if database.rds_instance_id:
+        from cloudops.clouds.aws.rds import rds_drill_instance_name
+
+        rds_scratch = rds_drill_instance_name(database.name, run_id)
+        rds_missing = [n for n, s in (("restore_rds", rds_restored), ("check_rds", rds_checked)) if s is None]
+        rds = RdsDrill(
+            instance_id=database.rds_instance_id,
+            snapshot_id=(rds_restored or {}).get("snapshot_id"),
+            snapshot_choice=(rds_restored or {}).get("snapshot_choice", ""),
+            scratch_instance=rds_scratch,
+            checks=[Check(**c) for c in (rds_checked or {}).get("checks", [])],
+            restore_seconds=(rds_restored or {}).get("restore_seconds"),
+            error=f"step(s) {', '.join(rds_missing)} failed: see their logs" if rds_missing else None,
+            cleanup_error=None
+            if rds_torn_down is not None
+            else f"teardown_rds failed: scratch RDS instance {rds_scratch} may still exist; delete it, or "
+            "let the next drill's prepare delete it",
+        )
     record = DrillRecord(
         estate=estate,
         database=database.name,
@@ -211,6 +453,11 @@ def record_drill(
         rto_target_seconds=database.rto.total_seconds() if database.rto else None,
         rpo_target_seconds=database.rpo.total_seconds() if database.rpo else None,
         error=error or (f"step(s) {', '.join(missing)} failed: see their logs" if missing else None),
+        rds=rds,
+        cleanup_error=f"teardown failed: scratch {prepared['scratch']} may remain (see teardown's log); the "
+        "next drill's prepare removes it"
+        if scratch_left
+        else None,
         started_at=datetime.fromisoformat(prepared["started_at"]),
         finished_at=datetime.now(UTC),
     )
@@ -235,7 +482,18 @@ def record_drill(
     local.parent.mkdir(parents=True, exist_ok=True)
     local.write_text(text)
     log.info("drill record stored at s3://%s/%s and %s", store.bucket, key, local)
-    if not record.passed:
+    from cloudops.evidence.recorder import record as record_evidence
+    from cloudops.evidence.runs import DRILL_RECORDED
+
+    record_evidence(
+        DRILL_RECORDED,
+        dag_id=f"{KIND}__{database.name}",
+        run_id=run_id,
+        key=f"{DRILL_RECORDED}|{KIND}__{database.name}|{run_id}",
+        data={**json.loads(text), "record_uri": f"s3://{store.bucket}/{key}"},
+    )
+    rds_problems = [record.rds.error, record.rds.cleanup_error] if record.rds else []
+    if not record.passed or record.cleanup_error or any(rds_problems):
         failed = [c.name for c in record.failed_checks]
         raise CloudOpsError(
             f"restore drill of {database.name} (backup {record.backup_id}) failed: "
@@ -244,6 +502,8 @@ def record_drill(
                     None,
                     [
                         record.error,
+                        record.cleanup_error,
+                        *(f"RDS: {problem}" for problem in rds_problems if problem),
                         f"failed checks: {', '.join(failed)}" if failed else None,
                         None if record.targets_met else "RTO/RPO target missed",
                     ],
@@ -271,13 +531,41 @@ def _restore_task(catalog_file: str, estate: str, database_name: str, **context:
 def _validate_task(catalog_file: str, estate: str, database_name: str, **context: Any) -> dict[str, Any]:
     prepared = _ti_pull(context, "prepare")
     return validate(
-        catalog_file, estate, database_name, backup_id=prepared["backup_id"], scratch=prepared["scratch"]
+        catalog_file,
+        estate,
+        database_name,
+        backup_id=prepared["backup_id"],
+        scratch=prepared["scratch"],
+        restored=_ti_pull(context, "restore"),
     )
 
 
-def _teardown_task(catalog_file: str, estate: str, database_name: str, **context: Any) -> None:
+def _teardown_task(catalog_file: str, estate: str, database_name: str, **context: Any) -> dict[str, Any]:
     prepared = _ti_pull(context, "prepare")
-    teardown(catalog_file, estate, database_name, scratch=(prepared or {}).get("scratch"))
+    teardown(
+        catalog_file,
+        estate,
+        database_name,
+        scratch=(prepared or {}).get("scratch"),
+        method=(prepared or {}).get("method"),
+    )
+    # record reads this: no XCom means teardown failed, which must fail the run (record is the leaf).
+    return {"scratch": (prepared or {}).get("scratch"), "torn_down": True}
+
+
+def _restore_rds_task(catalog_file: str, estate: str, database_name: str, **context: Any) -> dict[str, Any]:
+    prepared = _ti_pull(context, "prepare")
+    return restore_rds(
+        catalog_file, estate, database_name, backup_id=prepared["backup_id"], run_id=context["run_id"]
+    )
+
+
+def _check_rds_task(catalog_file: str, estate: str, database_name: str, **context: Any) -> dict[str, Any]:
+    return check_rds(catalog_file, estate, database_name, restored=_ti_pull(context, "restore_rds"))
+
+
+def _teardown_rds_task(catalog_file: str, estate: str, database_name: str, **context: Any) -> dict[str, Any]:
+    return teardown_rds(catalog_file, estate, database_name, run_id=context["run_id"])
 
 
 def _record_task(catalog_file: str, estate: str, database_name: str, **context: Any) -> dict[str, Any]:
@@ -289,6 +577,10 @@ def _record_task(catalog_file: str, estate: str, database_name: str, **context: 
         prepared=_ti_pull(context, "prepare"),
         restored=_ti_pull(context, "restore"),
         validated=_ti_pull(context, "validate"),
+        scratch_left=_ti_pull(context, "teardown") is None,
+        rds_restored=_ti_pull(context, "restore_rds"),
+        rds_checked=_ti_pull(context, "check_rds"),
+        rds_torn_down=_ti_pull(context, "teardown_rds"),
     )
 
 
@@ -336,9 +628,20 @@ def build_restore_drill_dags(loaded: LoadedCatalog) -> list[DAG]:
             doc_md=runbook_doc(
                 __doc__,
                 f"## This database: `{database.name}` ({database.engine})\n\n"
-                f"Scratch restores on connection `{scratch_conn_id(database)}`; RTO target "
+                + (
+                    "Physical backups: restored into a scratch cluster on the worker"
+                    if database.backup.method == "physical"
+                    else f"Scratch restores on connection `{scratch_conn_id(database)}`"
+                )
+                + "; RTO target "
                 f"{database.rto or 'none'}, RPO target {database.rpo or 'none'}.\n\n"
-                f"On call: **{catalog.owner}**.",
+                + (
+                    f"RDS instance `{database.rds_instance_id}`: its snapshot is restored into a scratch "
+                    "instance `cloudops-drill-...` and deleted after the checks.\n\n"
+                    if database.rds_instance_id
+                    else ""
+                )
+                + f"On call: **{catalog.owner}**.",
             ),
             tags=tags(KIND, loaded, database.engine),
         ) as dag:
@@ -353,17 +656,28 @@ def build_restore_drill_dags(loaded: LoadedCatalog) -> list[DAG]:
             teardown_task = task("teardown", _teardown_task, trigger_rule="all_done", retries=2)
             record_task = task("record", _record_task, trigger_rule="all_done", retries=0)
             prepare_task >> restore_task >> validate_task >> teardown_task >> record_task
+            if database.rds_instance_id:
+                # The RDS snapshot is proven beside the logical backup; its scratch instance never leaks.
+                restore_rds_task = task("restore_rds", _restore_rds_task)
+                check_rds_task = task("check_rds", _check_rds_task)
+                teardown_rds_task = task(
+                    "teardown_rds", _teardown_rds_task, trigger_rule="all_done", retries=2
+                )
+                prepare_task >> restore_rds_task >> check_rds_task >> teardown_rds_task >> record_task
         dags.append(dag)
     return dags
 
 
 __all__ = [
     "build_restore_drill_dags",
+    "check_rds",
     "engine_for",
     "evidence_dir",
     "prepare",
     "record_drill",
     "restore",
+    "restore_rds",
     "teardown",
+    "teardown_rds",
     "validate",
 ]
