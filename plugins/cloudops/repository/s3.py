@@ -131,6 +131,26 @@ class Verification:
     bytes_checked: int = 0
 
 
+def bounded_s3_client(
+    aws_conn_id: str,
+    *,
+    region: str | None = None,
+    client_config: Mapping[str, Any] | None = None,
+    defaults: Mapping[str, Any] = DEFAULT_CLIENT_CONFIG,
+) -> Any:
+    """Return a boto3 S3 client from an Airflow AWS connection, every call bounded in time and attempts.
+
+    The connection's own ``config_kwargs`` extra wins over ``defaults``; ``client_config`` over both.
+    """
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+    from botocore.config import Config
+
+    config = Config(**dict(defaults)).merge(S3Hook(aws_conn_id=aws_conn_id).config)
+    if client_config:
+        config = config.merge(Config(**dict(client_config)))
+    return S3Hook(aws_conn_id=aws_conn_id, region_name=region, config=config).get_conn()
+
+
 def as_retention_records(backups: Iterable[StoredBackup]) -> list[BackupRecord]:
     """Return the retention planner's view of listed backups."""
     return [backup.to_record() for backup in backups]
@@ -171,16 +191,9 @@ class BackupRepository:
     def client(self) -> Any:
         """The boto3 S3 client, built from the Airflow connection on first use."""
         if self._client is None:
-            from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-            from botocore.config import Config
-
-            # The connection's own config_kwargs win over our defaults; an explicit client_config over both.
-            from_connection = S3Hook(aws_conn_id=self.aws_conn_id).config
-            config = Config(**DEFAULT_CLIENT_CONFIG).merge(from_connection)
-            if self._client_config:
-                config = config.merge(Config(**self._client_config))
-            hook = S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.repository.region, config=config)
-            self._client = hook.get_conn()
+            self._client = bounded_s3_client(
+                self.aws_conn_id, region=self.repository.region, client_config=self._client_config
+            )
         return self._client
 
     def __repr__(self) -> str:
@@ -694,4 +707,5 @@ __all__ = [
     "StoredBackup",
     "Verification",
     "as_retention_records",
+    "bounded_s3_client",
 ]

@@ -85,7 +85,7 @@ def _chains(layout: SandboxLayout) -> list[list[Component]]:
     return [
         postgres,
         [MariadbServer(layout, plan.mariadb, store)],
-        [MotoServer(layout, plan)],
+        [MotoServer(layout, plan, store)],
         *hosts,
         [SmtpSink(layout, plan.smtp_conn_ids)],
     ]
@@ -161,9 +161,14 @@ def up(say: Say = _say) -> None:
         if errors:
             raise SandboxError("\n".join(str(e) for e in errors)) from errors[0]
         connections: dict[str, dict[str, Any]] = {}
+        settings: dict[str, str] = {}
         for component in components:
             connections.update(component.connections())
-        changed = write_if_changed(layout.env_file, render_env_file(layout.dir, connections), mode=0o600)
+            if isinstance(component, MotoServer):
+                settings.update(component.settings())
+        changed = write_if_changed(
+            layout.env_file, render_env_file(layout.dir, connections, settings), mode=0o600
+        )
     if layout.data_root_is_fallback:
         say(layout.data_note)
     say(f"{'wrote' if changed else 'unchanged:'} {layout.env_file} ({len(connections)} connections)")

@@ -263,12 +263,18 @@ def format_env_line(key: str, value: str) -> str:
     return f"{key}='{value}'"
 
 
-def render_env_file(sandbox_dir: Path, connections: Mapping[str, Mapping[str, Any]]) -> str:
-    """Return the env file text: CLOUDOPS_SANDBOX_DIR, then one AIRFLOW_CONN_<ID> JSON line per connection."""
+def render_env_file(
+    sandbox_dir: Path,
+    connections: Mapping[str, Mapping[str, Any]],
+    settings: Mapping[str, str] | None = None,
+) -> str:
+    """Return the env file text: CLOUDOPS_SANDBOX_DIR and the deployment ``settings``, then one
+    AIRFLOW_CONN_<ID> JSON line per connection."""
     lines = [
         "# Airflow connections of the cloudops sandbox, written by `cloudops sandbox up`.",
         "# Holds passwords: keep it private. Load with: set -a; . ./airflow.env; set +a",
         format_env_line("CLOUDOPS_SANDBOX_DIR", str(sandbox_dir)),
+        *(format_env_line(key, value) for key, value in sorted((settings or {}).items())),
     ]
     for conn_id in sorted(connections):
         value = json.dumps(connections[conn_id], separators=(",", ":"))

@@ -26,14 +26,18 @@ from cloudops.sandbox.process import (
 )
 
 if TYPE_CHECKING:
+    from cloudops.sandbox.credentials import CredentialStore
     from cloudops.sandbox.plan import EstatePlan
+
+EVIDENCE_SIGNING_CONN_ID = "cloudops_evidence_signing"
+EVIDENCE_LOCK_DAYS = "7"  # the sandbox's evidence is thrown away with moto's memory
 
 
 class MotoServer:
     """moto's server standing in for S3, RDS, EC2, SNS, SSM and Cost Explorer."""
 
-    def __init__(self, layout: SandboxLayout, plan: EstatePlan) -> None:
-        self.layout, self.plan = layout, plan
+    def __init__(self, layout: SandboxLayout, plan: EstatePlan, store: CredentialStore | None = None) -> None:
+        self.layout, self.plan, self.store = layout, plan, store
         self.name = "moto"
         self.port = layout.port("moto")
         self.address = f"{LOOPBACK}:{self.port}"
@@ -94,7 +98,30 @@ class MotoServer:
                 "login": "testing",
                 "password": "testing",
                 "extra": {"region_name": self.plan.aws.region, "endpoint_url": self.endpoint},
+            },
+            **self._signing_connection(),
+        }
+
+    def _signing_connection(self) -> dict[str, dict[str, Any]]:
+        """The evidence digests' HMAC key: random per sandbox, kept in the credentials file, never logged."""
+        if self.store is None:
+            return {}
+        return {
+            EVIDENCE_SIGNING_CONN_ID: {
+                "conn_type": "generic",
+                "password": self.store.password("evidence_signing_key"),
+                "description": "HMAC key of the evidence digests (the password)",
             }
+        }
+
+    def settings(self) -> dict[str, str]:
+        """Evidence shipping's deployment settings, for the env file."""
+        return {
+            "CLOUDOPS_EVIDENCE_BUCKET": seed.EVIDENCE_BUCKET,
+            "CLOUDOPS_EVIDENCE_AWS_CONN_ID": self.plan.aws.conn_id,
+            "CLOUDOPS_EVIDENCE_SIGNING_CONN_ID": EVIDENCE_SIGNING_CONN_ID,
+            "CLOUDOPS_EVIDENCE_LOCK_MODE": "GOVERNANCE",
+            "CLOUDOPS_EVIDENCE_LOCK_DAYS": EVIDENCE_LOCK_DAYS,
         }
 
     def stop(self, say: Say) -> None:

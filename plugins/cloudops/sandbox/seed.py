@@ -139,6 +139,7 @@ INVENTORY_SQL = [
 
 RDS_ENGINE_VERSIONS = {"postgres": "15.7", "mariadb": "10.11.8"}  # moto has no default for mariadb
 AMI_ID = "ami-785db401"  # moto's built-in Ubuntu 16.04 image: a Linux host, like the fleets
+EVIDENCE_BUCKET = "cloudops-sandbox-evidence"
 
 
 def _rds_identifier(name: str) -> str:
@@ -187,6 +188,16 @@ def seed_aws(plan: EstatePlan, endpoint: str) -> list[str]:
                 },
             )
         done.append(f"bucket {aws.bucket} (object lock {aws.object_lock_mode} {aws.object_lock_days} d)")
+    # Evidence shipping locks each segment and digest itself, after the upload: no bucket default.
+    try:
+        s3.head_bucket(Bucket=EVIDENCE_BUCKET)
+    except ClientError:
+        s3.create_bucket(
+            Bucket=EVIDENCE_BUCKET,
+            ObjectLockEnabledForBucket=True,
+            CreateBucketConfiguration={"LocationConstraint": aws.region},
+        )
+        done.append(f"bucket {EVIDENCE_BUCKET} (object lock enabled, evidence ledger)")
 
     sns = client("sns")
     existing_topics = {t["TopicArn"].rsplit(":", 1)[-1] for t in sns.list_topics().get("Topics", [])}
@@ -351,4 +362,11 @@ def _seed_cost_explorer(plan: EstatePlan, endpoint: str, ssm: Any) -> list[str]:
     return [f"Cost Explorer: {CE_QUEUED_RESULTS} queued get_cost_and_usage results (30 days by SERVICE)"]
 
 
-__all__ = ["INVENTORY_MARKER_TABLE", "INVENTORY_SQL", "ORDERS_MARKER_TABLE", "ORDERS_SQL", "seed_aws"]
+__all__ = [
+    "EVIDENCE_BUCKET",
+    "INVENTORY_MARKER_TABLE",
+    "INVENTORY_SQL",
+    "ORDERS_MARKER_TABLE",
+    "ORDERS_SQL",
+    "seed_aws",
+]
