@@ -41,6 +41,8 @@ GENESIS = "0" * 64
 EVIDENCE_ENV = "CLOUDOPS_EVIDENCE_DIR"
 SEGMENTS = "segments"
 _HASH_SUFFIX = re.compile(rb',"hash":"([0-9a-f]{64})"\}$')
+_HASH_SUFFIX_LENGTH = len(',"hash":"') + 64 + len('"}')
+_DECODER = json.JSONDecoder()
 _SEGMENT_NAME = re.compile(r"^(\d{4}-\d{2}-\d{2})\.jsonl$")
 
 
@@ -310,9 +312,14 @@ def verify_segments(
         lines = data.splitlines()
         for number, line in enumerate(lines, start=1):
             where = f"{name} line {number}"
-            found = _HASH_SUFFIX.search(line)
+            # The suffix has a fixed length: match it at its place rather than search the line.
+            found = _HASH_SUFFIX.match(line, max(len(line) - _HASH_SUFFIX_LENGTH, 0))
             try:
-                record = json.loads(line)
+                # Lines are UTF-8 and canonical: decode once and skip json.loads' encoding sniffing.
+                text = line.decode()
+                record, end = _DECODER.raw_decode(text)
+                if end != len(text):
+                    raise ValueError("trailing data")
             except ValueError:
                 return Verdict(
                     count, f"{where}: not a JSON record (altered or damaged)", expected_seq - 1, prev

@@ -1,0 +1,351 @@
+"""Evidence packs: a period's ledger records, a report arranged by control, and a manifest of hashes.
+
+``cloudops evidence export --from DATE --to DATE --out DIR`` writes a pack of three files:
+
+- ``records.jsonl``: the exact ledger lines (bytes unchanged, so each can be re-hashed) of *every*
+  record of the UTC days from ``since`` to the last day that holds a record of a run started in the
+  period (``until``, or later when such a run went on past midnight). Whole days keep the pack's
+  records one contiguous piece of the chain, which ``verify_pack`` re-checks from the manifest's
+  anchors. The pack may therefore hold records of runs that are not in the report (runs started
+  before the period, or after it on the extra days); the report says how many.
+- ``report.html``: one self-contained page (no scripts, no external assets, readable printed), a
+  summary on top, then one section per control: backups (SOC 2 A1.2, ISO 27001 A.8.13), recovery
+  tests (SOC 2 A1.3, ISO 27001 A.8.13 and A.5.30), changes and recovery actions (SOC 2 CC8.1 and
+  CC7.5). Every value from a record is escaped: records carry untrusted input.
+- ``manifest.json``: the period, when it was generated, the chain anchors (first seq and the prev
+  hash it follows, last seq and its hash), counts, and every other file's sha256 and size.
+
+A run belongs to the period by the UTC day it started (its ``run.started`` record, or the start
+that ``run.finished`` carries when ``run.started`` is missing); all of its records are used.
+
+The API the export command and the auditor view share (keep it stable):
+
+- ``build_pack(ledger, since, until, *, generated_at=None) -> Pack``: verify the whole local chain
+  (refuse a broken one, naming the record), select the records and render; nothing is written.
+- ``write_pack(pack, out_dir) -> Path``: write the three files into a new or empty directory.
+- ``export_pack(ledger, since, until, out_dir, *, generated_at=None) -> Pack``: both of the above.
+- ``pack_zip_bytes(pack) -> bytes``: the same three files as a zip (folder ``evidence-<from>_<to>/``).
+- ``verify_pack(directory) -> PackVerdict``: check the manifest's hashes and sizes (naming any file
+  edited, added or removed) and the chain of ``records.jsonl`` from the manifest's anchors.
+- ``render_report(runs, *, since, until, generated_at, anchors=None, notes=()) -> str`` (from
+  ``cloudops.evidence.report``, re-exported here): the HTML report of folded runs
+  (``cloudops.evidence.runs.fold_runs``), the per-control summaries being pure functions there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from cloudops.errors import CloudOpsError, InvalidInputError
+from cloudops.evidence.ledger import (
+    Ledger,
+    LedgerError,
+    Verdict,
+    read_segment,
+    utc_stamp,
+    verify_segments,
+)
+from cloudops.evidence.report import ChainAnchors, control_counts, render_report
+from cloudops.evidence.runs import Run, fold_runs
+
+PACK_FORMAT = "cloudops-evidence-pack/1"
+RECORDS_FILE = "records.jsonl"
+REPORT_FILE = "report.html"
+MANIFEST_FILE = "manifest.json"
+
+
+class PackError(CloudOpsError):
+    """An evidence pack cannot be built, written or read."""
+
+
+@dataclass(frozen=True)
+class Pack:
+    """An evidence pack in memory: the files' contents and the manifest describing them."""
+
+    since: date
+    until: date
+    generated_at: str
+    anchors: ChainAnchors
+    records: bytes
+    report: str
+    manifest: dict[str, Any]
+    runs: list[Run] = field(repr=False, default_factory=list)
+
+    def files(self) -> dict[str, bytes]:
+        """Every file of the pack by name, the manifest included."""
+        return {
+            RECORDS_FILE: self.records,
+            REPORT_FILE: self.report.encode(),
+            MANIFEST_FILE: _manifest_bytes(self.manifest),
+        }
+
+
+# -- building ------------------------------------------------------------------------------------
+
+
+def build_pack(ledger: Ledger, since: date, until: date, *, generated_at: datetime | None = None) -> Pack:
+    """The pack of the runs started from ``since`` to ``until`` (UTC days, inclusive); writes nothing.
+
+    :raises InvalidInputError: ``since`` is after ``until``.
+    :raises LedgerError: the local chain is broken (the message names the first bad record).
+    """
+    if since > until:
+        raise InvalidInputError(f"the period starts ({since}) after it ends ({until})")
+    stamp = utc_stamp(generated_at or datetime.now(UTC))
+    anchors, records_bytes, runs = _select(ledger, since, until)
+    first, last = since.isoformat(), until.isoformat()
+    selected = [run for run in runs if first <= (run.started_at or "")[:10] <= last]
+    notes = _notes(runs, since, until)
+    report = render_report(
+        selected, since=since, until=until, generated_at=stamp, anchors=anchors, notes=notes
+    )
+    files = {RECORDS_FILE: records_bytes, REPORT_FILE: report.encode()}
+    manifest = {
+        "format": PACK_FORMAT,
+        "period": {"from": since.isoformat(), "to": until.isoformat()},
+        "generated_at": stamp,
+        "chain": anchors.as_json(),
+        "counts": control_counts(selected),
+        "files": {name: {"sha256": _sha256(data), "size": len(data)} for name, data in files.items()},
+    }
+    return Pack(since, until, stamp, anchors, records_bytes, report, manifest, selected)
+
+
+def write_pack(pack: Pack, out_dir: str | Path) -> Path:
+    """Write the pack's files into ``out_dir`` (created; it must not hold anything yet).
+
+    :raises InvalidInputError: ``out_dir`` is a file or a directory that is not empty.
+    """
+    out = _check_out_dir(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in pack.files().items():
+        (out / name).write_bytes(data)
+    return out
+
+
+def export_pack(
+    ledger: Ledger, since: date, until: date, out_dir: str | Path, *, generated_at: datetime | None = None
+) -> Pack:
+    """Build the pack of a period and write it into ``out_dir`` (see build_pack and write_pack)."""
+    out = _check_out_dir(out_dir)  # before the work, not after it
+    pack = build_pack(ledger, since, until, generated_at=generated_at)
+    write_pack(pack, out)
+    return pack
+
+
+def _check_out_dir(out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InvalidInputError(
+            f"{out} is not an empty directory: a pack is written into a new or empty one, so that "
+            "nothing else is mistaken for part of it"
+        )
+    return out
+
+
+def pack_zip_bytes(pack: Pack) -> bytes:
+    """The pack's files as a zip archive, under the folder ``evidence-<from>_<to>/``."""
+    folder = f"evidence-{pack.since.isoformat()}_{pack.until.isoformat()}"
+    buffer = io.BytesIO()
+    stamp = datetime.fromisoformat(pack.generated_at.replace("Z", "+00:00")).timetuple()[:6]
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in pack.files().items():
+            entry = zipfile.ZipInfo(f"{folder}/{name}", date_time=stamp)
+            entry.compress_type = zipfile.ZIP_DEFLATED  # a ZipInfo does not take the archive's default
+            archive.writestr(entry, data)
+    return buffer.getvalue()
+
+
+def _select(ledger: Ledger, since: date, until: date) -> tuple[ChainAnchors, bytes, list[Run]]:
+    """Verify the whole chain; return the period's anchors, its records' bytes and its runs."""
+    first, last = since.isoformat(), until.isoformat()
+    segments = ledger.segment_files()
+    before = [p for p in segments if p.name[:10] < first]
+    period = [p for p in segments if first <= p.name[:10] <= last]
+    after = [p for p in segments if p.name[:10] > last]
+
+    verdict = _checked(verify_segments(_read(before)))
+    start_seq, start_prev = verdict.last_seq + 1, verdict.last_hash
+    chunks = [(p.name, p.read_bytes()) for p in period]
+    verdict = _checked(verify_segments(chunks, start_seq=start_seq, start_prev=start_prev))
+    records = [record for name, data in chunks for record in read_segment(data, name)]
+    runs = fold_runs(records)
+    open_runs = {
+        _run_needle(run): run
+        for run in runs
+        if run.started_at and run.started_at[:10] >= first and run.finished_at is None
+    }
+    # Runs started in the period that went on past its last day: take whole days up to their end.
+    pending: list[tuple[str, bytes]] = []
+    for name, data in _read(after):
+        verdict = _checked(
+            verify_segments([(name, data)], start_seq=verdict.last_seq + 1, start_prev=verdict.last_hash)
+        )
+        if not open_runs:
+            continue
+        pending.append((name, data))
+        if not any(needle in data for needle in open_runs):
+            continue
+        for pending_name, pending_data in pending:
+            chunks.append((pending_name, pending_data))
+            records.extend(read_segment(pending_data, pending_name))
+        pending = []
+        runs = fold_runs(records)
+        open_runs = {
+            needle: run
+            for run in runs
+            if (needle := _run_needle(run)) in open_runs and run.finished_at is None
+        }
+    data = b"".join(chunk for _, chunk in chunks)
+    anchors = ChainAnchors(
+        first_seq=records[0].seq if records else start_seq,
+        first_prev=records[0].prev if records else start_prev,
+        last_seq=records[-1].seq if records else start_seq - 1,
+        last_hash=records[-1].hash if records else start_prev,
+        records=len(records),
+        first_day=records[0].day if records else None,
+        last_day=records[-1].day if records else None,
+    )
+    return anchors, data, runs
+
+
+def _read(paths: Iterable[Path]) -> Iterator[tuple[str, bytes]]:
+    for path in paths:
+        yield path.name, path.read_bytes()
+
+
+def _checked(verdict: Verdict) -> Verdict:
+    if not verdict.ok:
+        raise LedgerError(
+            f"the ledger's chain is broken: {verdict.problem}; not exporting evidence from it "
+            "(run `cloudops evidence verify`)"
+        )
+    return verdict
+
+
+def _run_needle(run: Run) -> bytes:
+    """The bytes every record of the run holds (canonical JSON), to find them without parsing."""
+    return b'"run_id":' + json.dumps(run.run_id, ensure_ascii=False).encode() + b","
+
+
+def _notes(runs: Sequence[Run], since: date, until: date) -> list[str]:
+    earlier = [run for run in runs if (run.started_at or "")[:10] < since.isoformat()]
+    later = [run for run in runs if (run.started_at or "")[:10] > until.isoformat()]
+    notes = []
+    if earlier:
+        notes.append(
+            f"{len(earlier)} run(s) have records in this pack but started before {since.isoformat()} "
+            "(or their start was never recorded): they are not in the tables below; their records "
+            "are in records.jsonl."
+        )
+    if later:
+        notes.append(
+            f"{len(later)} run(s) started after {until.isoformat()}, on the extra day(s) this pack holds "
+            "so that runs of the period are complete; they are not in the tables below."
+        )
+    return notes
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    return (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+# -- verifying -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PackVerdict:
+    """The outcome of checking a pack: every problem found (empty when the pack is intact)."""
+
+    problems: list[str]
+    records: int = 0
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_pack(directory: str | Path) -> PackVerdict:
+    """Check a pack: the manifest's hashes and sizes, and the chain of its records from its anchors.
+
+    A file edited (hash or size differs), added (not in the manifest) or removed is named; so is the
+    first bad record of ``records.jsonl`` (altered, missing, out of order, or a chain that does not
+    end at the manifest's last record). This proves the pack is whole and its records chain; that
+    they are the ledger's own takes one comparison with the ledger or its shipped copy: the hash of
+    record ``last_seq`` there must be the manifest's ``last_hash``.
+    """
+    folder = Path(directory)
+    manifest_path = folder / MANIFEST_FILE
+    if not manifest_path.is_file():
+        return PackVerdict([f"{manifest_path}: no manifest (not an evidence pack, or it was removed)"])
+    try:
+        manifest = json.loads(manifest_path.read_bytes())
+        listed: dict[str, Any] = manifest["files"]
+        chain = manifest["chain"]
+        first_seq, first_prev = int(chain["first_seq"]), str(chain["first_prev"])
+        last_seq, last_hash = int(chain["last_seq"]), str(chain["last_hash"])
+    except (ValueError, KeyError, TypeError) as error:
+        return PackVerdict([f"{manifest_path}: not a pack manifest ({error})"])
+    problems = []
+    present = {p.name for p in folder.iterdir() if p.name != MANIFEST_FILE}
+    for name in sorted(present - set(listed)):
+        problems.append(f"{name}: added (not in the manifest)")
+    for name, entry in sorted(listed.items()):
+        path = folder / name
+        if name not in present or not path.is_file():
+            problems.append(f"{name}: removed (listed in the manifest)")
+            continue
+        data = path.read_bytes()
+        if len(data) != entry.get("size") or _sha256(data) != entry.get("sha256"):
+            problems.append(
+                f"{name}: edited (sha256 {_sha256(data)[:12]}…, {len(data)} bytes; the manifest says "
+                f"{str(entry.get('sha256'))[:12]}…, {entry.get('size')} bytes)"
+            )
+    records = 0
+    records_path = folder / RECORDS_FILE
+    if records_path.is_file():
+        verdict = verify_segments(
+            [(RECORDS_FILE, records_path.read_bytes())], start_seq=first_seq, start_prev=first_prev
+        )
+        records = verdict.records
+        if not verdict.ok:
+            problems.append(f"{RECORDS_FILE}: {verdict.problem}")
+        elif (verdict.last_seq, verdict.last_hash) != (last_seq, last_hash):
+            problems.append(
+                f"{RECORDS_FILE}: the chain ends at seq {verdict.last_seq}, the manifest's last record is "
+                f"seq {last_seq} (records at the end were removed or added)"
+            )
+    elif RECORDS_FILE not in listed:
+        problems.append(f"{RECORDS_FILE}: removed (and from the manifest too)")
+    return PackVerdict(problems, records, manifest)
+
+
+__all__ = [
+    "MANIFEST_FILE",
+    "PACK_FORMAT",
+    "RECORDS_FILE",
+    "REPORT_FILE",
+    "ChainAnchors",
+    "Pack",
+    "PackError",
+    "PackVerdict",
+    "build_pack",
+    "export_pack",
+    "pack_zip_bytes",
+    "render_report",
+    "verify_pack",
+    "write_pack",
+]
