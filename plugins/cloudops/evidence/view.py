@@ -1,0 +1,409 @@
+"""The auditor view: runbook runs and their evidence, read from the ledger, inside the Airflow UI.
+
+The plugin mounts this FastAPI app under ``/cloudops`` and links it from the navigation ("Evidence"),
+which Airflow shows in a frame of its own UI. Every route is a GET behind Airflow's own login: the
+UI's ``_token`` cookie or an ``Authorization: Bearer`` token, for a user allowed to read DAG runs.
+Without one the answer is 401 or 403 and never data. Nothing here writes: the ledger is only read.
+
+Pages are server-rendered HTML without scripts or outside assets, and every value from the ledger is
+escaped. This module imports FastAPI and Airflow's API security (about a second): only the API server
+imports it, through the plugin's ``fastapi_apps``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Iterable, Mapping
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
+from airflow.api_fastapi.core_api.security import GetUserDep
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cloudops.evidence.export import build_pack, pack_zip_bytes
+from cloudops.evidence.ledger import Ledger, LedgerError, Record, evidence_dir, verify_ledger
+from cloudops.evidence.runs import DRILL_RECORDED, Run, fold_runs, select_runs
+
+RUNS_PATH = "/runs"
+# No scripts, no outside assets, forms only to this app, framed only by Airflow's own UI.
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+def evidence_reader(user: GetUserDep) -> BaseUser:
+    """The logged-in user, if Airflow's auth manager lets them read the runs of every DAG; else 403."""
+    from airflow.api_fastapi.app import get_auth_manager
+
+    allowed = get_auth_manager().is_authorized_dag(
+        method="GET", access_entity=DagAccessEntity.RUN, details=DagDetails(id=None), user=user
+    )
+    if not allowed:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, "reading runbook evidence needs read access to DAG runs"
+        )
+    return user
+
+
+ReaderDep = Annotated[BaseUser, Depends(evidence_reader)]
+
+
+def create_app(ledger_dir: str | Path | None = None) -> FastAPI:
+    """The auditor view of the ledger in ``ledger_dir`` (default ``<evidence dir>/ledger``, per request)."""
+    app = FastAPI(
+        title="CloudOps evidence",
+        dependencies=[Depends(evidence_reader)],
+        # The schema and docs routes would be unauthenticated: there are none.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    def ledger() -> Ledger:
+        return Ledger(ledger_dir or evidence_dir() / "ledger", fsync=False)
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        response.headers.update(_SECURITY_HEADERS)
+        return response
+
+    @app.exception_handler(StarletteHTTPException)
+    async def refuse(request: Request, error: StarletteHTTPException) -> Response:
+        if "text/html" not in request.headers.get("accept", ""):
+            return JSONResponse({"detail": error.detail}, status_code=error.status_code)
+        body = f"<p class=bad>{_e(error.detail)}</p>"
+        if error.status_code == status.HTTP_401_UNAUTHORIZED:
+            body += f'<p><a href="{_e(_login_url())}">Log in to Airflow</a> to read the evidence.</p>'
+        return _page(f"Refused ({error.status_code})", body, status_code=error.status_code)
+
+    @app.get("/", include_in_schema=False)
+    def root(request: Request, user: ReaderDep) -> RedirectResponse:
+        return RedirectResponse(request.url_for("runs").path)
+
+    @app.get(RUNS_PATH, name="runs", response_class=HTMLResponse)
+    def runs_page(
+        user: ReaderDep,
+        since: Annotated[str | None, Query(alias="from")] = None,
+        until: Annotated[str | None, Query(alias="to")] = None,
+        runbook: str | None = None,
+        target: str | None = None,
+    ) -> HTMLResponse:
+        period = _period(since, until)
+        book = ledger()
+        every = fold_runs(book.records())
+        chosen = select_runs(every, since=period[0], until=period[1], runbook=runbook, target=target)
+        chosen.sort(key=lambda run: run.started_at or run.day, reverse=True)
+        days = [p.name[:10] for p in book.segment_files()]
+        return _page(
+            "Runbook runs",
+            _user_line(user)
+            + _chain_line(book)
+            + _filter_form(every, period, runbook, target)
+            + _runs_table(chosen)
+            + _pack_form(period, days),
+        )
+
+    @app.get("/run", name="run", response_class=HTMLResponse)
+    def run_page(user: ReaderDep, dag_id: str, run_id: str) -> HTMLResponse:
+        found = [r for r in fold_runs(ledger().records()) if r.dag_id == dag_id and r.run_id == run_id]
+        if not found:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no evidence of run {run_id} of {dag_id}")
+        return _page(f"{dag_id} / {run_id}", _user_line(user) + _run_evidence(found[0]))
+
+    @app.get("/pack", name="pack")
+    def pack(
+        user: ReaderDep,
+        since: Annotated[str | None, Query(alias="from")] = None,
+        until: Annotated[str | None, Query(alias="to")] = None,
+    ) -> Response:
+        first, last = _period(since, until)
+        book = ledger()
+        days = [date.fromisoformat(p.name[:10]) for p in book.segment_files()]
+        if not days:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "the ledger holds no records yet")
+        first, last = first or days[0], last or days[-1]
+        try:
+            archive = pack_zip_bytes(build_pack(book, first, last))
+        except LedgerError as error:  # a broken chain: the pack would not verify, so none is made
+            raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
+        name = f"evidence-{first.isoformat()}_{last.isoformat()}.zip"
+        return Response(
+            archive,
+            media_type="application/zip",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
+
+    return app
+
+
+def _login_url() -> str:
+    try:
+        from airflow.api_fastapi.app import get_auth_manager
+
+        return get_auth_manager().get_url_login()
+    except Exception:  # no auth manager in this process: Airflow's root sends to its login
+        return "/"
+
+
+def _period(since: str | None, until: str | None) -> tuple[date | None, date | None]:
+    """The period of the ``from`` and ``to`` dates (YYYY-MM-DD, each optional); 400 when not dates."""
+    try:
+        first = date.fromisoformat(since) if since else None
+        last = date.fromisoformat(until) if until else None
+    except ValueError as error:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST, f"from and to are dates (YYYY-MM-DD): {error}"
+        ) from None
+    if first and last and first > last:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST, f"the period ends ({last}) before it starts ({first})"
+        )
+    return first, last
+
+
+# -- HTML ---------------------------------------------------------------------------------------------
+def _e(value: Any) -> str:
+    """Escape any value for HTML text and attributes."""
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+_STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:1rem;color:#1a1a1a}
+table{border-collapse:collapse;margin:.5rem 0 1rem}th,td{border:1px solid #ccc;padding:.2rem .5rem;
+text-align:left;vertical-align:top}th{background:#f2f2f2}code,pre{font:12px ui-monospace,monospace}
+code.hash{word-break:break-all}.success,.ok{color:#116611;font-weight:600}
+.failed,.bad{color:#b00020;font-weight:600}.running,.skipped{color:#666}
+form{margin:.5rem 0}label{margin-right:.75rem}h2{margin-top:1.5rem}.muted{color:#666}
+"""
+
+
+def _page(title: str, body: str, *, status_code: int = 200) -> HTMLResponse:
+    return HTMLResponse(
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{_e(title)}</title>"
+        f"<style>{_STYLE}</style></head><body><h1>{_e(title)}</h1>{body}</body></html>",
+        status_code=status_code,
+    )
+
+
+def _user_line(user: BaseUser) -> str:
+    # Links are relative: every page sits at the app's root, so they hold under any url_prefix.
+    return (
+        f"<p class=muted>Read-only evidence from the ledger; you are <b id=user>{_e(user.get_name())}</b>. "
+        '<a id=all-runs href="runs">All runs</a></p>'
+    )
+
+
+def _chain_line(book: Ledger) -> str:
+    verdict = verify_ledger(book)
+    if verdict.ok:
+        return (
+            f"<p id=chain class=ok>Ledger chain intact: {verdict.records} records, "
+            f"last seq {verdict.last_seq}, hash <code class=hash>{_e(verdict.last_hash)}</code></p>"
+        )
+    return f"<p id=chain class=bad>Ledger chain NOT intact: {_e(verdict.problem)}</p>"
+
+
+def _options(values: Iterable[str], chosen: str | None) -> str:
+    items = ['<option value="">any</option>']
+    items += [
+        f'<option value="{_e(v)}"{" selected" if v == chosen else ""}>{_e(v)}</option>'
+        for v in sorted({*values, *([chosen] if chosen else [])})  # a filter that matches nothing stays shown
+    ]
+    return "".join(items)
+
+
+def _filter_form(
+    runs: list[Run], period: tuple[date | None, date | None], runbook: str | None, target: str | None
+) -> str:
+    first, last = period
+    return (
+        '<form id=filters method=get action="runs">'
+        f'<label>From <input type=date name=from value="{_e(first or "")}"></label>'
+        f'<label>To <input type=date name=to value="{_e(last or "")}"></label>'
+        f"<label>Runbook <select name=runbook>{_options((r.runbook for r in runs), runbook)}</select></label>"
+        "<label>Target <select name=target>"
+        f"{_options((r.target for r in runs if r.target), target)}</select></label>"
+        "<button type=submit>Filter</button></form>"
+    )
+
+
+def _runs_table(runs: list[Run]) -> str:
+    if not runs:
+        return "<p id=no-runs>No runs in the ledger match these filters.</p>"
+    rows = []
+    for run in runs:
+        link = "run?" + urlencode({"dag_id": run.dag_id, "run_id": run.run_id})
+        rows.append(
+            "<tr>"
+            f"<td>{_e(_moment(run.started_at) or run.day)}</td><td>{_e(run.runbook)}</td>"
+            f"<td>{_e(run.target or '')}</td>"
+            f'<td><a href="{_e(link)}">{_e(run.run_id)}</a><br><span class=muted>{_e(run.dag_id)}</span></td>'
+            f"<td>{_e(_triggerer(run))}</td><td class={_e(run.state)}>{_e(run.state)}</td>"
+            f"<td>{len(run.steps)}</td><td>{_e(_facts_summary(run))}</td></tr>"
+        )
+    return (
+        f"<p>{len(runs)} run(s).</p><table id=runs><thead><tr><th>Started</th><th>Runbook</th><th>Target</th>"
+        "<th>Run</th><th>Triggered by</th><th>Outcome</th><th>Step tries</th><th>Evidence</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _pack_form(period: tuple[date | None, date | None], days: list[str]) -> str:
+    first = period[0] or (days[0] if days else "")
+    last = period[1] or (days[-1] if days else "")
+    return (
+        "<h2>Evidence pack</h2><form id=pack method=get action=pack>"
+        f'<label>From <input type=date name=from value="{_e(first)}"></label>'
+        f'<label>To <input type=date name=to value="{_e(last)}"></label>'
+        "<button type=submit>Download pack (zip)</button></form>"
+    )
+
+
+def _moment(stamp: str | None) -> str:
+    """``2026-11-20T02:15:00.123456Z`` as ``2026-11-20 02:15:00Z`` (the run page shows the exact stamps)."""
+    return f"{stamp[:10]} {stamp[11:19]}Z" if stamp else ""
+
+
+def _triggerer(run: Run) -> str:
+    if run.triggered_by_user:
+        return f"{run.triggered_by_user} ({run.triggered_by or 'manual'})"
+    return run.triggered_by or "unknown"
+
+
+def _facts_summary(run: Run) -> str:
+    parts = []
+    for fact in run.facts:
+        data = fact.fields.get("data") or {}
+        if fact.kind == DRILL_RECORDED:
+            parts.append(f"drill {'passed' if data.get('passed') else 'FAILED'}")
+        elif data.get("backup_id"):
+            parts.append(f"{fact.kind} {data['backup_id']}")
+        else:
+            parts.append(fact.kind)
+    return ", ".join(parts)
+
+
+def _json(value: Any) -> str:
+    return _e(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str))
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, dict | list):
+        return f"<pre>{_json(value)}</pre>"
+    if isinstance(value, bool):
+        return f"<span class={'ok' if value else 'bad'}>{'yes' if value else 'no'}</span>"
+    return _e(value)
+
+
+def _kv_table(values: Mapping[str, Any], *, skip: Iterable[str] = (), css_id: str = "") -> str:
+    rows = "".join(
+        f"<tr><th>{_e(k)}</th><td>{_cell(v)}</td></tr>" for k, v in values.items() if k not in skip
+    )
+    return f"<table{f' id={_e(css_id)}' if css_id else ''}>{rows}</table>"
+
+
+def _list_table(items: list[Any], columns: list[str], css_class: str) -> str:
+    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{_cell(_get(item, c))}</td>" for c in columns) + "</tr>" for item in items
+    )
+    return f"<table class={_e(css_class)}><tr>{head}</tr>{rows}</table>"
+
+
+def _get(item: Any, column: str) -> Any:
+    return item.get(column) if isinstance(item, dict) else item
+
+
+def _run_evidence(run: Run) -> str:
+    summary = {
+        "runbook": run.runbook,
+        "target": run.target,
+        "dag_id": run.dag_id,
+        "run_id": run.run_id,
+        "outcome": run.state,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "triggered_by": run.triggered_by,
+        "triggered_by_user": run.triggered_by_user,
+        "params (conf)": run.conf,
+    }
+    pack = "pack?" + urlencode({"from": run.day, "to": run.day})
+    return (
+        _kv_table(summary, css_id="summary")
+        + f'<p><a id=run-pack href="{_e(pack)}">Download the evidence pack of {_e(run.day)}</a></p>'
+        + "<h2>Step tries</h2>"
+        + _steps_table(run.steps)
+        + "<h2>Facts</h2>"
+        + ("".join(_fact(f) for f in run.facts) or "<p>No facts recorded.</p>")
+        + "<h2>Records</h2>"
+        + _records_table(run.records)
+    )
+
+
+def _steps_table(steps: list[Record]) -> str:
+    if not steps:
+        return "<p>No step tries recorded.</p>"
+    rows = []
+    for step in steps:
+        data = step.fields.get("data") or {}
+        map_index = step.fields.get("map_index")
+        task = f"{step.fields.get('task_id')}" + (f"[{map_index}]" if map_index not in (None, -1) else "")
+        state = data.get("state")
+        rows.append(
+            f"<tr><td>{_e(step.seq)}</td><td>{_e(task)}</td><td>{_e(step.fields.get('try_number'))}</td>"
+            f"<td class={_e(state)}>{_e(state)}</td><td>{_e(data.get('started_at'))}</td>"
+            f"<td>{_e(data.get('finished_at'))}</td><td>{_e(data.get('duration_seconds'))}</td>"
+            f"<td>{_e(data.get('hostname'))}</td><td>{_e(data.get('error') or '')}</td></tr>"
+        )
+    return (
+        "<table id=steps><tr><th>Seq</th><th>Task</th><th>Try</th><th>Outcome</th><th>Started</th>"
+        f"<th>Finished</th><th>Seconds</th><th>Host</th><th>Error</th></tr>{''.join(rows)}</table>"
+    )
+
+
+def _fact(fact: Record) -> str:
+    data = fact.fields.get("data") or {}
+    head = f"<h3>{_e(fact.kind)} <span class=muted>seq {_e(fact.seq)}, {_e(fact.at)}</span></h3>"
+    line = ""
+    if fact.kind == DRILL_RECORDED:
+        passed = bool(data.get("passed"))
+        line = (
+            f"<p class={'ok' if passed else 'bad'}>Drill {'passed' if passed else 'FAILED'}"
+            f": RTO {_e(data.get('rto_seconds'))} s (target {_e(data.get('rto_target_seconds'))} s), "
+            f"RPO {_e(data.get('rpo_seconds'))} s (target {_e(data.get('rpo_target_seconds'))} s)</p>"
+        )
+    body = _kv_table({"task_id": fact.fields.get("task_id"), **data}, skip=("objects", "checks"))
+    if isinstance(data.get("objects"), list):
+        body += _list_table(data["objects"], ["name", "size", "sha256"], "objects")
+    if isinstance(data.get("checks"), list):
+        body += _list_table(data["checks"], ["name", "passed", "expected", "observed"], "checks")
+    return f"<section class=fact>{head}{line}{body}</section>"
+
+
+def _records_table(records: list[Record]) -> str:
+    rows = "".join(
+        f"<tr><td>{_e(r.seq)}</td><td>{_e(r.at)}</td><td>{_e(r.kind)}</td><td><code>{_e(r.key)}</code></td>"
+        f"<td><code class=hash>{_e(r.hash)}</code></td><td><code class=hash>{_e(r.prev)}</code></td>"
+        f"<td><details><summary>fields</summary><pre>{_json(r.fields)}</pre></details></td></tr>"
+        for r in records
+    )
+    return (
+        "<table id=records><tr><th>Seq</th><th>At</th><th>Kind</th><th>Key</th><th>Hash</th><th>Prev</th>"
+        f"<th>Fields</th></tr>{rows}</table>"
+    )
+
+
+__all__ = ["create_app", "evidence_reader"]
