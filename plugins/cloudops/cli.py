@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,12 @@ def _restore(args: argparse.Namespace) -> int:
         point_in_time=args.point_in_time,
         confirm_overwrite=args.confirm_overwrite,
     )
+    if request.overwrite:
+        raise InvalidInputError(
+            "--confirm-overwrite: a restore over an existing database needs a second person's approval, "
+            "which only the restore_request runbook in Airflow records; from a shell, restore into a new "
+            "database (--target NEW_NAME) and switch over"
+        )
     restored = restore_backup(request)
     verified = verify_restore(request, restored["backup_id"])
     print(
@@ -193,6 +200,91 @@ def _backup_json(backup: Any) -> dict[str, Any]:
         "tags": sorted(backup.tags),
         "problems": backup.problems,
     }
+
+
+def _evidence_verify(args: argparse.Namespace) -> int:
+    """Check the local ledger's chain (with --s3 also what was shipped); name the first problem."""
+    from cloudops.evidence.ledger import Ledger, verify_ledger
+
+    if args.pack:
+        return _evidence_verify_pack(args.pack)
+    ledger = Ledger(args.ledger)
+    verdict = verify_ledger(ledger)
+    if not verdict.ok:
+        print(f"local ledger {ledger.directory}: {verdict.problem}", file=sys.stderr)
+        return EXIT_FAILED
+    print(
+        f"local ledger {ledger.directory}: {verdict.records} records, chain intact to seq {verdict.last_seq}"
+    )
+    return _evidence_verify_s3(ledger, args.ledger_id) if args.s3 else EXIT_OK
+
+
+def _evidence_verify_pack(directory: str) -> int:
+    """Check an evidence pack: its manifest's hashes and sizes, and the chain of its records."""
+    from cloudops.evidence.export import verify_pack
+
+    if not Path(directory).is_dir():
+        raise InvalidInputError(f"--pack {directory}: not a directory")
+    verdict = verify_pack(directory)
+    for problem in verdict.problems:
+        print(f"pack {directory}: {problem}", file=sys.stderr)
+    if not verdict.ok:
+        return EXIT_FAILED
+    print(f"pack {directory}: every file matches the manifest; {verdict.records} records, chain intact")
+    return EXIT_OK
+
+
+def _day(text: str) -> date:
+    """An argparse type: a YYYY-MM-DD date (argparse names the option in its error)."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def _evidence_export(args: argparse.Namespace) -> int:
+    """Write the evidence pack of a period (records, report by control, manifest of hashes)."""
+    from cloudops.evidence.export import export_pack
+    from cloudops.evidence.ledger import Ledger
+
+    if args.since > args.until:
+        raise InvalidInputError(f"--from {args.since} is after --to {args.until}")
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InvalidInputError(f"--out {out}: not an empty directory (a pack goes into a new or empty one)")
+    pack = export_pack(Ledger(args.ledger), args.since, args.until, out)
+    counts = pack.manifest["counts"]
+    print(
+        f"evidence pack {out}: {pack.anchors.records} records (seq {pack.anchors.first_seq} to "
+        f"{pack.anchors.last_seq}), {counts['runs']} runs, {counts['backup_runs']} backup runs, "
+        f"{counts['drills']} drills, {counts['changes']} changes"
+    )
+    return EXIT_OK
+
+
+def _evidence_verify_s3(ledger: Any, ledger_id: str | None) -> int:
+    """Check the shipped segments and their signed digests in S3, and compare them with the ledger."""
+    from cloudops.evidence.shipping import verify_shipped
+
+    verdict = verify_shipped(ledger, ledger_id=ledger_id)
+    if not verdict.ok:
+        print(f"shipped evidence: {verdict.problem}", file=sys.stderr)
+        return EXIT_FAILED
+    waiting = f"; {len(verdict.pending)} closed day(s) not shipped yet" if verdict.pending else ""
+    print(
+        f"shipped evidence: {verdict.days} day(s), {verdict.records} records, digests signed and chained, "
+        f"chain intact to seq {verdict.last_seq}{waiting}"
+    )
+    return EXIT_OK
+
+
+def _evidence_ship(args: argparse.Namespace) -> int:
+    """Ship the ledger's closed day segments to S3, each closed by a signed digest."""
+    from cloudops.evidence.ledger import Ledger
+    from cloudops.evidence.shipping import ship_closed_segments
+
+    print(ship_closed_segments(Ledger(args.ledger)).summary())
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,12 +332,44 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--backup", default="latest", help="'latest' (default) or a backup id")
     restore.add_argument("--target", required=True, help="the new database to restore into")
     restore.add_argument("--point-in-time", default=None, help="not supported yet")
-    restore.add_argument("--confirm-overwrite", action="store_true", help="see restore_request")
+    restore.add_argument(
+        "--confirm-overwrite",
+        action="store_true",
+        help="refused here: overwrites need restore_request's approval",
+    )
     restore.set_defaults(handler=_restore)
 
     sandbox = commands.add_parser("sandbox", help="the local sandbox estate")
     sandbox.add_argument("action", choices=["up", "down", "status"])
     sandbox.set_defaults(handler=_sandbox)
+
+    evidence = commands.add_parser("evidence", help="the evidence ledger")
+    evidence_commands = evidence.add_subparsers(dest="evidence_command", required=True)
+    evidence_verify = evidence_commands.add_parser(
+        "verify", help="check the ledger's chain and name the first bad record (exit 1)"
+    )
+    evidence_verify.add_argument("--ledger", default=None, help="default: $CLOUDOPS_EVIDENCE_DIR/ledger")
+    evidence_verify.add_argument(
+        "--pack", default=None, metavar="DIR", help="check an evidence pack instead of the ledger"
+    )
+    evidence_verify.set_defaults(handler=_evidence_verify)
+    evidence_verify.add_argument(
+        "--s3", action="store_true", help="also check the segments and signed digests shipped to S3"
+    )
+    evidence_verify.add_argument("--ledger-id", default=None, help="with --s3: default the ledger's own")
+    ship = evidence_commands.add_parser(
+        "ship", help="ship closed day segments to S3 with signed digests (settings: CLOUDOPS_EVIDENCE_*)"
+    )
+    ship.add_argument("--ledger", default=None, help="default: $CLOUDOPS_EVIDENCE_DIR/ledger")
+    ship.set_defaults(handler=_evidence_ship)
+    export = evidence_commands.add_parser(
+        "export", help="write an evidence pack of a period: records, report by control, manifest"
+    )
+    export.add_argument("--from", dest="since", type=_day, required=True, metavar="DATE", help="first day")
+    export.add_argument("--to", dest="until", type=_day, required=True, metavar="DATE", help="last day (UTC)")
+    export.add_argument("--out", required=True, metavar="DIR", help="a new or empty directory")
+    export.add_argument("--ledger", default=None, help="default: $CLOUDOPS_EVIDENCE_DIR/ledger")
+    export.set_defaults(handler=_evidence_export)
     return parser
 
 

@@ -39,14 +39,19 @@ def test_records_chain_and_rehash_with_json_and_hashlib_alone(tmp_path: Path) ->
         assert hashlib.sha256(canonical_json(body)).hexdigest() == record["hash"]
         if before:
             assert record["prev"] == before["hash"]
-    assert verify_ledger(ledger).ok and verify_ledger(ledger).records == 3
+    verdict = verify_ledger(ledger)
+    assert verdict.ok
+    assert verdict.records == 3
 
 
 def test_same_key_is_recorded_once_even_from_another_ledger_object(tmp_path: Path) -> None:
     first = Ledger(tmp_path).append("step.try", key="dag|run|task|-1|1|failed", at=DAY)
     again = Ledger(tmp_path).append("step.try", key="dag|run|task|-1|1|failed", at=DAY)
     retry = Ledger(tmp_path).append("step.try", key="dag|run|task|-1|2|success", at=DAY)
-    assert first is not None and again is None and retry is not None and retry.seq == 2
+    assert first is not None
+    assert again is None
+    assert retry is not None
+    assert retry.seq == 2
 
 
 def test_chain_runs_on_across_days_and_refuses_a_clock_going_back(tmp_path: Path) -> None:
@@ -94,7 +99,8 @@ def test_an_edited_record_is_named(ledger_of_five: Ledger) -> None:
     lines[2] = lines[2].replace(b'"i":2', b'"i":7')
     _rewrite(ledger_of_five, lines)
     verdict = verify_ledger(ledger_of_five)
-    assert not verdict.ok and verdict.records == 2
+    assert not verdict.ok
+    assert verdict.records == 2
     assert "record seq 3 (2026-11-23.jsonl line 3) was altered" in verdict.problem
 
 
@@ -122,7 +128,8 @@ def test_a_forged_record_with_a_fresh_hash_breaks_the_chain_after_it(ledger_of_f
     lines[1] = seal(body)[0] + b"\n"
     _rewrite(ledger_of_five, lines)
     problem = verify_ledger(ledger_of_five).problem
-    assert "record seq 3" in problem and "seq 2 was replaced or removed" in problem
+    assert "record seq 3" in problem
+    assert "seq 2 was replaced or removed" in problem
 
 
 def test_a_torn_last_line_is_reported_and_blocks_writing(ledger_of_five: Ledger) -> None:

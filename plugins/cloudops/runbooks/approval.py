@@ -85,9 +85,7 @@ class SecondPersonApproval(ApprovalOperator):
                     "decision": decision,
                     "approver": approver,
                     "requested_by": requester,
-                    "responded_at": responded_at.isoformat()
-                    if hasattr(responded_at, "isoformat")
-                    else responded_at,
+                    "responded_at": responded_at,  # the recorder writes datetimes as ISO text
                     "accepted": refusal is None,
                     "refusal": refusal,
                 },

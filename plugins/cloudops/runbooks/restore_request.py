@@ -423,10 +423,13 @@ def build_restore_request_dag(catalogs: CatalogSet) -> DAG:
         put_in_place_task = PythonOperator(  # noqa: AIR001 - put_in_place is the library function
             task_id="put_in_place", python_callable=_put_in_place_task, retries=0
         )
-        # all_done: a failed, refused or rejected overwrite never leaves its staging copy behind.
-        drop_staging_task = PythonOperator(  # noqa: AIR001 - drop_staging is the library function
-            task_id="drop_staging", python_callable=_drop_staging_task, trigger_rule="all_done", retries=2
-        )
+        # A teardown (runs once everything upstream is done, as all_done): a failed, refused or rejected
+        # overwrite never leaves its staging copy behind. A plain all_done leaf would also decide the
+        # run's state: a refused approval would end in a "successful" run. A teardown does not, so the
+        # run fails whenever put_in_place did not succeed.
+        drop_staging_task = PythonOperator(
+            task_id="drop_staging", python_callable=_drop_staging_task, retries=2
+        ).as_teardown()
         check_request_task >> restore >> verify >> approve >> put_in_place_task >> drop_staging_task
     return dag
 
