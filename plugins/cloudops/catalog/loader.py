@@ -37,6 +37,7 @@ _NOTIFICATION_KINDS: dict[str | int, type[BaseModel]] = {
 }
 YamlPath = tuple[str | int, ...]
 
+
 @dataclass(frozen=True)
 class LoadedCatalog:
     """A valid catalog and the file it came from."""
