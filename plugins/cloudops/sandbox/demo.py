@@ -62,6 +62,29 @@ def run_dag_test(dag_id: str, log_dir: Path, timeout: int = DAG_TEST_TIMEOUT_SEC
     return DemoResult(dag_id, state, time.monotonic() - started, log_file)
 
 
+def evidence_summary(log_dir: Path) -> str:
+    """Verify the ledger the runs wrote and export today's evidence pack beside the demo logs."""
+    import shutil
+    from datetime import UTC, datetime
+
+    from cloudops.evidence.export import export_pack
+    from cloudops.evidence.ledger import Ledger, evidence_dir, verify_ledger
+
+    ledger = Ledger(evidence_dir() / "ledger")
+    verdict = verify_ledger(ledger)
+    if not verdict.ok:
+        return f"evidence ledger {ledger.directory}: BROKEN: {verdict.problem}"
+    today = datetime.now(UTC).date()
+    pack_dir = log_dir / "evidence-pack"
+    shutil.rmtree(pack_dir, ignore_errors=True)
+    pack = export_pack(ledger, today, today, pack_dir)
+    return (
+        f"evidence ledger {ledger.directory}: {verdict.records} records, hash chain intact\n"
+        f"evidence pack for {today}: {pack_dir}/report.html ({len(pack.runs)} runs; "
+        f"check it with `cloudops evidence verify --pack {pack_dir}`)"
+    )
+
+
 def main() -> int:
     """Run the demo; exit non-zero when any runbook failed."""
     dags_folder = os.environ.get("AIRFLOW__CORE__DAGS_FOLDER", "dags")
@@ -80,6 +103,8 @@ def main() -> int:
             [[r.dag_id, r.state, f"{r.seconds:.1f}s", str(r.log_file)] for r in results],
         )
     )
+    print()
+    print(evidence_summary(log_dir))
     failed = [r for r in results if r.state != "success"]
     if failed:
         print(f"\n{len(failed)} of {len(results)} runbooks failed: read their logs above.")
