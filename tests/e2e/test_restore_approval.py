@@ -1,0 +1,584 @@
+"""A restore over an existing database through a real running Airflow, as on-call engineers do it: the
+requester triggers ``restore_request`` through the REST API, the run waits in "awaiting input" at
+``approve_overwrite``, and only a second person's approval puts the restored copy in place.
+
+One Airflow (api-server, scheduler, dag-processor; LocalExecutor on SQLite; no triggerer: in Airflow
+3.3 a Human-in-the-loop step parks in AWAITING_INPUT and the API's response resumes it) runs for the
+whole module against the sandbox's MariaDB and moto S3, with a catalog of its own (inventory_mariadb
+backed up into a bucket of its own) and an evidence ledger of its own. Two SimpleAuthManager users with
+the USER role (the least role that may trigger a DAG and answer a Human-in-the-loop step): ``oncall``
+triggers, ``approver`` approves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cloudops.evidence.ledger import Ledger, verify_ledger
+from cloudops.evidence.runs import APPROVAL, RESTORE_PERFORMED, STEP_TRY, Run, fold_runs
+
+pytestmark = pytest.mark.e2e
+
+DAG_ID = "restore_request"
+DATABASE = "inventory_mariadb"
+USERS = {"oncall": "oncall-" + secrets.token_hex(6), "approver": "approver-" + secrets.token_hex(6)}
+MIGRATE_TIMEOUT = 120
+READY_TIMEOUT = 90  # api-server healthy, scheduler and dag-processor heartbeating
+PARSED_TIMEOUT = 90  # restore_request serialized by the dag-processor
+AWAITING_INPUT_TIMEOUT = 120  # check_request, restore and verify done, approve_overwrite parked
+RUN_END_TIMEOUT = 90  # after the answer: the run reaches success or failed
+STOP_TIMEOUT = 20
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+def wait_for(
+    what: str,
+    probe: Callable[[], Any],
+    *,
+    timeout: float,
+    done: Callable[[Any], bool] = bool,
+    interval: float = 1.0,
+) -> Any:
+    """Poll ``probe`` until ``done`` of what it returns; fail naming what was awaited and last seen."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = probe()
+        except AssertionError:  # a verdict, not a server still starting
+            raise
+        except Exception as error:  # a server still starting: keep waiting, report it if it lasts
+            last = f"{type(error).__name__}: {error}"
+        else:
+            if done(last):
+                return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def maria_admin() -> Any:
+    import pymysql
+
+    conn = json.loads(os.environ["AIRFLOW_CONN_SANDBOX_MARIADB"])
+    return pymysql.connect(
+        host=conn["host"], port=conn["port"], user=conn["login"], password=conn["password"], autocommit=True
+    )
+
+
+def query(sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    admin = maria_admin()
+    try:
+        cursor = admin.cursor()
+        cursor.execute(sql, args or None)
+        return list(cursor.fetchall())
+    finally:
+        admin.close()
+
+
+def databases_like(pattern: str) -> list[str]:
+    return sorted(
+        row[0]
+        for row in query(
+            "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE %s", pattern
+        )
+    )
+
+
+def tables_of(database: str) -> list[str]:
+    return sorted(
+        row[0]
+        for row in query("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", database)
+    )
+
+
+def s3() -> Any:
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    return S3Hook(aws_conn_id="sandbox_aws").get_conn()
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return f"--- {self.name} ({self.log}) ---\n" + "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class Stack:
+    """The running Airflow and what the test needs to talk to it and check its work."""
+
+    url: str
+    env: dict[str, str]
+    catalog_file: Path
+    estate: str
+    evidence: Path
+    backup_id: str
+    processes: list[Process] = field(default_factory=list)
+
+    def tails(self) -> str:
+        return "\n".join(p.tail() for p in self.processes)
+
+    def token(self, user: str) -> str:
+        import httpx
+
+        response = httpx.post(
+            f"{self.url}/auth/token", json={"username": user, "password": USERS[user]}, timeout=10
+        )
+        assert response.status_code in (200, 201), f"token for {user}: {response.status_code} {response.text}"
+        return str(response.json()["access_token"])
+
+    def api(
+        self, user: str, method: str, path: str, *, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> Any:
+        import httpx
+
+        response = httpx.request(
+            method,
+            f"{self.url}/api/v2{path}",
+            headers={**(headers or {}), "Authorization": f"Bearer {self.token(user)}"},
+            timeout=20,
+            **kwargs,
+        )
+        assert response.is_success, f"{method} {path} as {user}: {response.status_code} {response.text[:500]}"
+        return response.json()
+
+    def ledger_run(self, run_id: str) -> Run:
+        runs = [run for run in fold_runs(Ledger(self.evidence / "ledger").records()) if run.run_id == run_id]
+        assert len(runs) == 1, f"expected the ledger to hold run {run_id} once, found {len(runs)}"
+        return runs[0]
+
+
+def stop(process: Process) -> None:
+    """Stop a process, its process group and every descendant (task supervisors set their own group)."""
+    import psutil
+
+    try:
+        tree = [
+            psutil.Process(process.popen.pid),
+            *psutil.Process(process.popen.pid).children(recursive=True),
+        ]
+    except psutil.NoSuchProcess:
+        tree = []
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.popen.pid, sig)
+        for member in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                member.send_signal(sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.popen.wait(timeout=STOP_TIMEOUT if sig == signal.SIGTERM else 5)
+        _, alive = psutil.wait_procs(tree, timeout=5)
+        if not alive and process.popen.poll() is not None:
+            return
+
+
+def start(env: dict[str, str], home: Path, name: str, *args: str) -> Process:
+    log = home / f"{name}.log"
+    with log.open("wb") as handle:
+        popen = subprocess.Popen(
+            ["airflow", *args],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: stop() ends it with all its workers
+        )
+    return Process(name, popen, log)
+
+
+# -- the estate and the running Airflow -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, project_root: Path, sandbox_env: dict[str, str]
+) -> Iterator[Stack]:
+    from cloudops.runbooks.backup import take_backup
+
+    base = tmp_path_factory.mktemp("restore-approval")
+    home, catalog_dir, evidence = base / "airflow-home", base / "catalog", base / "evidence"
+    for folder in (home, catalog_dir, evidence):
+        folder.mkdir()
+
+    suffix = uuid.uuid4().hex[:8]
+    bucket = f"cloudops-approval-{suffix}"
+    estate = f"ap_{suffix}"
+    catalog_file = catalog_dir / "estate.yaml"
+    catalog_file.write_text(
+        yaml.safe_dump(
+            {
+                "estate": estate,
+                "owner": "tests",
+                "clouds": [
+                    {"name": "aws", "provider": "aws", "aws_conn_id": "sandbox_aws", "region": "eu-west-1"}
+                ],
+                "repositories": [{"name": "r", "cloud": "aws", "bucket": bucket, "region": "eu-west-1"}],
+                "databases": [
+                    {
+                        "name": DATABASE,
+                        "engine": "mariadb",
+                        "conn_id": "sandbox_mariadb",
+                        "database": "inventory",
+                        "rpo": "1d",
+                        "rto": "1h",
+                        "backup": {"repository": "r", "retention": {"keep_last": 3}},
+                    }
+                ],
+            }
+        )
+    )
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW__")}
+    env.update(sandbox_env)
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(project_root / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(project_root / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "2",  # two shared cores
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "oncall:user,approver:user",
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__API__BASE_URL": url,
+            # api-server and scheduler must sign and check the execution API's tokens with one key.
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+            "CLOUDOPS_CATALOG": str(catalog_dir),
+            "CLOUDOPS_EVIDENCE_DIR": str(evidence),
+            "CLOUDOPS_DEADLINE_ALERTS": "false",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+    )
+    (home / "simple_auth_manager_passwords.json.generated").write_text(json.dumps(USERS))
+
+    s3().create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    processes: list[Process] = []
+    try:
+        backup_id = take_backup(str(catalog_file), estate, DATABASE)["backup_id"]
+        migrated = subprocess.run(
+            ["airflow", "db", "migrate"], env=env, capture_output=True, text=True, timeout=MIGRATE_TIMEOUT
+        )
+        assert migrated.returncode == 0, (migrated.stdout + migrated.stderr)[-3000:]
+
+        processes.append(start(env, home, "api-server", "api-server", "--workers", "1"))
+        processes.append(start(env, home, "scheduler", "scheduler"))
+        processes.append(start(env, home, "dag-processor", "dag-processor"))
+        running = Stack(url, env, catalog_file, estate, evidence, backup_id, processes)
+        try:
+            _wait_until_ready(running)
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{running.tails()}") from None
+        running.api("oncall", "PATCH", f"/dags/{DAG_ID}", json={"is_paused": False})
+        yield running
+    finally:
+        for process in processes:
+            stop(process)
+        client = s3()
+        for item in client.list_object_versions(Bucket=bucket).get("Versions", []):
+            client.delete_object(Bucket=bucket, Key=item["Key"], VersionId=item["VersionId"])
+        client.delete_bucket(Bucket=bucket)
+
+
+def _wait_until_ready(stack: Stack) -> None:
+    import httpx
+
+    def healthy() -> dict[str, Any] | None:
+        for process in stack.processes:
+            assert process.popen.poll() is None, f"{process.name} exited with {process.popen.returncode}"
+        health = httpx.get(f"{stack.url}/api/v2/monitor/health", timeout=5).json()
+        parts = ("metadatabase", "scheduler", "dag_processor")
+        return health if all((health.get(p) or {}).get("status") == "healthy" for p in parts) else None
+
+    wait_for("the api-server, scheduler and dag-processor to report healthy", healthy, timeout=READY_TIMEOUT)
+
+    def parsed() -> bool:
+        errors = stack.api("oncall", "GET", "/importErrors")["import_errors"]
+        assert not errors, f"DAG import errors: {errors}"
+        return bool(stack.api("oncall", "GET", "/dags", params={"dag_id_pattern": DAG_ID})["dags"])
+
+    wait_for(f"{DAG_ID} to be parsed and serialized by the dag-processor", parsed, timeout=PARSED_TIMEOUT)
+
+
+@pytest.fixture
+def existing_target(stack: Stack) -> Iterator[str]:
+    """A database already on the server, holding a marker table the restore must keep (or not touch)."""
+    target = f"existing_{uuid.uuid4().hex[:6]}"
+    query(f"CREATE DATABASE `{target}`")
+    query(f"CREATE TABLE `{target}`.`old_only` (id INT PRIMARY KEY)")
+    query(f"INSERT INTO `{target}`.`old_only` VALUES (1), (2)")
+    yield target
+    for name in [target, *databases_like(f"{target}\\_before\\_%")]:
+        query(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+# -- the steps an on-call engineer takes --------------------------------------------------------------
+def trigger_overwrite(stack: Stack, target: str) -> str:
+    run = stack.api(
+        "oncall",
+        "POST",
+        f"/dags/{DAG_ID}/dagRuns",
+        json={
+            "logical_date": None,
+            "conf": {
+                "database": DATABASE,
+                "backup_id": "latest",
+                "target_database": target,
+                "confirm_overwrite": True,
+            },
+        },
+    )
+    assert run["triggering_user_name"] == "oncall"
+    return str(run["dag_run_id"])
+
+
+def task_state(stack: Stack, run_id: str, task_id: str) -> dict[str, Any]:
+    return dict(stack.api("oncall", "GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}"))
+
+
+def wait_awaiting_input(stack: Stack, run_id: str) -> None:
+    def states() -> dict[str, str]:
+        seen = {
+            ti["task_id"]: ti["state"]
+            for ti in stack.api("oncall", "GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances")[
+                "task_instances"
+            ]
+        }
+        assert "failed" not in seen.values(), f"a step failed before the approval: {seen}"
+        return seen
+
+    try:
+        wait_for(
+            f"approve_overwrite of {run_id} to await input (task states)",
+            states,
+            done=lambda seen: seen.get("approve_overwrite") == "awaiting_input",
+            timeout=AWAITING_INPUT_TIMEOUT,
+        )
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{stack.tails()}") from None
+
+
+def wait_parking_settled(stack: Stack, run_id: str) -> None:
+    """Wait until the scheduler has taken the executor's "success" for the try that parked the step.
+
+    Airflow 3.3.2 race: parked and resumed execution share one TaskInstanceKey. An answer that comes
+    before the scheduler has processed the parking process's exit gets the step re-queued, and then
+    that stale "success" fails it ("finished with state success, but the task instance's state
+    attribute is queued"). People answer after seconds, not within the scheduler's next loop; this
+    test waits for that signal (nothing in the REST API shows it) instead of sleeping a guessed time.
+    """
+    scheduler = next(p for p in stack.processes if p.name == "scheduler")
+    needle = f"task_id='approve_overwrite', run_id='{run_id}'"
+
+    def settled() -> bool:
+        return any(
+            "Received executor event with state success" in line and needle in line
+            for line in scheduler.log.read_text(errors="replace").splitlines()
+        )
+
+    wait_for(
+        f"the scheduler to process the exit of the process that parked approve_overwrite of {run_id}",
+        settled,
+        timeout=30,
+        interval=0.5,
+    )
+
+
+def answer(stack: Stack, run_id: str, user: str, option: str) -> dict[str, Any]:
+    return dict(
+        stack.api(
+            user,
+            "PATCH",
+            f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/approve_overwrite/-1/hitlDetails",
+            json={"chosen_options": [option], "params_input": {}},
+        )
+    )
+
+
+def wait_run_end(stack: Stack, run_id: str) -> str:
+    def ended() -> str | None:
+        state = stack.api("oncall", "GET", f"/dags/{DAG_ID}/dagRuns/{run_id}")["state"]
+        return state if state in ("success", "failed") else None
+
+    try:
+        return str(wait_for(f"run {run_id} to end", ended, timeout=RUN_END_TIMEOUT))
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{stack.tails()}") from None
+
+
+def task_log(stack: Stack, run_id: str, task_id: str, try_number: int) -> str:
+    logs = stack.api(
+        "oncall",
+        "GET",
+        f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
+        params={"full_content": "true"},
+        headers={"Accept": "application/json"},
+    )
+    return json.dumps(logs)
+
+
+def staging_of(stack: Stack, target: str, run_id: str) -> str:
+    from cloudops.runbooks.restore_request import RestoreRequest, restored_into
+
+    request = RestoreRequest(
+        str(stack.catalog_file), stack.estate, DATABASE, "latest", target, overwrite=True
+    )
+    return restored_into(request, run_id)
+
+
+def the_only(records: list[Any], what: str) -> Any:
+    assert len(records) == 1, f"expected one {what} record, found {len(records)}: {records}"
+    return records[0]
+
+
+# -- the tests ------------------------------------------------------------------------------------
+def test_the_requester_cannot_approve_their_own_overwrite(stack: Stack, existing_target: str) -> None:
+    run_id = trigger_overwrite(stack, existing_target)
+    wait_awaiting_input(stack, run_id)
+    wait_parking_settled(stack, run_id)
+    staging = staging_of(stack, existing_target, run_id)
+    assert databases_like(staging) == [staging], "the restore is staged beside the target before approval"
+
+    answered = answer(stack, run_id, "oncall", "Approve")  # the API takes it; the step refuses it
+    assert answered["responded_by"]["name"] == "oncall"
+
+    assert wait_run_end(stack, run_id) == "failed"
+    approval_step = task_state(stack, run_id, "approve_overwrite")
+    assert approval_step["state"] == "failed"
+    assert task_state(stack, run_id, "put_in_place")["state"] == "upstream_failed"
+    assert task_state(stack, run_id, "drop_staging")["state"] == "success"
+    assert "a second person must approve this step" in task_log(
+        stack, run_id, "approve_overwrite", approval_step["try_number"]
+    )
+
+    assert tables_of(existing_target) == ["old_only"], "the target is untouched"
+    assert query(f"SELECT COUNT(*) FROM `{existing_target}`.`old_only`") == [(2,)]
+    assert databases_like(f"{existing_target}\\_before\\_%") == []
+    assert databases_like(staging) == [], "the staging copy is dropped"
+
+    recorded = stack.ledger_run(run_id)
+    assert recorded.state == "failed"
+    assert recorded.triggered_by_user == "oncall"
+    approval = the_only(recorded.approvals, APPROVAL).fields
+    assert approval["task_id"] == "approve_overwrite"
+    assert approval["data"]["decision"] == "Approve"
+    assert approval["data"]["approver"] == "oncall"
+    assert approval["data"]["requested_by"] == "oncall"
+    assert approval["data"]["accepted"] is False
+    assert "second person" in approval["data"]["refusal"]
+    assert recorded.facts_of(RESTORE_PERFORMED) == []
+    failed_step = the_only(
+        [s for s in recorded.steps if s.fields["task_id"] == "approve_overwrite"],
+        f"{STEP_TRY} approve_overwrite",
+    ).fields["data"]
+    assert failed_step["state"] == "failed"
+    assert "second person" in failed_step["error"]
+    verdict = verify_ledger(Ledger(stack.evidence / "ledger"))
+    assert verdict.ok, verdict.problem
+
+
+def test_a_second_persons_approval_puts_the_restore_in_place(stack: Stack, existing_target: str) -> None:
+    from cloudops.catalog import load_catalogs
+    from cloudops.runbooks.restore_request import check_request, verify_restore
+
+    run_id = trigger_overwrite(stack, existing_target)
+    wait_awaiting_input(stack, run_id)
+    wait_parking_settled(stack, run_id)
+    assert tables_of(existing_target) == ["old_only"], "nothing is touched before the approval"
+
+    answered = answer(stack, run_id, "approver", "Approve")
+    assert answered["responded_by"]["name"] == "approver"
+
+    assert wait_run_end(stack, run_id) == "success", stack.tails()
+    for task_id in (
+        "check_request",
+        "restore",
+        "verify",
+        "approve_overwrite",
+        "put_in_place",
+        "drop_staging",
+    ):
+        assert task_state(stack, run_id, task_id)["state"] == "success", task_id
+
+    (kept,) = databases_like(f"{existing_target}\\_before\\_%")
+    assert tables_of(kept) == ["old_only"], "the old target is kept, renamed"
+    assert query(f"SELECT COUNT(*) FROM `{kept}`.`old_only`") == [(2,)]
+    assert "old_only" not in tables_of(existing_target)
+    request = check_request(
+        load_catalogs([str(stack.catalog_file)]), database=DATABASE, target=existing_target
+    )
+    assert verify_restore(request, stack.backup_id)["checks"] >= 3, "the target holds the backup"
+    assert databases_like(staging_of(stack, existing_target, run_id)) == []
+
+    recorded = stack.ledger_run(run_id)
+    assert recorded.state == "success"
+    assert recorded.triggered_by_user == "oncall"
+    finished = [r for r in recorded.records if r.kind == "run.finished"]
+    assert [r.fields["data"]["triggered_by_user"] for r in finished] == ["oncall"]
+    approval = the_only(recorded.approvals, APPROVAL).fields["data"]
+    assert (approval["decision"], approval["approver"], approval["requested_by"], approval["accepted"]) == (
+        "Approve",
+        "approver",
+        "oncall",
+        True,
+    )
+    performed = the_only(recorded.facts_of(RESTORE_PERFORMED), RESTORE_PERFORMED).fields["data"]
+    assert performed["approved_by"] == "approver"
+    assert performed["requested_by"] == "oncall"
+    assert performed["backup_id"] == stack.backup_id
+    assert performed["target_database"] == existing_target
+    assert performed["replaced"] is True
+    assert performed["kept_as"] == kept
+    verdict = verify_ledger(Ledger(stack.evidence / "ledger"))
+    assert verdict.ok, verdict.problem
+
+
+def test_a_rejection_leaves_the_target_and_drops_the_staging_copy(stack: Stack, existing_target: str) -> None:
+    run_id = trigger_overwrite(stack, existing_target)
+    wait_awaiting_input(stack, run_id)
+    wait_parking_settled(stack, run_id)
+
+    answer(stack, run_id, "approver", "Reject")
+
+    wait_run_end(stack, run_id)
+    assert task_state(stack, run_id, "approve_overwrite")["state"] == "success"
+    assert task_state(stack, run_id, "put_in_place")["state"] == "skipped"
+    assert task_state(stack, run_id, "drop_staging")["state"] == "success"
+    assert tables_of(existing_target) == ["old_only"], "the target is untouched"
+    assert databases_like(f"{existing_target}\\_before\\_%") == []
+    assert databases_like(staging_of(stack, existing_target, run_id)) == [], "the staging copy is dropped"
+    recorded = stack.ledger_run(run_id)
+    approval = the_only(recorded.approvals, APPROVAL).fields["data"]
+    assert (approval["decision"], approval["approver"], approval["requested_by"]) == (
+        "Reject",
+        "approver",
+        "oncall",
+    )
+    assert recorded.facts_of(RESTORE_PERFORMED) == []
