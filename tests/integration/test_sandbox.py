@@ -25,6 +25,7 @@ import pytest
 from cloudops.errors import SandboxError
 from cloudops.sandbox import estate
 from cloudops.sandbox.layout import SandboxLayout, read_env_file
+from cloudops.sandbox.moto import EVIDENCE_SIGNING_CONN_ID
 from cloudops.sandbox.plan import EstatePlan, load_plan
 from cloudops.sandbox.process import RUNNING, STALE, STOPPED
 
@@ -235,7 +236,9 @@ def test_env_file_is_private_complete_and_shell_sourceable(
     assert layout.env_file.stat().st_mode & 0o777 == 0o600
     expected = {d.conn_id for d in plan.databases} | {plan.aws.conn_id} | set(plan.smtp_conn_ids)
     expected |= {h.ssh_conn_id for h in plan.hosts}
+    expected.add(EVIDENCE_SIGNING_CONN_ID)  # the evidence digests' HMAC key
     assert set(connections) == expected
+    assert len(connections[EVIDENCE_SIGNING_CONN_ID]["password"]) >= 32
     assert connections[plan.postgres_primary.conn_id]["conn_type"] == "postgres"
     assert connections[plan.aws.conn_id]["extra"]["endpoint_url"].startswith("http://127.0.0.1:")
     parsed = read_env_file(layout.env_file)
