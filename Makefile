@@ -18,7 +18,8 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__EXECUTOR := LocalExecutor
 # A 2-core sandbox machine: a handful of task processes, not the default 32.
 export AIRFLOW__CORE__PARALLELISM ?= 8
-export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS := admin:admin
+# A second person approves dangerous steps (restore_request); an auditor only reads.
+export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS := admin:admin,approver:user,auditor:viewer
 export PATH := $(BIN):$(PATH)
 ENV_FILE := $(CLOUDOPS_SANDBOX_DIR)/airflow.env
 # Every command that talks to the sandbox reads its connections from the environment file.
@@ -85,9 +86,9 @@ lint: venv  ## ruff and mypy
 schema: venv  ## regenerate runbooks/schema/ from the catalog models
 	$(BIN)/cloudops schema --output runbooks/schema/catalog.schema.json
 
-up: airflow-db  ## run Airflow (standalone) against the sandbox: http://localhost:8080, admin / admin
-	@echo '{"admin": "admin"}' > "$(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated"
-	@echo "Airflow UI: http://localhost:8080  login: admin  password: admin  (Ctrl-C stops it)"
+up: airflow-db  ## run Airflow (standalone) against the sandbox: http://localhost:8080, admin / admin (+ approver, auditor)
+	@echo '{"admin": "admin", "approver": "approver", "auditor": "auditor"}' > "$(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated"
+	@echo "Airflow UI: http://localhost:8080  logins: admin/admin, approver/approver (approves), auditor/auditor (reads)  (Ctrl-C stops it)"
 	@$(WITH_SANDBOX_ENV) exec airflow standalone
 
 down: sandbox-down  ## stop the sandbox (Airflow standalone stops with Ctrl-C)
