@@ -112,6 +112,16 @@ def test_drill_passes_and_records_evidence(estate: dict[str, Any]) -> None:
     key = outcome["result"]["record"].removeprefix(f"s3://{estate['bucket']}/")
     assert json.loads(s3().get_object(Bucket=estate["bucket"], Key=key)["Body"].read()) == record
     assert scratch_databases() == []
+    from cloudops.evidence.ledger import Ledger, verify_ledger
+
+    ledger = Ledger(estate["evidence"] / "ledger")
+    assert verify_ledger(ledger).ok
+    (fact,) = [r for r in ledger.records() if r.kind == "drill.recorded"]
+    assert fact.fields["run_id"] == "manual__drill-pass"
+    assert fact.fields["data"]["backup_id"] == backup_id
+    assert fact.fields["data"]["passed"] is True
+    assert fact.fields["data"]["checksums_verified"] is True
+    assert fact.fields["data"]["record_uri"] == outcome["result"]["record"]
     from cloudops.catalog import load_catalog_file
 
     catalog = load_catalog_file(estate["file"])

@@ -406,7 +406,7 @@ h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.3em;margin-top:2em;border-b
 h3{font-size:1.05em;margin-top:1.4em}
 table{border-collapse:collapse;width:100%;margin:.5em 0 1em}
 th,td{border:1px solid #999;padding:.25em .45em;text-align:left;vertical-align:top;
-overflow-wrap:anywhere}
+overflow-wrap:break-word}
 th{background:#eee}td.n{text-align:right;white-space:nowrap}
 .bad{color:#a00;font-weight:bold}.good{color:#060}.none{font-style:italic;color:#444}
 .controls{color:#444;margin-top:0}code{font:12px/1.3 Menlo,Consolas,monospace}

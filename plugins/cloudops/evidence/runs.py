@@ -15,9 +15,11 @@ kinds below, ``dag_id``, ``run_id``, ``runbook`` (the runbook kind: ``backup``, 
   ``duration_seconds``, ``hostname``;
 - ``backup.taken``: data ``estate``, ``database``, ``engine``, ``method``, ``backup_id``, ``bucket``,
   ``manifest_key``, ``size_bytes``, ``objects`` ([{name, size, sha256}]), ``locked_until``;
-- ``drill.recorded``: data ``estate``, ``database``, ``backup_id``, ``passed``, ``rto_seconds``,
-  ``rpo_seconds``, ``rto_target_seconds``, ``rpo_target_seconds``, ``targets_met``,
-  ``checksums_verified``, ``checks`` ([{name, passed, expected, observed}]), ``record_uri``;
+- ``drill.recorded``: data is the whole drill record (``cloudops.restore.record.DrillRecord`` as
+  JSON: ``estate``, ``database``, ``backup_id``, ``passed``, ``rto_seconds``, ``rpo_seconds``,
+  ``rto_target_seconds``, ``rpo_target_seconds``, ``targets_met``, ``checksums``, ``checks``
+  ([{name, passed, expected, observed, detail}]), ``rds``...) plus ``record_uri`` and
+  ``checksums_verified`` (every object re-hashed and matching; None when none was reached);
 - ``restore.performed``: data ``estate``, ``database``, ``backup_id``, ``target_database``,
   ``overwrite``, ``requested_by``, ``approved_by``;
 - ``approval``: also ``task_id``; data ``subject``, ``decision`` (Approve or Reject), ``approver``,

@@ -490,7 +490,12 @@ def record_drill(
         dag_id=f"{KIND}__{database.name}",
         run_id=run_id,
         key=f"{DRILL_RECORDED}|{KIND}__{database.name}|{run_id}",
-        data={**json.loads(text), "record_uri": f"s3://{store.bucket}/{key}"},
+        data={
+            **json.loads(text),
+            "record_uri": f"s3://{store.bucket}/{key}",
+            # True only when every object was re-hashed and matched; None when none was reached.
+            "checksums_verified": all(c.ok for c in record.checksums) if record.checksums else None,
+        },
     )
     rds_problems = [record.rds.error, record.rds.cleanup_error] if record.rds else []
     if not record.passed or record.cleanup_error or any(rds_problems):
