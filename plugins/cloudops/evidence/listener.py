@@ -19,6 +19,7 @@ from typing import Any
 
 from airflow.listeners import hookimpl
 
+from cloudops.errors import first_line
 from cloudops.evidence import recorder
 from cloudops.evidence.runs import RUN_FINISHED, RUN_STARTED, STEP_TRY
 
@@ -34,6 +35,16 @@ def _guarded(kind: str, build: Any, *args: Any) -> None:
 
 def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment else None
+
+
+def _timing(run_or_try: Any) -> dict[str, Any]:
+    """When a run or a try started and ended, and how long it took (None where unknown)."""
+    started, ended = getattr(run_or_try, "start_date", None), getattr(run_or_try, "end_date", None)
+    return {
+        "started_at": _iso(started),
+        "finished_at": _iso(ended),
+        "duration_seconds": (ended - started).total_seconds() if started and ended else None,
+    }
 
 
 def _enum_text(value: Any) -> str | None:
@@ -63,7 +74,6 @@ def _run_started(dag_run: Any) -> None:
 
 
 def _run_finished(dag_run: Any, state: str, msg: str | None) -> None:
-    started, ended = getattr(dag_run, "start_date", None), getattr(dag_run, "end_date", None)
     recorder.record(
         RUN_FINISHED,
         dag_id=dag_run.dag_id,
@@ -72,9 +82,7 @@ def _run_finished(dag_run: Any, state: str, msg: str | None) -> None:
         data={
             "state": state,
             "message": msg,
-            "started_at": _iso(started),
-            "finished_at": _iso(ended),
-            "duration_seconds": (ended - started).total_seconds() if started and ended else None,
+            **_timing(dag_run),
             **_who_and_how(dag_run),
         },
     )
@@ -84,15 +92,11 @@ def _step_try(task_instance: Any, state: str, error: Any = None) -> None:
     ti = task_instance
     map_index = getattr(ti, "map_index", -1)
     try_number = getattr(ti, "try_number", None)
-    started, ended = getattr(ti, "start_date", None), getattr(ti, "end_date", None)
     message = None
-    if error is not None:
-        lines = str(error).strip().splitlines()
-        message = (
-            (lines[0] if lines else "")
-            if isinstance(error, str)
-            else f"{type(error).__name__}: {lines[0] if lines else ''}"
-        )
+    if isinstance(error, BaseException):
+        message = f"{type(error).__name__}: {first_line(error)}"
+    elif error:
+        message = str(error).strip().splitlines()[0]
     recorder.record(
         STEP_TRY,
         dag_id=ti.dag_id,
@@ -104,9 +108,7 @@ def _step_try(task_instance: Any, state: str, error: Any = None) -> None:
         data={
             "state": state,
             "error": message,
-            "started_at": _iso(started),
-            "finished_at": _iso(ended),
-            "duration_seconds": (ended - started).total_seconds() if started and ended else None,
+            **_timing(ti),
             "hostname": getattr(ti, "hostname", None) or socket.gethostname(),
         },
     )

@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -69,6 +68,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloudops.catalog import Database, LoadedCatalog
 from cloudops.errors import CloudOpsError, DatabaseUnavailableError, RestoreError
+from cloudops.evidence.ledger import evidence_dir
 from cloudops.runbooks.backup import backed_up_database
 
 if TYPE_CHECKING:
@@ -78,7 +78,6 @@ log = logging.getLogger(__name__)
 
 KIND = "restore_drill"
 RDS_RESTORE_WAIT = timedelta(minutes=90)
-EVIDENCE_ENV = "CLOUDOPS_EVIDENCE_DIR"
 DRILLS_FOLDER = "_drills"  # never a catalog name (they start with a letter), so never a backup folder
 NEXT_ACTIONS = {
     "prepare": "check the repository and the backup listing (cloudops backups list <database>)",
@@ -91,12 +90,6 @@ NEXT_ACTIONS = {
     "record": "read the drill record in the record task's log: failed checks or missed RTO/RPO targets",
     "*": "read the task log",
 }
-
-
-def evidence_dir() -> Path:
-    """Where drill records are kept locally for the evidence ledger to collect."""
-    default = Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow")) / "cloudops-evidence"
-    return Path(os.environ.get(EVIDENCE_ENV) or default)
 
 
 def scratch_conn_id(database: Database) -> str:
@@ -677,7 +670,6 @@ __all__ = [
     "build_restore_drill_dags",
     "check_rds",
     "engine_for",
-    "evidence_dir",
     "prepare",
     "record_drill",
     "restore",

@@ -316,12 +316,13 @@ def _approval_body(context: dict[str, Any]) -> str | None:
 
 def _put_in_place_task(**context: Any) -> dict[str, Any]:
     from cloudops.evidence.recorder import record_fact
-    from cloudops.evidence.runs import APPROVAL, RESTORE_PERFORMED
+    from cloudops.evidence.runs import RESTORE_PERFORMED
 
     request = _request(context)
     restored = context["ti"].xcom_pull(task_ids="restore")
+    # The approval step's XCom is the response (None when no approval was needed).
     approval = context["ti"].xcom_pull(task_ids="approve_overwrite") or {}
-    approver = (approval.get("responded_by_user") or {}).get("name") if isinstance(approval, dict) else None
+    approver = (approval.get("responded_by_user") or {}).get("name")
     placed = put_in_place(request, restored, approved_by=approver)
     record_fact(
         RESTORE_PERFORMED,
@@ -336,7 +337,6 @@ def _put_in_place_task(**context: Any) -> dict[str, Any]:
             "kept_as": placed["kept_as"],
             "requested_by": getattr(context["dag_run"], "triggering_user_name", None),
             "approved_by": approver,
-            "approval": APPROVAL if request.overwrite else None,
         },
     )
     return placed
