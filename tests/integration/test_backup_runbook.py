@@ -5,101 +5,56 @@ from __future__ import annotations
 
 import json
 import socket
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from cloudops.errors import CloudOpsError
 from cloudops.repository.retention import RetentionRefused
 from cloudops.runbooks.backup import apply_retention, open_repository, take_backup
+from tests.integration.estates import private_estate
 
 pytestmark = pytest.mark.integration
-
-
-def s3_client() -> Any:
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-    return S3Hook(aws_conn_id="sandbox_aws").get_conn()
-
-
-def empty_and_delete(bucket: str) -> None:
-    client = s3_client()
-    versions = client.list_object_versions(Bucket=bucket)
-    for item in versions.get("Versions", []) + versions.get("DeleteMarkers", []):
-        client.delete_object(
-            Bucket=bucket, Key=item["Key"], VersionId=item["VersionId"], BypassGovernanceRetention=True
-        )
-    client.delete_bucket(Bucket=bucket)
 
 
 @pytest.fixture
 def estate(tmp_path: Path, sandbox_env: dict[str, str]) -> Iterator[dict[str, Any]]:
     """A catalog of the sandbox's databases backing up into a bucket of this test's own."""
-    suffix = uuid.uuid4().hex[:8]
-    bucket = f"cloudops-test-{suffix}"
-    s3_client().create_bucket(
-        Bucket=bucket,
-        CreateBucketConfiguration={"LocationConstraint": "eu-west-1"},
-        ObjectLockEnabledForBucket=True,
-    )
     backup = {"repository": "test_backups", "retention": {"keep_last": 2}}
-    document: dict[str, Any] = {
-        "estate": f"bk_{suffix}",
-        "owner": "tests",
-        "clouds": [{"name": "aws", "provider": "aws", "aws_conn_id": "sandbox_aws", "region": "eu-west-1"}],
-        "repositories": [
-            {
-                "name": "test_backups",
-                "cloud": "aws",
-                "bucket": bucket,
-                "prefix": "backups",
-                "region": "eu-west-1",
-            }
-        ],
-        "databases": [
-            {
-                "name": "orders",
-                "engine": "postgres",
-                "conn_id": "sandbox_pg_primary",
-                "database": "orders",
-                "backup": backup,
-            },
-            {
-                "name": "orders_physical",
-                "engine": "postgres",
-                "conn_id": "sandbox_pg_primary",
-                "database": "orders",
-                "backup": {**backup, "method": "physical"},
-            },
-            {
-                "name": "inventory",
-                "engine": "mariadb",
-                "conn_id": "sandbox_mariadb",
-                "database": "inventory",
-                "backup": backup,
-            },
-            {"name": "down", "engine": "postgres", "conn_id": "closed_pg", "database": "x", "backup": backup},
-        ],
-    }
-    path = tmp_path / "estate.yaml"
-
-    def write(**changes: Any) -> str:
-        path.write_text(yaml.safe_dump({**document, **changes}))
-        return str(path)
-
-    write()
-    yield {
-        "file": str(path),
-        "estate": document["estate"],
-        "bucket": bucket,
-        "document": document,
-        "write": write,
-    }
-    empty_and_delete(bucket)
+    databases = [
+        {
+            "name": "orders",
+            "engine": "postgres",
+            "conn_id": "sandbox_pg_primary",
+            "database": "orders",
+            "backup": backup,
+        },
+        {
+            "name": "orders_physical",
+            "engine": "postgres",
+            "conn_id": "sandbox_pg_primary",
+            "database": "orders",
+            "backup": {**backup, "method": "physical"},
+        },
+        {
+            "name": "inventory",
+            "engine": "mariadb",
+            "conn_id": "sandbox_mariadb",
+            "database": "inventory",
+            "backup": backup,
+        },
+        {"name": "down", "engine": "postgres", "conn_id": "closed_pg", "database": "x", "backup": backup},
+    ]
+    with private_estate(tmp_path, "bk", databases, locked=True, repository="test_backups") as made:
+        yield {
+            "file": made.file,
+            "estate": made.estate,
+            "bucket": made.bucket,
+            "document": made.document,
+            "write": made.write,
+        }
 
 
 def direct_counts(tables: list[str]) -> dict[str, int]:

@@ -10,19 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from cloudops.errors import CloudOpsError
 from cloudops.runbooks.backup import open_repository, take_backup
 from cloudops.runbooks.restore_drill import prepare, record_drill, restore, teardown, validate
+from tests.integration.estates import private_estate, sandbox_s3
 
 pytestmark = pytest.mark.integration
-
-
-def s3() -> Any:
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-    return S3Hook(aws_conn_id="sandbox_aws").get_conn()
 
 
 @pytest.fixture
@@ -30,40 +24,24 @@ def estate(
     tmp_path: Path, sandbox_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[dict[str, Any]]:
     """inventory_mariadb backed up into a bucket of this test's own, without Object Lock (tests alter it)."""
-    suffix = uuid.uuid4().hex[:8]
-    bucket = f"cloudops-drill-{suffix}"
-    s3().create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
     monkeypatch.setenv("CLOUDOPS_EVIDENCE_DIR", str(tmp_path / "evidence"))
-    document = {
-        "estate": f"dr_{suffix}",
-        "owner": "tests",
-        "clouds": [{"name": "aws", "provider": "aws", "aws_conn_id": "sandbox_aws", "region": "eu-west-1"}],
-        "repositories": [{"name": "r", "cloud": "aws", "bucket": bucket, "region": "eu-west-1"}],
-        "databases": [
-            {
-                "name": "inventory_mariadb",
-                "engine": "mariadb",
-                "conn_id": "sandbox_mariadb",
-                "database": "inventory",
-                "rpo": "1d",
-                "rto": "1h",
-                "backup": {"repository": "r", "retention": {"keep_last": 3}},
-                "drill": {"schedule": "on_backup"},
-            }
-        ],
+    database = {
+        "name": "inventory_mariadb",
+        "engine": "mariadb",
+        "conn_id": "sandbox_mariadb",
+        "database": "inventory",
+        "rpo": "1d",
+        "rto": "1h",
+        "backup": {"repository": "r", "retention": {"keep_last": 3}},
+        "drill": {"schedule": "on_backup"},
     }
-    path = tmp_path / "estate.yaml"
-    path.write_text(yaml.safe_dump(document))
-    yield {
-        "file": str(path),
-        "estate": document["estate"],
-        "bucket": bucket,
-        "evidence": tmp_path / "evidence",
-    }
-    client = s3()
-    for item in client.list_object_versions(Bucket=bucket).get("Versions", []):
-        client.delete_object(Bucket=bucket, Key=item["Key"], VersionId=item["VersionId"])
-    client.delete_bucket(Bucket=bucket)
+    with private_estate(tmp_path, "dr", [database]) as made:
+        yield {
+            "file": made.file,
+            "estate": made.estate,
+            "bucket": made.bucket,
+            "evidence": tmp_path / "evidence",
+        }
 
 
 def run_drill(estate: dict[str, Any], run_id: str) -> dict[str, Any]:
@@ -110,7 +88,7 @@ def test_drill_passes_and_records_evidence(estate: dict[str, Any]) -> None:
     assert record["checks"]
     assert all(check["passed"] for check in record["checks"])
     key = outcome["result"]["record"].removeprefix(f"s3://{estate['bucket']}/")
-    assert json.loads(s3().get_object(Bucket=estate["bucket"], Key=key)["Body"].read()) == record
+    assert json.loads(sandbox_s3().get_object(Bucket=estate["bucket"], Key=key)["Body"].read()) == record
     assert scratch_databases() == []
     from cloudops.evidence.ledger import Ledger, verify_ledger
 
@@ -134,9 +112,9 @@ def test_drill_passes_and_records_evidence(estate: dict[str, Any]) -> None:
 def test_flipped_byte_fails_before_any_restore_and_teardown_still_runs(estate: dict[str, Any]) -> None:
     manifest = take_backup(estate["file"], estate["estate"], "inventory_mariadb")
     key = manifest["objects"][0]["key"]
-    data = bytearray(s3().get_object(Bucket=estate["bucket"], Key=key)["Body"].read())
+    data = bytearray(sandbox_s3().get_object(Bucket=estate["bucket"], Key=key)["Body"].read())
     data[len(data) // 2] ^= 0xFF
-    s3().put_object(Bucket=estate["bucket"], Key=key, Body=bytes(data))
+    sandbox_s3().put_object(Bucket=estate["bucket"], Key=key, Body=bytes(data))
 
     outcome = run_drill(estate, "manual__drill-flip")
 
@@ -173,14 +151,7 @@ def test_on_demand_restore_into_a_new_database(estate: dict[str, Any]) -> None:
         with pytest.raises(CloudOpsError, match="exists"):
             restore_backup(request)  # never over an existing database
     finally:
-        import os
-
-        import pymysql
-
-        conn = json.loads(os.environ["AIRFLOW_CONN_SANDBOX_MARIADB"])
-        session = pymysql.connect(
-            host=conn["host"], port=conn["port"], user=conn["login"], password=conn["password"]
-        )
+        session = _maria_admin()
         session.cursor().execute(f"DROP DATABASE IF EXISTS `{target}`")
         session.close()
 

@@ -11,35 +11,22 @@ from __future__ import annotations
 import json
 import os
 import socket
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-import yaml
 
 from cloudops.errors import CloudOpsError, DatabaseUnavailableError, RestoreError
 from cloudops.runbooks.backup import take_backup
 from cloudops.runbooks.restore_drill import prepare, record_drill, restore, teardown
+from tests.integration.estates import private_estate
 
 pytestmark = pytest.mark.integration
 
 DATABASE = "inventory_mariadb"
 SCRATCH_CONN = "drill_scratch_closed"
 SCRATCH_ENV = f"AIRFLOW_CONN_{SCRATCH_CONN.upper()}"
-
-
-def s3() -> Any:
-    endpoint = json.loads(os.environ["AIRFLOW_CONN_SANDBOX_AWS"])["extra"]["endpoint_url"]
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="eu-west-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
 
 
 def closed_port() -> int:
@@ -54,42 +41,26 @@ def estate(
     tmp_path: Path, sandbox_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[dict[str, Any]]:
     """inventory_mariadb backed up into a bucket of this test's own; scratch restores on SCRATCH_CONN."""
-    suffix = uuid.uuid4().hex[:8]
-    bucket = f"cloudops-unreach-{suffix}"
-    s3().create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
     monkeypatch.setenv("CLOUDOPS_EVIDENCE_DIR", str(tmp_path / "evidence"))
     port = closed_port()
     closed = {"conn_type": "mysql", "host": "127.0.0.1", "port": port, "login": "cloudops", "password": "x"}
     monkeypatch.setenv(SCRATCH_ENV, json.dumps(closed))
-    document = {
-        "estate": f"unreach_{suffix}",
-        "owner": "tests",
-        "clouds": [{"name": "aws", "provider": "aws", "aws_conn_id": "sandbox_aws", "region": "eu-west-1"}],
-        "repositories": [{"name": "r", "cloud": "aws", "bucket": bucket, "region": "eu-west-1"}],
-        "databases": [
-            {
-                "name": DATABASE,
-                "engine": "mariadb",
-                "conn_id": "sandbox_mariadb",
-                "database": "inventory",
-                "backup": {"repository": "r", "retention": {"keep_last": 3}},
-                "drill": {"schedule": "on_backup", "scratch_conn_id": SCRATCH_CONN},
-            }
-        ],
+    database = {
+        "name": DATABASE,
+        "engine": "mariadb",
+        "conn_id": "sandbox_mariadb",
+        "database": "inventory",
+        "backup": {"repository": "r", "retention": {"keep_last": 3}},
+        "drill": {"schedule": "on_backup", "scratch_conn_id": SCRATCH_CONN},
     }
-    path = tmp_path / "estate.yaml"
-    path.write_text(yaml.safe_dump(document))
-    take_backup(str(path), document["estate"], DATABASE)
-    yield {
-        "args": (str(path), document["estate"], DATABASE),
-        "address": f"127.0.0.1:{port}",
-        "closed": json.dumps(closed),
-        "evidence": tmp_path / "evidence",
-    }
-    client = s3()
-    for item in client.list_object_versions(Bucket=bucket).get("Versions", []):
-        client.delete_object(Bucket=bucket, Key=item["Key"], VersionId=item["VersionId"])
-    client.delete_bucket(Bucket=bucket)
+    with private_estate(tmp_path, "unreach", [database]) as made:
+        take_backup(made.file, made.estate, DATABASE)
+        yield {
+            "args": (made.file, made.estate, DATABASE),
+            "address": f"127.0.0.1:{port}",
+            "closed": json.dumps(closed),
+            "evidence": tmp_path / "evidence",
+        }
 
 
 def test_unreachable_scratch_server_fails_prepare_with_its_connection_and_address(

@@ -18,10 +18,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from cloudops.catalog import load_catalog_file
 from cloudops.engines import mariadb, postgres
@@ -43,6 +41,7 @@ from cloudops.restore.validation import (
     suite_path,
 )
 from cloudops.runbooks.backup import open_repository, take_backup
+from tests.integration.estates import private_estate, sandbox_s3
 
 pytestmark = pytest.mark.integration
 
@@ -50,20 +49,6 @@ PG, MARIA = "sandbox_pg_primary", "sandbox_mariadb"
 ENGINES = {"orders_pg": (postgres, PG, "postgres"), "inventory_mariadb": (mariadb, MARIA, "mariadb")}
 # Long enough that the suite's freshness check passes however long ago the sandbox was seeded.
 GENEROUS_RPO = timedelta(days=3650)
-
-
-def s3_client() -> Any:
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-    return S3Hook(aws_conn_id="sandbox_aws").get_conn()
-
-
-def empty_and_delete(bucket: str) -> None:
-    client = s3_client()
-    for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket):
-        for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
-            client.delete_object(Bucket=bucket, Key=item["Key"], VersionId=item["VersionId"])
-    client.delete_bucket(Bucket=bucket)
 
 
 @dataclass
@@ -84,51 +69,26 @@ class Estate:
 
 @pytest.fixture(scope="module")
 def estate(sandbox_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Estate]:
-    suffix = uuid.uuid4().hex[:8]
-    bucket = f"cloudops-restore-{suffix}"
     # No Object Lock (hence no versioning): the fault tests overwrite and delete objects.
-    s3_client().create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
-    backup = {"repository": "test_backups", "retention": {"keep_last": 5}}
-    document: dict[str, Any] = {
-        "estate": f"rt_{suffix}",
-        "owner": "tests",
-        "clouds": [{"name": "aws", "provider": "aws", "aws_conn_id": "sandbox_aws", "region": "eu-west-1"}],
-        "repositories": [
-            {
-                "name": "test_backups",
-                "cloud": "aws",
-                "bucket": bucket,
-                "prefix": "backups",
-                "region": "eu-west-1",
-            }
-        ],
-        "databases": [
-            {
-                "name": "orders_pg",
-                "engine": "postgres",
-                "conn_id": PG,
-                "database": "orders",
-                "rpo": "24h",
-                "rto": "1h",
-                "backup": backup,
-                "drill": {"schedule": "on_backup"},
-            },
-            {
-                "name": "inventory_mariadb",
-                "engine": "mariadb",
-                "conn_id": MARIA,
-                "database": "inventory",
-                "rpo": "24h",
-                "rto": "1h",
-                "backup": backup,
-                "drill": {"schedule": "on_backup"},
-            },
-        ],
-    }
-    path = tmp_path_factory.mktemp("restore-estate") / "estate.yaml"
-    path.write_text(yaml.safe_dump(document))
-    yield Estate(file=str(path), estate=document["estate"], bucket=bucket)
-    empty_and_delete(bucket)
+    backup = {"repository": "r", "retention": {"keep_last": 5}}
+    databases = [
+        {
+            "name": name,
+            "engine": engine,
+            "conn_id": conn_id,
+            "database": database,
+            "rpo": "24h",
+            "rto": "1h",
+            "backup": backup,
+            "drill": {"schedule": "on_backup"},
+        }
+        for name, engine, conn_id, database in (
+            ("orders_pg", "postgres", PG, "orders"),
+            ("inventory_mariadb", "mariadb", MARIA, "inventory"),
+        )
+    ]
+    with private_estate(tmp_path_factory.mktemp("restore-estate"), "rt", databases) as made:
+        yield Estate(file=made.file, estate=made.estate, bucket=made.bucket)
 
 
 @dataclass
@@ -421,7 +381,7 @@ def fresh_backup(estate: Estate) -> Manifest:
 
 
 def object_bytes(estate: Estate, key: str) -> bytes:
-    body = s3_client().get_object(Bucket=estate.bucket, Key=key)["Body"]
+    body = sandbox_s3().get_object(Bucket=estate.bucket, Key=key)["Body"]
     with body:
         return bytes(body.read())
 
@@ -447,7 +407,7 @@ def test_a_flipped_byte_is_caught_while_fetching(
     (item,) = fresh_backup.objects
     data = bytearray(object_bytes(estate, item.key))
     data[len(data) // 2] ^= 0x01
-    s3_client().put_object(Bucket=estate.bucket, Key=item.key, Body=bytes(data))
+    sandbox_s3().put_object(Bucket=estate.bucket, Key=item.key, Body=bytes(data))
     store = estate.store("inventory_mariadb")
     # Same size: the listing cannot tell, only the bytes can.
     assert store.describe_backup("inventory_mariadb", fresh_backup.backup_id).complete
@@ -469,7 +429,7 @@ def test_a_truncated_object_is_caught(
 ) -> None:
     (item,) = fresh_backup.objects
     data = object_bytes(estate, item.key)
-    s3_client().put_object(Bucket=estate.bucket, Key=item.key, Body=data[: len(data) - 100])
+    sandbox_s3().put_object(Bucket=estate.bucket, Key=item.key, Body=data[: len(data) - 100])
     target = leftovers("inventory_mariadb", f"test-{uuid.uuid4().hex}")
 
     with pytest.raises(
@@ -491,7 +451,7 @@ def test_a_deleted_object_is_caught(
     estate: Estate, fresh_backup: Manifest, tmp_path: Path, leftovers: Callable[[str, str], str]
 ) -> None:
     (item,) = fresh_backup.objects
-    s3_client().delete_object(Bucket=estate.bucket, Key=item.key)
+    sandbox_s3().delete_object(Bucket=estate.bucket, Key=item.key)
     target = leftovers("inventory_mariadb", f"test-{uuid.uuid4().hex}")
 
     with pytest.raises(BackupVerificationError, match=r"object 'inventory\.sql\.zst' is missing") as caught:
@@ -508,7 +468,7 @@ def test_a_swapped_manifest_is_caught(
     other = estate.backup("inventory_mariadb")
     store = estate.store("inventory_mariadb")
     # The other backup's manifest, copied over this one's.
-    s3_client().put_object(
+    sandbox_s3().put_object(
         Bucket=estate.bucket,
         Key=store.manifest_key("inventory_mariadb", fresh_backup.backup_id),
         Body=object_bytes(estate, store.manifest_key("inventory_mariadb", other.backup_id)),

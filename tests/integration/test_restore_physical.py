@@ -16,14 +16,12 @@ import json
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from cloudops.catalog import load_catalog_file
 from cloudops.connections import get_connection
@@ -43,6 +41,7 @@ from cloudops.restore.physical_plan import cluster_paths
 from cloudops.runbooks.backup import open_repository, take_backup
 from cloudops.runbooks.restore_drill import prepare, record_drill, restore, teardown, validate
 from cloudops.sandbox.process import command_line
+from tests.integration.estates import private_estate, sandbox_s3
 
 pytestmark = pytest.mark.integration
 
@@ -57,18 +56,9 @@ PHYSICAL_CHECKS = {
 }
 
 
-def s3() -> Any:
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-    return S3Hook(aws_conn_id="sandbox_aws").get_conn()
-
-
 @pytest.fixture(scope="module")
 def estate(sandbox_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """orders (the whole sandbox primary, physically) backed up into a bucket of this module's own."""
-    suffix = uuid.uuid4().hex[:8]
-    bucket = f"cloudops-physical-{suffix}"
-    s3().create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
     work = tmp_path_factory.mktemp("physical")
     expectations = work / "expectations"
     expectations.mkdir()
@@ -78,45 +68,31 @@ def estate(sandbox_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
     # root, which pytest's private tmp folders do not allow.
     scratch = Path(tempfile.mkdtemp(prefix="cloudops-test-scratch-"))
     scratch.chmod(0o755)
-    document = {
-        "estate": f"ph_{suffix}",
-        "owner": "tests",
-        "clouds": [{"name": "aws", "provider": "aws", "aws_conn_id": "sandbox_aws", "region": "eu-west-1"}],
-        "repositories": [{"name": "r", "cloud": "aws", "bucket": bucket, "region": "eu-west-1"}],
-        "databases": [
-            {
-                "name": DATABASE,
-                "engine": "postgres",
-                "conn_id": "sandbox_pg_primary",
-                "database": "orders",
-                # Long enough that the suite's freshness check passes however long ago the sandbox was seeded.
-                "rpo": "3650d",
-                "rto": "1h",
-                "backup": {"repository": "r", "method": "physical", "retention": {"keep_last": 5}},
-                "drill": {"schedule": "on_backup"},
-            }
-        ],
+    database = {
+        "name": DATABASE,
+        "engine": "postgres",
+        "conn_id": "sandbox_pg_primary",
+        "database": "orders",
+        # Long enough that the suite's freshness check passes however long ago the sandbox was seeded.
+        "rpo": "3650d",
+        "rto": "1h",
+        "backup": {"repository": "r", "method": "physical", "retention": {"keep_last": 5}},
+        "drill": {"schedule": "on_backup"},
     }
-    path = work / "estate.yaml"
-    path.write_text(yaml.safe_dump(document))
-    with pytest.MonkeyPatch.context() as patch:
+    with private_estate(work, "ph", [database]) as made, pytest.MonkeyPatch.context() as patch:
         patch.setenv("CLOUDOPS_SCRATCH_DIR", str(scratch))
         patch.setenv("CLOUDOPS_EXPECTATIONS_DIR", str(expectations))
         patch.setenv("CLOUDOPS_EVIDENCE_DIR", str(work / "evidence"))
         yield {
-            "file": str(path),
-            "estate": document["estate"],
-            "bucket": bucket,
+            "file": made.file,
+            "estate": made.estate,
+            "bucket": made.bucket,
             "evidence": work / "evidence",
             "scratch": scratch,
         }
-        for leftover in leftover_clusters(document["estate"], DATABASE):
+        for leftover in leftover_clusters(made.estate, DATABASE):
             stop_and_remove(leftover)
     shutil.rmtree(scratch, ignore_errors=True)
-    client = s3()
-    for item in client.list_objects_v2(Bucket=bucket).get("Contents", []):
-        client.delete_object(Bucket=bucket, Key=item["Key"])
-    client.delete_bucket(Bucket=bucket)
 
 
 def backup(estate: dict[str, Any]) -> dict[str, Any]:
@@ -209,9 +185,9 @@ def test_physical_drill_restores_validates_and_removes_the_scratch_cluster(estat
 def test_flipped_byte_fails_before_any_restore_and_teardown_still_runs(estate: dict[str, Any]) -> None:
     manifest = backup(estate)
     item = manifest["objects"][0]
-    data = bytearray(s3().get_object(Bucket=estate["bucket"], Key=item["key"])["Body"].read())
+    data = bytearray(sandbox_s3().get_object(Bucket=estate["bucket"], Key=item["key"])["Body"].read())
     data[len(data) // 2] ^= 0xFF
-    s3().put_object(Bucket=estate["bucket"], Key=item["key"], Body=bytes(data))
+    sandbox_s3().put_object(Bucket=estate["bucket"], Key=item["key"], Body=bytes(data))
     seen: dict[str, Any] = {}
 
     def before_teardown(state: dict[str, Any]) -> None:

@@ -582,6 +582,31 @@ def _admin_step(
         raise RestoreError(f"{used_by}: {what} on {_address(conn)}: {first_line(error)}") from error
 
 
+@contextmanager
+def _admin_session(
+    conn: Connection,
+    maintenance_database: str,
+    *,
+    used_by: str,
+    what: str,
+    connect_timeout_seconds: int,
+    query_timeout_seconds: int = 600,
+) -> Iterator[psycopg.Connection[Any]]:
+    """A session on the maintenance database for CREATE, DROP or RENAME DATABASE; errors name ``what``."""
+    with (
+        _backup_session(
+            conn,
+            maintenance_database,
+            used_by=used_by,
+            connect_timeout_seconds=connect_timeout_seconds,
+            query_timeout_seconds=query_timeout_seconds,
+            application_name="cloudops-restore",
+        ) as admin,
+        _admin_step(admin, conn, used_by, what),
+    ):
+        yield admin
+
+
 def _database_exists(session: psycopg.Connection[Any], name: str) -> bool:
     return session.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is not None
 
@@ -718,17 +743,13 @@ def drop_database(
     """
     check_scratch(name, action="drop")
     conn = get_connection(conn_id, used_by)
-    with (
-        _backup_session(
-            conn,
-            maintenance_database,
-            used_by=used_by,
-            connect_timeout_seconds=connect_timeout_seconds,
-            query_timeout_seconds=600,
-            application_name="cloudops-restore",
-        ) as admin,
-        _admin_step(admin, conn, used_by, f"cannot drop scratch database {name!r}"),
-    ):
+    with _admin_session(
+        conn,
+        maintenance_database,
+        used_by=used_by,
+        what=f"cannot drop scratch database {name!r}",
+        connect_timeout_seconds=connect_timeout_seconds,
+    ) as admin:
         if not _database_exists(admin, name):
             log.info("scratch database %r does not exist on %s: nothing to drop", name, _address(conn))
             return False
@@ -763,17 +784,13 @@ def replace_database(
     _check_target_name(target)
     _check_target_name(keep_as)
     conn = get_connection(conn_id, used_by)
-    with (
-        _backup_session(
-            conn,
-            maintenance_database,
-            used_by=used_by,
-            connect_timeout_seconds=connect_timeout_seconds,
-            query_timeout_seconds=600,
-            application_name="cloudops-restore",
-        ) as admin,
-        _admin_step(admin, conn, used_by, f"cannot put {staging!r} in the place of {target!r}"),
-    ):
+    with _admin_session(
+        conn,
+        maintenance_database,
+        used_by=used_by,
+        what=f"cannot put {staging!r} in the place of {target!r}",
+        connect_timeout_seconds=connect_timeout_seconds,
+    ) as admin:
         if not _database_exists(admin, staging):
             raise RestoreRefused(
                 f"{used_by}: the restored database {staging!r} does not exist on {_address(conn)}"
@@ -829,17 +846,14 @@ def leftover_scratch_databases(
     """
     used_by = used_by or f"scratch databases of {database!r}"
     conn = get_connection(conn_id, used_by)
-    with (
-        _backup_session(
-            conn,
-            maintenance_database,
-            used_by=used_by,
-            connect_timeout_seconds=connect_timeout_seconds,
-            query_timeout_seconds=60,
-            application_name="cloudops-restore",
-        ) as admin,
-        _admin_step(admin, conn, used_by, "cannot list databases"),
-    ):
+    with _admin_session(
+        conn,
+        maintenance_database,
+        used_by=used_by,
+        what="cannot list databases",
+        connect_timeout_seconds=connect_timeout_seconds,
+        query_timeout_seconds=60,
+    ) as admin:
         rows = admin.execute(
             "SELECT datname FROM pg_database WHERE datname LIKE %s", [like_pattern(database)]
         ).fetchall()

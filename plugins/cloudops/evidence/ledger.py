@@ -93,10 +93,6 @@ class Record:
     def day(self) -> str:
         return self.at[:10]
 
-    @property
-    def where(self) -> str:
-        return f"record seq {self.seq} ({self.segment} line {self.line})"
-
 
 @dataclass
 class _Tail:

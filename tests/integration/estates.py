@@ -1,0 +1,92 @@
+"""A catalog of the test's own that backs up the sandbox's databases into a bucket of its own.
+
+Tests that alter, lock or count backups must not share the sandbox's bucket: each gets a fresh bucket
+in the sandbox's S3 endpoint and a catalog file naming it, and the bucket (every version, locked or
+not) is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REGION = "eu-west-1"
+REPOSITORY = "r"
+
+
+def sandbox_s3() -> Any:
+    """The S3 client of the sandbox's AWS connection, apart from the code under test."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    return S3Hook(aws_conn_id="sandbox_aws").get_conn()
+
+
+@dataclass
+class PrivateEstate:
+    """The catalog file, its document and the bucket its repository writes into."""
+
+    path: Path
+    document: dict[str, Any]
+    bucket: str
+
+    @property
+    def file(self) -> str:
+        return str(self.path)
+
+    @property
+    def estate(self) -> str:
+        return str(self.document["estate"])
+
+    def write(self, **changes: Any) -> str:
+        """Rewrite the catalog file with top-level ``changes``; return its path."""
+        self.path.write_text(yaml.safe_dump({**self.document, **changes}))
+        return self.file
+
+
+@contextmanager
+def private_estate(
+    directory: Path,
+    short: str,
+    databases: list[dict[str, Any]],
+    *,
+    locked: bool = False,
+    repository: str = REPOSITORY,
+) -> Iterator[PrivateEstate]:
+    """A catalog ``<directory>/estate.yaml`` of estate ``<short>_<random>`` with ``databases``, whose
+    repository (``r`` unless named) is a new bucket: with Object Lock when ``locked``; without it,
+    tests may overwrite and delete objects."""
+    suffix = uuid.uuid4().hex[:8]
+    bucket = f"cloudops-{short.replace('_', '-')}-{suffix}"
+    client = sandbox_s3()
+    client.create_bucket(
+        Bucket=bucket,
+        CreateBucketConfiguration={"LocationConstraint": REGION},
+        ObjectLockEnabledForBucket=locked,
+    )
+    document: dict[str, Any] = {
+        "estate": f"{short}_{suffix}",
+        "owner": "tests",
+        "clouds": [{"name": "aws", "provider": "aws", "aws_conn_id": "sandbox_aws", "region": REGION}],
+        "repositories": [{"name": repository, "cloud": "aws", "bucket": bucket, "region": REGION}],
+        "databases": databases,
+    }
+    estate = PrivateEstate(directory / "estate.yaml", document, bucket)
+    estate.write()
+    try:
+        yield estate
+    finally:
+        for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket):
+            for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
+                client.delete_object(
+                    Bucket=bucket,
+                    Key=item["Key"],
+                    VersionId=item["VersionId"],
+                    BypassGovernanceRetention=True,
+                )
+        client.delete_bucket(Bucket=bucket)
