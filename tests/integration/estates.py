@@ -7,6 +7,8 @@ not) is removed afterwards.
 
 from __future__ import annotations
 
+import json
+import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +20,34 @@ import yaml
 
 REGION = "eu-west-1"
 REPOSITORY = "r"
+
+
+def admin_client(service: str = "s3", endpoint: str | None = None) -> Any:
+    """A plain boto3 client of the sandbox's AWS endpoint (or ``endpoint``, e.g. a test's own moto
+    server) for setting up, inspecting and tampering, apart from the code under test."""
+    import boto3
+
+    # The sandbox's endpoint as its connection names it (a sandbox may run with a port offset).
+    endpoint = endpoint or json.loads(os.environ["AIRFLOW_CONN_SANDBOX_AWS"])["extra"]["endpoint_url"]
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def empty_and_remove_bucket(s3: Any, bucket: str) -> None:
+    """Abort pending uploads, delete every version (locked ones too, in GOVERNANCE mode), then the bucket."""
+    for upload in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) or []:
+        s3.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
+            s3.delete_object(
+                Bucket=bucket, Key=item["Key"], VersionId=item["VersionId"], BypassGovernanceRetention=True
+            )
+    s3.delete_bucket(Bucket=bucket)
 
 
 def sandbox_s3() -> Any:
@@ -81,12 +111,4 @@ def private_estate(
     try:
         yield estate
     finally:
-        for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket):
-            for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
-                client.delete_object(
-                    Bucket=bucket,
-                    Key=item["Key"],
-                    VersionId=item["VersionId"],
-                    BypassGovernanceRetention=True,
-                )
-        client.delete_bucket(Bucket=bucket)
+        empty_and_remove_bucket(client, bucket)

@@ -23,7 +23,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import zstandard
 
@@ -33,6 +32,7 @@ from cloudops.repository import layout
 from cloudops.repository.manifest import Compression, Manifest, ManifestEncryption, ManifestObject
 from cloudops.repository.pipeline import MIN_PART_SIZE, BackupFailed
 from cloudops.repository.s3 import BackupLocked, BackupNotFound, BackupRepository
+from tests.integration.estates import admin_client, empty_and_remove_bucket
 
 pytestmark = pytest.mark.integration
 
@@ -51,17 +51,6 @@ def bounded_wait(condition: Callable[[], bool], *, what: str, timeout: float, in
         time.sleep(interval)
 
 
-def admin_client(endpoint: str) -> Any:
-    """A plain boto3 client for setting up and inspecting buckets, apart from the code under test."""
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name=REGION,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-
-
 def create_bucket(s3: Any, *, locked: bool = True) -> str:
     name = f"cloudops-itest-{secrets.token_hex(4)}"
     s3.create_bucket(
@@ -70,17 +59,6 @@ def create_bucket(s3: Any, *, locked: bool = True) -> str:
         CreateBucketConfiguration={"LocationConstraint": REGION},
     )
     return name
-
-
-def empty_and_remove_bucket(s3: Any, bucket: str) -> None:
-    for upload in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) or []:
-        s3.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
-        for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
-            s3.delete_object(
-                Bucket=bucket, Key=item["Key"], VersionId=item["VersionId"], BypassGovernanceRetention=True
-            )
-    s3.delete_bucket(Bucket=bucket)
 
 
 def repository_for(bucket: str, *, lock_days: int | None = 7) -> Repository:
@@ -165,7 +143,7 @@ def endpoint(sandbox_env: dict[str, str]) -> str:
 
 @pytest.fixture(scope="module")
 def s3(endpoint: str) -> Any:
-    return admin_client(endpoint)
+    return admin_client(endpoint=endpoint)
 
 
 @pytest.fixture
@@ -521,7 +499,7 @@ def test_endpoint_dying_mid_upload_fails_fast_and_a_retry_succeeds(
         },
     }
     monkeypatch.setenv("AIRFLOW_CONN_FAULT_AWS", json.dumps(connection))
-    s3 = admin_client(own_moto.endpoint)
+    s3 = admin_client(endpoint=own_moto.endpoint)
     bucket = create_bucket(s3, locked=False)
     store = BackupRepository(
         repository_for(bucket, lock_days=None),

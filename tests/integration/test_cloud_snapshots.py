@@ -8,14 +8,10 @@ data volumes, which are never changed.
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-import boto3
 import pytest
 
 from cloudops.catalog.models import RetentionPolicy
@@ -32,6 +28,7 @@ from cloudops.clouds.aws import (
     snapshot_rds_instance,
 )
 from cloudops.repository.layout import new_backup_id
+from tests.integration.estates import admin_client
 
 pytestmark = pytest.mark.integration
 
@@ -40,19 +37,6 @@ REGION = "eu-west-1"
 INSTANCE = "orders-pg"
 DATABASE = "orders_pg"
 FLEET = "web"
-
-
-def admin_client(service: str) -> Any:
-    """A plain boto3 client to inspect and clean up, apart from the code under test."""
-    # The sandbox's endpoint, as its connection names it (a sandbox may run with a port offset).
-    endpoint = json.loads(os.environ["AIRFLOW_CONN_SANDBOX_AWS"])["extra"]["endpoint_url"]
-    return boto3.client(
-        service,
-        endpoint_url=endpoint,
-        region_name=REGION,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
 
 
 def tags_of(items: list[dict[str, str]] | None) -> dict[str, str]:

@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from cloudops.cli import main
@@ -31,6 +30,7 @@ from cloudops.evidence.shipping import (
     shipping_client,
     verify_shipped,
 )
+from tests.integration.estates import admin_client, empty_and_remove_bucket
 
 pytestmark = pytest.mark.integration
 
@@ -41,32 +41,12 @@ DAYS = [(TODAY - timedelta(days=back)).date().isoformat() for back in (3, 2, 1)]
 D1, D2, D3 = DAYS
 
 
-def admin_client(endpoint: str) -> Any:
-    """A plain boto3 client for setting up and tampering, apart from the code under test."""
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name=REGION,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-
-
 def create_bucket(s3: Any, name: str | None = None) -> str:
     name = name or f"cloudops-evidence-itest-{secrets.token_hex(4)}"
     s3.create_bucket(
         Bucket=name, ObjectLockEnabledForBucket=True, CreateBucketConfiguration={"LocationConstraint": REGION}
     )
     return name
-
-
-def remove_bucket(s3: Any, bucket: str) -> None:
-    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
-        for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
-            s3.delete_object(
-                Bucket=bucket, Key=item["Key"], VersionId=item["VersionId"], BypassGovernanceRetention=True
-            )
-    s3.delete_bucket(Bucket=bucket)
 
 
 def versions(s3: Any, bucket: str, key: str) -> int:
@@ -95,14 +75,14 @@ def endpoint(sandbox_env: dict[str, str]) -> str:
 
 @pytest.fixture(scope="module")
 def s3(endpoint: str) -> Any:
-    return admin_client(endpoint)
+    return admin_client(endpoint=endpoint)
 
 
 @pytest.fixture
 def bucket(s3: Any) -> Iterator[str]:
     name = create_bucket(s3)
     yield name
-    remove_bucket(s3, name)
+    empty_and_remove_bucket(s3, name)
 
 
 @pytest.fixture
@@ -339,7 +319,7 @@ def test_endpoint_down_records_wait_locally_and_ship_later_none_lost(
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:
-        s3 = admin_client(endpoint)
+        s3 = admin_client(endpoint=endpoint)
         bucket = create_bucket(s3)
         settings = ShippingSettings(
             bucket=bucket,
@@ -380,6 +360,6 @@ def test_endpoint_down_records_wait_locally_and_ship_later_none_lost(
         )
         assert verdict.ok, verdict.problem
         assert (verdict.records, verdict.last_seq, verdict.pending) == (13, 13, ())
-        remove_bucket(s3, bucket)
+        empty_and_remove_bucket(s3, bucket)
     finally:
         server.stop()

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import yaml
 
@@ -35,24 +33,13 @@ from cloudops.runbooks.restore_drill import (
     teardown_rds,
     validate,
 )
+from tests.integration.estates import admin_client, private_estate
 
 pytestmark = pytest.mark.integration
 
 REGION = "eu-west-1"
 INSTANCE = "orders-pg"
 DATABASE = "inventory_mariadb"
-
-
-def admin_client(service: str) -> Any:
-    """A plain boto3 client to inspect and clean up, apart from the code under test."""
-    endpoint = json.loads(os.environ["AIRFLOW_CONN_SANDBOX_AWS"])["extra"]["endpoint_url"]
-    return boto3.client(
-        service,
-        endpoint_url=endpoint,
-        region_name=REGION,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
 
 
 def tags_of(items: list[dict[str, str]] | None) -> dict[str, str]:
@@ -74,57 +61,41 @@ def run_id() -> str:
 @pytest.fixture(scope="module")
 def estate(tmp_path_factory: pytest.TempPathFactory, sandbox_env: dict[str, str]) -> Iterator[dict[str, Any]]:
     """A catalog with rds_instance_id, one backup of it and that backup's RDS snapshot."""
-    suffix = uuid.uuid4().hex[:8]
-    bucket = f"cloudops-rdsdrill-{suffix}"
-    s3 = admin_client("s3")
-    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
     tmp = tmp_path_factory.mktemp("rds-drill")
-    document = {
-        "estate": f"rdsdrill_{suffix}",
-        "owner": "tests",
-        "clouds": [{"name": "aws", "provider": "aws", "aws_conn_id": "sandbox_aws", "region": REGION}],
-        "repositories": [{"name": "r", "cloud": "aws", "bucket": bucket, "region": REGION}],
-        "databases": [
-            {
-                "name": DATABASE,
-                "engine": "mariadb",
-                "conn_id": "sandbox_mariadb",
-                "database": "inventory",
-                "rds_instance_id": INSTANCE,
-                "rpo": "1d",
-                "rto": "1h",
-                "backup": {"repository": "r", "retention": {"keep_last": 3}},
-                "drill": {"schedule": "on_backup"},
-            }
-        ],
+    database = {
+        "name": DATABASE,
+        "engine": "mariadb",
+        "conn_id": "sandbox_mariadb",
+        "database": "inventory",
+        "rds_instance_id": INSTANCE,
+        "rpo": "1d",
+        "rto": "1h",
+        "backup": {"repository": "r", "retention": {"keep_last": 3}},
+        "drill": {"schedule": "on_backup"},
     }
-    path = tmp / "estate.yaml"
-    path.write_text(yaml.safe_dump(document))
-    name, file = document["estate"], str(path)
-    backup_id = take_backup(file, name, DATABASE)["backup_id"]
-    snapshot = snapshot_rds(file, name, DATABASE, backup_id=backup_id)
-    yield {
-        "file": file,
-        "estate": name,
-        "bucket": bucket,
-        "backup_id": backup_id,
-        "snapshot_id": snapshot["snapshot_id"],
-        "evidence": tmp / "evidence",
-    }
-    rds = admin_client("rds")
-    for page in rds.get_paginator("describe_db_instances").paginate():
-        for item in page["DBInstances"]:
-            if tags_of(item.get("TagList")).get("cloudops:estate") == name:
-                rds.delete_db_instance(
-                    DBInstanceIdentifier=item["DBInstanceIdentifier"], SkipFinalSnapshot=True
-                )
-    for page in rds.get_paginator("describe_db_snapshots").paginate(SnapshotType="manual"):
-        for item in page["DBSnapshots"]:
-            if tags_of(item.get("TagList")).get("cloudops:estate") == name:
-                rds.delete_db_snapshot(DBSnapshotIdentifier=item["DBSnapshotIdentifier"])
-    for item in s3.list_object_versions(Bucket=bucket).get("Versions", []):
-        s3.delete_object(Bucket=bucket, Key=item["Key"], VersionId=item["VersionId"])
-    s3.delete_bucket(Bucket=bucket)
+    with private_estate(tmp, "rdsdrill", [database]) as made:
+        name, file = made.estate, made.file
+        backup_id = take_backup(file, name, DATABASE)["backup_id"]
+        snapshot = snapshot_rds(file, name, DATABASE, backup_id=backup_id)
+        yield {
+            "file": file,
+            "estate": name,
+            "bucket": made.bucket,
+            "backup_id": backup_id,
+            "snapshot_id": snapshot["snapshot_id"],
+            "evidence": tmp / "evidence",
+        }
+        rds = admin_client("rds")
+        for page in rds.get_paginator("describe_db_instances").paginate():
+            for item in page["DBInstances"]:
+                if tags_of(item.get("TagList")).get("cloudops:estate") == name:
+                    rds.delete_db_instance(
+                        DBInstanceIdentifier=item["DBInstanceIdentifier"], SkipFinalSnapshot=True
+                    )
+        for page in rds.get_paginator("describe_db_snapshots").paginate(SnapshotType="manual"):
+            for item in page["DBSnapshots"]:
+                if tags_of(item.get("TagList")).get("cloudops:estate") == name:
+                    rds.delete_db_snapshot(DBSnapshotIdentifier=item["DBSnapshotIdentifier"])
 
 
 @pytest.fixture
