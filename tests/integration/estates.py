@@ -38,6 +38,17 @@ def admin_client(service: str = "s3", endpoint: str | None = None) -> Any:
     )
 
 
+def create_bucket(s3: Any, name: str | None = None, *, locked: bool = True) -> str:
+    """Create bucket ``name`` (default: a new random name), with Object Lock unless told otherwise."""
+    name = name or f"cloudops-itest-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(
+        Bucket=name,
+        ObjectLockEnabledForBucket=locked,
+        CreateBucketConfiguration={"LocationConstraint": REGION},
+    )
+    return name
+
+
 def empty_and_remove_bucket(s3: Any, bucket: str) -> None:
     """Abort pending uploads, delete every version (locked ones too, in GOVERNANCE mode), then the bucket."""
     for upload in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) or []:
@@ -94,11 +105,7 @@ def private_estate(
     suffix = uuid.uuid4().hex[:8]
     bucket = f"cloudops-{short.replace('_', '-')}-{suffix}"
     client = sandbox_s3()
-    client.create_bucket(
-        Bucket=bucket,
-        CreateBucketConfiguration={"LocationConstraint": REGION},
-        ObjectLockEnabledForBucket=locked,
-    )
+    create_bucket(client, bucket, locked=locked)
     document: dict[str, Any] = {
         "estate": f"{short}_{suffix}",
         "owner": "tests",

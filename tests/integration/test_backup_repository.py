@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import socket
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from cloudops.repository import layout
 from cloudops.repository.manifest import Compression, Manifest, ManifestEncryption, ManifestObject
 from cloudops.repository.pipeline import MIN_PART_SIZE, BackupFailed
 from cloudops.repository.s3 import BackupLocked, BackupNotFound, BackupRepository
-from tests.integration.estates import admin_client, empty_and_remove_bucket
+from tests.integration.estates import admin_client, create_bucket
 
 pytestmark = pytest.mark.integration
 
@@ -49,16 +48,6 @@ def bounded_wait(condition: Callable[[], bool], *, what: str, timeout: float, in
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
-
-
-def create_bucket(s3: Any, *, locked: bool = True) -> str:
-    name = f"cloudops-itest-{secrets.token_hex(4)}"
-    s3.create_bucket(
-        Bucket=name,
-        ObjectLockEnabledForBucket=locked,
-        CreateBucketConfiguration={"LocationConstraint": REGION},
-    )
-    return name
 
 
 def repository_for(bucket: str, *, lock_days: int | None = 7) -> Repository:
@@ -134,23 +123,6 @@ def complete_backup(
         )
     store.write_manifest(manifest if lock else manifest.model_copy(update={"object_lock": None}))
     return manifest
-
-
-@pytest.fixture(scope="module")
-def endpoint(sandbox_env: dict[str, str]) -> str:
-    return str(json.loads(sandbox_env["AIRFLOW_CONN_SANDBOX_AWS"])["extra"]["endpoint_url"])
-
-
-@pytest.fixture(scope="module")
-def s3(endpoint: str) -> Any:
-    return admin_client(endpoint=endpoint)
-
-
-@pytest.fixture
-def bucket(s3: Any) -> Iterator[str]:
-    name = create_bucket(s3)
-    yield name
-    empty_and_remove_bucket(s3, name)
 
 
 @pytest.fixture

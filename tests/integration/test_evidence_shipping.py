@@ -13,7 +13,6 @@ import json
 import secrets
 import socket
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from cloudops.evidence.shipping import (
     shipping_client,
     verify_shipped,
 )
-from tests.integration.estates import admin_client, empty_and_remove_bucket
+from tests.integration.estates import admin_client, create_bucket, empty_and_remove_bucket
 
 pytestmark = pytest.mark.integration
 
@@ -39,14 +38,6 @@ SIGNING_CONN_ID = "cloudops_evidence_signing"
 TODAY = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
 DAYS = [(TODAY - timedelta(days=back)).date().isoformat() for back in (3, 2, 1)]
 D1, D2, D3 = DAYS
-
-
-def create_bucket(s3: Any, name: str | None = None) -> str:
-    name = name or f"cloudops-evidence-itest-{secrets.token_hex(4)}"
-    s3.create_bucket(
-        Bucket=name, ObjectLockEnabledForBucket=True, CreateBucketConfiguration={"LocationConstraint": REGION}
-    )
-    return name
 
 
 def versions(s3: Any, bucket: str, key: str) -> int:
@@ -66,23 +57,6 @@ def fill(ledger: Ledger) -> None:
                 task_id=f"task_{i}",
                 data={"state": "success", "try_number": 1},
             )
-
-
-@pytest.fixture(scope="module")
-def endpoint(sandbox_env: dict[str, str]) -> str:
-    return str(json.loads(sandbox_env["AIRFLOW_CONN_SANDBOX_AWS"])["extra"]["endpoint_url"])
-
-
-@pytest.fixture(scope="module")
-def s3(endpoint: str) -> Any:
-    return admin_client(endpoint=endpoint)
-
-
-@pytest.fixture
-def bucket(s3: Any) -> Iterator[str]:
-    name = create_bucket(s3)
-    yield name
-    empty_and_remove_bucket(s3, name)
 
 
 @pytest.fixture
