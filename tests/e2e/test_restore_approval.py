@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from cloudops.evidence.ledger import Ledger, verify_ledger
 from cloudops.evidence.runs import APPROVAL, RESTORE_PERFORMED, STEP_TRY, Run, fold_runs
+from tests.integration.estates import private_estate
 
 pytestmark = pytest.mark.e2e
 
@@ -112,12 +112,6 @@ def tables_of(database: str) -> list[str]:
         row[0]
         for row in query("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", database)
     )
-
-
-def s3() -> Any:
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-    return S3Hook(aws_conn_id="sandbox_aws").get_conn()
 
 
 @dataclass
@@ -226,33 +220,15 @@ def stack(
     for folder in (home, catalog_dir, evidence):
         folder.mkdir()
 
-    suffix = uuid.uuid4().hex[:8]
-    bucket = f"cloudops-approval-{suffix}"
-    estate = f"ap_{suffix}"
-    catalog_file = catalog_dir / "estate.yaml"
-    catalog_file.write_text(
-        yaml.safe_dump(
-            {
-                "estate": estate,
-                "owner": "tests",
-                "clouds": [
-                    {"name": "aws", "provider": "aws", "aws_conn_id": "sandbox_aws", "region": "eu-west-1"}
-                ],
-                "repositories": [{"name": "r", "cloud": "aws", "bucket": bucket, "region": "eu-west-1"}],
-                "databases": [
-                    {
-                        "name": DATABASE,
-                        "engine": "mariadb",
-                        "conn_id": "sandbox_mariadb",
-                        "database": "inventory",
-                        "rpo": "1d",
-                        "rto": "1h",
-                        "backup": {"repository": "r", "retention": {"keep_last": 3}},
-                    }
-                ],
-            }
-        )
-    )
+    database = {
+        "name": DATABASE,
+        "engine": "mariadb",
+        "conn_id": "sandbox_mariadb",
+        "database": "inventory",
+        "rpo": "1d",
+        "rto": "1h",
+        "backup": {"repository": "r", "retention": {"keep_last": 3}},
+    }
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW__")}
@@ -279,32 +255,30 @@ def stack(
     )
     (home / "simple_auth_manager_passwords.json.generated").write_text(json.dumps(USERS))
 
-    s3().create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
-    processes: list[Process] = []
-    try:
-        backup_id = take_backup(str(catalog_file), estate, DATABASE)["backup_id"]
-        migrated = subprocess.run(
-            ["airflow", "db", "migrate"], env=env, capture_output=True, text=True, timeout=MIGRATE_TIMEOUT
-        )
-        assert migrated.returncode == 0, (migrated.stdout + migrated.stderr)[-3000:]
-
-        processes.append(start(env, home, "api-server", "api-server", "--workers", "1"))
-        processes.append(start(env, home, "scheduler", "scheduler"))
-        processes.append(start(env, home, "dag-processor", "dag-processor"))
-        running = Stack(url, env, catalog_file, estate, evidence, backup_id, processes)
+    # The catalog Airflow reads (CLOUDOPS_CATALOG) is this estate's file, in a bucket of its own.
+    with private_estate(catalog_dir, "ap", [database]) as made:
+        catalog_file, estate = made.path, made.estate
+        processes: list[Process] = []
         try:
-            _wait_until_ready(running)
-        except AssertionError as error:
-            raise AssertionError(f"{error}\n{running.tails()}") from None
-        running.api("oncall", "PATCH", f"/dags/{DAG_ID}", json={"is_paused": False})
-        yield running
-    finally:
-        for process in processes:
-            stop(process)
-        client = s3()
-        for item in client.list_object_versions(Bucket=bucket).get("Versions", []):
-            client.delete_object(Bucket=bucket, Key=item["Key"], VersionId=item["VersionId"])
-        client.delete_bucket(Bucket=bucket)
+            backup_id = take_backup(str(catalog_file), estate, DATABASE)["backup_id"]
+            migrated = subprocess.run(
+                ["airflow", "db", "migrate"], env=env, capture_output=True, text=True, timeout=MIGRATE_TIMEOUT
+            )
+            assert migrated.returncode == 0, (migrated.stdout + migrated.stderr)[-3000:]
+
+            processes.append(start(env, home, "api-server", "api-server", "--workers", "1"))
+            processes.append(start(env, home, "scheduler", "scheduler"))
+            processes.append(start(env, home, "dag-processor", "dag-processor"))
+            running = Stack(url, env, catalog_file, estate, evidence, backup_id, processes)
+            try:
+                _wait_until_ready(running)
+            except AssertionError as error:
+                raise AssertionError(f"{error}\n{running.tails()}") from None
+            running.api("oncall", "PATCH", f"/dags/{DAG_ID}", json={"is_paused": False})
+            yield running
+        finally:
+            for process in processes:
+                stop(process)
 
 
 def _wait_until_ready(stack: Stack) -> None:

@@ -261,21 +261,7 @@ class DrillRecord(_RecordModel):
             )
             if self.checksums
             else "(no object verified)",
-            render_table(
-                ["check", "result", "expected", "observed", "detail"],
-                [
-                    [
-                        check.name,
-                        "pass" if check.passed else "FAIL",
-                        _cell(check.expected),
-                        _cell(check.observed),
-                        _cell(check.detail),
-                    ]
-                    for check in self.checks
-                ],
-            )
-            if self.checks
-            else "(no check ran)",
+            _checks_table(self.checks) if self.checks else "(no check ran)",
         ]
         if self.rds:
             parts.append(_checks_table(self.rds.checks) if self.rds.checks else "(no RDS check ran)")
