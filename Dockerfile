@@ -40,7 +40,10 @@ RUN pip show --quiet apache-airflow-providers-celery
 # mount runs the copy baked in here. --no-deps: everything it needs came from the lock above.
 COPY --chown=airflow:0 pyproject.toml /opt/airflow/pyproject.toml
 COPY --chown=airflow:0 plugins/ /opt/airflow/plugins/
+# The editable build leaves plugins/*.egg-info, which Airflow (plugins/ on sys.path) would read as a
+# second copy of the entry point ("Plugin 'cloudops' already registered"): the installed dist-info stays.
 RUN pip install --no-cache-dir --no-deps -e /opt/airflow \
+    && rm -rf /opt/airflow/plugins/*.egg-info \
     && command -v cloudops
 
 ENV CLOUDOPS_CATALOG=/opt/airflow/runbooks
