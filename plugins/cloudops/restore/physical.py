@@ -373,9 +373,9 @@ def _create_folder(paths: ClusterPaths, user: str | None) -> None:
         folder.chmod(0o755)  # the umask may have taken bits the server's user needs to get through
     _describe(paths)
     if user is not None:
-        from cloudops.sandbox.layout import _can_traverse
+        from cloudops.sandbox.layout import can_traverse
 
-        if not _can_traverse(paths.folder, user):
+        if not can_traverse(paths.folder, user):
             raise RestoreError(
                 f"OS user {user!r} cannot reach {paths.folder}: set CLOUDOPS_SCRATCH_DIR to a folder "
                 f"every parent of which {user!r} may traverse"

@@ -54,7 +54,7 @@ def find_project_root(start_points: list[Path] | None = None) -> Path:
     raise SandboxError(f"{CATALOG_RELPATH} not found in any parent of {where}: run from the project checkout")
 
 
-def _can_traverse(path: Path, user: str) -> bool:
+def can_traverse(path: Path, user: str) -> bool:
     """Tell whether OS user `user` can reach `path` (x permission on every existing ancestor)."""
     entry = pwd.getpwnam(user)
     groups = {entry.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
@@ -130,7 +130,7 @@ class SandboxLayout:
         as_root = os.geteuid() == 0
         data_root, fallback = sandbox_dir, False
         if as_root and not all(
-            _can_traverse(sandbox_dir, u) for u in ("postgres", "mysql") if _user_exists(u)
+            can_traverse(sandbox_dir, u) for u in ("postgres", "mysql") if _user_exists(u)
         ):
             # postgres and mysql cannot reach e.g. /root/...: keep their data where they can.
             digest = hashlib.sha256(str(sandbox_dir).encode()).hexdigest()[:10]
