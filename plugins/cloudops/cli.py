@@ -157,9 +157,21 @@ def _backup_run(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    """Restore a backup into a new database without Airflow (the same checks as restore_request)."""
+    """Restore a backup into a new database without Airflow (the same checks as restore_request): into a
+    staging copy first, renamed to the target only after the checks pass."""
+    import logging
+    import secrets
+    from datetime import UTC, datetime
+
     from cloudops.catalog import load_catalogs
-    from cloudops.runbooks.restore_request import check_request, restore_backup, verify_restore
+    from cloudops.runbooks.restore_request import (
+        check_request,
+        drop_staging,
+        put_in_place,
+        restore_backup,
+        restored_into,
+        verify_restore,
+    )
 
     request = check_request(
         load_catalogs(),
@@ -175,8 +187,29 @@ def _restore(args: argparse.Namespace) -> int:
             "which only the restore_request runbook in Airflow records; from a shell, restore into a new "
             "database (--target NEW_NAME) and switch over"
         )
-    restored = restore_backup(request)
-    verified = verify_restore(request, restored["backup_id"])
+    # A run id of its own: the staging copy is named after it, like a restore_request run's.
+    run_id = f"cli__{datetime.now(UTC):%Y%m%dT%H%M%SZ}__{secrets.token_hex(4)}"
+    staging = restored_into(request, run_id)
+    renaming: list[str] = []
+    try:
+        restored = restore_backup(request, run_id=run_id)
+        verified = verify_restore(request, restored["backup_id"], restored=staging)
+        put_in_place(request, run_id=run_id, approval=None, requested_by=None, announce=renaming.append)
+    except BaseException:
+        log = logging.getLogger(__name__)
+        if renaming:
+            # The rename began and did not report its end: the staging copy may hold the restore.
+            log.error(
+                "KEPT the staging copy %s: renaming it to %s started and its end is unknown; check both",
+                staging,
+                request.target,
+            )
+        else:
+            try:
+                drop_staging(request, run_id)  # nothing under the final name; a retry starts clean
+            except Exception as error:
+                log.error("could not drop the staging copy %s: %s", staging, error)
+        raise
     print(
         f"restored backup {restored['backup_id']} of {request.database} into {request.target} in "
         f"{restored['seconds']:.1f} s; {verified['checks']} checks against the manifest passed"

@@ -318,6 +318,20 @@ class SnsNotification(CatalogModel):
 Notification = Annotated[SmtpNotification | SnsNotification, Field(discriminator="kind")]
 
 
+class Approvals(CatalogModel):
+    """Who may approve this estate's dangerous steps (a restore over an existing database)."""
+
+    approvers: list[Annotated[str, StringConstraints(min_length=1, max_length=256)]] = Field(
+        default_factory=list,
+        description="User ids allowed to approve, as the auth manager knows them (SimpleAuthManager: the "
+        "login name). Empty (and no approver_role): anyone allowed to answer, except the requester.",
+    )
+    approver_role: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
+        default=None,
+        description="An Airflow role whose users may approve too (resolved under SimpleAuthManager only).",
+    )
+
+
 class Catalog(CatalogModel):
     """One estate (a customer or an environment): everything its runbooks act on."""
 
@@ -333,6 +347,10 @@ class Catalog(CatalogModel):
     fleets: list[Fleet] = Field(default_factory=list)
     slos: list[Slo] = Field(default_factory=list)
     notifications: list[Notification] = Field(default_factory=list)
+    approvals: Approvals = Field(
+        default_factory=Approvals,
+        description="Who may approve restores over existing databases; never the requester.",
+    )
 
     @field_validator("timezone")
     @classmethod
@@ -364,6 +382,7 @@ class Catalog(CatalogModel):
 
 
 __all__ = [
+    "Approvals",
     "BackupPolicy",
     "Catalog",
     "Cloud",

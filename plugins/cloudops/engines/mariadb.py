@@ -911,6 +911,120 @@ def _moves(source: str, destination: str, tables: list[str]) -> str:
     return ", ".join(f"{_quote(source)}.{_quote(t)} TO {_quote(destination)}.{_quote(t)}" for t in tables)
 
 
+def database_exists(conn_id: str, name: str, *, used_by: str, connect_timeout_seconds: int = 10) -> bool:
+    """Whether database ``name`` exists on the server (read only)."""
+    conn = get_connection(conn_id, used_by)
+    with _admin_session(
+        conn,
+        used_by=used_by,
+        connect_timeout_seconds=connect_timeout_seconds,
+        what=f"cannot look for database {name!r}",
+    ) as admin:
+        return _database_exists(admin, name)
+
+
+def rename_into_new(
+    conn_id: str, staging: str, target: str, *, used_by: str, connect_timeout_seconds: int = 10
+) -> None:
+    """Give restored scratch database ``staging`` the name ``target``, which must not exist.
+
+    MariaDB cannot rename a database: ``target`` is created (with ``staging``'s character set and
+    collation; CREATE DATABASE fails when it exists, so two restores racing for one name cannot mix),
+    every table moves in one atomic ``RENAME TABLE``, and the empty ``staging`` is dropped. A staging
+    copy holding views, routines, triggers or events is refused before anything is created: they would
+    not follow their tables. If the move fails, the just-created ``target`` is empty and is removed.
+
+    :raises RestoreRefused: ``staging`` is not a scratch database or does not exist, ``target`` exists,
+        or ``staging`` holds objects RENAME TABLE cannot move.
+    """
+    import pymysql
+
+    check_scratch(staging, action="rename into place")
+    if not _TARGET_NAME.match(target):
+        raise RestoreRefused(f"{target!r} is not a database name a restore may create")
+    conn = get_connection(conn_id, used_by)
+    with _admin_session(
+        conn,
+        used_by=used_by,
+        connect_timeout_seconds=connect_timeout_seconds,
+        what=f"cannot rename {staging!r} to {target!r}",
+    ) as admin:
+        found = _rows(
+            admin,
+            "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA "
+            "WHERE SCHEMA_NAME = %s",
+            staging,
+        )
+        if not found:
+            raise RestoreRefused(
+                f"{used_by}: the restored database {staging!r} does not exist on {_address(conn)}"
+            )
+        if _database_exists(admin, target):
+            raise RestoreRefused(
+                f"{used_by}: database {target!r} exists on {_address(conn)}: a restore into a new database "
+                f"never replaces one (the restored copy stays {staging!r} until the teardown drops it)"
+            )
+        others = _rows(
+            admin,
+            "SELECT 'view', TABLE_NAME FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s "
+            "UNION ALL SELECT 'routine', ROUTINE_NAME FROM information_schema.ROUTINES "
+            "WHERE ROUTINE_SCHEMA = %s "
+            "UNION ALL SELECT 'trigger', TRIGGER_NAME FROM information_schema.TRIGGERS "
+            "WHERE TRIGGER_SCHEMA = %s "
+            "UNION ALL SELECT 'event', EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s "
+            "UNION ALL SELECT LOWER(TABLE_TYPE), TABLE_NAME FROM information_schema.TABLES "
+            "WHERE TABLE_SCHEMA = %s AND TABLE_TYPE NOT IN ('BASE TABLE', 'VIEW')",
+            staging,
+            staging,
+            staging,
+            staging,
+            staging,
+        )
+        if others:
+            listed = ", ".join(f"{kind} {name}" for kind, name in others[:5])
+            raise RestoreRefused(
+                f"{used_by}: the restored database {staging!r} holds objects RENAME TABLE cannot move "
+                f"({listed}): MariaDB cannot give it the name {target!r}"
+            )
+        tables = [
+            row[0]
+            for row in _rows(
+                admin,
+                "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s "
+                "ORDER BY TABLE_NAME",
+                staging,
+            )
+        ]
+        (charset, collation), *_ = found
+        if not all(re.fullmatch(r"[A-Za-z0-9_]{1,64}", str(name)) for name in (charset, collation)):
+            raise RestoreRefused(f"{used_by}: unexpected character set {charset!r} / collation {collation!r}")
+        log.info(
+            "plan on %s: create %r, move the %d table(s) of %r into it in one RENAME TABLE, drop %r",
+            _address(conn),
+            target,
+            len(tables),
+            staging,
+            staging,
+        )
+        _rows(
+            admin,
+            f"CREATE DATABASE {_quote(target)} CHARACTER SET {charset} COLLATE {collation}",
+        )
+        if tables:
+            try:
+                _rows(admin, "RENAME TABLE " + _moves(staging, target, tables))
+            except pymysql.MySQLError:
+                # One RENAME TABLE moves all tables or none: the database created above is still
+                # empty. Remove it (only if so), or a retry would find the final name taken.
+                if not _rows(
+                    admin, "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", target
+                ):
+                    _rows(admin, f"DROP DATABASE {_quote(target)}")
+                raise
+        _drop(admin, staging)
+    log.info("%r now holds the restored tables on %s", target, _address(conn))
+
+
 def leftover_scratch_databases(
     conn_id: str, database: str, *, used_by: str | None = None, connect_timeout_seconds: int = 10
 ) -> list[str]:
@@ -976,11 +1090,13 @@ def snapshot_session(
 __all__ = [
     "DEFAULT_RESTORE_TIMEOUT",
     "check_single_database_dump",
+    "database_exists",
     "drop_database",
     "leftover_scratch_databases",
     "logical_backup_source",
     "newest_timestamp",
     "probe",
+    "rename_into_new",
     "restore_logical",
     "schema_fingerprint",
     "snapshot_session",

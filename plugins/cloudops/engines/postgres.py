@@ -832,6 +832,72 @@ def replace_database(
     return existed
 
 
+def database_exists(
+    conn_id: str,
+    name: str,
+    *,
+    used_by: str,
+    maintenance_database: str = MAINTENANCE_DATABASE,
+    connect_timeout_seconds: int = 10,
+) -> bool:
+    """Whether database ``name`` exists on the server (read only)."""
+    conn = get_connection(conn_id, used_by)
+    with _admin_session(
+        conn,
+        maintenance_database,
+        used_by=used_by,
+        what=f"cannot look for database {name!r}",
+        connect_timeout_seconds=connect_timeout_seconds,
+        query_timeout_seconds=60,
+    ) as admin:
+        return _database_exists(admin, name)
+
+
+def rename_into_new(
+    conn_id: str,
+    staging: str,
+    target: str,
+    *,
+    used_by: str,
+    maintenance_database: str = MAINTENANCE_DATABASE,
+    connect_timeout_seconds: int = 10,
+) -> None:
+    """Give restored scratch database ``staging`` the name ``target``, which must not exist.
+
+    The end of a restore into a new database: until it, nothing carries the final name, so a failed
+    restore leaves nothing that looks real. One ``ALTER DATABASE ... RENAME``: PostgreSQL refuses it
+    when ``target`` exists, so two restores racing for one name cannot overwrite each other.
+
+    :raises RestoreRefused: ``staging`` is not a scratch database or does not exist, or ``target`` exists.
+    """
+    from psycopg import sql
+
+    check_scratch(staging, action="rename into place")
+    _check_target_name(target)
+    conn = get_connection(conn_id, used_by)
+    with _admin_session(
+        conn,
+        maintenance_database,
+        used_by=used_by,
+        what=f"cannot rename {staging!r} to {target!r}",
+        connect_timeout_seconds=connect_timeout_seconds,
+    ) as admin:
+        if not _database_exists(admin, staging):
+            raise RestoreRefused(
+                f"{used_by}: the restored database {staging!r} does not exist on {_address(conn)}"
+            )
+        if _database_exists(admin, target):
+            raise RestoreRefused(
+                f"{used_by}: database {target!r} exists on {_address(conn)}: a restore into a new database "
+                f"never replaces one (the restored copy stays {staging!r} until the teardown drops it)"
+            )
+        log.info("plan on %s: rename %r to %r (a new database)", _address(conn), staging, target)
+        admin.execute(
+            sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(staging), sql.Identifier(target))
+        )
+    log.info("%r is now the restored database on %s", target, _address(conn))
+
+
 def leftover_scratch_databases(
     conn_id: str,
     database: str,
@@ -908,6 +974,7 @@ def snapshot_session(
 __all__ = [
     "DEFAULT_RESTORE_TIMEOUT",
     "MAINTENANCE_DATABASE",
+    "database_exists",
     "drop_database",
     "fingerprinted_database",
     "leftover_scratch_databases",
@@ -915,6 +982,7 @@ __all__ = [
     "newest_timestamp",
     "physical_backup_source",
     "probe",
+    "rename_into_new",
     "restore_logical",
     "schema_fingerprint",
     "snapshot_session",
