@@ -1,10 +1,10 @@
 """restore_drill__<database>'s steps against the sandbox: a drill that passes, one that must fail on a
-damaged backup before restoring anything, and the cleanup of a drill killed half-way."""
+damaged backup before restoring anything, and the cleanup of a drill killed half-way (restore_request's
+steps are in test_restore_request.py)."""
 
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -135,113 +135,3 @@ def test_next_drill_drops_what_a_killed_drill_left(estate: dict[str, Any]) -> No
 
     assert outcome["result"]["passed"]
     assert scratch_databases() == []
-
-
-def test_on_demand_restore_into_a_new_database(estate: dict[str, Any]) -> None:
-    from cloudops.catalog import load_catalogs
-    from cloudops.runbooks.restore_request import check_request, restore_backup, verify_restore
-
-    backup_id = take_backup(estate["file"], estate["estate"], "inventory_mariadb")["backup_id"]
-    target = f"restored_{uuid.uuid4().hex[:6]}"
-    request = check_request(load_catalogs([estate["file"]]), database="inventory_mariadb", target=target)
-    try:
-        restored = restore_backup(request)
-        assert restored["backup_id"] == backup_id
-        assert verify_restore(request, backup_id)["checks"] >= 3
-        with pytest.raises(CloudOpsError, match="exists"):
-            restore_backup(request)  # never over an existing database
-    finally:
-        session = _maria_admin()
-        session.cursor().execute(f"DROP DATABASE IF EXISTS `{target}`")
-        session.close()
-
-
-def _maria_admin() -> Any:
-    import os
-
-    import pymysql
-
-    conn = json.loads(os.environ["AIRFLOW_CONN_SANDBOX_MARIADB"])
-    return pymysql.connect(
-        host=conn["host"], port=conn["port"], user=conn["login"], password=conn["password"], autocommit=True
-    )
-
-
-def test_an_approved_overwrite_stages_checks_then_swaps_and_keeps_the_old_database(
-    estate: dict[str, Any],
-) -> None:
-    from cloudops.catalog import load_catalogs
-    from cloudops.runbooks.restore_request import (
-        check_request,
-        drop_staging,
-        put_in_place,
-        restore_backup,
-        verify_restore,
-    )
-
-    backup_id = take_backup(estate["file"], estate["estate"], "inventory_mariadb")["backup_id"]
-    target = f"existing_{uuid.uuid4().hex[:6]}"
-    admin = _maria_admin()
-    cursor = admin.cursor()
-    cursor.execute(f"CREATE DATABASE `{target}`")
-    cursor.execute(f"CREATE TABLE `{target}`.`old_only` (id INT PRIMARY KEY)")
-    cursor.execute(f"INSERT INTO `{target}`.`old_only` VALUES (1), (2)")
-    kept = None
-    try:
-        request = check_request(
-            load_catalogs([estate["file"]]),
-            database="inventory_mariadb",
-            target=target,
-            confirm_overwrite=True,
-        )
-        assert request.overwrite
-        restored = restore_backup(request, run_id="manual__overwrite")
-        staging = restored["restored_into"]
-        assert staging != target
-        assert staging.startswith("drill_restore_inventory_mariadb_")
-        cursor.execute(f"SELECT COUNT(*) FROM `{target}`.`old_only`")
-        assert cursor.fetchone()[0] == 2  # nothing touched before the approval
-        assert verify_restore(request, backup_id, restored=staging)["checks"] >= 3
-        placed = put_in_place(request, restored, approved_by="bob")
-        kept = placed["kept_as"]
-        assert placed["replaced"]
-        assert kept.startswith(f"{target}_before_")
-        cursor.execute(f"SELECT COUNT(*) FROM `{kept}`.`old_only`")
-        assert cursor.fetchone()[0] == 2  # the old data is kept, not dropped
-        assert verify_restore(request, backup_id)["checks"] >= 3  # the target now holds the backup
-        cursor.execute("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", [staging])
-        assert cursor.fetchone()[0] == 0
-        assert drop_staging(request, "manual__overwrite") is False  # nothing left to drop
-    finally:
-        for name in (target, kept):
-            if name:
-                cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
-        admin.close()
-
-
-def test_a_rejected_overwrite_leaves_the_target_and_drops_the_staging_copy(estate: dict[str, Any]) -> None:
-    from cloudops.catalog import load_catalogs
-    from cloudops.runbooks.restore_request import check_request, drop_staging, restore_backup
-
-    take_backup(estate["file"], estate["estate"], "inventory_mariadb")
-    target = f"existing_{uuid.uuid4().hex[:6]}"
-    admin = _maria_admin()
-    cursor = admin.cursor()
-    cursor.execute(f"CREATE DATABASE `{target}`")
-    try:
-        request = check_request(
-            load_catalogs([estate["file"]]),
-            database="inventory_mariadb",
-            target=target,
-            confirm_overwrite=True,
-        )
-        staging = restore_backup(request, run_id="manual__rejected")["restored_into"]
-        assert drop_staging(request, "manual__rejected") is True
-        cursor.execute(
-            "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME IN (%s, %s)",
-            [staging, target],
-        )
-        assert [row[0] for row in cursor.fetchall()] == [target]
-    finally:
-        cursor.execute(f"DROP DATABASE IF EXISTS `{target}`")
-        admin.close()
