@@ -196,11 +196,16 @@ def existing() -> Iterator[str]:
 
 
 def test_an_approved_overwrite_swaps_and_keeps_the_old_database(
-    estate: dict[str, Any], existing: str
+    estate: dict[str, Any], existing: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from cloudops.runbooks.approval import Approval
     from cloudops.runbooks.restore_request import drop_staging, put_in_place, restore_backup, verify_restore
 
+    monkeypatch.setenv(
+        "AIRFLOW__CORE__AUTH_MANAGER",
+        "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+    )
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "alice:user,bob:user")
     request = request_for(estate, existing, overwrite=True)
     staging = restore_backup(request, run_id="manual__overwrite")["restored_into"]
     assert maria(f"SELECT COUNT(*) FROM `{existing}`.`old_only`") == [(2,)], "untouched before the swap"

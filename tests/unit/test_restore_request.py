@@ -218,6 +218,27 @@ def test_an_approval_counts_only_from_a_known_second_person_on_the_list(
         assert refused in reason
 
 
+@pytest.fixture
+def airflow_users(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Airflow users the swap knows (SimpleAuthManager reads them from its configuration)."""
+    monkeypatch.setenv(
+        "AIRFLOW__CORE__AUTH_MANAGER",
+        "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+    )
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin,oncall:user,approver:user")
+
+
+def test_a_requester_the_auth_manager_does_not_know_is_refused() -> None:
+    from cloudops.runbooks.approval import approval_refusal
+
+    known = ["admin", "oncall", "approver"]
+    # `airflow dags trigger` records the shell's user, which anyone with a shell can be
+    reason = approval_refusal("root", "approver", "approver", "Approve", known_users=known)
+    assert reason is not None
+    assert "the run's requester 'root' is not an Airflow user" in reason
+    assert approval_refusal("Oncall", "approver", "approver", "Approve", known_users=known) is None
+
+
 def _overwrite(project_root: Path):  # type: ignore[no-untyped-def]
     from cloudops.runbooks.restore_request import RestoreRequest
 
@@ -247,6 +268,12 @@ def _overwrite(project_root: Path):  # type: ignore[no-untyped-def]
             None,
             "run r1: requested by an unknown user, answered Approve by approver: the run's requester is "
             "unknown",
+        ),
+        (
+            {"approver_id": "approver", "approver_name": "approver", "requested_by": "root"},
+            "root",
+            "run r1: requested by root, answered Approve by approver: the run's requester 'root' is not an "
+            "Airflow user",
         ),
         # sandbox.yaml names `approver` as the only approver
         (
@@ -282,6 +309,7 @@ def _overwrite(project_root: Path):  # type: ignore[no-untyped-def]
         ),
     ],
 )
+@pytest.mark.usefixtures("airflow_users")
 def test_the_swap_refuses_without_an_accepted_second_persons_approval(
     project_root: Path, approval: dict[str, str] | None, requested_by: str | None, refused: str
 ) -> None:

@@ -59,9 +59,15 @@ class Approval:
         return self.approver_name or self.approver_id
 
     def refusal(self, approvers: Collection[str] | None) -> str | None:
-        """Why this answer does not allow the change (None when it does)."""
+        """Why this answer does not allow the change (None when it does), against the auth manager's
+        users as they are now."""
         return approval_refusal(
-            self.requested_by, self.approver_id, self.approver_name, self.decision, approvers
+            self.requested_by,
+            self.approver_id,
+            self.approver_name,
+            self.decision,
+            approvers,
+            known_users=airflow_users(),
         )
 
     def describe(self) -> str:
@@ -77,19 +83,20 @@ def approval_refusal(
     approver_name: str | None,
     decision: str,
     approvers: Collection[str] | None = None,
+    *,
+    known_users: Collection[str] | None = None,
 ) -> str | None:
-    """Why an answer does not allow the change (None when it does): it must be an Approve, by a known
-    second person, from the approver list when there is one.
+    """Why an answer does not allow the change (None when it does): it must be an Approve, for a run
+    a known Airflow user started, by a second person, from the approver list when there is one.
 
     :param approvers: user ids or names allowed to approve; None or empty: anyone but the requester.
+    :param known_users: the auth manager's user names when they can be read (:func:`airflow_users`).
     """
     if decision != APPROVE:
         return f"the answer is {decision or 'missing'!r}, not {APPROVE!r}"
-    if requester is None or not requester.strip():
-        return (
-            "the run's requester is unknown (started by the scheduler, the CLI or an API service account "
-            "without a user name): a second person cannot be told apart; trigger it as yourself in the UI"
-        )
+    unknown = requester_refusal(requester, known_users)
+    if unknown or requester is None:
+        return unknown or "the run's requester is unknown"
     who = {name.strip().lower() for name in (approver_id, approver_name) if name and name.strip()}
     if not who:
         return "the approval names no approver"
@@ -104,6 +111,43 @@ def approval_refusal(
             f"({', '.join(sorted(approvers))})"
         )
     return None
+
+
+def requester_refusal(requester: str | None, known_users: Collection[str] | None) -> str | None:
+    """Why the run's requester cannot be told apart from an approver (None when they can).
+
+    A run started through the UI or the REST API carries the logged-in user's name. One started by
+    the scheduler carries none, and one started with ``airflow dags trigger`` carries the *operating
+    system* user's name (``root``), which anyone with a shell can be, approver included.
+    """
+    if requester is None or not requester.strip():
+        return (
+            "the run's requester is unknown (started by the scheduler or an API service account without a "
+            "user name): a second person cannot be told apart; trigger it as yourself in the UI"
+        )
+    if known_users is not None and requester.strip().lower() not in {u.lower() for u in known_users}:
+        return (
+            f"the run's requester {requester!r} is not an Airflow user (a run started with `airflow dags "
+            "trigger` carries the shell's user name): a second person cannot be told apart; trigger it as "
+            "yourself in the UI"
+        )
+    return None
+
+
+def airflow_users() -> list[str] | None:
+    """The user names of the auth manager, when task code can read them: SimpleAuthManager's
+    configuration (no users at all when it lets everyone in as admin). None under other auth managers,
+    whose users live in their own store: there the requester's name is taken as Airflow recorded it.
+    """
+    from airflow.configuration import conf
+
+    if not conf.get("core", "auth_manager", fallback="").endswith("SimpleAuthManager"):
+        return None
+    if conf.getboolean("core", "simple_auth_manager_all_admins", fallback=False):
+        return []
+    from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
+
+    return sorted(user.username for user in SimpleAuthManager.get_users())
 
 
 def users_of_role(role: str) -> list[str]:
@@ -162,10 +206,13 @@ class SecondPersonApproval(ApprovalOperator):
             log.info("no approval needed for this run: going on")
             return self.act(context, None)
         requester = getattr(context["dag_run"], "triggering_user_name", None)
-        if not (requester or "").strip():
-            refusal = approval_refusal(requester, None, None, APPROVE)
+        refusal = requester_refusal(requester, airflow_users())
+        if refusal:
             self._record(context, Approval(context["run_id"], "", None, None, requester), refusal)
-            raise CloudOpsError(f"approval refused before asking: run {context['run_id']}: {refusal}")
+            raise CloudOpsError(
+                f"approval refused before asking: run {context['run_id']}, requested by "
+                f"{requester or 'an unknown user'}, approved by nobody: {refusal}"
+            )
         allowed = self.approvers(context)
         if allowed:
             # Airflow itself then refuses an answer by anyone else (403); the answer is checked again.
@@ -219,4 +266,13 @@ class SecondPersonApproval(ApprovalOperator):
         )
 
 
-__all__ = ["APPROVE", "REJECT", "Approval", "SecondPersonApproval", "approval_refusal", "users_of_role"]
+__all__ = [
+    "APPROVE",
+    "REJECT",
+    "Approval",
+    "SecondPersonApproval",
+    "airflow_users",
+    "approval_refusal",
+    "requester_refusal",
+    "users_of_role",
+]

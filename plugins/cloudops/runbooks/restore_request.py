@@ -423,12 +423,12 @@ def _requester(context: dict[str, Any]) -> str | None:
 
 
 def _check_task(**context: Any) -> dict[str, str]:
+    from cloudops.runbooks.approval import airflow_users, requester_refusal
+
     request = _request_from_params(context["params"])
-    if request.overwrite and not (_requester(context) or "").strip():
-        raise InvalidInputError(
-            "confirm_overwrite: this run names no requester (started by the scheduler, the CLI or an API "
-            "service account), so no second person can approve it: trigger it as yourself in the UI"
-        )
+    refusal = requester_refusal(_requester(context), airflow_users()) if request.overwrite else None
+    if refusal:
+        raise InvalidInputError(f"confirm_overwrite: run {context['run_id']}: {refusal}")
     log.info("restore request accepted: %s", request)
     return request.__dict__
 
