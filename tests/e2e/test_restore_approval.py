@@ -1,13 +1,18 @@
 """A restore over an existing database through a real running Airflow, as on-call engineers do it: the
 requester triggers ``restore_request`` through the REST API, the run waits in "awaiting input" at
-``approve_overwrite``, and only a second person's approval puts the restored copy in place.
+``put_in_place``, and only a second person's approval, checked by that step itself, puts the restored
+copy in place. The careless cases: the requester approves, an approver off the estate's list answers,
+the requester marks the step "success" by hand, a run started from the shell (no Airflow user), a
+rejection. None of them touches the target.
 
 One Airflow (api-server, scheduler, dag-processor; LocalExecutor on SQLite; no triggerer: in Airflow
 3.3 a Human-in-the-loop step parks in AWAITING_INPUT and the API's response resumes it) runs for the
 whole module against the sandbox's MariaDB and moto S3, with a catalog of its own (inventory_mariadb
-backed up into a bucket of its own) and an evidence ledger of its own. Two SimpleAuthManager users with
-the USER role (the least role that may trigger a DAG and answer a Human-in-the-loop step): ``oncall``
-triggers, ``approver`` approves.
+backed up into a bucket of its own, the databases it restores over listed with allow_restore_over, and
+``approvals.approvers: [oncall, approver]``) and an evidence ledger of its own. SimpleAuthManager users
+with the USER role (the least role that may trigger a DAG and answer a Human-in-the-loop step):
+``oncall`` triggers (and, being on the list, may answer: the step refuses its own approval),
+``approver`` approves, ``outsider`` is not on the list.
 """
 
 from __future__ import annotations
@@ -37,11 +42,14 @@ pytestmark = pytest.mark.e2e
 
 DAG_ID = "restore_request"
 DATABASE = "inventory_mariadb"
-USERS = {"oncall": "oncall-" + secrets.token_hex(6), "approver": "approver-" + secrets.token_hex(6)}
+USERS = {name: f"{name}-{secrets.token_hex(6)}" for name in ("oncall", "approver", "outsider")}
+# The databases the tests restore over, one each: the catalog lists them with allow_restore_over.
+TARGETS = [f"existing_{uuid.uuid4().hex[:6]}" for _ in range(5)]
+_UNUSED_TARGETS = iter(TARGETS)
 MIGRATE_TIMEOUT = 120
 READY_TIMEOUT = 90  # api-server healthy, scheduler and dag-processor heartbeating
 PARSED_TIMEOUT = 90  # restore_request serialized by the dag-processor
-AWAITING_INPUT_TIMEOUT = 120  # check_request, restore and verify done, approve_overwrite parked
+AWAITING_INPUT_TIMEOUT = 120  # check_request, restore and verify done, put_in_place parked
 RUN_END_TIMEOUT = 90  # after the answer: the run reaches success or failed
 STOP_TIMEOUT = 20
 
@@ -241,7 +249,7 @@ def stack(
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": "2",  # two shared cores
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "oncall:user,approver:user",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "oncall:user,approver:user,outsider:user",
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(port),
             "AIRFLOW__API__BASE_URL": url,
@@ -256,7 +264,13 @@ def stack(
     (home / "simple_auth_manager_passwords.json.generated").write_text(json.dumps(USERS))
 
     # The catalog Airflow reads (CLOUDOPS_CATALOG) is this estate's file, in a bucket of its own.
-    with private_estate(catalog_dir, "ap", [database]) as made:
+    targets = [
+        {"name": f"target_{i}", "engine": "mariadb", "conn_id": "sandbox_mariadb", "database": name}
+        | {"allow_restore_over": True}
+        for i, name in enumerate(TARGETS)
+    ]
+    with private_estate(catalog_dir, "ap", [database, *targets]) as made:
+        made.write(approvals={"approvers": ["oncall", "approver"]})
         catalog_file, estate = made.path, made.estate
         processes: list[Process] = []
         try:
@@ -304,12 +318,16 @@ def _wait_until_ready(stack: Stack) -> None:
 @pytest.fixture
 def existing_target(stack: Stack) -> Iterator[str]:
     """A database already on the server, holding a marker table the restore must keep (or not touch)."""
-    target = f"existing_{uuid.uuid4().hex[:6]}"
+    target = next(_UNUSED_TARGETS)
     query(f"CREATE DATABASE `{target}`")
     query(f"CREATE TABLE `{target}`.`old_only` (id INT PRIMARY KEY)")
     query(f"INSERT INTO `{target}`.`old_only` VALUES (1), (2)")
     yield target
-    for name in [target, *databases_like(f"{target}\\_before\\_%")]:
+    for name in [
+        target,
+        *databases_like(f"{target}\\_before\\_%"),
+        *databases_like(f"drill\\_restore\\_{target}\\_%"),
+    ]:
         query(f"DROP DATABASE IF EXISTS `{name}`")
 
 
@@ -350,9 +368,9 @@ def wait_awaiting_input(stack: Stack, run_id: str) -> None:
 
     try:
         wait_for(
-            f"approve_overwrite of {run_id} to await input (task states)",
+            f"put_in_place of {run_id} to await input (task states)",
             states,
-            done=lambda seen: seen.get("approve_overwrite") == "awaiting_input",
+            done=lambda seen: seen.get("put_in_place") == "awaiting_input",
             timeout=AWAITING_INPUT_TIMEOUT,
         )
     except AssertionError as error:
@@ -369,7 +387,7 @@ def wait_parking_settled(stack: Stack, run_id: str) -> None:
     test waits for that signal (nothing in the REST API shows it) instead of sleeping a guessed time.
     """
     scheduler = next(p for p in stack.processes if p.name == "scheduler")
-    needle = f"task_id='approve_overwrite', run_id='{run_id}'"
+    needle = f"task_id='put_in_place', run_id='{run_id}'"
 
     def settled() -> bool:
         return any(
@@ -378,7 +396,7 @@ def wait_parking_settled(stack: Stack, run_id: str) -> None:
         )
 
     wait_for(
-        f"the scheduler to process the exit of the process that parked approve_overwrite of {run_id}",
+        f"the scheduler to process the exit of the process that parked put_in_place of {run_id}",
         settled,
         timeout=30,
         interval=0.5,
@@ -390,10 +408,23 @@ def answer(stack: Stack, run_id: str, user: str, option: str) -> dict[str, Any]:
         stack.api(
             user,
             "PATCH",
-            f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/approve_overwrite/-1/hitlDetails",
+            f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/put_in_place/-1/hitlDetails",
             json={"chosen_options": [option], "params_input": {}},
         )
     )
+
+
+def answer_refused(stack: Stack, run_id: str, user: str, option: str) -> tuple[int, str]:
+    """Answer as ``user`` and return the API's status and text (for answers Airflow refuses)."""
+    import httpx
+
+    response = httpx.patch(
+        f"{stack.url}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/put_in_place/-1/hitlDetails",
+        json={"chosen_options": [option], "params_input": {}},
+        headers={"Authorization": f"Bearer {stack.token(user)}"},
+        timeout=20,
+    )
+    return response.status_code, response.text
 
 
 def wait_run_end(stack: Stack, run_id: str) -> str:
@@ -433,6 +464,27 @@ def the_only(records: list[Any], what: str) -> Any:
 
 
 # -- the tests ------------------------------------------------------------------------------------
+def assert_untouched(stack: Stack, run_id: str, target: str) -> None:
+    """The target holds what it held, nothing was kept aside, the staging copy is gone, no restore."""
+    assert tables_of(target) == ["old_only"], "the target is untouched"
+    assert query(f"SELECT COUNT(*) FROM `{target}`.`old_only`") == [(2,)]
+    assert databases_like(f"{target}\\_before\\_%") == []
+    assert databases_like(staging_of(stack, target, run_id)) == [], "the staging copy is dropped"
+    assert stack.ledger_run(run_id).facts_of(RESTORE_PERFORMED) == []
+
+
+def failed_step_error(recorded: Run, task_id: str) -> str:
+    step = the_only(
+        [
+            s
+            for s in recorded.steps
+            if s.fields["task_id"] == task_id and s.fields["data"]["state"] == "failed"
+        ],
+        f"failed {STEP_TRY} {task_id}",
+    )
+    return str(step.fields["data"]["error"])
+
+
 def test_the_requester_cannot_approve_their_own_overwrite(stack: Stack, existing_target: str) -> None:
     run_id = trigger_overwrite(stack, existing_target)
     wait_awaiting_input(stack, run_id)
@@ -440,47 +492,37 @@ def test_the_requester_cannot_approve_their_own_overwrite(stack: Stack, existing
     staging = staging_of(stack, existing_target, run_id)
     assert databases_like(staging) == [staging], "the restore is staged beside the target before approval"
 
-    answered = answer(stack, run_id, "oncall", "Approve")  # the API takes it; the step refuses it
+    # oncall is on the estate's approver list, so Airflow takes the answer; the swap step refuses it
+    answered = answer(stack, run_id, "oncall", "Approve")
     assert answered["responded_by"]["name"] == "oncall"
 
     assert wait_run_end(stack, run_id) == "failed"
-    approval_step = task_state(stack, run_id, "approve_overwrite")
-    assert approval_step["state"] == "failed"
-    assert task_state(stack, run_id, "put_in_place")["state"] == "upstream_failed"
+    step = task_state(stack, run_id, "put_in_place")
+    assert step["state"] == "failed"
+    assert task_state(stack, run_id, "confirm_in_place")["state"] == "upstream_failed"
     assert task_state(stack, run_id, "drop_staging")["state"] == "success"
-    assert "a second person must approve this step" in task_log(
-        stack, run_id, "approve_overwrite", approval_step["try_number"]
-    )
-
-    assert tables_of(existing_target) == ["old_only"], "the target is untouched"
-    assert query(f"SELECT COUNT(*) FROM `{existing_target}`.`old_only`") == [(2,)]
-    assert databases_like(f"{existing_target}\\_before\\_%") == []
-    assert databases_like(staging) == [], "the staging copy is dropped"
+    log = task_log(stack, run_id, "put_in_place", step["try_number"])
+    assert f"approval refused: run {run_id}: requested by oncall, answered Approve by oncall" in log
+    assert "a second person must approve this step; nothing was changed" in log
+    assert_untouched(stack, run_id, existing_target)
 
     recorded = stack.ledger_run(run_id)
     assert recorded.state == "failed"
     assert recorded.triggered_by_user == "oncall"
     approval = the_only(recorded.approvals, APPROVAL).fields
-    assert approval["task_id"] == "approve_overwrite"
+    assert approval["task_id"] == "put_in_place"
     assert approval["data"]["decision"] == "Approve"
     assert approval["data"]["approver"] == "oncall"
     assert approval["data"]["requested_by"] == "oncall"
     assert approval["data"]["accepted"] is False
     assert "second person" in approval["data"]["refusal"]
-    assert recorded.facts_of(RESTORE_PERFORMED) == []
-    failed_step = the_only(
-        [s for s in recorded.steps if s.fields["task_id"] == "approve_overwrite"],
-        f"{STEP_TRY} approve_overwrite",
-    ).fields["data"]
-    assert failed_step["state"] == "failed"
-    assert "second person" in failed_step["error"]
+    assert "second person" in failed_step_error(recorded, "put_in_place")
     verdict = verify_ledger(Ledger(stack.evidence / "ledger"))
     assert verdict.ok, verdict.problem
 
 
 def test_a_second_persons_approval_puts_the_restore_in_place(stack: Stack, existing_target: str) -> None:
-    from cloudops.catalog import load_catalogs
-    from cloudops.runbooks.restore_request import check_request, verify_restore
+    from cloudops.runbooks.restore_request import RestoreRequest, verify_restore
 
     run_id = trigger_overwrite(stack, existing_target)
     wait_awaiting_input(stack, run_id)
@@ -491,24 +533,15 @@ def test_a_second_persons_approval_puts_the_restore_in_place(stack: Stack, exist
     assert answered["responded_by"]["name"] == "approver"
 
     assert wait_run_end(stack, run_id) == "success", stack.tails()
-    for task_id in (
-        "check_request",
-        "restore",
-        "verify",
-        "approve_overwrite",
-        "put_in_place",
-        "drop_staging",
-    ):
+    for task_id in ("check_request", "restore", "verify", "put_in_place", "confirm_in_place", "drop_staging"):
         assert task_state(stack, run_id, task_id)["state"] == "success", task_id
 
     (kept,) = databases_like(f"{existing_target}\\_before\\_%")
     assert tables_of(kept) == ["old_only"], "the old target is kept, renamed"
     assert query(f"SELECT COUNT(*) FROM `{kept}`.`old_only`") == [(2,)]
     assert "old_only" not in tables_of(existing_target)
-    request = check_request(
-        load_catalogs([str(stack.catalog_file)]), database=DATABASE, target=existing_target
-    )
-    assert verify_restore(request, stack.backup_id)["checks"] >= 3, "the target holds the backup"
+    placed = RestoreRequest(str(stack.catalog_file), stack.estate, DATABASE, "latest", existing_target)
+    assert verify_restore(placed, stack.backup_id)["checks"] >= 3, "the target holds the backup"
     assert databases_like(staging_of(stack, existing_target, run_id)) == []
 
     recorded = stack.ledger_run(run_id)
@@ -534,25 +567,96 @@ def test_a_second_persons_approval_puts_the_restore_in_place(stack: Stack, exist
     assert verdict.ok, verdict.problem
 
 
-def test_a_rejection_leaves_the_target_and_drops_the_staging_copy(stack: Stack, existing_target: str) -> None:
+def test_an_outsider_cannot_answer_and_a_rejection_fails_the_run_leaving_the_target(
+    stack: Stack, existing_target: str
+) -> None:
     run_id = trigger_overwrite(stack, existing_target)
     wait_awaiting_input(stack, run_id)
     wait_parking_settled(stack, run_id)
 
+    # not on the estate's approver list: Airflow itself refuses the answer (assigned_users)
+    status, text = answer_refused(stack, run_id, "outsider", "Approve")
+    assert status == 403, text
+    assert "User=outsider (id=outsider) is not a respondent for the task" in text
+    assert task_state(stack, run_id, "put_in_place")["state"] == "awaiting_input"
+
     answer(stack, run_id, "approver", "Reject")
 
-    wait_run_end(stack, run_id)
-    assert task_state(stack, run_id, "approve_overwrite")["state"] == "success"
-    assert task_state(stack, run_id, "put_in_place")["state"] == "skipped"
+    # A rejection ends the run failed (L13): it did not do what was asked, and alerts say so.
+    assert wait_run_end(stack, run_id) == "failed"
+    step = task_state(stack, run_id, "put_in_place")
+    assert step["state"] == "failed"
     assert task_state(stack, run_id, "drop_staging")["state"] == "success"
-    assert tables_of(existing_target) == ["old_only"], "the target is untouched"
-    assert databases_like(f"{existing_target}\\_before\\_%") == []
-    assert databases_like(staging_of(stack, existing_target, run_id)) == [], "the staging copy is dropped"
+    log = task_log(stack, run_id, "put_in_place", step["try_number"])
+    assert (
+        f"rejected: run {run_id}: requested by oncall, answered Reject by approver; nothing was changed"
+        in log
+    )
+    assert_untouched(stack, run_id, existing_target)
     recorded = stack.ledger_run(run_id)
+    assert recorded.state == "failed"
     approval = the_only(recorded.approvals, APPROVAL).fields["data"]
-    assert (approval["decision"], approval["approver"], approval["requested_by"]) == (
+    assert (approval["decision"], approval["approver"], approval["requested_by"], approval["accepted"]) == (
         "Reject",
         "approver",
         "oncall",
+        False,
     )
-    assert recorded.facts_of(RESTORE_PERFORMED) == []
+
+
+def test_the_approval_step_marked_success_by_hand_never_swaps(stack: Stack, existing_target: str) -> None:
+    run_id = trigger_overwrite(stack, existing_target)
+    wait_awaiting_input(stack, run_id)
+    wait_parking_settled(stack, run_id)
+
+    # The requester has the rights to set a task's state (DAG-run edit): Airflow 3.3.2 lets them set
+    # an awaiting-input step to success.
+    stack.api(
+        "oncall",
+        "PATCH",
+        f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/put_in_place",
+        json={"new_state": "success"},
+    )
+
+    assert wait_run_end(stack, run_id) == "failed"
+    assert task_state(stack, run_id, "put_in_place")["state"] == "success"
+    confirm = task_state(stack, run_id, "confirm_in_place")
+    assert confirm["state"] == "failed"
+    assert task_state(stack, run_id, "drop_staging")["state"] == "success"
+    log = task_log(stack, run_id, "confirm_in_place", confirm["try_number"])
+    assert f"run {run_id}: the restore is not in place: the staging copy" in log
+    assert_untouched(stack, run_id, existing_target)
+    assert stack.ledger_run(run_id).approvals == [], "nobody answered"
+
+
+def test_a_run_started_from_the_shell_is_refused_before_anything_runs(
+    stack: Stack, existing_target: str
+) -> None:
+    conf = {
+        "database": DATABASE,
+        "backup_id": "latest",
+        "target_database": existing_target,
+        "confirm_overwrite": True,
+    }
+    run_id = f"manual__shell_{uuid.uuid4().hex[:6]}"
+    triggered = subprocess.run(
+        ["airflow", "dags", "trigger", DAG_ID, "--run-id", run_id, "--conf", json.dumps(conf)],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert triggered.returncode == 0, (triggered.stdout + triggered.stderr)[-2000:]
+    shell_user = stack.api("oncall", "GET", f"/dags/{DAG_ID}/dagRuns/{run_id}")["triggering_user_name"]
+    assert shell_user, "airflow dags trigger records the shell's user name"
+
+    assert wait_run_end(stack, run_id) == "failed"
+    step = task_state(stack, run_id, "check_request")
+    assert step["state"] == "failed"
+    assert task_state(stack, run_id, "restore")["state"] == "upstream_failed"
+    log = task_log(stack, run_id, "check_request", step["try_number"])
+    assert (
+        f"confirm_overwrite: run {run_id}: the run's requester {shell_user!r} is not an Airflow user" in log
+    )
+    assert tables_of(existing_target) == ["old_only"]
+    assert databases_like(staging_of(stack, existing_target, run_id)) == [], "nothing was staged"

@@ -24,7 +24,9 @@ backups list <database>`), and the target database name. Then:
    catalog as it is now, that it is an Approve by someone other than the requester; only then are
    sessions on the target ended, the target renamed `<target>_before_<time>` (kept, not dropped) and
    the staging copy renamed into its place. Marking the step "success" by hand skips the swap;
-5. `drop_staging` (a teardown: it always runs) drops a staging copy that did not go into place. When a
+5. `confirm_in_place` checks on the server that the target exists and the staging copy is gone (so a
+   `put_in_place` marked "success" by hand fails the run here);
+6. `drop_staging` (a teardown: it always runs) drops a staging copy that did not go into place. When a
    swap was started and its end is unknown, it keeps the staging copy and says so (log and ledger).
 
 **What a failure means.** `check_request`: the form was refused, nothing ran; read the message.
@@ -33,7 +35,8 @@ dropped; trigger again. `verify`: the restored data differs from the backup's re
 refused or rejected approval (the message names the run, the requester and the approver; nothing
 changed), an approval timeout, or a failed rename. **A rejection ends the run failed**: it did not do
 what was asked. If the log of `drop_staging` says the staging copy was kept, look at the target and the
-`<target>_before_<time>` copy before anything else: the swap's end is unknown.
+`<target>_before_<time>` copy before anything else: the swap's end is unknown. `confirm_in_place`:
+the restore is not in place although `put_in_place` reads success (its state was set by hand).
 
 **What to do next.** Fix the form's input and trigger again; for a damaged backup, pick an older
 backup id; for an approval, ask someone on the approver list. The same restore into a new database
@@ -392,6 +395,32 @@ def put_in_place(
     return {"target": request.target, "replaced": replaced, "kept_as": keep_as if replaced else None}
 
 
+def confirm_in_place(request: RestoreRequest, run_id: str) -> dict[str, Any]:
+    """Check on the server that the restore is in place: the target exists and this run's staging copy
+    does not any more. A put_in_place marked "success" by hand (which renames nothing) fails here.
+
+    :raises CloudOpsError: naming the run, the target and the staging copy.
+    """
+    from cloudops.catalog import load_catalog_file
+    from cloudops.errors import CloudOpsError
+    from cloudops.runbooks.restore_drill import engine_for
+
+    database = load_catalog_file(request.catalog_file).database(request.database)
+    engine = engine_for(database)
+    staging = restored_into(request, run_id)
+    used_by = f"restore into {request.target!r} of database {database.name!r}"
+    if engine.database_exists(database.conn_id, staging, used_by=used_by) or not engine.database_exists(
+        database.conn_id, request.target, used_by=used_by
+    ):
+        raise CloudOpsError(
+            f"run {run_id}: the restore is not in place: the staging copy {staging!r} is still there or "
+            f"{request.target!r} is missing on {database.conn_id}. put_in_place did not rename it (was its "
+            "state set by hand?); the teardown drops the staging copy and the target is as it was"
+        )
+    log.info("%s is in place on %s; no staging copy is left", request.target, database.conn_id)
+    return {"target": request.target, "in_place": True}
+
+
 def drop_staging(request: RestoreRequest, run_id: str) -> bool:
     """Drop this run's staging copy (one that did not go into place: failed, refused, rejected); safe
     to repeat."""
@@ -504,6 +533,10 @@ def _put_in_place_act(context: dict[str, Any], approval: Approval | None) -> dic
         },
     )
     return placed
+
+
+def _confirm_task(**context: Any) -> dict[str, Any]:
+    return confirm_in_place(_request(context), context["run_id"])
 
 
 def _drop_staging_task(**context: Any) -> None:
@@ -628,10 +661,22 @@ def build_restore_request_dag(catalogs: CatalogSet) -> DAG:
         # A teardown (runs once everything upstream is done, as all_done): a failed, refused or rejected
         # restore never leaves its staging copy behind. Unlike a plain all_done leaf it does not decide
         # the run's state, so the run fails whenever put_in_place did not succeed (a rejection too).
+        # The run's last word, on the server and not on task states (which the REST API lets anyone
+        # with edit rights set): the restore is in place and no staging copy is left.
+        confirm_in_place_task = PythonOperator(  # noqa: AIR001 - confirm_in_place is the library function
+            task_id="confirm_in_place", python_callable=_confirm_task, retries=0
+        )
         drop_staging_task = PythonOperator(
             task_id="drop_staging", python_callable=_drop_staging_task, retries=2
         ).as_teardown()
-        check_request_task >> restore >> verify >> put_in_place_task >> drop_staging_task
+        (
+            check_request_task
+            >> restore
+            >> verify
+            >> put_in_place_task
+            >> confirm_in_place_task
+            >> drop_staging_task
+        )
     return dag
 
 
@@ -642,6 +687,7 @@ __all__ = [
     "approvers_of",
     "build_restore_request_dag",
     "check_request",
+    "confirm_in_place",
     "drop_staging",
     "kept_name",
     "overwrite_refusal",
