@@ -243,8 +243,14 @@ class Requested:
     triggering_user_name = "alice"
 
 
-def teardown_context(run_id: str, xcoms: dict[tuple[str, str], Any]) -> dict[str, Any]:
-    return {"run_id": run_id, "ti": TeardownInstance(xcoms), "dag_run": Requested()}
+def teardown_context(run_id: str, xcoms: dict[tuple[str, str], Any], request: Any) -> dict[str, Any]:
+    params = {
+        "database": request.database,
+        "backup_id": request.backup_id,
+        "target_database": request.target,
+        "confirm_overwrite": request.overwrite,
+    }
+    return {"run_id": run_id, "ti": TeardownInstance(xcoms), "dag_run": Requested(), "params": params}
 
 
 def test_the_teardown_keeps_a_staging_copy_whose_swap_did_not_report_its_end(
@@ -261,7 +267,7 @@ def test_the_teardown_keeps_a_staging_copy_whose_swap_did_not_report_its_end(
 
     # put_in_place started renaming (its announcement is there) and never returned: keep the copy
     _drop_staging_task(
-        **teardown_context("manual__lost", {**checked, ("put_in_place", SWAP_STARTED): staging})
+        **teardown_context("manual__lost", {**checked, ("put_in_place", SWAP_STARTED): staging}, request)
     )
     assert exists(staging), "a staging copy whose swap may be half done is never dropped"
     kept = latest_fact(
@@ -272,7 +278,7 @@ def test_the_teardown_keeps_a_staging_copy_whose_swap_did_not_report_its_end(
     assert kept.fields["data"]["target_database"] == existing
 
     # no swap started (refused, rejected, or the step was marked success by hand): dropped
-    _drop_staging_task(**teardown_context("manual__lost", checked))
+    _drop_staging_task(**teardown_context("manual__lost", checked, request))
     assert not exists(staging)
     assert maria(f"SELECT COUNT(*) FROM `{existing}`.`old_only`") == [(2,)]
 
@@ -335,3 +341,36 @@ def test_cloudops_restore_stages_then_renames_and_refuses_overwrites(
         capsys.readouterr().err
     )
     assert maria("SHOW DATABASES LIKE %s", f"drill\\_restore\\_{OVERWRITTEN[0]}\\_%") == []
+
+
+def test_a_mariadb_staging_copy_moves_whole_or_not_at_all(sandbox_env: dict[str, str]) -> None:
+    from cloudops.engines import mariadb
+    from cloudops.engines.scratch import scratch_name
+
+    suffix = uuid.uuid4().hex[:6]
+    staging, target, taken = scratch_name(f"restore_m_{suffix}", "r"), f"m_new_{suffix}", f"m_taken_{suffix}"
+    try:
+        for name in (staging, taken):
+            maria(f"CREATE DATABASE `{name}` CHARACTER SET latin1 COLLATE latin1_swedish_ci")
+        maria(f"CREATE TABLE `{staging}`.`t` (id INT PRIMARY KEY)")
+        maria(f"INSERT INTO `{staging}`.`t` VALUES (1)")
+        maria(f"CREATE VIEW `{staging}`.`v` AS SELECT id FROM `{staging}`.`t`")
+        with pytest.raises(RestoreRefused, match=r"holds objects RENAME TABLE cannot move \(view v\)"):
+            mariadb.rename_into_new("sandbox_mariadb", staging, target, used_by="test")
+        assert not exists(target), "nothing is created before the checks pass"
+        maria(f"DROP VIEW `{staging}`.`v`")
+        with pytest.raises(RestoreRefused, match=f"database '{taken}' exists on .*: a restore into a new"):
+            mariadb.rename_into_new("sandbox_mariadb", staging, taken, used_by="test")
+
+        mariadb.rename_into_new("sandbox_mariadb", staging, target, used_by="test")
+
+        assert not exists(staging)
+        assert maria(f"SELECT id FROM `{target}`.`t`") == [(1,)]
+        assert maria(
+            "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA "
+            "WHERE SCHEMA_NAME = %s",
+            target,
+        ) == [("latin1", "latin1_swedish_ci")], "the new database keeps the restored copy's character set"
+    finally:
+        for name in (staging, target, taken):
+            maria(f"DROP DATABASE IF EXISTS `{name}`")

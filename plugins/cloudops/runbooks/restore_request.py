@@ -463,7 +463,10 @@ def _check_task(**context: Any) -> dict[str, str]:
 
 
 def _request(context: dict[str, Any]) -> RestoreRequest:
-    return RestoreRequest(**context["ti"].xcom_pull(task_ids="check_request"))
+    # From the run's own form, checked again against the catalog, never from check_request's XCom:
+    # anyone with edit rights can rewrite an XCom (and so what the approver reads, or where a restore
+    # lands); nobody can rewrite a run's conf.
+    return _request_from_params(context["params"])
 
 
 def _restore_task(**context: Any) -> dict[str, Any]:
@@ -507,7 +510,7 @@ def _put_in_place_act(context: dict[str, Any], approval: Approval | None) -> dic
     from cloudops.evidence.recorder import record_fact
     from cloudops.evidence.runs import RESTORE_PERFORMED
 
-    request = _request_from_params(context["params"])
+    request = _request(context)
     restored = context["ti"].xcom_pull(task_ids="restore") or {}
     requester = _requester(context)
 
@@ -547,7 +550,11 @@ def _drop_staging_task(**context: Any) -> None:
     if not pulled:
         log.info("the request was refused: no staging copy was made")
         return
-    request = RestoreRequest(**pulled)
+    try:
+        request = _request(context)
+    except InvalidInputError as error:  # the catalog changed meanwhile: the staging name is still known
+        log.warning("the request no longer passes its checks (%s): dropping its staging copy anyway", error)
+        request = RestoreRequest(**pulled)
     placed = context["ti"].xcom_pull(task_ids="put_in_place")
     started = context["ti"].xcom_pull(task_ids="put_in_place", key=SWAP_STARTED)
     if started and not placed:
