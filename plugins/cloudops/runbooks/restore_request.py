@@ -9,9 +9,9 @@ backups list <database>`), and the target database name. Then:
    `information_schema`, `performance_schema`). Names are compared per server (connection id). A target
    that is a catalog database on that server is refused unless the overwrite is confirmed **and** that
    very catalog entry (not the source) sets `allow_restore_over`: one entry's flag never unlocks another
-   database. An overwrite of a database the catalog does not list, on a server
-   that holds a catalog primary, is refused (list it with `allow_restore_over` first). An overwrite
-   started without a known user (scheduler, CLI, API service account) is refused;
+   database. An overwrite of a database the catalog does not list, on a server that holds a catalog
+   primary, is refused (list it with `allow_restore_over` first). An overwrite whose requester is not
+   an Airflow user (the scheduler, a service account, `airflow dags trigger` from a shell) is refused;
 2. `restore` downloads the backup, checks every object's SHA-256 against the manifest, and restores into
    a **staging** database `drill_restore_<target>_<run hash>`, never under the final name. It refuses
    while another run's staging copy for the same target exists (one restore per target at a time;
