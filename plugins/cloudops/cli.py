@@ -194,7 +194,9 @@ def _restore(args: argparse.Namespace) -> int:
     try:
         restored = restore_backup(request, run_id=run_id)
         verified = verify_restore(request, restored["backup_id"], restored=staging)
-        put_in_place(request, run_id=run_id, approval=None, requested_by=None, announce=renaming.append)
+        placed = put_in_place(
+            request, run_id=run_id, approval=None, requested_by=None, announce=renaming.append
+        )
     except BaseException:
         log = logging.getLogger(__name__)
         if renaming:
@@ -210,6 +212,30 @@ def _restore(args: argparse.Namespace) -> int:
             except Exception as error:
                 log.error("could not drop the staging copy %s: %s", staging, error)
         raise
+    import getpass
+
+    from cloudops.evidence.recorder import record
+    from cloudops.evidence.runs import RESTORE_PERFORMED
+
+    # The same fact restore_request records, so that auditors see shell restores too.
+    record(
+        RESTORE_PERFORMED,
+        dag_id=None,
+        run_id=run_id,
+        key=f"{RESTORE_PERFORMED}|cli|{run_id}",
+        data={
+            "estate": request.estate,
+            "database": request.database,
+            "backup_id": restored["backup_id"],
+            "target_database": request.target,
+            "overwrite": False,
+            "replaced": placed["replaced"],
+            "kept_as": None,
+            "requested_by": f"shell:{getpass.getuser()}",
+            "approved_by": None,
+            "via": "cloudops restore",
+        },
+    )
     print(
         f"restored backup {restored['backup_id']} of {request.database} into {request.target} in "
         f"{restored['seconds']:.1f} s; {verified['checks']} checks against the manifest passed"

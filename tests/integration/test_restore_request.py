@@ -328,10 +328,21 @@ def test_cloudops_restore_stages_then_renames_and_refuses_overwrites(
     estate: dict[str, Any], target: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from cloudops.cli import EXIT_INVALID, main
+    from cloudops.evidence.facts import latest_fact
+    from cloudops.evidence.ledger import Ledger
+    from cloudops.evidence.runs import RESTORE_PERFORMED
 
     assert main(["restore", DATABASE, "--target", target]) == 0
     assert f"into {target} in" in capsys.readouterr().out
     assert exists(target)
+    fact = latest_fact(
+        RESTORE_PERFORMED, {"target_database": target}, ledger=Ledger(estate["evidence"] / "ledger")
+    )
+    assert fact is not None, "a shell restore is in the ledger too"
+    assert (fact.fields["data"]["via"], fact.fields["data"]["backup_id"]) == (
+        "cloudops restore",
+        estate["backup_id"],
+    )
     assert maria("SHOW DATABASES LIKE %s", f"drill\\_restore\\_{target}\\_%") == [], "no staging copy is left"
     assert main(["restore", DATABASE, "--target", target]) == EXIT_INVALID
     assert f"error: target_database: '{target}' exists on sandbox_mariadb" in capsys.readouterr().err
