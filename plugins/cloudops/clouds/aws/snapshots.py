@@ -29,7 +29,14 @@ from typing import Any, Literal
 
 from cloudops.catalog.models import RetentionPolicy, render_duration
 from cloudops.errors import CloudOpsError
-from cloudops.repository.retention import BackupRecord, RetentionPlan, RetentionRefused, plan_retention
+from cloudops.repository.retention import (
+    UNVERIFIED,
+    VERIFIED,
+    BackupRecord,
+    RetentionPlan,
+    RetentionRefused,
+    plan_retention,
+)
 
 log = logging.getLogger(__name__)
 
@@ -349,11 +356,20 @@ def check_ownership(snapshot: CloudSnapshot, tags_now: Mapping[str, str]) -> Non
 def as_retention_records(snapshots: Iterable[CloudSnapshot]) -> list[BackupRecord]:
     """Return the retention planner's view of snapshots: id = backup id, time = creation time.
 
+    A complete snapshot counts as verified: its bytes cannot be read back as a repository's objects can,
+    and ``available``/``completed`` is the cloud's own word that it is whole (a restore drill of the RDS
+    snapshot goes further, and fails the drill run when it does not restore).
+
     Only snapshots of one group (one database, or one host volume) may be planned together: use
     :func:`plan_cloud_snapshot_retention` for a listing that mixes targets.
     """
     return [
-        BackupRecord(id=snapshot.backup_id, time=snapshot.created_at, complete=snapshot.complete)
+        BackupRecord(
+            id=snapshot.backup_id,
+            time=snapshot.created_at,
+            complete=snapshot.complete,
+            proof=VERIFIED if snapshot.complete else UNVERIFIED,
+        )
         for snapshot in snapshots
     ]
 
