@@ -371,7 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
         "plan", help="print which backups a policy keeps and deletes, as JSON (deletes nothing)"
     )
     plan.add_argument("--policy", required=True, help="JSON object of keep_* rules")
-    plan.add_argument("--backups", required=True, help='JSON list of {"id", "time", "tags"?}')
+    plan.add_argument(
+        "--backups",
+        required=True,
+        help='JSON list of {"id", "time", "tags"?, "complete"?, "locked_until"?, "proof"?}; only backups '
+        'with proof "verified" or "drill_passed" count toward keep_* (default "unverified")',
+    )
     plan.add_argument("--max-delete-share", type=float, default=0.5, help="default 0.5")
     plan.add_argument("--allow-large-delete", action="store_true", help="allow deleting more than the share")
     plan.set_defaults(handler=_retention_plan)
