@@ -330,3 +330,52 @@ def test_a_failed_cli_restore_is_recorded_as_a_failed_run(
     assert finished["run_id"] == started["run_id"]
     assert finished["data"]["state"] == "failed"
     assert finished["data"]["message"].startswith("InvalidInputError: backup_id: 'not-an-id'")
+
+
+@pytest.fixture
+def dropped_afterwards() -> Iterator[list[str]]:
+    """MariaDB databases a test restores into; dropped at the end (they are not scratch-named)."""
+    import pymysql
+
+    names: list[str] = []
+    yield names
+    conn = json.loads(os.environ["AIRFLOW_CONN_SANDBOX_MARIADB"])
+    with (
+        pymysql.connect(
+            host=conn["host"], port=int(conn["port"]), user=conn["login"], password=conn["password"]
+        ) as session,
+        session.cursor() as cursor,
+    ):
+        for name in names:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+def test_a_cli_restore_records_its_run_and_the_restore(
+    planted: Planted,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    dropped_afterwards: list[str],
+) -> None:
+    from cloudops.cli import main
+    from cloudops.evidence.recorder import os_user
+
+    monkeypatch.setenv("CLOUDOPS_CATALOG", str(Path(planted.file).parent))
+    assert main(["backups", "run", DATABASE]) == 0, capsys.readouterr().err
+    (backup_id,) = planted.listed()
+    target = f"restored_{uuid.uuid4().hex[:8]}"
+    dropped_afterwards.append(target)
+
+    assert main(["restore", DATABASE, "--target", target]) == 0, capsys.readouterr().err
+
+    runs = {f["run_id"]: f for f in planted.facts("run.finished")}
+    restore_run = next(f for f in runs.values() if f["dag_id"] == "restore_request")
+    assert restore_run["data"]["state"] == "success"
+    assert restore_run["data"]["triggered_by_user"] == os_user()
+    (performed,) = planted.facts("restore.performed")
+    assert performed["run_id"] == restore_run["run_id"]
+    assert performed["triggered_by"] == "cli"
+    assert performed["data"]["backup_id"] == backup_id
+    assert performed["data"]["target_database"] == target
+    assert performed["data"]["requested_by"] == os_user()
+    assert performed["data"]["overwrite"] is False
+    assert performed["data"]["checks"] > 0
