@@ -165,7 +165,9 @@ def test_twenty_backups_with_many_unreadable_manifests_delete_nothing(planted: P
     assert planted.facts(RETENTION_DELETED) == []
 
 
-def test_twenty_backups_with_some_unreadable_manifests_delete_at_most_the_cap(planted: Planted) -> None:
+def test_twenty_backups_with_some_unreadable_manifests_delete_at_most_the_cap(
+    planted: Planted, caplog: pytest.LogCaptureFixture
+) -> None:
     # Verification is beside the point here (the tests below cover it): none is verified, so what
     # keep_last would keep is held rather than counted, and the same backups go.
     complete = [planted.plant(days_ago=day + 1) for day in range(12)]
@@ -175,6 +177,10 @@ def test_twenty_backups_with_some_unreadable_manifests_delete_at_most_the_cap(pl
     with pytest.raises(RetentionRefused, match=r"refusing to delete 11 of 20 backups in one run \(8 of them"):
         planted.retention()
     assert len(planted.listed()) == 20
+    # The refused plan is in the log, every backup with its decision and reasons, for the review.
+    (logged,) = [r.getMessage() for r in caplog.records if "REFUSED" in r.getMessage()]
+    assert logged.startswith("retention plan for inventory (9 keep, 9 of them held, 11 delete, REFUSED):")
+    assert all(backup_id in logged for backup_id in complete + unreadable)
 
     planted.policy({"keep_last": 10})
     done = planted.retention()
@@ -193,6 +199,29 @@ def test_twenty_backups_with_some_unreadable_manifests_delete_at_most_the_cap(pl
     assert first["data"]["max_delete_share"] == 0.5
     assert first["data"]["deleted"][0].endswith("/manifest.json"), "the manifest goes first"
     assert facts[-1]["data"]["reasons"] == ["incomplete, older than grace period (1d)"]
+
+
+def test_verified_backups_whose_manifests_stop_reading_are_never_cleaned_up(planted: Planted) -> None:
+    # A stricter manifest check after an upgrade: backups the ledger saw verified now read as
+    # incomplete. Even a reviewed large delete leaves them; only a never-proven leftover goes.
+    from cloudops.repository.pipeline import upload_bytes
+
+    verified = [planted.plant(days_ago=days) for days in (4, 3, 2)]
+    for backup_id in verified:
+        planted.verify(backup_id)
+    leftover = planted.plant(days_ago=5, unreadable=True)
+    store = planted.store
+    for backup_id in verified[:2]:
+        upload_bytes(
+            store.client, store.bucket, store.manifest_key(DATABASE, backup_id), b'{"manifest_version": 2}'
+        )
+
+    plan = planted.retention(allow_large_delete=True)
+
+    assert plan["deleted"] == [leftover]
+    for backup_id in verified[:2]:
+        assert plan["reasons"][backup_id][0].startswith("verified, yet incomplete now: held for review")
+    assert sorted(planted.listed()) == sorted(verified)
 
 
 def test_a_backup_not_yet_verified_does_not_count_toward_keep_last(planted: Planted) -> None:

@@ -21,6 +21,7 @@ from cloudops.repository.retention import (
     NOT_KEPT,
     PROOFS,
     PROVEN,
+    PROVEN_BUT_INCOMPLETE,
     UNVERIFIED,
     VERIFIED,
     VERIFY_FAILED,
@@ -407,6 +408,23 @@ def test_drill_passed_backups_count_toward_the_policy() -> None:
     assert plan.held == []
 
 
+def test_a_proven_backup_whose_manifest_no_longer_reads_is_held_not_cleaned_up() -> None:
+    # After an upgrade, two backups the ledger proved read as incomplete: they are no leftovers.
+    backups = [
+        *_daily(3),
+        BackupRecord(id="was-verified", time=NOW - timedelta(days=5), complete=False, proof=VERIFIED),
+        BackupRecord(id="was-drilled", time=NOW - timedelta(days=6), complete=False, proof=DRILL_PASSED),
+        BackupRecord(id="leftover", time=NOW - timedelta(days=7), complete=False),
+    ]
+
+    plan = plan_retention(backups, RetentionPolicy(keep_last=3), now=NOW)
+
+    assert plan.delete == ["leftover"]
+    assert plan.reasons["was-verified"] == [f"verified, yet incomplete now: {PROVEN_BUT_INCOMPLETE}"]
+    assert plan.reasons["was-drilled"] == [NEWEST_DRILL_PASSED, f"incomplete now: {PROVEN_BUT_INCOMPLETE}"]
+    assert plan.held == ["was-verified", "was-drilled"]
+
+
 def test_with_nothing_proven_the_policy_decides_only_what_may_go() -> None:
     # No backup is proven (the ledger is elsewhere): nothing counts, what the policy keeps is held.
     backups = _daily(4, **{f"day-{day:02d}": {"proof": UNVERIFIED} for day in range(4)})
@@ -693,13 +711,18 @@ def test_random_plans_keep_the_invariants(seed: int) -> None:
     complete = sorted((b for b in backups if b.complete), key=lambda backup: backup.time, reverse=True)
     if complete:
         assert complete[0].id in plan.keep
-    if drilled := [backup for backup in complete if backup.proof == DRILL_PASSED]:
+    if drilled := sorted(
+        (b for b in backups if b.proof == DRILL_PASSED), key=lambda backup: backup.time, reverse=True
+    ):
         assert drilled[0].id in plan.keep
     for backup in backups:
         if backup.id in plan.delete:
             assert backup.locked_until is None or backup.locked_until <= NOW
             assert backup.complete or NOW - backup.time > timedelta(hours=24)
             assert backup.proof not in (DRILL_FAILED, VERIFY_FAILED), "failed backups are held for review"
+            assert backup.complete or backup.proof not in PROVEN, (
+                "only unproven incomplete ones are cleaned up"
+            )
         if backup.id in plan.keep and backup.id not in plan.held:
             assert backup.complete, "only complete backups count for the policy"
             assert backup.proof in PROVEN, "only proven backups count for the policy"

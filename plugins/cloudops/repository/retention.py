@@ -12,7 +12,9 @@ tests are this module's conformance tests). Safety rules sit on top of it:
   ``drill_failed``) is neither counted nor deleted: it is held for review;
 - the newest complete backup and the newest drill-passed backup are never deleted;
 - an incomplete backup (no readable manifest) is deleted as cleanup once it is older than a grace
-  period, and held until then, since it may still be being written;
+  period, and held until then, since it may still be being written; one that was proven before
+  (verified, or a drill passed it) is never cleaned up but held for review: its manifest reading as
+  incomplete now points at a reader or a manifest that changed, not at leftovers;
 - a backup under object lock (``locked_until`` after ``now``) is not deleted: it is held;
 - one run never deletes more than ``max_delete_share`` of all the listed backups, incomplete ones
   included, unless told to (:class:`RetentionRefused`);
@@ -42,6 +44,9 @@ from cloudops.errors import CloudOpsError, InvalidInputError
 NEWEST_COMPLETE = "newest complete backup"
 NEWEST_DRILL_PASSED = "newest backup a restore drill passed"
 NOT_KEPT = "not kept by any rule"
+PROVEN_BUT_INCOMPLETE = (
+    "held for review (a newer manifest format, a stricter check, or an altered manifest?), never cleaned up"
+)
 
 # What the caller knows about a backup's contents (the ledger's backup.verified and drill.recorded).
 UNVERIFIED = "unverified"
@@ -195,7 +200,8 @@ def plan_retention(
     hopeful = [backup for backup in complete if backup.proof not in FAILED]
     if_proven = dict(zip((b.id for b in hopeful), _policy_reasons(hopeful, policy, now), strict=True))
     newest_complete = complete[0].id if complete else None
-    newest_drilled = next((b.id for b in complete if b.proof == DRILL_PASSED), None)
+    # Over every backup, not only complete ones: the ledger's proof outlives a manifest that no longer reads.
+    newest_drilled = next((b.id for b in ordered if b.proof == DRILL_PASSED), None)
     grace = render_duration(incomplete_grace)
 
     keep: list[str] = []
@@ -216,6 +222,10 @@ def plan_retention(
                 why.append("not verified yet: it does not count toward the policy")
         elif backup.id == newest_drilled:
             why = [NEWEST_DRILL_PASSED]
+            if not backup.complete:
+                why.append(f"incomplete now: {PROVEN_BUT_INCOMPLETE}")
+        elif not backup.complete and backup.proof in PROVEN:
+            why = [f"{backup.proof.replace('_', ' ')}, yet incomplete now: {PROVEN_BUT_INCOMPLETE}"]
         elif not backup.complete and now - backup.time <= incomplete_grace:
             why = [f"incomplete, younger than grace period ({grace}): it may still be in progress"]
         elif backup.locked_until is not None and backup.locked_until > now:
@@ -567,6 +577,7 @@ __all__ = [
     "NOT_KEPT",
     "PROOFS",
     "PROVEN",
+    "PROVEN_BUT_INCOMPLETE",
     "UNVERIFIED",
     "VERIFIED",
     "VERIFY_FAILED",

@@ -384,7 +384,7 @@ def apply_retention(
     """
     from dataclasses import replace
 
-    from cloudops.repository.retention import plan_retention
+    from cloudops.repository.retention import RetentionRefused, plan_retention
 
     catalog, database = backed_up_database(catalog_file, estate, database_name)
     policy = database.backup
@@ -399,35 +399,17 @@ def apply_retention(
         for record in store.as_retention_records(listed)
     ]
     proof_of = {record.id: record.proof for record in records}
-    plan = plan_retention(
-        records,
-        policy.retention,
-        max_delete_share=policy.max_delete_share,
-        allow_large_delete=allow_large_delete,
-    )
-    held = set(plan.held)
-    rows = [
-        [
-            backup_id,
-            "held" if backup_id in held else "keep",
-            proof_of[backup_id],
-            "; ".join(plan.reasons[backup_id]),
-        ]
-        for backup_id in plan.keep
-    ]
-    rows += [
-        [backup_id, "DELETE", proof_of[backup_id], "; ".join(plan.reasons[backup_id])]
-        for backup_id in plan.delete
-    ]
-    log.info(
-        "retention plan for %s (%d keep, %d of them held, %d delete%s):\n%s",
-        database.name,
-        len(plan.keep),
-        len(plan.held),
-        len(plan.delete),
-        ", dry run" if dry_run else "",
-        render_table(["backup", "decision", "proof", "reasons"], rows) if rows else "(no backups)",
-    )
+    try:
+        plan = plan_retention(
+            records,
+            policy.retention,
+            max_delete_share=policy.max_delete_share,
+            allow_large_delete=allow_large_delete,
+        )
+    except RetentionRefused as refused:
+        _log_plan(database.name, refused.plan, proof_of, note=", REFUSED")
+        raise
+    _log_plan(database.name, plan, proof_of, note=", dry run" if dry_run else "")
     if plan.stopped:
         log.warning("retention of %s stopped, nothing deleted: %s", database.name, plan.stopped)
         raise RetentionStopped(f"retention of {database.name}: {plan.stopped}")
@@ -461,6 +443,30 @@ def apply_retention(
     if dry_run:
         log.info("dry run: nothing deleted")
     return result
+
+
+def _log_plan(database: str, plan: Any, proof_of: dict[str, str], *, note: str) -> None:
+    """Log a retention plan as a table: each backup, the decision, its proof and the reasons."""
+    held = set(plan.held)
+    rows = [
+        [
+            backup_id,
+            "held" if backup_id in held else "keep",
+            proof_of[backup_id],
+            "; ".join(plan.reasons[backup_id]),
+        ]
+        for backup_id in plan.keep
+    ]
+    rows += [[b, "DELETE", proof_of[b], "; ".join(plan.reasons[b])] for b in plan.delete]
+    log.info(
+        "retention plan for %s (%d keep, %d of them held, %d delete%s):\n%s",
+        database,
+        len(plan.keep),
+        len(plan.held),
+        len(plan.delete),
+        note,
+        render_table(["backup", "decision", "proof", "reasons"], rows) if rows else "(no backups)",
+    )
 
 
 def _no_run(database: Database) -> dict[str, Any]:
