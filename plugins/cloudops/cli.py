@@ -6,9 +6,10 @@ Exit codes: 0 success, 1 the action failed, 2 invalid input (a bad catalog, a ba
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from cloudops.errors import CloudOpsError, InvalidInputError
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+Handler = Callable[[argparse.Namespace], int]
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -138,30 +140,69 @@ def _backups_list(args: argparse.Namespace) -> int:
 
 
 def _backup_run(args: argparse.Namespace) -> int:
-    """Take one backup now, outside Airflow (the same steps as backup__<database>'s take_backup)."""
-    from cloudops.runbooks.backup import apply_retention, take_backup
+    """Take one backup now, outside Airflow: backup__<database>'s steps, recorded in the ledger as a run
+    of that runbook by this OS user (take_backup, verify_backup, then apply_retention if asked)."""
+    from cloudops.evidence.recorder import cli_run, record_fact
+    from cloudops.evidence.runs import BACKUP_TAKEN
+    from cloudops.runbooks.backup import apply_retention, backup_evidence, take_backup, verify_backup
 
     catalog, database = _find_database(args.database)
     if database.backup is None:
         raise InvalidInputError(f"database {database.name!r} has no backup policy in the catalog")
     catalog_file = _catalog_file_of(catalog.estate)
-    manifest = take_backup(catalog_file, catalog.estate, database.name, run_id=None)
-    stored = manifest["compressed_bytes"]
-    print(f"backup {manifest['backup_id']} of {database.name} complete: {stored} bytes stored")
-    if args.retention:
-        plan = apply_retention(
-            catalog_file, catalog.estate, database.name, dry_run=args.dry_run, allow_large_delete=False
+    conf = {"database": database.name, "retention": args.retention, "dry_run": args.dry_run}
+    with cli_run(f"backup__{database.name}", conf=conf) as context:
+        manifest = take_backup(catalog_file, catalog.estate, database.name, run_id=context["run_id"])
+        record_fact(BACKUP_TAKEN, context, backup_evidence(manifest))
+        stored = manifest["compressed_bytes"]
+        print(f"backup {manifest['backup_id']} of {database.name} complete: {stored} bytes stored")
+        verified = verify_backup(
+            catalog_file, catalog.estate, database.name, backup_id=manifest["backup_id"], evidence=context
         )
-        print(json.dumps(plan, indent=2))
+        print(f"backup {manifest['backup_id']} verified: {verified['reason']}")
+        if args.retention:
+            plan = apply_retention(
+                catalog_file,
+                catalog.estate,
+                database.name,
+                dry_run=args.dry_run,
+                allow_large_delete=False,
+                evidence=context,
+                verified_now=verified,
+            )
+            print(json.dumps(plan, indent=2))
     return EXIT_OK
 
 
+def _recorded_as(dag_id: str) -> Callable[[Handler], Handler]:
+    """Record a command as a run of the runbook ``dag_id`` in the ledger (see ``recorder.cli_run``).
+
+    The handler finds the run's context in ``args.evidence``, for its facts; an exit code other than 0
+    records the run as failed, as an error does.
+    """
+
+    def wrap(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        def run(args: argparse.Namespace) -> int:
+            from cloudops.evidence.recorder import cli_run
+
+            conf = {k: v for k, v in vars(args).items() if k not in ("handler", "evidence")}
+            with cli_run(dag_id, conf=conf) as context:
+                args.evidence = context
+                code = handler(args)
+                context["exit_code"] = code
+                return code
+
+        return run
+
+    return wrap
+
+
+@_recorded_as("restore_request")
 def _restore(args: argparse.Namespace) -> int:
     """Restore a backup into a new database without Airflow (the same checks as restore_request): into a
     staging copy first, renamed to the target only after the checks pass."""
     import logging
-    import secrets
-    from datetime import UTC, datetime
 
     from cloudops.catalog import load_catalogs
     from cloudops.runbooks.restore_request import (
@@ -187,8 +228,9 @@ def _restore(args: argparse.Namespace) -> int:
             "which only the restore_request runbook in Airflow records; from a shell, restore into a new "
             "database (--target NEW_NAME) and switch over"
         )
-    # A run id of its own: the staging copy is named after it, like a restore_request run's.
-    run_id = f"cli__{datetime.now(UTC):%Y%m%dT%H%M%SZ}__{secrets.token_hex(4)}"
+    # The ledger's run id for this command (cloudops.evidence.recorder.cli_run): the staging copy is
+    # named after it, like a restore_request run's.
+    run_id = args.evidence["run_id"]
     staging = restored_into(request, run_id)
     renaming: list[str] = []
     try:
@@ -212,18 +254,14 @@ def _restore(args: argparse.Namespace) -> int:
             except Exception as error:
                 log.error("could not drop the staging copy %s: %s", staging, error)
         raise
-    import getpass
-
-    from cloudops.evidence.recorder import record
+    from cloudops.evidence.recorder import record_fact
     from cloudops.evidence.runs import RESTORE_PERFORMED
 
     # The same fact restore_request records, so that auditors see shell restores too.
-    record(
+    record_fact(
         RESTORE_PERFORMED,
-        dag_id=None,
-        run_id=run_id,
-        key=f"{RESTORE_PERFORMED}|cli|{run_id}",
-        data={
+        args.evidence,
+        {
             "estate": request.estate,
             "database": request.database,
             "backup_id": restored["backup_id"],
@@ -231,9 +269,10 @@ def _restore(args: argparse.Namespace) -> int:
             "overwrite": False,
             "replaced": placed["replaced"],
             "kept_as": None,
-            "requested_by": f"shell:{getpass.getuser()}",
+            "requested_by": args.evidence["triggered_by_user"],
             "approved_by": None,
             "via": "cloudops restore",
+            "checks": verified["checks"],
         },
     )
     print(
@@ -368,7 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
         "plan", help="print which backups a policy keeps and deletes, as JSON (deletes nothing)"
     )
     plan.add_argument("--policy", required=True, help="JSON object of keep_* rules")
-    plan.add_argument("--backups", required=True, help='JSON list of {"id", "time", "tags"?}')
+    plan.add_argument(
+        "--backups",
+        required=True,
+        help='JSON list of {"id", "time", "tags"?, "complete"?, "locked_until"?, "proof"?}; only backups '
+        'with proof "verified" or "drill_passed" count toward keep_* (default "unverified")',
+    )
     plan.add_argument("--max-delete-share", type=float, default=0.5, help="default 0.5")
     plan.add_argument("--allow-large-delete", action="store_true", help="allow deleting more than the share")
     plan.set_defaults(handler=_retention_plan)

@@ -19,15 +19,18 @@ pytestmark = pytest.mark.e2e
 DagsTest = Callable[..., CompletedProcess[str]]
 
 
-def test_sandbox_backup_runs_to_a_complete_backup(dags_test: DagsTest, airflow_env: dict[str, str]) -> None:
+def test_sandbox_backup_runs_to_a_complete_backup(
+    dags_test: DagsTest, airflow_env: dict[str, str], tmp_path: Path
+) -> None:
     from cloudops.catalog import load_catalog_file
+    from cloudops.evidence.ledger import Ledger
     from cloudops.runbooks.backup import open_repository
 
     catalog = load_catalog_file(Path(airflow_env["CLOUDOPS_CATALOG"]) / "sandbox.yaml")
     store = open_repository(catalog, catalog.database("inventory_mariadb"))
     before = {b.backup_id for b in store.list_backups("inventory_mariadb")}
 
-    run = dags_test("backup__inventory_mariadb")
+    run = dags_test("backup__inventory_mariadb", CLOUDOPS_EVIDENCE_DIR=str(tmp_path / "evidence"))
 
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-3000:]
@@ -35,6 +38,12 @@ def test_sandbox_backup_runs_to_a_complete_backup(dags_test: DagsTest, airflow_e
     assert new.complete
     assert new.locked_until is not None, "the sandbox repository locks every backup"
     assert "retention plan for inventory_mariadb" in output
+    # The new backup was read back before retention ran, and that is in the ledger.
+    records = list(Ledger(tmp_path / "evidence" / "ledger").records())
+    (verified,) = [r for r in records if r.kind == "backup.verified"]
+    assert (verified.fields["data"]["backup_id"], verified.fields["data"]["ok"]) == (new.backup_id, True)
+    steps = [r.fields["task_id"] for r in records if r.kind == "step.try"]
+    assert steps.index("verify_backup") < steps.index("apply_retention")
     assert json.loads(airflow_env["AIRFLOW_CONN_SANDBOX_MARIADB"])["password"] not in output
 
 

@@ -13,15 +13,19 @@ import pytest
 
 from cloudops.errors import CloudOpsError
 from cloudops.repository.retention import RetentionRefused
-from cloudops.runbooks.backup import apply_retention, open_repository, take_backup
+from cloudops.runbooks.backup import apply_retention, open_repository, take_backup, verify_backup
 from tests.integration.estates import private_estate
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def estate(tmp_path: Path, sandbox_env: dict[str, str]) -> Iterator[dict[str, Any]]:
-    """A catalog of the sandbox's databases backing up into a bucket of this test's own."""
+def estate(
+    tmp_path: Path, sandbox_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, Any]]:
+    """A catalog of the sandbox's databases backing up into a bucket of this test's own; the facts
+    (verifications, deletions) go into a ledger of its own."""
+    monkeypatch.setenv("CLOUDOPS_EVIDENCE_DIR", str(tmp_path / "evidence"))
     backup = {"repository": "test_backups", "retention": {"keep_last": 2}}
     databases = [
         {
@@ -125,10 +129,14 @@ def test_retention_keeps_policy_and_refuses_large_deletes(estate: dict[str, Any]
     ids = [take_backup(estate["file"], estate["estate"], "inventory")["backup_id"] for _ in range(4)]
     newest_first = list(reversed(ids))
 
+    for backup_id in ids:  # as the DAG's verify_backup does after each take_backup
+        verify_backup(estate["file"], estate["estate"], "inventory", backup_id=backup_id)
+
     dry = apply_retention(
         estate["file"], estate["estate"], "inventory", dry_run=True, allow_large_delete=False
     )
     assert dry["keep"] == newest_first[:2]
+    assert dry["reasons"][newest_first[1]] == ["last 2"], "verified backups count toward the policy"
     assert dry["delete"] == newest_first[2:]
     assert dry["deleted"] == []
 
@@ -140,7 +148,7 @@ def test_retention_keeps_policy_and_refuses_large_deletes(estate: dict[str, Any]
             }
         ]
     )
-    with pytest.raises(RetentionRefused, match="refusing to delete 3 of 4"):
+    with pytest.raises(RetentionRefused, match="refusing to delete 3 of 4 backups"):
         apply_retention(
             estate["file"], estate["estate"], "inventory", dry_run=False, allow_large_delete=False
         )
@@ -193,6 +201,16 @@ def test_rds_snapshot_is_tagged_and_pruned_with_the_backups(estate: dict[str, An
 
     assert plan["rds_snapshots"]["keep"] == list(reversed(backup_ids))[:2]
     assert plan["rds_snapshots"]["delete"] == backup_ids[:1]
+    from cloudops.evidence.ledger import Ledger
+
+    ledger = Ledger(Path(estate["file"]).parent / "evidence" / "ledger")
+    facts = [r.fields["data"] for r in ledger.records() if r.kind == "retention.deleted"]
+    assert [(f["what"], f["backup_id"]) for f in facts] == [
+        ("backup", backup_ids[0]),
+        ("rds_snapshot", backup_ids[0]),
+    ]
+    assert facts[1]["deleted"] == plan["rds_snapshots"]["deleted"][0]
+    assert facts[1]["instance_id"] == "orders-pg"
     left = list_cloud_snapshots("sandbox_aws", estate=estate["estate"], kind="rds", database="orders")
     assert sorted(s.backup_id for s in left) == sorted(backup_ids[1:])
     estate["write"](

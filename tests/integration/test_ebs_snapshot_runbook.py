@@ -40,8 +40,9 @@ def catalog(tmp_path: Path, estate: str, hosts: list[str], retention: dict[str, 
 
 
 def test_every_volume_is_snapshotted_and_old_snapshots_pruned(
-    tmp_path: Path, sandbox_env: dict[str, str]
+    tmp_path: Path, sandbox_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("CLOUDOPS_EVIDENCE_DIR", str(tmp_path / "evidence"))
     estate = f"ebs_{uuid.uuid4().hex[:6]}"
     path = catalog(tmp_path, estate, ["web-1", "web-2"], {"keep_last": 1})
     try:
@@ -52,9 +53,25 @@ def test_every_volume_is_snapshotted_and_old_snapshots_pruned(
 
         dry = apply_snapshot_retention(path, estate, "web", dry_run=True)
         assert dry["deleted"] == []
-        result = apply_snapshot_retention(path, estate, "web")
+        run = {"dag_id": "ebs_snapshot__web", "run_id": "ebs-retention-test"}
+        result = apply_snapshot_retention(path, estate, "web", evidence=run)
 
         assert sorted(result["deleted"]) == sorted(s["snapshot"] for s in first["snapshots"])
+        # Every snapshot deleted is a ledger fact of this run, with the plan's reason and the policy.
+        from cloudops.evidence.ledger import Ledger
+
+        facts = [
+            r.fields
+            for r in Ledger(tmp_path / "evidence" / "ledger").records()
+            if r.kind == "retention.deleted"
+        ]
+        assert sorted(f["data"]["deleted"] for f in facts) == sorted(result["deleted"])
+        assert {(f["dag_id"], f["run_id"]) for f in facts} == {("ebs_snapshot__web", "ebs-retention-test")}
+        assert {f["data"]["what"] for f in facts} == {"ebs_snapshot"}
+        assert {f["data"]["backup_id"] for f in facts} == {first["backup_id"]}
+        assert all(f["data"]["reasons"] == ["not kept by any rule"] for f in facts)
+        assert all(f["data"]["policy"] == {"keep_last": 1} for f in facts)
+        assert {f["data"]["host"] for f in facts} == {"web-1", "web-2"}
         left = list_cloud_snapshots("sandbox_aws", estate=estate, kind="ebs", fleet="web")
         assert {s.backup_id for s in left} == {second["backup_id"]}
     finally:

@@ -67,19 +67,24 @@ def test_retention_plan_prints_the_plan_as_json(tmp_path: Path, capsys: pytest.C
     backups.write_text(
         json.dumps(
             [
-                {"id": "a", "time": "2026-11-20T02:00:00Z"},
-                {"id": "b", "time": "2026-11-21T02:00:00Z", "tags": ["nightly"]},
+                {"id": "a", "time": "2026-11-20T02:00:00Z", "proof": "verified"},
+                {"id": "b", "time": "2026-11-21T02:00:00Z", "tags": ["nightly"], "proof": "drill_passed"},
                 {"id": "c", "time": "2026-11-22T02:00:00Z"},
             ]
         )
     )
     assert main(["retention", "plan", "--policy", str(policy), "--backups", str(backups)]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["keep"] == ["c", "b"]
-    assert plan["delete"] == ["a"]
-    assert set(plan) == {"keep", "delete", "reasons"}
-    assert plan["reasons"]["a"] == ["not kept by any rule"]
-    assert plan["reasons"]["c"][0].startswith("last")
+    # c is not proven: it does not count, so keep_last 2 keeps a and b, and c is held as the newest.
+    assert plan["keep"] == ["c", "b", "a"]
+    assert plan["delete"] == []
+    assert plan["held"] == ["c"]
+    assert set(plan) == {"keep", "delete", "held", "stopped", "reasons"}
+    assert plan["reasons"]["a"] == ["last 2"]
+    assert plan["reasons"]["c"] == [
+        "newest complete backup",
+        "not verified yet: it does not count toward the policy",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -106,7 +111,7 @@ def test_retention_plan_refuses_a_large_delete_without_override(
 ) -> None:
     (tmp_path / "p.json").write_text('{"keep_last": 1}')
     times = [f"2026-11-{day:02d}T02:00:00Z" for day in range(1, 11)]
-    (tmp_path / "b.json").write_text(json.dumps([{"id": t, "time": t} for t in times]))
+    (tmp_path / "b.json").write_text(json.dumps([{"id": t, "time": t, "proof": "verified"} for t in times]))
     args = ["retention", "plan", "--policy", str(tmp_path / "p.json"), "--backups", str(tmp_path / "b.json")]
     assert main(args) == 1
     assert "refusing to delete 9 of 10" in capsys.readouterr().err

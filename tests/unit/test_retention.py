@@ -14,8 +14,17 @@ from pydantic import ValidationError
 from cloudops.catalog.models import RetentionPolicy
 from cloudops.errors import CloudOpsError
 from cloudops.repository.retention import (
+    DRILL_FAILED,
+    DRILL_PASSED,
     NEWEST_COMPLETE,
+    NEWEST_DRILL_PASSED,
     NOT_KEPT,
+    PROOFS,
+    PROVEN,
+    PROVEN_BUT_INCOMPLETE,
+    UNVERIFIED,
+    VERIFIED,
+    VERIFY_FAILED,
     BackupRecord,
     RetentionInputError,
     RetentionPlan,
@@ -33,8 +42,12 @@ CONFORMANCE: dict[str, Any] = json.loads(DATA.read_text(encoding="utf-8"))
 NOW = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)
 
 # restic's snapshots carry no ids: number them in restic's order, which decides ties between equal times.
+# restic trusts every snapshot: here each is verified, so that every one counts toward the policy.
 RESTIC_BACKUPS = parse_backups(
-    [{"id": f"restic-{index:03d}", **item} for index, item in enumerate(CONFORMANCE["backups"])]
+    [
+        {"id": f"restic-{index:03d}", **item, "proof": VERIFIED}
+        for index, item in enumerate(CONFORMANCE["backups"])
+    ]
 )
 RESTIC_BY_ID = {backup.id: backup for backup in RESTIC_BACKUPS}
 RESTIC_NEWEST = "restic-102"  # 2016-01-18T12:02:03Z, untagged
@@ -157,6 +170,7 @@ def test_conformance_copy_matches_shared_file() -> None:
 
 
 def _at(time: str, backup_id: str | None = None, **fields: Any) -> BackupRecord:
+    fields.setdefault("proof", VERIFIED)
     return BackupRecord(id=backup_id or time, time=datetime.fromisoformat(time), **fields)
 
 
@@ -186,11 +200,16 @@ def test_within_ignores_backups_from_the_future() -> None:
 
 
 def _daily(count: int, **overrides: dict[str, Any]) -> list[BackupRecord]:
-    """``count`` complete backups, one a day, ``day-00`` an hour before NOW; fields overridden by id."""
+    """``count`` complete, verified backups, one a day, ``day-00`` an hour before NOW; fields overridden
+    by id."""
     backups = []
     for day in range(count):
         backup_id = f"day-{day:02d}"
-        fields: dict[str, Any] = {"time": NOW - timedelta(days=day, hours=1), **overrides.get(backup_id, {})}
+        fields: dict[str, Any] = {
+            "time": NOW - timedelta(days=day, hours=1),
+            "proof": VERIFIED,
+            **overrides.get(backup_id, {}),
+        }
         backups.append(BackupRecord(id=backup_id, **fields))
     return backups
 
@@ -242,13 +261,179 @@ def test_incomplete_backups_are_cleaned_up_after_the_grace_period(
         assert plan.reasons["partial"][0].startswith("incomplete, younger than grace period")
 
 
-def test_incomplete_cleanup_does_not_count_against_the_share_limit() -> None:
+def _unreadable(count: int) -> list[BackupRecord]:
+    """``count`` incomplete backups (an unreadable manifest, say), a month old: due for cleanup."""
     old = NOW - timedelta(days=30)
-    backups = [*_daily(2), *(BackupRecord(id=f"partial-{n}", time=old, complete=False) for n in range(5))]
+    return [
+        BackupRecord(id=f"unreadable-{n:02d}", time=old - timedelta(hours=n), complete=False)
+        for n in range(count)
+    ]
 
-    plan = plan_retention(backups, RetentionPolicy(keep_last=-1), now=NOW, max_delete_share=0.1)
 
-    assert plan.delete == [f"partial-{n}" for n in range(5)]
+def test_incomplete_cleanup_counts_against_the_share_limit() -> None:
+    # 20 backups, 6 unreadable: cleaning them up is 6 deletions of 20, within the half one run may delete.
+    backups = [*_daily(14), *_unreadable(6)]
+
+    plan = plan_retention(backups, RetentionPolicy(keep_last=-1), now=NOW)
+
+    assert plan.delete == [f"unreadable-{n:02d}" for n in range(6)]
+    assert plan.stopped is None
+    # The cleanup and the policy's deletions together: 6 + 6 of 20 are more than half.
+    with pytest.raises(RetentionRefused) as refused:
+        plan_retention(backups, RetentionPolicy(keep_last=8), now=NOW)
+    assert str(refused.value).startswith(
+        "refusing to delete 12 of 20 backups in one run (6 of them incomplete): max_delete_share=0.5 allows "
+        "at most 10"
+    )
+    assert len(refused.value.plan.delete) == 12
+
+
+def test_too_many_unreadable_backups_stop_the_run_and_it_says_why() -> None:
+    # A mixed-version rollout: 12 of 20 manifests no longer read. The plan deletes nothing at all, not even
+    # the complete backup the policy lets go, and every backup it would have deleted says it was held.
+    backups = [*_daily(8), *_unreadable(12)]
+
+    plan = plan_retention(backups, RetentionPolicy(keep_last=7), now=NOW)
+
+    assert plan.delete == []
+    assert plan.keep == [backup.id for backup in backups]
+    assert plan.stopped is not None
+    assert plan.stopped.startswith(
+        "12 of 20 backups are incomplete or unreadable and due for cleanup, more than max_delete_share=0.5 "
+        "allows in one run (10)"
+    )
+    assert "mixed-version rollout" in plan.stopped
+    assert "allow_large_delete=True" in plan.stopped
+    assert plan.reasons["day-07"] == [NOT_KEPT, "held: this run deletes nothing (see why it stopped)"]
+    assert plan.reasons["unreadable-11"] == [
+        "incomplete, older than grace period (1d)",
+        "held: this run deletes nothing (see why it stopped)",
+    ]
+    assert plan.held == ["day-07", *(f"unreadable-{n:02d}" for n in range(12))]
+    assert plan.to_json()["stopped"] == plan.stopped
+
+    reviewed = plan_retention(backups, RetentionPolicy(keep_last=7), now=NOW, allow_large_delete=True)
+    assert reviewed.delete == ["day-07", *(f"unreadable-{n:02d}" for n in range(12))]
+    assert reviewed.stopped is None
+
+
+def test_unreadable_backups_alone_stop_the_run_even_with_no_complete_deletions() -> None:
+    backups = [*_daily(2), *_unreadable(5)]
+
+    plan = plan_retention(backups, RetentionPolicy(keep_last=-1), now=NOW, max_delete_share=0.5)
+
+    assert plan.delete == []
+    assert plan.stopped is not None
+    assert plan.stopped.startswith("5 of 7 backups are incomplete or unreadable")
+
+
+# Proof: verified backups, drills
+
+
+def test_a_backup_not_verified_yet_does_not_count_toward_keep_last() -> None:
+    # The newest backup was not read back yet: keep_last 2 keeps the two newest verified ones, and holds it.
+    backups = _daily(4, **{"day-00": {"proof": UNVERIFIED}})
+
+    plan = plan_retention(backups, RetentionPolicy(keep_last=2), now=NOW)
+
+    assert plan.keep == ["day-00", "day-01", "day-02"]
+    assert plan.delete == ["day-03"]
+    assert plan.reasons["day-00"] == [
+        NEWEST_COMPLETE,
+        "not verified yet: it does not count toward the policy",
+    ]
+    assert plan.reasons["day-02"] == ["last 2"]
+    assert plan.held == ["day-00"]
+
+
+def test_an_unverified_backup_the_policy_would_keep_is_held_one_it_would_not_may_go() -> None:
+    # Upgraded from a version that recorded no verifications: only day-00 is proven.
+    backups = _daily(7, **{f"day-{day:02d}": {"proof": UNVERIFIED} for day in range(1, 7)})
+
+    plan = plan_retention(backups, RetentionPolicy(keep_last=3), now=NOW, max_delete_share=1.0)
+
+    assert plan.keep == ["day-00", "day-01", "day-02"]
+    assert plan.reasons["day-00"] == ["last 3"]
+    assert plan.reasons["day-01"] == [
+        "not verified yet, so it does not count toward the policy; held, as last 3 would keep it"
+    ]
+    assert plan.delete == ["day-03", "day-04", "day-05", "day-06"]
+    assert all(plan.reasons[backup_id] == [NOT_KEPT] for backup_id in plan.delete)
+
+
+@pytest.mark.parametrize(
+    ("proof", "says"),
+    [
+        pytest.param(
+            DRILL_FAILED, "its restore drill failed (drill run r1: failed checks: row_counts)", id="drill"
+        ),
+        pytest.param(
+            VERIFY_FAILED, "its verification failed (drill run r1: failed checks: row_counts)", id="verify"
+        ),
+    ],
+)
+def test_a_failed_backup_is_held_for_review_and_does_not_count(proof: str, says: str) -> None:
+    detail = "drill run r1: failed checks: row_counts"
+    failed = {"proof": proof, "proof_detail": detail}
+    backups = _daily(5, **{"day-00": failed, "day-03": failed})
+
+    plan = plan_retention(backups, RetentionPolicy(keep_last=1), now=NOW, max_delete_share=1.0)
+
+    # day-00 does not fill keep_last 1: day-01 is kept by the policy; day-03 is held though no rule keeps it.
+    assert plan.reasons["day-01"] == ["last 1"]
+    assert plan.reasons["day-00"] == [f"{says}: held for review, neither counted nor deleted"]
+    assert plan.reasons["day-03"] == plan.reasons["day-00"]
+    assert plan.keep == ["day-00", "day-01", "day-03"]
+    assert plan.delete == ["day-02", "day-04"]
+    assert plan.held == ["day-00", "day-03"]
+
+
+def test_the_newest_drill_passed_backup_is_always_kept() -> None:
+    backups = _daily(5, **{"day-03": {"proof": DRILL_PASSED}, "day-04": {"proof": DRILL_PASSED}})
+
+    plan = plan_retention(backups, RetentionPolicy(keep_last=2), now=NOW)
+
+    assert plan.keep == ["day-00", "day-01", "day-03"]
+    assert plan.reasons["day-03"] == [NEWEST_DRILL_PASSED]
+    assert plan.delete == ["day-02", "day-04"]
+    assert plan.held == ["day-03"]
+
+
+def test_drill_passed_backups_count_toward_the_policy() -> None:
+    backups = _daily(2, **{"day-00": {"proof": DRILL_PASSED}})
+
+    plan = plan_retention(backups, RetentionPolicy(keep_last=1), now=NOW)
+
+    assert plan.reasons["day-00"] == ["last 1"]
+    assert plan.held == []
+
+
+def test_a_proven_backup_whose_manifest_no_longer_reads_is_held_not_cleaned_up() -> None:
+    # After an upgrade, two backups the ledger proved read as incomplete: they are no leftovers.
+    backups = [
+        *_daily(3),
+        BackupRecord(id="was-verified", time=NOW - timedelta(days=5), complete=False, proof=VERIFIED),
+        BackupRecord(id="was-drilled", time=NOW - timedelta(days=6), complete=False, proof=DRILL_PASSED),
+        BackupRecord(id="leftover", time=NOW - timedelta(days=7), complete=False),
+    ]
+
+    plan = plan_retention(backups, RetentionPolicy(keep_last=3), now=NOW)
+
+    assert plan.delete == ["leftover"]
+    assert plan.reasons["was-verified"] == [f"verified, yet incomplete now: {PROVEN_BUT_INCOMPLETE}"]
+    assert plan.reasons["was-drilled"] == [NEWEST_DRILL_PASSED, f"incomplete now: {PROVEN_BUT_INCOMPLETE}"]
+    assert plan.held == ["was-verified", "was-drilled"]
+
+
+def test_with_nothing_proven_the_policy_decides_only_what_may_go() -> None:
+    # No backup is proven (the ledger is elsewhere): nothing counts, what the policy keeps is held.
+    backups = _daily(4, **{f"day-{day:02d}": {"proof": UNVERIFIED} for day in range(4)})
+
+    plan = plan_retention(backups, RetentionPolicy(keep_last=2), now=NOW)
+
+    assert plan.keep == ["day-00", "day-01"]
+    assert plan.held == ["day-00", "day-01"]
+    assert plan.delete == ["day-02", "day-03"]
 
 
 def test_large_delete_is_refused_with_numbers_and_the_way_out() -> None:
@@ -258,7 +443,7 @@ def test_large_delete_is_refused_with_numbers_and_the_way_out() -> None:
         plan_retention(backups, RetentionPolicy(keep_last=2), now=NOW)
 
     message = str(refused.value)
-    assert "refusing to delete 8 of 10 complete backups" in message
+    assert "refusing to delete 8 of 10 backups in one run:" in message
     assert "max_delete_share=0.5 allows at most 5" in message
     assert "allow_large_delete=True" in message
     assert isinstance(refused.value, CloudOpsError)
@@ -319,6 +504,8 @@ def test_plan_to_json() -> None:
     assert plan.to_json() == {
         "keep": ["day-00", "day-01"],
         "delete": ["day-02", "partial"],
+        "held": [],
+        "stopped": None,
         "reasons": {
             "day-00": ["last 2"],
             "day-01": ["last 2"],
@@ -332,7 +519,7 @@ def test_plan_to_json() -> None:
 def test_no_backups_no_plan() -> None:
     plan = plan_retention([], RetentionPolicy(keep_daily=7), now=NOW)
 
-    assert plan == RetentionPlan(keep=[], delete=[], reasons={}, held=[])
+    assert plan == RetentionPlan(keep=[], delete=[], reasons={}, held=[], stopped=None)
 
 
 def test_bad_arguments_are_refused() -> None:
@@ -344,6 +531,8 @@ def test_bad_arguments_are_refused() -> None:
         plan_retention(_daily(1), RetentionPolicy(keep_last=1), now=NOW, max_delete_share=0)
     with pytest.raises(RetentionInputError, match="'day-00' appears more than once"):
         plan_retention([*_daily(1), *_daily(1)], RetentionPolicy(keep_last=1), now=NOW)
+    with pytest.raises(ValueError, match="proof must be one of unverified, verified"):
+        BackupRecord(id="x", time=NOW, proof="trusted")
 
 
 # JSON inputs
@@ -356,13 +545,16 @@ def test_parse_backups() -> None:
         [
             {"id": "a", "time": "2026-11-20T04:00:00+01:00", "tags": ["daily"]},
             {"id": "b", "time": T, "complete": False, "locked_until": "2026-12-01T00:00:00Z"},
+            {"id": "c", "time": T, "proof": "drill_failed", "proof_detail": "drill run r1"},
         ]
     )
 
     assert records == [
         BackupRecord(id="a", time=NOW, tags=frozenset({"daily"})),
         BackupRecord(id="b", time=NOW, complete=False, locked_until=datetime(2026, 12, 1, tzinfo=UTC)),
+        BackupRecord(id="c", time=NOW, proof=DRILL_FAILED, proof_detail="drill run r1"),
     ]
+    assert records[0].proof == UNVERIFIED
     assert records[0].time.tzinfo is UTC
 
 
@@ -411,6 +603,17 @@ def test_parse_backups() -> None:
             [{"id": "a", "time": T, "locked_until": "soon"}],
             "backups[0].locked_until: 'soon' is not an ISO 8601 time",
             id="locked-until",
+        ),
+        pytest.param(
+            [{"id": "a", "time": T, "proof": "verifed"}],
+            "backups[0].proof: expected one of unverified, verified, verify_failed, drill_passed, "
+            "drill_failed, got 'verifed' (did you mean 'verified'?)",
+            id="proof",
+        ),
+        pytest.param(
+            [{"id": "a", "time": T, "proof_detail": 3}],
+            "backups[0].proof_detail: expected a string, got 3",
+            id="proof-detail",
         ),
     ],
 )
@@ -485,6 +688,7 @@ def _random_backups(rng: random.Random) -> list[BackupRecord]:
                 tags=frozenset(rng.sample(TAGS, rng.randint(0, 2))),
                 complete=rng.random() < 0.85,
                 locked_until=locked_until,
+                proof=rng.choices(PROOFS, weights=(2, 6, 1, 2, 1))[0],
             )
         )
     return backups
@@ -504,30 +708,50 @@ def test_random_plans_keep_the_invariants(seed: int) -> None:
     for ids in (plan.keep, plan.delete):
         times = [by_id[backup_id].time for backup_id in ids]
         assert times == sorted(times, reverse=True), "newest first"
-    complete = [backup for backup in backups if backup.complete]
+    complete = sorted((b for b in backups if b.complete), key=lambda backup: backup.time, reverse=True)
     if complete:
-        assert max(complete, key=lambda backup: backup.time).id in plan.keep
+        assert complete[0].id in plan.keep
+    if drilled := sorted(
+        (b for b in backups if b.proof == DRILL_PASSED), key=lambda backup: backup.time, reverse=True
+    ):
+        assert drilled[0].id in plan.keep
     for backup in backups:
         if backup.id in plan.delete:
             assert backup.locked_until is None or backup.locked_until <= NOW
             assert backup.complete or NOW - backup.time > timedelta(hours=24)
+            assert backup.proof not in (DRILL_FAILED, VERIFY_FAILED), "failed backups are held for review"
+            assert backup.complete or backup.proof not in PROVEN, (
+                "only unproven incomplete ones are cleaned up"
+            )
+        if backup.id in plan.keep and backup.id not in plan.held:
+            assert backup.complete, "only complete backups count for the policy"
+            assert backup.proof in PROVEN, "only proven backups count for the policy"
         if not backup.complete and backup.id in plan.keep:
-            assert len(plan.reasons[backup.id]) == 1, "incomplete backups are kept by safety rules only"
+            assert backup.id in plan.held, "incomplete backups are kept by safety rules only"
     assert set(plan.held) <= set(plan.keep)
 
-    # A backup is kept if any rule keeps it: the rules split in two keep the same backups between them.
+    # A backup is kept by the policy if any rule keeps it: the rules split in two keep the same backups.
     halves = [
         plan_retention(backups, RetentionPolicy(**part), now=NOW, allow_large_delete=True)
         for part in (first, second)
     ]
-    assert set(plan.keep) == set(halves[0].keep) | set(halves[1].keep)
+    counted = set(plan.keep) - set(plan.held)
+    assert counted == (set(halves[0].keep) - set(halves[0].held)) | (
+        set(halves[1].keep) - set(halves[1].held)
+    )
 
     # The input order does not matter (times are distinct here).
     shuffled = rng.sample(backups, len(backups))
     assert plan_retention(shuffled, RetentionPolicy(**rules), now=NOW, allow_large_delete=True) == plan
 
-    # Without the override, a plan deleting more than half of the complete backups is refused.
-    if sum(by_id[backup_id].complete for backup_id in plan.delete) > len(complete) // 2:
+    # Without the override: more incomplete backups to clean up than half the listing stop the run; a plan
+    # deleting more than half of the backups is refused; any other plan is the same.
+    if sum(not by_id[backup_id].complete for backup_id in plan.delete) > len(backups) // 2:
+        stopped = plan_retention(backups, RetentionPolicy(**rules), now=NOW)
+        assert stopped.delete == []
+        assert stopped.stopped is not None
+        assert set(stopped.keep) == set(by_id)
+    elif len(plan.delete) > len(backups) // 2:
         with pytest.raises(RetentionRefused):
             plan_retention(backups, RetentionPolicy(**rules), now=NOW)
     else:

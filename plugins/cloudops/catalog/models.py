@@ -202,7 +202,11 @@ class BackupPolicy(CatalogModel):
     )
     retention: RetentionPolicy
     max_delete_share: Annotated[float, Field(gt=0, le=1)] = Field(
-        default=0.5, description="Largest share of backups one retention run may delete."
+        default=0.5,
+        description=(
+            "Largest share of the listed backups (incomplete ones included) one retention run may delete; "
+            "when more incomplete or unreadable backups than that are due for cleanup, it deletes nothing."
+        ),
     )
     retries: Annotated[int, Field(ge=0, le=10)] = Field(
         default=2, description="Retries of a failed step, with exponential backoff from 1 minute."

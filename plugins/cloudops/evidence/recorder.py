@@ -14,12 +14,14 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cloudops.evidence.ledger import Ledger, Record, canonical_json, evidence_dir
-from cloudops.evidence.runs import runbook_of
+from cloudops.evidence.ledger import Ledger, Record, canonical_json, evidence_dir, utc_stamp
+from cloudops.evidence.runs import RUN_FINISHED, RUN_STARTED, runbook_of
 from cloudops.secrets import mask_secrets
 
 log = logging.getLogger("cloudops.evidence")
@@ -63,11 +65,18 @@ def record(
 
 
 def record_fact(kind: str, context: dict[str, Any], data: dict[str, Any], *, key: str | None = None) -> None:
-    """Record a runbook's own fact (a backup taken, a drill's result...) from inside a task."""
+    """Record a runbook's own fact (a backup taken, a drill's result...) from inside a task.
+
+    :param context: the task's Airflow context, or the context of a ``cloudops`` command
+        (:func:`cli_run`), whose ``triggered_by`` and ``triggered_by_user`` the record carries.
+    """
     ti = context.get("ti") or context.get("task_instance")
-    dag_id = getattr(ti, "dag_id", None) or getattr(context.get("dag"), "dag_id", None)
+    dag_id = (
+        getattr(ti, "dag_id", None) or getattr(context.get("dag"), "dag_id", None) or context.get("dag_id")
+    )
     run_id = context.get("run_id") or getattr(ti, "run_id", None)
-    task_id = getattr(ti, "task_id", None)
+    task_id = getattr(ti, "task_id", None) or context.get("task_id")
+    who = {field: context[field] for field in ("triggered_by", "triggered_by_user") if field in context}
     written = record(
         kind,
         dag_id=dag_id,
@@ -75,9 +84,71 @@ def record_fact(kind: str, context: dict[str, Any], data: dict[str, Any], *, key
         key=key or f"{kind}|{dag_id}|{run_id}|{task_id}|{_digest(data)}",
         data=data,
         task_id=task_id,
+        **who,
     )
     if written:
         log.info("evidence recorded: %s (seq %s, hash %s)", kind, written.seq, written.hash[:12])
+
+
+def os_user() -> str:
+    """The effective OS user of this process (from the password database, not from $USER)."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):
+        return f"uid {os.geteuid()}"
+
+
+@contextmanager
+def cli_run(dag_id: str, *, conf: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    """Record a ``cloudops`` command doing a runbook's work outside Airflow as a run of that runbook.
+
+    Writes ``run.started`` now and ``run.finished`` when the block ends (success; failed with the
+    error's first line, or when the block set ``context["exit_code"]`` to anything but 0), both with
+    ``triggered_by`` ``cli``, the OS user and the host, so that the ledger, reports and the auditor
+    view show the command like a manual DAG run. Recording never raises; the block's errors pass on.
+
+    :param dag_id: the runbook's DAG id, e.g. ``backup__orders_pg``.
+    :param conf: the command's options, recorded as the run's parameters (secrets masked).
+    :return: yields the context to pass to :func:`record_fact` (and to the runbook functions).
+    """
+    started = datetime.now(UTC)
+    run_id = f"cli__{utc_stamp(started)}"
+    user = os_user()
+    who = {
+        "run_type": "manual",
+        "triggered_by": "cli",
+        "triggered_by_user": user,
+        "conf": dict(conf or {}),
+        "logical_date": None,
+        "hostname": socket.gethostname(),
+    }
+    record(RUN_STARTED, dag_id=dag_id, run_id=run_id, key=f"{RUN_STARTED}|{dag_id}|{run_id}", data=who)
+    context = {"dag_id": dag_id, "run_id": run_id, "triggered_by": "cli", "triggered_by_user": user}
+    state, message = "failed", None
+    try:
+        yield context
+        state = "success" if context.get("exit_code") in (None, 0) else "failed"
+    except BaseException as error:
+        message = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        raise
+    finally:
+        finished = datetime.now(UTC)
+        record(
+            RUN_FINISHED,
+            dag_id=dag_id,
+            run_id=run_id,
+            key=f"{RUN_FINISHED}|{dag_id}|{run_id}",
+            data={
+                "state": state,
+                "message": message,
+                "started_at": started.isoformat(),
+                "finished_at": finished.isoformat(),
+                "duration_seconds": (finished - started).total_seconds(),
+                **who,
+            },
+        )
 
 
 def count_error(kind: str, dag_id: str | None, run_id: str | None, error: BaseException) -> None:
@@ -142,4 +213,4 @@ def _json_safe(value: Any) -> Any:
     return str(value)
 
 
-__all__ = ["count_error", "ledger", "record", "record_fact", "recorded_errors"]
+__all__ = ["cli_run", "count_error", "ledger", "os_user", "record", "record_fact", "recorded_errors"]

@@ -6,7 +6,10 @@ kinds below, ``dag_id``, ``run_id``, ``runbook`` (the runbook kind: ``backup``, 
 
 - ``run.started``: data ``run_type``, ``triggered_by`` (timetable, asset, ui, rest_api, cli, test...),
   ``triggered_by_user`` (None when the scheduler started it), ``conf`` (secrets masked),
-  ``logical_date``;
+  ``logical_date``. A ``cloudops`` command that does a runbook's work outside Airflow records itself
+  as a run of that runbook (:func:`cloudops.evidence.recorder.cli_run`): run id ``cli__<UTC time>``,
+  ``triggered_by`` ``cli``, ``triggered_by_user`` the OS user, ``hostname``; its facts carry
+  ``triggered_by`` and ``triggered_by_user`` too;
 - ``run.finished``: data ``state`` (success or failed), ``message``, ``started_at``, ``finished_at``,
   ``duration_seconds``, and again ``run_type``, ``triggered_by``, ``triggered_by_user``, ``conf``,
   ``logical_date`` (a run is complete even where ``run.started`` did not fire, as in ``dags test``);
@@ -20,6 +23,13 @@ kinds below, ``dag_id``, ``run_id``, ``runbook`` (the runbook kind: ``backup``, 
   ``rto_target_seconds``, ``rpo_target_seconds``, ``targets_met``, ``checksums``, ``checks``
   ([{name, passed, expected, observed, detail}]), ``rds``...) plus ``record_uri`` and
   ``checksums_verified`` (every object re-hashed and matching; None when none was reached);
+- ``backup.verified``: data ``estate``, ``database``, ``backup_id``, ``ok`` (every object read back
+  and matching the manifest's size and SHA-256), ``reason``, ``object_name`` (the first that did not),
+  ``objects_checked``, ``bytes_checked``; retention counts a backup toward ``keep_*`` only after it;
+- ``retention.deleted``: one per backup or cloud snapshot a retention run deleted; data ``estate``,
+  ``what`` (``backup``, ``rds_snapshot``, ``ebs_snapshot``), ``backup_id``, ``database`` or ``fleet``,
+  ``group``, ``deleted`` (S3 keys, or the snapshot id), ``reasons`` (the plan's), ``proof``, ``policy``
+  (the keep_* rules), ``max_delete_share``, ``allow_large_delete``;
 - ``restore.performed``: data ``estate``, ``database``, ``backup_id``, ``target_database``,
   ``overwrite``, ``requested_by``, ``approved_by``;
 - ``approval``: also ``task_id``; data ``subject``, ``decision`` (Approve or Reject), ``approver``,
@@ -42,7 +52,9 @@ BACKUP_TAKEN = "backup.taken"
 DRILL_RECORDED = "drill.recorded"
 RESTORE_PERFORMED = "restore.performed"
 APPROVAL = "approval"
-FACT_KINDS = (BACKUP_TAKEN, DRILL_RECORDED, RESTORE_PERFORMED, APPROVAL)
+BACKUP_VERIFIED = "backup.verified"
+RETENTION_DELETED = "retention.deleted"
+FACT_KINDS = (BACKUP_TAKEN, DRILL_RECORDED, RESTORE_PERFORMED, APPROVAL, BACKUP_VERIFIED, RETENTION_DELETED)
 
 
 def runbook_of(dag_id: str) -> tuple[str, str | None]:
@@ -142,9 +154,11 @@ def select_runs(
 __all__ = [
     "APPROVAL",
     "BACKUP_TAKEN",
+    "BACKUP_VERIFIED",
     "DRILL_RECORDED",
     "FACT_KINDS",
     "RESTORE_PERFORMED",
+    "RETENTION_DELETED",
     "RUN_FINISHED",
     "RUN_STARTED",
     "STEP_TRY",

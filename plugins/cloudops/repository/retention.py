@@ -3,11 +3,25 @@
 The policy is restic's ``forget`` policy, applied exactly as restic applies it (the cases of restic's own
 tests are this module's conformance tests). Safety rules sit on top of it:
 
-- only complete backups count for the policy; an incomplete one (no manifest) is deleted as cleanup once
-  it is older than a grace period, and held until then, since it may still be being written;
-- the newest complete backup is never deleted, whatever the policy says;
+- only *proven* complete backups count toward the policy's ``keep_*`` rules: those whose objects were
+  read back and matched their manifest (``verified``) or that a restore drill passed (``drill_passed``),
+  as the caller found in the ledger (:attr:`BackupRecord.proof`). A complete backup not proven yet
+  (``unverified``) does not count, so it can never push a proven one out of ``keep_last``; it is
+  deleted only when the policy would not keep it even if it were proven, and held otherwise;
+- a backup that failed its verification or its latest restore drill (``verify_failed``,
+  ``drill_failed``) is neither counted nor deleted: it is held for review;
+- the newest complete backup and the newest drill-passed backup are never deleted;
+- an incomplete backup (no readable manifest) is deleted as cleanup once it is older than a grace
+  period, and held until then, since it may still be being written; one that was proven before
+  (verified, or a drill passed it) is never cleaned up but held for review: its manifest reading as
+  incomplete now points at a reader or a manifest that changed, not at leftovers;
 - a backup under object lock (``locked_until`` after ``now``) is not deleted: it is held;
-- one run never deletes more than ``max_delete_share`` of the complete backups unless told to.
+- one run never deletes more than ``max_delete_share`` of all the listed backups, incomplete ones
+  included, unless told to (:class:`RetentionRefused`);
+- when the incomplete backups due for cleanup alone are more than that share allows, the plan deletes
+  nothing at all and says why (:attr:`RetentionPlan.stopped`): many unreadable manifests at once mean
+  a mixed-version rollout or a stricter manifest check, not leftovers, and must never empty the
+  repository.
 
 Everything here is pure: no I/O, no clock read except ``now``'s default.
 """
@@ -28,10 +42,24 @@ from cloudops.catalog.models import RetentionPolicy, render_duration
 from cloudops.errors import CloudOpsError, InvalidInputError
 
 NEWEST_COMPLETE = "newest complete backup"
+NEWEST_DRILL_PASSED = "newest backup a restore drill passed"
 NOT_KEPT = "not kept by any rule"
+PROVEN_BUT_INCOMPLETE = (
+    "held for review (a newer manifest format, a stricter check, or an altered manifest?), never cleaned up"
+)
+
+# What the caller knows about a backup's contents (the ledger's backup.verified and drill.recorded).
+UNVERIFIED = "unverified"
+VERIFIED = "verified"
+VERIFY_FAILED = "verify_failed"
+DRILL_PASSED = "drill_passed"
+DRILL_FAILED = "drill_failed"
+PROOFS = (UNVERIFIED, VERIFIED, VERIFY_FAILED, DRILL_PASSED, DRILL_FAILED)
+PROVEN = frozenset({VERIFIED, DRILL_PASSED})
+FAILED = frozenset({VERIFY_FAILED, DRILL_FAILED})
 
 _RESTIC_DURATION_PART = re.compile(r"(\d+)([ymdh])")
-_BACKUP_FIELDS = ("id", "time", "tags", "complete", "locked_until")
+_BACKUP_FIELDS = ("id", "time", "tags", "complete", "locked_until", "proof", "proof_detail")
 
 
 class RetentionInputError(InvalidInputError):
@@ -39,16 +67,26 @@ class RetentionInputError(InvalidInputError):
 
 
 class RetentionRefused(CloudOpsError):
-    """The plan would delete a larger share of the complete backups than one run may.
+    """The plan would delete a larger share of the backups than one run may.
 
     :ivar plan: the plan that was refused, for the operator to review.
-    :ivar would_delete: how many complete backups the plan deletes.
+    :ivar would_delete: how many backups the plan deletes, incomplete ones included.
     :ivar limit: how many one run may delete.
     """
 
-    def __init__(self, plan: RetentionPlan, *, would_delete: int, limit: int, complete: int, share: float):
+    def __init__(
+        self,
+        plan: RetentionPlan,
+        *,
+        would_delete: int,
+        limit: int,
+        listed: int,
+        share: float,
+        incomplete: int = 0,
+    ):
+        of_them = f" ({incomplete} of them incomplete)" if incomplete else ""
         super().__init__(
-            f"refusing to delete {would_delete} of {complete} complete backups in one run: "
+            f"refusing to delete {would_delete} of {listed} backups in one run{of_them}: "
             f"max_delete_share={share:g} allows at most {limit}. Review the plan; if it is what you want, "
             "run again with allow_large_delete=True (or raise max_delete_share in the backup policy)"
         )
@@ -66,6 +104,10 @@ class BackupRecord:
     :param tags: labels that ``keep_tags`` matches.
     :param complete: False when the backup has no manifest (failed, or still being written).
     :param locked_until: end of its S3 Object Lock retention, if any; aware.
+    :param proof: what is known of its contents, one of :data:`PROOFS`: ``unverified`` (nothing yet,
+        the safe default), ``verified`` (its objects were read back and matched the manifest),
+        ``verify_failed``, ``drill_passed`` or ``drill_failed`` (its latest restore drill).
+    :param proof_detail: where the proof comes from (a drill run, a verification), for the reasons.
     """
 
     id: str
@@ -73,8 +115,14 @@ class BackupRecord:
     tags: frozenset[str] = frozenset()
     complete: bool = True
     locked_until: datetime | None = None
+    proof: str = UNVERIFIED
+    proof_detail: str = ""
 
     def __post_init__(self) -> None:
+        if self.proof not in PROOFS:
+            raise ValueError(
+                f"backup {self.id!r} proof must be one of {', '.join(PROOFS)}, got {self.proof!r}"
+            )
         object.__setattr__(self, "time", _utc(self.time, f"backup {self.id!r} time"))
         object.__setattr__(self, "tags", frozenset(self.tags))
         if self.locked_until is not None:
@@ -90,20 +138,26 @@ class RetentionPlan:
     :param keep: ids to keep.
     :param delete: ids to delete.
     :param reasons: for every id, kept or deleted, the reasons for the decision.
-    :param held: kept ids that the policy alone would have deleted (newest complete backup, object lock,
-        incomplete backup inside its grace period); their reasons say which rule held them.
+    :param held: kept ids that the policy over proven backups would not keep (newest complete or
+        drill-passed backup, object lock, incomplete backup inside its grace period, a failed drill or
+        verification held for review, an unverified backup the policy would keep once proven, or
+        everything when the run stopped); their reasons say which rule held them.
+    :param stopped: why this plan deletes nothing at all (too many unreadable backups), or None.
     """
 
     keep: list[str]
     delete: list[str]
     reasons: dict[str, list[str]]
     held: list[str] = field(default_factory=list)
+    stopped: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """Return ``{"keep": [...], "delete": [...], "reasons": {id: [...]}}``."""
+        """Return ``{"keep", "delete", "held", "stopped", "reasons": {id: [...]}}`` as JSON-ready data."""
         return {
             "keep": list(self.keep),
             "delete": list(self.delete),
+            "held": list(self.held),
+            "stopped": self.stopped,
             "reasons": {backup_id: list(why) for backup_id, why in self.reasons.items()},
         }
 
@@ -120,12 +174,15 @@ def plan_retention(
     """Decide which backups to keep and which to delete, with a reason for each.
 
     :param backups: the repository's backups, in any order (equal times keep their given order).
-    :param policy: restic's keep_* rules; applied to complete backups only.
+    :param policy: restic's keep_* rules; applied to proven complete backups only (see the module).
     :param now: the time the safety rules compare with (object locks, grace period); default: now.
-    :param max_delete_share: largest share of the complete backups this run may delete.
-    :param allow_large_delete: delete even when the plan exceeds ``max_delete_share``.
+    :param max_delete_share: largest share of the listed backups (incomplete ones included) this run
+        may delete.
+    :param allow_large_delete: delete even when the plan exceeds ``max_delete_share``, and clean up
+        incomplete backups even when there are more of them than that share.
     :param incomplete_grace: how long an incomplete backup is held before it is cleaned up.
-    :return: the plan; ``keep`` and ``delete`` are newest first.
+    :return: the plan; ``keep`` and ``delete`` are newest first. When the incomplete backups due for
+        cleanup exceed the share, it deletes nothing and ``stopped`` says why.
     :raises RetentionRefused: the plan exceeds ``max_delete_share`` and large deletes are not allowed.
     :raises RetentionInputError: two backups share an id.
     """
@@ -136,8 +193,15 @@ def plan_retention(
     ordered = sorted(backups, key=lambda backup: backup.time, reverse=True)
     _check_unique_ids(ordered)
     complete = [backup for backup in ordered if backup.complete]
-    by_policy = dict(zip((b.id for b in complete), _policy_reasons(complete, policy, now), strict=True))
+    proven = [backup for backup in complete if backup.proof in PROVEN]
+    by_policy = dict(zip((b.id for b in proven), _policy_reasons(proven, policy, now), strict=True))
+    # The policy once more, as if every unverified backup were proven: what it keeps may turn out to
+    # be good, so it is held; what it does not keep would go even then, so it may be deleted.
+    hopeful = [backup for backup in complete if backup.proof not in FAILED]
+    if_proven = dict(zip((b.id for b in hopeful), _policy_reasons(hopeful, policy, now), strict=True))
     newest_complete = complete[0].id if complete else None
+    # Over every backup, not only complete ones: the ledger's proof outlives a manifest that no longer reads.
+    newest_drilled = next((b.id for b in ordered if b.proof == DRILL_PASSED), None)
     grace = render_duration(incomplete_grace)
 
     keep: list[str] = []
@@ -148,43 +212,109 @@ def plan_retention(
         why = by_policy.get(backup.id, [])
         if why:
             keep.append(backup.id)
+            reasons[backup.id] = why
+            continue
+        if backup.proof in FAILED:
+            why = [f"{_proof_text(backup)}: held for review, neither counted nor deleted"]
         elif backup.id == newest_complete:
             why = [NEWEST_COMPLETE]
-            keep.append(backup.id)
-            held.append(backup.id)
+            if backup.proof not in PROVEN:
+                why.append("not verified yet: it does not count toward the policy")
+        elif backup.id == newest_drilled:
+            why = [NEWEST_DRILL_PASSED]
+            if not backup.complete:
+                why.append(f"incomplete now: {PROVEN_BUT_INCOMPLETE}")
+        elif not backup.complete and backup.proof in PROVEN:
+            why = [f"{backup.proof.replace('_', ' ')}, yet incomplete now: {PROVEN_BUT_INCOMPLETE}"]
         elif not backup.complete and now - backup.time <= incomplete_grace:
             why = [f"incomplete, younger than grace period ({grace}): it may still be in progress"]
-            keep.append(backup.id)
-            held.append(backup.id)
         elif backup.locked_until is not None and backup.locked_until > now:
             why = [f"locked until {_iso(backup.locked_until)}"]
-            keep.append(backup.id)
-            held.append(backup.id)
         elif not backup.complete and newest_complete is None:
             # With no complete backup at all, "incomplete" more likely means a listing or manifest
             # problem than leftovers: deleting would risk the only copies there are.
             why = ["incomplete, but no complete backup exists: cleanup waits until one does"]
-            keep.append(backup.id)
-            held.append(backup.id)
+        elif backup.complete and if_proven.get(backup.id):
+            rules = ", ".join(if_proven[backup.id])
+            why = [
+                f"not verified yet, so it does not count toward the policy; held, as {rules} would keep it"
+            ]
         else:
             why = [NOT_KEPT if backup.complete else f"incomplete, older than grace period ({grace})"]
             delete.append(backup.id)
+            reasons[backup.id] = why
+            continue
+        keep.append(backup.id)
+        held.append(backup.id)
         reasons[backup.id] = why
 
-    plan = RetentionPlan(keep=keep, delete=delete, reasons=reasons, held=held)
-    complete_ids = set(by_policy)
-    would_delete = sum(1 for backup_id in delete if backup_id in complete_ids)
     # The epsilon keeps 0.57 * 100 from flooring to 56.
-    limit = math.floor(max_delete_share * len(complete) + 1e-9)
-    if would_delete > limit and not allow_large_delete:
+    limit = math.floor(max_delete_share * len(ordered) + 1e-9)
+    incomplete = {backup.id for backup in ordered if not backup.complete}
+    cleanup = [backup_id for backup_id in delete if backup_id in incomplete]
+    if len(cleanup) > limit and not allow_large_delete:
+        return _stopped(
+            ordered,
+            reasons,
+            delete=delete,
+            held=held,
+            cleanup=len(cleanup),
+            limit=limit,
+            share=max_delete_share,
+        )
+    plan = RetentionPlan(keep=keep, delete=delete, reasons=reasons, held=held)
+    if len(delete) > limit and not allow_large_delete:
         raise RetentionRefused(
-            plan, would_delete=would_delete, limit=limit, complete=len(complete), share=max_delete_share
+            plan,
+            would_delete=len(delete),
+            limit=limit,
+            listed=len(ordered),
+            share=max_delete_share,
+            incomplete=len(cleanup),
         )
     return plan
 
 
+def _stopped(
+    ordered: list[BackupRecord],
+    reasons: dict[str, list[str]],
+    *,
+    delete: list[str],
+    held: list[str],
+    cleanup: int,
+    limit: int,
+    share: float,
+) -> RetentionPlan:
+    """The plan that deletes nothing, because too many backups at once are incomplete or unreadable."""
+    stopped = (
+        f"{cleanup} of {len(ordered)} backups are incomplete or unreadable and due for cleanup, more than "
+        f"max_delete_share={share:g} allows in one run ({limit}): that many at once more likely means a "
+        "mixed-version rollout or a stricter manifest check than leftovers, so nothing is deleted. Read "
+        "their problems (cloudops backups list <database>); if they are garbage, run again with "
+        "allow_large_delete=True"
+    )
+    for backup_id in delete:
+        reasons[backup_id] = [*reasons[backup_id], "held: this run deletes nothing (see why it stopped)"]
+    newly_held = set(held) | set(delete)
+    return RetentionPlan(
+        keep=[backup.id for backup in ordered],
+        delete=[],
+        reasons=reasons,
+        held=[backup.id for backup in ordered if backup.id in newly_held],
+        stopped=stopped,
+    )
+
+
+def _proof_text(backup: BackupRecord) -> str:
+    what = "its restore drill failed" if backup.proof == DRILL_FAILED else "its verification failed"
+    return f"{what} ({backup.proof_detail})" if backup.proof_detail else what
+
+
 def parse_backups(items: object) -> list[BackupRecord]:
-    """Turn a JSON list of ``{"id", "time", "tags"?, "complete"?, "locked_until"?}`` into records.
+    """Turn a JSON list of ``{"id", "time", "tags"?, "complete"?, "locked_until"?, "proof"?}`` into records.
+
+    A backup without ``proof`` is ``unverified``, as in :class:`BackupRecord`: it counts toward no
+    ``keep_*`` rule (the plan holds what the policy would keep once it is proven).
 
     :raises RetentionInputError: naming the item's index and field, e.g. ``backups[3].time``.
     """
@@ -221,6 +351,16 @@ def parse_backups(items: object) -> list[BackupRecord]:
         locked_until = item.get("locked_until")
         if locked_until is not None:
             locked_until = _parse_time(locked_until, f"{where}.locked_until")
+        proof = item.get("proof", UNVERIFIED)
+        if proof not in PROOFS:
+            hint = did_you_mean(str(proof), PROOFS) if isinstance(proof, str) else None
+            raise RetentionInputError(
+                f"{where}.proof: expected one of {', '.join(PROOFS)}, got {proof!r}"
+                + (f" ({hint})" if hint else "")
+            )
+        detail = item.get("proof_detail", "")
+        if not isinstance(detail, str):
+            raise RetentionInputError(f"{where}.proof_detail: expected a string, got {detail!r}")
         records.append(
             BackupRecord(
                 id=backup_id,
@@ -228,6 +368,8 @@ def parse_backups(items: object) -> list[BackupRecord]:
                 tags=frozenset(tags),
                 complete=complete,
                 locked_until=locked_until,
+                proof=proof,
+                proof_detail=detail,
             )
         )
     return records
@@ -427,8 +569,18 @@ def _describe_policy_error(detail: dict[str, Any]) -> str:
 
 
 __all__ = [
+    "DRILL_FAILED",
+    "DRILL_PASSED",
+    "FAILED",
     "NEWEST_COMPLETE",
+    "NEWEST_DRILL_PASSED",
     "NOT_KEPT",
+    "PROOFS",
+    "PROVEN",
+    "PROVEN_BUT_INCOMPLETE",
+    "UNVERIFIED",
+    "VERIFIED",
+    "VERIFY_FAILED",
     "BackupRecord",
     "RetentionInputError",
     "RetentionPlan",

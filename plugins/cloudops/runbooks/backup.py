@@ -7,15 +7,26 @@ dump on local disk. PostgreSQL: `pg_dump` custom format (logical) or `pg_basebac
 and a schema fingerprint are taken from the same snapshot as the dump. Each object gets Object Lock
 retention when the repository has it. The `manifest.json` is written **last**: a backup without one
 is incomplete, never counted, never restored. A database on RDS also gets an RDS snapshot tagged
-with the backup id. Then retention applies the catalog's policy to backups and snapshots alike.
+with the backup id. `verify_backup` then reads every object of the new backup back and checks its
+size and SHA-256 against the manifest, and records that in the ledger (`backup.verified`). Then
+retention applies the catalog's policy to backups and snapshots alike, with safety rules on top: only
+backups that were verified or that a restore drill passed count toward `keep_*`; a backup whose drill
+or verification failed is held for review, never deleted; the newest complete backup and the newest
+drill-passed one are always kept; one run deletes at most `max_delete_share` of the backups
+(incomplete ones included), and deletes nothing when more incomplete or unreadable backups than that
+are due for cleanup. Every deletion is a ledger fact (`retention.deleted`).
 A successful backup updates the database's backup Asset, which schedules its restore drill.
 
 **What a failure means.**
 - `take_backup` failed: **no new backup exists** (nothing without a manifest is ever used); the
   earlier backups are untouched. The message names the step (dump, upload, lock, manifest).
+- `verify_backup` failed: the new backup's objects differ from its manifest (or could not be read):
+  it does not count as a backup, retention did not run, and the backup is held for review.
 - `apply_retention` failed: the new backup is safe; old backups may not have been pruned yet.
   A refusal ("refusing to delete N of M") means the policy would delete more than the allowed
-  share in one run: that is a safety stop, not a bug.
+  share in one run; "N of M backups are incomplete or unreadable" means so many manifests no longer
+  read (a mixed-version rollout, a stricter manifest check) that nothing was deleted. Both are
+  safety stops, not bugs.
 - A Deadline Alert means the backup had not finished by the catalog's deadline.
 
 **What to do next.**
@@ -23,12 +34,22 @@ A successful backup updates the database's backup Asset, which schedules its res
   tool at least as new as the server? Then clear `take_backup` to retry.
 - Upload errors: is the S3 endpoint reachable, does the bucket exist, do the credentials allow
   multipart uploads and object retention? Retrying is safe: a failed attempt leaves no manifest.
+- Verification failure: take a new backup (trigger the DAG again) and find out what altered or lost
+  the stored objects; the failed backup stays until someone deletes it by hand.
 - Retention refusal: check the policy and the listing (`cloudops backups list <database>`), then
   trigger the DAG with `allow_large_delete` if the deletions are intended. Use `retention_dry_run`
-  to see the plan without deleting anything.
+  to see the plan without deleting anything. Unreadable manifests: read their problems in the
+  listing; after an upgrade, finish the rollout before pruning. Backups held for review (a failed
+  drill): read the drill record, then delete the backup by hand or drill it again.
 
 Re-running is always safe: every run makes a new backup id and never touches older backups
 except through retention, which never deletes the newest complete backup or a locked one.
+
+Where retention's proof comes from: the ledger (`backup.verified` and `drill.recorded` facts) is
+authoritative. Drill records in the repository's `_drills/` folder are not used: anyone who can write
+the bucket can write them. A worker that does not share the ledger with the drills sees only this
+run's own verification, so older backups count as unverified there (they are then held while the
+policy would keep them, never counted).
 """
 
 from __future__ import annotations
@@ -42,6 +63,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cloudops.catalog import Catalog, Database, LoadedCatalog
+from cloudops.catalog.models import RetentionPolicy
 from cloudops.errors import CloudOpsError
 from cloudops.health import render_table
 from cloudops.runbooks.common import load_estate
@@ -64,6 +86,8 @@ NEXT_ACTIONS = {
     "clear take_backup to retry; no incomplete backup is ever used",
     "snapshot_rds": "the dump is safe in S3; check the RDS instance's state and the snapshot in the AWS "
     "console, then clear snapshot_rds to retry",
+    "verify_backup": "the new backup's objects differ from its manifest or could not be read: it is held "
+    "for review and does not count; take a new backup and find what altered the stored objects",
     "apply_retention": "the new backup is safe; check the retention plan in the task log, then clear "
     "apply_retention (trigger with allow_large_delete only if the deletions are intended)",
     "*": "read the task log",
@@ -224,53 +248,282 @@ def snapshot_rds(catalog_file: str, estate: str, database_name: str, *, backup_i
     return {"snapshot_id": snapshot.snapshot_id, "backup_id": backup_id, "status": snapshot.status}
 
 
-def apply_retention(
-    catalog_file: str, estate: str, database_name: str, *, dry_run: bool, allow_large_delete: bool
-) -> dict[str, Any]:
-    """Plan retention with the catalog's policy, log the plan, then delete (unless a dry run).
+class BackupVerifyFailed(CloudOpsError):
+    """Reading a backup's objects back found one missing or different from its manifest."""
 
-    :raises RetentionRefused: when the plan would delete more than the policy's share in one run.
+
+class RetentionStopped(CloudOpsError):
+    """A retention plan deleted nothing because too many backups are incomplete or unreadable."""
+
+
+def verify_backup(
+    catalog_file: str,
+    estate: str,
+    database_name: str,
+    *,
+    backup_id: str,
+    evidence: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Read every object of a backup back, compare it with the manifest, record ``backup.verified``.
+
+    Retention counts a backup toward ``keep_*`` only once this (or a restore drill) proved it.
+
+    :param evidence: the context the fact is recorded under (a task's, or :func:`cli_run`'s); default:
+        the backup runbook, no run.
+    :return: ``backup_id``, ``ok``, ``reason``, ``object_name``, ``objects_checked``, ``bytes_checked``.
+    :raises BackupVerifyFailed: an object is missing or differs; the fact is recorded first.
     """
-    from cloudops.repository.retention import plan_retention
+    from cloudops.evidence.recorder import record_fact
+    from cloudops.evidence.runs import BACKUP_VERIFIED
+
+    catalog, database = backed_up_database(catalog_file, estate, database_name)
+    store = open_repository(catalog, database)
+    manifest = store.read_manifest(database.name, backup_id)
+    log.info(
+        "verifying backup %s of %s: reading %d object(s) back",
+        backup_id,
+        database.name,
+        len(manifest.objects),
+    )
+    verification = store.verify_objects(manifest)
+    result = {
+        "estate": estate,
+        "database": database.name,
+        "backup_id": backup_id,
+        "ok": verification.ok,
+        "reason": verification.reason,
+        "object_name": verification.object_name,
+        "objects_checked": verification.objects_checked,
+        "bytes_checked": verification.bytes_checked,
+    }
+    record_fact(BACKUP_VERIFIED, evidence or _no_run(database), result)
+    if not verification.ok:
+        raise BackupVerifyFailed(
+            f"backup {backup_id} of {database.name} failed verification: {verification.reason}; it does not "
+            "count toward retention and is held for review"
+        )
+    log.info("backup %s of %s verified: %s", backup_id, database.name, verification.reason)
+    return result
+
+
+def backup_proofs(
+    estate: str, database: str, *, verified_now: dict[str, Any] | None = None, ledger: Any = None
+) -> dict[str, tuple[str, str]]:
+    """What the ledger proves of each backup of ``database``: ``{backup_id: (proof, detail)}``.
+
+    From the ``backup.verified`` and ``drill.recorded`` facts: the latest drill of a backup decides
+    (passed or failed); a verification that failed after it, or with no drill, marks it failed; a
+    verification that passed, with no drill, marks it verified. Only a later passing drill releases a
+    failed one: reading the objects again cannot undo a drill's failed row counts.
+
+    :param verified_now: the result of this run's :func:`verify_backup`, for a worker that does not
+        share the ledger with the one that verified.
+    :param ledger: read this ledger instead of the local one.
+    """
+    from cloudops.evidence.facts import iter_facts
+    from cloudops.evidence.runs import BACKUP_VERIFIED, DRILL_RECORDED
+    from cloudops.repository.retention import DRILL_FAILED, DRILL_PASSED, VERIFIED, VERIFY_FAILED
+
+    match = {"estate": estate, "database": database}
+    drills: dict[str, Any] = {}
+    verifications: dict[str, Any] = {}
+    for record in iter_facts(DRILL_RECORDED, match, ledger=ledger):
+        drills[record.fields["data"].get("backup_id")] = record
+    for record in iter_facts(BACKUP_VERIFIED, match, ledger=ledger):
+        verifications[record.fields["data"].get("backup_id")] = record
+    proofs: dict[str, tuple[str, str]] = {}
+    for backup_id in set(drills) | set(verifications):
+        drill, verify = drills.get(backup_id), verifications.get(backup_id)
+        if drill is not None:
+            data = drill.fields["data"]
+            detail = f"drill run {drill.fields.get('run_id')} at {drill.at}"
+            if not data.get("passed"):
+                failed = [c.get("name") for c in data.get("checks") or [] if not c.get("passed")]
+                why = data.get("error") or (f"failed checks: {', '.join(map(str, failed))}" if failed else "")
+                proofs[backup_id] = (DRILL_FAILED, f"{detail}: {why}" if why else detail)
+                continue
+        if (
+            verify is not None
+            and not verify.fields["data"].get("ok")
+            and (drill is None or verify.seq > drill.seq)
+        ):
+            proofs[backup_id] = (VERIFY_FAILED, f"at {verify.at}: {verify.fields['data'].get('reason')}")
+        elif drill is not None:
+            proofs[backup_id] = (DRILL_PASSED, detail)
+        elif verify is not None:
+            proofs[backup_id] = (VERIFIED, f"read back at {verify.at}")
+    if verified_now and verified_now.get("backup_id") not in drills:
+        backup_id = str(verified_now["backup_id"])
+        if verified_now.get("ok"):
+            proofs.setdefault(backup_id, (VERIFIED, "read back by this run"))
+        else:
+            proofs[backup_id] = (VERIFY_FAILED, f"this run: {verified_now.get('reason')}")
+    return proofs
+
+
+def apply_retention(
+    catalog_file: str,
+    estate: str,
+    database_name: str,
+    *,
+    dry_run: bool,
+    allow_large_delete: bool,
+    evidence: dict[str, Any] | None = None,
+    verified_now: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Plan retention with the catalog's policy and the ledger's proofs, log the plan, then delete.
+
+    Every backup or snapshot deleted is recorded as a ``retention.deleted`` fact, with the plan's
+    reasons and the policy (nothing is deleted, nor recorded, in a dry run).
+
+    :param evidence: the context deletions are recorded under (a task's, or :func:`cli_run`'s);
+        default: the backup runbook, no run.
+    :param verified_now: this run's :func:`verify_backup` result (see :func:`backup_proofs`).
+    :raises RetentionRefused: when the plan would delete more than the policy's share in one run.
+    :raises RetentionStopped: too many backups are incomplete or unreadable; nothing was deleted.
+    """
+    from dataclasses import replace
+
+    from cloudops.repository.retention import RetentionRefused, plan_retention
 
     catalog, database = backed_up_database(catalog_file, estate, database_name)
     policy = database.backup
     assert policy is not None
     store = open_repository(catalog, database)
-    records = store.as_retention_records(store.list_backups(database.name))
-    plan = plan_retention(
-        records,
-        policy.retention,
-        max_delete_share=policy.max_delete_share,
-        allow_large_delete=allow_large_delete,
-    )
-    rows = [[backup_id, "keep", "; ".join(plan.reasons[backup_id])] for backup_id in plan.keep]
-    rows += [[backup_id, "DELETE", "; ".join(plan.reasons[backup_id])] for backup_id in plan.delete]
-    log.info(
-        "retention plan for %s (%d keep, %d delete%s):\n%s",
-        database.name,
-        len(plan.keep),
-        len(plan.delete),
-        ", dry run" if dry_run else "",
-        render_table(["backup", "decision", "reasons"], rows) if rows else "(no backups)",
-    )
+    listed = store.list_backups(database.name)
+    proofs = backup_proofs(estate, database.name, verified_now=verified_now)
+    records = [
+        replace(record, proof=proofs[record.id][0], proof_detail=proofs[record.id][1])
+        if record.id in proofs
+        else record
+        for record in store.as_retention_records(listed)
+    ]
+    proof_of = {record.id: record.proof for record in records}
+    try:
+        plan = plan_retention(
+            records,
+            policy.retention,
+            max_delete_share=policy.max_delete_share,
+            allow_large_delete=allow_large_delete,
+        )
+    except RetentionRefused as refused:
+        _log_plan(database.name, refused.plan, proof_of, note=", REFUSED")
+        raise
+    _log_plan(database.name, plan, proof_of, note=", dry run" if dry_run else "")
+    if plan.stopped:
+        log.warning("retention of %s stopped, nothing deleted: %s", database.name, plan.stopped)
+        raise RetentionStopped(f"retention of {database.name}: {plan.stopped}")
+    context = evidence or _no_run(database)
     deleted: list[str] = []
     for backup_id in plan.delete:
-        store.delete_backup(database.name, backup_id, dry_run=dry_run)
-        if not dry_run:
-            deleted.append(backup_id)
+        keys = store.delete_backup(database.name, backup_id, dry_run=dry_run)
+        if dry_run:
+            continue
+        deleted.append(backup_id)
+        record_retention_deletion(
+            context,
+            estate=estate,
+            database=database.name,
+            what="backup",
+            backup_id=backup_id,
+            group=f"backups of database {database.name}",
+            deleted=keys,
+            reasons=plan.reasons[backup_id],
+            proof=proof_of[backup_id],
+            policy=policy.retention,
+            max_delete_share=policy.max_delete_share,
+            allow_large_delete=allow_large_delete,
+            bucket=store.bucket,
+        )
     result: dict[str, Any] = {**plan.to_json(), "deleted": deleted, "dry_run": dry_run}
     if database.rds_instance_id:
         result["rds_snapshots"] = _apply_rds_snapshot_retention(
-            catalog, database, dry_run=dry_run, allow_large_delete=allow_large_delete
+            catalog, database, dry_run=dry_run, allow_large_delete=allow_large_delete, evidence=context
         )
     if dry_run:
         log.info("dry run: nothing deleted")
     return result
 
 
+def _log_plan(database: str, plan: Any, proof_of: dict[str, str], *, note: str) -> None:
+    """Log a retention plan as a table: each backup, the decision, its proof and the reasons."""
+    held = set(plan.held)
+    rows = [
+        [
+            backup_id,
+            "held" if backup_id in held else "keep",
+            proof_of[backup_id],
+            "; ".join(plan.reasons[backup_id]),
+        ]
+        for backup_id in plan.keep
+    ]
+    rows += [[b, "DELETE", proof_of[b], "; ".join(plan.reasons[b])] for b in plan.delete]
+    log.info(
+        "retention plan for %s (%d keep, %d of them held, %d delete%s):\n%s",
+        database,
+        len(plan.keep),
+        len(plan.held),
+        len(plan.delete),
+        note,
+        render_table(["backup", "decision", "proof", "reasons"], rows) if rows else "(no backups)",
+    )
+
+
+def _no_run(database: Database) -> dict[str, Any]:
+    """The evidence context of a library call made outside any run: the runbook, no run id."""
+    return {"dag_id": f"{KIND}__{database.name}", "run_id": None}
+
+
+def record_retention_deletion(
+    context: dict[str, Any],
+    *,
+    estate: str,
+    what: str,
+    backup_id: str,
+    group: str,
+    deleted: Any,
+    reasons: list[str],
+    proof: str | None,
+    policy: RetentionPolicy,
+    max_delete_share: float,
+    allow_large_delete: bool,
+    **target: Any,
+) -> None:
+    """Record one deletion a retention run made (``retention.deleted``): what, why, under which policy.
+
+    :param what: ``backup``, ``rds_snapshot`` or ``ebs_snapshot``.
+    :param deleted: the S3 keys deleted, or the snapshot id.
+    :param target: ``database=...`` or ``fleet=...`` (and anything else that says where).
+    """
+    from cloudops.evidence.recorder import record_fact
+    from cloudops.evidence.runs import RETENTION_DELETED
+
+    record_fact(
+        RETENTION_DELETED,
+        context,
+        {
+            "estate": estate,
+            **target,
+            "what": what,
+            "backup_id": backup_id,
+            "group": group,
+            "deleted": deleted,
+            "reasons": list(reasons),
+            "proof": proof,
+            "policy": policy.model_dump(exclude_none=True),
+            "max_delete_share": max_delete_share,
+            "allow_large_delete": allow_large_delete,
+        },
+    )
+
+
 def _apply_rds_snapshot_retention(
-    catalog: Catalog, database: Database, *, dry_run: bool, allow_large_delete: bool
+    catalog: Catalog,
+    database: Database,
+    *,
+    dry_run: bool,
+    allow_large_delete: bool,
+    evidence: dict[str, Any],
 ) -> dict[str, Any]:
     """The same policy and safety rules for the database's RDS snapshots as for its backups."""
     from cloudops.clouds.aws import (
@@ -279,16 +532,38 @@ def _apply_rds_snapshot_retention(
         plan_cloud_snapshot_retention,
     )
 
-    assert database.backup is not None
+    policy = database.backup
+    assert policy is not None
     aws_conn_id = aws_conn_id_of(catalog, database)
     snapshots = list_cloud_snapshots(aws_conn_id, estate=catalog.estate, kind="rds", database=database.name)
     plans = plan_cloud_snapshot_retention(
         snapshots,
-        database.backup.retention,
-        max_delete_share=database.backup.max_delete_share,
+        policy.retention,
+        max_delete_share=policy.max_delete_share,
         allow_large_delete=allow_large_delete,
     )
-    deleted = apply_cloud_snapshot_retention(aws_conn_id, plans, dry_run=dry_run)
+
+    def recorded(group: Any, snapshot: Any) -> None:
+        record_retention_deletion(
+            evidence,
+            estate=catalog.estate,
+            database=database.name,
+            what="rds_snapshot",
+            backup_id=snapshot.backup_id,
+            group=group.group,
+            deleted=snapshot.snapshot_id,
+            reasons=group.plan.reasons[snapshot.backup_id],
+            proof=None,
+            policy=policy.retention,
+            max_delete_share=policy.max_delete_share,
+            allow_large_delete=allow_large_delete,
+            instance_id=snapshot.instance_id,
+            status=snapshot.status,
+        )
+
+    deleted = apply_cloud_snapshot_retention(aws_conn_id, plans, dry_run=dry_run, on_deleted=recorded)
+    if stopped := [group for group in plans if group.plan.stopped]:
+        raise RetentionStopped("; ".join(f"{group.group}: {group.plan.stopped}" for group in stopped))
     return {
         "keep": [backup_id for group in plans for backup_id in group.plan.keep],
         "delete": [backup_id for group in plans for backup_id in group.plan.delete],
@@ -329,6 +604,11 @@ def _snapshot_rds_task(catalog_file: str, estate: str, database_name: str, **con
     return snapshot_rds(catalog_file, estate, database_name, backup_id=backup["backup_id"])
 
 
+def _verify_backup_task(catalog_file: str, estate: str, database_name: str, **context: Any) -> dict[str, Any]:
+    backup = context["ti"].xcom_pull(task_ids="take_backup")
+    return verify_backup(catalog_file, estate, database_name, backup_id=backup["backup_id"], evidence=context)
+
+
 def _retention_task(catalog_file: str, estate: str, database_name: str, **context: Any) -> dict[str, Any]:
     params = context["params"]
     return apply_retention(
@@ -337,6 +617,8 @@ def _retention_task(catalog_file: str, estate: str, database_name: str, **contex
         database_name,
         dry_run=bool(params["retention_dry_run"]),
         allow_large_delete=bool(params["allow_large_delete"]),
+        evidence=context,
+        verified_now=context["ti"].xcom_pull(task_ids="verify_backup"),
     )
 
 
@@ -453,12 +735,21 @@ def build_backup_dags(loaded: LoadedCatalog) -> Iterator[DAG]:
                 op_kwargs=op_kwargs,
                 outlets=[backup_asset(catalog, database)],
             )
+            # Retention runs only once the new backup was read back: an unproven backup must never be
+            # what lets retention delete a proven one.
+            verify_backup_task = PythonOperator(  # noqa: AIR001
+                task_id="verify_backup",
+                python_callable=_verify_backup_task,
+                op_kwargs=op_kwargs,
+                execution_timeout=DUMP_TIMEOUT,
+            )
             apply_retention_task = PythonOperator(  # noqa: AIR001
                 task_id="apply_retention",
                 python_callable=_retention_task,
                 op_kwargs=op_kwargs,
                 execution_timeout=timedelta(hours=1),
             )
+            take_backup_task >> verify_backup_task >> apply_retention_task
             if database.rds_instance_id:
                 # After the dump, tagged with its backup id, so that retention prunes both together.
                 snapshot_rds_task = PythonOperator(  # noqa: AIR001
@@ -468,17 +759,20 @@ def build_backup_dags(loaded: LoadedCatalog) -> Iterator[DAG]:
                     execution_timeout=RDS_SNAPSHOT_WAIT + timedelta(minutes=10),
                 )
                 take_backup_task >> snapshot_rds_task >> apply_retention_task
-            else:
-                take_backup_task >> apply_retention_task
         yield dag
 
 
 __all__ = [
+    "BackupVerifyFailed",
+    "RetentionStopped",
     "apply_retention",
     "aws_conn_id_of",
     "backed_up_database",
     "backup_asset",
+    "backup_proofs",
     "build_backup_dags",
+    "record_retention_deletion",
     "snapshot_rds",
     "take_backup",
+    "verify_backup",
 ]

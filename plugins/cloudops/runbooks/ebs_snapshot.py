@@ -4,13 +4,17 @@
 host of the fleet (the catalog's `ebs_volume_ids`, or else the volumes attached to the EC2 instance
 tagged `Name=<host>`), all tagged with one backup id, and waits (bounded) until they complete. Then
 retention applies the fleet's policy per host volume, with the same safety rules as database backups:
-the newest complete snapshot is never deleted, and one run never deletes more than the allowed share.
+the newest complete snapshot is never deleted, one run never deletes more than the allowed share
+(unfinished or failed snapshots included), and a volume with more failed snapshots than that share
+deletes nothing and fails the task. Every snapshot deleted is a ledger fact (`retention.deleted`).
 
 **What a failure means.**
 - `snapshot_volumes` failed: a volume or instance is missing (the message names the host), a snapshot
   failed, or the wait ran out. Snapshots already started are listed in the log; they still count for
   retention once they complete.
-- `apply_retention` failed: the new snapshots are safe; older ones may not have been pruned.
+- `apply_retention` failed: the new snapshots are safe; older ones may not have been pruned. "N of M
+  backups are incomplete or unreadable" means that many snapshots of one volume never completed:
+  nothing of that volume was deleted; look at them in the EC2 console before pruning by hand.
 
 **What to do next.** Check the named host's instance and volumes in the AWS console (or fix the
 catalog), then clear the failed task. Re-running is safe: a volume that already has this run's
@@ -81,25 +85,62 @@ def apply_snapshot_retention(
     *,
     dry_run: bool = False,
     allow_large_delete: bool = False,
+    evidence: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Plan retention per host volume with the fleet's policy, log it, then delete (unless a dry run)."""
+    """Plan retention per host volume with the fleet's policy, log it, then delete (unless a dry run).
+
+    Every snapshot deleted is recorded as a ``retention.deleted`` fact with the plan's reasons.
+
+    :param evidence: the context deletions are recorded under (the task's); default: this runbook, no run.
+    :raises RetentionStopped: a volume has more unfinished or failed snapshots than one run may delete;
+        nothing of it was deleted (the other volumes were pruned).
+    """
     from cloudops.clouds.aws import (
         apply_cloud_snapshot_retention,
         list_cloud_snapshots,
         plan_cloud_snapshot_retention,
     )
+    from cloudops.runbooks.backup import RetentionStopped, record_retention_deletion
 
     _, fleet, aws_conn_id = _target(catalog_file, estate, fleet_name)
-    assert fleet.snapshots is not None
+    policy = fleet.snapshots
+    assert policy is not None
     snapshots = list_cloud_snapshots(aws_conn_id, estate=estate, kind="ebs", fleet=fleet_name)
     plans = plan_cloud_snapshot_retention(
         snapshots,
-        fleet.snapshots.retention,
-        max_delete_share=fleet.snapshots.max_delete_share,
+        policy.retention,
+        max_delete_share=policy.max_delete_share,
         allow_large_delete=allow_large_delete,
     )
-    deleted = apply_cloud_snapshot_retention(aws_conn_id, plans, dry_run=dry_run)
+    context = evidence or {"dag_id": f"{KIND}__{fleet_name}", "run_id": None}
+
+    def recorded(group: Any, snapshot: Any) -> None:
+        record_retention_deletion(
+            context,
+            estate=estate,
+            fleet=fleet_name,
+            host=snapshot.target,
+            volume_id=snapshot.volume_id,
+            what="ebs_snapshot",
+            backup_id=snapshot.backup_id,
+            group=group.group,
+            deleted=snapshot.snapshot_id,
+            reasons=group.plan.reasons[snapshot.backup_id],
+            proof=None,
+            policy=policy.retention,
+            max_delete_share=policy.max_delete_share,
+            allow_large_delete=allow_large_delete,
+            status=snapshot.status,
+        )
+
+    deleted = apply_cloud_snapshot_retention(aws_conn_id, plans, dry_run=dry_run, on_deleted=recorded)
+    if stopped := [group for group in plans if group.plan.stopped]:
+        raise RetentionStopped("; ".join(f"{group.group}: {group.plan.stopped}" for group in stopped))
     return {"groups": {g.group: g.plan.to_json() for g in plans}, "deleted": deleted, "dry_run": dry_run}
+
+
+def _retention_task(catalog_file: str, estate: str, fleet_name: str, **context: Any) -> dict[str, Any]:
+    return apply_snapshot_retention(catalog_file, estate, fleet_name, evidence=context)
 
 
 def build_ebs_snapshot_dags(loaded: LoadedCatalog) -> Iterator[DAG]:
@@ -145,7 +186,7 @@ def build_ebs_snapshot_dags(loaded: LoadedCatalog) -> Iterator[DAG]:
                 task_id="snapshot_volumes", python_callable=snapshot_volumes, op_kwargs=op_kwargs
             )
             retention_task = PythonOperator(  # noqa: AIR001
-                task_id="apply_retention", python_callable=apply_snapshot_retention, op_kwargs=op_kwargs
+                task_id="apply_retention", python_callable=_retention_task, op_kwargs=op_kwargs
             )
             snapshot_task >> retention_task
             yield retention_task.dag

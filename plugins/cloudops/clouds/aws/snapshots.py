@@ -29,7 +29,14 @@ from typing import Any, Literal
 
 from cloudops.catalog.models import RetentionPolicy, render_duration
 from cloudops.errors import CloudOpsError
-from cloudops.repository.retention import BackupRecord, RetentionPlan, RetentionRefused, plan_retention
+from cloudops.repository.retention import (
+    UNVERIFIED,
+    VERIFIED,
+    BackupRecord,
+    RetentionPlan,
+    RetentionRefused,
+    plan_retention,
+)
 
 log = logging.getLogger(__name__)
 
@@ -349,29 +356,60 @@ def check_ownership(snapshot: CloudSnapshot, tags_now: Mapping[str, str]) -> Non
 def as_retention_records(snapshots: Iterable[CloudSnapshot]) -> list[BackupRecord]:
     """Return the retention planner's view of snapshots: id = backup id, time = creation time.
 
+    A complete snapshot counts as verified: its bytes cannot be read back as a repository's objects can,
+    and ``available``/``completed`` is the cloud's own word that it is whole (a restore drill of the RDS
+    snapshot goes further, and fails the drill run when it does not restore).
+
     Only snapshots of one group (one database, or one host volume) may be planned together: use
     :func:`plan_cloud_snapshot_retention` for a listing that mixes targets.
     """
     return [
-        BackupRecord(id=snapshot.backup_id, time=snapshot.created_at, complete=snapshot.complete)
+        BackupRecord(
+            id=snapshot.backup_id,
+            time=snapshot.created_at,
+            complete=snapshot.complete,
+            proof=VERIFIED if snapshot.complete else UNVERIFIED,
+        )
         for snapshot in snapshots
     ]
 
 
 def apply_cloud_snapshot_retention(
-    aws_conn_id: str, plans: Iterable[CloudSnapshotRetention], *, dry_run: bool
+    aws_conn_id: str,
+    plans: Iterable[CloudSnapshotRetention],
+    *,
+    dry_run: bool,
+    on_deleted: Callable[[CloudSnapshotRetention, CloudSnapshot], None] | None = None,
 ) -> list[str]:
-    """Log each group's plan, then delete what it deletes (nothing in a dry run).
+    """Log each group's plan with its reasons, then delete what it deletes (nothing in a dry run).
 
+    A group whose plan stopped (too many incomplete snapshots) deletes nothing; the caller decides
+    whether that fails the run.
+
+    :param on_deleted: called after each snapshot is deleted (the runbooks record it in the ledger).
     :return: the ids of the snapshots deleted.
     """
     deleted: list[str] = []
     for group in plans:
-        log.info("retention plan for %s: keep %s, delete %s", group.group, group.plan.keep, group.plan.delete)
+        reasons = "; ".join(
+            f"{backup_id}: {', '.join(group.plan.reasons[backup_id])}"
+            for backup_id in [*group.plan.keep, *group.plan.delete]
+        )
+        log.info(
+            "retention plan for %s: keep %s, delete %s (%s)",
+            group.group,
+            group.plan.keep,
+            group.plan.delete,
+            reasons or "no snapshots",
+        )
+        if group.plan.stopped:
+            log.warning("retention of %s stopped, nothing deleted: %s", group.group, group.plan.stopped)
         for snapshot in group.to_delete:
             delete_cloud_snapshot(aws_conn_id, snapshot, dry_run=dry_run)
             if not dry_run:
                 deleted.append(snapshot.snapshot_id)
+                if on_deleted is not None:
+                    on_deleted(group, snapshot)
     return deleted
 
 
