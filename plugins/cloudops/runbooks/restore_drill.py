@@ -201,6 +201,7 @@ def restore(
             scratch,
             dump,
             used_by=scratch_server(database_name, scratch_conn_id(database)),
+            **_restore_role_options(database),
         )
     return {
         "restore_seconds": time.monotonic() - started,
@@ -234,7 +235,7 @@ def validate(
         target, checks = _check_physical(database, manifest, restored, used_by=used_by)
         target_database = database.database
     else:
-        target, target_database = scratch_conn_id(database), scratch
+        target, target_database = _checking_connection(database, scratch, used_by), scratch
         checks = compare_with_manifest(target, database.engine, scratch, manifest, used_by=used_by)
     suite = suite_path(database.name)
     if suite.exists():
@@ -253,6 +254,23 @@ def validate(
         "checks": [c.model_dump(mode="json") for c in checks],
         "validation_seconds": time.monotonic() - started,
     }
+
+
+def _restore_role_options(database: Database) -> dict[str, Any]:
+    """PostgreSQL restores run as a role owning only the scratch database, unless the catalog says."""
+    if database.engine != "postgres":
+        return {}
+    return {"as_superuser": bool(database.drill and database.drill.restore_as_superuser)}
+
+
+def _checking_connection(database: Database, scratch: str, used_by: str) -> Any:
+    """What the checks of a logical restore connect as: on PostgreSQL the scratch database's restore
+    role, so that nothing the dump defined runs with the scratch server's login's privileges."""
+    if database.engine != "postgres":
+        return scratch_conn_id(database)
+    from cloudops.engines.postgres import restored_database_connection
+
+    return restored_database_connection(scratch_conn_id(database), scratch, used_by=used_by)
 
 
 def _check_physical(
