@@ -286,6 +286,9 @@ def _backup_session(
             options=(
                 f"-c statement_timeout={query_timeout_seconds * 1000} "
                 "-c idle_in_transaction_session_timeout=0"
+                # A connection built at run time may carry startup options of its own (a physical
+                # drill's scratch cluster: over the restored cluster's per-role settings).
+                + (f" {conn.extra_dejson['options']}" if conn.extra_dejson.get("options") else "")
             ),
         )
     except psycopg.Error as error:

@@ -78,6 +78,7 @@ log = logging.getLogger(__name__)
 
 KIND = "restore_drill"
 RDS_RESTORE_WAIT = timedelta(minutes=90)
+WORKER_XCOM = "worker"  # restore's: the machine a physical drill's scratch cluster runs on
 DRILLS_FOLDER = "_drills"  # never a catalog name (they start with a letter), so never a backup folder
 NEXT_ACTIONS = {
     "prepare": "check the repository and the backup listing (cloudops backups list <database>)",
@@ -308,18 +309,39 @@ def _check_physical(
 
 
 def teardown(
-    catalog_file: str, estate: str, database_name: str, *, scratch: str | None, method: str | None = None
+    catalog_file: str,
+    estate: str,
+    database_name: str,
+    *,
+    scratch: str | None,
+    method: str | None = None,
+    worker: str | None = None,
 ) -> None:
     """Drop the scratch database, or stop and remove the scratch cluster (``method`` physical, from
-    ``prepare``: also a half-started one); the drill's checks are already recorded."""
+    ``prepare``: also a half-started one); the drill's checks are already recorded.
+
+    :param worker: the machine whose ``restore`` step started the scratch cluster (None: it never
+        started). A scratch cluster lives on that machine only: teardown elsewhere fails, naming it,
+        rather than find nothing here and report a server that still runs there as removed.
+    :raises RestoreError: the scratch cluster is on another worker, or could not be stopped.
+    """
     if not scratch:
         log.info("no scratch database was named: nothing to drop")
         return
     _, database = backed_up_database(catalog_file, estate, database_name)
     if method == "physical":
+        import socket
+
         from cloudops.restore.physical import scratch_root, stop_and_remove
         from cloudops.restore.physical_plan import cluster_paths
 
+        if worker is not None and worker != socket.gethostname():
+            raise RestoreError(
+                f"scratch cluster {scratch} was started on worker {worker!r}; this teardown runs on "
+                f"{socket.gethostname()!r} and cannot stop it: it may still run there. Stop it on "
+                f"{worker!r} (its folder is under cloudops-scratch-clusters/{estate}/ there), or let the "
+                "next drill's prepare on that worker remove it; pin the drill's tasks to one worker (a queue)"
+            )
         removed = stop_and_remove(cluster_paths(scratch_root(), estate, scratch))
         log.info("scratch cluster %s %s", scratch, "stopped and removed" if removed else "did not exist")
         return
@@ -538,7 +560,12 @@ def _prepare_task(catalog_file: str, estate: str, database_name: str, **context:
 
 
 def _restore_task(catalog_file: str, estate: str, database_name: str, **context: Any) -> dict[str, Any]:
+    import socket
+
     prepared = _ti_pull(context, "prepare")
+    # Before anything is started: teardown must know where a (half-)started scratch cluster lives,
+    # even when this step fails and returns nothing.
+    context["ti"].xcom_push(key=WORKER_XCOM, value=socket.gethostname())
     return restore(
         catalog_file, estate, database_name, backup_id=prepared["backup_id"], scratch=prepared["scratch"]
     )
@@ -564,6 +591,7 @@ def _teardown_task(catalog_file: str, estate: str, database_name: str, **context
         database_name,
         scratch=(prepared or {}).get("scratch"),
         method=(prepared or {}).get("method"),
+        worker=context["ti"].xcom_pull(task_ids="restore", key=WORKER_XCOM),
     )
     # record reads this: no XCom means teardown failed, which must fail the run (record is the leaf).
     return {"scratch": (prepared or {}).get("scratch"), "torn_down": True}
