@@ -190,7 +190,8 @@ def test_the_checks_connect_as_the_restore_role_which_cannot_read_server_files(
     checking = postgres.restored_database_connection(PG, name, used_by="test")
 
     assert checking.login == name
-    assert checking.password and checking.password != conn.get("password")
+    assert checking.password
+    assert checking.password != conn.get("password")
     with postgres.snapshot_session(checking, name, used_by="test") as session:
         assert postgres.table_row_counts(session)["public.customers"] > 0, "it reads every restored table"
         with pytest.raises(psycopg.errors.InsufficientPrivilege):

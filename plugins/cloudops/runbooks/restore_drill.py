@@ -7,7 +7,8 @@ backup (on the backup's Asset) or on the catalog's cron:
    of that backup folder;
 2. `restore` downloads every object, checking its size and SHA-256 against the manifest as it arrives
    (a flipped byte, a truncated or missing object fails here, **before any restore**), and restores
-   into a scratch database named after the run (`pg_restore -j 2` or `mariadb`). A PostgreSQL
+   into a scratch database named after the run (`pg_restore -j 2`, as a role that owns only that
+   database, or `mariadb`). A PostgreSQL
    **physical** backup (pg_basebackup tar) is instead extracted into a scratch cluster named after the
    run (`$CLOUDOPS_SCRATCH_DIR` or the temp folder, `cloudops-scratch-clusters/<estate>/<name>/` on the
    worker), checked with `pg_verifybackup`, and started on a free 127.0.0.1 port with the backup's major
@@ -19,8 +20,9 @@ backup (on the backup's Asset) or on the catalog's cron:
    For a physical backup (no row counts recorded): server version, backup position within the
    manifest's WAL range, pg_verifybackup, recovery ended, every database readable, the schema
    fingerprint, then the suite, on the scratch cluster (same worker as `restore`);
-4. `teardown` always drops the scratch database, or stops and removes the scratch cluster (a
-   half-started one too), whatever happened before;
+4. `teardown` always drops the scratch database (and the role the restore ran as), or stops and
+   removes the scratch cluster (a half-started one too), whatever happened before; run on another
+   worker than `restore`'s, it fails naming the worker that holds the cluster;
 5. for a database on RDS (`rds_instance_id` in the catalog), a branch beside 2-4 proves the backup's
    RDS snapshot: `restore_rds` restores the snapshot tagged with the backup's id (waiting up to an hour
    while the backup is still taking it; else the newest available snapshot of the instance, with a
