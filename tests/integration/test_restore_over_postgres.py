@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -89,7 +90,8 @@ def test_only_a_scratch_database_is_put_in_place_and_nothing_is_overwritten(name
 
 
 class _Reconnecting:
-    """A client that reconnects to a database in a loop, as an application's pool does after a kill."""
+    """A client that holds a session on a database and reconnects at once when it loses it, as an
+    application's connection pool does after its sessions were ended."""
 
     def __init__(self, dbname: str) -> None:
         import threading
@@ -107,6 +109,8 @@ class _Reconnecting:
                     self.connected += 1
                     row = session.execute("SELECT what FROM marker").fetchone()
                     self.markers.append(row[0] if row else "")
+                    while not self.stop.wait(0.02):  # held, as a pool holds it, until it is ended
+                        session.execute("SELECT 1")
             except psycopg.Error as error:
                 self.refused.append(str(error).splitlines()[0])
 
@@ -126,8 +130,8 @@ def test_a_client_reconnecting_in_a_loop_cannot_break_the_swap(names: dict[str, 
         replaced = postgres.replace_database(
             "sandbox_pg_primary", names["staging"], names["target"], keep_as=names["kept"], used_by=USED_BY
         )
-        before = client.connected
-        while client.connected < before + 3 and client.thread.is_alive():
+        deadline = time.monotonic() + 30
+        while client.markers[-1] != "staging" and time.monotonic() < deadline:
             client.stop.wait(0.01)
 
     assert replaced
@@ -163,6 +167,9 @@ def test_a_swap_that_fails_leaves_the_target_in_place_and_connectable(names: dic
     assert _allows_connections(names["target"])
     assert _allows_connections(names["staging"])
     assert set(client.markers) == {"target"}, "the client only ever saw the old target"
+    # Its sessions were ended while the swap waited (a second, the lock timeout): it was refused, not
+    # let in to hold the database the rename needed to itself.
+    assert any("not currently accepting connections" in refusal for refusal in client.refused), client.refused
     with _connect("postgres") as admin:
         assert (
             admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [names["kept"]]).fetchone() is None
