@@ -213,3 +213,66 @@ def test_a_role_of_the_scratch_name_that_no_restore_made_is_refused(
     finally:
         with _connect("postgres") as admin:
             admin.execute(f'DROP ROLE IF EXISTS "{name}"')
+
+
+@pytest.fixture
+def createrole_login(sandbox_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A scratch server login that is no superuser (CREATEDB CREATEROLE only), as production's may be."""
+    login, password = f"cloudops_scratch_{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
+    with _connect("postgres") as admin:
+        admin.execute(f"CREATE ROLE {login} LOGIN CREATEDB CREATEROLE PASSWORD '{password}'")
+    conn = {**_conn(), "login": login, "password": password}
+    monkeypatch.setenv("AIRFLOW_CONN_SCRATCH_NOT_SUPER", json.dumps(conn))
+    yield "scratch_not_super"
+    with _connect("postgres") as admin:
+        for (name,) in admin.execute(
+            "SELECT datname FROM pg_database WHERE pg_get_userbyid(datdba) = %s", [login]
+        ).fetchall():
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f"DROP OWNED BY {login}")
+        admin.execute(f"DROP ROLE {login}")
+
+
+def test_a_login_that_is_no_superuser_restores_checks_and_swaps_through_the_restore_role(
+    createrole_login: str, tmp_path: Path, scratch: list[str]
+) -> None:
+    conn = _conn()
+    dump = tmp_path / "customers.pgdump"
+    subprocess.run(
+        [
+            "pg_dump",
+            "-Fc",
+            "-t",
+            "public.customers",
+            "-h",
+            conn["host"],
+            "-p",
+            str(conn["port"]),
+            "-U",
+            conn["login"],
+            "-f",
+            str(dump),
+            "orders",
+        ],
+        env={**os.environ, "PGPASSWORD": conn.get("password") or ""},
+        check=True,
+        timeout=120,
+    )
+    staging = scratch_name("restore_orders_pg", f"not-super-{uuid.uuid4().hex}")
+    target = f"restored_{uuid.uuid4().hex[:6]}"
+
+    postgres.restore_logical(createrole_login, staging, dump, used_by="test")
+    checking = postgres.restored_database_connection(createrole_login, staging, used_by="test")
+    with postgres.snapshot_session(checking, staging, used_by="test") as session:
+        assert postgres.table_row_counts(session)["public.customers"] > 0
+    assert (
+        postgres.replace_database(createrole_login, staging, target, keep_as=f"{target}_kept", used_by="t")
+        is False
+    )
+
+    with _connect("postgres") as admin:
+        owner = admin.execute(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", [target]
+        ).fetchone()
+    assert owner == (json.loads(os.environ["AIRFLOW_CONN_SCRATCH_NOT_SUPER"])["login"],)
+    assert _roles(staging) == [], "the restore role is gone once the copy is in place"
