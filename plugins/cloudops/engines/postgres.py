@@ -872,7 +872,7 @@ def restore_logical(
                 replaced = True
             from psycopg import sql
 
-            loader = conn
+            loader, role = conn, restore_role_name(target_database)
             if as_superuser:
                 log.warning(
                     "%s: restoring as %s itself (the catalog's restore_as_superuser): the dump's SQL runs "
@@ -881,17 +881,15 @@ def restore_logical(
                     conn.login,
                 )
             else:
-                role = restore_role_name(target_database)
                 loader = _as_role(
                     conn, role, _create_restore_role(admin, role, used_by=used_by, where=_address(conn))
                 )
             log.info("creating database %r on %s for %s", target_database, _address(conn), used_by)
+            owner = sql.SQL("") if as_superuser else sql.SQL(" OWNER {}").format(sql.Identifier(role))
             admin.execute(
-                sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0").format(
-                    sql.Identifier(target_database), sql.Identifier(loader.login or "")
+                sql.SQL("CREATE DATABASE {}{} TEMPLATE template0").format(
+                    sql.Identifier(target_database), owner
                 )
-                if not as_superuser
-                else sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(target_database))
             )
     with _credentials(loader, workdir or dump_file.parent, application_name="cloudops-restore") as env:
         description = (
