@@ -886,11 +886,17 @@ def restore_logical(
                 )
             log.info("creating database %r on %s for %s", target_database, _address(conn), used_by)
             owner = sql.SQL("") if as_superuser else sql.SQL(" OWNER {}").format(sql.Identifier(role))
-            admin.execute(
-                sql.SQL("CREATE DATABASE {}{} TEMPLATE template0").format(
-                    sql.Identifier(target_database), owner
+            try:
+                admin.execute(
+                    sql.SQL("CREATE DATABASE {}{} TEMPLATE template0").format(
+                        sql.Identifier(target_database), owner
+                    )
                 )
-            )
+            except BaseException:
+                # No database, so no leftover that the next drill would find by its name: no role either.
+                if not as_superuser and not admin.closed:
+                    _drop_restore_role(admin, role)
+                raise
     with _credentials(loader, workdir or dump_file.parent, application_name="cloudops-restore") as env:
         description = (
             f"pg_restore {tool_version} -j {jobs} of {dump_file.name} into database {target_database!r} "
