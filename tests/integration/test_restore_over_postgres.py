@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 
 from cloudops.engines import postgres
 from cloudops.engines.scratch import scratch_name
-from cloudops.errors import RestoreRefused
+from cloudops.errors import RestoreError, RestoreRefused
 
 pytestmark = pytest.mark.integration
 USED_BY = "test of replace_database"
@@ -86,3 +87,96 @@ def test_only_a_scratch_database_is_put_in_place_and_nothing_is_overwritten(name
         )
     assert _marker(names["target"]) == "target"
     assert _marker(names["staging"]) == "staging"
+
+
+class _Reconnecting:
+    """A client that holds a session on a database and reconnects at once when it loses it, as an
+    application's connection pool does after its sessions were ended."""
+
+    def __init__(self, dbname: str) -> None:
+        import threading
+
+        self.dbname, self.stop = dbname, threading.Event()
+        self.connected = 0
+        self.refused: list[str] = []
+        self.markers: list[str] = []
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                with _connect(self.dbname) as session:
+                    self.connected += 1
+                    row = session.execute("SELECT what FROM marker").fetchone()
+                    self.markers.append(row[0] if row else "")
+                    while not self.stop.wait(0.02):  # held, as a pool holds it, until it is ended
+                        session.execute("SELECT 1")
+            except psycopg.Error as error:
+                self.refused.append(str(error).splitlines()[0])
+
+    def __enter__(self) -> _Reconnecting:
+        self.thread.start()
+        while self.connected == 0 and self.thread.is_alive():  # bounded: the thread stops on its own error
+            self.stop.wait(0.01)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=30)
+
+
+def test_a_client_reconnecting_in_a_loop_cannot_break_the_swap(names: dict[str, str]) -> None:
+    with _Reconnecting(names["target"]) as client:
+        replaced = postgres.replace_database(
+            "sandbox_pg_primary", names["staging"], names["target"], keep_as=names["kept"], used_by=USED_BY
+        )
+        deadline = time.monotonic() + 30
+        while client.markers[-1] != "staging" and time.monotonic() < deadline:
+            client.stop.wait(0.01)
+
+    assert replaced
+    assert _marker(names["target"]) == "staging"
+    assert _marker(names["kept"]) == "target"
+    assert client.markers[-1] == "staging", "the client is back, on the restored database"
+    assert set(client.markers) <= {"target", "staging"}
+    assert _allows_connections(names["target"])
+    assert _allows_connections(names["kept"])
+
+
+def test_a_swap_that_fails_leaves_the_target_in_place_and_connectable(names: dict[str, str]) -> None:
+    # Another session commenting on the staging copy holds a lock the second rename needs: it times out.
+    blocker = _connect("postgres")
+    blocker.autocommit = False
+    blocker.execute(f"COMMENT ON DATABASE \"{names['staging']}\" IS 'being looked at'")
+    try:
+        with _Reconnecting(names["target"]) as client, pytest.raises(RestoreError, match="lock timeout"):
+            postgres.replace_database(
+                "sandbox_pg_primary",
+                names["staging"],
+                names["target"],
+                keep_as=names["kept"],
+                used_by=USED_BY,
+                lock_timeout_seconds=1,
+            )
+    finally:
+        blocker.rollback()
+        blocker.close()
+
+    assert _marker(names["target"]) == "target", "the first rename was rolled back with the second"
+    assert _marker(names["staging"]) == "staging"
+    assert _allows_connections(names["target"])
+    assert _allows_connections(names["staging"])
+    assert set(client.markers) == {"target"}, "the client only ever saw the old target"
+    # Its sessions were ended while the swap waited (a second, the lock timeout): it was refused, not
+    # let in to hold the database the rename needed to itself.
+    assert any("not currently accepting connections" in refusal for refusal in client.refused), client.refused
+    with _connect("postgres") as admin:
+        assert (
+            admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [names["kept"]]).fetchone() is None
+        )
+
+
+def _allows_connections(dbname: str) -> bool:
+    with _connect("postgres") as admin:
+        row = admin.execute("SELECT datallowconn FROM pg_database WHERE datname = %s", [dbname]).fetchone()
+    return bool(row and row[0])

@@ -260,3 +260,126 @@ def test_stop_and_remove_works_on_a_folder_without_a_server(estate: dict[str, An
 
     assert stop_and_remove(paths)
     assert not paths.folder.exists()
+
+
+def _connect_primary(dbname: str) -> Any:
+    import psycopg
+
+    conn = json.loads(os.environ["AIRFLOW_CONN_SANDBOX_PG_PRIMARY"])
+    return psycopg.connect(
+        host=conn["host"],
+        port=conn["port"],
+        user=conn["login"],
+        password=conn["password"],
+        dbname=dbname,
+        autocommit=True,
+        connect_timeout=10,
+    )
+
+
+def _no_access_for_others(folder: Path) -> list[str]:
+    """Every entry under ``folder`` that grants its group or others anything."""
+    return [
+        f"{path} {oct(path.lstat().st_mode & 0o777)}"
+        for path in [folder, *folder.rglob("*")]
+        if not path.is_symlink() and path.lstat().st_mode & 0o077
+    ]
+
+
+def test_the_backups_per_role_settings_never_reach_the_drills_sessions(estate: dict[str, Any]) -> None:
+    """A library to preload and a search_path, set for the backup's role in one of its databases, are in
+    the restored cluster's pg_db_role_setting; cloudops's sessions override both at login (PG 15).
+    And while the drill runs, its cluster's folder is the server's OS user's alone (0700, nothing
+    in it open to others)."""
+    import pwd
+
+    import psycopg
+
+    from cloudops.engines.postgres import snapshot_session
+    from cloudops.restore.physical import scratch_connection
+
+    planted = "attack_settings"
+    login = json.loads(os.environ["AIRFLOW_CONN_SANDBOX_PG_PRIMARY"])["login"]
+    with _connect_primary("postgres") as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {planted} WITH (FORCE)")
+        admin.execute(f"CREATE DATABASE {planted}")
+        admin.execute(
+            f"ALTER ROLE {login} IN DATABASE {planted} SET session_preload_libraries = 'cloudops_no_such_lib'"
+        )
+        admin.execute(f"ALTER ROLE {login} IN DATABASE {planted} SET search_path = attacker, pg_catalog")
+        try:
+            backup(estate)
+        finally:
+            admin.execute(f"ALTER ROLE {login} IN DATABASE {planted} RESET ALL")
+            admin.execute(f"DROP DATABASE IF EXISTS {planted} WITH (FORCE)")
+    seen: dict[str, Any] = {}
+
+    def while_running(state: dict[str, Any]) -> None:
+        folder = folder_of(estate, state["prepared"])
+        seen["mode"] = folder.stat().st_mode & 0o777
+        seen["owner"] = pwd.getpwuid(folder.stat().st_uid).pw_name
+        seen["open"] = _no_access_for_others(folder)
+        seen["entries"] = sorted(p.name for p in folder.iterdir())
+        cluster = ScratchCluster.from_xcom(state["restored"]["cluster"])
+        source = get_connection("sandbox_pg_primary", "test")
+        # The control: a plain session gets the planted settings, so the case is a real one.
+        try:
+            psycopg.connect(
+                host=cluster.host,
+                port=cluster.port,
+                user=source.login,
+                password=source.password,
+                dbname=planted,
+                connect_timeout=10,
+            ).close()
+            seen["plain"] = "connected"
+        except psycopg.Error as error:
+            seen["plain"] = str(error)
+        with snapshot_session(
+            scratch_connection(cluster, source, database=planted), planted, used_by="t"
+        ) as s:
+            seen["settings"] = s.execute(
+                "SELECT current_setting('search_path'), current_setting('session_preload_libraries')"
+            ).fetchone()
+
+    outcome = run_drill(estate, "manual__physical-settings", before_teardown=while_running)
+
+    assert "cloudops_no_such_lib" in seen["plain"], seen["plain"]
+    assert seen["settings"] == ('"$user",public', "")
+    assert outcome["failure"] is None, outcome["failure"]
+    assert outcome["result"]["passed"], outcome.get("verdict")
+    assert seen["mode"] == 0o700
+    assert seen["owner"] == ("postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name)
+    assert "data" in seen["entries"]
+    assert seen["open"] == [], "nothing in the cluster's folder is open to others"
+
+
+def test_teardown_stops_only_its_own_server_and_only_on_its_worker(estate: dict[str, Any]) -> None:
+    """On another worker, teardown fails naming the one holding the cluster and stops nothing; on its
+    own, it signals the postmaster of postmaster.pid, not an operator's ``tail -f`` of server.log."""
+    import subprocess
+
+    backup(estate)
+    args = (estate["file"], estate["estate"], DATABASE)
+    prepared = prepare(*args, run_id="manual__physical-elsewhere", backup_id="latest")
+    cluster = ScratchCluster.from_xcom(
+        restore(*args, backup_id=prepared["backup_id"], scratch=prepared["scratch"])["cluster"]
+    )
+    paths = cluster_paths(scratch_root(), estate["estate"], cluster.name)
+    reader = subprocess.Popen(["tail", "-f", cluster.log_file], stdout=subprocess.DEVNULL)
+    try:
+        with pytest.raises(RestoreError, match=r"started on worker 'worker-7'.*may still run there"):
+            teardown(*args, scratch=prepared["scratch"], method="physical", worker="worker-7")
+        assert alive(cluster.pid), "a teardown elsewhere stops nothing here"
+        assert cluster_processes(paths)[0] == cluster.pid, "the postmaster of postmaster.pid comes first"
+        assert reader.pid not in cluster_processes(paths)
+
+        teardown(*args, scratch=prepared["scratch"], method="physical", worker=cluster.worker)
+
+        assert not alive(cluster.pid)
+        assert not Path(cluster.folder).exists()
+        assert reader.poll() is None, "the operator's tail -f of server.log still runs"
+    finally:
+        reader.kill()
+        reader.wait(timeout=10)
+        stop_and_remove(paths)

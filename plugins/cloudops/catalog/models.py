@@ -224,6 +224,15 @@ class DrillPolicy(CatalogModel):
     scratch_conn_id: ConnId | None = Field(
         default=None, description="Instance that receives scratch restores; defaults to conn_id."
     )
+    restore_as_superuser: bool = Field(
+        default=False,
+        description=(
+            "PostgreSQL logical drills: run pg_restore as the scratch connection's own login (a "
+            "superuser) instead of a role that owns only the scratch database. Only for dumps that need "
+            "it, e.g. extensions only a superuser may create; the dump's SQL (COPY ... TO PROGRAM, "
+            "untrusted languages) then runs with the login's privileges, so trust the bucket first."
+        ),
+    )
 
     @field_validator("schedule")
     @classmethod

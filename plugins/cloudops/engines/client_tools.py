@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -22,6 +23,23 @@ VERSION_TIMEOUT_SECONDS = 10
 _OUTPUT_LINES = 10
 _OUTPUT_CHARS = 2_000
 _KILL_WAIT_SECONDS = 10
+# The few lines a child runs before it becomes the client program: PR_SET_PDEATHSIG (1) makes the
+# kernel SIGKILL it when the thread that started it dies, however that dies (a SIGKILLed or OOM-killed
+# task never runs its cleanup). Set after fork, in the child, so no Python runs between fork and exec
+# in the parent's process (preexec_fn is not safe with threads); the parent's pid is checked after the
+# prctl, so a parent that died in between is noticed too. Exec replaces the interpreter: what runs is
+# the program itself, with its own argv.
+_DIE_WITH_PARENT = """\
+import ctypes, os, signal, sys
+if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) != 0:
+    sys.exit("cannot set PR_SET_PDEATHSIG: " + os.strerror(ctypes.get_errno()))
+if os.getppid() != int(sys.argv[1]):
+    os.kill(os.getpid(), signal.SIGKILL)
+try:
+    os.execvp(sys.argv[2], sys.argv[2:])
+except OSError as error:
+    sys.exit(f"cannot run {sys.argv[2]}: {error.strerror}")
+"""
 
 
 def locate_tool(tool: str, package: str) -> str:
@@ -58,6 +76,17 @@ def version_output(path: str, package: str) -> str:
     return done.stdout.strip()
 
 
+def dies_with_parent(argv: list[str]) -> list[str]:
+    """``argv`` run so that the kernel kills it when this process (the thread starting it) dies.
+
+    Linux only (``prctl``); pass the program's path (as :func:`locate_tool` returns it). A parent
+    that runs to its end still stops and reaps the child itself: this is for the deaths that run no
+    cleanup (SIGKILL, the OOM killer). Keep the starting thread alive while the child runs (the
+    callers wait for it in that thread).
+    """
+    return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
+
+
 @contextmanager
 def private_file(workdir: Path, prefix: str, content: str) -> Iterator[Path]:
     """Write ``content`` to a new file in ``workdir`` that only this user can read; remove it on exit.
@@ -88,7 +117,8 @@ def run_restore_tool(
     """Run a client program that loads data (pg_restore, mariadb) to completion, within a bound.
 
     The program runs in its own process group, killed whole when time runs out, so that no loader keeps
-    writing into a database that teardown is about to drop. Its output is kept only for the error.
+    writing into a database that teardown is about to drop, and dies with this process even when that
+    is SIGKILLed (:func:`dies_with_parent`). Its output is kept only for the error.
 
     :param env: extra environment, merged over ``os.environ`` (where the credential files are named).
     :param description: what runs, safe to log (``pg_restore -j 2 into 'drill_orders_pg_…' on host:5432``).
@@ -98,9 +128,11 @@ def run_restore_tool(
     """
     with contextlib.ExitStack() as stack:
         feed = stack.enter_context(stdin.open("rb")) if stdin is not None else subprocess.DEVNULL
+        if shutil.which(argv[0]) is None:  # the wrapper would only say so in the program's output
+            raise RestoreError(f"{description}: could not start {argv[0]!r}: not an executable file")
         try:
             process = subprocess.Popen(
-                argv,
+                dies_with_parent(argv),
                 stdin=feed,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -144,6 +176,7 @@ def output_head(text: str, *, secrets: Iterable[str] = ()) -> str:
 
 __all__ = [
     "VERSION_TIMEOUT_SECONDS",
+    "dies_with_parent",
     "locate_tool",
     "output_head",
     "private_file",

@@ -15,11 +15,13 @@ by the client's connect/read timeouts and retry count (see ``BackupRepository`` 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
+from cloudops.engines.client_tools import dies_with_parent
 from cloudops.errors import CloudOpsError, first_line
 
 if TYPE_CHECKING:
@@ -393,8 +396,11 @@ class _CommandStream:
     def _start_process(self) -> None:
         env = {**os.environ, **self.command.env}
         try:
+            if shutil.which(self.command.argv[0]) is None:
+                raise OSError(errno.ENOENT, "not an executable file")
             self.process = subprocess.Popen(
-                self.command.argv,
+                # Killed by the kernel with this task, even a SIGKILLed one (no cleanup runs then).
+                dies_with_parent(self.command.argv),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,

@@ -22,6 +22,7 @@ folder. :func:`leftover_clusters` finds what a drill killed half-way left, for t
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -51,6 +52,7 @@ from cloudops.restore.physical_plan import (
     check_restorable,
     cluster_paths,
     clusters_root,
+    command_line_settings,
     databases_check,
     leftover_names,
     parse_backup_label,
@@ -58,6 +60,7 @@ from cloudops.restore.physical_plan import (
     recovery_check,
     render_config,
     server_settings,
+    session_options,
     version_check,
 )
 from cloudops.restore.record import Check
@@ -171,6 +174,7 @@ def restore_scratch_cluster(
     user = server_user()
     _create_folder(paths, user)
     tar = fetch_backup(store, manifest, paths.fetch_dir)
+    tar.chmod(0o600)
     log.info("every object matches the manifest; extracting %s into %s", tar.name, paths.data_dir)
     _extract(tar, paths, needed=manifest.raw_bytes)
     shutil.rmtree(paths.fetch_dir)
@@ -182,6 +186,7 @@ def restore_scratch_cluster(
     bindir = bindir_for(pg_version, os.environ)
     _require_binaries(bindir, pg_version, ["postgres", "pg_verifybackup", "pg_waldump"])
     checks.append(_verify_backup(paths, bindir, user, verify_timeout))
+    paths.log_file.chmod(0o600)  # made by the first command logged into it, with this process's umask
 
     for name in SET_ASIDE:
         found = paths.data_dir / name
@@ -194,12 +199,20 @@ def restore_scratch_cluster(
         (paths.hba_file, HBA),
         (paths.ident_file, "# Written by the cloudops restore drill: no user name maps.\n"),
     ):
-        write_if_changed(path, text, mode=0o644)
+        write_if_changed(path, text, mode=0o600)
+        _give_to(path, user)
     signal_file = paths.data_dir / "recovery.signal"
     signal_file.write_text("")
     _give_to(signal_file, user)
 
-    argv = [str(bindir / "postgres"), "-D", str(paths.data_dir), "-c", f"config_file={paths.config_file}"]
+    argv = [
+        str(bindir / "postgres"),
+        "-D",
+        str(paths.data_dir),
+        "-c",
+        f"config_file={paths.config_file}",
+        *command_line_settings(),
+    ]
     log.info("starting scratch server %s on %s:%d: %s", paths.name, LOOPBACK, port, " ".join(argv))
     launcher = spawn_detached(as_user(argv, user), log_path=paths.log_file, cwd=paths.folder)
     _describe(paths, port=port, launcher_pid=launcher.pid)
@@ -261,6 +274,8 @@ def scratch_connection(cluster: ScratchCluster, source: Connection, *, database:
         login=source.login,
         password=source.password,
         schema=database,
+        # Sent at login by every session on it (see physical_plan.SESSION_OPTIONS).
+        extra=json.dumps({"options": session_options()}),
     )
 
 
@@ -300,10 +315,13 @@ def check_scratch_cluster(
 
 
 def stop_and_remove(paths: ClusterPaths, *, timeout: float = STOP_TIMEOUT_SECONDS) -> bool:
-    """Stop every process started from the scratch cluster's folder and delete the folder; safe to repeat.
+    """Stop the scratch cluster's server and delete its folder; safe to repeat.
 
-    Works whatever state the cluster is in (running, half-started, crashed, never started): processes
-    are found by their command line naming the folder, stopped with an immediate shutdown (SIGQUIT;
+    Works whatever state the cluster is in (running, half-started, crashed, never started), and
+    signals only what the drill started (:func:`cluster_processes`): the postmaster named by the data
+    directory's ``postmaster.pid`` once it is proven to serve that data directory, else the server
+    whose argv is ``-D <data dir>`` (just launched). Never a process that merely names a file of the
+    folder (an operator's ``tail -f server.log``). It is stopped with an immediate shutdown (SIGQUIT;
     nothing in a scratch cluster needs a checkpoint), then SIGKILL; the server's children go with it.
 
     :return: whether there was anything to stop or remove.
@@ -340,20 +358,50 @@ def leftover_clusters(estate: str, database: str, *, root: Path | None = None) -
 
 
 def cluster_processes(paths: ClusterPaths) -> list[int]:
-    """Processes whose command line names a file in the cluster's folder: the server first."""
-    inside = f"{paths.folder}/"
+    """The server processes the drill started for the cluster: the postmaster first, then its launcher.
+
+    The postmaster is the pid in ``postmaster.pid`` when that process runs in the data directory
+    (the postmaster's working directory is its data directory) and is a ``postgres``; a stale file
+    naming a reused pid is ignored. Besides, any process whose argv holds ``-D <data dir>`` exactly:
+    the postmaster before it wrote its pid file, and the ``runuser`` that launched it.
+    """
+    data_dir = str(paths.data_dir)
     found: list[tuple[bool, int]] = []
+    postmaster = _postmaster_pid(paths)
+    if postmaster is not None:
+        found.append((False, postmaster))
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        if not entry.name.isdigit() or int(entry.name) in (os.getpid(), postmaster):
             continue
         try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            argv = [arg.decode(errors="replace") for arg in (entry / "cmdline").read_bytes().split(b"\0")]
         except OSError:
             continue
-        args = [arg.decode(errors="replace") for arg in argv if arg]
-        if any(inside in arg or arg == str(paths.folder) for arg in args) and command_line(int(entry.name)):
-            found.append((Path(args[0]).name != "postgres", int(entry.name)))
+        serves = any(a == "-D" and b == data_dir for a, b in itertools.pairwise(argv))
+        if serves and command_line(int(entry.name)):
+            found.append((Path(argv[0]).name != "postgres", int(entry.name)))
     return [pid for _, pid in sorted(found)]
+
+
+def _postmaster_pid(paths: ClusterPaths) -> int | None:
+    """The pid ``postmaster.pid`` names, if that process is a postgres running in the data directory."""
+    try:
+        lines = (paths.data_dir / "postmaster.pid").read_text().splitlines()
+        pid = int(lines[0])
+        cwd = Path(f"/proc/{pid}/cwd").readlink()
+        name = Path(f"/proc/{pid}/exe").readlink().name
+    except (OSError, ValueError, IndexError):
+        return None
+    serves = len(lines) > 1 and lines[1] == str(paths.data_dir) and cwd == paths.data_dir.resolve()
+    if not serves or name != "postgres":
+        log.warning(
+            "%s/postmaster.pid names pid %d, which is not a server of %s: not signalling it",
+            paths.data_dir,
+            pid,
+            paths.data_dir,
+        )
+        return None
+    return pid
 
 
 # -- acting helpers ------------------------------------------------------------------------------------
@@ -368,19 +416,25 @@ def _create_folder(paths: ClusterPaths, user: str | None) -> None:
             f"{base} is not a folder of this OS user (a symbolic link, or another user's): set "
             "CLOUDOPS_SCRATCH_DIR to a folder of this user's"
         )
-    for folder in (paths.folder.parent, paths.folder):
-        folder.mkdir(mode=0o755, exist_ok=True)
-        folder.chmod(0o755)  # the umask may have taken bits the server's user needs to get through
-    _describe(paths)
+    paths.folder.parent.mkdir(mode=0o755, exist_ok=True)
+    paths.folder.parent.chmod(0o755)  # the umask may have taken bits the server's user needs to get through
+    # The cluster's own folder holds a whole copy of the source cluster (pg_authid's password hashes
+    # too), from the first downloaded byte to the removal: only the server's user may enter it.
+    paths.folder.mkdir(mode=0o700)
+    paths.folder.chmod(0o700)
     if user is not None:
         from cloudops.sandbox.layout import can_traverse
 
+        entry = pwd.getpwnam(user)
+        os.chown(paths.folder, entry.pw_uid, entry.pw_gid)
         if not can_traverse(paths.folder, user):
             raise RestoreError(
                 f"OS user {user!r} cannot reach {paths.folder}: set CLOUDOPS_SCRATCH_DIR to a folder "
                 f"every parent of which {user!r} may traverse"
             )
+    _describe(paths)
     paths.data_dir.mkdir(mode=0o700)
+    paths.fetch_dir.mkdir(mode=0o700)
 
 
 def _describe(paths: ClusterPaths, **facts: Any) -> None:
@@ -392,7 +446,7 @@ def _describe(paths: ClusterPaths, **facts: Any) -> None:
         "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **facts,
     }
-    paths.description_file.write_text(json.dumps(document, indent=2) + "\n")
+    write_if_changed(paths.description_file, json.dumps(document, indent=2) + "\n", mode=0o600)
 
 
 def _extract(tar: Path, paths: ClusterPaths, *, needed: int) -> None:
@@ -406,7 +460,14 @@ def _extract(tar: Path, paths: ClusterPaths, *, needed: int) -> None:
     started = time.monotonic()
     with tarfile.open(tar) as archive:
         archive.extractall(paths.data_dir, filter="data")
-    paths.data_dir.chmod(0o700)  # the server refuses a data directory others can read
+    # The server refuses a data directory others can read; and nothing of the copy (pg_authid's
+    # password hashes included) is for anyone but its owner, whatever modes the tar carries.
+    for folder, dirs, files in os.walk(paths.data_dir):
+        for name in dirs + files:
+            path = Path(folder) / name
+            if not path.is_symlink():
+                path.chmod(path.lstat().st_mode & 0o700)
+    paths.data_dir.chmod(0o700)
     log.info("extracted %s in %.1f s", tar.name, time.monotonic() - started)
 
 
@@ -493,6 +554,7 @@ def _session(cluster: ScratchCluster, source: Connection, database: str, used_by
             connect_timeout=10,
             autocommit=True,
             application_name="cloudops-drill",
+            options=session_options(),  # over the backup's own per-role and per-database settings
         )
     except psycopg.Error as error:
         detail = first_line(error).replace(source.password or "\0", "***")

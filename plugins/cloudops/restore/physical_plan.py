@@ -48,6 +48,28 @@ LOOPBACK = "127.0.0.1"
 SET_ASIDE = ("postgresql.auto.conf", "standby.signal")
 SET_ASIDE_SUFFIX = ".from-backup"
 
+# The backup's cluster is the attacker's, if anyone's: its pg_db_role_setting (ALTER ROLE/DATABASE
+# ... SET) is applied to every session at login, after the server's configuration and command line,
+# and may name a library to load into the backend (session_preload_libraries, a file shipped inside
+# the data directory) or a search_path that puts its own functions before pg_catalog's. Startup
+# options sent by the client take precedence over those settings, so every session cloudops opens
+# on a scratch cluster sends these. session_preload_libraries may only be set so by a superuser: a
+# backup whose role is not one refuses the connection, and the drill fails rather than load anything.
+SESSION_OPTIONS = {
+    "session_preload_libraries": "",
+    "local_preload_libraries": "",
+    "dynamic_library_path": "$libdir",
+    "search_path": '"$user",public',
+}
+# Also on the server's command line (which wins over any configuration file): no library is preloaded
+# into the postmaster, whatever a file in the data directory says.
+COMMAND_LINE_SETTINGS = {
+    "shared_preload_libraries": "",
+    "session_preload_libraries": "",
+    "local_preload_libraries": "",
+    "jit": "off",
+}
+
 HBA = """\
 # Written by the cloudops restore drill: TCP on 127.0.0.1 only, with the backup's own roles and passwords
 # (md5 also accepts SCRAM secrets). No unix socket is opened.
@@ -199,6 +221,16 @@ def recovery_settings() -> dict[str, str]:
     }
 
 
+def session_options() -> str:
+    """:data:`SESSION_OPTIONS` as libpq's ``options``: ``-c name=value`` each (no value holds a space)."""
+    return " ".join(f"-c {name}={value}" for name, value in SESSION_OPTIONS.items())
+
+
+def command_line_settings() -> list[str]:
+    """:data:`COMMAND_LINE_SETTINGS` as ``postgres`` arguments (``-c name=value`` each)."""
+    return [arg for name, value in COMMAND_LINE_SETTINGS.items() for arg in ("-c", f"{name}={value}")]
+
+
 def render_config(settings: Mapping[str, str | int]) -> str:
     """Render settings as a ``postgresql.conf`` (values quoted, one per line)."""
     lines = ["# Written by the cloudops restore drill: this scratch cluster's only settings."]
@@ -348,10 +380,12 @@ def databases_check(
 __all__ = [
     "BINDIR_ENV",
     "CLUSTERS_FOLDER",
+    "COMMAND_LINE_SETTINGS",
     "DEFAULT_BINDIR",
     "HBA",
     "PHYSICAL_FORMAT",
     "SCRATCH_DIR_ENV",
+    "SESSION_OPTIONS",
     "SET_ASIDE",
     "BackupLabel",
     "ClusterPaths",
@@ -359,6 +393,7 @@ __all__ = [
     "check_restorable",
     "cluster_paths",
     "clusters_root",
+    "command_line_settings",
     "databases_check",
     "leftover_names",
     "major_of",
@@ -369,5 +404,6 @@ __all__ = [
     "recovery_settings",
     "render_config",
     "server_settings",
+    "session_options",
     "version_check",
 ]

@@ -392,6 +392,8 @@ def _data_source(
         host=conn.host,
         port=conn.port or (5432 if engine == "postgres" else 3306),
         database=database_name,
+        # Startup options a run-time connection carries (a physical drill's scratch cluster).
+        query={"options": conn.extra_dejson["options"]} if conn.extra_dejson.get("options") else {},
     )
     context = gx.get_context(
         mode="ephemeral",

@@ -7,7 +7,8 @@ backup (on the backup's Asset) or on the catalog's cron:
    of that backup folder;
 2. `restore` downloads every object, checking its size and SHA-256 against the manifest as it arrives
    (a flipped byte, a truncated or missing object fails here, **before any restore**), and restores
-   into a scratch database named after the run (`pg_restore -j 2` or `mariadb`). A PostgreSQL
+   into a scratch database named after the run (`pg_restore -j 2`, as a role that owns only that
+   database, or `mariadb`). A PostgreSQL
    **physical** backup (pg_basebackup tar) is instead extracted into a scratch cluster named after the
    run (`$CLOUDOPS_SCRATCH_DIR` or the temp folder, `cloudops-scratch-clusters/<estate>/<name>/` on the
    worker), checked with `pg_verifybackup`, and started on a free 127.0.0.1 port with the backup's major
@@ -19,8 +20,9 @@ backup (on the backup's Asset) or on the catalog's cron:
    For a physical backup (no row counts recorded): server version, backup position within the
    manifest's WAL range, pg_verifybackup, recovery ended, every database readable, the schema
    fingerprint, then the suite, on the scratch cluster (same worker as `restore`);
-4. `teardown` always drops the scratch database, or stops and removes the scratch cluster (a
-   half-started one too), whatever happened before;
+4. `teardown` always drops the scratch database (and the role the restore ran as), or stops and
+   removes the scratch cluster (a half-started one too), whatever happened before; run on another
+   worker than `restore`'s, it fails naming the worker that holds the cluster;
 5. for a database on RDS (`rds_instance_id` in the catalog), a branch beside 2-4 proves the backup's
    RDS snapshot: `restore_rds` restores the snapshot tagged with the backup's id (waiting up to an hour
    while the backup is still taking it; else the newest available snapshot of the instance, with a
@@ -78,6 +80,7 @@ log = logging.getLogger(__name__)
 
 KIND = "restore_drill"
 RDS_RESTORE_WAIT = timedelta(minutes=90)
+WORKER_XCOM = "worker"  # restore's: the machine a physical drill's scratch cluster runs on
 DRILLS_FOLDER = "_drills"  # never a catalog name (they start with a letter), so never a backup folder
 NEXT_ACTIONS = {
     "prepare": "check the repository and the backup listing (cloudops backups list <database>)",
@@ -201,6 +204,7 @@ def restore(
             scratch,
             dump,
             used_by=scratch_server(database_name, scratch_conn_id(database)),
+            **_restore_role_options(database),
         )
     return {
         "restore_seconds": time.monotonic() - started,
@@ -234,7 +238,7 @@ def validate(
         target, checks = _check_physical(database, manifest, restored, used_by=used_by)
         target_database = database.database
     else:
-        target, target_database = scratch_conn_id(database), scratch
+        target, target_database = _checking_connection(database, scratch, used_by), scratch
         checks = compare_with_manifest(target, database.engine, scratch, manifest, used_by=used_by)
     suite = suite_path(database.name)
     if suite.exists():
@@ -253,6 +257,23 @@ def validate(
         "checks": [c.model_dump(mode="json") for c in checks],
         "validation_seconds": time.monotonic() - started,
     }
+
+
+def _restore_role_options(database: Database) -> dict[str, Any]:
+    """PostgreSQL restores run as a role owning only the scratch database, unless the catalog says."""
+    if database.engine != "postgres":
+        return {}
+    return {"as_superuser": bool(database.drill and database.drill.restore_as_superuser)}
+
+
+def _checking_connection(database: Database, scratch: str, used_by: str) -> Any:
+    """What the checks of a logical restore connect as: on PostgreSQL the scratch database's restore
+    role, so that nothing the dump defined runs with the scratch server's login's privileges."""
+    if database.engine != "postgres":
+        return scratch_conn_id(database)
+    from cloudops.engines.postgres import restored_database_connection
+
+    return restored_database_connection(scratch_conn_id(database), scratch, used_by=used_by)
 
 
 def _check_physical(
@@ -290,18 +311,39 @@ def _check_physical(
 
 
 def teardown(
-    catalog_file: str, estate: str, database_name: str, *, scratch: str | None, method: str | None = None
+    catalog_file: str,
+    estate: str,
+    database_name: str,
+    *,
+    scratch: str | None,
+    method: str | None = None,
+    worker: str | None = None,
 ) -> None:
     """Drop the scratch database, or stop and remove the scratch cluster (``method`` physical, from
-    ``prepare``: also a half-started one); the drill's checks are already recorded."""
+    ``prepare``: also a half-started one); the drill's checks are already recorded.
+
+    :param worker: the machine whose ``restore`` step started the scratch cluster (None: it never
+        started). A scratch cluster lives on that machine only: teardown elsewhere fails, naming it,
+        rather than find nothing here and report a server that still runs there as removed.
+    :raises RestoreError: the scratch cluster is on another worker, or could not be stopped.
+    """
     if not scratch:
         log.info("no scratch database was named: nothing to drop")
         return
     _, database = backed_up_database(catalog_file, estate, database_name)
     if method == "physical":
+        import socket
+
         from cloudops.restore.physical import scratch_root, stop_and_remove
         from cloudops.restore.physical_plan import cluster_paths
 
+        if worker is not None and worker != socket.gethostname():
+            raise RestoreError(
+                f"scratch cluster {scratch} was started on worker {worker!r}; this teardown runs on "
+                f"{socket.gethostname()!r} and cannot stop it: it may still run there. Stop it on "
+                f"{worker!r} (its folder is under cloudops-scratch-clusters/{estate}/ there), or let the "
+                "next drill's prepare on that worker remove it; pin the drill's tasks to one worker (a queue)"
+            )
         removed = stop_and_remove(cluster_paths(scratch_root(), estate, scratch))
         log.info("scratch cluster %s %s", scratch, "stopped and removed" if removed else "did not exist")
         return
@@ -520,7 +562,12 @@ def _prepare_task(catalog_file: str, estate: str, database_name: str, **context:
 
 
 def _restore_task(catalog_file: str, estate: str, database_name: str, **context: Any) -> dict[str, Any]:
+    import socket
+
     prepared = _ti_pull(context, "prepare")
+    # Before anything is started: teardown must know where a (half-)started scratch cluster lives,
+    # even when this step fails and returns nothing.
+    context["ti"].xcom_push(key=WORKER_XCOM, value=socket.gethostname())
     return restore(
         catalog_file, estate, database_name, backup_id=prepared["backup_id"], scratch=prepared["scratch"]
     )
@@ -546,6 +593,7 @@ def _teardown_task(catalog_file: str, estate: str, database_name: str, **context
         database_name,
         scratch=(prepared or {}).get("scratch"),
         method=(prepared or {}).get("method"),
+        worker=context["ti"].xcom_pull(task_ids="restore", key=WORKER_XCOM),
     )
     # record reads this: no XCom means teardown failed, which must fail the run (record is the leaf).
     return {"scratch": (prepared or {}).get("scratch"), "torn_down": True}
