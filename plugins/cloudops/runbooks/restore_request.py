@@ -293,7 +293,15 @@ def verify_restore(request: RestoreRequest, backup_id: str, *, restored: str | N
     database = catalog.database(request.database)
     manifest = open_repository(catalog, database).read_manifest(database.name, backup_id)
     restored = restored or request.target
-    checks = compare_with_manifest(database.conn_id, database.engine, restored, manifest)
+    checking: Any = database.conn_id
+    if database.engine == "postgres":
+        from cloudops.engines.postgres import restored_database_connection
+
+        # As the copy's restore role: nothing the dump defined runs with the server login's privileges.
+        checking = restored_database_connection(
+            database.conn_id, restored, used_by=f"restore_request check of {restored}"
+        )
+    checks = compare_with_manifest(checking, database.engine, restored, manifest)
     failed = [check.name for check in checks if not check.passed]
     for check in checks:
         log.info(
