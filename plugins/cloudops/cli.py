@@ -168,6 +168,7 @@ def _restore(args: argparse.Namespace) -> int:
         target=args.target,
         point_in_time=args.point_in_time,
         confirm_overwrite=args.confirm_overwrite,
+        trust_repository=args.trust_repository,
     )
     if request.overwrite:
         raise InvalidInputError(
@@ -176,7 +177,7 @@ def _restore(args: argparse.Namespace) -> int:
             "database (--target NEW_NAME) and switch over"
         )
     restored = restore_backup(request)
-    verified = verify_restore(request, restored["backup_id"])
+    verified = verify_restore(request, restored["backup_id"], proven=restored)
     print(
         f"restored backup {restored['backup_id']} of {request.database} into {request.target} in "
         f"{restored['seconds']:.1f} s; {verified['checks']} checks against the manifest passed"
@@ -336,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--confirm-overwrite",
         action="store_true",
         help="refused here: overwrites need restore_request's approval",
+    )
+    restore.add_argument(
+        "--trust-repository",
+        action="store_true",
+        help="restore a backup that has no backup.taken record in this ledger (imported, or taken by "
+        "another machine) as the bucket holds it; refused without this, and recorded in the ledger",
     )
     restore.set_defaults(handler=_restore)
 

@@ -14,7 +14,13 @@ kinds below, ``dag_id``, ``run_id``, ``runbook`` (the runbook kind: ``backup``, 
   skipped), ``error`` (first line, secrets masked), ``started_at``, ``finished_at``,
   ``duration_seconds``, ``hostname``;
 - ``backup.taken``: data ``estate``, ``database``, ``engine``, ``method``, ``backup_id``, ``bucket``,
-  ``manifest_key``, ``size_bytes``, ``objects`` ([{name, size, sha256}]), ``locked_until``;
+  ``manifest_key``, ``manifest_sha256`` (of the exact bytes written), ``manifest_version_id`` (the S3
+  version; None in an unversioned bucket), ``size_bytes``, ``raw_bytes``, ``started_at``,
+  ``finished_at``, ``objects`` ([{name, key, size, sha256, version_id}]), ``locked_until``,
+  ``lock_mode``. Drills and restores check the manifest they read against it;
+- ``repository.trusted``: data ``estate``, ``database``, ``backup_id``, ``manifest_sha256``,
+  ``manifest_version_id``, ``trusted_repository`` (True), ``by``: a backup without a ``backup.taken``
+  record was drilled or restored because the caller trusted the repository explicitly;
 - ``drill.recorded``: data is the whole drill record (``cloudops.restore.record.DrillRecord`` as
   JSON: ``estate``, ``database``, ``backup_id``, ``passed``, ``rto_seconds``, ``rpo_seconds``,
   ``rto_target_seconds``, ``rpo_target_seconds``, ``targets_met``, ``checksums``, ``checks``
@@ -42,7 +48,8 @@ BACKUP_TAKEN = "backup.taken"
 DRILL_RECORDED = "drill.recorded"
 RESTORE_PERFORMED = "restore.performed"
 APPROVAL = "approval"
-FACT_KINDS = (BACKUP_TAKEN, DRILL_RECORDED, RESTORE_PERFORMED, APPROVAL)
+REPOSITORY_TRUSTED = "repository.trusted"
+FACT_KINDS = (BACKUP_TAKEN, DRILL_RECORDED, RESTORE_PERFORMED, APPROVAL, REPOSITORY_TRUSTED)
 
 
 def runbook_of(dag_id: str) -> tuple[str, str | None]:
@@ -144,6 +151,7 @@ __all__ = [
     "BACKUP_TAKEN",
     "DRILL_RECORDED",
     "FACT_KINDS",
+    "REPOSITORY_TRUSTED",
     "RESTORE_PERFORMED",
     "RUN_FINISHED",
     "RUN_STARTED",
