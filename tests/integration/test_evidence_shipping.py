@@ -196,13 +196,15 @@ def test_verification_reads_the_versions_shipped_and_caps_what_it_reads(
     ledger_id = str(settings.ledger_id)
     segment_key = settings.segment_key(ledger_id, D2)
     recorded = read_shipped(shipped)[D2]
-    assert recorded["segment_version_id"] and recorded["digest_version_id"]
+    assert recorded["segment_version_id"]
+    assert recorded["digest_version_id"]
     # The shipped version is what verification reads: a version written over it later is named, and
     # the shipped one still verifies as it was shipped (its records are all there).
     replace_segment(s3, settings, D2, lambda lines: lines[:1])
     verdict = verify_shipped(shipped, settings)
     assert verdict.problem is not None
-    assert f"segment {D2}" in verdict.problem and recorded["segment_version_id"] in verdict.problem
+    assert f"segment {D2}" in verdict.problem
+    assert recorded["segment_version_id"] in verdict.problem
     assert (verdict.days, verdict.last_seq) == (1, 4)
     s3.delete_object(
         Bucket=settings.bucket,
