@@ -24,10 +24,11 @@ kinds below, ``dag_id``, ``run_id``, ``runbook`` (the runbook kind: ``backup``, 
 - ``drill.recorded``: data is the whole drill record (``cloudops.restore.record.DrillRecord`` as
   JSON: ``estate``, ``database``, ``backup_id``, ``passed``, ``rto_seconds``, ``rpo_seconds``,
   ``rto_target_seconds``, ``rpo_target_seconds``, ``targets_met``, ``checksums``, ``checks``
-  ([{name, passed, expected, observed, detail}]), ``rds``...) plus ``record_uri`` and
-  ``checksums_verified`` (every object re-hashed and matching; None when none was reached);
+  ([{name, passed, expected, observed, detail}]), ``rds``...) plus ``record_uri``,
+  ``checksums_verified`` (every object re-hashed and matching; None when none was reached),
+  ``manifest_sha256`` (the manifest drilled) and ``trusted_repository``;
 - ``restore.performed``: data ``estate``, ``database``, ``backup_id``, ``target_database``,
-  ``overwrite``, ``requested_by``, ``approved_by``;
+  ``overwrite``, ``requested_by``, ``approved_by``, ``manifest_sha256``, ``trusted_repository``;
 - ``approval``: also ``task_id``; data ``subject``, ``decision`` (Approve or Reject), ``approver``,
   ``requested_by``, ``responded_at``, ``accepted`` (False when the approver was the requester).
 """
