@@ -260,7 +260,10 @@ def stack(
         catalog_file, estate = made.path, made.estate
         processes: list[Process] = []
         try:
-            backup_id = take_backup(str(catalog_file), estate, DATABASE)["backup_id"]
+            # Recorded in the run's own ledger: the restore checks the manifest against backup.taken.
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("CLOUDOPS_EVIDENCE_DIR", str(evidence))
+                backup_id = take_backup(str(catalog_file), estate, DATABASE)["backup_id"]
             migrated = subprocess.run(
                 ["airflow", "db", "migrate"], env=env, capture_output=True, text=True, timeout=MIGRATE_TIMEOUT
             )

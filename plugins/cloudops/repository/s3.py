@@ -751,7 +751,9 @@ class BackupRepository:
         keys = [self.object_key(database, backup_id, name) for name in objects]
         keys.sort(key=lambda key: (key != manifest_key, key))
         lock_dates = [lock[1] for key in keys if (lock := self._lock_of(self._head(key) or {})) is not None]
-        time_problem = backup_time_problem(backup_id, manifest, now=datetime.now(UTC))
+        # A manifest of another backup is a problem of its own (above); its time says nothing of this one.
+        own = manifest if manifest is not None and manifest.backup_id == backup_id else None
+        time_problem = backup_time_problem(backup_id, own, now=datetime.now(UTC))
         if time_problem:
             log.warning("backup %s of %s is not trusted as dated: %s", backup_id, database, time_problem)
             problems.append(time_problem)
