@@ -511,7 +511,9 @@ def test_a_second_persons_approval_puts_the_restore_in_place(stack: Stack, exist
     request = check_request(
         load_catalogs([str(stack.catalog_file)]), database=DATABASE, target=existing_target
     )
-    assert verify_restore(request, stack.backup_id)["checks"] >= 3, "the target holds the backup"
+    with pytest.MonkeyPatch.context() as patch:  # the manifest is checked against the run's ledger
+        patch.setenv("CLOUDOPS_EVIDENCE_DIR", str(stack.evidence))
+        assert verify_restore(request, stack.backup_id)["checks"] >= 3, "the target holds the backup"
     assert databases_like(staging_of(stack, existing_target, run_id)) == []
 
     recorded = stack.ledger_run(run_id)

@@ -402,3 +402,22 @@ def mariadb_admin() -> Any:
     return pymysql.connect(
         host=conn["host"], port=conn["port"], user=conn["login"], password=conn["password"], autocommit=True
     )
+
+
+def test_a_restore_reads_the_recorded_versions_of_a_backup_whose_current_manifest_was_spoilt(
+    locked: PrivateEstate, tmp_path: Path
+) -> None:
+    original = Manifest.model_validate(take_backup(locked.file, locked.estate, MARIA))
+    store = store_of(locked, MARIA)
+    key = store.manifest_key(MARIA, original.backup_id)
+    sandbox_s3().put_object(Bucket=locked.bucket, Key=key, Body=b"not a manifest")
+    spoilt = hashlib.sha256(b"not a manifest").hexdigest()
+
+    with pytest.raises(BackupVerificationError, match="cannot be restored: manifest unreadable"):
+        prove_backup(store, MARIA, original.backup_id, on_change="refuse")
+    proven = prove_backup(store, MARIA, original.backup_id, on_change="read_recorded")
+
+    assert proven.manifest == original
+    assert any(spoilt in change for change in proven.changed)
+    dump = fetch_backup(store, proven.manifest, tmp_path / "fetch")
+    assert dump.stat().st_size == original.objects[0].raw_bytes

@@ -248,7 +248,19 @@ def prove_backup(
     from cloudops.evidence.runs import BACKUP_TAKEN
 
     skipped: list[StoredBackup] = []
-    chosen = choose_backup(store, database, backup_id, skipped=skipped)
+    try:
+        chosen = choose_backup(store, database, backup_id, skipped=skipped)
+    except BackupVerificationError as damaged:
+        # A named backup whose current manifest was made unreadable or misdated: a restore can still read
+        # the versions the ledger recorded (checked below); a drill, and a backup the ledger does not
+        # know, are refused as before.
+        if backup_id == LATEST or on_change != "read_recorded":
+            raise
+        match = {"estate": store.estate, "database": database, "backup_id": backup_id}
+        if latest_fact(BACKUP_TAKEN, match, ledger=ledger) is None:
+            raise
+        log.warning("%s; the ledger recorded this backup: checking the versions it recorded", damaged)
+        chosen = store.describe_backup(database, backup_id)
     chosen_id = chosen.backup_id
     where = f"backup {chosen_id} of {store.estate}/{database}"
     key = store.manifest_key(database, chosen_id)
