@@ -142,9 +142,8 @@ def _backups_list(args: argparse.Namespace) -> int:
 def _backup_run(args: argparse.Namespace) -> int:
     """Take one backup now, outside Airflow: backup__<database>'s steps, recorded in the ledger as a run
     of that runbook by this OS user (take_backup, verify_backup, then apply_retention if asked)."""
-    from cloudops.evidence.recorder import cli_run, record_fact
-    from cloudops.evidence.runs import BACKUP_TAKEN
-    from cloudops.runbooks.backup import apply_retention, backup_evidence, take_backup, verify_backup
+    from cloudops.evidence.recorder import cli_run
+    from cloudops.runbooks.backup import apply_retention, take_backup, verify_backup
 
     catalog, database = _find_database(args.database)
     if database.backup is None:
@@ -153,7 +152,7 @@ def _backup_run(args: argparse.Namespace) -> int:
     conf = {"database": database.name, "retention": args.retention, "dry_run": args.dry_run}
     with cli_run(f"backup__{database.name}", conf=conf) as context:
         manifest = take_backup(catalog_file, catalog.estate, database.name, run_id=context["run_id"])
-        record_fact(BACKUP_TAKEN, context, backup_evidence(manifest))
+        # take_backup itself records backup.taken (manifest hash and version) under this run's id.
         stored = manifest["compressed_bytes"]
         print(f"backup {manifest['backup_id']} of {database.name} complete: {stored} bytes stored")
         verified = verify_backup(
@@ -221,6 +220,7 @@ def _restore(args: argparse.Namespace) -> int:
         target=args.target,
         point_in_time=args.point_in_time,
         confirm_overwrite=args.confirm_overwrite,
+        trust_repository=args.trust_repository,
     )
     if request.overwrite:
         raise InvalidInputError(
@@ -235,7 +235,7 @@ def _restore(args: argparse.Namespace) -> int:
     renaming: list[str] = []
     try:
         restored = restore_backup(request, run_id=run_id)
-        verified = verify_restore(request, restored["backup_id"], restored=staging)
+        verified = verify_restore(request, restored["backup_id"], restored=staging, proven=restored)
         placed = put_in_place(
             request, run_id=run_id, approval=None, requested_by=None, announce=renaming.append
         )
@@ -273,6 +273,8 @@ def _restore(args: argparse.Namespace) -> int:
             "approved_by": None,
             "via": "cloudops restore",
             "checks": verified["checks"],
+            "manifest_sha256": restored.get("manifest_sha256"),
+            "trusted_repository": bool(restored.get("trusted_repository")),
         },
     )
     print(
@@ -439,6 +441,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--confirm-overwrite",
         action="store_true",
         help="refused here: overwrites need restore_request's approval",
+    )
+    restore.add_argument(
+        "--trust-repository",
+        action="store_true",
+        help="restore a backup that has no backup.taken record in this ledger (imported, or taken by "
+        "another machine) as the bucket holds it; refused without this, and recorded in the ledger",
     )
     restore.set_defaults(handler=_restore)
 

@@ -274,7 +274,10 @@ def stack(
         catalog_file, estate = made.path, made.estate
         processes: list[Process] = []
         try:
-            backup_id = take_backup(str(catalog_file), estate, DATABASE)["backup_id"]
+            # Recorded in the run's own ledger: the restore checks the manifest against backup.taken.
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("CLOUDOPS_EVIDENCE_DIR", str(evidence))
+                backup_id = take_backup(str(catalog_file), estate, DATABASE)["backup_id"]
             migrated = subprocess.run(
                 ["airflow", "db", "migrate"], env=env, capture_output=True, text=True, timeout=MIGRATE_TIMEOUT
             )
@@ -541,7 +544,9 @@ def test_a_second_persons_approval_puts_the_restore_in_place(stack: Stack, exist
     assert query(f"SELECT COUNT(*) FROM `{kept}`.`old_only`") == [(2,)]
     assert "old_only" not in tables_of(existing_target)
     placed = RestoreRequest(str(stack.catalog_file), stack.estate, DATABASE, "latest", existing_target)
-    assert verify_restore(placed, stack.backup_id)["checks"] >= 3, "the target holds the backup"
+    with pytest.MonkeyPatch.context() as patch:  # the manifest is checked against the run's ledger
+        patch.setenv("CLOUDOPS_EVIDENCE_DIR", str(stack.evidence))
+        assert verify_restore(placed, stack.backup_id)["checks"] >= 3, "the target holds the backup"
     assert databases_like(staging_of(stack, existing_target, run_id)) == []
 
     recorded = stack.ledger_run(run_id)

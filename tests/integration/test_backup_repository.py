@@ -313,11 +313,19 @@ def test_verify_names_a_tampered_object(store: BackupRepository, s3: Any, bucket
     ]
     manifest = build_manifest(store, backup_id, items)
     store.write_manifest(manifest)
+    assert all(item.version_id for item in manifest.objects), "the upload's version is recorded"
     assert store.verify_objects(manifest).ok
     # Same size, other bytes: only the hash can tell. In a versioned bucket this is a new version.
     original = download(s3, bucket, items[1].key)
     s3.put_object(Bucket=bucket, Key=items[1].key, Body=bytes(reversed(original)))
-    check = store.verify_objects(manifest)
+
+    # The manifest names the version the backup wrote: that one is read, and it is intact.
+    assert store.verify_objects(manifest).ok
+    # A manifest without versions (as written before they were recorded) reads the current version.
+    unversioned = manifest.model_copy(
+        update={"objects": [item.model_copy(update={"version_id": None}) for item in items]}
+    )
+    check = store.verify_objects(unversioned)
     assert not check.ok
     assert check.object_name == "data.bin.zst"
     assert "SHA-256" in check.reason
@@ -326,10 +334,14 @@ def test_verify_names_a_tampered_object(store: BackupRepository, s3: Any, bucket
 
 def test_verify_names_a_missing_object(store: BackupRepository, s3: Any, bucket: str) -> None:
     manifest = complete_backup(store, lock=False)
-    s3.delete_object(Bucket=bucket, Key=manifest.objects[0].key)  # a delete marker hides it
+    (item,) = manifest.objects
+    s3.delete_object(Bucket=bucket, Key=item.key)  # a delete marker hides the current version only
+    assert store.verify_objects(manifest).ok, "the version the backup wrote is still there"
+    s3.delete_object(Bucket=bucket, Key=item.key, VersionId=item.version_id)
     check = store.verify_objects(manifest)
     assert (check.ok, check.object_name) == (False, "dump.bin.zst")
     assert "is missing" in check.reason
+    assert item.version_id in check.reason
 
 
 # Deletion.

@@ -174,10 +174,51 @@ def test_an_edited_digest_or_a_wrong_key_is_named(
     assert "signed with another key" in str(verdict.problem)
 
     s3.put_object(Bucket=settings.bucket, Key=digest_key, Body=json.dumps({**digest, "records": 3}).encode())
-    verdict = verify_shipped(shipped, settings)
+    # Read as S3 holds it now (no local record of what shipped), the signature gives it away...
+    verdict = verify_shipped(None, settings, ledger_id=settings.ledger_id)
     assert verdict.problem == (
         f"digest {D2} (s3://{settings.bucket}/{digest_key}): its signature does not match its content: "
         "the digest was altered"
+    )
+    # ...and with the local ledger, which recorded the version shipped, the new version itself does.
+    verdict = verify_shipped(shipped, settings)
+    assert verdict.problem is not None
+    assert verdict.problem.startswith(f"digest {D2} (s3://{settings.bucket}/{digest_key}): its current S3 ")
+    assert "is not the one shipped" in verdict.problem
+    assert "something wrote over it after shipping" in verdict.problem
+
+
+def test_verification_reads_the_versions_shipped_and_caps_what_it_reads(
+    shipped: Ledger, settings: ShippingSettings, s3: Any
+) -> None:
+    from cloudops.evidence.shipping import MAX_DIGEST_BYTES, read_shipped
+
+    ledger_id = str(settings.ledger_id)
+    segment_key = settings.segment_key(ledger_id, D2)
+    recorded = read_shipped(shipped)[D2]
+    assert recorded["segment_version_id"]
+    assert recorded["digest_version_id"]
+    # The shipped version is what verification reads: a version written over it later is named, and
+    # the shipped one still verifies as it was shipped (its records are all there).
+    replace_segment(s3, settings, D2, lambda lines: lines[:1])
+    verdict = verify_shipped(shipped, settings)
+    assert verdict.problem is not None
+    assert f"segment {D2}" in verdict.problem
+    assert recorded["segment_version_id"] in verdict.problem
+    assert (verdict.days, verdict.last_seq) == (1, 4)
+    s3.delete_object(
+        Bucket=settings.bucket,
+        Key=segment_key,
+        VersionId=s3.head_object(Bucket=settings.bucket, Key=segment_key)["VersionId"],
+    )
+    assert verify_shipped(shipped, settings).ok
+    # A digest larger than any digest is refused by its size, unread.
+    digest_key = settings.digest_key(ledger_id, D3)
+    s3.put_object(Bucket=settings.bucket, Key=digest_key, Body=b" " * (MAX_DIGEST_BYTES + 1))
+    alone = verify_shipped(None, settings, ledger_id=ledger_id)
+    assert alone.problem == (
+        f"digest {D3}: s3://{settings.bucket}/{digest_key} is {MAX_DIGEST_BYTES + 1} bytes, more than the "
+        f"{MAX_DIGEST_BYTES} it may hold: not read"
     )
 
 
@@ -257,7 +298,7 @@ def test_cli_ship_and_verify_exit_codes(
     assert "shipped evidence: 3 day(s), 12 records" in capsys.readouterr().out
     replace_segment(s3, settings, D1, lambda lines: [*lines[:2], *lines[3:]])
     assert main(["evidence", "verify", "--ledger", directory, "--s3"]) == 1
-    assert "record seq 3 is missing" in capsys.readouterr().err
+    assert "something wrote over it after shipping" in capsys.readouterr().err
     monkeypatch.delenv("CLOUDOPS_EVIDENCE_BUCKET")
     assert main(["evidence", "ship", "--ledger", directory]) == 1
     assert "set CLOUDOPS_EVIDENCE_BUCKET" in capsys.readouterr().err

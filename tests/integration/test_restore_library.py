@@ -87,7 +87,12 @@ def estate(sandbox_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
             ("inventory_mariadb", "mariadb", MARIA, "inventory"),
         )
     ]
-    with private_estate(tmp_path_factory.mktemp("restore-estate"), "rt", databases) as made:
+    # take_backup records backup.taken: into this module's own evidence folder, not the sandbox's.
+    with (
+        pytest.MonkeyPatch.context() as patch,
+        private_estate(tmp_path_factory.mktemp("restore-estate"), "rt", databases) as made,
+    ):
+        patch.setenv("CLOUDOPS_EVIDENCE_DIR", str(tmp_path_factory.mktemp("restore-evidence")))
         yield Estate(file=made.file, estate=made.estate, bucket=made.bucket)
 
 

@@ -73,8 +73,10 @@ def estate(tmp_path_factory: pytest.TempPathFactory, sandbox_env: dict[str, str]
         "backup": {"repository": "r", "retention": {"keep_last": 3}},
         "drill": {"schedule": "on_backup"},
     }
-    with private_estate(tmp, "rdsdrill", [database]) as made:
+    with private_estate(tmp, "rdsdrill", [database]) as made, pytest.MonkeyPatch.context() as patch:
         name, file = made.estate, made.file
+        # The backup.taken record goes into this module's ledger; each test starts from a copy of it.
+        patch.setenv("CLOUDOPS_EVIDENCE_DIR", str(tmp / "evidence"))
         backup_id = take_backup(file, name, DATABASE)["backup_id"]
         snapshot = snapshot_rds(file, name, DATABASE, backup_id=backup_id)
         yield {
@@ -100,6 +102,10 @@ def estate(tmp_path_factory: pytest.TempPathFactory, sandbox_env: dict[str, str]
 
 @pytest.fixture
 def evidence(estate: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The test's own evidence folder, whose ledger holds the module backup's backup.taken record."""
+    import shutil
+
+    shutil.copytree(estate["evidence"] / "ledger", tmp_path / "evidence" / "ledger")
     monkeypatch.setenv("CLOUDOPS_EVIDENCE_DIR", str(tmp_path / "evidence"))
     return tmp_path / "evidence"
 

@@ -239,6 +239,16 @@ class DrillPolicy(CatalogModel):
     def _schedule(cls, value: str) -> str:
         return value if value == "on_backup" else _check_cron(value)
 
+    trust_repository: bool = Field(
+        default=False,
+        description=(
+            "Drill backups that have no backup.taken record in this deployment's ledger (imported, or "
+            "taken by a machine with another ledger), trusting the repository's manifest as stored. Off: "
+            "such backups are refused, since anyone who can write to the bucket can write a matching "
+            "dump and manifest. Each trusted drill is recorded in the ledger."
+        ),
+    )
+
 
 class Database(CatalogModel):
     """A database the estate runs: how to reach it, its role, and its backup and drill policies."""

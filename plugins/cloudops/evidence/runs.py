@@ -17,12 +17,19 @@ kinds below, ``dag_id``, ``run_id``, ``runbook`` (the runbook kind: ``backup``, 
   skipped), ``error`` (first line, secrets masked), ``started_at``, ``finished_at``,
   ``duration_seconds``, ``hostname``;
 - ``backup.taken``: data ``estate``, ``database``, ``engine``, ``method``, ``backup_id``, ``bucket``,
-  ``manifest_key``, ``size_bytes``, ``objects`` ([{name, size, sha256}]), ``locked_until``;
+  ``manifest_key``, ``manifest_sha256`` (of the exact bytes written), ``manifest_version_id`` (the S3
+  version; None in an unversioned bucket), ``size_bytes``, ``raw_bytes``, ``started_at``,
+  ``finished_at``, ``objects`` ([{name, key, size, sha256, version_id}]), ``locked_until``,
+  ``lock_mode``. Drills and restores check the manifest they read against it;
+- ``repository.trusted``: data ``estate``, ``database``, ``backup_id``, ``manifest_sha256``,
+  ``manifest_version_id``, ``trusted_repository`` (True), ``by``: a backup without a ``backup.taken``
+  record was drilled or restored because the caller trusted the repository explicitly;
 - ``drill.recorded``: data is the whole drill record (``cloudops.restore.record.DrillRecord`` as
   JSON: ``estate``, ``database``, ``backup_id``, ``passed``, ``rto_seconds``, ``rpo_seconds``,
   ``rto_target_seconds``, ``rpo_target_seconds``, ``targets_met``, ``checksums``, ``checks``
-  ([{name, passed, expected, observed, detail}]), ``rds``...) plus ``record_uri`` and
-  ``checksums_verified`` (every object re-hashed and matching; None when none was reached);
+  ([{name, passed, expected, observed, detail}]), ``rds``...) plus ``record_uri``,
+  ``checksums_verified`` (every object re-hashed and matching; None when none was reached),
+  ``manifest_sha256`` (the manifest drilled) and ``trusted_repository``;
 - ``backup.verified``: data ``estate``, ``database``, ``backup_id``, ``ok`` (every object read back
   and matching the manifest's size and SHA-256), ``reason``, ``object_name`` (the first that did not),
   ``objects_checked``, ``bytes_checked``; retention counts a backup toward ``keep_*`` only after it;
@@ -31,7 +38,7 @@ kinds below, ``dag_id``, ``run_id``, ``runbook`` (the runbook kind: ``backup``, 
   ``group``, ``deleted`` (S3 keys, or the snapshot id), ``reasons`` (the plan's), ``proof``, ``policy``
   (the keep_* rules), ``max_delete_share``, ``allow_large_delete``;
 - ``restore.performed``: data ``estate``, ``database``, ``backup_id``, ``target_database``,
-  ``overwrite``, ``requested_by``, ``approved_by``;
+  ``overwrite``, ``requested_by``, ``approved_by``, ``manifest_sha256``, ``trusted_repository``;
 - ``approval``: also ``task_id``; data ``subject``, ``decision`` (Approve or Reject), ``approver``,
   ``requested_by``, ``responded_at``, ``accepted`` (False when the approver was the requester).
 """
@@ -54,7 +61,16 @@ RESTORE_PERFORMED = "restore.performed"
 APPROVAL = "approval"
 BACKUP_VERIFIED = "backup.verified"
 RETENTION_DELETED = "retention.deleted"
-FACT_KINDS = (BACKUP_TAKEN, DRILL_RECORDED, RESTORE_PERFORMED, APPROVAL, BACKUP_VERIFIED, RETENTION_DELETED)
+REPOSITORY_TRUSTED = "repository.trusted"
+FACT_KINDS = (
+    BACKUP_TAKEN,
+    DRILL_RECORDED,
+    RESTORE_PERFORMED,
+    APPROVAL,
+    BACKUP_VERIFIED,
+    RETENTION_DELETED,
+    REPOSITORY_TRUSTED,
+)
 
 
 def runbook_of(dag_id: str) -> tuple[str, str | None]:
@@ -157,6 +173,7 @@ __all__ = [
     "BACKUP_VERIFIED",
     "DRILL_RECORDED",
     "FACT_KINDS",
+    "REPOSITORY_TRUSTED",
     "RESTORE_PERFORMED",
     "RETENTION_DELETED",
     "RUN_FINISHED",

@@ -82,6 +82,12 @@ _FINGERPRINT_TEXT = b"cloudops evidence signing key fingerprint"
 _DAY_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.(jsonl|json)$")
 _LEDGER_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
+# What is read back from the bucket is untrusted and read whole into memory, so it is capped. A digest
+# is about 1 KB of JSON. A segment is one day of the ledger: 1 GiB is a million records of 1 KB, far
+# beyond any day's evidence, and no more than a worker can hold.
+MAX_DIGEST_BYTES = 1024 * 1024
+MAX_SEGMENT_BYTES = 1024 * 1024 * 1024
+
 # A dead endpoint must fail a shipping attempt in seconds: the records wait locally anyway.
 SHIPPING_CLIENT_CONFIG: dict[str, Any] = {
     "connect_timeout": 5,
@@ -409,19 +415,45 @@ def shipping_client(settings: ShippingSettings) -> Any:
     return bounded_s3_client(settings.aws_conn_id, defaults=SHIPPING_CLIENT_CONFIG)
 
 
-def _get(client: Any, bucket: str, key: str) -> bytes | None:
-    """An object's bytes, or None when the key does not exist."""
+def _get(client: Any, bucket: str, key: str, *, limit: int, version_id: str | None = None) -> bytes | None:
+    """An object's bytes (of ``version_id``, else the current version), or None when it does not exist.
+
+    :raises EvidenceShippingError: it is larger than ``limit``; refused without reading it.
+    """
+    from cloudops.repository.s3 import version_args
+
     try:
-        response = client.get_object(Bucket=bucket, Key=key)
+        response = client.get_object(Bucket=bucket, Key=key, **version_args(version_id))
     except Exception as error:
-        if aws_error_code(error) in {"NoSuchKey", "404", "NotFound"}:
+        if aws_error_code(error) in {"NoSuchKey", "NoSuchVersion", "404", "NotFound"}:
             return None
         raise
     body = response["Body"]
     try:
-        return bytes(body.read())
+        length = response.get("ContentLength")
+        if length is not None and int(length) > limit:
+            raise EvidenceShippingError(
+                f"s3://{bucket}/{key} is {length} bytes, more than the {limit} it may hold: not read"
+            )
+        data = bytes(body.read(limit + 1))
     finally:
         body.close()
+    if len(data) > limit:
+        raise EvidenceShippingError(f"s3://{bucket}/{key} is more than the {limit} bytes it may hold")
+    return data
+
+
+def _current_version(client: Any, bucket: str, key: str) -> str | None:
+    """The version id of the key's current version (None: no versions, or no such key)."""
+    from cloudops.repository.s3 import real_version
+
+    try:
+        head = client.head_object(Bucket=bucket, Key=key)
+    except Exception as error:
+        if aws_error_code(error) in {"NoSuchKey", "404", "NotFound"}:
+            return None
+        raise
+    return real_version(head.get("VersionId"))
 
 
 def _lock(client: Any, bucket: str, key: str, mode: str, until: datetime) -> datetime:
@@ -593,11 +625,12 @@ def _ship_day(
     facts = segment_facts(name, data)
     step = f"reading {settings.url(digest_key)}"
     try:
-        stored_digest = _get(client, settings.bucket, digest_key)
+        stored_digest = _get(client, settings.bucket, digest_key, limit=MAX_DIGEST_BYTES)
         if stored_digest is not None:
             return _resume(settings, signing_key, day, digest_key, stored_digest, facts), True
         step = f"reading {settings.url(segment_key)}"
-        stored_segment = _get(client, settings.bucket, segment_key)
+        # One byte more than the local segment is enough to tell that S3 holds other bytes.
+        stored_segment = _get(client, settings.bucket, segment_key, limit=len(data) + 1)
         segment_version = None
         if stored_segment is None:
             step = f"uploading {settings.url(segment_key)}"
@@ -740,7 +773,10 @@ def verify_shipped(
     of its segment from the previous day's last record (a record missing, altered or out of order is
     named, with its line in the S3 segment), and the segment's size and SHA-256 against the digest.
     With a local ledger: a local segment that differs from the shipped one, and a day recorded as
-    shipped whose digest is not in S3, are named too.
+    shipped whose digest is not in S3, are named too; and the digest and segment are read at the S3
+    versions recorded when they shipped (``shipped/DAY.json``), so a version written over them later is
+    not what is checked, and is named as a problem itself. Digests are read up to
+    :data:`MAX_DIGEST_BYTES`, segments up to the size their signed digest states.
 
     :raises EvidenceShippingError: S3 cannot be read (nothing could be checked).
     """
@@ -775,8 +811,20 @@ def verify_shipped(
             )
         digest_key = settings.digest_key(ledger_id, day)
         digest_url = settings.url(digest_key)
+        recorded = shipped.get(day) or {}
         try:
-            body = _get(client, settings.bucket, digest_key)
+            over = _written_over(client, settings, digest_key, recorded.get("digest_version_id"))
+            if over:
+                return verdict(f"digest {day} ({digest_url}): {over}")
+            body = _get(
+                client,
+                settings.bucket,
+                digest_key,
+                limit=MAX_DIGEST_BYTES,
+                version_id=recorded.get("digest_version_id"),
+            )
+        except EvidenceShippingError as error:
+            return verdict(f"digest {day}: {error}")
         except Exception as error:
             raise EvidenceShippingError(f"cannot read {digest_url}: {first_line(error)}") from error
         if body is None:
@@ -814,8 +862,22 @@ def verify_shipped(
                 "the previous digest was replaced"
             )
         segment_url = settings.url(segment_key)
+        stated_bytes = digest.get("segment_bytes")
+        limit = min(stated_bytes, MAX_SEGMENT_BYTES) if isinstance(stated_bytes, int) else MAX_SEGMENT_BYTES
         try:
-            data = _get(client, settings.bucket, segment_key)
+            over = _written_over(client, settings, segment_key, recorded.get("segment_version_id"))
+            if over:
+                return verdict(f"segment {day} ({segment_url}): {over}")
+            # One byte past what the signed digest states is enough to tell the segment differs.
+            data = _get(
+                client,
+                settings.bucket,
+                segment_key,
+                limit=limit + 1,
+                version_id=recorded.get("segment_version_id"),
+            )
+        except EvidenceShippingError as error:
+            return verdict(f"segment {day}: {error}")
         except Exception as error:
             raise EvidenceShippingError(f"cannot read {segment_url}: {first_line(error)}") from error
         if data is None:
@@ -854,6 +916,23 @@ def verify_shipped(
         if data and name[:10] < closed_before and name[:10] not in stored_days
     )
     return verdict(None, pending)
+
+
+def _written_over(client: Any, settings: ShippingSettings, key: str, shipped_version: str | None) -> str:
+    """Why the key's current version is not the one shipped ('' when it is, or none was recorded).
+
+    Nothing ever writes a shipped key again, so a newer version is someone else's: the locked shipped
+    version is still there and is what is verified, but the change is itself a problem to report.
+    """
+    if not shipped_version or shipped_version == "null":
+        return ""
+    current = _current_version(client, settings.bucket, key)
+    if current == shipped_version:
+        return ""
+    return (
+        f"its current S3 version ({current}) is not the one shipped ({shipped_version}): something wrote "
+        "over it after shipping (the shipped version is still what is verified)"
+    )
 
 
 def _digest_days(client: Any, settings: ShippingSettings, ledger_id: str) -> list[str]:
@@ -905,6 +984,8 @@ __all__ = [
     "DEFAULT_LOCK_MODE",
     "DEFAULT_PREFIX",
     "DEFAULT_SIGNING_CONN_ID",
+    "MAX_DIGEST_BYTES",
+    "MAX_SEGMENT_BYTES",
     "SHIPPING_CLIENT_CONFIG",
     "DigestLink",
     "EvidenceSettingsError",

@@ -31,12 +31,21 @@ from cloudops.repository.layout import MANIFEST_NAME, is_backup_id
 
 # Bumped when a change would make an older reader misread a manifest; readers refuse other versions.
 MANIFEST_VERSION = 1
+# Larger than any database dump (1 PiB), and below 2**53 so that every size stays exact in any JSON
+# reader; a manifest from the bucket is untrusted, and an absurd size must not pass as a number.
+MAX_BYTES = 1 << 50
+# The most a manifest may weigh. One object per dump plus a row count per table: 100,000 tables come to
+# about 10 MB of JSON. Beyond that it is not a manifest this code wrote, and reading it would only cost
+# memory (a parsed JSON document takes several times its size).
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 
 _Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 _ObjectName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")]
 _Text = Annotated[str, StringConstraints(min_length=1, max_length=500)]
 _Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-_Size = Annotated[int, Field(ge=0)]
+_Size = Annotated[int, Field(ge=0, le=MAX_BYTES)]
+# S3 version ids are opaque, URL-safe text of at most 1024 characters ("null" in an unversioned bucket).
+_VersionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._+/=-]{1,1024}$")]
 
 
 class ManifestError(CloudOpsError):
@@ -62,6 +71,9 @@ class ManifestObject(_ManifestModel):
     :param size: stored (compressed) size in bytes.
     :param sha256: SHA-256 of the stored bytes, hex: what :meth:`BackupRepository.verify_objects` checks.
     :param raw_bytes: size of the dump before compression.
+    :param version_id: the S3 version the upload created (None in an unversioned bucket, and in
+        manifests written before versions were recorded): restores read exactly this version, so a
+        newer version written over the key later is never what they restore.
     """
 
     name: _ObjectName
@@ -69,6 +81,7 @@ class ManifestObject(_ManifestModel):
     size: _Size
     sha256: _Sha256
     raw_bytes: _Size
+    version_id: _VersionId | None = None
 
     @field_validator("name")
     @classmethod
@@ -196,8 +209,14 @@ class Manifest(_ManifestModel):
         """Parse and validate a manifest.
 
         :param source: what to call it in errors, e.g. its key.
-        :raises ManifestError: not JSON, not an object, or a field is invalid (each one named).
+        :raises ManifestError: larger than :data:`MAX_MANIFEST_BYTES`, not JSON, not an object, or a
+            field is invalid (each one named).
         """
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise ManifestError(
+                f"{source}: {len(data)} bytes, more than the {MAX_MANIFEST_BYTES} a manifest may hold: "
+                "not a manifest cloudops wrote"
+            )
         try:
             document = json.loads(data)
         except UnicodeDecodeError as error:
@@ -244,6 +263,8 @@ def _describe(detail: dict[str, Any]) -> str:
 
 __all__ = [
     "MANIFEST_VERSION",
+    "MAX_BYTES",
+    "MAX_MANIFEST_BYTES",
     "Compression",
     "Manifest",
     "ManifestEncryption",

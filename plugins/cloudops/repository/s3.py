@@ -29,7 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 from cloudops.errors import CloudOpsError, aws_error_code, first_line
 from cloudops.repository import layout
-from cloudops.repository.manifest import Manifest, ManifestError, ManifestObject, ManifestObjectLock
+from cloudops.repository.manifest import (
+    MAX_MANIFEST_BYTES,
+    Manifest,
+    ManifestError,
+    ManifestObject,
+    ManifestObjectLock,
+)
 from cloudops.repository.pipeline import (
     DEFAULT_PART_SIZE,
     BackupFailed,
@@ -56,6 +62,9 @@ COMPRESSED_SUFFIX = ".zst"
 # short enough that a hung one is noticed the same day.
 DEFAULT_DUMP_TIMEOUT = timedelta(hours=6)
 _VERIFY_CHUNK = 1024 * 1024
+# How far a backup's time may lie ahead of this clock before it is taken for a planted or misdated
+# backup: more than any sane skew between the worker that wrote it and the one reading it.
+CLOCK_SKEW = timedelta(minutes=5)
 
 
 class BackupNotFound(CloudOpsError):
@@ -88,6 +97,9 @@ class StoredBackup:
     :param locked_until: the latest Object Lock retain-until among those keys (aware, UTC).
     :param problems: why the backup is incomplete (empty when complete).
     :param size: total stored bytes of the keys.
+    :param time_problem: why the backup's time cannot be believed (its id lies in the future, or the
+        manifest's ``started_at`` is not its id's time); such a backup is also incomplete, and never
+        "latest".
     """
 
     backup_id: str
@@ -98,6 +110,7 @@ class StoredBackup:
     locked_until: datetime | None
     problems: list[str] = field(default_factory=list)
     size: int = 0
+    time_problem: str | None = None
 
     @property
     def tags(self) -> frozenset[str]:
@@ -129,6 +142,33 @@ class Verification:
     object_name: str | None = None
     objects_checked: int = 0
     bytes_checked: int = 0
+
+
+@dataclass(frozen=True)
+class ManifestBytes:
+    """A manifest as stored: its exact bytes, their SHA-256, and the S3 version they were read from.
+
+    :param version_id: the version read (None when the store reports none: an unversioned bucket).
+    """
+
+    key: str
+    data: bytes
+    sha256: str
+    version_id: str | None
+
+
+@dataclass(frozen=True)
+class WrittenManifest:
+    """What :meth:`BackupRepository.write_manifest` wrote: the ledger records it, restores check it.
+
+    :param sha256: SHA-256 of the exact bytes written.
+    :param version_id: the S3 version created (None in an unversioned bucket).
+    """
+
+    key: str
+    sha256: str
+    version_id: str | None
+    size: int
 
 
 def bounded_s3_client(
@@ -272,17 +312,31 @@ class BackupRepository:
             threads=self.threads,
         )
         return ManifestObject(
-            name=name, key=key, size=result.compressed_bytes, sha256=result.sha256, raw_bytes=result.raw_bytes
+            name=name,
+            key=key,
+            size=result.compressed_bytes,
+            sha256=result.sha256,
+            raw_bytes=result.raw_bytes,
+            version_id=real_version(result.version_id),
         )
 
     def apply_object_lock(
-        self, keys: Iterable[str], *, mode: str, retain_until: datetime
+        self,
+        keys: Iterable[str],
+        *,
+        mode: str,
+        retain_until: datetime,
+        version_ids: Mapping[str, str | None] | None = None,
     ) -> dict[str, datetime]:
-        """Put Object Lock retention on the current version of each key, and read it back.
+        """Put Object Lock retention on each key's version, and read it back.
 
         Multipart uploads get no lock headers in moto (and bucket defaults start at upload time), so the
         lock is applied after the upload. A key already locked at least as long in the same mode is left
         alone: shortening a GOVERNANCE lock would need a bypass, and is never what is meant here.
+
+        :param version_ids: the version of each key to lock (the one the upload created), so that a
+            version written over the key in between is not what gets locked; the current version of
+            keys not named.
 
         :return: the retain-until date read back for each key.
         :raises BackupFailed: S3 refused, or the lock read back is not the one asked for.
@@ -295,19 +349,21 @@ class BackupRepository:
         applied: dict[str, datetime] = {}
         for key in keys:
             url = f"s3://{self.bucket}/{key}"
-            current = self._lock_of(self._head_or_fail(key, step="object lock"))
+            version = (version_ids or {}).get(key)
+            pinned = version_args(version)
+            current = self._lock_of(self._head_or_fail(key, step="object lock", version_id=version))
             if current is not None and current[0] == mode and current[1] >= until:
                 log.info("%s: already locked (%s) until %s, not changed", url, mode, _iso(current[1]))
                 applied[key] = current[1]
                 continue
             try:
                 self.client.put_object_retention(
-                    Bucket=self.bucket, Key=key, Retention={"Mode": mode, "RetainUntilDate": until}
+                    Bucket=self.bucket, Key=key, Retention={"Mode": mode, "RetainUntilDate": until}, **pinned
                 )
             except Exception as error:
                 raise BackupFailed(step="object lock", key=url, reason=first_line(error)) from error
             # get_object_retention is broken in moto (500); head_object reports the same facts.
-            after = self._lock_of(self._head_or_fail(key, step="object lock"))
+            after = self._lock_of(self._head_or_fail(key, step="object lock", version_id=version))
             if after is None or after[0] != mode or after[1] < until:
                 raise BackupFailed(
                     step="object lock",
@@ -318,14 +374,18 @@ class BackupRepository:
             applied[key] = after[1]
         return applied
 
-    def write_manifest(self, manifest: Manifest) -> str:
+    def write_manifest(self, manifest: Manifest) -> WrittenManifest:
         """Write the manifest, the last step of a backup: from now on the backup is complete.
 
         Checks first that it belongs here and that every object it lists is stored with its size, so
         that a manifest never vouches for objects that are not there. The manifest gets the same
-        encryption and Object Lock as the objects. A manifest is never overwritten.
+        encryption and Object Lock as the objects. A manifest is never overwritten: the PUT is
+        conditional (``If-None-Match: *``), so a manifest written between the check and the PUT makes
+        S3 refuse it instead of adding a version over it. (The check stays: its message is clearer, and
+        an S3-compatible store that ignores the condition is still checked.)
 
-        :return: the manifest's key.
+        :return: the key, the SHA-256 of the bytes written and the version S3 created: what the
+            ledger records, and what restores check the manifest against.
         :raises BackupFailed: the manifest is for another estate or place, an object is missing or has
             another size, a manifest already exists, or the write failed.
         """
@@ -356,44 +416,112 @@ class BackupRepository:
             raise refuse(first_line(error)) from error
         if exists:
             raise refuse("a manifest already exists: a complete backup is never changed")
-        extra_args: dict[str, Any] = encryption_args(self.repository.encryption)
+        extra_args: dict[str, Any] = {**encryption_args(self.repository.encryption), "IfNoneMatch": "*"}
         if manifest.object_lock is not None:
             extra_args["ObjectLockMode"] = manifest.object_lock.mode
             extra_args["ObjectLockRetainUntilDate"] = manifest.object_lock.retain_until
-        upload_bytes(
-            self.client,
-            self.bucket,
-            key,
-            manifest.to_json().encode(),
-            extra_args=extra_args,
-            content_type="application/json",
-        )
+        data = manifest.to_json().encode()
+        try:
+            result = upload_bytes(
+                self.client, self.bucket, key, data, extra_args=extra_args, content_type="application/json"
+            )
+        except BackupFailed as error:
+            cause = error.__cause__
+            if cause is not None and aws_error_code(cause) in {"PreconditionFailed", "412"}:
+                raise refuse(
+                    "a manifest was written while this backup ran (S3 refused the conditional PUT): "
+                    "a complete backup is never changed"
+                ) from error
+            raise
         log.info(
-            "backup %s of %s complete: manifest %s (%d object(s), %d bytes stored)",
+            "backup %s of %s complete: manifest %s (%d object(s), %d bytes stored), manifest SHA-256 %s, "
+            "version %s",
             manifest.backup_id,
             manifest.database,
             url,
             len(manifest.objects),
             manifest.compressed_bytes,
+            result.sha256,
+            result.version_id or "none (unversioned bucket)",
         )
-        return key
+        return WrittenManifest(
+            key=key, sha256=result.sha256, version_id=real_version(result.version_id), size=len(data)
+        )
 
     # Reading.
 
-    def read_manifest(self, database: str, backup_id: str) -> Manifest:
-        """Read and validate a backup's manifest.
+    def read_manifest(
+        self,
+        database: str,
+        backup_id: str,
+        *,
+        version_id: str | None = None,
+        sha256: str | None = None,
+    ) -> Manifest:
+        """Read and validate a backup's manifest (at most :data:`MAX_MANIFEST_BYTES`).
 
+        :param version_id: read this S3 version (default: the current one).
+        :param sha256: the SHA-256 its bytes must have (what the ledger recorded, or what an earlier
+            step of the same run checked), else it is refused.
         :raises BackupNotFound: there is no manifest (the backup is incomplete or does not exist).
-        :raises ManifestError: the manifest is invalid or belongs to another backup.
+        :raises ManifestError: the manifest is too large, invalid, has other bytes than ``sha256``, or
+            belongs to another backup.
         """
-        key = self.manifest_key(database, backup_id)
-        manifest = self._read_manifest_key(key)
-        if manifest is None:
-            raise BackupNotFound(
-                f"backup {backup_id} of {self.estate}/{database} has no manifest at "
-                f"s3://{self.bucket}/{key}: it is incomplete or does not exist"
+        stored = self.read_manifest_bytes(database, backup_id, version_id=version_id)
+        url = f"s3://{self.bucket}/{stored.key}"
+        if sha256 is not None and stored.sha256 != sha256:
+            raise ManifestError(
+                f"{url} (version {stored.version_id}): SHA-256 {stored.sha256}, expected {sha256}: "
+                "not the manifest that was checked"
+            )
+        manifest = Manifest.from_json(stored.data, source=url)
+        if (manifest.estate, manifest.database, manifest.backup_id) != (self.estate, database, backup_id):
+            raise ManifestError(
+                f"{url}: the manifest is for {manifest.estate}/{manifest.database}/{manifest.backup_id}"
             )
         return manifest
+
+    def read_manifest_bytes(
+        self, database: str, backup_id: str, *, version_id: str | None = None
+    ) -> ManifestBytes:
+        """Read a backup's manifest as stored, without parsing it: exact bytes, SHA-256 and version.
+
+        The size S3 reports is checked before the body is read, and the read stops one byte past
+        :data:`MAX_MANIFEST_BYTES` whatever it reported, so a huge object is refused without being read.
+
+        :param version_id: read this S3 version (default: the current one).
+        :raises BackupNotFound: there is no manifest (or no such version of it).
+        :raises ManifestError: the manifest is larger than a manifest may be.
+        """
+        key = self.manifest_key(database, backup_id)
+        url = f"s3://{self.bucket}/{key}"
+        data, read_version = self._get_capped(key, MAX_MANIFEST_BYTES, version_id=version_id, what="manifest")
+        if data is None:
+            where = f" version {version_id}" if version_id else ""
+            raise BackupNotFound(
+                f"backup {backup_id} of {self.estate}/{database} has no manifest at {url}{where}: it is "
+                "incomplete or does not exist"
+            )
+        return ManifestBytes(
+            key, data, hashlib.sha256(data).hexdigest(), real_version(read_version or version_id)
+        )
+
+    def current_version_id(self, key: str) -> str | None:
+        """The version id of ``key``'s current version (None: no such key, or an unversioned bucket)."""
+        head = self._head(key)
+        return None if head is None else real_version(head.get("VersionId"))
+
+    def head_object_version(self, key: str, version_id: str | None) -> dict[str, Any] | None:
+        """head_object of one version of ``key`` (the current one when ``version_id`` is None);
+        None when it does not exist."""
+        if not version_id or version_id == "null":
+            return self._head(key)
+        try:
+            return self._head_version(key, version_id)
+        except Exception as error:
+            if aws_error_code(error) in {"NoSuchKey", "NoSuchVersion", "404", "NotFound", "400"}:
+                return None
+            raise
 
     def list_backups(self, database: str) -> list[StoredBackup]:
         """List a database's backups, newest first, each marked complete or incomplete with the reason.
@@ -445,8 +573,9 @@ class BackupRepository:
     def verify_objects(self, manifest: Manifest) -> Verification:
         """Re-read every object of a backup and compare its size and SHA-256 with the manifest.
 
-        Stops at the first object that is missing or differs and names it: a restore drill reports
-        that, and a restore must not start from it.
+        Each object is read at the version the manifest records (the current one in manifests without
+        versions). Stops at the first object that is missing or differs and names it: a restore drill
+        reports that, and a restore must not start from it.
         """
         checked = total = 0
         for item in manifest.objects:
@@ -460,10 +589,13 @@ class BackupRepository:
                     bytes_checked=total,
                 )
             try:
-                response = self.client.get_object(Bucket=self.bucket, Key=item.key)
+                response = self.client.get_object(
+                    Bucket=self.bucket, Key=item.key, **version_args(item.version_id)
+                )
             except Exception as error:
-                if aws_error_code(error) in {"NoSuchKey", "404"}:
-                    reason = f"object {item.name!r} is missing (s3://{self.bucket}/{item.key})"
+                if aws_error_code(error) in {"NoSuchKey", "NoSuchVersion", "404"}:
+                    version = f" version {item.version_id}" if item.version_id else ""
+                    reason = f"object {item.name!r} is missing (s3://{self.bucket}/{item.key}{version})"
                 else:
                     reason = f"object {item.name!r} could not be read: {first_line(error)}"
                 return Verification(False, reason, item.name, checked, total)
@@ -586,6 +718,11 @@ class BackupRepository:
         manifest_key = self.manifest_key(database, backup_id)
         if layout.MANIFEST_NAME not in objects:
             problems.append("no manifest: the backup failed, is still running, or was partly deleted")
+        elif objects[layout.MANIFEST_NAME] > MAX_MANIFEST_BYTES:
+            problems.append(
+                f"manifest unreadable: it is {objects[layout.MANIFEST_NAME]} bytes, more than the "
+                f"{MAX_MANIFEST_BYTES} a manifest may hold (not read)"
+            )
         else:
             try:
                 manifest = self._read_manifest_key(manifest_key)
@@ -614,8 +751,15 @@ class BackupRepository:
         keys = [self.object_key(database, backup_id, name) for name in objects]
         keys.sort(key=lambda key: (key != manifest_key, key))
         lock_dates = [lock[1] for key in keys if (lock := self._lock_of(self._head(key) or {})) is not None]
-        # The manifest's start time is exact; the id's is to the second, which ties for backups
-        # started in the same second (a retry, a manual run) and would leave retention's order to chance.
+        # A manifest of another backup is a problem of its own (above); its time says nothing of this one.
+        own = manifest if manifest is not None and manifest.backup_id == backup_id else None
+        time_problem = backup_time_problem(backup_id, own, now=datetime.now(UTC))
+        if time_problem:
+            log.warning("backup %s of %s is not trusted as dated: %s", backup_id, database, time_problem)
+            problems.append(time_problem)
+        # Order comes from the id's time, which the key carries. The manifest's start time, exact, only
+        # breaks ties of backups started in the same second (a retry, a manual run), and only once it
+        # was checked to be the id's time: a manifest cannot date its backup where it likes.
         started = (
             manifest.started_at if manifest is not None and not problems else layout.backup_time(backup_id)
         )
@@ -628,21 +772,41 @@ class BackupRepository:
             locked_until=max(lock_dates, default=None),
             problems=problems,
             size=sum(objects.values()),
+            time_problem=time_problem,
         )
 
     def _read_manifest_key(self, key: str) -> Manifest | None:
+        data, _ = self._get_capped(key, MAX_MANIFEST_BYTES, what="manifest")
+        if data is None:
+            return None
+        return Manifest.from_json(data, source=f"s3://{self.bucket}/{key}")
+
+    def _get_capped(
+        self, key: str, limit: int, *, version_id: str | None = None, what: str
+    ) -> tuple[bytes | None, str | None]:
+        """GET a small object (a version of it) whole, refusing one over ``limit`` bytes without
+        reading it; return its bytes and version id, or ``(None, None)`` when it does not exist."""
+        url = f"s3://{self.bucket}/{key}"
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=key)
+            response = self.client.get_object(Bucket=self.bucket, Key=key, **version_args(version_id))
         except Exception as error:
-            if aws_error_code(error) in {"NoSuchKey", "404"}:
-                return None
+            if aws_error_code(error) in {"NoSuchKey", "NoSuchVersion", "404"}:
+                return None, None
             raise
         body = response["Body"]
         try:
-            data = body.read()
+            length = response.get("ContentLength")
+            if length is not None and int(length) > limit:
+                raise ManifestError(
+                    f"{url}: the {what} is {length} bytes, more than the {limit} a {what} may hold: "
+                    "refused without reading it"
+                )
+            data = bytes(body.read(limit + 1))
         finally:
             body.close()
-        return Manifest.from_json(data, source=f"s3://{self.bucket}/{key}")
+        if len(data) > limit:
+            raise ManifestError(f"{url}: the {what} is more than the {limit} bytes a {what} may hold")
+        return data, response.get("VersionId")
 
     def _versions(self, folder: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         """Return ``(key, version_id)`` of the object versions and of the delete markers under a folder."""
@@ -665,12 +829,17 @@ class BackupRepository:
         return response
 
     def _head_or_fail(
-        self, key: str, *, step: str, missing: str = "the object does not exist"
+        self,
+        key: str,
+        *,
+        step: str,
+        missing: str = "the object does not exist",
+        version_id: str | None = None,
     ) -> dict[str, Any]:
-        """Return head_object's answer; raise BackupFailed when the key is missing or S3 fails."""
+        """Return head_object's answer (of one version); raise BackupFailed when it is missing or S3 fails."""
         url = f"s3://{self.bucket}/{key}"
         try:
-            head = self._head(key)
+            head = self.head_object_version(key, version_id)
         except Exception as error:
             raise BackupFailed(step=step, key=url, reason=first_line(error)) from error
         if head is None:
@@ -692,11 +861,51 @@ class BackupRepository:
         return str(mode), until.astimezone(UTC)
 
 
+def real_version(version_id: str | None) -> str | None:
+    """A version id worth recording: None for none, and for "null" (what an unversioned bucket, or
+    moto's multipart upload into one, calls its only version)."""
+    return version_id if version_id and version_id != "null" else None
+
+
+def version_args(version_id: str | None) -> dict[str, str]:
+    """The ``VersionId`` argument of a GET or HEAD of one version; none for the current version.
+
+    "null" (the only version in an unversioned bucket) is left out too: moto answers 400 to it, and
+    there the current version is the only one.
+    """
+    return {"VersionId": version_id} if version_id and version_id != "null" else {}
+
+
+def backup_time_problem(backup_id: str, manifest: Manifest | None, *, now: datetime) -> str | None:
+    """Why a listed backup's time cannot be believed, or None.
+
+    The id's time lies more than :data:`CLOCK_SKEW` in the future (a misdated or planted backup, which
+    would otherwise be "latest" for every drill and restore until then), or the manifest's
+    ``started_at`` is not the id's time (the writer makes the id from its start time, to the second).
+    """
+    try:
+        id_time = layout.backup_time(backup_id)
+    except layout.LayoutError as error:
+        return str(error)
+    if id_time > now + CLOCK_SKEW:
+        return (
+            f"its id's time {_iso(id_time)} lies in the future (now {_iso(now.replace(microsecond=0))}): "
+            "misdated or planted, never taken as the latest"
+        )
+    if manifest is not None and manifest.started_at.replace(microsecond=0) != id_time:
+        return (
+            f"the manifest's started_at {_iso(manifest.started_at)} is not its id's time {_iso(id_time)}: "
+            "misdated or planted, never taken as the latest"
+        )
+    return None
+
+
 def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 __all__ = [
+    "CLOCK_SKEW",
     "COMPRESSED_SUFFIX",
     "DEFAULT_CLIENT_CONFIG",
     "DEFAULT_DUMP_TIMEOUT",
@@ -704,8 +913,13 @@ __all__ = [
     "BackupLocked",
     "BackupNotFound",
     "BackupRepository",
+    "ManifestBytes",
     "StoredBackup",
     "Verification",
+    "WrittenManifest",
     "as_retention_records",
+    "backup_time_problem",
     "bounded_s3_client",
+    "real_version",
+    "version_args",
 ]

@@ -145,10 +145,23 @@ def backup_source(database: Database, workdir: Path) -> AbstractContextManager[B
 
 
 def take_backup(
-    catalog_file: str, estate: str, database_name: str, *, run_id: str | None = None
+    catalog_file: str,
+    estate: str,
+    database_name: str,
+    *,
+    run_id: str | None = None,
+    task_id: str | None = None,
 ) -> dict[str, Any]:
-    """Dump, compress, hash and upload one backup; lock it; write its manifest last.
+    """Dump, compress, hash and upload one backup; lock it; write its manifest last; record it.
 
+    The ledger's ``backup.taken`` record (:func:`backup_evidence`) holds the manifest's SHA-256 and S3
+    version and each object's: drills and restores refuse a manifest that is not the recorded one. It
+    is written here, whoever calls (the DAG's task, ``cloudops backups run``), so every backup this
+    deployment takes can be proven later. Recording never fails the backup (see
+    :mod:`cloudops.evidence.recorder`); a backup whose record could not be written is refused by
+    drills and restores unless the repository is trusted explicitly, and this says so in the log.
+
+    :param run_id: the Airflow run (None outside Airflow); ``task_id`` likewise, for the record.
     :return: the manifest as JSON-ready data (no secrets), for the XCom record.
     :raises CloudOpsError: naming the step that failed; no manifest exists then.
     """
@@ -184,7 +197,12 @@ def take_backup(
     object_lock = store.object_lock_for(finished)
     if object_lock is not None:
         log.info("locking %s in %s mode until %s", stored.key, object_lock.mode, object_lock.retain_until)
-        store.apply_object_lock([stored.key], mode=object_lock.mode, retain_until=object_lock.retain_until)
+        store.apply_object_lock(
+            [stored.key],
+            mode=object_lock.mode,
+            retain_until=object_lock.retain_until,
+            version_ids={stored.key: stored.version_id},
+        )
     manifest = Manifest(
         backup_id=backup_id,
         estate=estate,
@@ -208,7 +226,7 @@ def take_backup(
         airflow_run_id=run_id,
         tags=[policy.method],
     )
-    store.write_manifest(manifest)
+    written = store.write_manifest(manifest)
     log.info(
         "backup %s complete: %d bytes raw, %d stored, sha256 %s",
         backup_id,
@@ -216,7 +234,44 @@ def take_backup(
         stored.size,
         stored.sha256,
     )
-    return manifest.model_dump(mode="json")
+    result = manifest.model_dump(mode="json")
+    _record_backup_taken(
+        backup_evidence(
+            result,
+            bucket=store.bucket,
+            manifest_key=written.key,
+            manifest_sha256=written.sha256,
+            manifest_version_id=written.version_id,
+        ),
+        run_id=run_id,
+        task_id=task_id,
+    )
+    return result
+
+
+def _record_backup_taken(facts: dict[str, Any], *, run_id: str | None, task_id: str | None) -> None:
+    from cloudops.evidence.recorder import record
+    from cloudops.evidence.runs import BACKUP_TAKEN
+
+    dag_id = f"{KIND}__{facts['database']}"
+    written = record(
+        BACKUP_TAKEN,
+        dag_id=dag_id,
+        run_id=run_id,
+        # One record per backup: a retried task that recorded already does not record twice.
+        key=f"{BACKUP_TAKEN}|{facts['estate']}|{facts['database']}|{facts['backup_id']}",
+        data=facts,
+        task_id=task_id,
+    )
+    if written is None:
+        log.error(
+            "backup %s of %s is complete but has no ledger record: drills and restores will refuse it "
+            "unless the repository is trusted explicitly",
+            facts["backup_id"],
+            facts["database"],
+        )
+    else:
+        log.info("evidence recorded: %s (seq %s, hash %s)", BACKUP_TAKEN, written.seq, written.hash[:12])
 
 
 def aws_conn_id_of(catalog: Catalog, database: Database) -> str:
@@ -572,16 +627,24 @@ def _apply_rds_snapshot_retention(
 
 
 def _take_backup_task(catalog_file: str, estate: str, database_name: str, **context: Any) -> dict[str, Any]:
-    from cloudops.evidence.recorder import record_fact
-    from cloudops.evidence.runs import BACKUP_TAKEN
-
-    manifest = take_backup(catalog_file, estate, database_name, run_id=context["run_id"])
-    record_fact(BACKUP_TAKEN, context, backup_evidence(manifest))
-    return manifest
+    # take_backup records the backup.taken fact itself (the CLI's backups run too).
+    return take_backup(catalog_file, estate, database_name, run_id=context["run_id"], task_id="take_backup")
 
 
-def backup_evidence(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The ledger's ``backup.taken`` facts of a manifest (as returned by take_backup)."""
+def backup_evidence(
+    manifest: dict[str, Any],
+    *,
+    bucket: str | None = None,
+    manifest_key: str | None = None,
+    manifest_sha256: str | None = None,
+    manifest_version_id: str | None = None,
+) -> dict[str, Any]:
+    """The ledger's ``backup.taken`` facts of a manifest (as returned by take_backup) and of the
+    manifest object written (:class:`cloudops.repository.s3.WrittenManifest`).
+
+    ``manifest_sha256`` (of the exact bytes written) and ``manifest_version_id`` are what drills and
+    restores check the manifest they read against; each object's ``version_id`` is in ``objects``.
+    """
     lock = manifest.get("object_lock") or {}
     return {
         "estate": manifest["estate"],
@@ -593,9 +656,16 @@ def backup_evidence(manifest: dict[str, Any]) -> dict[str, Any]:
         "finished_at": manifest["finished_at"],
         "size_bytes": manifest["compressed_bytes"],
         "raw_bytes": manifest["raw_bytes"],
-        "objects": [{k: o.get(k) for k in ("key", "size", "sha256")} for o in manifest["objects"]],
+        "objects": [
+            {k: o.get(k) for k in ("name", "key", "size", "sha256", "version_id")}
+            for o in manifest["objects"]
+        ],
         "locked_until": lock.get("retain_until"),
         "lock_mode": lock.get("mode"),
+        "bucket": bucket,
+        "manifest_key": manifest_key,
+        "manifest_sha256": manifest_sha256,
+        "manifest_version_id": manifest_version_id,
     }
 
 

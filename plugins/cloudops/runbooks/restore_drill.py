@@ -3,12 +3,19 @@
 **What it does.** Proves the latest backup can be restored, the way auditors ask for it. After each
 backup (on the backup's Asset) or on the catalog's cron:
 1. `prepare` drops scratch databases (and stops and removes scratch clusters) left by a drill killed
-   half-way, chooses the backup (the latest complete one by default) and checks its manifest is the one
-   of that backup folder;
-2. `restore` downloads every object, checking its size and SHA-256 against the manifest as it arrives
-   (a flipped byte, a truncated or missing object fails here, **before any restore**), and restores
-   into a scratch database named after the run (`pg_restore -j 2`, as a role that owns only that
-   database, or `mariadb`). A PostgreSQL
+   half-way, chooses the backup (the latest by its id's time; a backup dated in the future or whose
+   manifest's start time is not its id's is skipped, with the reason in the log) and **checks its
+   manifest against the ledger**: the backup's `backup.taken` record holds the manifest's SHA-256 and
+   S3 version, the manifest is read at that version and must have that hash. A backup with no record
+   (imported, or taken with another ledger) is refused unless the drill policy sets
+   `trust_repository` (recorded in the ledger); one that was written over after it was taken (a newer
+   S3 version of its manifest or dump) is refused, naming both hashes, so that the change is looked
+   into;
+2. `restore` downloads every object at the S3 version the manifest records, checking its size and
+   SHA-256 against the manifest as it arrives and decompressing no more than the manifest's size (a
+   flipped byte, a truncated or missing object, a zstd bomb fails here, **before any restore**), and
+   restores into a scratch database named after the run (`pg_restore -j 2`, as a role that owns only
+   that database, or `mariadb`). A PostgreSQL
    **physical** backup (pg_basebackup tar) is instead extracted into a scratch cluster named after the
    run (`$CLOUDOPS_SCRATCH_DIR` or the temp folder, `cloudops-scratch-clusters/<estate>/<name>/` on the
    worker), checked with `pg_verifybackup`, and started on a free 127.0.0.1 port with the backup's major
@@ -46,7 +53,11 @@ restore would take longer than promised; a missed RPO means backups are older th
 RDS part means the instance cannot be brought back from its snapshot as it is (or the backup's own
 snapshot is missing, when the record says a fallback was drilled).
 
-**What to do next.** Read the record table in the `record` task's log. Damaged backup: take a new
+**What to do next.** A refusal in `prepare` that names two manifest hashes, or a newer version
+written over the backup: someone with write access to the bucket changed it; treat it as an incident
+(the versions the backup wrote are intact and `restore_request` reads them). "No backup.taken record":
+the backup was not taken by this deployment; set the drill policy's `trust_repository` only if you
+know where it came from. Read the record table in the `record` task's log. Damaged backup: take a new
 backup now (trigger `backup__<database>`) and find out what altered the stored objects. Failed
 checks: compare the failing tables with the source. A physical restore that did not start or recover:
 read the quoted `server.log` in `restore`'s log. A scratch cluster left running (teardown failed):
@@ -117,8 +128,6 @@ def prepare(
 ) -> dict[str, Any]:
     """Drop leftover scratch databases, choose the backup and check its manifest belongs to it."""
     from cloudops.engines.scratch import scratch_name
-    from cloudops.restore.fetch import choose_backup, verify_manifest_matches
-    from cloudops.runbooks.backup import open_repository
 
     catalog, database = backed_up_database(catalog_file, estate, database_name)
     engine, conn_id = engine_for(database), scratch_conn_id(database)
@@ -144,11 +153,7 @@ def prepare(
             estate=estate,
             keep=rds_drill_instance_name(database.name, run_id),
         )
-    store = open_repository(catalog, database)
-    chosen = choose_backup(store, database.name, backup_id)
-    if chosen.manifest is None:
-        raise CloudOpsError(f"backup {chosen.backup_id} of {database.name} has no readable manifest")
-    verify_manifest_matches(store, database.name, chosen.backup_id, chosen.manifest)
+    chosen = prove_drilled_backup(catalog_file, estate, database_name, backup_id=backup_id, run_id=run_id)
     scratch, method = scratch_name(database.name, run_id), chosen.manifest.method
     log.info(
         "drill of %s backup %s of %s into scratch %s %s",
@@ -159,24 +164,74 @@ def prepare(
         scratch,
     )
     return {
-        "backup_id": chosen.backup_id,
+        **chosen.pin(),
         "scratch": scratch,
         "method": method,
         "started_at": datetime.now(UTC).isoformat(),
     }
 
 
+def prove_drilled_backup(
+    catalog_file: str, estate: str, database_name: str, *, backup_id: str, run_id: str | None
+) -> Any:
+    """Choose the backup and prove its manifest against the ledger (see ``fetch.prove_backup``).
+
+    A drill refuses a backup that was written over after it was taken: the change is to be looked into,
+    not drilled around. One without a ledger record is drilled only when the drill policy's
+    ``trust_repository`` says so, and that is recorded.
+    """
+    from cloudops.restore.fetch import prove_backup, record_trust
+    from cloudops.runbooks.backup import open_repository
+
+    catalog, database = backed_up_database(catalog_file, estate, database_name)
+    trust = bool(database.drill and database.drill.trust_repository)
+    proven = prove_backup(
+        open_repository(catalog, database),
+        database.name,
+        backup_id,
+        trust_repository=trust,
+        on_change="refuse",
+    )
+    record_trust(proven, dag_id=f"{KIND}__{database.name}", run_id=run_id, by=KIND)
+    return proven
+
+
+def proven_manifest(
+    catalog_file: str, estate: str, database_name: str, *, backup_id: str, pin: dict[str, Any] | None
+) -> Any:
+    """The manifest ``prepare`` proved (``pin``: its XCom), read again byte-checked; without a pin (a
+    step called on its own), proven against the ledger again."""
+    from cloudops.restore.fetch import read_proven_manifest
+    from cloudops.runbooks.backup import open_repository
+
+    catalog, database = backed_up_database(catalog_file, estate, database_name)
+    if pin and pin.get("manifest_sha256") and pin.get("backup_id") == backup_id:
+        return read_proven_manifest(open_repository(catalog, database), database.name, pin)
+    return prove_drilled_backup(
+        catalog_file, estate, database_name, backup_id=backup_id, run_id=None
+    ).manifest
+
+
 def restore(
-    catalog_file: str, estate: str, database_name: str, *, backup_id: str, scratch: str
+    catalog_file: str,
+    estate: str,
+    database_name: str,
+    *,
+    backup_id: str,
+    scratch: str,
+    proven: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Download and verify every object, then restore into the scratch database (a logical backup) or
-    a scratch cluster started on this worker (a physical one); return the timings (and the cluster)."""
+    a scratch cluster started on this worker (a physical one); return the timings (and the cluster).
+
+    :param proven: what ``prepare`` returned: the manifest it proved is read again by version and hash.
+    """
     from cloudops.restore.fetch import fetch_backup
     from cloudops.runbooks.backup import open_repository
 
     catalog, database = backed_up_database(catalog_file, estate, database_name)
     store = open_repository(catalog, database)
-    manifest = store.read_manifest(database.name, backup_id)
+    manifest = proven_manifest(catalog_file, estate, database_name, backup_id=backup_id, pin=proven)
     started = time.monotonic()
     if manifest.method == "physical":
         from cloudops.connections import get_connection
@@ -220,17 +275,18 @@ def validate(
     backup_id: str,
     scratch: str,
     restored: dict[str, Any] | None = None,
+    proven: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Compare the scratch copy with the manifest and run the expectation suite; return every check.
 
     :param restored: what ``restore`` returned: for a physical backup, the scratch cluster to check
         and the checks made before it started.
+    :param proven: what ``prepare`` returned (see :func:`restore`).
     """
     from cloudops.restore.validation import compare_with_manifest, run_expectation_suite, suite_path
-    from cloudops.runbooks.backup import open_repository
 
-    catalog, database = backed_up_database(catalog_file, estate, database_name)
-    manifest = open_repository(catalog, database).read_manifest(database.name, backup_id)
+    _, database = backed_up_database(catalog_file, estate, database_name)
+    manifest = proven_manifest(catalog_file, estate, database_name, backup_id=backup_id, pin=proven)
     used_by = f"scratch copy of {database_name!r}"
     started = time.monotonic()
     target: Any
@@ -452,7 +508,9 @@ def record_drill(
             "was stored): see prepare's log"
         )
     store = open_repository(catalog, database)
-    manifest = store.read_manifest(database.name, prepared["backup_id"])
+    manifest = proven_manifest(
+        catalog_file, estate, database_name, backup_id=prepared["backup_id"], pin=prepared
+    )
     missing = [name for name, step in (("restore", restored), ("validate", validated)) if step is None]
     rds = None
     if database.rds_instance_id:
@@ -530,6 +588,9 @@ def record_drill(
             "record_uri": f"s3://{store.bucket}/{key}",
             # True only when every object was re-hashed and matched; None when none was reached.
             "checksums_verified": all(c.ok for c in record.checksums) if record.checksums else None,
+            # The manifest drilled, as checked against the ledger (or trusted without a record).
+            "manifest_sha256": prepared.get("manifest_sha256"),
+            "trusted_repository": bool(prepared.get("trusted_repository")),
         },
     )
     rds_problems = [record.rds.error, record.rds.cleanup_error] if record.rds else []
@@ -569,7 +630,12 @@ def _restore_task(catalog_file: str, estate: str, database_name: str, **context:
     # even when this step fails and returns nothing.
     context["ti"].xcom_push(key=WORKER_XCOM, value=socket.gethostname())
     return restore(
-        catalog_file, estate, database_name, backup_id=prepared["backup_id"], scratch=prepared["scratch"]
+        catalog_file,
+        estate,
+        database_name,
+        backup_id=prepared["backup_id"],
+        scratch=prepared["scratch"],
+        proven=prepared,
     )
 
 
@@ -582,6 +648,7 @@ def _validate_task(catalog_file: str, estate: str, database_name: str, **context
         backup_id=prepared["backup_id"],
         scratch=prepared["scratch"],
         restored=_ti_pull(context, "restore"),
+        proven=prepared,
     )
 
 

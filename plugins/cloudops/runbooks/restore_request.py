@@ -12,8 +12,13 @@ backups list <database>`), and the target database name. Then:
    database. An overwrite of a database the catalog does not list, on a server that holds a catalog
    primary, is refused (list it with `allow_restore_over` first). An overwrite whose requester is not
    an Airflow user (the scheduler, a service account, `airflow dags trigger` from a shell) is refused;
-2. `restore` downloads the backup, checks every object's SHA-256 against the manifest, and restores into
-   a **staging** database `drill_restore_<target>_<run hash>`, never under the final name. It refuses
+2. `restore` checks the backup's manifest against the ledger (its `backup.taken` record holds the
+   manifest's SHA-256 and S3 version: another manifest is refused, naming both hashes; a backup the
+   ledger has no record of, imported or taken by a machine with another ledger, is refused unless the
+   form's `trust_repository` is set, which is recorded), downloads the objects at the versions the
+   backup wrote (a newer version written over them later is logged and ignored), checks every object's
+   SHA-256 against the manifest, and restores into a **staging** database
+   `drill_restore_<target>_<run hash>`, never under the final name. It refuses
    while another run's staging copy for the same target exists (one restore per target at a time;
    restores of other targets run side by side), and a new-database restore whose target exists;
 3. `verify` compares the staged schema fingerprint and row counts with the manifest;
@@ -92,6 +97,7 @@ class RestoreRequest:
     backup_id: str
     target: str
     overwrite: bool = False
+    trust_repository: bool = False
 
 
 def check_request(
@@ -102,6 +108,7 @@ def check_request(
     target: str,
     point_in_time: str | None = None,
     confirm_overwrite: bool = False,
+    trust_repository: bool = False,
 ) -> RestoreRequest:
     """Check a restore request against the catalog; pure apart from reading the catalog set.
 
@@ -150,7 +157,13 @@ def check_request(
     if refusal:
         raise InvalidInputError(f"target_database: {refusal}")
     return RestoreRequest(
-        str(loaded.path), loaded.catalog.estate, source.name, backup_id, target, overwrite=confirm_overwrite
+        str(loaded.path),
+        loaded.catalog.estate,
+        source.name,
+        backup_id,
+        target,
+        overwrite=confirm_overwrite,
+        trust_repository=trust_repository,
     )
 
 
@@ -235,7 +248,7 @@ def _refuse_parallel(database: Database, request: RestoreRequest, others: list[s
 def restore_backup(request: RestoreRequest, *, run_id: str) -> dict[str, Any]:
     """Download, verify and restore the requested backup into this run's staging database."""
     from cloudops.catalog import load_catalog_file
-    from cloudops.restore.fetch import choose_backup, fetch_backup, verify_manifest_matches
+    from cloudops.restore.fetch import fetch_backup
     from cloudops.runbooks.backup import open_repository
     from cloudops.runbooks.restore_drill import engine_for
 
@@ -252,11 +265,8 @@ def restore_backup(request: RestoreRequest, *, run_id: str) -> dict[str, Any]:
             "restore only creates a new database; choose a new name"
         )
     store = open_repository(catalog, database)
-    chosen = choose_backup(store, database.name, request.backup_id)
-    if chosen.manifest is None:
-        raise InvalidInputError(f"backup_id: backup {chosen.backup_id} of {database.name} has no manifest")
+    chosen = prove_requested_backup(request, store, run_id=run_id)
     manifest = chosen.manifest
-    verify_manifest_matches(store, database.name, chosen.backup_id, manifest)
     if manifest.method != "logical":
         raise InvalidInputError(
             f"backup_id: {chosen.backup_id} is a {manifest.method} backup; on-demand restores take logical "
@@ -275,15 +285,50 @@ def restore_backup(request: RestoreRequest, *, run_id: str) -> dict[str, Any]:
         dump = fetch_backup(store, manifest, Path(workdir))
         engine.restore_logical(database.conn_id, into, dump, used_by=f"database {database.name!r}")
     return {
-        "backup_id": chosen.backup_id,
+        **chosen.pin(),
         "target": request.target,
         "restored_into": into,
         "seconds": time.monotonic() - started,
     }
 
 
-def verify_restore(request: RestoreRequest, backup_id: str, *, restored: str | None = None) -> dict[str, Any]:
-    """Compare the restored database with the backup's manifest; raise when any check failed."""
+def prove_requested_backup(request: RestoreRequest, store: Any, *, run_id: str | None) -> Any:
+    """Choose the backup and prove its manifest against the ledger (``fetch.prove_backup``).
+
+    A restore reads the versions the backup wrote even when newer ones were written over it (logged:
+    the data is needed, and those versions are intact). A backup without a ledger record is restored
+    only with ``trust_repository``, and that is recorded.
+    """
+    from cloudops.restore.fetch import prove_backup, record_trust
+
+    proven = prove_backup(
+        store,
+        request.database,
+        request.backup_id,
+        trust_repository=request.trust_repository,
+        on_change="read_recorded",
+    )
+    record_trust(
+        proven,
+        dag_id=DAG_ID if run_id else None,
+        run_id=run_id,
+        by=DAG_ID if run_id else "cloudops restore",
+    )
+    return proven
+
+
+def verify_restore(
+    request: RestoreRequest,
+    backup_id: str,
+    *,
+    restored: str | None = None,
+    proven: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Compare the restored database with the backup's manifest; raise when any check failed.
+
+    :param proven: what ``restore_backup`` returned: the manifest it proved is read again by version
+        and hash (without it, the backup is proven against the ledger again).
+    """
     from cloudops.catalog import load_catalog_file
     from cloudops.errors import CloudOpsError
     from cloudops.restore.validation import compare_with_manifest
@@ -291,7 +336,14 @@ def verify_restore(request: RestoreRequest, backup_id: str, *, restored: str | N
 
     catalog = load_catalog_file(request.catalog_file)
     database = catalog.database(request.database)
-    manifest = open_repository(catalog, database).read_manifest(database.name, backup_id)
+    store = open_repository(catalog, database)
+    if proven and proven.get("manifest_sha256") and proven.get("backup_id") == backup_id:
+        from cloudops.restore.fetch import read_proven_manifest
+
+        manifest = read_proven_manifest(store, database.name, proven)
+    else:
+        pinned = RestoreRequest(**{**request.__dict__, "backup_id": backup_id})
+        manifest = prove_requested_backup(pinned, store, run_id=None).manifest
     restored = restored or request.target
     checking: Any = database.conn_id
     if database.engine == "postgres":
@@ -452,6 +504,7 @@ def _request_from_params(params: dict[str, Any]) -> RestoreRequest:
         target=params["target_database"],
         point_in_time=params.get("point_in_time"),
         confirm_overwrite=bool(params.get("confirm_overwrite")),
+        trust_repository=bool(params.get("trust_repository")),
     )
 
 
@@ -484,7 +537,12 @@ def _restore_task(**context: Any) -> dict[str, Any]:
 def _verify_task(**context: Any) -> dict[str, Any]:
     restored = context["ti"].xcom_pull(task_ids="restore")
     request = _request(context)
-    return verify_restore(request, restored["backup_id"], restored=restored_into(request, context["run_id"]))
+    return verify_restore(
+        request,
+        restored["backup_id"],
+        restored=restored_into(request, context["run_id"]),
+        proven=restored,
+    )
 
 
 def _approval_body(context: dict[str, Any]) -> str | None:
@@ -541,6 +599,8 @@ def _put_in_place_act(context: dict[str, Any], approval: Approval | None) -> dic
             "kept_as": placed["kept_as"],
             "requested_by": requester,
             "approved_by": approval.approver if approval else None,
+            "manifest_sha256": restored.get("manifest_sha256"),
+            "trusted_repository": bool(restored.get("trusted_repository")),
         },
     )
     return placed
@@ -650,6 +710,17 @@ def build_restore_request_dag(catalogs: CatalogSet) -> DAG:
                 type="boolean",
                 title="I confirm the target will be overwritten",
                 description="Required, with the catalog's allow_restore_over, to restore over a database.",
+            ),
+            "trust_repository": Param(
+                False,
+                type="boolean",
+                title="Trust the repository for a backup the ledger does not know",
+                description=(
+                    "Only for a backup with no backup.taken record in this deployment's ledger (imported, "
+                    "or taken by a machine with another ledger): restore it as the bucket holds it. Off, "
+                    "such a backup is refused, since anyone who can write to the bucket can write a "
+                    "matching dump and manifest. The choice is recorded in the ledger."
+                ),
             ),
         },
     ) as dag:
