@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, Any
 from cloudops.connections import get_connection
 from cloudops.engines import BackupSource, DatabaseState, DumpCommand, RestoreResult
 from cloudops.engines.client_tools import locate_tool, private_file, run_restore_tool, version_output
-from cloudops.engines.scratch import check_scratch, is_scratch_name, is_scratch_of, like_pattern
+from cloudops.engines.scratch import (
+    MARKER_MAX_LENGTH,
+    check_scratch,
+    create_scratch,
+    drop_scratch,
+    is_scratch_name,
+    leftover_scratch,
+)
 from cloudops.errors import (
     BackupSourceError,
     DatabaseUnavailableError,
@@ -619,12 +626,47 @@ def _drop(session: psycopg.Connection[Any], name: str) -> None:
     session.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+class _ScratchOnPostgres:
+    """The scratch lifecycle's view of one admin session (:class:`cloudops.engines.scratch.ScratchServer`):
+    the ownership marker is the database's comment."""
+
+    def __init__(self, session: psycopg.Connection[Any], conn: Connection) -> None:
+        self.session, self.where = session, _address(conn)
+
+    def exists(self, name: str) -> bool:
+        return _database_exists(self.session, name)
+
+    def marker(self, name: str) -> str | None:
+        row = self.session.execute(
+            "SELECT left(shobj_description(oid, 'pg_database'), %s) FROM pg_database WHERE datname = %s",
+            [MARKER_MAX_LENGTH + 1, name],
+        ).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+
+    def create(self, name: str, marker: str) -> None:
+        from psycopg import sql
+
+        self.session.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+        # CREATE DATABASE takes no comment: a crash in between leaves an unmarked database, never dropped.
+        self.session.execute(
+            sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(marker))
+        )
+
+    def drop(self, name: str) -> None:
+        _drop(self.session, name)
+
+    def names_like(self, pattern: str) -> list[str]:
+        rows = self.session.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [pattern])
+        return [str(name) for (name,) in rows.fetchall()]
+
+
 def restore_logical(
     conn_id: str,
     target_database: str,
     dump_file: Path,
     *,
     used_by: str,
+    run_id: str | None = None,
     jobs: int = 2,
     pg_restore: str = "pg_restore",
     workdir: Path | None = None,
@@ -645,9 +687,12 @@ def restore_logical(
     :param target_database: the database to create.
     :param dump_file: a local custom-format dump (pg_restore -j needs a seekable file).
     :param used_by: what is restored (``restore drill of 'orders_pg'``), named in errors.
+    :param run_id: the run a scratch ``target_database`` is named after (required for one): it is
+        created with its ownership marker, and an existing one is dropped only when cloudops created it.
     :param jobs: parallel pg_restore jobs.
     :param timeout: the longest pg_restore may run; it is killed after it.
-    :raises RestoreRefused: the target exists and is not a scratch database, or its name is unusable.
+    :raises RestoreRefused: the target exists and is not a scratch database cloudops created, or its
+        name is unusable (a scratch name of another run).
     :raises ToolMissingError, ToolVersionError: pg_restore is missing or older than the server.
     :raises DatabaseUnavailableError: the server cannot be reached.
     :raises RestoreError: the database could not be created, or pg_restore failed (its first lines).
@@ -673,26 +718,23 @@ def restore_logical(
         _refuse_older_client("pg_restore", tool_version, major, server_version, server_num, used_by)
         replaced = False
         with _admin_step(admin, conn, used_by, f"cannot create database {target_database!r}"):
-            if _database_exists(admin, target_database):
-                if not is_scratch_name(target_database):
-                    raise RestoreRefused(
-                        f"{used_by}: refusing to restore into database {target_database!r} on "
-                        f"{_address(conn)}: it exists and is not a scratch database (a restore only "
-                        "creates a new database)"
-                    )
-                log.warning(
-                    "scratch database %r on %s exists, left by an earlier try: dropping it before restoring",
-                    target_database,
-                    _address(conn),
+            if is_scratch_name(target_database):
+                replaced = create_scratch(
+                    _ScratchOnPostgres(admin, conn), target_database, run_id=run_id, used_by=used_by
                 )
-                _drop(admin, target_database)
-                replaced = True
-            from psycopg import sql
+            elif _database_exists(admin, target_database):
+                raise RestoreRefused(
+                    f"{used_by}: refusing to restore into database {target_database!r} on "
+                    f"{_address(conn)}: it exists and is not a scratch database (a restore only "
+                    "creates a new database)"
+                )
+            else:
+                from psycopg import sql
 
-            log.info("creating database %r on %s for %s", target_database, _address(conn), used_by)
-            admin.execute(
-                sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(target_database))
-            )
+                log.info("creating database %r on %s for %s", target_database, _address(conn), used_by)
+                admin.execute(
+                    sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(target_database))
+                )
     with _credentials(conn, workdir or dump_file.parent, application_name="cloudops-restore") as env:
         description = (
             f"pg_restore {tool_version} -j {jobs} of {dump_file.name} into database {target_database!r} "
@@ -734,10 +776,12 @@ def drop_database(
     maintenance_database: str = MAINTENANCE_DATABASE,
     connect_timeout_seconds: int = 10,
 ) -> bool:
-    """Drop scratch database ``name`` (sessions still connected to it are ended); safe to repeat.
+    """Drop scratch database ``name`` (sessions still connected to it are ended) if cloudops created
+    it (:func:`cloudops.engines.scratch.drop_scratch`); safe to repeat.
 
     :return: whether it existed.
-    :raises RestoreRefused: ``name`` is not a scratch database name; nothing was done, nothing connected.
+    :raises RestoreRefused: ``name`` is not a scratch database name (nothing was done, nothing
+        connected), or the database carries no valid cloudops marker (it is left, the reason logged).
     :raises DatabaseUnavailableError: the server cannot be reached.
     :raises RestoreError: the drop failed.
     """
@@ -750,12 +794,7 @@ def drop_database(
         what=f"cannot drop scratch database {name!r}",
         connect_timeout_seconds=connect_timeout_seconds,
     ) as admin:
-        if not _database_exists(admin, name):
-            log.info("scratch database %r does not exist on %s: nothing to drop", name, _address(conn))
-            return False
-        log.info("dropping scratch database %r on %s (%s)", name, _address(conn), used_by)
-        _drop(admin, name)
-    return True
+        return drop_scratch(_ScratchOnPostgres(admin, conn), name, used_by=used_by)
 
 
 def replace_database(
@@ -840,9 +879,10 @@ def leftover_scratch_databases(
     maintenance_database: str = MAINTENANCE_DATABASE,
     connect_timeout_seconds: int = 10,
 ) -> list[str]:
-    """List the scratch databases of catalog database ``database`` on the server, sorted.
+    """List the scratch databases of catalog database ``database`` that cloudops created, sorted.
 
-    What a drill killed half-way leaves behind; the next drill drops them (:func:`drop_database`).
+    What a drill killed half-way leaves behind; the next drill drops them (:func:`drop_database`). A
+    scratch-shaped name without a valid marker is left out, with its reason logged.
     """
     used_by = used_by or f"scratch databases of {database!r}"
     conn = get_connection(conn_id, used_by)
@@ -854,10 +894,7 @@ def leftover_scratch_databases(
         connect_timeout_seconds=connect_timeout_seconds,
         query_timeout_seconds=60,
     ) as admin:
-        rows = admin.execute(
-            "SELECT datname FROM pg_database WHERE datname LIKE %s", [like_pattern(database)]
-        ).fetchall()
-    return sorted(str(name) for (name,) in rows if is_scratch_of(str(name), database))
+        return leftover_scratch(_ScratchOnPostgres(admin, conn), database)
 
 
 def newest_timestamp(session: psycopg.Connection[Any], table: str, column: str) -> datetime | None:

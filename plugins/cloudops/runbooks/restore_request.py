@@ -171,7 +171,7 @@ def restore_backup(request: RestoreRequest, *, run_id: str | None = None) -> dic
     with tempfile.TemporaryDirectory(prefix="cloudops-restore-") as workdir:
         dump = fetch_backup(store, manifest, Path(workdir))
         engine_for(database).restore_logical(
-            database.conn_id, into, dump, used_by=f"database {database.name!r}"
+            database.conn_id, into, dump, used_by=f"database {database.name!r}", run_id=run_id
         )
     return {
         "backup_id": chosen.backup_id,
