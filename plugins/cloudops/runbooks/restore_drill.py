@@ -14,8 +14,8 @@ backup (on the backup's Asset) or on the catalog's cron:
    scratch server again and restores into a scratch database named after the run, created with its
    marker, on the scratch server (`pg_restore -j 2` or `mariadb`). A PostgreSQL
    **physical** backup (pg_basebackup tar) is instead extracted into a scratch cluster named after the
-   run (`$CLOUDOPS_SCRATCH_DIR` or the temp folder, `cloudops-scratch-clusters/<estate>/<name>/` on the
-   worker), checked with `pg_verifybackup`, and started on a free 127.0.0.1 port with the backup's major
+   run (`$CLOUDOPS_SCRATCH_DIR` or the temp folder, never inside a database server's data directory,
+   `cloudops-scratch-clusters/<estate>/<name>/` on the worker), checked with `pg_verifybackup`, and started on a free 127.0.0.1 port with the backup's major
    version (`/usr/lib/postgresql/<major>/bin`); it recovers to the backup's consistent point
    (`recovery_target = 'immediate'`) and promotes (bounded wait, 30 minutes; `server.log` in the folder);
 3. `validate` compares the restored schema fingerprint and per-table row counts with the manifest and
