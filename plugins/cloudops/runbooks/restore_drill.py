@@ -17,7 +17,8 @@ backup (on the backup's Asset) or on the catalog's cron:
    run (`$CLOUDOPS_SCRATCH_DIR` or the temp folder, never inside a database server's data directory,
    `cloudops-scratch-clusters/<estate>/<name>/` on the worker), checked with `pg_verifybackup`, and
    started on a free 127.0.0.1 port with the backup's major version (`/usr/lib/postgresql/<major>/bin`);
-   it recovers to the backup's consistent point (`recovery_target = 'immediate'`) and promotes (bounded wait, 30 minutes; `server.log` in the folder);
+   it recovers to the backup's consistent point (`recovery_target = 'immediate'`) and promotes (bounded
+   wait, 30 minutes; `server.log` in the folder);
 3. `validate` compares the restored schema fingerprint and per-table row counts with the manifest and
    runs the database's expectation suite (`include/expectations/<database>.json`, with Great
    Expectations): keys not null and unique, newest rows within the RPO, whatever the owner declares.
