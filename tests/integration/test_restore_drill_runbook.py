@@ -366,3 +366,28 @@ def test_a_primary_as_scratch_server_is_refused_unless_every_catalog_allows_it(
     assert "sandbox.yaml databases[2]" in issue.message
     monkeypatch.setenv("CLOUDOPS_CATALOG", estate["file"])
     assert prepare(*args, run_id="manual__on-primary", backup_id="latest")["scratch"]
+
+
+def test_a_second_connection_id_for_a_primary_is_refused_as_scratch_server(
+    estate: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from cloudops.errors import InvalidInputError
+
+    take_backup(estate["file"], estate["estate"], "inventory_mariadb")
+    # Another id, the primary's host and port: the catalog sees two names, the drill one server.
+    monkeypatch.setenv("AIRFLOW_CONN_INVENTORY_COPY_TARGET", os.environ["AIRFLOW_CONN_SANDBOX_MARIADB"])
+    path = Path(estate["file"])
+    document = yaml.safe_load(path.read_text())
+    document["databases"][0]["drill"]["scratch_conn_id"] = "inventory_copy_target"
+    path.write_text(yaml.safe_dump(document))
+    port = json.loads(os.environ["AIRFLOW_CONN_SANDBOX_MARIADB"])["port"]
+    with pytest.raises(InvalidInputError) as caught:
+        prepare(
+            estate["file"], estate["estate"], "inventory_mariadb", run_id="manual__alias", backup_id="latest"
+        )
+    assert f"connection 'inventory_copy_target' reaches loopback:{port}, the server of primary" in str(
+        caught.value
+    )
+    assert "(connection 'sandbox_mariadb'" in str(caught.value)

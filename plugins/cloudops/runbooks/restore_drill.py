@@ -128,11 +128,63 @@ def check_scratch_server(catalog_file: str, database: Database) -> None:
     issues = scratch_server_issues(catalog_file)
     if issues:
         raise CatalogError(issues)
+    _refuse_a_primary_behind_another_conn_id(catalog_file, database)
     log.info(
         "scratch server of %s: connection %r, no catalog primary's (checked again just now)",
         database.name,
         scratch_conn_id(database),
     )
+
+
+_LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
+_DEFAULT_PORTS = {"postgres": 5432, "mariadb": 3306}
+
+
+def _server_address(conn: Any, engine: str) -> tuple[str, int]:
+    host = (conn.host or "localhost").strip().lower()
+    return ("loopback" if host in _LOOPBACK else host, int(conn.port or _DEFAULT_PORTS[engine]))
+
+
+def _refuse_a_primary_behind_another_conn_id(catalog_file: str, database: Database) -> None:
+    """Refuse a scratch connection that reaches the host and port of a catalog primary's connection
+    under another id (the catalog check compares ids only). Primaries whose connection is not defined
+    here are skipped: this worker could not reach them either.
+
+    :raises InvalidInputError: naming both connections and the primary.
+    """
+    from cloudops.catalog import CatalogError, catalog_paths, load_catalog_file
+    from cloudops.connections import get_connection
+    from cloudops.errors import ConnectionMissingError
+
+    scratch_id = scratch_conn_id(database)
+    used_by = scratch_server(database.name, scratch_id)
+    scratch = _server_address(get_connection(scratch_id, used_by), database.engine)
+    here = Path(catalog_file).resolve()
+    files = [Path(catalog_file), *(p for p in catalog_paths() if p.resolve() != here)]
+    for file in files:
+        try:
+            catalog = load_catalog_file(file)
+        except CatalogError:
+            continue  # reported by cloudops validate and the DAG import errors; not this drill's file
+        for primary in catalog.databases:
+            if (
+                primary.role != "primary"
+                or primary.engine != database.engine
+                or primary.conn_id == scratch_id
+                or primary.scratch_allowed
+            ):
+                continue
+            try:
+                address = _server_address(get_connection(primary.conn_id, used_by), primary.engine)
+            except ConnectionMissingError:
+                continue
+            if address == scratch:
+                raise InvalidInputError(
+                    f"{catalog_file}: drill.scratch_conn_id of {database.name!r}: connection {scratch_id!r} "
+                    f"reaches {address[0]}:{address[1]}, the server of primary {primary.name!r} (connection "
+                    f"{primary.conn_id!r}, {file}): a drill would restore a full copy onto it; point it at "
+                    "a scratch server of its own"
+                )
 
 
 def scratch_server(database_name: str, conn_id: str) -> str:
