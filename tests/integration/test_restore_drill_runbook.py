@@ -391,3 +391,19 @@ def test_a_second_connection_id_for_a_primary_is_refused_as_scratch_server(
         caught.value
     )
     assert "(connection 'sandbox_mariadb'" in str(caught.value)
+
+
+def test_a_mariadb_scratch_server_running_its_event_scheduler_is_refused(estate: dict[str, Any]) -> None:
+    from cloudops.errors import RestoreRefused
+
+    take_backup(estate["file"], estate["estate"], "inventory_mariadb")
+    args = (estate["file"], estate["estate"], "inventory_mariadb")
+    _run_sql(SCRATCH, "SET GLOBAL event_scheduler = ON")
+    try:
+        with pytest.raises(
+            RestoreRefused, match=r"event_scheduler is ON on 127\.0\.0\.1:.*set event_scheduler=OFF"
+        ):
+            prepare(*args, run_id="manual__events-on", backup_id="latest")
+    finally:
+        _run_sql(SCRATCH, "SET GLOBAL event_scheduler = OFF")
+    assert _run_sql(SCRATCH, "SELECT @@GLOBAL.event_scheduler") == [("OFF",)]

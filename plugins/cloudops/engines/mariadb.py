@@ -966,6 +966,31 @@ def leftover_scratch_databases(
         return leftover_scratch(_ScratchOnMariadb(admin, conn), database)
 
 
+def scratch_server_problem(conn_id: str, *, used_by: str, connect_timeout_seconds: int = 10) -> str | None:
+    """Say why server ``conn_id`` must not receive a drill's scratch copies, or None.
+
+    Its event scheduler must not run: a dump brings its events back with their ENABLE status, and
+    on a server with ``event_scheduler=ON`` they would fire on schedule, against the copy or, by
+    qualified names, against other databases there.
+
+    :raises DatabaseUnavailableError: the server cannot be reached.
+    """
+    conn = get_connection(conn_id, used_by)
+    with _admin_session(
+        conn,
+        used_by=used_by,
+        connect_timeout_seconds=connect_timeout_seconds,
+        what="cannot read the event scheduler's state",
+    ) as admin:
+        ((state,),) = _rows(admin, "SELECT @@GLOBAL.event_scheduler")
+    if str(state).upper() == "ON":
+        return (
+            f"{used_by}: event_scheduler is ON on {_address(conn)}: events restored with the dump would run "
+            "there on schedule; set event_scheduler=OFF on the scratch server"
+        )
+    return None
+
+
 def newest_timestamp(session: pymysql.Connection[Any], table: str, column: str) -> datetime | None:
     """Return the greatest value of a date or time column of the current database as an aware datetime
     (None: no rows).
@@ -1018,6 +1043,7 @@ __all__ = [
     "probe",
     "restore_logical",
     "schema_fingerprint",
+    "scratch_server_problem",
     "snapshot_session",
     "table_row_counts",
 ]

@@ -75,7 +75,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cloudops.catalog import Database, LoadedCatalog
-from cloudops.errors import CloudOpsError, DatabaseUnavailableError, InvalidInputError, RestoreError
+from cloudops.errors import (
+    CloudOpsError,
+    DatabaseUnavailableError,
+    InvalidInputError,
+    RestoreError,
+    RestoreRefused,
+)
 from cloudops.evidence.ledger import evidence_dir
 from cloudops.runbooks.backup import backed_up_database
 
@@ -117,9 +123,12 @@ def scratch_conn_id(database: Database) -> str:
 def check_scratch_server(catalog_file: str, database: Database) -> None:
     """Re-check, right before a drill creates or drops anything, that its scratch server is allowed:
     named, and no catalog primary's connection (of any catalog file loaded with this one) unless that
-    database sets ``scratch_allowed``. The catalog may have changed since the DAG was parsed.
+    database sets ``scratch_allowed``. The catalog may have changed since the DAG was parsed. A MariaDB
+    scratch server must also have its event scheduler off.
 
     :raises CatalogError: naming the file, line and field, as ``cloudops validate`` does.
+    :raises InvalidInputError: the scratch connection reaches a primary's host and port.
+    :raises RestoreRefused: a MariaDB scratch server runs its event scheduler.
     """
     from cloudops.catalog.errors import CatalogError
     from cloudops.catalog.loader import load_catalog_file, scratch_server_issues
@@ -129,6 +138,13 @@ def check_scratch_server(catalog_file: str, database: Database) -> None:
     if issues:
         raise CatalogError(issues)
     _refuse_a_primary_behind_another_conn_id(catalog_file, database)
+    if database.engine == "mariadb":
+        from cloudops.engines.mariadb import scratch_server_problem
+
+        conn_id = scratch_conn_id(database)
+        problem = scratch_server_problem(conn_id, used_by=scratch_server(database.name, conn_id))
+        if problem:
+            raise RestoreRefused(problem)
     log.info(
         "scratch server of %s: connection %r, no catalog primary's (checked again just now)",
         database.name,
