@@ -99,7 +99,9 @@ where = (args["catalog"], "bench", args["entry"])
 prepared = drill.prepare(*where, run_id=args["run_id"], backup_id="latest")
 t = lap("prepare", t)
 try:
-    restored = drill.restore(*where, backup_id=prepared["backup_id"], scratch=prepared["scratch"])
+    restored = drill.restore(
+        *where, backup_id=prepared["backup_id"], scratch=prepared["scratch"], run_id=args["run_id"]
+    )
     t = lap("restore", t)
     validated = drill.validate(*where, backup_id=prepared["backup_id"], scratch=prepared["scratch"])
     t = lap("validate", t)
@@ -158,12 +160,16 @@ class DrillBench(Bench):
         self.sql("ALTER ROLE bench CREATEDB")  # the drill creates and drops its scratch databases
 
     def write_catalog(self, sizes: list[str]) -> None:
-        """bench_backup's catalog, plus a drill policy on every entry (scratch restores on bench_pg)."""
+        """bench_backup's catalog, plus a drill policy on every entry (scratch restores on bench_pg, the
+        benchmark's throw-away instance: its entries set scratch_allowed)."""
         super().write_catalog(sizes)
         text = self.catalog.read_text()
         policy = "      retention:\n        keep_last: 1\n"
         drill = "    drill:\n      schedule: on_backup\n      scratch_conn_id: bench_pg\n"
-        self.catalog.write_text(text.replace(policy, policy + drill))
+        text = text.replace(policy, policy + drill)
+        self.catalog.write_text(
+            text.replace("    conn_id: bench_pg\n", "    conn_id: bench_pg\n    scratch_allowed: true\n")
+        )
         print(run_checked([str(VENV_BIN / "cloudops"), "validate", str(self.catalog)], env=self.env).strip())
 
     def backup_and_download(self) -> None:

@@ -31,7 +31,7 @@ def estate_document(estate: int, databases: int, fleets: int, hosts: int) -> dic
                 "schedule": "0 2 * * *",
                 "retention": {"keep_last": 3, "keep_daily": 7, "keep_weekly": 4, "keep_monthly": 12},
             }
-            database["drill"] = {"schedule": "on_backup"}
+            database["drill"] = {"schedule": "on_backup", "scratch_conn_id": f"{name}_scratch"}
         dbs.append(database)
     return {
         "estate": name,

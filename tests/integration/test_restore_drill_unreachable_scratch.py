@@ -86,12 +86,13 @@ def test_scratch_server_lost_after_prepare_fails_restore_and_teardown_and_the_re
     estate: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     args, run_id = estate["args"], "manual__lost-scratch"
-    monkeypatch.setenv(SCRATCH_ENV, os.environ["AIRFLOW_CONN_SANDBOX_MARIADB"])  # reachable for prepare
+    # Reachable for prepare, then gone.
+    monkeypatch.setenv(SCRATCH_ENV, os.environ["AIRFLOW_CONN_SANDBOX_MARIADB_SCRATCH"])
     prepared = prepare(*args, run_id=run_id, backup_id="latest")
-    monkeypatch.setenv(SCRATCH_ENV, estate["closed"])  # then gone
+    monkeypatch.setenv(SCRATCH_ENV, estate["closed"])
 
     with pytest.raises(DatabaseUnavailableError) as restore_failure:
-        restore(*args, backup_id=prepared["backup_id"], scratch=prepared["scratch"])
+        restore(*args, backup_id=prepared["backup_id"], scratch=prepared["scratch"], run_id=run_id)
     assert f"(connection '{SCRATCH_CONN}') is unavailable at {estate['address']}" in str(
         restore_failure.value
     )

@@ -45,7 +45,9 @@ from tests.integration.estates import private_estate, sandbox_s3
 
 pytestmark = pytest.mark.integration
 
-PG, MARIA = "sandbox_pg_primary", "sandbox_mariadb"
+# Backups come from the primaries; drills restore onto the scratch servers, never the primaries.
+PG_PRIMARY, MARIA_PRIMARY = "sandbox_pg_primary", "sandbox_mariadb"
+PG, MARIA = "sandbox_pg_scratch", "sandbox_mariadb_scratch"
 ENGINES = {"orders_pg": (postgres, PG, "postgres"), "inventory_mariadb": (mariadb, MARIA, "mariadb")}
 # Long enough that the suite's freshness check passes however long ago the sandbox was seeded.
 GENEROUS_RPO = timedelta(days=3650)
@@ -80,11 +82,11 @@ def estate(sandbox_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
             "rpo": "24h",
             "rto": "1h",
             "backup": backup,
-            "drill": {"schedule": "on_backup"},
+            "drill": {"schedule": "on_backup", "scratch_conn_id": scratch},
         }
-        for name, engine, conn_id, database in (
-            ("orders_pg", "postgres", PG, "orders"),
-            ("inventory_mariadb", "mariadb", MARIA, "inventory"),
+        for name, engine, conn_id, scratch, database in (
+            ("orders_pg", "postgres", PG_PRIMARY, PG, "orders"),
+            ("inventory_mariadb", "mariadb", MARIA_PRIMARY, MARIA, "inventory"),
         )
     ]
     # take_backup records backup.taken: into this module's own evidence folder, not the sandbox's.
@@ -115,7 +117,7 @@ def restore(estate: Estate, database: str, manifest: Manifest, workdir: Path, ru
     verify_manifest_matches(store, database, manifest.backup_id, manifest)
     dump = fetch_backup(store, manifest, workdir)
     target = scratch_name(database, run_id)
-    module.restore_logical(conn_id, target, dump, used_by=f"restore drill of {database!r}")
+    module.restore_logical(conn_id, target, dump, used_by=f"restore drill of {database!r}", run_id=run_id)
     checksums = [ObjectChecksum(object=item.name, sha256=item.sha256, ok=True) for item in manifest.objects]
     return Restored(database, manifest, target, checksums, time.monotonic() - started)
 
@@ -138,6 +140,9 @@ def restored(estate: Estate, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             module.drop_database(conn_id, item.target, used_by="test teardown")
 
 
+RUN_OF: dict[str, str] = {}  # the run each scratch name of `leftovers` was made for
+
+
 @pytest.fixture
 def leftovers() -> Iterator[Callable[[str, str], str]]:
     """Scratch names handed out to a test; whatever exists of them at the end is dropped."""
@@ -146,6 +151,7 @@ def leftovers() -> Iterator[Callable[[str, str], str]]:
     def make(database: str, run_id: str) -> str:
         name = scratch_name(database, run_id)
         made.append((database, name))
+        RUN_OF[name] = run_id
         return name
 
     yield make
@@ -243,7 +249,7 @@ def test_a_changed_copy_fails_the_comparison(restored: dict[str, Restored]) -> N
     item = restored["inventory_mariadb"]
     import pymysql
 
-    c = json.loads(os.environ["AIRFLOW_CONN_SANDBOX_MARIADB"])
+    c = json.loads(os.environ["AIRFLOW_CONN_SANDBOX_MARIADB_SCRATCH"])
     # Only the scratch copy is changed; it is the last test to use this copy's counts.
     with (
         pymysql.connect(
@@ -322,7 +328,8 @@ def test_drop_refuses_a_real_database(database: str, real: str) -> None:
 
 @pytest.mark.parametrize(("database", "real"), [("orders_pg", "orders"), ("inventory_mariadb", "inventory")])
 def test_restore_refuses_an_existing_database(database: str, real: str, tmp_path: Path) -> None:
-    module, conn_id, _ = ENGINES[database]
+    module, _, _ = ENGINES[database]
+    conn_id = PG_PRIMARY if module is postgres else MARIA_PRIMARY  # where the real database is
     dump = tmp_path / "dump"
     dump.write_bytes(b"-- not even read\n")
     with pytest.raises(RestoreRefused, match=f"refusing to restore into database '{real}'.*not a scratch"):
@@ -336,7 +343,7 @@ def test_a_dump_that_switches_databases_is_refused(
     dump.write_text("CREATE TABLE t (id INT);\nUSE `inventory`;\nDROP TABLE stock_levels;\n")
     target = leftovers("inventory_mariadb", f"test-{uuid.uuid4().hex}")
     with pytest.raises(RestoreRefused, match="line 2 starts with 'USE'"):
-        mariadb.restore_logical(MARIA, target, dump, used_by="test")
+        mariadb.restore_logical(MARIA, target, dump, used_by="test", run_id=RUN_OF[target])
     assert target not in mariadb.leftover_scratch_databases(MARIA, "inventory_mariadb")
 
 
@@ -354,16 +361,134 @@ def test_leftover_scratch_databases_are_listed_and_replaced(
     target = leftovers(database, run_id)
     dump = fetch_backup(estate.store(database), item.manifest, tmp_path)
 
-    first = module.restore_logical(conn_id, target, dump, used_by="a drill killed half-way")
+    first = module.restore_logical(conn_id, target, dump, used_by="a drill killed half-way", run_id=run_id)
     assert target in module.leftover_scratch_databases(conn_id, database)
     assert not first.replaced_leftover
     # The retry of the same run finds its own leftover and replaces it.
-    again = module.restore_logical(conn_id, target, dump, used_by="the retry")
+    again = module.restore_logical(conn_id, target, dump, used_by="the retry", run_id=run_id)
     assert again.replaced_leftover
 
     assert module.drop_database(conn_id, target, used_by="cleanup") is True
     assert target not in module.leftover_scratch_databases(conn_id, database)
     assert module.drop_database(conn_id, target, used_by="cleanup again") is False
+
+
+class ByHand:
+    """Create, inspect and drop databases on a scratch server apart from the code under test."""
+
+    def __init__(self, conn_id: str) -> None:
+        self.conn = json.loads(os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"])
+        self.postgres = self.conn["conn_type"] == "postgres"
+
+    def run(self, query: str, *args: str) -> list[tuple[object, ...]]:
+        c = self.conn
+        if self.postgres:
+            import psycopg
+
+            with psycopg.connect(
+                host=c["host"],
+                port=c["port"],
+                user=c["login"],
+                password=c["password"],
+                dbname="postgres",
+                autocommit=True,
+            ) as session:
+                cursor = session.execute(query, list(args))
+                return list(cursor.fetchall()) if cursor.description else []
+        import pymysql
+
+        with (
+            pymysql.connect(
+                host=c["host"], port=c["port"], user=c["login"], password=c["password"], autocommit=True
+            ) as session,
+            session.cursor() as cursor,
+        ):
+            cursor.execute(query, args or None)
+            return list(cursor.fetchall())
+
+    def create(self, name: str) -> None:
+        self.run(f'CREATE DATABASE "{name}"' if self.postgres else f"CREATE DATABASE `{name}`")
+
+    def drop(self, name: str) -> None:
+        self.run(
+            f'DROP DATABASE IF EXISTS "{name}"' if self.postgres else f"DROP DATABASE IF EXISTS `{name}`"
+        )
+
+    def names(self) -> set[str]:
+        query = (
+            "SELECT datname FROM pg_database"
+            if self.postgres
+            else "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA"
+        )
+        return {str(row[0]) for row in self.run(query)}
+
+    def comment(self, name: str) -> str | None:
+        query = (
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s"
+            if self.postgres
+            else "SELECT SCHEMA_COMMENT FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s"
+        )
+        ((comment,),) = self.run(query, name)
+        return None if comment is None else str(comment)
+
+
+@pytest.mark.parametrize("database", list(ENGINES))
+def test_a_scratch_shaped_database_cloudops_did_not_create_is_never_dropped(
+    database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    module, conn_id, _ = ENGINES[database]
+    by_hand = ByHand(conn_id)
+    # Ten digits are hex: both names have the scratch shape, the first even that of this database.
+    mine, logs = f"drill_{database}_2024010112", "drill_logs_2024010112"
+    for name in (mine, logs):
+        by_hand.drop(name)
+        by_hand.create(name)
+    try:
+        with caplog.at_level("WARNING"):
+            assert mine not in module.leftover_scratch_databases(conn_id, database)
+        assert f"leaving database '{mine}'" in caplog.text
+        assert "carries no cloudops marker" in caplog.text
+        for name in (mine, logs):
+            caplog.clear()
+            with pytest.raises(
+                RestoreRefused, match=f"refusing to drop database '{name}'.*carries no cloudops marker"
+            ):
+                module.drop_database(conn_id, name, used_by="test")
+            assert f"not dropping database '{name}'" in caplog.text
+        assert {mine, logs} <= by_hand.names()
+    finally:
+        for name in (mine, logs):
+            by_hand.drop(name)
+
+
+@pytest.mark.parametrize("database", list(ENGINES))
+def test_a_restore_never_replaces_a_scratch_named_database_without_its_marker(
+    database: str, tmp_path: Path
+) -> None:
+    module, conn_id, _ = ENGINES[database]
+    by_hand = ByHand(conn_id)
+    run_id = f"by-hand-{uuid.uuid4().hex}"
+    name = scratch_name(database, run_id)  # the very name the run would use
+    by_hand.create(name)
+    dump = tmp_path / "dump"
+    dump.write_bytes(b"-- not even read\n")
+    try:
+        with pytest.raises(RestoreRefused, match=f"refusing to drop database '{name}'"):
+            module.restore_logical(conn_id, name, dump, used_by="test", run_id=run_id)
+        assert name in by_hand.names()
+    finally:
+        by_hand.drop(name)
+
+
+@pytest.mark.parametrize("database", list(ENGINES))
+def test_a_restored_scratch_database_carries_its_marker(restored: dict[str, Restored], database: str) -> None:
+    from cloudops.engines.scratch import ownership
+
+    _, conn_id, _ = ENGINES[database]
+    name = restored[database].target
+    verdict = ownership(name, ByHand(conn_id).comment(name))
+    assert verdict.owned, verdict.reason
+    assert str(verdict.run_id).startswith("test-")
 
 
 def test_a_broken_restore_fails_clearly(tmp_path: Path, leftovers: Callable[[str, str], str]) -> None:
@@ -373,7 +498,7 @@ def test_a_broken_restore_fails_clearly(tmp_path: Path, leftovers: Callable[[str
     with pytest.raises(
         RestoreError, match=r"pg_restore .* into database 'drill_orders_pg_\w+'.*exited with status 1"
     ):
-        postgres.restore_logical(PG, target, dump, used_by="test")
+        postgres.restore_logical(PG, target, dump, used_by="test", run_id=RUN_OF[target])
 
 
 # -- faults: each refused before anything is restored ------------------------------------------------------
@@ -403,7 +528,7 @@ def drill_steps(estate: Estate, backup_id: str, workdir: Path, target: str) -> N
     assert stored.manifest is not None
     verify_manifest_matches(store, "inventory_mariadb", backup_id, stored.manifest)
     dump = fetch_backup(store, stored.manifest, workdir)
-    mariadb.restore_logical(MARIA, target, dump, used_by="test")
+    mariadb.restore_logical(MARIA, target, dump, used_by="test", run_id=RUN_OF[target])
 
 
 def test_a_flipped_byte_is_caught_while_fetching(

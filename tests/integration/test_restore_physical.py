@@ -383,3 +383,18 @@ def test_teardown_stops_only_its_own_server_and_only_on_its_worker(estate: dict[
         reader.kill()
         reader.wait(timeout=10)
         stop_and_remove(paths)
+
+
+def test_a_scratch_root_inside_a_catalog_servers_data_directory_is_refused(
+    estate: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cloudops.errors import RestoreRefused
+    from cloudops.sandbox.layout import SandboxLayout
+
+    primary_data = SandboxLayout.from_environment().data_root / "postgres" / "primary"
+    assert (primary_data / "PG_VERSION").is_file(), "the sandbox primary's data directory"
+    before = sorted(p.name for p in primary_data.iterdir())
+    monkeypatch.setenv("CLOUDOPS_SCRATCH_DIR", str(primary_data / "scratch"))
+    with pytest.raises(RestoreRefused, match=f"inside the database server data directory {primary_data}"):
+        prepare(estate["file"], estate["estate"], DATABASE, run_id="manual__in-pgdata", backup_id="latest")
+    assert sorted(p.name for p in primary_data.iterdir()) == before, "nothing was made there"

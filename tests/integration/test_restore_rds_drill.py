@@ -71,7 +71,7 @@ def estate(tmp_path_factory: pytest.TempPathFactory, sandbox_env: dict[str, str]
         "rpo": "1d",
         "rto": "1h",
         "backup": {"repository": "r", "retention": {"keep_last": 3}},
-        "drill": {"schedule": "on_backup"},
+        "drill": {"schedule": "on_backup", "scratch_conn_id": "sandbox_mariadb_scratch"},
     }
     with private_estate(tmp, "rdsdrill", [database]) as made, pytest.MonkeyPatch.context() as patch:
         name, file = made.estate, made.file
@@ -140,7 +140,7 @@ def test_drill_restores_the_backups_snapshot_checks_and_deletes_the_scratch_inst
     run = run_id()
     prepared = prepare(*args, run_id=run, backup_id="latest")
     assert prepared["backup_id"] == estate["backup_id"]
-    restored = restore(*args, backup_id=prepared["backup_id"], scratch=prepared["scratch"])
+    restored = restore(*args, backup_id=prepared["backup_id"], scratch=prepared["scratch"], run_id=run)
     validated = validate(*args, backup_id=prepared["backup_id"], scratch=prepared["scratch"])
     teardown(*args, scratch=prepared["scratch"])
 
@@ -255,7 +255,7 @@ def test_a_failed_rds_restore_fails_the_drill_and_is_recorded(
     args = (str(path), estate["estate"], DATABASE)
     run = run_id()
     prepared = prepare(*args, run_id=run, backup_id="latest")
-    restored = restore(*args, backup_id=prepared["backup_id"], scratch=prepared["scratch"])
+    restored = restore(*args, backup_id=prepared["backup_id"], scratch=prepared["scratch"], run_id=run)
     validated = validate(*args, backup_id=prepared["backup_id"], scratch=prepared["scratch"])
     teardown(*args, scratch=prepared["scratch"])
     with pytest.raises(CloudOpsError, match="no-such-instance"):

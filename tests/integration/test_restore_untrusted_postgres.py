@@ -124,11 +124,14 @@ def _roles(name: str) -> list[tuple[Any, ...]]:
 def test_a_dump_that_runs_a_program_fails_and_runs_nothing(
     planted: dict[str, Any], scratch: list[str]
 ) -> None:
-    name = scratch_name("orders_pg", f"attack-{uuid.uuid4().hex}")
+    run_id = f"attack-{uuid.uuid4().hex}"
+    name = scratch_name("orders_pg", run_id)
     scratch.append(name)
 
     with pytest.raises(RestoreError) as refused:
-        postgres.restore_logical(PG, name, planted["dump"], used_by="restore drill of 'orders_pg'")
+        postgres.restore_logical(
+            PG, name, planted["dump"], used_by="restore drill of 'orders_pg'", run_id=run_id
+        )
 
     message = str(refused.value)
     assert f"as {name}" in message, "the error names the role pg_restore ran as"
@@ -149,10 +152,11 @@ def test_the_same_dump_restored_as_the_superuser_login_does_run_the_program(
     planted: dict[str, Any], scratch: list[str]
 ) -> None:
     """The control: the case above fails because of the role, not because the dump is harmless."""
-    name = scratch_name("orders_pg", f"attack-super-{uuid.uuid4().hex}")
+    run_id = f"attack-super-{uuid.uuid4().hex}"
+    name = scratch_name("orders_pg", run_id)
     scratch.append(name)
 
-    postgres.restore_logical(PG, name, planted["dump"], used_by="test", as_superuser=True)
+    postgres.restore_logical(PG, name, planted["dump"], used_by="test", as_superuser=True, run_id=run_id)
 
     assert planted["target"].exists()
     assert _roles(name) == [], "restored as the login: no restore role"
@@ -183,9 +187,10 @@ def test_the_checks_connect_as_the_restore_role_which_cannot_read_server_files(
         check=True,
         timeout=120,
     )
-    name = scratch_name("orders_pg", f"checks-{uuid.uuid4().hex}")
+    run_id = f"checks-{uuid.uuid4().hex}"
+    name = scratch_name("orders_pg", run_id)
     scratch.append(name)
-    postgres.restore_logical(PG, name, dump, used_by="test")
+    postgres.restore_logical(PG, name, dump, used_by="test", run_id=run_id)
 
     checking = postgres.restored_database_connection(PG, name, used_by="test")
 
@@ -201,12 +206,13 @@ def test_the_checks_connect_as_the_restore_role_which_cannot_read_server_files(
 def test_a_role_of_the_scratch_name_that_no_restore_made_is_refused(
     planted: dict[str, Any], scratch: list[str]
 ) -> None:
-    name = scratch_name("orders_pg", f"squatted-{uuid.uuid4().hex}")
+    run_id = f"squatted-{uuid.uuid4().hex}"
+    name = scratch_name("orders_pg", run_id)
     with _connect("postgres") as admin:
         admin.execute(f'CREATE ROLE "{name}" NOLOGIN')
     try:
         with pytest.raises(RestoreRefused, match="not made by a cloudops restore"):
-            postgres.restore_logical(PG, name, planted["dump"], used_by="test")
+            postgres.restore_logical(PG, name, planted["dump"], used_by="test", run_id=run_id)
         with _connect("postgres") as admin:
             assert admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is None
         assert _roles(name), "a role cloudops did not make is left alone"
@@ -258,10 +264,11 @@ def test_a_login_that_is_no_superuser_restores_checks_and_swaps_through_the_rest
         check=True,
         timeout=120,
     )
-    staging = scratch_name("restore_orders_pg", f"not-super-{uuid.uuid4().hex}")
+    run_id = f"not-super-{uuid.uuid4().hex}"
+    staging = scratch_name("restore_orders_pg", run_id)
     target = f"restored_{uuid.uuid4().hex[:6]}"
 
-    postgres.restore_logical(createrole_login, staging, dump, used_by="test")
+    postgres.restore_logical(createrole_login, staging, dump, used_by="test", run_id=run_id)
     checking = postgres.restored_database_connection(createrole_login, staging, used_by="test")
     with postgres.snapshot_session(checking, staging, used_by="test") as session:
         assert postgres.table_row_counts(session)["public.customers"] > 0

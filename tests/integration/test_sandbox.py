@@ -31,7 +31,15 @@ from cloudops.sandbox.process import RUNNING, STALE, STOPPED
 
 pytestmark = pytest.mark.integration
 
-EXPECTED_COMPONENTS = {"postgres-primary", "postgres-replica", "mariadb", "moto", "smtp-sink"}
+EXPECTED_COMPONENTS = {
+    "postgres-primary",
+    "postgres-replica",
+    "postgres-scratch",
+    "mariadb",
+    "mariadb-scratch",
+    "moto",
+    "smtp-sink",
+}
 
 
 def _quiet(_: str) -> None:
@@ -199,6 +207,42 @@ def test_mariadb_inventory_is_seeded_with_binlog_on(
         assert (cur.fetchone() or ("",))[0].startswith("mariadb-bin.")
 
 
+def test_drills_restore_on_scratch_servers_of_their_own(
+    layout: SandboxLayout, plan: EstatePlan, connections: dict[str, dict[str, Any]]
+) -> None:
+    from cloudops.catalog import load_catalog_file
+
+    catalog = load_catalog_file(layout.catalog_path)
+    drills = {d.engine: d.drill.scratch_conn_id for d in catalog.databases if d.drill}
+    assert plan.postgres_scratch is not None
+    assert plan.mariadb_scratch is not None
+    assert drills == {"postgres": plan.postgres_scratch.conn_id, "mariadb": plan.mariadb_scratch.conn_id}
+    primaries = {
+        connections[plan.postgres_primary.conn_id]["port"],
+        connections[plan.mariadb.conn_id]["port"],
+    }
+    pg = connections[plan.postgres_scratch.conn_id]
+    maria = connections[plan.mariadb_scratch.conn_id]
+    assert {pg["port"], maria["port"]}.isdisjoint(primaries)
+    with _pg(pg) as scratch:
+        names = {row[0] for row in scratch.execute("SELECT datname FROM pg_database").fetchall()}
+    assert plan.postgres_primary.database not in names  # a server of its own, nothing seeded
+    with (
+        pymysql.connect(
+            host=maria["host"], port=maria["port"], user=maria["login"], password=maria["password"]
+        ) as db,
+        db.cursor() as cur,
+    ):
+        # Restored events never fire on the scratch server.
+        cur.execute("SELECT @@event_scheduler, @@log_bin")
+        assert cur.fetchone() == ("OFF", 0)
+        cur.execute(
+            "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s",
+            [plan.mariadb.database],
+        )
+        assert cur.fetchall() == ()
+
+
 def test_aws_endpoint_is_seeded(plan: EstatePlan, connections: dict[str, dict[str, Any]]) -> None:
     import boto3
 
@@ -236,6 +280,7 @@ def test_env_file_is_private_complete_and_shell_sourceable(
     assert layout.env_file.stat().st_mode & 0o777 == 0o600
     expected = {d.conn_id for d in plan.databases} | {plan.aws.conn_id} | set(plan.smtp_conn_ids)
     expected |= {h.ssh_conn_id for h in plan.hosts}
+    expected |= {s.conn_id for s in (plan.postgres_scratch, plan.mariadb_scratch) if s}  # the drills' servers
     expected.add(EVIDENCE_SIGNING_CONN_ID)  # the evidence digests' HMAC key
     assert set(connections) == expected
     assert len(connections[EVIDENCE_SIGNING_CONN_ID]["password"]) >= 32

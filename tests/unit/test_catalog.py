@@ -184,6 +184,56 @@ def test_cluster_needs_exactly_one_primary(tmp_path: Path) -> None:
     assert "databases[1].cluster: cluster 'shop' has 0 primaries; it needs exactly one" in message
 
 
+DRILL = "      retention: {keep_daily: 7}\n    drill:\n      schedule: on_backup\n"
+
+
+def test_a_drill_without_a_scratch_server_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, VALID.replace("      retention: {keep_daily: 7}\n", DRILL))
+    (message,) = messages(path)
+    assert message == (
+        f"{path}:20: databases[0].drill.scratch_conn_id: a drill needs a scratch_conn_id: it restores a full "
+        "copy of the database, which must land on a scratch server of its own, never on the primary (there "
+        "is no default) (add `scratch_conn_id: <connection of a scratch server>` under drill)"
+    )
+
+
+def test_a_primary_is_refused_as_scratch_server_unless_scratch_allowed(tmp_path: Path) -> None:
+    drill = DRILL + "      scratch_conn_id: acme_shop\n"
+    path = write(tmp_path, VALID.replace("      retention: {keep_daily: 7}\n", drill))
+    (message,) = messages(path)
+    assert message.startswith(
+        f"{path}:22: databases[0].drill.scratch_conn_id: scratch_conn_id 'acme_shop' is the connection of "
+        "primary 'shop' (databases[0]): a drill would restore a full copy onto that server"
+    )
+    assert "set `scratch_allowed: true` on that database" in message
+    allowed = write(
+        tmp_path,
+        path.read_text().replace("    database: shop\n", "    database: shop\n    scratch_allowed: true\n"),
+    )
+    assert load_catalog_file(allowed).databases[0].scratch_allowed
+
+
+def test_another_files_primary_is_refused_as_scratch_server(tmp_path: Path) -> None:
+    write(tmp_path, VALID, "a.yaml")
+    other = (
+        VALID.replace("estate: acme", "estate: acme_two")
+        .replace("name: shop", "name: shop_two")
+        .replace("conn_id: acme_shop", "conn_id: acme_shop_two")
+        .replace("name: web\n", "name: web_two\n")
+        .replace("      retention: {keep_daily: 7}\n", DRILL + "      scratch_conn_id: acme_shop\n")
+    )
+    second = write(tmp_path, other, "b.yaml")
+    result = load_catalogs([tmp_path])
+    assert [loaded.path.name for loaded in result.catalogs] == ["a.yaml"]
+    (issue,) = result.issues
+    assert str(issue).startswith(
+        f"{second}:22: databases[0].drill.scratch_conn_id: scratch_conn_id 'acme_shop' is the connection of "
+        f"primary 'shop' ({tmp_path / 'a.yaml'} databases[0])"
+    )
+    second.write_text(other.replace("acme_shop\n", "acme_scratch\n"))
+    assert len(load_catalogs([tmp_path]).catalogs) == 2
+
+
 def test_bad_schedule_and_timezone(tmp_path: Path) -> None:
     text = VALID.replace("Europe/Paris", "Europe/Pariss").replace(
         "      repository: acme_backups", '      repository: acme_backups\n      schedule: "0 25 * * *"'

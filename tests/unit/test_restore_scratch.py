@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
 from cloudops.engines.scratch import (
+    MARKER_PREFIX,
     MAX_NAME_LENGTH,
+    Ownership,
     check_scratch,
+    check_scratch_root,
     is_scratch_name,
     is_scratch_of,
     like_pattern,
+    ownership,
+    scratch_marker,
     scratch_name,
 )
 from cloudops.errors import RestoreRefused
@@ -92,3 +98,52 @@ def test_like_pattern_escapes_underscores() -> None:
 def test_bad_input_is_refused(database: str, run_id: str) -> None:
     with pytest.raises(ValueError, match=r"catalog database name|run_id"):
         scratch_name(database, run_id)
+
+
+def test_a_marker_proves_ownership_of_its_own_name_only() -> None:
+    name = scratch_name("orders_pg", RUN)
+    marker = scratch_marker(name, RUN)
+    assert marker.startswith(MARKER_PREFIX)
+    assert ownership(name, marker) == Ownership(True, f"created by cloudops for run {RUN!r}", RUN)
+    # The same run's scratch database of another catalog database: the run hash matches, the seal not.
+    other = scratch_name("inventory_mariadb", RUN)
+    verdict = ownership(other, marker)
+    assert not verdict.owned
+    assert "seal does not match its name" in verdict.reason
+    assert not ownership(scratch_name("orders_pg", RUN + "x"), marker).owned
+
+
+@pytest.mark.parametrize(
+    ("comment", "reason"),
+    [
+        (None, "carries no cloudops marker"),
+        ("", "carries no cloudops marker"),
+        ("hourly logs of 2024-01-01 10h", "not a cloudops marker"),
+        (MARKER_PREFIX + "{not json", "malformed"),
+        (MARKER_PREFIX + '{"run_id": "r", "seal": "x", "more": 1}', "malformed"),
+        (MARKER_PREFIX + '{"run_id": "r", "seal": "x"}', "whose scratch databases have another name"),
+        (MARKER_PREFIX + "x" * 2000, "not a cloudops marker"),
+    ],
+)
+def test_a_date_stamped_name_without_a_valid_marker_is_not_ours(comment: str | None, reason: str) -> None:
+    name = "drill_logs_2024010112"  # ten digits are hex: the name alone looks like a scratch database
+    assert is_scratch_name(name)
+    verdict = ownership(name, comment)
+    assert not verdict.owned
+    assert reason in verdict.reason
+
+
+def test_a_marker_is_only_made_for_the_runs_own_name() -> None:
+    with pytest.raises(ValueError, match="not a scratch database of run"):
+        scratch_marker("drill_logs_2024010112", RUN)
+    with pytest.raises(ValueError, match="not a scratch database name"):
+        scratch_marker("logs", RUN)
+
+
+def test_a_scratch_root_inside_a_server_data_directory_is_refused(tmp_path: Path) -> None:
+    data_dir = tmp_path / "pgdata"
+    data_dir.mkdir()
+    (data_dir / "PG_VERSION").write_text("15\n")
+    with pytest.raises(RestoreRefused, match=f"inside the database server data directory {data_dir}"):
+        check_scratch_root(data_dir / "scratch")
+    check_scratch_root(tmp_path / "scratch")  # a folder of its own: no error

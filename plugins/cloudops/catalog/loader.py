@@ -24,7 +24,13 @@ from pydantic import BaseModel, ValidationError
 
 from cloudops.catalog.errors import CatalogError, CatalogIssue, did_you_mean, format_path
 from cloudops.catalog.models import Catalog, SmtpNotification, SnsNotification
-from cloudops.catalog.references import check_references, cross_catalog_duplicates
+from cloudops.catalog.references import (
+    PrimaryServer,
+    check_references,
+    cross_catalog_duplicates,
+    primaries_by_conn,
+    primary_scratch_servers,
+)
 from cloudops.secrets import SECRET_HINTS, SECRET_VALUES, is_secret_key
 
 log = logging.getLogger(__name__)
@@ -365,10 +371,12 @@ def load_catalogs(paths: Iterable[str | Path] | None = None) -> CatalogSet:
     """Load every catalog file; a bad file is reported apart and never stops the others.
 
     Names that become DAG ids (estates, databases, fleets) must be unique across files: the first
-    file that claims a name keeps it, and each later claim is an error of the later file.
+    file that claims a name keeps it, and each later claim is an error of the later file. A drill's
+    scratch server must not be another file's primary either (:func:`_refuse_primary_scratch_servers`).
     """
     result = CatalogSet()
     claimed: dict[tuple[str, str], tuple[str, int | None]] = {}
+    lines_of: dict[Path, dict[YamlPath, int]] = {}
     for path in catalog_paths(None if paths is None else list(paths)):
         try:
             catalog, lines = _load_cached(str(path), *_file_stamp(path))
@@ -386,8 +394,62 @@ def load_catalogs(paths: Iterable[str | Path] | None = None) -> CatalogSet:
                 )
             )
             continue
+        lines_of[path] = lines
         result.catalogs.append(LoadedCatalog(path, catalog))
+    _refuse_primary_scratch_servers(result, lines_of)
     return result
+
+
+def scratch_server_issues(path: str | Path, others: Iterable[str | Path] | None = None) -> list[CatalogIssue]:
+    """The drills of catalog file ``path`` whose scratch server is the connection of a primary of another
+    catalog file (``others``, default: the files :func:`load_catalogs` reads; those that do not load are
+    skipped). For a drill's re-check at run time; the file's own primaries are checked when it loads.
+
+    :raises CatalogError: ``path`` itself is invalid.
+    """
+    here = Path(path).resolve()
+    catalog, lines = _load_cached(str(path), *_file_stamp(Path(path)))
+    primaries: dict[str, list[PrimaryServer]] = {}
+    for other in catalog_paths(None if others is None else list(others)):
+        if other.resolve() == here:
+            continue
+        try:
+            other_catalog, _ = _load_cached(str(other), *_file_stamp(other))
+        except CatalogError:
+            continue
+        for conn_id, found in primaries_by_conn(other_catalog, str(other)).items():
+            primaries.setdefault(conn_id, []).extend(found)
+    return [
+        CatalogIssue(str(path), _line_of(lines, p.path), format_path(p.path), p.message, p.hint)
+        for p in primary_scratch_servers(catalog, primaries)
+    ]
+
+
+def _refuse_primary_scratch_servers(result: CatalogSet, lines_of: dict[Path, dict[YamlPath, int]]) -> None:
+    """Move to ``result.errors`` every catalog whose drill names another file's primary as scratch
+    server (each file's own primaries were checked with the file)."""
+    everywhere: dict[str, list[tuple[Path, PrimaryServer]]] = {}
+    for loaded in result.catalogs:
+        for conn_id, primaries in primaries_by_conn(loaded.catalog, str(loaded.path)).items():
+            everywhere.setdefault(conn_id, []).extend((loaded.path, p) for p in primaries)
+    for loaded in list(result.catalogs):
+        others = {
+            conn_id: [p for path, p in found if path != loaded.path] for conn_id, found in everywhere.items()
+        }
+        problems = primary_scratch_servers(loaded.catalog, others)
+        if problems:
+            lines = lines_of[loaded.path]
+            result.catalogs.remove(loaded)
+            result.errors.append(
+                CatalogError(
+                    [
+                        CatalogIssue(
+                            str(loaded.path), _line_of(lines, p.path), format_path(p.path), p.message, p.hint
+                        )
+                        for p in problems
+                    ]
+                )
+            )
 
 
 __all__ = [
@@ -398,4 +460,5 @@ __all__ = [
     "catalog_paths",
     "load_catalog_file",
     "load_catalogs",
+    "scratch_server_issues",
 ]

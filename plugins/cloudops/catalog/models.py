@@ -222,7 +222,10 @@ class DrillPolicy(CatalogModel):
         default="on_backup", description="'on_backup' (after each backup) or a cron expression."
     )
     scratch_conn_id: ConnId | None = Field(
-        default=None, description="Instance that receives scratch restores; defaults to conn_id."
+        default=None,
+        description="Server that receives the drill's scratch restores, a server of its own: required for "
+        "logical backups (there is no default). A catalog primary's conn_id is refused unless that database "
+        "sets scratch_allowed. Physical drills restore into a scratch cluster on the worker instead.",
     )
     restore_as_superuser: bool = Field(
         default=False,
@@ -269,6 +272,12 @@ class Database(CatalogModel):
     )
     allow_restore_over: bool = Field(
         default=False, description="Allow on-demand restores over this database (never by default)."
+    )
+    scratch_allowed: bool = Field(
+        default=False,
+        description="Allow drills to name this primary's conn_id as their scratch_conn_id (never by "
+        "default): only for a server that is itself a scratch or test server, since each drill restores a "
+        "full copy onto it.",
     )
     backup: BackupPolicy | None = None
     drill: DrillPolicy | None = None

@@ -114,6 +114,69 @@ def check_references(catalog: Catalog) -> list[ReferenceProblem]:
                     f"cluster {database.cluster!r} has {count} primaries; it needs exactly one",
                 )
             )
+    problems += _missing_scratch_servers(catalog)
+    problems += primary_scratch_servers(catalog, primaries_by_conn(catalog, ""))
+    return problems
+
+
+@dataclass(frozen=True)
+class PrimaryServer:
+    """A primary (production data): where it is defined, and whether drills may restore onto its server."""
+
+    where: str
+    database: str
+    scratch_allowed: bool
+
+
+def primaries_by_conn(catalog: Catalog, where: str) -> dict[str, list[PrimaryServer]]:
+    """The catalog's primaries by connection id; ``where`` names the file in messages ("" for the file
+    being checked)."""
+    found: dict[str, list[PrimaryServer]] = {}
+    for index, database in enumerate(catalog.databases):
+        if database.role == "primary":
+            found.setdefault(database.conn_id, []).append(
+                PrimaryServer(f"{where} databases[{index}]".lstrip(), database.name, database.scratch_allowed)
+            )
+    return found
+
+
+def _missing_scratch_servers(catalog: Catalog) -> list[ReferenceProblem]:
+    """A drill of a logical backup names its scratch server: there is no default (the primary was)."""
+    return [
+        ReferenceProblem(
+            ("databases", index, "drill", "scratch_conn_id"),
+            "a drill needs a scratch_conn_id: it restores a full copy of the database, which must land "
+            "on a scratch server of its own, never on the primary (there is no default)",
+            "add `scratch_conn_id: <connection of a scratch server>` under drill",
+        )
+        for index, database in enumerate(catalog.databases)
+        if database.drill is not None
+        and database.drill.scratch_conn_id is None
+        and (database.backup is None or database.backup.method == "logical")
+    ]
+
+
+def primary_scratch_servers(
+    catalog: Catalog, primaries: dict[str, list[PrimaryServer]]
+) -> list[ReferenceProblem]:
+    """Refuse a drill whose scratch server is a primary's connection (``primaries``, from
+    :func:`primaries_by_conn` of this file or of every other file loaded together), unless every
+    primary on that connection sets ``scratch_allowed``."""
+    problems = []
+    for index, database in enumerate(catalog.databases):
+        conn_id = database.drill.scratch_conn_id if database.drill else None
+        refused = [p for p in primaries.get(conn_id or "", []) if not p.scratch_allowed]
+        if refused:
+            named = ", ".join(f"{p.database!r} ({p.where})" for p in refused)
+            problems.append(
+                ReferenceProblem(
+                    ("databases", index, "drill", "scratch_conn_id"),
+                    f"scratch_conn_id {conn_id!r} is the connection of primary {named}: a drill would "
+                    "restore a full copy onto that server",
+                    "name a scratch server of its own, or set `scratch_allowed: true` on that database "
+                    "if its server is meant to receive scratch restores",
+                )
+            )
     return problems
 
 
@@ -142,4 +205,11 @@ def cross_catalog_duplicates(
     return problems
 
 
-__all__ = ["ReferenceProblem", "check_references", "cross_catalog_duplicates"]
+__all__ = [
+    "PrimaryServer",
+    "ReferenceProblem",
+    "check_references",
+    "cross_catalog_duplicates",
+    "primaries_by_conn",
+    "primary_scratch_servers",
+]

@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 from cloudops.connections import get_connection
 from cloudops.engines import BackupSource, DatabaseState, DumpCommand, RestoreResult
 from cloudops.engines.client_tools import locate_tool, private_file, run_restore_tool, version_output
-from cloudops.engines.scratch import check_scratch, is_scratch_name, is_scratch_of, like_pattern
+from cloudops.engines.scratch import (
+    MARKER_MAX_LENGTH,
+    check_scratch,
+    create_scratch,
+    drop_scratch,
+    is_scratch_name,
+    leftover_scratch,
+)
 from cloudops.errors import (
     BackupSourceError,
     DatabaseUnavailableError,
@@ -678,12 +685,48 @@ def _drop(session: pymysql.Connection[Any], name: str) -> None:
     _rows(session, f"DROP DATABASE IF EXISTS {_quote(name)}")
 
 
+class _ScratchOnMariadb:
+    """The scratch lifecycle's view of one admin session (:class:`cloudops.engines.scratch.ScratchServer`):
+    the ownership marker is the database's comment (MariaDB 10.5 and later)."""
+
+    def __init__(self, session: pymysql.Connection[Any], conn: Connection) -> None:
+        self.session, self.where = session, _address(conn)
+
+    def exists(self, name: str) -> bool:
+        return _database_exists(self.session, name)
+
+    def marker(self, name: str) -> str | None:
+        rows = _rows(
+            self.session,
+            "SELECT LEFT(SCHEMA_COMMENT, %s) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s",
+            MARKER_MAX_LENGTH + 1,
+            name,
+        )
+        return str(rows[0][0]) if rows and rows[0][0] else None
+
+    def create(self, name: str, marker: str) -> None:
+        # One statement: the database never exists without its marker.
+        _rows(self.session, f"CREATE DATABASE {_quote(name)} COMMENT %s", marker)
+
+    def drop(self, name: str) -> None:
+        _drop(self.session, name)
+
+    def names_like(self, pattern: str) -> list[str]:
+        rows = _rows(
+            self.session,
+            "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE %s",
+            pattern,
+        )
+        return [str(name) for (name,) in rows]
+
+
 def restore_logical(
     conn_id: str,
     target_database: str,
     sql_file: Path,
     *,
     used_by: str,
+    run_id: str | None = None,
     mariadb: str = "mariadb",
     workdir: Path | None = None,
     connect_timeout_seconds: int = 10,
@@ -701,6 +744,8 @@ def restore_logical(
 
     :param sql_file: the local, decompressed SQL dump.
     :param used_by: what is restored (``restore drill of 'inventory_mariadb'``), named in errors.
+    :param run_id: the run a scratch ``target_database`` is named after (required for one): it is
+        created with its ownership marker, and an existing one is dropped only when cloudops created it.
     :param timeout: the longest the load may run; the client is killed after it.
     :raises RestoreRefused: the target exists and is not a scratch database, its name is unusable, or the
         dump would switch databases.
@@ -737,21 +782,18 @@ def restore_logical(
                 used_by,
                 f"{CLIENT_PACKAGE} ({server[0]}.{server[1]} or newer)",
             )
-        if _database_exists(admin, target_database):
-            if not is_scratch_name(target_database):
-                raise RestoreRefused(
-                    f"{used_by}: refusing to restore into database {target_database!r} on {_address(conn)}: "
-                    "it exists and is not a scratch database (a restore only creates a new database)"
-                )
-            log.warning(
-                "scratch database %r on %s exists, left by an earlier try: dropping it before restoring",
-                target_database,
-                _address(conn),
+        if is_scratch_name(target_database):
+            replaced = create_scratch(
+                _ScratchOnMariadb(admin, conn), target_database, run_id=run_id, used_by=used_by
             )
-            _drop(admin, target_database)
-            replaced = True
-        log.info("creating database %r on %s for %s", target_database, _address(conn), used_by)
-        _rows(admin, f"CREATE DATABASE {_quote(target_database)}")
+        elif _database_exists(admin, target_database):
+            raise RestoreRefused(
+                f"{used_by}: refusing to restore into database {target_database!r} on {_address(conn)}: "
+                "it exists and is not a scratch database (a restore only creates a new database)"
+            )
+        else:
+            log.info("creating database %r on %s for %s", target_database, _address(conn), used_by)
+            _rows(admin, f"CREATE DATABASE {_quote(target_database)}")
     with private_file(workdir or sql_file.parent, ".cloudops-my-", _option_file(conn)) as option_file:
         description = (
             f"mariadb {_dotted(release)} loading {sql_file.name} into database {target_database!r} on "
@@ -790,10 +832,12 @@ def restore_logical(
 
 
 def drop_database(conn_id: str, name: str, *, used_by: str, connect_timeout_seconds: int = 10) -> bool:
-    """Drop scratch database ``name``; safe to repeat.
+    """Drop scratch database ``name`` if cloudops created it (:func:`cloudops.engines.scratch.drop_scratch`);
+    safe to repeat.
 
     :return: whether it existed.
-    :raises RestoreRefused: ``name`` is not a scratch database name; nothing was done, nothing connected.
+    :raises RestoreRefused: ``name`` is not a scratch database name (nothing was done, nothing
+        connected), or the database carries no valid cloudops marker (it is left, the reason logged).
     :raises DatabaseUnavailableError: the server cannot be reached.
     :raises RestoreError: the drop failed.
     """
@@ -805,12 +849,7 @@ def drop_database(conn_id: str, name: str, *, used_by: str, connect_timeout_seco
         connect_timeout_seconds=connect_timeout_seconds,
         what=f"cannot drop scratch database {name!r}",
     ) as admin:
-        if not _database_exists(admin, name):
-            log.info("scratch database %r does not exist on %s: nothing to drop", name, _address(conn))
-            return False
-        log.info("dropping scratch database %r on %s (%s)", name, _address(conn), used_by)
-        _drop(admin, name)
-    return True
+        return drop_scratch(_ScratchOnMariadb(admin, conn), name, used_by=used_by)
 
 
 def replace_database(
@@ -1028,21 +1067,42 @@ def rename_into_new(
 def leftover_scratch_databases(
     conn_id: str, database: str, *, used_by: str | None = None, connect_timeout_seconds: int = 10
 ) -> list[str]:
-    """List the scratch databases of catalog database ``database`` on the server, sorted.
+    """List the scratch databases of catalog database ``database`` that cloudops created, sorted.
 
-    What a drill killed half-way leaves behind; the next drill drops them (:func:`drop_database`).
+    What a drill killed half-way leaves behind; the next drill drops them (:func:`drop_database`). A
+    scratch-shaped name without a valid marker is left out, with its reason logged.
     """
     used_by = used_by or f"scratch databases of {database!r}"
     conn = get_connection(conn_id, used_by)
     with _admin_session(
         conn, used_by=used_by, connect_timeout_seconds=connect_timeout_seconds, what="cannot list databases"
     ) as admin:
-        rows = _rows(
-            admin,
-            "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE %s",
-            like_pattern(database),
+        return leftover_scratch(_ScratchOnMariadb(admin, conn), database)
+
+
+def scratch_server_problem(conn_id: str, *, used_by: str, connect_timeout_seconds: int = 10) -> str | None:
+    """Say why server ``conn_id`` must not receive a drill's scratch copies, or None.
+
+    Its event scheduler must not run: a dump brings its events back with their ENABLE status, and
+    on a server with ``event_scheduler=ON`` they would fire on schedule, against the copy or, by
+    qualified names, against other databases there.
+
+    :raises DatabaseUnavailableError: the server cannot be reached.
+    """
+    conn = get_connection(conn_id, used_by)
+    with _admin_session(
+        conn,
+        used_by=used_by,
+        connect_timeout_seconds=connect_timeout_seconds,
+        what="cannot read the event scheduler's state",
+    ) as admin:
+        ((state,),) = _rows(admin, "SELECT @@GLOBAL.event_scheduler")
+    if str(state).upper() == "ON":
+        return (
+            f"{used_by}: event_scheduler is ON on {_address(conn)}: events restored with the dump would run "
+            "there on schedule; set event_scheduler=OFF on the scratch server"
         )
-    return sorted(str(name) for (name,) in rows if is_scratch_of(str(name), database))
+    return None
 
 
 def newest_timestamp(session: pymysql.Connection[Any], table: str, column: str) -> datetime | None:
@@ -1099,6 +1159,7 @@ __all__ = [
     "rename_into_new",
     "restore_logical",
     "schema_fingerprint",
+    "scratch_server_problem",
     "snapshot_session",
     "table_row_counts",
 ]

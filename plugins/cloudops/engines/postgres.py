@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, Any
 from cloudops.connections import get_connection
 from cloudops.engines import BackupSource, DatabaseState, DumpCommand, RestoreResult
 from cloudops.engines.client_tools import locate_tool, private_file, run_restore_tool, version_output
-from cloudops.engines.scratch import check_scratch, is_scratch_name, is_scratch_of, like_pattern
+from cloudops.engines.scratch import (
+    MARKER_MAX_LENGTH,
+    check_scratch,
+    create_scratch,
+    drop_scratch,
+    is_scratch_name,
+    leftover_scratch,
+)
 from cloudops.errors import (
     BackupSourceError,
     DatabaseUnavailableError,
@@ -794,12 +801,47 @@ def _as_role(conn: Connection, role: str, password: str, *, database: str | None
     )
 
 
+class _ScratchOnPostgres:
+    """The scratch lifecycle's view of one admin session (:class:`cloudops.engines.scratch.ScratchServer`):
+    the ownership marker is the database's comment."""
+
+    def __init__(self, session: psycopg.Connection[Any], conn: Connection) -> None:
+        self.session, self.where = session, _address(conn)
+
+    def exists(self, name: str) -> bool:
+        return _database_exists(self.session, name)
+
+    def marker(self, name: str) -> str | None:
+        row = self.session.execute(
+            "SELECT left(shobj_description(oid, 'pg_database'), %s) FROM pg_database WHERE datname = %s",
+            [MARKER_MAX_LENGTH + 1, name],
+        ).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+
+    def create(self, name: str, marker: str) -> None:
+        from psycopg import sql
+
+        self.session.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+        # CREATE DATABASE takes no comment: a crash in between leaves an unmarked database, never dropped.
+        self.session.execute(
+            sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(marker))
+        )
+
+    def drop(self, name: str) -> None:
+        _drop(self.session, name)
+
+    def names_like(self, pattern: str) -> list[str]:
+        rows = self.session.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [pattern])
+        return [str(name) for (name,) in rows.fetchall()]
+
+
 def restore_logical(
     conn_id: str,
     target_database: str,
     dump_file: Path,
     *,
     used_by: str,
+    run_id: str | None = None,
     jobs: int = 2,
     pg_restore: str = "pg_restore",
     workdir: Path | None = None,
@@ -825,12 +867,15 @@ def restore_logical(
     :param target_database: the database to create.
     :param dump_file: a local custom-format dump (pg_restore -j needs a seekable file).
     :param used_by: what is restored (``restore drill of 'orders_pg'``), named in errors.
+    :param run_id: the run a scratch ``target_database`` is named after (required for one): it is
+        created with its ownership marker, and an existing one is dropped only when cloudops created it.
     :param jobs: parallel pg_restore jobs.
     :param timeout: the longest pg_restore may run; it is killed after it.
     :param as_superuser: run pg_restore as the connection's own login instead (the catalog's
         ``drill.restore_as_superuser``, for dumps with extensions only a superuser may create).
-    :raises RestoreRefused: the target exists and is not a scratch database, or its name is unusable,
-        or a role of the target's name exists that no restore made.
+    :raises RestoreRefused: the target exists and is not a scratch database cloudops created, or its
+        name is unusable (a scratch name of another run), or a role of the target's name exists that
+        no restore made.
     :raises ToolMissingError, ToolVersionError: pg_restore is missing or older than the server.
     :raises DatabaseUnavailableError: the server cannot be reached.
     :raises RestoreError: the database could not be created, or pg_restore failed (its first lines).
@@ -856,23 +901,31 @@ def restore_logical(
         _refuse_older_client("pg_restore", tool_version, major, server_version, server_num, used_by)
         replaced = False
         with _admin_step(admin, conn, used_by, f"cannot create database {target_database!r}"):
-            if _database_exists(admin, target_database):
-                if not is_scratch_name(target_database):
-                    raise RestoreRefused(
-                        f"{used_by}: refusing to restore into database {target_database!r} on "
-                        f"{_address(conn)}: it exists and is not a scratch database (a restore only "
-                        "creates a new database)"
+            if not is_scratch_name(target_database):
+                exists = _database_exists(admin, target_database)
+                raise RestoreRefused(
+                    f"{used_by}: refusing to restore into database {target_database!r} on "
+                    f"{_address(conn)}: "
+                    + (
+                        "it exists and is not a scratch database (a restore only creates a new database)"
+                        if exists
+                        else "restores land in a scratch database (drill_...) first, renamed once checked"
                     )
-                log.warning(
-                    "scratch database %r on %s exists, left by an earlier try: dropping it before restoring",
-                    target_database,
-                    _address(conn),
                 )
-                _drop(admin, target_database)
-                replaced = True
             from psycopg import sql
 
-            loader, role = conn, restore_role_name(target_database)
+            role = restore_role_name(target_database)
+            squatted = _restore_role_state(admin, role)
+            if not as_superuser and squatted not in (None, "ours"):
+                raise RestoreRefused(
+                    f"{used_by}: refusing to restore as {role!r} on {_address(conn)}: {squatted}"
+                )
+            # The database first (with its ownership marker; a marked leftover of an earlier try of
+            # this run is dropped, and with it what its restore role owned), then the restore role.
+            replaced = create_scratch(
+                _ScratchOnPostgres(admin, conn), target_database, run_id=run_id, used_by=used_by
+            )
+            loader = conn
             if as_superuser:
                 log.warning(
                     "%s: restoring as %s itself (the catalog's restore_as_superuser): the dump's SQL runs "
@@ -884,19 +937,12 @@ def restore_logical(
                 loader = _as_role(
                     conn, role, _create_restore_role(admin, role, used_by=used_by, where=_address(conn))
                 )
-            log.info("creating database %r on %s for %s", target_database, _address(conn), used_by)
-            owner = sql.SQL("") if as_superuser else sql.SQL(" OWNER {}").format(sql.Identifier(role))
-            try:
+                log.info("giving %r to its restore role %r", target_database, role)
                 admin.execute(
-                    sql.SQL("CREATE DATABASE {}{} TEMPLATE template0").format(
-                        sql.Identifier(target_database), owner
+                    sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                        sql.Identifier(target_database), sql.Identifier(role)
                     )
                 )
-            except BaseException:
-                # No database, so no leftover that the next drill would find by its name: no role either.
-                if not as_superuser and not admin.closed:
-                    _drop_restore_role(admin, role)
-                raise
     with _credentials(loader, workdir or dump_file.parent, application_name="cloudops-restore") as env:
         description = (
             f"pg_restore {tool_version} -j {jobs} of {dump_file.name} into database {target_database!r} "
@@ -940,11 +986,12 @@ def drop_database(
     maintenance_database: str = MAINTENANCE_DATABASE,
     connect_timeout_seconds: int = 10,
 ) -> bool:
-    """Drop scratch database ``name`` (sessions still connected to it are ended) and its restore role;
-    safe to repeat.
+    """Drop scratch database ``name`` (sessions still connected to it are ended) if cloudops created
+    it (:func:`cloudops.engines.scratch.drop_scratch`), and its restore role; safe to repeat.
 
     :return: whether it existed.
-    :raises RestoreRefused: ``name`` is not a scratch database name; nothing was done, nothing connected.
+    :raises RestoreRefused: ``name`` is not a scratch database name (nothing was done, nothing
+        connected), or the database carries no valid cloudops marker (it is left, the reason logged).
     :raises DatabaseUnavailableError: the server cannot be reached.
     :raises RestoreError: the drop failed.
     """
@@ -957,17 +1004,11 @@ def drop_database(
         what=f"cannot drop scratch database {name!r}",
         connect_timeout_seconds=connect_timeout_seconds,
     ) as admin:
-        if not _database_exists(admin, name):
-            log.info("scratch database %r does not exist on %s: nothing to drop", name, _address(conn))
-            if _drop_restore_role(admin, restore_role_name(name)):
-                log.info("dropped restore role %r, left without its database", name)
-            return False
-        log.info(
-            "dropping scratch database %r and its restore role on %s (%s)", name, _address(conn), used_by
-        )
-        _drop(admin, name)
-        _drop_restore_role(admin, restore_role_name(name))
-    return True
+        existed = drop_scratch(_ScratchOnPostgres(admin, conn), name, used_by=used_by)
+        # The role goes with its database, or alone when a restore left it without one.
+        if _drop_restore_role(admin, restore_role_name(name)):
+            log.info("dropped restore role %r of scratch database %r on %s", name, name, _address(conn))
+    return existed
 
 
 def replace_database(
@@ -1066,6 +1107,8 @@ def replace_database(
                         sql.Identifier(staging), sql.Identifier(target)
                     )
                 )
+                # The scratch marker does not belong on a database in use (its seal no longer matches).
+                admin.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(sql.Identifier(target)))
             reopen = [target, keep_as] if existed else [target]
         finally:
             _reopen(admin, reopen, admin_session)
@@ -1232,6 +1275,8 @@ def rename_into_new(
         admin.execute(
             sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(staging), sql.Identifier(target))
         )
+        # The scratch marker does not belong on a database in use (its seal no longer matches).
+        admin.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(sql.Identifier(target)))
     log.info("%r is now the restored database on %s", target, _address(conn))
 
 
@@ -1243,9 +1288,10 @@ def leftover_scratch_databases(
     maintenance_database: str = MAINTENANCE_DATABASE,
     connect_timeout_seconds: int = 10,
 ) -> list[str]:
-    """List the scratch databases of catalog database ``database`` on the server, sorted.
+    """List the scratch databases of catalog database ``database`` that cloudops created, sorted.
 
-    What a drill killed half-way leaves behind; the next drill drops them (:func:`drop_database`).
+    What a drill killed half-way leaves behind; the next drill drops them (:func:`drop_database`). A
+    scratch-shaped name without a valid marker is left out, with its reason logged.
     """
     used_by = used_by or f"scratch databases of {database!r}"
     conn = get_connection(conn_id, used_by)
@@ -1257,10 +1303,7 @@ def leftover_scratch_databases(
         connect_timeout_seconds=connect_timeout_seconds,
         query_timeout_seconds=60,
     ) as admin:
-        rows = admin.execute(
-            "SELECT datname FROM pg_database WHERE datname LIKE %s", [like_pattern(database)]
-        ).fetchall()
-    return sorted(str(name) for (name,) in rows if is_scratch_of(str(name), database))
+        return leftover_scratch(_ScratchOnPostgres(admin, conn), database)
 
 
 def newest_timestamp(session: psycopg.Connection[Any], table: str, column: str) -> datetime | None:

@@ -2,25 +2,31 @@
 
 **What it does.** Proves the latest backup can be restored, the way auditors ask for it. After each
 backup (on the backup's Asset) or on the catalog's cron:
-1. `prepare` drops scratch databases (and stops and removes scratch clusters) left by a drill killed
-   half-way, chooses the backup (the latest by its id's time; a backup dated in the future or whose
-   manifest's start time is not its id's is skipped, with the reason in the log) and **checks its
-   manifest against the ledger**: the backup's `backup.taken` record holds the manifest's SHA-256 and
-   S3 version, the manifest is read at that version and must have that hash. A backup with no record
-   (imported, or taken with another ledger) is refused unless the drill policy sets
-   `trust_repository` (recorded in the ledger); one that was written over after it was taken (a newer
-   S3 version of its manifest or dump) is refused, naming both hashes, so that the change is looked
-   into;
+1. `prepare` checks the scratch server (the catalog's `drill.scratch_conn_id`, a server of its own: never
+   a catalog primary's connection unless that database sets `scratch_allowed`), drops scratch databases
+   (and stops and removes scratch clusters) left by a drill killed half-way, chooses the backup (the
+   latest by its id's time; a backup dated in the future or whose manifest's start time is not its id's
+   is skipped, with the reason in the log) and **checks its manifest against the ledger**: the backup's
+   `backup.taken` record holds the manifest's SHA-256 and S3 version, the manifest is read at that
+   version and must have that hash. A backup with no record (imported, or taken with another ledger) is
+   refused unless the drill policy sets `trust_repository` (recorded in the ledger); one that was
+   written over after it was taken (a newer S3 version of its manifest or dump) is refused, naming both
+   hashes, so that the change is looked into. Only databases cloudops created are dropped: a
+   `drill_<database>_<run hash>` name **and** the ownership marker written when it was created (a
+   database comment naming the run); a scratch-shaped name without a marker is left alone, and the log
+   says why;
 2. `restore` downloads every object at the S3 version the manifest records, checking its size and
    SHA-256 against the manifest as it arrives and decompressing no more than the manifest's size (a
-   flipped byte, a truncated or missing object, a zstd bomb fails here, **before any restore**), and
-   restores into a scratch database named after the run (`pg_restore -j 2`, as a role that owns only
-   that database, or `mariadb`). A PostgreSQL
+   flipped byte, a truncated or missing object, a zstd bomb fails here, **before any restore**), checks
+   the scratch server again and restores into a scratch database named after the run, created with its
+   marker, on the scratch server (`pg_restore -j 2`, as a role that owns only that database, or
+   `mariadb`). A PostgreSQL
    **physical** backup (pg_basebackup tar) is instead extracted into a scratch cluster named after the
-   run (`$CLOUDOPS_SCRATCH_DIR` or the temp folder, `cloudops-scratch-clusters/<estate>/<name>/` on the
-   worker), checked with `pg_verifybackup`, and started on a free 127.0.0.1 port with the backup's major
-   version (`/usr/lib/postgresql/<major>/bin`); it recovers to the backup's consistent point
-   (`recovery_target = 'immediate'`) and promotes (bounded wait, 30 minutes; `server.log` in the folder);
+   run (`$CLOUDOPS_SCRATCH_DIR` or the temp folder, never inside a database server's data directory,
+   `cloudops-scratch-clusters/<estate>/<name>/` on the worker), checked with `pg_verifybackup`, and
+   started on a free 127.0.0.1 port with the backup's major version (`/usr/lib/postgresql/<major>/bin`);
+   it recovers to the backup's consistent point (`recovery_target = 'immediate'`) and promotes (bounded
+   wait, 30 minutes; `server.log` in the folder);
 3. `validate` compares the restored schema fingerprint and per-table row counts with the manifest and
    runs the database's expectation suite (`include/expectations/<database>.json`, with Great
    Expectations): keys not null and unique, newest rows within the RPO, whatever the owner declares.
@@ -65,8 +71,10 @@ the next drill's `prepare` removes it, or stop it yourself (`kill -QUIT <pid>` o
 `-D` is under `cloudops-scratch-clusters/`) and delete its folder. Missed targets: raise them with the
 owner, or speed up the restore path. RDS: read `restore_rds`'s log (the snapshot chosen, the instance's last
 status); if `teardown_rds` failed, delete the instance it names (`cloudops-drill-...`, tagged
-`cloudops:drill`) or let the next drill's `prepare` do it. The drill never touches the source database
-or instance; re-running is safe.
+`cloudops:drill`) or let the next drill's `prepare` do it. A scratch database left with no marker (the
+log says "never dropped"): cloudops did not create it, or was killed between creating and marking it;
+drop it yourself once you know what it is. The drill never touches the source database or its server
+(the copy goes to the scratch server); re-running is safe.
 """
 
 from __future__ import annotations
@@ -80,7 +88,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cloudops.catalog import Database, LoadedCatalog
-from cloudops.errors import CloudOpsError, DatabaseUnavailableError, RestoreError
+from cloudops.errors import (
+    CloudOpsError,
+    DatabaseUnavailableError,
+    InvalidInputError,
+    RestoreError,
+    RestoreRefused,
+)
 from cloudops.evidence.ledger import evidence_dir
 from cloudops.runbooks.backup import backed_up_database
 
@@ -107,8 +121,100 @@ NEXT_ACTIONS = {
 
 
 def scratch_conn_id(database: Database) -> str:
-    """The server that receives scratch restores: the drill policy's, else the database's own."""
-    return (database.drill.scratch_conn_id if database.drill else None) or database.conn_id
+    """The server that receives scratch restores: the drill policy's (there is no default).
+
+    :raises InvalidInputError: the catalog names none (``cloudops validate`` reports it too).
+    """
+    conn_id = database.drill.scratch_conn_id if database.drill else None
+    if not conn_id:
+        raise InvalidInputError(
+            f"database {database.name!r} has no drill.scratch_conn_id: a drill restores onto a scratch "
+            "server of its own, never the primary"
+        )
+    return conn_id
+
+
+def check_scratch_server(catalog_file: str, database: Database) -> None:
+    """Re-check, right before a drill creates or drops anything, that its scratch server is allowed:
+    named, and no catalog primary's connection (of any catalog file loaded with this one) unless that
+    database sets ``scratch_allowed``. The catalog may have changed since the DAG was parsed. A MariaDB
+    scratch server must also have its event scheduler off.
+
+    :raises CatalogError: naming the file, line and field, as ``cloudops validate`` does.
+    :raises InvalidInputError: the scratch connection reaches a primary's host and port.
+    :raises RestoreRefused: a MariaDB scratch server runs its event scheduler.
+    """
+    from cloudops.catalog.errors import CatalogError
+    from cloudops.catalog.loader import load_catalog_file, scratch_server_issues
+
+    load_catalog_file(catalog_file)  # the file's own checks: a scratch_conn_id, not its own primary's
+    issues = scratch_server_issues(catalog_file)
+    if issues:
+        raise CatalogError(issues)
+    _refuse_a_primary_behind_another_conn_id(catalog_file, database)
+    if database.engine == "mariadb":
+        from cloudops.engines.mariadb import scratch_server_problem
+
+        conn_id = scratch_conn_id(database)
+        problem = scratch_server_problem(conn_id, used_by=scratch_server(database.name, conn_id))
+        if problem:
+            raise RestoreRefused(problem)
+    log.info(
+        "scratch server of %s: connection %r, no catalog primary's (checked again just now)",
+        database.name,
+        scratch_conn_id(database),
+    )
+
+
+_LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
+_DEFAULT_PORTS = {"postgres": 5432, "mariadb": 3306}
+
+
+def _server_address(conn: Any, engine: str) -> tuple[str, int]:
+    host = (conn.host or "localhost").strip().lower()
+    return ("loopback" if host in _LOOPBACK else host, int(conn.port or _DEFAULT_PORTS[engine]))
+
+
+def _refuse_a_primary_behind_another_conn_id(catalog_file: str, database: Database) -> None:
+    """Refuse a scratch connection that reaches the host and port of a catalog primary's connection
+    under another id (the catalog check compares ids only). Primaries whose connection is not defined
+    here are skipped: this worker could not reach them either.
+
+    :raises InvalidInputError: naming both connections and the primary.
+    """
+    from cloudops.catalog import CatalogError, catalog_paths, load_catalog_file
+    from cloudops.connections import get_connection
+    from cloudops.errors import ConnectionMissingError
+
+    scratch_id = scratch_conn_id(database)
+    used_by = scratch_server(database.name, scratch_id)
+    scratch = _server_address(get_connection(scratch_id, used_by), database.engine)
+    here = Path(catalog_file).resolve()
+    files = [Path(catalog_file), *(p for p in catalog_paths() if p.resolve() != here)]
+    for file in files:
+        try:
+            catalog = load_catalog_file(file)
+        except CatalogError:
+            continue  # reported by cloudops validate and the DAG import errors; not this drill's file
+        for primary in catalog.databases:
+            if (
+                primary.role != "primary"
+                or primary.engine != database.engine
+                or primary.conn_id == scratch_id
+                or primary.scratch_allowed
+            ):
+                continue
+            try:
+                address = _server_address(get_connection(primary.conn_id, used_by), primary.engine)
+            except ConnectionMissingError:
+                continue
+            if address == scratch:
+                raise InvalidInputError(
+                    f"{catalog_file}: drill.scratch_conn_id of {database.name!r}: connection {scratch_id!r} "
+                    f"reaches {address[0]}:{address[1]}, the server of primary {primary.name!r} (connection "
+                    f"{primary.conn_id!r}, {file}): a drill would restore a full copy onto it; point it at "
+                    "a scratch server of its own"
+                )
 
 
 def scratch_server(database_name: str, conn_id: str) -> str:
@@ -130,11 +236,21 @@ def prepare(
     from cloudops.engines.scratch import scratch_name
 
     catalog, database = backed_up_database(catalog_file, estate, database_name)
-    engine, conn_id = engine_for(database), scratch_conn_id(database)
-    used_by = scratch_server(database_name, conn_id)
-    for leftover in engine.leftover_scratch_databases(conn_id, database.name, used_by=used_by):
-        log.info("dropping %s, left by an earlier drill that did not finish", leftover)
-        engine.drop_database(conn_id, leftover, used_by=used_by)
+    physical = database.backup is not None and database.backup.method == "physical"
+    if physical:
+        from cloudops.engines.scratch import check_scratch_root
+        from cloudops.restore.physical import scratch_root
+
+        check_scratch_root(scratch_root())
+    else:
+        check_scratch_server(catalog_file, database)
+    if database.drill is not None and database.drill.scratch_conn_id:
+        # Only what cloudops created (name and marker) is dropped; the engine logs what it leaves alone.
+        engine, conn_id = engine_for(database), database.drill.scratch_conn_id
+        used_by = scratch_server(database_name, conn_id)
+        for leftover in engine.leftover_scratch_databases(conn_id, database.name, used_by=used_by):
+            log.info("dropping %s, left by an earlier drill that did not finish", leftover)
+            engine.drop_database(conn_id, leftover, used_by=used_by)
     if database.engine == "postgres":
         from cloudops.restore.physical import leftover_clusters, stop_and_remove
 
@@ -220,11 +336,13 @@ def restore(
     backup_id: str,
     scratch: str,
     proven: dict[str, Any] | None = None,
+    run_id: str | None = None,
 ) -> dict[str, Any]:
     """Download and verify every object, then restore into the scratch database (a logical backup) or
     a scratch cluster started on this worker (a physical one); return the timings (and the cluster).
 
     :param proven: what ``prepare`` returned: the manifest it proved is read again by version and hash.
+    :param run_id: the run ``scratch`` is named after: the scratch database's marker records it.
     """
     from cloudops.restore.fetch import fetch_backup
     from cloudops.runbooks.backup import open_repository
@@ -235,7 +353,10 @@ def restore(
     started = time.monotonic()
     if manifest.method == "physical":
         from cloudops.connections import get_connection
-        from cloudops.restore.physical import restore_scratch_cluster
+        from cloudops.engines.scratch import check_scratch_root
+        from cloudops.restore.physical import restore_scratch_cluster, scratch_root
+
+        check_scratch_root(scratch_root())  # again, right before the cluster's folder is made
 
         used_by = f"database {database_name!r}"
         cluster, checks = restore_scratch_cluster(
@@ -254,12 +375,14 @@ def restore(
     with tempfile.TemporaryDirectory(prefix="cloudops-drill-") as workdir:
         dump = fetch_backup(store, manifest, Path(workdir))
         log.info("every object matches the manifest: %s", [o.name for o in manifest.objects])
+        check_scratch_server(catalog_file, database)  # again, right before the scratch database is made
         engine_for(database).restore_logical(
             scratch_conn_id(database),
             scratch,
             dump,
             used_by=scratch_server(database_name, scratch_conn_id(database)),
             **_restore_role_options(database),
+            run_id=run_id,
         )
     return {
         "restore_seconds": time.monotonic() - started,
@@ -636,6 +759,7 @@ def _restore_task(catalog_file: str, estate: str, database_name: str, **context:
         backup_id=prepared["backup_id"],
         scratch=prepared["scratch"],
         proven=prepared,
+        run_id=context["run_id"],
     )
 
 

@@ -283,7 +283,9 @@ def restore_backup(request: RestoreRequest, *, run_id: str) -> dict[str, Any]:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="cloudops-restore-") as workdir:
         dump = fetch_backup(store, manifest, Path(workdir))
-        engine.restore_logical(database.conn_id, into, dump, used_by=f"database {database.name!r}")
+        engine.restore_logical(
+            database.conn_id, into, dump, used_by=f"database {database.name!r}", run_id=run_id
+        )
     return {
         **chosen.pin(),
         "target": request.target,

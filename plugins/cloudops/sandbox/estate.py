@@ -2,7 +2,8 @@
 
 `up` is idempotent: it checks binaries and ports of everything that is not running before it starts
 anything, then brings the components up in independent chains run side by side (PostgreSQL primary then
-replica; MariaDB; moto; each sshd host; the SMTP sink), reusing what runs and seeding what is missing,
+replica; the PostgreSQL scratch server; MariaDB; the MariaDB scratch server; moto; each sshd host; the
+SMTP sink), reusing what runs and seeding what is missing,
 and finally writes the Airflow connections to <sandbox>/airflow.env. `down` stops only processes whose pid
 file and command line say this sandbox started them, and keeps all data on disk.
 """
@@ -82,9 +83,15 @@ def _chains(layout: SandboxLayout) -> list[list[Component]]:
         postgres.append(PostgresServer(layout, plan.postgres_replica, store, primary=primary))
     keyring = SshKeyring(layout, plan.hosts)
     hosts: list[list[Component]] = [[SshdHost(layout, keyring, host, i)] for i, host in enumerate(plan.hosts)]
+    scratch: list[list[Component]] = []
+    if plan.postgres_scratch is not None:
+        scratch.append([PostgresServer(layout, plan.postgres_scratch, store)])
+    if plan.mariadb_scratch is not None:
+        scratch.append([MariadbServer(layout, plan.mariadb_scratch, store)])
     return [
         postgres,
         [MariadbServer(layout, plan.mariadb, store)],
+        *scratch,
         [MotoServer(layout, plan, store)],
         *hosts,
         [SmtpSink(layout, plan.smtp_conn_ids)],

@@ -28,7 +28,10 @@ SSH_FIRST_ADDRESS = 11  # hosts get 127.0.0.11, 127.0.0.12, ... so each has an a
 BASE_PORTS = {
     "postgres_primary": 55432,
     "postgres_replica": 55433,
+    # Servers of their own for restore drills' scratch copies: never the primaries'.
+    "postgres_scratch": 55434,
     "mariadb": 53306,
+    "mariadb_scratch": 53307,
     "moto": 55000,
     "ssh": 2222,
     "smtp": 55025,

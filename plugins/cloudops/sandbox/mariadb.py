@@ -1,8 +1,10 @@
-"""The sandbox's MariaDB server with the `inventory` database and the binary log on.
+"""The sandbox's MariaDB servers: the primary with the `inventory` database and the binary log on, and a
+scratch server of its own (no seed, no binary log, events off) for the restore drills' scratch copies.
 
 It reads only its own option file (--defaults-file, so /etc/mysql is ignored), runs as the `mysql` OS user
 when the sandbox runs as root, and logs to stderr, which the sandbox sends to its log file. The binary log
-is on (ROW format, server_id 1) because backups record binlog positions. Administration goes through the
+is on (ROW format, server_id 1) because backups record binlog positions. The scratch server runs with
+`event_scheduler = OFF`: events restored from a dump never fire there. Administration goes through the
 unix socket as root (unix_socket authentication); Airflow gets the `cloudops`@`127.0.0.1` account over TCP.
 """
 
@@ -41,20 +43,21 @@ PASSWORD_KEY = "mariadb_cloudops"
 
 
 class MariadbServer:
-    """The one MariaDB server of the sandbox."""
+    """A MariaDB server of the sandbox: the primary, or the scratch server (a `plan` with role scratch)."""
 
     def __init__(self, layout: SandboxLayout, plan: DatabasePlan, store: CredentialStore) -> None:
         self.layout, self.plan, self.store = layout, plan, store
-        self.name = "mariadb"
-        self.port = layout.port("mariadb")
+        self.scratch = plan.role == "scratch"
+        self.name = "mariadb-scratch" if self.scratch else "mariadb"
+        self.port = layout.port("mariadb_scratch" if self.scratch else "mariadb")
         self.address = f"{LOOPBACK}:{self.port}"
-        self.base = layout.data_root / "mariadb"
+        self.base = layout.data_root / self.name
         self.data_dir = self.base / "data"
         self.socket = self.base / "run" / "mariadbd.sock"
         self.option_file = self.base / "my.cnf"
-        self.log = layout.log_file("mariadb")
+        self.log = layout.log_file(self.name)
         self.daemon = Daemon(
-            layout.pid_file("mariadb"),
+            layout.pid_file(self.name),
             marker=f"--defaults-file={self.option_file}",
             server_pid_file=self.base / "run" / "mariadbd.pid",
         )
@@ -81,9 +84,13 @@ class MariadbServer:
             f"port = {self.port}",
             f"bind-address = {LOOPBACK}",
             "skip-name-resolve",
-            "log-bin = mariadb-bin",
-            "binlog_format = ROW",
-            "server_id = 1",
+            # The scratch server loads dumps and is dropped again: no binary log, and restored events
+            # never run (they could name other databases, or change the copy under the drill's checks).
+            *(
+                ["skip-log-bin", "server_id = 2", "event_scheduler = OFF"]
+                if self.scratch
+                else ["log-bin = mariadb-bin", "binlog_format = ROW", "server_id = 1"]
+            ),
             "innodb_buffer_pool_size = 128M",
             "performance_schema = OFF",
             "character-set-server = utf8mb4",
@@ -125,7 +132,8 @@ class MariadbServer:
             self._prepare(say)
             self._start(say)
         self._ensure_account(say)
-        self._ensure_seed(say)
+        if not self.scratch:
+            self._ensure_seed(say)
 
     def _chown(self, path: Path) -> None:
         if self.os_user:
@@ -221,7 +229,7 @@ class MariadbServer:
                 "port": self.port,
                 "login": USER,
                 "password": self.store.password(PASSWORD_KEY),
-                "schema": self.plan.database,
+                **({"schema": self.plan.database} if self.plan.database else {}),
                 "extra": {"charset": "utf8mb4"},
             }
         }

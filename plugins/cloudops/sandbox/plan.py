@@ -49,6 +49,9 @@ class EstatePlan:
     postgres_primary: DatabasePlan
     postgres_replica: DatabasePlan | None
     mariadb: DatabasePlan
+    # The scratch servers the drills name (drill.scratch_conn_id): no database of their own.
+    postgres_scratch: DatabasePlan | None
+    mariadb_scratch: DatabasePlan | None
     databases: tuple[DatabasePlan, ...]
     aws: AwsPlan
     hosts: tuple[HostPlan, ...]
@@ -59,7 +62,8 @@ def plan_from_catalog(catalog: Catalog) -> EstatePlan:
     """Map the validated sandbox catalog to the components to start.
 
     The sandbox runs one PostgreSQL cluster (the first postgres primary and its replica), one MariaDB
-    server, one AWS endpoint for the first AWS cloud and its repository, and one sshd per host.
+    server, a scratch server of each engine for the drills' scratch_conn_id, one AWS endpoint for the
+    first AWS cloud and its repository, and one sshd per host.
 
     :raises SandboxError: when the catalog lacks something the sandbox needs.
     """
@@ -104,11 +108,35 @@ def plan_from_catalog(catalog: Catalog) -> EstatePlan:
         postgres_primary=pg_primary,
         postgres_replica=pg_replica,
         mariadb=mariadb,
+        postgres_scratch=_scratch_plan(catalog, "postgres", "postgres"),
+        mariadb_scratch=_scratch_plan(catalog, "mariadb", ""),
         databases=databases,
         aws=aws,
         hosts=hosts,
         smtp_conn_ids=smtp,
     )
+
+
+def _scratch_plan(catalog: Catalog, engine: str, maintenance_database: str) -> DatabasePlan | None:
+    """The one scratch server the drills of ``engine`` name, or None when no drill names one.
+
+    :raises SandboxError: the drills of one engine name different scratch servers (the sandbox runs one).
+    """
+    conn_ids = sorted(
+        {
+            d.drill.scratch_conn_id
+            for d in catalog.databases
+            if d.engine == engine and d.drill is not None and d.drill.scratch_conn_id
+        }
+    )
+    if len(conn_ids) > 1:
+        raise SandboxError(
+            f"the sandbox runs one {engine} scratch server, but its drills name {', '.join(conn_ids)}: "
+            "use one scratch_conn_id"
+        )
+    if not conn_ids:
+        return None
+    return DatabasePlan(f"{engine}_scratch", engine, "scratch", conn_ids[0], maintenance_database, None)
 
 
 def load_plan(path: Path) -> EstatePlan:

@@ -1,4 +1,5 @@
-"""The sandbox's PostgreSQL 15 cluster: a primary and a streaming replica cloned with `pg_basebackup -R`.
+"""The sandbox's PostgreSQL 15 servers: a primary, a streaming replica cloned with `pg_basebackup -R`, and
+a scratch server of its own (no seed) that receives the restore drills' scratch copies.
 
 Both run as the `postgres` OS user when the sandbox runs as root (initdb and postgres refuse root), listen
 on 127.0.0.1 only, and keep their unix socket inside their 0700 data directory, which is why pg_hba can
@@ -53,7 +54,8 @@ host    replication  all   127.0.0.1/32   scram-sha-256
 
 
 class PostgresServer:
-    """One PostgreSQL instance of the sandbox cluster: the primary, or the replica of `primary`."""
+    """One PostgreSQL instance of the sandbox: the primary, the replica of `primary`, or the scratch
+    server (a `plan` with role scratch)."""
 
     def __init__(
         self,
@@ -63,7 +65,7 @@ class PostgresServer:
         primary: PostgresServer | None = None,
     ) -> None:
         self.layout, self.plan, self.store, self.primary = layout, plan, store, primary
-        self.role = "replica" if primary else "primary"
+        self.role = "replica" if primary else ("scratch" if plan.role == "scratch" else "primary")
         self.key = f"postgres-{self.role}"
         self.name = self.key
         self.port = layout.port(f"postgres_{self.role}")
@@ -143,7 +145,8 @@ class PostgresServer:
             self._start(say)
         if self.primary is None:
             self._ensure_role(say)
-            self._ensure_seed(say)
+            if self.role == "primary":
+                self._ensure_seed(say)
         else:
             self._wait_streaming(say)
 
