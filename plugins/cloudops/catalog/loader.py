@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 from cloudops.catalog.errors import CatalogError, CatalogIssue, did_you_mean, format_path
 from cloudops.catalog.models import Catalog, SmtpNotification, SnsNotification
 from cloudops.catalog.references import check_references, cross_catalog_duplicates
-from cloudops.secrets import SECRET_HINTS, SECRET_VALUES, is_secret_key
+from cloudops.secrets import SECRET_VALUES, is_secret_key, might_hold_secret
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class _Walk:
             return [self.build(item, (*path, index)) for index, item in enumerate(node.value)]
         if node.tag == _STR_TAG:
             value = node.value
-            if any(hint in value for hint in SECRET_HINTS):
+            if might_hold_secret(value):
                 self._screen_value(value, path)
             return value
         return self.loader.construct_object(node)  # ints, booleans, null: YAML's own rules
