@@ -216,6 +216,8 @@ def _evidence_verify(args: argparse.Namespace) -> int:
     print(
         f"local ledger {ledger.directory}: {verdict.records} records, chain intact to seq {verdict.last_seq}"
     )
+    for repair in verdict.repairs:
+        print(f"local ledger {ledger.directory}: repaired at {repair}")
     return _evidence_verify_s3(ledger, args.ledger_id) if args.s3 else EXIT_OK
 
 
