@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -438,3 +439,42 @@ def test_cli_names_the_option_of_bad_input(
         code = int(stop.code or 0)
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_pack_from_a_verified_start_is_the_same_pack(ledger: Ledger) -> None:
+    october = next(iter(ledger.records(until=date(2026, 10, 31))), None)
+    assert october is not None
+    *_, last_of_october = ledger.records(until=date(2026, 10, 31))
+    full = build_pack(ledger, *NOV, generated_at=GENERATED)
+    resumed = build_pack(
+        ledger, *NOV, generated_at=GENERATED, verified_start=(last_of_october.seq, last_of_october.hash)
+    )
+
+    assert resumed.files() == full.files()
+    assert "backup__orders_pg" in resumed.dag_ids
+
+
+@pytest.mark.parametrize("name", ["../outside.txt", "/etc/hostname", "sub/records.jsonl", ".hidden"])
+def test_verify_pack_refuses_names_that_leave_the_pack(ledger: Ledger, tmp_path: Path, name: str) -> None:
+    out = _export(ledger, tmp_path)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not part of the pack")
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    manifest["files"][name] = {"sha256": hashlib.sha256(outside.read_bytes()).hexdigest(), "size": 20}
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+    problems = verify_pack(out).problems
+
+    assert problems == [f"{name!r}: not a file name of the pack (listed in the manifest); not read"]
+
+
+def test_verify_pack_does_not_follow_a_link_out_of_the_pack(ledger: Ledger, tmp_path: Path) -> None:
+    out = _export(ledger, tmp_path)
+    kept = tmp_path / "kept-report.html"
+    kept.write_bytes((out / REPORT_FILE).read_bytes())
+    (out / REPORT_FILE).unlink()
+    (out / REPORT_FILE).symlink_to(kept)
+
+    assert verify_pack(out).problems == [
+        f"{REPORT_FILE!r}: not a file name of the pack (listed in the manifest); not read"
+    ]

@@ -20,8 +20,11 @@ that ``run.finished`` carries when ``run.started`` is missing); all of its recor
 
 The API the export command and the auditor view share (keep it stable):
 
-- ``build_pack(ledger, since, until, *, generated_at=None) -> Pack``: verify the whole local chain
-  (refuse a broken one, naming the record), select the records and render; nothing is written.
+- ``build_pack(ledger, since, until, *, generated_at=None, verified_start=None) -> Pack``: verify
+  the whole local chain (refuse a broken one, naming the record), select the records and render;
+  nothing is written. ``verified_start`` (seq, hash) is where a caller that has just verified the
+  chain up to the period says it ends (the auditor view's cached verdict): the days before the
+  period are then not read again; the period's days and later ones always are.
 - ``write_pack(pack, out_dir) -> Path``: write the three files into a new or empty directory.
 - ``export_pack(ledger, since, until, out_dir, *, generated_at=None) -> Pack``: both of the above.
 - ``pack_zip_bytes(pack) -> bytes``: the same three files as a zip (folder ``evidence-<from>_<to>/``).
@@ -37,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +61,7 @@ from cloudops.evidence.report import ChainAnchors, control_counts, render_report
 from cloudops.evidence.runs import Run, fold_runs
 
 PACK_FORMAT = "cloudops-evidence-pack/1"
+_PACK_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 RECORDS_FILE = "records.jsonl"
 REPORT_FILE = "report.html"
 MANIFEST_FILE = "manifest.json"
@@ -78,6 +83,8 @@ class Pack:
     report: str
     manifest: dict[str, Any]
     runs: list[Run] = field(repr=False, default_factory=list)
+    # Every DAG with a record in ``records`` (runs outside the report's period included).
+    dag_ids: frozenset[str] = frozenset()
 
     def files(self) -> dict[str, bytes]:
         """Every file of the pack by name, the manifest included."""
@@ -91,16 +98,25 @@ class Pack:
 # -- building ------------------------------------------------------------------------------------
 
 
-def build_pack(ledger: Ledger, since: date, until: date, *, generated_at: datetime | None = None) -> Pack:
+def build_pack(
+    ledger: Ledger,
+    since: date,
+    until: date,
+    *,
+    generated_at: datetime | None = None,
+    verified_start: tuple[int, str] | None = None,
+) -> Pack:
     """The pack of the runs started from ``since`` to ``until`` (UTC days, inclusive); writes nothing.
 
+    :param verified_start: the (seq, hash) the verified chain has reached at the end of the day
+        before ``since``; the earlier days are then not re-verified.
     :raises InvalidInputError: ``since`` is after ``until``.
     :raises LedgerError: the local chain is broken (the message names the first bad record).
     """
     if since > until:
         raise InvalidInputError(f"the period starts ({since}) after it ends ({until})")
     stamp = utc_stamp(generated_at or datetime.now(UTC))
-    anchors, records_bytes, runs = _select(ledger, since, until)
+    anchors, records_bytes, runs, dag_ids = _select(ledger, since, until, verified_start)
     first, last = since.isoformat(), until.isoformat()
     selected = [run for run in runs if first <= (run.started_at or "")[:10] <= last]
     notes = _notes(runs, since, until)
@@ -116,7 +132,7 @@ def build_pack(ledger: Ledger, since: date, until: date, *, generated_at: dateti
         "counts": control_counts(selected),
         "files": {name: {"sha256": _sha256(data), "size": len(data)} for name, data in files.items()},
     }
-    return Pack(since, until, stamp, anchors, records_bytes, report, manifest, selected)
+    return Pack(since, until, stamp, anchors, records_bytes, report, manifest, selected, dag_ids)
 
 
 def write_pack(pack: Pack, out_dir: str | Path) -> Path:
@@ -164,15 +180,21 @@ def pack_zip_bytes(pack: Pack) -> bytes:
     return buffer.getvalue()
 
 
-def _select(ledger: Ledger, since: date, until: date) -> tuple[ChainAnchors, bytes, list[Run]]:
-    """Verify the whole chain; return the period's anchors, its records' bytes and its runs."""
+def _select(
+    ledger: Ledger, since: date, until: date, verified_start: tuple[int, str] | None = None
+) -> tuple[ChainAnchors, bytes, list[Run], frozenset[str]]:
+    """Verify the whole chain; return the period's anchors, its records' bytes, its runs and the DAGs
+    its records belong to."""
     first, last = since.isoformat(), until.isoformat()
     segments = ledger.segment_files()
     before = [p for p in segments if p.name[:10] < first]
     period = [p for p in segments if first <= p.name[:10] <= last]
     after = [p for p in segments if p.name[:10] > last]
 
-    verdict = _checked(verify_segments(_read(before)))
+    if verified_start is None:
+        verdict = _checked(verify_segments(_read(before)))
+    else:
+        verdict = Verdict(0, None, *verified_start)
     start_seq, start_prev = verdict.last_seq + 1, verdict.last_hash
     chunks = [(p.name, p.read_bytes()) for p in period]
     verdict = _checked(verify_segments(chunks, start_seq=start_seq, start_prev=start_prev))
@@ -214,7 +236,8 @@ def _select(ledger: Ledger, since: date, until: date) -> tuple[ChainAnchors, byt
         first_day=records[0].day if records else None,
         last_day=records[-1].day if records else None,
     )
-    return anchors, data, runs
+    dag_ids = frozenset(str(r.fields["dag_id"]) for r in records if r.fields.get("dag_id"))
+    return anchors, data, runs, dag_ids
 
 
 def _read(paths: Iterable[Path]) -> Iterator[tuple[str, bytes]]:
@@ -304,6 +327,14 @@ def verify_pack(directory: str | Path) -> PackVerdict:
     for name in sorted(present - set(listed)):
         problems.append(f"{name}: added (not in the manifest)")
     for name, entry in sorted(listed.items()):
+        # The manifest is untrusted: a listed name is one plain file of this folder, or it is refused
+        # (never followed to ../x, an absolute path, a subfolder or a link out of the pack).
+        if not _PACK_FILE_NAME.match(name) or (folder / name).is_symlink():
+            problems.append(f"{name!r}: not a file name of the pack (listed in the manifest); not read")
+            continue
+        if not isinstance(entry, dict):
+            problems.append(f"{name}: its manifest entry is not an object")
+            continue
         path = folder / name
         if name not in present or not path.is_file():
             problems.append(f"{name}: removed (listed in the manifest)")
@@ -316,7 +347,7 @@ def verify_pack(directory: str | Path) -> PackVerdict:
             )
     records = 0
     records_path = folder / RECORDS_FILE
-    if records_path.is_file():
+    if records_path.is_file() and not records_path.is_symlink():
         verdict = verify_segments(
             [(RECORDS_FILE, records_path.read_bytes())], start_seq=first_seq, start_prev=first_prev
         )
