@@ -343,17 +343,34 @@ def test_a_fab_role_for_one_estate_cannot_open_another_estates_run(fab_orders_re
     assert unknown.status_code == 403  # refused before looking: a 404 would tell the run does not exist
 
 
-def test_a_fab_role_for_one_estate_gets_only_packs_of_its_own_records(fab_orders_reader: TestClient) -> None:
+def test_a_fab_role_for_one_estate_gets_packs_of_its_own_records_only(
+    fab_orders_reader: TestClient, tmp_path: Path
+) -> None:
+    from cloudops.evidence.export import verify_pack
+
     own = fab_orders_reader.get("/pack", params={"from": "2026-11-20", "to": "2026-11-20"})
     mixed = fab_orders_reader.get("/pack", params={"from": "2026-11-22", "to": "2026-11-22"})
     other = fab_orders_reader.get("/pack", params={"from": "2026-11-21", "to": "2026-11-21"})
 
-    assert own.status_code == 200
-    assert b"billing_maria" not in own.content
-    for refused in (mixed, other):
-        assert refused.status_code == 403
-        assert "1 DAG(s) whose runs you may not read" in refused.json()["detail"]
-        assert refused.headers["content-type"] == "application/json"
+    assert [r.status_code for r in (own, mixed, other)] == [200, 200, 200]
+    for response in (own, mixed, other):
+        assert b"billing_maria" not in response.content
+        assert b"health_check__estate" not in response.content
+    packs = {}
+    for name, response in {"own": own, "mixed": mixed, "other": other}.items():
+        folder = tmp_path / name
+        zipfile.ZipFile(io.BytesIO(response.content)).extractall(folder)
+        (packs[name],) = folder.iterdir()
+    own_manifest = json.loads((packs["own"] / "manifest.json").read_text())
+    assert "scope" not in own_manifest, "only the user's DAGs in these days: the whole, contiguous pack"
+    mixed_manifest = json.loads((packs["mixed"] / "manifest.json").read_text())
+    assert mixed_manifest["scope"]["dag_ids"] == ["restore_drill__orders_pg"]
+    assert mixed_manifest["scope"]["records_left_out"] > 0
+    assert json.loads((packs["other"] / "manifest.json").read_text())["scope"]["dag_ids"] == []
+    for folder in packs.values():
+        verdict = verify_pack(folder)
+        assert verdict.ok, verdict.problems
+    assert "scoped to the 1 DAG(s)" in (packs["mixed"] / "report.html").read_text()
 
 
 # -- one verification per ledger state --------------------------------------------------------------------

@@ -28,6 +28,12 @@ The API the export command and the auditor view share (keep it stable):
 - ``write_pack(pack, out_dir) -> Path``: write the three files into a new or empty directory.
 - ``export_pack(ledger, since, until, out_dir, *, generated_at=None) -> Pack``: both of the above.
 - ``pack_zip_bytes(pack) -> bytes``: the same three files as a zip (folder ``evidence-<from>_<to>/``).
+- ``scope_pack(pack, may_read) -> Pack``: the pack cut down to the records of the DAGs ``may_read``
+  accepts (the auditor view's packs for a user who may not read every DAG). Its manifest says so
+  (``scope``: the DAG ids and how many records were left out); ``records.jsonl`` is then no longer
+  one contiguous piece of chain, so ``verify_pack`` checks each record's own hash, their order
+  within the manifest's anchors and their DAG; that they are the ledger's own records takes a
+  comparison of their hashes with the ledger or its shipped, signed copy.
 - ``verify_pack(directory) -> PackVerdict``: check the manifest's hashes and sizes (naming any file
   edited, added or removed) and the chain of ``records.jsonl`` from the manifest's anchors.
 - ``render_report(runs, *, since, until, generated_at, anchors=None, notes=()) -> str`` (from
@@ -42,7 +48,7 @@ import io
 import json
 import re
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -133,6 +139,53 @@ def build_pack(
         "files": {name: {"sha256": _sha256(data), "size": len(data)} for name, data in files.items()},
     }
     return Pack(since, until, stamp, anchors, records_bytes, report, manifest, selected, dag_ids)
+
+
+def scope_pack(pack: Pack, may_read: Callable[[str], bool]) -> Pack:
+    """``pack`` with only the records (and runs) of DAGs that ``may_read`` accepts; records of no DAG
+    (a ledger repair, a command line's fact) are left out too, as they may concern any estate."""
+    kept_lines: list[bytes] = []
+    dag_ids: set[str] = set()
+    for line in pack.records.splitlines(keepends=True):
+        dag_id = json.loads(line).get("dag_id")
+        if isinstance(dag_id, str) and may_read(dag_id):
+            kept_lines.append(line)
+            dag_ids.add(dag_id)
+    left_out = pack.anchors.records - len(kept_lines)
+    records_bytes = b"".join(kept_lines)
+    runs = [run for run in pack.runs if run.dag_id in dag_ids]
+    notes = [
+        f"This pack is scoped to the {len(dag_ids)} DAG(s) whose runs its requester may read: "
+        f"{left_out} record(s) of other DAGs in these days are left out. Each record here can be "
+        "re-hashed on its own and found by its seq in the ledger or its shipped, signed copy; the "
+        "chain between them cannot be checked from this pack alone."
+    ]
+    report = render_report(
+        runs,
+        since=pack.since,
+        until=pack.until,
+        generated_at=pack.generated_at,
+        anchors=pack.anchors,
+        notes=notes,
+    )
+    files = {RECORDS_FILE: records_bytes, REPORT_FILE: report.encode()}
+    manifest = {
+        **pack.manifest,
+        "counts": control_counts(runs),
+        "scope": {"dag_ids": sorted(dag_ids), "records": len(kept_lines), "records_left_out": left_out},
+        "files": {name: {"sha256": _sha256(data), "size": len(data)} for name, data in files.items()},
+    }
+    return Pack(
+        pack.since,
+        pack.until,
+        pack.generated_at,
+        pack.anchors,
+        records_bytes,
+        report,
+        manifest,
+        runs,
+        frozenset(dag_ids),
+    )
 
 
 def write_pack(pack: Pack, out_dir: str | Path) -> Path:
@@ -347,7 +400,12 @@ def verify_pack(directory: str | Path) -> PackVerdict:
             )
     records = 0
     records_path = folder / RECORDS_FILE
-    if records_path.is_file() and not records_path.is_symlink():
+    scope = manifest.get("scope")
+    if scope is not None and records_path.is_file() and not records_path.is_symlink():
+        found, scoped_problems = _verify_scoped(records_path.read_bytes(), scope, first_seq, last_seq)
+        records = found
+        problems += [f"{RECORDS_FILE}: {problem}" for problem in scoped_problems]
+    elif records_path.is_file() and not records_path.is_symlink():
         verdict = verify_segments(
             [(RECORDS_FILE, records_path.read_bytes())], start_seq=first_seq, start_prev=first_prev
         )
@@ -364,6 +422,37 @@ def verify_pack(directory: str | Path) -> PackVerdict:
     return PackVerdict(problems, records, manifest)
 
 
+def _verify_scoped(data: bytes, scope: Any, first_seq: int, last_seq: int) -> tuple[int, list[str]]:
+    """Check a scoped pack's records: each one's own hash, rising seqs within the anchors, DAGs in
+    the scope, and as many records as the scope says."""
+    if not isinstance(scope, dict) or not isinstance(scope.get("dag_ids"), list):
+        return 0, ["the manifest's scope is not {dag_ids: [...], records: N}"]
+    allowed, problems, previous, count = set(scope["dag_ids"]), [], first_seq - 1, 0
+    for number, line in enumerate(data.splitlines(), start=1):
+        where = f"line {number}"
+        try:
+            record = json.loads(line)
+            seq, prev = int(record["seq"]), str(record["prev"])
+        except (ValueError, KeyError, TypeError):
+            problems.append(f"{where}: not a ledger record")
+            continue
+        verdict = verify_segments([(RECORDS_FILE, line + b"\n")], start_seq=seq, start_prev=prev)
+        if not verdict.ok:
+            problems.append(f"{where}: {verdict.problem}")
+        elif not previous < seq <= last_seq:
+            problems.append(
+                f"{where}: record seq {seq} is out of order or outside seq {first_seq} to {last_seq}"
+            )
+        elif record.get("dag_id") not in allowed:
+            problems.append(
+                f"{where}: record seq {seq} is of DAG {record.get('dag_id')!r}, outside the scope"
+            )
+        previous, count = max(previous, seq), count + 1
+    if not problems and count != scope.get("records"):
+        problems.append(f"{count} records, the manifest's scope says {scope.get('records')}")
+    return count, problems
+
+
 __all__ = [
     "MANIFEST_FILE",
     "PACK_FORMAT",
@@ -377,6 +466,7 @@ __all__ = [
     "export_pack",
     "pack_zip_bytes",
     "render_report",
+    "scope_pack",
     "verify_pack",
     "write_pack",
 ]

@@ -7,8 +7,9 @@ Without one the answer is 401 or 403 and never data. Nothing here writes: the le
 
 Each run is shown only to a user the auth manager lets read that DAG's runs
 (``is_authorized_dag(GET, RUN, DagDetails(id=dag_id))``: with the FAB auth manager, a role that may
-read one estate's DAGs sees that estate's runs only). A pack holds whole days of the chain, so it is
-built only for a user who may read every DAG with a record in it; others are told so (403).
+read one estate's DAGs sees that estate's runs only). A pack holds whole days of the chain; for a
+user who may not read every DAG with a record in it, it is scoped to their DAGs' records
+(``export.scope_pack``: each record still re-hashable, the manifest says what was left out).
 
 The chain is verified once per state of the ledger folder (every segment's name, size and mtime,
 and the last record's hash), not per request: pages and packs reuse that verdict and re-read only
@@ -38,7 +39,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cloudops.evidence.export import build_pack, pack_zip_bytes
+from cloudops.evidence.export import build_pack, pack_zip_bytes, scope_pack
 from cloudops.evidence.ledger import (
     GENESIS,
     Ledger,
@@ -269,14 +270,9 @@ def create_app(ledger_dir: str | Path | None = None) -> FastAPI:
         except LedgerError as error:  # changed since it was verified, and broken
             raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
         may_read = dag_reader(user)
-        hidden = sorted(dag_id for dag_id in pack.dag_ids if not may_read(dag_id))
-        if hidden:
-            raise HTTPException(
-                status.HTTP_403_FORBIDDEN,
-                f"the pack of {first} to {last} holds whole days of the ledger, with records of "
-                f"{len(hidden)} DAG(s) whose runs you may not read: it is made only for a user who "
-                "may read them all",
-            )
+        if not all(may_read(dag_id) for dag_id in pack.dag_ids):
+            # Whole days hold other DAGs' records: this user gets their own DAGs' records only.
+            pack = scope_pack(pack, may_read)
         archive = pack_zip_bytes(pack)
         name = f"evidence-{first.isoformat()}_{last.isoformat()}.zip"
         return Response(
