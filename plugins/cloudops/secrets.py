@@ -12,6 +12,7 @@ values this process was told about (connection passwords and sensitive extras a 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import re
@@ -113,19 +114,21 @@ _VALUE_HINTS = [
     ("bearer",),
     ("pass", "pwd", "secret", "token", "key"),
 ]
-SECRET_HINTS = tuple(hint for hints in _VALUE_HINTS for hint in hints)
+SECRET_HINTS = tuple(dict.fromkeys(hint for hints in _VALUE_HINTS for hint in hints))
 
 
 def might_hold_secret(value: str) -> bool:
-    """False when no value pattern can match ``value`` (a cheap test before the regexes)."""
+    """False when no value pattern can match ``value`` (a cheap test before the regexes): most
+    strings of a record (timestamps, ids, hashes) stop here."""
     lowered = value.lower()
-    return any(hint in lowered for hint in SECRET_HINTS)
+    return any(hint in lowered for hint in SECRET_HINTS)  # faster than one case-blind regex
 
 
 def _words(key: str) -> list[str]:
     return [word for word in _NOT_WORD.split(_CAMEL.sub("_", key).lower()) if word]
 
 
+@functools.lru_cache(maxsize=4096)  # the same few keys recur in every record
 def is_secret_key(key: str) -> bool:
     """True for a key that names a credential (``*_conn_id`` names a connection, not a secret)."""
     words = _words(key)
@@ -138,6 +141,8 @@ def is_secret_key(key: str) -> bool:
 
 def secret_kind(value: str) -> str | None:
     """What a string looks like when it is a secret ("a private key", ...), else None."""
+    if not might_hold_secret(value):
+        return None
     lowered = value.lower()
     for (pattern, what), hints in zip(SECRET_VALUES, _VALUE_HINTS, strict=True):
         if any(hint in lowered for hint in hints) and pattern.search(value):
@@ -154,6 +159,8 @@ def _mask_match(match: re.Match[str]) -> str:
 
 def mask_string(value: str) -> str:
     """``value`` with every secret-looking part replaced by ``***`` (the rest kept)."""
+    if not might_hold_secret(value):
+        return value
     lowered = value.lower()
     for (pattern, _), hints in zip(SECRET_VALUES, _VALUE_HINTS, strict=True):
         if any(hint in lowered for hint in hints):
