@@ -7,14 +7,39 @@
 # (tests/dags/test_docker_compose.py checks it).
 FROM apache/airflow:3.3.2-python3.11
 
-# Client tools for the runbooks: pg_dump/pg_restore/psql, mariadb-dump/mariadb, ssh/scp, zstd.
+# Tools the runbooks run: PostgreSQL clients and servers, mariadb-dump/mariadb, ssh/scp, zstd.
+#
+# PostgreSQL comes from the PGDG repository (apt.postgresql.org; its signing key ships in Debian's
+# postgresql-common, so nothing is fetched to trust it), which has every supported major for
+# whichever Debian release the Airflow image is built on. For each major in PG_MAJORS the image gets
+# the server package, postgresql-<major>: /usr/lib/postgresql/<major>/bin holds postgres,
+# pg_verifybackup and pg_waldump, which physical drills run (restore/physical_plan.py's default
+# CLOUDOPS_PG_BINDIR), and the client tools of that major. /usr/bin/pg_dump and friends run the
+# newest major installed.
+#
+# Version bound: a logical backup needs a pg_dump at least as new as the server (an older one is
+# refused with ToolVersionError), and a physical drill needs the server binaries of exactly the
+# backup's major. With the default PG_MAJORS, servers of PostgreSQL 15 to 17 can be backed up and
+# drilled; for a newer server, build with e.g. --build-arg PG_MAJORS="15 16 17 18".
+# The server packages would create and start a "main" cluster: create_main_cluster = false stops it.
+ARG PG_MAJORS="15 16 17"
 USER root
 RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates postgresql-common \
+    && /usr/share/postgresql-common/pgdg/apt.postgresql.org.sh -y \
+    && sed -i 's/^#* *create_main_cluster *=.*/create_main_cluster = false/' \
+        /etc/postgresql-common/createcluster.conf \
     && apt-get install -y --no-install-recommends \
-        postgresql-client \
+        $(for major in ${PG_MAJORS}; do echo "postgresql-${major}"; done) \
         mariadb-client \
         openssh-client \
         zstd \
+    && for major in ${PG_MAJORS}; do \
+        for binary in postgres pg_verifybackup pg_waldump pg_dump pg_restore; do \
+            test -x "/usr/lib/postgresql/${major}/bin/${binary}" \
+                || { echo "PostgreSQL ${major}: ${binary} missing" >&2; exit 1; }; \
+        done; \
+    done \
     && apt-get autoremove -yqq --purge \
     && apt-get clean \
     && rm -rf /var/lib/apt/lists/*

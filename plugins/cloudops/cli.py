@@ -1,23 +1,43 @@
 """The `cloudops` command: validate catalogs, run the local sandbox, and act when Airflow is down.
 
 Exit codes: 0 success, 1 the action failed, 2 invalid input (a bad catalog, a bad argument).
+Standard output carries the command's output only (with ``--json``, one JSON document); logs,
+progress and errors go to standard error, so that ``cloudops ... --json | jq`` always parses.
 """
 
 from __future__ import annotations
 
 import argparse
+import builtins
+import contextlib
 import functools
 import json
+import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from cloudops.errors import CloudOpsError, InvalidInputError
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 Handler = Callable[[argparse.Namespace], int]
+log = logging.getLogger("cloudops.cli")
+
+# The stream the running command's output goes to: stdout as main() found it. While a command runs,
+# sys.stdout itself points at stderr, so that whatever else writes to "stdout" (Airflow's log
+# handler, configured when a command first imports Airflow; libraries' progress output; the
+# sandbox's progress lines) lands on stderr and never in the output.
+_output: TextIO | None = None
+
+
+# Shadows the builtin on purpose: every print of this module is the command's output.
+def print(
+    *values: object, sep: str | None = " ", end: str | None = "\n", file: Any = None, flush: bool = False
+) -> None:
+    """The command's output (to the real stdout), or ``file`` when one is given (stderr)."""
+    builtins.print(*values, sep=sep, end=end, file=file or _output or sys.stdout, flush=flush)
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -316,6 +336,8 @@ def _evidence_verify(args: argparse.Namespace) -> int:
     print(
         f"local ledger {ledger.directory}: {verdict.records} records, chain intact to seq {verdict.last_seq}"
     )
+    for repair in verdict.repairs:
+        print(f"local ledger {ledger.directory}: repaired at {repair}")
     return _evidence_verify_s3(ledger, args.ledger_id) if args.s3 else EXIT_OK
 
 
@@ -360,6 +382,91 @@ def _evidence_export(args: argparse.Namespace) -> int:
         f"{counts['drills']} drills, {counts['changes']} changes"
     )
     return EXIT_OK
+
+
+def _evidence_runs(args: argparse.Namespace) -> int:
+    """List the ledger's runbook runs (newest first) with their outcome and facts."""
+    from cloudops.catalog.errors import did_you_mean
+    from cloudops.evidence.ledger import Ledger, verify_ledger
+    from cloudops.evidence.runs import RUNBOOK_KINDS, fold_runs, select_runs
+
+    if args.kind and args.kind not in RUNBOOK_KINDS:
+        hint = did_you_mean(args.kind, RUNBOOK_KINDS) or "one of " + ", ".join(sorted(RUNBOOK_KINDS))
+        raise InvalidInputError(f"--kind {args.kind}: not a runbook kind ({hint})")
+    ledger = Ledger(args.ledger)
+    verdict = verify_ledger(ledger)
+    runs = select_runs(fold_runs(ledger.records()), since=args.since, runbook=args.kind, target=args.target)
+    runs.sort(key=lambda run: run.started_at or run.day, reverse=True)
+    log.info(
+        "%d run(s) of %d records in %s match (kind %s, target %s, since %s)",
+        len(runs),
+        verdict.records,
+        ledger.directory,
+        args.kind or "any",
+        args.target or "any",
+        args.since or "the start",
+    )
+    if args.json:
+        print(json.dumps([_run_json(run) for run in runs], indent=2, ensure_ascii=False))
+    else:
+        from cloudops.health import render_table
+
+        rows = [
+            [
+                run.started_at or run.day,
+                run.runbook,
+                run.target or "-",
+                run.state,
+                run.triggered_by_user or run.triggered_by or "-",
+                ", ".join(_fact_summary(fact) for fact in run.facts) or "-",
+                run.run_id,
+            ]
+            for run in runs
+        ]
+        print(render_table(["started", "runbook", "target", "outcome", "triggered by", "facts", "run"], rows))
+        print(f"{len(runs)} run(s)")
+    if not verdict.ok:
+        print(
+            f"error: local ledger {ledger.directory}: {verdict.problem}: the runs above come from a chain "
+            "that does not verify",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _run_json(run: Any) -> dict[str, Any]:
+    return {
+        "dag_id": run.dag_id,
+        "run_id": run.run_id,
+        "runbook": run.runbook,
+        "target": run.target,
+        "outcome": run.state,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "triggered_by": run.triggered_by,
+        "triggered_by_user": run.triggered_by_user,
+        "conf": run.conf,
+        "step_tries": len(run.steps),
+        "failed_steps": sorted(
+            {
+                str(s.fields.get("task_id"))
+                for s in run.steps
+                if (s.fields.get("data") or {}).get("state") == "failed"
+            }
+        ),
+        "facts": [
+            {"kind": f.kind, "seq": f.seq, "at": f.at, "hash": f.hash, "data": f.fields.get("data") or {}}
+            for f in run.facts
+        ],
+    }
+
+
+def _fact_summary(fact: Any) -> str:
+    data = fact.fields.get("data") or {}
+    if "passed" in data:
+        return f"{fact.kind} {'passed' if data['passed'] else 'FAILED'}"
+    return f"{fact.kind} {data['backup_id']}" if data.get("backup_id") else fact.kind
 
 
 def _evidence_verify_s3(ledger: Any, ledger_id: str | None) -> int:
@@ -481,12 +588,70 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, metavar="DIR", help="a new or empty directory")
     export.add_argument("--ledger", default=None, help="default: $CLOUDOPS_EVIDENCE_DIR/ledger")
     export.set_defaults(handler=_evidence_export)
+    runs = evidence_commands.add_parser(
+        "runs", help="list runbook runs with their outcome and facts, newest first (exit 1: chain broken)"
+    )
+    runs.add_argument("--kind", default=None, help="a runbook kind: backup, restore_drill, ...")
+    runs.add_argument("--target", default=None, help="a target: database, fleet or estate name")
+    runs.add_argument(
+        "--since", type=_day, default=None, metavar="DATE", help="runs started on or after (UTC)"
+    )
+    runs.add_argument("--json", action="store_true", help="print a JSON list (and nothing else on stdout)")
+    runs.add_argument("--ledger", default=None, help="default: $CLOUDOPS_EVIDENCE_DIR/ledger")
+    runs.set_defaults(handler=_evidence_runs)
     return parser
+
+
+@contextlib.contextmanager
+def _output_only_on_stdout() -> Iterator[None]:
+    """Send logs to stderr and keep stdout for the command's output, for the command's duration.
+
+    Logging goes to stderr: our own handler when nothing is configured yet, and any handler already
+    writing to stdout (Airflow's, when Airflow was imported first) is pointed at stderr meanwhile.
+    """
+    global _output
+    real_stdout, stderr = sys.stdout, sys.stderr
+    root = logging.getLogger()
+    ours: logging.Handler | None = None
+    moved: list[logging.StreamHandler[Any]] = []
+    if not root.handlers:
+        ours = logging.StreamHandler(stderr)
+        ours.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(ours)
+        if root.level > logging.INFO or root.level == logging.NOTSET:
+            root.setLevel(logging.INFO)
+    for handler in root.handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream in (real_stdout, sys.__stdout__):
+            handler.setStream(stderr)
+            moved.append(handler)
+    _output, sys.stdout = real_stdout, stderr
+    try:
+        yield
+    finally:
+        sys.stdout, _output = real_stdout, None
+        if ours is not None:
+            root.removeHandler(ours)
+        for handler in moved:
+            handler.setStream(real_stdout)
+        for handler in root.handlers:  # Airflow configured its logging during the command
+            if (
+                isinstance(handler, logging.StreamHandler)
+                and handler.stream is stderr
+                and handler not in moved
+            ):
+                handler.setStream(sys.__stderr__ or stderr)
+        with contextlib.suppress(Exception):
+            real_stdout.flush()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; errors of ours print one clear message instead of a traceback."""
     args = build_parser().parse_args(argv)
+    with _output_only_on_stdout():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.handler(args))
     except InvalidInputError as error:

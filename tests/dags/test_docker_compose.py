@@ -45,6 +45,14 @@ AIRFLOW_DAEMONS: dict[str, tuple[list[str], tuple[str, ...]]] = {
 AIRFLOW_SERVICES = [*AIRFLOW_DAEMONS, INIT]
 EXPECTED_SERVICES = [*AIRFLOW_SERVICES, POSTGRES, REDIS]
 
+# Every long-running Airflow service reads or writes the evidence ledger: the listener records in
+# the scheduler, the workers (and wherever a hook fires), and the api-server serves the auditor view.
+EVIDENCE_READERS = list(AIRFLOW_DAEMONS)
+EVIDENCE_VOLUME = "cloudops-evidence"
+# Physical drills run the server binaries of the backup's PostgreSQL major (physical_plan.py).
+PG_BINDIR = "/usr/lib/postgresql/{major}/bin"
+PG_DRILL_BINARIES = ("postgres", "pg_verifybackup", "pg_waldump")
+MIN_PG_MAJOR = 15
 API_SERVER_PORT = 8080
 CATALOG_IN_CONTAINER = "/opt/airflow/runbooks"
 REPO_MOUNTS = {f"./{name}": f"/opt/airflow/{name}" for name in ("dags", "plugins", "runbooks", "include")}
@@ -359,6 +367,75 @@ def check_mounts(compose: ComposeFile) -> list[str]:
     return problems
 
 
+def check_evidence_mounts(compose: ComposeFile) -> list[str]:
+    """Every service that reads the ledger mounts the one evidence volume where CLOUDOPS_EVIDENCE_DIR
+    points (a service with its own volumes: list loses the common one)."""
+    problems = []
+    for name in EVIDENCE_READERS:
+        service = compose.services.get(name, {})
+        directory = environment(service).get("CLOUDOPS_EVIDENCE_DIR")
+        if not directory:
+            problems.append(f"{name}: environment.CLOUDOPS_EVIDENCE_DIR is not set")
+            continue
+        found = [m for m in mounts(service) if m.target == directory]
+        if not found:
+            problems.append(
+                f"{name}: volumes: nothing mounted at {directory} (CLOUDOPS_EVIDENCE_DIR): it would read and "
+                f"write a ledger of its own, inside the container; mount {EVIDENCE_VOLUME}:{directory}"
+            )
+        elif found[0].bind or found[0].source != EVIDENCE_VOLUME or found[0].read_only:
+            problems.append(
+                f"{name}: volumes: {found[0].source}:{directory} is not the shared, writable "
+                f"{EVIDENCE_VOLUME} volume"
+            )
+    return problems
+
+
+def _arg_default(dockerfile: Path, name: str) -> str | None:
+    match = re.search(
+        rf'^ARG {name}=(?P<q>"?)(?P<value>[^"\n]*)(?P=q)\s*$', dockerfile.read_text(), re.MULTILINE
+    )
+    return match["value"] if match else None
+
+
+def check_postgres_for_drills(compose: ComposeFile) -> list[str]:
+    """The image has the PostgreSQL server binaries physical drills run, and says its version bound."""
+    problems = []
+    for name, dockerfile in dockerfiles(compose).items():
+        if name != WORKER or not dockerfile.is_file():
+            continue
+        text = dockerfile.read_text()
+        majors = (_arg_default(dockerfile, "PG_MAJORS") or "").split()
+        if not majors or not all(major.isdigit() for major in majors):
+            problems.append(
+                f"{name}: build: {dockerfile.name}: no ARG PG_MAJORS default (the majors installed)"
+            )
+            continue
+        if str(MIN_PG_MAJOR) not in majors or min(int(m) for m in majors) < MIN_PG_MAJOR:
+            problems.append(
+                f"{name}: build: {dockerfile.name}: PG_MAJORS {majors} must start at {MIN_PG_MAJOR}"
+            )
+        if '"postgresql-${major}"' not in text:
+            problems.append(
+                f"{name}: build: {dockerfile.name}: the postgresql-<major> server packages are not installed"
+            )
+        bindir = PG_BINDIR.format(major="${major}")
+        for binary in PG_DRILL_BINARIES:
+            if binary not in text or bindir not in text:
+                problems.append(
+                    f"{name}: build: {dockerfile.name}: {bindir}/{binary} is not checked after install"
+                )
+        if "create_main_cluster = false" not in text:
+            problems.append(
+                f"{name}: build: {dockerfile.name}: the server packages would create a main cluster"
+            )
+        if "Version bound" not in text:
+            problems.append(
+                f"{name}: build: {dockerfile.name}: the supported PostgreSQL versions are not documented"
+            )
+    return problems
+
+
 def check_build(compose: ComposeFile) -> list[str]:
     problems = []
     built = dockerfiles(compose)
@@ -445,7 +522,9 @@ ALL_CHECKS: list[Callable[[ComposeFile], list[str]]] = [
     check_shared_environment,
     check_dependencies_and_restart,
     check_mounts,
+    check_evidence_mounts,
     check_build,
+    check_postgres_for_drills,
     check_airflow_version,
     check_no_literal_secrets,
 ]
@@ -558,6 +637,31 @@ BREAKAGES: dict[str, tuple[Callable[[dict[str, Any], Path], None], list[str]]] =
     "airflow-2-base-image": (
         _rewrite("Dockerfile", "apache/airflow:3.3.2-python3.11", "apache/airflow:2.10.5-python3.11"),
         [API_SERVER, "build", "Dockerfile", "FROM"],
+    ),
+    "api-server-without-evidence": (
+        lambda data, root: data["services"][API_SERVER].__setitem__(
+            "volumes",
+            [v for v in data["services"][API_SERVER]["volumes"] if not v.startswith(f"{EVIDENCE_VOLUME}:")],
+        ),
+        [API_SERVER, "nothing mounted at /opt/airflow/evidence"],
+    ),
+    "worker-evidence-on-a-bind-mount": (
+        lambda data, root: data["services"][WORKER].__setitem__(
+            "volumes",
+            [
+                "./dags:/opt/airflow/evidence" if v.startswith(f"{EVIDENCE_VOLUME}:") else v
+                for v in data["services"][WORKER]["volumes"]
+            ],
+        ),
+        [WORKER, "is not the shared, writable"],
+    ),
+    "no-postgres-server": (
+        _rewrite("Dockerfile", '"postgresql-${major}"', '"postgresql-client-${major}"'),
+        [WORKER, "server packages are not installed"],
+    ),
+    "postgres-14-only": (
+        _rewrite("Dockerfile", 'ARG PG_MAJORS="15 16 17"', 'ARG PG_MAJORS="14"'),
+        [WORKER, "PG_MAJORS", "must start at 15"],
     ),
     "lock-disagrees": (
         _rewrite("requirements.lock", "apache-airflow==3.3.2\n", "apache-airflow==3.3.1\n"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from datetime import timedelta
 from pathlib import Path
@@ -271,6 +272,104 @@ def test_cache_serves_unchanged_files_and_never_stale_ones(
     loader._load_cached.cache_clear()
     with pytest.raises(CatalogError):
         load_catalog_file(path)
+
+
+def test_a_same_size_edit_that_keeps_the_mtime_is_not_served_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rsync -a, tar and config-sync tools keep mtimes: the cache key is the content's hash."""
+    from cloudops.catalog import loader
+
+    monkeypatch.setenv("CLOUDOPS_CACHE_DIR", str(tmp_path / "cache"))
+    path = write(tmp_path, VALID)
+    assert load_catalog_file(path).estate == "acme"
+    before = path.stat()
+
+    path.write_text(VALID.replace("estate: acme\n", "estate: acmf\n"))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+    assert load_catalog_file(path).estate == "acmf", "the same process sees the edit"
+    loader._load_cached.cache_clear()  # and so does a new one, through the disk cache
+    assert load_catalog_file(path).estate == "acmf"
+
+
+class _Planted:
+    """What an attacker writes into a cache folder they can write: unpickling it runs a call."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.mkdir, (str(self.marker),))
+
+
+@pytest.mark.parametrize(
+    ("make_untrusted", "reason"),
+    [
+        (lambda folder, file: folder.chmod(0o777), "can be written by others (mode 0777)"),
+        (lambda folder, file: folder.parent.chmod(0o775), "can be written by others (mode 0775)"),
+        (lambda folder, file: file.chmod(0o666), "can be written by others (mode 0666)"),
+        (
+            lambda folder, file: (
+                file.rename(folder.parent / "elsewhere"),
+                file.symlink_to(folder.parent / "elsewhere"),
+            ),
+            "cannot be opened safely",
+        ),
+    ],
+    ids=["folder-world-writable", "parent-group-writable", "file-world-writable", "file-is-a-link"],
+)
+def test_a_cache_others_can_write_is_never_unpickled(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    make_untrusted: object,
+    reason: str,
+) -> None:
+    import pickle
+
+    from cloudops.catalog import loader
+
+    monkeypatch.setenv("CLOUDOPS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(loader, "_refusals_logged", set())
+    path = write(tmp_path, VALID)
+    load_catalog_file(path)  # writes the cache with this user's safe modes
+    cache_file = loader._cache_path(str(path))
+    marker = tmp_path / "code-ran"
+
+    def plant() -> None:
+        cache_file.write_bytes(pickle.dumps(_Planted(marker)))
+        loader._load_cached.cache_clear()
+
+    plant()  # the same planted file in a folder only this user can write: it is read (and runs)
+    load_catalog_file(path)
+    assert marker.is_dir(), "the trusted cache is read; otherwise this test proves nothing"
+    marker.rmdir()
+
+    plant()
+    make_untrusted(cache_file.parent, cache_file)  # type: ignore[operator]
+    with caplog.at_level("WARNING", logger="cloudops.catalog.loader"):
+        assert load_catalog_file(path).estate == "acme"  # validated from the YAML instead
+
+    assert not marker.exists(), "an untrusted cache file was unpickled"
+    assert reason in caplog.text
+    assert "catalog cache not used" in caplog.text
+
+
+def test_the_cache_is_written_for_this_user_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cloudops.catalog import loader
+
+    monkeypatch.setenv("CLOUDOPS_CACHE_DIR", str(tmp_path / "cache"))
+    old = os.umask(0o002)  # the Airflow image's umask
+    try:
+        path = write(tmp_path, VALID)
+        load_catalog_file(path)
+    finally:
+        os.umask(old)
+    cache_file = loader._cache_path(str(path))
+    assert oct(cache_file.stat().st_mode & 0o777) == oct(0o600)
+    assert oct(cache_file.parent.stat().st_mode & 0o777) == oct(0o700)
 
 
 def test_unwritable_cache_directory_does_not_stop_loading(

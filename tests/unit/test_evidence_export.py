@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -20,7 +21,9 @@ from cloudops.evidence.export import (
     build_pack,
     export_pack,
     pack_zip_bytes,
+    scope_pack,
     verify_pack,
+    write_pack,
 )
 from cloudops.evidence.ledger import Ledger, LedgerError
 from cloudops.evidence.report import backup_summaries, change_rows, drill_rows
@@ -438,3 +441,68 @@ def test_cli_names_the_option_of_bad_input(
         code = int(stop.code or 0)
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_pack_from_a_verified_start_is_the_same_pack(ledger: Ledger) -> None:
+    *_, last_of_october = ledger.records(until=date(2026, 10, 31))  # the day before the period
+    full = build_pack(ledger, *NOV, generated_at=GENERATED)
+    resumed = build_pack(
+        ledger, *NOV, generated_at=GENERATED, verified_start=(last_of_october.seq, last_of_october.hash)
+    )
+
+    assert resumed.files() == full.files()
+    assert "backup__orders_pg" in resumed.dag_ids
+
+
+@pytest.mark.parametrize("name", ["../outside.txt", "/etc/hostname", "sub/records.jsonl", ".hidden"])
+def test_verify_pack_refuses_names_that_leave_the_pack(ledger: Ledger, tmp_path: Path, name: str) -> None:
+    out = _export(ledger, tmp_path)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not part of the pack")
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    manifest["files"][name] = {"sha256": hashlib.sha256(outside.read_bytes()).hexdigest(), "size": 20}
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+    problems = verify_pack(out).problems
+
+    assert problems == [f"{name!r}: not a file name of the pack (listed in the manifest); not read"]
+
+
+def test_verify_pack_does_not_follow_a_link_out_of_the_pack(ledger: Ledger, tmp_path: Path) -> None:
+    out = _export(ledger, tmp_path)
+    kept = tmp_path / "kept-report.html"
+    kept.write_bytes((out / REPORT_FILE).read_bytes())
+    (out / REPORT_FILE).unlink()
+    (out / REPORT_FILE).symlink_to(kept)
+
+    assert verify_pack(out).problems == [
+        f"{REPORT_FILE!r}: not a file name of the pack (listed in the manifest); not read"
+    ]
+
+
+def test_a_scoped_pack_keeps_its_dags_records_and_still_verifies(ledger: Ledger, tmp_path: Path) -> None:
+    full = build_pack(ledger, *NOV, generated_at=GENERATED)
+    keep = sorted(full.dag_ids)[0]
+    scoped = scope_pack(full, lambda dag_id: dag_id == keep)
+    out = write_pack(scoped, tmp_path / "scoped")
+
+    lines = (out / RECORDS_FILE).read_bytes().splitlines(keepends=True)
+    assert lines, "the kept DAG has records in the period"
+    assert all(json.loads(line)["dag_id"] == keep for line in lines)
+    assert set(lines) <= set(full.records.splitlines(keepends=True)), "the ledger's own bytes"
+    assert scoped.manifest["scope"] == {
+        "dag_ids": [keep],
+        "records": len(lines),
+        "records_left_out": full.anchors.records - len(lines),
+    }
+    assert verify_pack(out).ok, verify_pack(out).problems
+
+    # A record of another DAG slipped in, or one of the kept ones altered, is named.
+    other = next(
+        line for line in full.records.splitlines(keepends=True) if json.loads(line)["dag_id"] != keep
+    )
+    (out / RECORDS_FILE).write_bytes(b"".join([*lines, other]))
+    problems = verify_pack(out).problems
+    assert any("outside the scope" in p or "out of order" in p for p in problems), problems
+    (out / RECORDS_FILE).write_bytes(b"".join([lines[0].replace(b'"dag_id"', b'"dag_id" ', 1), *lines[1:]]))
+    assert any("line 1" in p for p in verify_pack(out).problems)

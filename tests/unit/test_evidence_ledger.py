@@ -132,9 +132,57 @@ def test_a_forged_record_with_a_fresh_hash_breaks_the_chain_after_it(ledger_of_f
     assert "seq 2 was replaced or removed" in problem
 
 
-def test_a_torn_last_line_is_reported_and_blocks_writing(ledger_of_five: Ledger) -> None:
+def test_a_torn_last_line_is_moved_aside_recorded_and_writing_goes_on(ledger_of_five: Ledger) -> None:
     segment = ledger_of_five.segment_files()[0]
-    segment.write_bytes(segment.read_bytes() + b'{"at":"2026-11-23T')
+    whole = segment.read_bytes()
+    torn = b'{"at":"2026-11-23T'
+    segment.write_bytes(whole + torn)
     assert "line 6: incomplete last line" in verify_ledger(ledger_of_five).problem
-    with pytest.raises(LedgerError, match="incomplete"):
-        Ledger(segment.parent.parent).append("run.started", at=DAY)
+
+    written = Ledger(segment.parent.parent).append("run.started", key="after the tear", at=DAY)
+
+    assert written is not None
+    records = list(ledger_of_five.records())
+    repair, after = records[-2], records[-1]
+    assert (repair.kind, repair.seq, after.seq, after.key) == ("ledger.repaired", 6, 7, "after the tear")
+    assert repair.fields["data"]["bytes"] == len(torn)
+    assert repair.fields["data"]["offset"] == len(whole)
+    aside = segment.parent / repair.fields["data"]["moved_to"]
+    assert aside.read_bytes() == torn, "the torn bytes are kept, not thrown away"
+    assert segment.read_bytes().startswith(whole)
+    verdict = verify_ledger(ledger_of_five)
+    assert verdict.ok, verdict.problem
+    assert verdict.records == 7
+    assert verdict.repairs == (
+        f"seq 6: {segment.name} line 6: a torn last line of {len(torn)} bytes "
+        f"(sha256 {hashlib.sha256(torn).hexdigest()[:12]}…) was moved aside to {aside.name}",
+    )
+
+    aside.write_bytes(b"something else")
+    assert "the moved-aside" in verify_ledger(ledger_of_five).problem
+    assert "was changed" in verify_ledger(ledger_of_five).problem
+    aside.unlink()
+    assert "is missing" in verify_ledger(ledger_of_five).problem
+
+
+def test_a_lock_held_by_another_writer_is_waited_for_a_bounded_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fcntl
+
+    from cloudops.evidence import recorder
+
+    monkeypatch.setenv("CLOUDOPS_EVIDENCE_DIR", str(tmp_path))
+    ledger = recorder.ledger()
+    ledger.lock_timeout = 0.2
+    ledger.directory.mkdir(parents=True)
+    with (ledger.directory / "ledger.lock").open("a+b") as held:  # a stuck writer (another open file)
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(LedgerError, match=r"was not free within 0.2 s"):
+            ledger.append("run.started", at=DAY)
+        assert recorder.record("run.started", dag_id="backup__orders_pg", run_id="r1") is None
+        fcntl.flock(held, fcntl.LOCK_UN)
+    (lost,) = recorder.recorded_errors()
+    assert lost["run_id"] == "r1"
+    assert "was not free within" in lost["error"]
+    assert recorder.record("run.started", dag_id="backup__orders_pg", run_id="r1") is not None

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import zipfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -73,8 +74,8 @@ def test_run_list_shows_every_run_with_its_outcome_and_triggerer(auditor: TestCl
     page = response.text
     assert len(run_ids(page)) == 4
     assert run_ids(page)[0] == "scheduled__2026-11-22T12:00:00+00:00"  # newest first
-    assert "class=failed>failed</td>" in page
-    assert "class=success>success</td>" in page
+    assert 'class="failed">failed</td>' in page
+    assert 'class="success">success</td>' in page
     assert f"{TRIGGERER} (ui)" in page
     assert f"backup.taken {BACKUP_ID}" in page
     assert "Ledger chain intact: 16 records" in page
@@ -287,3 +288,111 @@ def test_a_broken_chain_is_shown_and_no_pack_is_made_from_it(auditor: TestClient
     assert "was altered" in page
     assert pack.status_code == 409
     assert "record seq 3" in pack.json()["detail"]
+
+
+# -- per-DAG authorization with the FAB auth manager ---------------------------------------------------
+ORDERS_DAGS = ("backup__orders_pg", "restore_drill__orders_pg")
+
+
+@pytest.fixture
+def fab_orders_reader(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    """A FAB user whose role may read the runs of the orders DAGs only (as `access_control` grants).
+
+    The decisions are the FAB auth manager's own (is_authorized_dag over the user's role permissions);
+    the user and role are FAB's models, built without a metadata database.
+    """
+    from airflow.providers.fab.auth_manager.fab_auth_manager import FabAuthManager
+    from airflow.providers.fab.auth_manager.models import Action, Permission, Resource, Role, User
+
+    monkeypatch.setattr(_AuthManagerState, "instance", FabAuthManager())
+    read = Action(name="can_read")
+    grants = ["DAG Runs", *(f"DAG:{dag_id}" for dag_id in ORDERS_DAGS)]
+    role = Role(
+        name="orders_reader", permissions=[Permission(action=read, resource=Resource(name=g)) for g in grants]
+    )
+    user = User(
+        username="orders-auditor", first_name="O", last_name="A", email="o@x", active=True, roles=[role]
+    )
+    app = create_app(ledger.directory)
+    app.dependency_overrides[get_user] = lambda: user
+    with TestClient(app) as client:
+        yield client
+
+
+def test_a_fab_role_for_one_estate_sees_only_its_runs(fab_orders_reader: TestClient) -> None:
+    page = fab_orders_reader.get("/runs").text
+
+    assert set(run_ids(page)) == {"scheduled__2026-11-20T02:15:00+00:00", DRILL_RUN_ID}
+    assert "billing_maria" not in page  # not in the table, nor among the filter's targets
+    assert "health_check__estate" not in page
+    assert fab_orders_reader.get("/runs", params={"target": "billing_maria"}).text.count("run?dag_id") == 0
+
+
+def test_a_fab_role_for_one_estate_cannot_open_another_estates_run(fab_orders_reader: TestClient) -> None:
+    mine = fab_orders_reader.get(
+        "/run", params={"dag_id": "restore_drill__orders_pg", "run_id": DRILL_RUN_ID}
+    )
+    other = fab_orders_reader.get(
+        "/run", params={"dag_id": "backup__billing_maria", "run_id": "scheduled__2026-11-21T02:15:00+00:00"}
+    )
+    unknown = fab_orders_reader.get("/run", params={"dag_id": "backup__billing_maria", "run_id": "nope"})
+
+    assert mine.status_code == 200
+    assert other.status_code == 403
+    assert "backup__billing_maria" in other.json()["detail"]
+    assert unknown.status_code == 403  # refused before looking: a 404 would tell the run does not exist
+
+
+def test_a_fab_role_for_one_estate_gets_packs_of_its_own_records_only(
+    fab_orders_reader: TestClient, tmp_path: Path
+) -> None:
+    from cloudops.evidence.export import verify_pack
+
+    own = fab_orders_reader.get("/pack", params={"from": "2026-11-20", "to": "2026-11-20"})
+    mixed = fab_orders_reader.get("/pack", params={"from": "2026-11-22", "to": "2026-11-22"})
+    other = fab_orders_reader.get("/pack", params={"from": "2026-11-21", "to": "2026-11-21"})
+
+    assert [r.status_code for r in (own, mixed, other)] == [200, 200, 200]
+    for response in (own, mixed, other):
+        assert b"billing_maria" not in response.content
+        assert b"health_check__estate" not in response.content
+    packs = {}
+    for name, response in {"own": own, "mixed": mixed, "other": other}.items():
+        folder = tmp_path / name
+        zipfile.ZipFile(io.BytesIO(response.content)).extractall(folder)
+        (packs[name],) = folder.iterdir()
+    own_manifest = json.loads((packs["own"] / "manifest.json").read_text())
+    assert "scope" not in own_manifest, "only the user's DAGs in these days: the whole, contiguous pack"
+    mixed_manifest = json.loads((packs["mixed"] / "manifest.json").read_text())
+    assert mixed_manifest["scope"]["dag_ids"] == ["restore_drill__orders_pg"]
+    assert mixed_manifest["scope"]["records_left_out"] > 0
+    assert json.loads((packs["other"] / "manifest.json").read_text())["scope"]["dag_ids"] == []
+    for folder in packs.values():
+        verdict = verify_pack(folder)
+        assert verdict.ok, verdict.problems
+    assert "scoped to the 1 DAG(s)" in (packs["mixed"] / "report.html").read_text()
+
+
+# -- one verification per ledger state --------------------------------------------------------------------
+def _checked_at(page: str) -> str:
+    return re.search(r"\(checked ([^)]*)\)", page).group(1)  # type: ignore[union-attr]
+
+
+def test_the_chain_is_verified_once_per_ledger_state(auditor: TestClient, ledger: Ledger) -> None:
+    first = auditor.get("/runs").text
+    again = auditor.get("/runs").text
+    auditor.get("/pack")
+
+    assert _checked_at(again) == _checked_at(first), "an unchanged ledger is not verified again"
+    assert "Ledger chain intact: 16 records" in again
+    ledger.append("run.started", at=datetime(2026, 11, 22, 23, 0, tzinfo=UTC), dag_id="backup__orders_pg")
+    after = auditor.get("/runs").text
+    assert _checked_at(after) != _checked_at(first)
+    assert "Ledger chain intact: 17 records" in after
+
+
+def test_every_page_says_what_the_chain_check_proves_and_what_not(auditor: TestClient) -> None:
+    page = auditor.get("/runs").text
+
+    assert "does not prove that nobody who can write that folder rewrote and re-sealed the chain" in page
+    assert "cloudops evidence verify --s3" in page

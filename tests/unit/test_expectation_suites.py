@@ -113,3 +113,33 @@ def test_the_scan_finds_a_statement_across_a_chunk_boundary(
     dump = write(tmp_path, "INSERT INTO t VALUES (1);\n" * 5 + "USE `inventory`;\n")
     with pytest.raises(RestoreRefused, match="line 6 starts with 'USE'"):
         mariadb.check_single_database_dump(dump)
+
+
+@pytest.mark.parametrize(
+    ("expect", "result", "observed", "detail"),
+    [
+        # distinct values, a maximum, a most common value: data, so never recorded
+        ("column_distinct_values_to_be_in_set", {"observed_value": ["alice@example.com"]}, None, "not"),
+        ("column_max_to_be_between", {"observed_value": 18250.5}, None, "not recorded"),
+        ("column_most_common_value_to_be_in_set", {"observed_value": ["4111-1111"]}, None, "not recorded"),
+        # counts are evidence
+        ("column_values_to_be_in_set", {"unexpected_count": 2, "element_count": 10}, 2, "2 of 10 row(s)"),
+        ("table_row_count_to_be_between", {"observed_value": 1000}, 1000, ""),
+    ],
+)
+def test_a_gx_result_gives_counts_and_verdicts_never_data_values(
+    expect: str, result: dict[str, object], observed: object, detail: str
+) -> None:
+    from great_expectations.core import ExpectationValidationResult
+
+    from cloudops.restore.validation import SuiteExpectation, _gx_check
+
+    spec = SuiteExpectation.model_validate({"expect": expect, "column": "email"})
+    outcome = ExpectationValidationResult(success=False, result=result)
+    check = _gx_check("customers", spec, outcome, secrets=[])
+
+    assert check.observed == observed
+    assert detail in check.detail
+    assert check.passed is False
+    for value in ("alice@example.com", "18250.5", "4111-1111"):
+        assert value not in repr(check)

@@ -20,11 +20,20 @@ that ``run.finished`` carries when ``run.started`` is missing); all of its recor
 
 The API the export command and the auditor view share (keep it stable):
 
-- ``build_pack(ledger, since, until, *, generated_at=None) -> Pack``: verify the whole local chain
-  (refuse a broken one, naming the record), select the records and render; nothing is written.
+- ``build_pack(ledger, since, until, *, generated_at=None, verified_start=None) -> Pack``: verify
+  the whole local chain (refuse a broken one, naming the record), select the records and render;
+  nothing is written. ``verified_start`` (seq, hash) is where a caller that has just verified the
+  chain up to the period says it ends (the auditor view's cached verdict): the days before the
+  period are then not read again; the period's days and later ones always are.
 - ``write_pack(pack, out_dir) -> Path``: write the three files into a new or empty directory.
 - ``export_pack(ledger, since, until, out_dir, *, generated_at=None) -> Pack``: both of the above.
 - ``pack_zip_bytes(pack) -> bytes``: the same three files as a zip (folder ``evidence-<from>_<to>/``).
+- ``scope_pack(pack, may_read) -> Pack``: the pack cut down to the records of the DAGs ``may_read``
+  accepts (the auditor view's packs for a user who may not read every DAG). Its manifest says so
+  (``scope``: the DAG ids and how many records were left out); ``records.jsonl`` is then no longer
+  one contiguous piece of chain, so ``verify_pack`` checks each record's own hash, their order
+  within the manifest's anchors and their DAG; that they are the ledger's own records takes a
+  comparison of their hashes with the ledger or its shipped, signed copy.
 - ``verify_pack(directory) -> PackVerdict``: check the manifest's hashes and sizes (naming any file
   edited, added or removed) and the chain of ``records.jsonl`` from the manifest's anchors.
 - ``render_report(runs, *, since, until, generated_at, anchors=None, notes=()) -> str`` (from
@@ -37,8 +46,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -57,6 +67,7 @@ from cloudops.evidence.report import ChainAnchors, control_counts, render_report
 from cloudops.evidence.runs import Run, fold_runs
 
 PACK_FORMAT = "cloudops-evidence-pack/1"
+_PACK_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 RECORDS_FILE = "records.jsonl"
 REPORT_FILE = "report.html"
 MANIFEST_FILE = "manifest.json"
@@ -78,6 +89,8 @@ class Pack:
     report: str
     manifest: dict[str, Any]
     runs: list[Run] = field(repr=False, default_factory=list)
+    # Every DAG with a record in ``records`` (runs outside the report's period included).
+    dag_ids: frozenset[str] = frozenset()
 
     def files(self) -> dict[str, bytes]:
         """Every file of the pack by name, the manifest included."""
@@ -91,16 +104,25 @@ class Pack:
 # -- building ------------------------------------------------------------------------------------
 
 
-def build_pack(ledger: Ledger, since: date, until: date, *, generated_at: datetime | None = None) -> Pack:
+def build_pack(
+    ledger: Ledger,
+    since: date,
+    until: date,
+    *,
+    generated_at: datetime | None = None,
+    verified_start: tuple[int, str] | None = None,
+) -> Pack:
     """The pack of the runs started from ``since`` to ``until`` (UTC days, inclusive); writes nothing.
 
+    :param verified_start: the (seq, hash) the verified chain has reached at the end of the day
+        before ``since``; the earlier days are then not re-verified.
     :raises InvalidInputError: ``since`` is after ``until``.
     :raises LedgerError: the local chain is broken (the message names the first bad record).
     """
     if since > until:
         raise InvalidInputError(f"the period starts ({since}) after it ends ({until})")
     stamp = utc_stamp(generated_at or datetime.now(UTC))
-    anchors, records_bytes, runs = _select(ledger, since, until)
+    anchors, records_bytes, runs, dag_ids = _select(ledger, since, until, verified_start)
     first, last = since.isoformat(), until.isoformat()
     selected = [run for run in runs if first <= (run.started_at or "")[:10] <= last]
     notes = _notes(runs, since, until)
@@ -116,7 +138,54 @@ def build_pack(ledger: Ledger, since: date, until: date, *, generated_at: dateti
         "counts": control_counts(selected),
         "files": {name: {"sha256": _sha256(data), "size": len(data)} for name, data in files.items()},
     }
-    return Pack(since, until, stamp, anchors, records_bytes, report, manifest, selected)
+    return Pack(since, until, stamp, anchors, records_bytes, report, manifest, selected, dag_ids)
+
+
+def scope_pack(pack: Pack, may_read: Callable[[str], bool]) -> Pack:
+    """``pack`` with only the records (and runs) of DAGs that ``may_read`` accepts; records of no DAG
+    (a ledger repair, a command line's fact) are left out too, as they may concern any estate."""
+    kept_lines: list[bytes] = []
+    dag_ids: set[str] = set()
+    for line in pack.records.splitlines(keepends=True):
+        dag_id = json.loads(line).get("dag_id")
+        if isinstance(dag_id, str) and may_read(dag_id):
+            kept_lines.append(line)
+            dag_ids.add(dag_id)
+    left_out = pack.anchors.records - len(kept_lines)
+    records_bytes = b"".join(kept_lines)
+    runs = [run for run in pack.runs if run.dag_id in dag_ids]
+    notes = [
+        f"This pack is scoped to the {len(dag_ids)} DAG(s) whose runs its requester may read: "
+        f"{left_out} record(s) of other DAGs in these days are left out. Each record here can be "
+        "re-hashed on its own and found by its seq in the ledger or its shipped, signed copy; the "
+        "chain between them cannot be checked from this pack alone."
+    ]
+    report = render_report(
+        runs,
+        since=pack.since,
+        until=pack.until,
+        generated_at=pack.generated_at,
+        anchors=pack.anchors,
+        notes=notes,
+    )
+    files = {RECORDS_FILE: records_bytes, REPORT_FILE: report.encode()}
+    manifest = {
+        **pack.manifest,
+        "counts": control_counts(runs),
+        "scope": {"dag_ids": sorted(dag_ids), "records": len(kept_lines), "records_left_out": left_out},
+        "files": {name: {"sha256": _sha256(data), "size": len(data)} for name, data in files.items()},
+    }
+    return Pack(
+        pack.since,
+        pack.until,
+        pack.generated_at,
+        pack.anchors,
+        records_bytes,
+        report,
+        manifest,
+        runs,
+        frozenset(dag_ids),
+    )
 
 
 def write_pack(pack: Pack, out_dir: str | Path) -> Path:
@@ -164,15 +233,21 @@ def pack_zip_bytes(pack: Pack) -> bytes:
     return buffer.getvalue()
 
 
-def _select(ledger: Ledger, since: date, until: date) -> tuple[ChainAnchors, bytes, list[Run]]:
-    """Verify the whole chain; return the period's anchors, its records' bytes and its runs."""
+def _select(
+    ledger: Ledger, since: date, until: date, verified_start: tuple[int, str] | None = None
+) -> tuple[ChainAnchors, bytes, list[Run], frozenset[str]]:
+    """Verify the whole chain; return the period's anchors, its records' bytes, its runs and the DAGs
+    its records belong to."""
     first, last = since.isoformat(), until.isoformat()
     segments = ledger.segment_files()
     before = [p for p in segments if p.name[:10] < first]
     period = [p for p in segments if first <= p.name[:10] <= last]
     after = [p for p in segments if p.name[:10] > last]
 
-    verdict = _checked(verify_segments(_read(before)))
+    if verified_start is None:
+        verdict = _checked(verify_segments(_read(before)))
+    else:
+        verdict = Verdict(0, None, *verified_start)
     start_seq, start_prev = verdict.last_seq + 1, verdict.last_hash
     chunks = [(p.name, p.read_bytes()) for p in period]
     verdict = _checked(verify_segments(chunks, start_seq=start_seq, start_prev=start_prev))
@@ -214,7 +289,8 @@ def _select(ledger: Ledger, since: date, until: date) -> tuple[ChainAnchors, byt
         first_day=records[0].day if records else None,
         last_day=records[-1].day if records else None,
     )
-    return anchors, data, runs
+    dag_ids = frozenset(str(r.fields["dag_id"]) for r in records if r.fields.get("dag_id"))
+    return anchors, data, runs, dag_ids
 
 
 def _read(paths: Iterable[Path]) -> Iterator[tuple[str, bytes]]:
@@ -304,6 +380,14 @@ def verify_pack(directory: str | Path) -> PackVerdict:
     for name in sorted(present - set(listed)):
         problems.append(f"{name}: added (not in the manifest)")
     for name, entry in sorted(listed.items()):
+        # The manifest is untrusted: a listed name is one plain file of this folder, or it is refused
+        # (never followed to ../x, an absolute path, a subfolder or a link out of the pack).
+        if not _PACK_FILE_NAME.match(name) or (folder / name).is_symlink():
+            problems.append(f"{name!r}: not a file name of the pack (listed in the manifest); not read")
+            continue
+        if not isinstance(entry, dict):
+            problems.append(f"{name}: its manifest entry is not an object")
+            continue
         path = folder / name
         if name not in present or not path.is_file():
             problems.append(f"{name}: removed (listed in the manifest)")
@@ -316,7 +400,12 @@ def verify_pack(directory: str | Path) -> PackVerdict:
             )
     records = 0
     records_path = folder / RECORDS_FILE
-    if records_path.is_file():
+    scope = manifest.get("scope")
+    if scope is not None and records_path.is_file() and not records_path.is_symlink():
+        found, scoped_problems = _verify_scoped(records_path.read_bytes(), scope, first_seq, last_seq)
+        records = found
+        problems += [f"{RECORDS_FILE}: {problem}" for problem in scoped_problems]
+    elif records_path.is_file() and not records_path.is_symlink():
         verdict = verify_segments(
             [(RECORDS_FILE, records_path.read_bytes())], start_seq=first_seq, start_prev=first_prev
         )
@@ -333,6 +422,37 @@ def verify_pack(directory: str | Path) -> PackVerdict:
     return PackVerdict(problems, records, manifest)
 
 
+def _verify_scoped(data: bytes, scope: Any, first_seq: int, last_seq: int) -> tuple[int, list[str]]:
+    """Check a scoped pack's records: each one's own hash, rising seqs within the anchors, DAGs in
+    the scope, and as many records as the scope says."""
+    if not isinstance(scope, dict) or not isinstance(scope.get("dag_ids"), list):
+        return 0, ["the manifest's scope is not {dag_ids: [...], records: N}"]
+    allowed, problems, previous, count = set(scope["dag_ids"]), [], first_seq - 1, 0
+    for number, line in enumerate(data.splitlines(), start=1):
+        where = f"line {number}"
+        try:
+            record = json.loads(line)
+            seq, prev = int(record["seq"]), str(record["prev"])
+        except (ValueError, KeyError, TypeError):
+            problems.append(f"{where}: not a ledger record")
+            continue
+        verdict = verify_segments([(RECORDS_FILE, line + b"\n")], start_seq=seq, start_prev=prev)
+        if not verdict.ok:
+            problems.append(f"{where}: {verdict.problem}")
+        elif not previous < seq <= last_seq:
+            problems.append(
+                f"{where}: record seq {seq} is out of order or outside seq {first_seq} to {last_seq}"
+            )
+        elif record.get("dag_id") not in allowed:
+            problems.append(
+                f"{where}: record seq {seq} is of DAG {record.get('dag_id')!r}, outside the scope"
+            )
+        previous, count = max(previous, seq), count + 1
+    if not problems and count != scope.get("records"):
+        problems.append(f"{count} records, the manifest's scope says {scope.get('records')}")
+    return count, problems
+
+
 __all__ = [
     "MANIFEST_FILE",
     "PACK_FORMAT",
@@ -346,6 +466,7 @@ __all__ = [
     "export_pack",
     "pack_zip_bytes",
     "render_report",
+    "scope_pack",
     "verify_pack",
     "write_pack",
 ]

@@ -14,19 +14,30 @@ on across days. Anyone can re-check a record with nothing but ``json`` and ``has
     sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
 
 Writers (the scheduler's and every worker's listener, the runbooks' own facts) append under an
-exclusive ``flock`` on ``<ledger>/ledger.lock``, so one host's processes share one chain. Records
-carry a ``key``: a record whose key is already in the current day's segment is not written again
-(listeners fire on every try, and some events fire twice; each try is recorded once).
+exclusive ``flock`` on ``<ledger>/ledger.lock``, so one host's processes share one chain. The lock
+is waited for a bounded time (``lock_timeout``, 5 s by default): a stuck holder (a stopped task, a
+stalled network file system) makes the record fail, which the recorder counts, rather than hang
+the scheduler. Records carry a ``key``: a record whose key is already in the current day's segment
+is not written again (listeners fire on every try, and some events fire twice; each try is
+recorded once).
+
+A writer killed mid-line leaves a *torn* last line. The next writer, under the lock, moves the
+partial bytes aside into ``<segment>.torn-<offset>`` beside the segment, cuts the segment back to
+its last whole line and appends a ``ledger.repaired`` record (segment, offset, size and sha256 of
+the bytes moved, the file they went to) before its own, so recording goes on and the chain says
+what happened; ``verify`` lists every repair and checks the moved bytes are still there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -44,6 +55,9 @@ _HASH_SUFFIX = re.compile(rb',"hash":"([0-9a-f]{64})"\}$')
 _HASH_SUFFIX_LENGTH = len(',"hash":"') + 64 + len('"}')
 _DECODER = json.JSONDecoder()
 _SEGMENT_NAME = re.compile(r"^(\d{4}-\d{2}-\d{2})\.jsonl$")
+LEDGER_REPAIRED = "ledger.repaired"
+DEFAULT_LOCK_TIMEOUT = 5.0
+_LOCK_POLL_SECONDS = 0.05
 
 
 class LedgerError(CloudOpsError):
@@ -106,13 +120,52 @@ class _Tail:
 
 
 class Ledger:
-    """The local ledger in ``directory`` (default ``<evidence dir>/ledger``)."""
+    """The local ledger in ``directory`` (default ``<evidence dir>/ledger``).
 
-    def __init__(self, directory: str | Path | None = None, *, fsync: bool = True) -> None:
+    :param lock_timeout: seconds to wait for the writers' lock before giving up (LedgerError).
+    """
+
+    def __init__(
+        self,
+        directory: str | Path | None = None,
+        *,
+        fsync: bool = True,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    ) -> None:
         self.directory = Path(directory) if directory else evidence_dir() / "ledger"
         self.segments_dir = self.directory / SEGMENTS
         self.fsync = fsync
+        self.lock_timeout = lock_timeout
         self._tail = _Tail()
+        self._repairs: list[dict[str, Any]] = []
+
+    @contextlib.contextmanager
+    def locked(self, *, shared: bool = False) -> Iterator[None]:
+        """Hold the writers' lock (exclusive, or shared for a consistent read), waiting at most
+        ``lock_timeout`` seconds.
+
+        :raises LedgerError: the lock was not free in time (naming the lock file).
+        """
+        self.directory.mkdir(parents=True, exist_ok=True)
+        mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
+        attempts = max(1, int(self.lock_timeout / _LOCK_POLL_SECONDS) + 1)
+        with (self.directory / "ledger.lock").open("a+b") as lock:
+            for attempt in range(attempts):
+                try:
+                    fcntl.flock(lock, mode)
+                    break
+                except BlockingIOError:
+                    if attempt + 1 == attempts:
+                        raise LedgerError(
+                            f"ledger {self.directory}: the lock {lock.name} was not free within "
+                            f"{self.lock_timeout:g} s (another writer holds it: a stopped or stuck "
+                            "process); not waiting longer"
+                        ) from None
+                    time.sleep(_LOCK_POLL_SECONDS)  # bounded: attempts x poll = lock_timeout
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     # -- writing -------------------------------------------------------------------------------
     def append(
@@ -125,13 +178,15 @@ class Ledger:
     def append_many(
         self, entries: Iterable[tuple[str, str | None, datetime | None, Mapping[str, Any]]]
     ) -> list[Record]:
-        """Append records ``(kind, key, at, fields)`` in order under one lock and one fsync."""
+        """Append records ``(kind, key, at, fields)`` in order under one lock and one fsync.
+
+        :raises LedgerError: the lock was not free in time, or the clock went back.
+        """
         self.segments_dir.mkdir(parents=True, exist_ok=True)
         written: list[Record] = []
-        with (self.directory / "ledger.lock").open("a+b") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with self.locked():
+            handle, tail, refreshed = None, self._tail, False
             try:
-                handle, tail, refreshed = None, self._tail, False
                 for kind, key, at, fields in entries:
                     moment = at or datetime.now(UTC)
                     segment = self.segments_dir / f"{moment.astimezone(UTC).date().isoformat()}.jsonl"
@@ -139,46 +194,55 @@ class Ledger:
                     if not refreshed or segment != tail.segment:
                         refreshed = True
                         tail = self._refresh(segment)
-                    record_key = key or f"{kind}|{tail.seq + 1}"
-                    if record_key in tail.keys:
-                        log.debug("ledger: %s is already recorded; not written again", record_key)
-                        continue
-                    body = {
-                        **fields,
-                        "at": utc_stamp(moment),
-                        "key": record_key,
-                        "kind": kind,
-                        "prev": tail.hash,
-                        "seq": tail.seq + 1,
-                    }
-                    line, digest = seal(body)
-                    if handle is None or handle.name != str(segment):
-                        if handle is not None:
-                            self._close(handle)
-                        handle = segment.open("ab")  # closed below, after fsync
-                    handle.write(line + b"\n")
-                    handle.flush()
-                    tail.segment, tail.offset = segment, handle.tell()
-                    tail.seq, tail.hash = body["seq"], digest
-                    tail.keys.add(record_key)
-                    written.append(
-                        Record(
-                            body["seq"],
-                            body["at"],
-                            kind,
-                            record_key,
-                            body["prev"],
-                            digest,
-                            dict(fields),
-                            segment.name,
-                            0,
+                    pending = [(LEDGER_REPAIRED, None, repair) for repair in self._repairs]
+                    self._repairs = []
+                    for entry_kind, entry_key, entry_fields in [*pending, (kind, key, fields)]:
+                        record_key = entry_key or f"{entry_kind}|{tail.seq + 1}"
+                        if record_key in tail.keys:
+                            log.debug("ledger: %s is already recorded; not written again", record_key)
+                            continue
+                        handle, record = self._write(
+                            handle, segment, tail, entry_kind, record_key, moment, entry_fields
                         )
-                    )
+                        written.append(record)
+            finally:
                 if handle is not None:
                     self._close(handle)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
         return written
+
+    def _write(
+        self,
+        handle: Any,
+        segment: Path,
+        tail: _Tail,
+        kind: str,
+        key: str,
+        moment: datetime,
+        fields: Mapping[str, Any],
+    ) -> tuple[Any, Record]:
+        """Write one sealed line at the tail of ``segment``; return the open handle and the record."""
+        body = {
+            **fields,
+            "at": utc_stamp(moment),
+            "key": key,
+            "kind": kind,
+            "prev": tail.hash,
+            "seq": tail.seq + 1,
+        }
+        line, digest = seal(body)
+        if handle is None or handle.name != str(segment):
+            if handle is not None:
+                self._close(handle)
+            handle = segment.open("ab")  # closed by append_many, after fsync
+        handle.write(line + b"\n")
+        handle.flush()
+        tail.segment, tail.offset = segment, handle.tell()
+        tail.seq, tail.hash = body["seq"], digest
+        tail.keys.add(key)
+        record = Record(
+            body["seq"], body["at"], kind, key, body["prev"], digest, dict(fields), segment.name, 0
+        )
+        return handle, record
 
     def _close(self, handle: Any) -> None:
         if self.fsync:
@@ -204,22 +268,58 @@ class Ledger:
             self._tail.segment, self._tail.offset, self._tail.keys = segment, 0, set()
         return self._tail
 
-    @staticmethod
-    def _read_tail(segment: Path, tail: _Tail) -> None:
-        """Read ``segment`` from ``tail.offset`` on, moving the tail to its end."""
+    def _read_tail(self, segment: Path, tail: _Tail) -> None:
+        """Read ``segment`` from ``tail.offset`` on, moving the tail to its end (a torn last line is
+        moved aside first: see the module's docstring)."""
         with segment.open("rb") as handle:
             handle.seek(tail.offset)
             data = handle.read()
         if data and not data.endswith(b"\n"):
-            raise LedgerError(
-                f"ledger {segment}: the last line is incomplete (a writer was killed mid-write); "
-                "run `cloudops evidence verify` and move the partial line aside before writing on"
-            )
+            whole = data.rfind(b"\n") + 1
+            self._move_torn_line_aside(segment, tail.offset + whole, data[whole:])
+            data = data[:whole]
         for line in data.splitlines():
             record = json.loads(line)
             tail.seq, tail.hash = record["seq"], record["hash"]
             tail.keys.add(record["key"])
         tail.segment, tail.offset = segment, tail.offset + len(data)
+
+    def _move_torn_line_aside(self, segment: Path, offset: int, torn: bytes) -> None:
+        """Keep the torn bytes in a file beside the segment, cut the segment back to ``offset`` and
+        queue the ``ledger.repaired`` record (called under the writers' lock)."""
+        aside = segment.with_name(f"{segment.name}.torn-{offset}")
+        with aside.open("xb") as handle:  # never overwrite an earlier repair's bytes
+            handle.write(torn)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.truncate(segment, offset)
+        if self.fsync:
+            with segment.open("rb") as handle:
+                os.fsync(handle.fileno())
+        repair = {
+            "data": {
+                "segment": segment.name,
+                "offset": offset,
+                "line": None,
+                "bytes": len(torn),
+                "sha256": hashlib.sha256(torn).hexdigest(),
+                "moved_to": aside.name,
+                "reason": "torn last line (a writer was cut off mid-write)",
+            }
+        }
+        with segment.open("rb") as handle:
+            repair["data"]["line"] = handle.read().count(b"\n") + 1
+        log.warning(
+            "ledger %s: the last line of %s was torn (%d bytes at offset %d, a writer was cut off): "
+            "moved aside to %s and recorded as %s",
+            self.directory,
+            segment.name,
+            len(torn),
+            offset,
+            aside.name,
+            LEDGER_REPAIRED,
+        )
+        self._repairs.append(repair)
 
     def _latest_segment(self) -> Path | None:
         days = self.segment_files()
@@ -273,6 +373,8 @@ class Verdict:
     problem: str | None = None
     last_seq: int = 0
     last_hash: str = GENESIS
+    # What the ``ledger.repaired`` records of the chain say was repaired, one line each.
+    repairs: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -289,6 +391,7 @@ def verify_segments(
     the chain is *broken* when its ``prev`` is not the hash of the record before it.
     """
     expected_seq, prev, count, previous_day = start_seq, start_prev, 0, ""
+    repairs: list[str] = []
     for name, data in segments:
         match = _SEGMENT_NAME.match(name.rsplit("/", 1)[-1])
         day = match.group(1) if match else ""
@@ -362,8 +465,18 @@ def verify_segments(
                     expected_seq - 1,
                     prev,
                 )
+            if record.get("kind") == LEDGER_REPAIRED:
+                repairs.append(_repair_line(seq, record.get("data")))
             prev, expected_seq, count = found.group(1).decode(), expected_seq + 1, count + 1
-    return Verdict(count, None, expected_seq - 1, prev)
+    return Verdict(count, None, expected_seq - 1, prev, tuple(repairs))
+
+
+def _repair_line(seq: int, data: Any) -> str:
+    data = data if isinstance(data, dict) else {}
+    return (
+        f"seq {seq}: {data.get('segment')} line {data.get('line')}: a torn last line of {data.get('bytes')} "
+        f"bytes (sha256 {str(data.get('sha256'))[:12]}…) was moved aside to {data.get('moved_to')}"
+    )
 
 
 def _seq_appears(lines: list[bytes], seq: int) -> bool:
@@ -373,13 +486,35 @@ def _seq_appears(lines: list[bytes], seq: int) -> bool:
 
 
 def verify_ledger(ledger: Ledger) -> Verdict:
-    """Check the local ledger's whole chain."""
-    return verify_segments((p.name, p.read_bytes()) for p in ledger.segment_files())
+    """Check the local ledger's whole chain, and that the bytes each repair moved aside are still
+    beside their segment as recorded (a repair whose file is gone or changed is a problem)."""
+    verdict = verify_segments((p.name, p.read_bytes()) for p in ledger.segment_files())
+    if not verdict.ok or not verdict.repairs:
+        return verdict
+    for record in ledger.records():
+        if record.kind != LEDGER_REPAIRED:
+            continue
+        data = record.fields.get("data") or {}
+        aside = ledger.segments_dir / str(data.get("moved_to"))
+        if not _SEGMENT_NAME.match(str(data.get("segment"))) or not str(data.get("moved_to")).startswith(
+            f"{data.get('segment')}.torn-"
+        ):
+            problem = f"record seq {record.seq} ({LEDGER_REPAIRED}) names no torn-line file of a segment"
+        elif not aside.is_file():
+            problem = f"record seq {record.seq} ({LEDGER_REPAIRED}): the moved-aside {aside.name} is missing"
+        elif hashlib.sha256(aside.read_bytes()).hexdigest() != data.get("sha256"):
+            problem = f"record seq {record.seq} ({LEDGER_REPAIRED}): the moved-aside {aside.name} was changed"
+        else:
+            continue
+        return Verdict(verdict.records, problem, verdict.last_seq, verdict.last_hash, verdict.repairs)
+    return verdict
 
 
 __all__ = [
+    "DEFAULT_LOCK_TIMEOUT",
     "EVIDENCE_ENV",
     "GENESIS",
+    "LEDGER_REPAIRED",
     "Ledger",
     "LedgerError",
     "Record",

@@ -1,7 +1,10 @@
 """The Airflow listener that writes every runbook run into the evidence ledger.
 
-Registered by the CloudOps plugin (plugin.py). What it records (see runs.py for the fields):
-``run.started`` and ``run.finished`` for every DAG run (in the scheduler, or in ``airflow dags test``),
+Registered by the CloudOps plugin (plugin.py). It records the runs of cloudops's own runbook DAGs
+only (``runs.is_runbook_dag``: a runbook kind's DAG id, with the ``cloudops`` tag when the DAG is at
+hand); other DAGs of the same Airflow are not its business, and their conf and errors may hold
+anything. What it records (see runs.py for the fields):
+``run.started`` and ``run.finished`` for every runbook run (in the scheduler, or in ``airflow dags test``),
 who triggered it and with which parameters (secrets masked), and one ``step.try`` per task try that
 ends (success, failed, skipped; in the worker, or in the scheduler when it fails a task itself).
 Listeners fire on every try and some events fire in two processes: each record's key names the run,
@@ -21,13 +24,21 @@ from airflow.listeners import hookimpl
 
 from cloudops.errors import first_line
 from cloudops.evidence import recorder
-from cloudops.evidence.runs import RUN_FINISHED, RUN_STARTED, STEP_TRY
+from cloudops.evidence.runs import RUN_FINISHED, RUN_STARTED, STEP_TRY, is_runbook_dag
 
 log = logging.getLogger("cloudops.evidence")
 
 
+def _tags(run_or_try: Any) -> Any:
+    """The DAG's tags when the object at hand carries its DAG (no database query), else None."""
+    dag = getattr(run_or_try, "dag", None) or getattr(getattr(run_or_try, "task", None), "dag", None)
+    return getattr(dag, "tags", None) if dag is not None else None
+
+
 def _guarded(kind: str, build: Any, *args: Any) -> None:
     try:
+        if not is_runbook_dag(getattr(args[0], "dag_id", None), _tags(args[0])):
+            return
         build(*args)
     except Exception as error:
         recorder.count_error(kind, getattr(args[0], "dag_id", None), getattr(args[0], "run_id", None), error)

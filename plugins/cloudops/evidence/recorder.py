@@ -4,7 +4,8 @@ An error while recording (a full disk, an unwritable evidence folder, a broken l
 fail the runbook whose evidence it is. It is logged loudly (ERROR, with ``EVIDENCE NOT RECORDED``),
 counted in the Airflow metric ``cloudops.evidence.record_errors`` and in
 ``<evidence dir>/record-errors.jsonl`` (one line per lost record: when, which kind and run, why),
-which ``cloudops evidence verify`` reports. Everything recorded passes through ``mask_secrets``.
+which ``cloudops evidence verify`` reports. Every record's ``data`` passes through
+``cloudops.secrets.mask_evidence``: our own key and value rules, then Airflow's secrets masker.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 from cloudops.evidence.ledger import Ledger, Record, canonical_json, evidence_dir, utc_stamp
 from cloudops.evidence.runs import RUN_FINISHED, RUN_STARTED, runbook_of
-from cloudops.secrets import mask_secrets
+from cloudops.secrets import mask_evidence
 
 log = logging.getLogger("cloudops.evidence")
 
@@ -56,7 +57,7 @@ def record(
             "runbook": runbook,
             "target": target,
             **fields,
-            "data": mask_secrets(_json_safe(data or {})),
+            "data": mask_evidence(_json_safe(data or {})),
         }
         return ledger().append(kind, key=key, **body)
     except Exception as error:

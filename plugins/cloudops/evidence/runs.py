@@ -72,11 +72,34 @@ FACT_KINDS = (
     REPOSITORY_TRUSTED,
 )
 
+# The runbook kinds cloudops builds DAGs for: ``<kind>__<target>``, or the kind alone for one-off
+# DAGs. The listener records only these DAGs' runs (their params are cloudops's own, and other
+# DAGs' conf and errors may hold anything); a new runbook kind is added here
+# (tests/unit/test_evidence_listener.py checks every runbook module's KIND or DAG_ID is listed).
+RUNBOOK_KINDS = frozenset(
+    {"backup", "restore_drill", "restore_request", "ebs_snapshot", "health_check", "evidence_ship"}
+)
+# Every cloudops runbook DAG carries this tag (runbooks/common.py tags()).
+RUNBOOK_TAG = "cloudops"
+
 
 def runbook_of(dag_id: str) -> tuple[str, str | None]:
     """``backup__orders_pg`` -> (``backup``, ``orders_pg``); a one-off DAG has no target."""
     kind, _, target = dag_id.partition("__")
     return kind, target or None
+
+
+def is_runbook_dag(dag_id: str | None, tags: object = None) -> bool:
+    """True for a DAG cloudops built: its id is ``<runbook kind>[__<target>]``, and its tags (when
+    known: the listener does not always see the DAG object) include ``cloudops``."""
+    if not dag_id or runbook_of(dag_id)[0] not in RUNBOOK_KINDS:
+        return False
+    if tags is None:
+        return True
+    try:
+        return RUNBOOK_TAG in tags  # type: ignore[operator]
+    except TypeError:
+        return True
 
 
 @dataclass
@@ -176,11 +199,14 @@ __all__ = [
     "REPOSITORY_TRUSTED",
     "RESTORE_PERFORMED",
     "RETENTION_DELETED",
+    "RUNBOOK_KINDS",
+    "RUNBOOK_TAG",
     "RUN_FINISHED",
     "RUN_STARTED",
     "STEP_TRY",
     "Run",
     "fold_runs",
+    "is_runbook_dag",
     "runbook_of",
     "select_runs",
 ]

@@ -353,12 +353,8 @@ def _read_segments(ledger: Ledger) -> list[tuple[str, bytes]]:
     """Every day segment's bytes, read under the writers' lock so no line is caught half-written."""
     if not ledger.segments_dir.is_dir():
         return []
-    with (ledger.directory / "ledger.lock").open("a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_SH)
-        try:
-            return [(path.name, path.read_bytes()) for path in ledger.segment_files()]
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with ledger.locked(shared=True):  # bounded, like the writers' wait (ledger.py)
+        return [(path.name, path.read_bytes()) for path in ledger.segment_files()]
 
 
 def _shipped_dir(ledger: Ledger) -> Path:

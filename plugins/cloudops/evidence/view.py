@@ -5,6 +5,16 @@ which Airflow shows in a frame of its own UI. Every route is a GET behind Airflo
 UI's ``_token`` cookie or an ``Authorization: Bearer`` token, for a user allowed to read DAG runs.
 Without one the answer is 401 or 403 and never data. Nothing here writes: the ledger is only read.
 
+Each run is shown only to a user the auth manager lets read that DAG's runs
+(``is_authorized_dag(GET, RUN, DagDetails(id=dag_id))``: with the FAB auth manager, a role that may
+read one estate's DAGs sees that estate's runs only). A pack holds whole days of the chain; for a
+user who may not read every DAG with a record in it, it is scoped to their DAGs' records
+(``export.scope_pack``: each record still re-hashable, the manifest says what was left out).
+
+The chain is verified once per state of the ledger folder (every segment's name, size and mtime,
+and the last record's hash), not per request: pages and packs reuse that verdict and re-read only
+what they show.
+
 Pages are server-rendered HTML without scripts or outside assets, and every value from the ledger is
 escaped. This module imports FastAPI and Airflow's API security (about a second): only the API server
 imports it, through the plugin's ``fastapi_apps``.
@@ -14,8 +24,10 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Iterable, Mapping
-from datetime import date
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -27,8 +39,18 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cloudops.evidence.export import build_pack, pack_zip_bytes
-from cloudops.evidence.ledger import Ledger, LedgerError, Record, evidence_dir, verify_ledger
+from cloudops.evidence.export import build_pack, pack_zip_bytes, scope_pack
+from cloudops.evidence.ledger import (
+    GENESIS,
+    Ledger,
+    LedgerError,
+    Record,
+    Verdict,
+    evidence_dir,
+    read_segment,
+    utc_stamp,
+    verify_segments,
+)
 from cloudops.evidence.runs import DRILL_RECORDED, Run, fold_runs, select_runs
 
 RUNS_PATH = "/runs"
@@ -60,6 +82,99 @@ def evidence_reader(user: GetUserDep) -> BaseUser:
 ReaderDep = Annotated[BaseUser, Depends(evidence_reader)]
 
 
+def dag_reader(user: BaseUser) -> Callable[[str], bool]:
+    """Whether ``user`` may read the runs of a DAG, asked of the auth manager once per DAG id."""
+    from airflow.api_fastapi.app import get_auth_manager
+
+    manager, answers = get_auth_manager(), {}
+
+    def may_read(dag_id: str) -> bool:
+        if dag_id not in answers:
+            answers[dag_id] = bool(
+                manager.is_authorized_dag(
+                    method="GET", access_entity=DagAccessEntity.RUN, details=DagDetails(id=dag_id), user=user
+                )
+            )
+        return answers[dag_id]
+
+    return may_read
+
+
+@dataclass(frozen=True)
+class LedgerState:
+    """The ledger folder as verified once: the verdict, the runs, and where the chain stood at the
+    end of each day segment (so a pack need not re-verify the days before its period)."""
+
+    head: tuple[Any, ...]
+    verdict: Verdict
+    runs: list[Run]
+    days: list[str]
+    ends: dict[str, tuple[int, str]] = field(default_factory=dict)
+    checked_at: str = ""
+
+
+class LedgerStates:
+    """The last verified state of one ledger folder, reused while its head is unchanged."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state: LedgerState | None = None
+
+    def current(self, book: Ledger) -> LedgerState:
+        head = ledger_head(book)
+        with self._lock:  # one verification at a time; a second request for the same head waits for it
+            if self._state is None or self._state.head != head:
+                self._state = _verify_and_fold(book, head)
+            return self._state
+
+
+def ledger_head(book: Ledger) -> tuple[Any, ...]:
+    """What identifies the folder's content for the cache: every segment's name, size and mtime, and
+    the last record's hash (the last line's bytes). Any append, truncation or rewrite changes it."""
+    stats = []
+    for path in book.segment_files():
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            continue
+        stats.append((path.name, info.st_size, info.st_mtime_ns))
+    last = b""
+    if stats:
+        with (book.segments_dir / stats[-1][0]).open("rb") as handle:
+            handle.seek(max(stats[-1][1] - 100, 0))
+            last = handle.read()
+    return (tuple(stats), last)
+
+
+def _verify_and_fold(book: Ledger, head: tuple[Any, ...]) -> LedgerState:
+    """One pass over the folder: verify each segment on from the one before, parse its records."""
+    records: list[Record] = []
+    ends: dict[str, tuple[int, str]] = {}
+    seq, prev, count, problem = 0, GENESIS, 0, None
+    for path in book.segment_files():
+        data = path.read_bytes()
+        if problem is None:
+            verdict = verify_segments([(path.name, data)], start_seq=seq + 1, start_prev=prev)
+            count += verdict.records
+            if verdict.ok:
+                seq, prev = verdict.last_seq, verdict.last_hash
+                ends[path.name[:10]] = (seq, prev)
+            else:
+                problem = verdict.problem
+        try:
+            records.extend(read_segment(data, path.name))
+        except (ValueError, KeyError, TypeError):  # a damaged line: the verdict names it
+            continue
+    return LedgerState(
+        head=head,
+        verdict=Verdict(count, problem, seq, prev),
+        runs=fold_runs(records),
+        days=[p.name[:10] for p in book.segment_files()],
+        ends=ends,
+        checked_at=utc_stamp(datetime.now(UTC)),
+    )
+
+
 def create_app(ledger_dir: str | Path | None = None) -> FastAPI:
     """The auditor view of the ledger in ``ledger_dir`` (default ``<evidence dir>/ledger``, per request)."""
     app = FastAPI(
@@ -73,6 +188,12 @@ def create_app(ledger_dir: str | Path | None = None) -> FastAPI:
 
     def ledger() -> Ledger:
         return Ledger(ledger_dir or evidence_dir() / "ledger", fsync=False)
+
+    states: dict[Path, LedgerStates] = {}
+
+    def state() -> LedgerState:
+        book = ledger()
+        return states.setdefault(book.directory, LedgerStates()).current(book)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Any) -> Response:
@@ -102,23 +223,25 @@ def create_app(ledger_dir: str | Path | None = None) -> FastAPI:
         target: str | None = None,
     ) -> HTMLResponse:
         period = _period(since, until)
-        book = ledger()
-        every = fold_runs(book.records())
+        current, may_read = state(), dag_reader(user)
+        every = [run for run in current.runs if may_read(run.dag_id)]
         chosen = select_runs(every, since=period[0], until=period[1], runbook=runbook, target=target)
         chosen.sort(key=lambda run: run.started_at or run.day, reverse=True)
-        days = [p.name[:10] for p in book.segment_files()]
         return _page(
             "Runbook runs",
             _user_line(user)
-            + _chain_line(book)
+            + _chain_line(current)
             + _filter_form(every, period, runbook, target)
             + _runs_table(chosen)
-            + _pack_form(period, days),
+            + _pack_form(period, current.days),
         )
 
     @app.get("/run", name="run", response_class=HTMLResponse)
     def run_page(user: ReaderDep, dag_id: str, run_id: str) -> HTMLResponse:
-        found = [r for r in fold_runs(ledger().records()) if r.dag_id == dag_id and r.run_id == run_id]
+        # Asked before looking: the answer says nothing of whether such a run exists.
+        if not dag_reader(user)(dag_id):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, f"you may not read the runs of {dag_id}")
+        found = [r for r in state().runs if r.dag_id == dag_id and r.run_id == run_id]
         if not found:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no evidence of run {run_id} of {dag_id}")
         return _page(f"{dag_id} / {run_id}", _user_line(user) + _run_evidence(found[0]))
@@ -130,15 +253,27 @@ def create_app(ledger_dir: str | Path | None = None) -> FastAPI:
         until: Annotated[str | None, Query(alias="to")] = None,
     ) -> Response:
         first, last = _period(since, until)
-        book = ledger()
-        days = [date.fromisoformat(p.name[:10]) for p in book.segment_files()]
+        book, current = ledger(), state()
+        days = [date.fromisoformat(day) for day in current.days]
         if not days:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "the ledger holds no records yet")
+        if not current.verdict.ok:  # a broken chain: the pack would not verify, so none is made
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                f"the ledger's chain is broken: {current.verdict.problem}; not exporting evidence from it",
+            )
         first, last = first or days[0], last or days[-1]
+        before = [day for day in current.ends if day < first.isoformat()]
+        start = current.ends[max(before)] if before else (0, GENESIS)
         try:
-            archive = pack_zip_bytes(build_pack(book, first, last))
-        except LedgerError as error:  # a broken chain: the pack would not verify, so none is made
+            pack = build_pack(book, first, last, verified_start=start)
+        except LedgerError as error:  # changed since it was verified, and broken
             raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
+        may_read = dag_reader(user)
+        if not all(may_read(dag_id) for dag_id in pack.dag_ids):
+            # Whole days hold other DAGs' records: this user gets their own DAGs' records only.
+            pack = scope_pack(pack, may_read)
+        archive = pack_zip_bytes(pack)
         name = f"evidence-{first.isoformat()}_{last.isoformat()}.zip"
         return Response(
             archive,
@@ -206,14 +341,27 @@ def _user_line(user: BaseUser) -> str:
     )
 
 
-def _chain_line(book: Ledger) -> str:
-    verdict = verify_ledger(book)
+# What the chain check proves and what it does not (M8 of the safety review): said on every page.
+CHAIN_SCOPE = (
+    "This check proves that every record in this server's evidence folder matches its own hash and "
+    "follows the one before it, from the first record to the last. It does not prove that nobody "
+    "who can write that folder rewrote and re-sealed the chain, nor that today's records (signed "
+    "only when the day is shipped, after UTC midnight) are the ones first written: for that, "
+    "compare with the shipped, signed digests (<code>cloudops evidence verify --s3</code>)."
+)
+
+
+def _chain_line(current: LedgerState) -> str:
+    verdict = current.verdict
+    checked = f" <span class=muted>(checked {_e(current.checked_at)})</span>"
     if verdict.ok:
-        return (
+        line = (
             f"<p id=chain class=ok>Ledger chain intact: {verdict.records} records, "
-            f"last seq {verdict.last_seq}, hash <code class=hash>{_e(verdict.last_hash)}</code></p>"
+            f"last seq {verdict.last_seq}, hash <code class=hash>{_e(verdict.last_hash)}</code>{checked}</p>"
         )
-    return f"<p id=chain class=bad>Ledger chain NOT intact: {_e(verdict.problem)}</p>"
+    else:
+        line = f"<p id=chain class=bad>Ledger chain NOT intact: {_e(verdict.problem)}{checked}</p>"
+    return line + f"<p id=chain-scope class=muted>{CHAIN_SCOPE}</p>"
 
 
 def _options(values: Iterable[str], chosen: str | None) -> str:
@@ -251,7 +399,7 @@ def _runs_table(runs: list[Run]) -> str:
             f"<td>{_e(_moment(run.started_at) or run.day)}</td><td>{_e(run.runbook)}</td>"
             f"<td>{_e(run.target or '')}</td>"
             f'<td><a href="{_e(link)}">{_e(run.run_id)}</a><br><span class=muted>{_e(run.dag_id)}</span></td>'
-            f"<td>{_e(_triggerer(run))}</td><td class={_e(run.state)}>{_e(run.state)}</td>"
+            f'<td>{_e(_triggerer(run))}</td><td class="{_e(run.state)}">{_e(run.state)}</td>'
             f"<td>{len(run.steps)}</td><td>{_e(_facts_summary(run))}</td></tr>"
         )
     return (
@@ -304,7 +452,7 @@ def _cell(value: Any) -> str:
     if isinstance(value, dict | list):
         return f"<pre>{_json(value)}</pre>"
     if isinstance(value, bool):
-        return f"<span class={'ok' if value else 'bad'}>{'yes' if value else 'no'}</span>"
+        return f'<span class="{"ok" if value else "bad"}">{"yes" if value else "no"}</span>'
     return _e(value)
 
 
@@ -312,7 +460,8 @@ def _kv_table(values: Mapping[str, Any], *, skip: Iterable[str] = (), css_id: st
     rows = "".join(
         f"<tr><th>{_e(k)}</th><td>{_cell(v)}</td></tr>" for k, v in values.items() if k not in skip
     )
-    return f"<table{f' id={_e(css_id)}' if css_id else ''}>{rows}</table>"
+    id_attribute = f' id="{_e(css_id)}"' if css_id else ""
+    return f"<table{id_attribute}>{rows}</table>"
 
 
 def _list_table(items: list[Any], columns: list[str], css_class: str) -> str:
@@ -320,7 +469,7 @@ def _list_table(items: list[Any], columns: list[str], css_class: str) -> str:
     rows = "".join(
         "<tr>" + "".join(f"<td>{_cell(_get(item, c))}</td>" for c in columns) + "</tr>" for item in items
     )
-    return f"<table class={_e(css_class)}><tr>{head}</tr>{rows}</table>"
+    return f'<table class="{_e(css_class)}"><tr>{head}</tr>{rows}</table>'
 
 
 def _get(item: Any, column: str) -> Any:
@@ -364,7 +513,7 @@ def _steps_table(steps: list[Record]) -> str:
         state = data.get("state")
         rows.append(
             f"<tr><td>{_e(step.seq)}</td><td>{_e(task)}</td><td>{_e(step.fields.get('try_number'))}</td>"
-            f"<td class={_e(state)}>{_e(state)}</td><td>{_e(data.get('started_at'))}</td>"
+            f'<td class="{_e(state)}">{_e(state)}</td><td>{_e(data.get("started_at"))}</td>'
             f"<td>{_e(data.get('finished_at'))}</td><td>{_e(data.get('duration_seconds'))}</td>"
             f"<td>{_e(data.get('hostname'))}</td><td>{_e(data.get('error') or '')}</td></tr>"
         )
@@ -381,7 +530,7 @@ def _fact(fact: Record) -> str:
     if fact.kind == DRILL_RECORDED:
         passed = bool(data.get("passed"))
         line = (
-            f"<p class={'ok' if passed else 'bad'}>Drill {'passed' if passed else 'FAILED'}"
+            f'<p class="{"ok" if passed else "bad"}">Drill {"passed" if passed else "FAILED"}'
             f": RTO {_e(data.get('rto_seconds'))} s (target {_e(data.get('rto_target_seconds'))} s), "
             f"RPO {_e(data.get('rpo_seconds'))} s (target {_e(data.get('rpo_target_seconds'))} s)</p>"
         )
@@ -406,4 +555,12 @@ def _records_table(records: list[Record]) -> str:
     )
 
 
-__all__ = ["create_app", "evidence_reader"]
+__all__ = [
+    "CHAIN_SCOPE",
+    "LedgerState",
+    "LedgerStates",
+    "create_app",
+    "dag_reader",
+    "evidence_reader",
+    "ledger_head",
+]

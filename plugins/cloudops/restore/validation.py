@@ -8,8 +8,11 @@ seconds to import and DAG files must stay light.
 
 Passwords never leave the connection: Great Expectations gets its connection string through the
 ephemeral context's runtime variables (the data source's configuration holds ``${...}``), and every
-message that reaches a :class:`Check` or an error is scrubbed of the password. Failing rows' values are
-not copied into checks (they may be personal data): counts only.
+message that reaches a :class:`Check` or an error is scrubbed of the password. No value from the
+data reaches a check (checks go into drill records, the ledger and its 400-day lock, and values may
+be personal data): a Great Expectations result gives its verdict and counts only (unexpected rows
+of how many, or the row count of a table-count expectation), never its ``observed_value`` of a
+column (a minimum, a mean, the distinct or most common values) nor the failing rows.
 """
 
 from __future__ import annotations
@@ -420,8 +423,20 @@ def _data_source(
             )
 
 
+# Expectations whose observed_value is a count of rows or columns, not a value from the data.
+_COUNT_EXPECTATIONS = frozenset(
+    {
+        "table_row_count_to_be_between",
+        "table_row_count_to_equal",
+        "table_row_count_to_equal_other_table",
+        "table_column_count_to_be_between",
+        "table_column_count_to_equal",
+    }
+)
+
+
 def _gx_check(table: str, spec: SuiteExpectation, outcome: Any, secrets: list[str]) -> Check:
-    """One Great Expectations result as a Check: counts and observed values, never the failing rows."""
+    """One Great Expectations result as a Check: its verdict and counts, never a value of the data."""
     arguments = spec.arguments
     name = f"{table}: {spec.expect}({_columns(arguments)})"
     expected = {key: value for key, value in arguments.items() if key not in ("column", "column_list")} or (
@@ -433,12 +448,14 @@ def _gx_check(table: str, spec: SuiteExpectation, outcome: Any, secrets: list[st
         )
     result = dict(outcome.result or {})
     message = _exception_message(outcome.exception_info)
-    observed: Any = result.get("observed_value")
+    observed: Any = None
     if "unexpected_count" in result:
         observed = result["unexpected_count"]
         detail = f"{result['unexpected_count']} of {result.get('element_count', '?')} row(s) unexpected"
-    elif observed is not None:
-        detail = ""
+    elif spec.expect in _COUNT_EXPECTATIONS and isinstance(result.get("observed_value"), int):
+        observed, detail = result["observed_value"], ""
+    elif result.get("observed_value") is not None:
+        detail = "observed value not recorded: it is a value of the data"
     else:
         detail = "not measured"
     if message:
