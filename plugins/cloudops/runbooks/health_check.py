@@ -48,6 +48,11 @@ SCHEDULE = "*/30 * * * *"
 PROBE_TIMEOUT_SECONDS = 10
 MAX_PARALLEL_PROBES = 16
 T = TypeVar("T")
+NEXT_ACTIONS = {
+    "report": "read the summary: each unhealthy target is named with why; see 'What to do next' in the "
+    "DAG's docs",
+    "*": "a check task failed (not a target): read its log",
+}
 
 
 def _in_parallel(items: Sequence[T], check: Callable[[T], Finding]) -> list[Finding]:
@@ -153,7 +158,14 @@ def build_health_check_dag(loaded: LoadedCatalog) -> list[DAG]:
     from airflow.providers.standard.operators.python import PythonOperator
     from airflow.sdk import DAG
 
-    from cloudops.runbooks.common import default_args, runbook_doc, start_date, tags
+    from cloudops.runbooks.common import (
+        created_paused,
+        default_args,
+        failure_alerts,
+        runbook_doc,
+        start_date,
+        tags,
+    )
 
     catalog = loaded.catalog
     op_kwargs = {"catalog_file": str(loaded.path), "estate": catalog.estate}
@@ -165,7 +177,13 @@ def build_health_check_dag(loaded: LoadedCatalog) -> list[DAG]:
         catchup=False,
         max_active_runs=1,
         dagrun_timeout=timedelta(minutes=25),
-        default_args=default_args(catalog.owner, retries=1, execution_timeout=timedelta(minutes=10)),
+        default_args=default_args(
+            catalog.owner,
+            alerts=failure_alerts(loaded, f"estate {catalog.estate}", NEXT_ACTIONS),
+            retries=1,
+            execution_timeout=timedelta(minutes=10),
+        ),
+        is_paused_upon_creation=created_paused(),
         doc_md=runbook_doc(__doc__, _targets_doc(catalog)),
         tags=tags(KIND, loaded),
     ) as dag:

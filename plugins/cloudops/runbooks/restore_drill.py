@@ -587,9 +587,15 @@ def build_restore_drill_dags(loaded: LoadedCatalog) -> list[DAG]:
     from airflow.providers.standard.operators.python import PythonOperator
     from airflow.sdk import DAG
 
-    from cloudops.notifications import RunbookFailureNotifier
     from cloudops.runbooks.backup import backup_asset
-    from cloudops.runbooks.common import default_args, runbook_doc, start_date, tags
+    from cloudops.runbooks.common import (
+        created_paused,
+        default_args,
+        failure_alerts,
+        runbook_doc,
+        start_date,
+        tags,
+    )
 
     catalog, dags = loaded.catalog, []
     for database in catalog.databases:
@@ -600,12 +606,7 @@ def build_restore_drill_dags(loaded: LoadedCatalog) -> list[DAG]:
             "estate": catalog.estate,
             "database_name": database.name,
         }
-        notifier = RunbookFailureNotifier(
-            catalog_file=str(loaded.path),
-            estate=catalog.estate,
-            target=f"database {database.name}",
-            next_actions=NEXT_ACTIONS,
-        )
+        notifier = failure_alerts(loaded, f"database {database.name}", NEXT_ACTIONS)
         schedule: Any = (
             [backup_asset(catalog, database)]
             if database.drill.schedule == "on_backup"
@@ -619,10 +620,10 @@ def build_restore_drill_dags(loaded: LoadedCatalog) -> list[DAG]:
             catchup=False,
             max_active_runs=1,
             dagrun_timeout=timedelta(hours=8),
-            default_args={
-                **default_args(catalog.owner, retries=1, execution_timeout=timedelta(hours=4)),
-                "on_failure_callback": [notifier],
-            },
+            default_args=default_args(
+                catalog.owner, alerts=notifier, retries=1, execution_timeout=timedelta(hours=4)
+            ),
+            is_paused_upon_creation=created_paused(database.drill.paused),
             doc_md=runbook_doc(
                 __doc__,
                 f"## This database: `{database.name}` ({database.engine})\n\n"

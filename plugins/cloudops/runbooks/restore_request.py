@@ -45,6 +45,15 @@ DAG_ID = "restore_request"
 LATEST = "latest"
 _BACKUP_ID = re.compile(r"^(latest|\d{8}T\d{6}Z-[0-9a-f]{6})$")
 _TARGET = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+# What the failure alert tells on-call to do, by step (the runbook text above says more).
+NEXT_ACTIONS = {
+    "check_request": "the form was refused and nothing ran: read the message, fix the input, trigger again",
+    "restore": "a damaged backup or a failed restore: read the log; pick an older backup id if damaged",
+    "verify": "the restored data differs from the backup's record: read the failed checks in the log",
+    "approve_overwrite": "the approval was not given in time or was refused: nothing was overwritten",
+    "put_in_place": "the swap did not complete: check the target and its _before_ copy NOW, see the log",
+    "*": "read the task log",
+}
 
 
 @dataclass(frozen=True)
@@ -355,7 +364,7 @@ def build_restore_request_dag(catalogs: CatalogSet) -> DAG:
     from airflow.providers.standard.operators.python import PythonOperator
     from airflow.sdk import DAG, Param
 
-    from cloudops.runbooks.common import default_args, runbook_doc
+    from cloudops.runbooks.common import created_paused, default_args, failure_alerts, runbook_doc
 
     names = sorted(d.name for loaded in catalogs.catalogs for d in loaded.catalog.databases if d.backup)
     owners = sorted({loaded.catalog.owner for loaded in catalogs.catalogs}) or ["cloudops"]
@@ -365,7 +374,15 @@ def build_restore_request_dag(catalogs: CatalogSet) -> DAG:
         schedule=None,
         catchup=False,
         max_active_runs=1,
-        default_args=default_args(", ".join(owners), retries=1, execution_timeout=timedelta(hours=6)),
+        default_args=default_args(
+            ", ".join(owners),
+            # The form names the database: its estate is alerted (every estate's when it names none).
+            alerts=failure_alerts(None, "the requested restore", NEXT_ACTIONS, database_param="database"),
+            retries=1,
+            execution_timeout=timedelta(hours=6),
+        ),
+        # Paused, a triggered restore would wait in "queued" while the incident goes on.
+        is_paused_upon_creation=created_paused(),
         doc_md=runbook_doc(__doc__),
         tags=["cloudops", DAG_ID],
         params={
