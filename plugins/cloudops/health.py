@@ -88,6 +88,11 @@ def assess_host(fleet: Fleet, host: Host, state: HostState) -> Finding:
     detail = f"up {uptime / 86400:.1f}d"
     if fullest:
         detail += f", fullest disk {fullest[0]} {fullest[1]}%"
+    if state.disk_error:
+        # Up, but its disks cannot be judged: never healthy by default (a full disk would not show).
+        return Finding(
+            target, DEGRADED, detail + ", disk use unknown", f"disk use unknown: {state.disk_error}"
+        )
     over = {
         mount: used for mount, used in state.disk_used_percent.items() if used > fleet.disk_used_max_percent
     }

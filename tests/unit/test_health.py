@@ -8,7 +8,8 @@ import pytest
 
 from cloudops.catalog.models import Catalog
 from cloudops.engines import DatabaseState
-from cloudops.fleet.health import HostState, parse_df, parse_uptime
+from cloudops.fleet.health import HostState, host_state, parse_df, parse_uptime
+from cloudops.fleet.ssh import CommandResult
 from cloudops.health import DEGRADED, DOWN, ERROR, OK, Finding, HealthReport, assess_database, assess_host
 
 pytestmark = pytest.mark.unit
@@ -87,6 +88,45 @@ def test_host_disk_over_limit_is_degraded() -> None:
 def test_unreachable_host_is_down() -> None:
     finding = assess_host(FLEET, HOST, HostState(False, error="host key does not match"))
     assert (finding.status, finding.problem) == (DOWN, "unreachable over SSH: host key does not match")
+
+
+DF = "Filesystem 1024-blocks Used Available Capacity Mounted on\n/dev/vda 264212084 37215216 69175696 35% /\n"
+
+
+def test_a_host_whose_df_failed_is_degraded_not_healthy() -> None:
+    # What a host printed when df found no filesystem to report (seen on a sandbox host).
+    state = host_state(CommandResult(1, "978.28 457.20\n", "df: no file systems processed\n"))
+    assert state.reachable
+    assert state.uptime_seconds == 978.28
+    finding = assess_host(FLEET, HOST, state)
+    assert finding.status == DEGRADED
+    assert finding.problem == "disk use unknown: df exited 1: df: no file systems processed"
+
+
+def test_a_host_listing_no_filesystem_is_degraded() -> None:
+    finding = assess_host(FLEET, HOST, host_state(CommandResult(0, "978.28 457.20\n", "")))
+    assert finding.status == DEGRADED
+    assert finding.problem == "disk use unknown: df listed no filesystem"
+
+
+def test_partial_df_output_with_an_error_is_still_degraded() -> None:
+    state = host_state(CommandResult(1, "978.28 457.20\n" + DF, "df: /data: Input/output error\n"))
+    assert state.disk_used_percent == {"/": 35}
+    finding = assess_host(FLEET, HOST, state)
+    assert finding.status == DEGRADED
+    assert "df exited 1: df: /data: Input/output error" in (finding.problem or "")
+
+
+def test_a_healthy_host_state_from_the_command() -> None:
+    finding = assess_host(FLEET, HOST, host_state(CommandResult(0, "978.28 457.20\n" + DF, "")))
+    assert finding.status == OK
+    assert finding.detail == "up 0.0d, fullest disk / 35%"
+
+
+def test_no_uptime_means_the_command_failed() -> None:
+    state = host_state(CommandResult(127, "", "cat: /proc/uptime: No such file or directory\n"))
+    assert not state.reachable
+    assert state.error == "health command exited 127: cat: /proc/uptime: No such file or directory"
 
 
 def test_report_summary_names_every_unhealthy_target() -> None:
