@@ -93,7 +93,6 @@ def run_command(
     """
     import paramiko
     from airflow.providers.ssh.hooks.ssh import SSHHook
-
     from airflow.sdk.exceptions import AirflowException
 
     conn = get_connection(ssh_conn_id, used_by)
