@@ -76,6 +76,8 @@ def scratch_databases() -> list[str]:
 
 
 def test_drill_passes_and_records_evidence(estate: dict[str, Any]) -> None:
+    # Two backups: the record measures the gap between them from the repository listing.
+    take_backup(estate["file"], estate["estate"], "inventory_mariadb")
     backup_id = take_backup(estate["file"], estate["estate"], "inventory_mariadb")["backup_id"]
 
     outcome = run_drill(estate, "manual__drill-pass")
@@ -103,10 +105,13 @@ def test_drill_passes_and_records_evidence(estate: dict[str, Any]) -> None:
     from cloudops.catalog import load_catalog_file
 
     catalog = load_catalog_file(estate["file"])
-    (listed,) = open_repository(catalog, catalog.database("inventory_mariadb")).list_backups(
+    newer, older = open_repository(catalog, catalog.database("inventory_mariadb")).list_backups(
         "inventory_mariadb"
     )
-    assert listed.complete, "the drill record must not make the backup look incomplete"
+    assert newer.complete and older.complete, "the drill record must not make a backup look incomplete"
+    assert record["complete_backups_in_window"] == 2
+    assert record["largest_backup_gap_seconds"] == round((newer.time - older.time).total_seconds(), 3)
+    assert record["rpo_seconds"] == max(record["backup_age_seconds"], record["largest_backup_gap_seconds"])
 
 
 def test_flipped_byte_fails_before_any_restore_and_teardown_still_runs(estate: dict[str, Any]) -> None:
