@@ -108,7 +108,8 @@ def test_drill_passes_and_records_evidence(estate: dict[str, Any]) -> None:
     newer, older = open_repository(catalog, catalog.database("inventory_mariadb")).list_backups(
         "inventory_mariadb"
     )
-    assert newer.complete and older.complete, "the drill record must not make a backup look incomplete"
+    assert newer.complete, "the drill record must not make a backup look incomplete"
+    assert older.complete
     assert record["complete_backups_in_window"] == 2
     assert record["largest_backup_gap_seconds"] == round((newer.time - older.time).total_seconds(), 3)
     assert record["rpo_seconds"] == max(record["backup_age_seconds"], record["largest_backup_gap_seconds"])

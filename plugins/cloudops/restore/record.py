@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from itertools import pairwise
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -140,8 +141,7 @@ def largest_backup_gap(
     if len(bounds) < 2:
         return BackupGap(None, len(inside), since)
     gap, between = max(
-        ((later - earlier).total_seconds(), (earlier, later))
-        for earlier, later in zip(bounds, bounds[1:], strict=False)
+        ((later - earlier).total_seconds(), (earlier, later)) for earlier, later in pairwise(bounds)
     )
     return BackupGap(round(gap, 3), len(inside), since, between)
 

@@ -33,7 +33,8 @@ backup (on the backup's Asset) or on the catalog's cron:
    left;
 6. `record` measures RTO (restore + validation) and RPO (the data loss exposure: the larger of the
    backup's age and the largest gap between consecutive complete backups in the repository over the
-   last 30 days, so daily backups miss a 1 h RPO), compares them with the catalog's targets, logs the drill record as a table, stores it as JSON in S3 beside the backups
+   last 30 days, so daily backups miss a 1 h RPO), compares them with the catalog's targets,
+   logs the drill record as a table, stores it as JSON in S3 beside the backups
    (`<prefix>/<estate>/_drills/<database>/<backup_id>/`) and in the local evidence folder, and
    **fails the run when any check failed, a step failed (the RDS ones included), a target was missed or
    a scratch RDS instance could not be deleted**.
