@@ -69,6 +69,7 @@ def test_every_catalog_target_has_its_runbooks(dagbag: Any) -> None:
 
 
 def test_every_dag_follows_the_runbook_policy(dagbag: Any) -> None:
+    from cloudops.health import RUNBOOK_GRACE
     from cloudops.notifications import RunbookFailureNotifier
 
     owners = {loaded.catalog.owner for loaded in load_catalogs().catalogs}
@@ -85,6 +86,9 @@ def test_every_dag_follows_the_runbook_policy(dagbag: Any) -> None:
         assert dag.default_args["retry_exponential_backoff"] >= 2, f"{dag_id}: no backoff"
         # The sandbox catalog pauses nothing: every runbook starts active.
         assert dag.is_paused_upon_creation is False, f"{dag_id}: would be created paused"
+        if kind in RUNBOOK_GRACE:
+            # The health check calls a run late only after the time the run itself may take.
+            assert dag.dagrun_timeout <= RUNBOOK_GRACE[kind], f"{dag_id}: dagrun_timeout beyond its grace"
         estate = next((tag.removeprefix("estate:") for tag in dag.tags if tag.startswith("estate:")), None)
         for task in dag.tasks:
             assert task.owner in owners, f"{dag_id}.{task.task_id}: owner {task.owner!r}"

@@ -106,13 +106,20 @@ def default_args(
     }
 
 
+PAUSED_AT_CREATION_ENV = "CLOUDOPS_PAUSED_AT_CREATION"
+
+
 def created_paused(paused_by_catalog: bool = False) -> bool:
     """``is_paused_upon_creation`` of a runbook DAG: unpaused unless the catalog pauses it.
 
     Airflow creates DAGs paused by default (``dags_are_paused_at_creation``); a runbook that nobody
-    unpauses never runs. The health check reports every runbook DAG that is paused all the same.
+    unpauses never runs. Created unpaused, a scheduled runbook runs its latest missed time at once.
+    ``CLOUDOPS_PAUSED_AT_CREATION=true`` creates every runbook paused, for an Airflow started to test one
+    runbook (the e2e stacks), where the others would compete for its few slots; the health check reports
+    every paused runbook DAG all the same, so the switch cannot hide an outage.
     """
-    return paused_by_catalog
+    forced = os.environ.get(PAUSED_AT_CREATION_ENV, "false").strip().lower() in ("1", "true", "yes")
+    return paused_by_catalog or forced
 
 
 def start_date(timezone: str) -> datetime:
@@ -150,6 +157,7 @@ def build_dags(builder: Callable[[LoadedCatalog], Iterable[DAG]]) -> dict[str, D
 
 
 __all__ = [
+    "PAUSED_AT_CREATION_ENV",
     "build_dags",
     "created_paused",
     "deadline_alerts_enabled",
