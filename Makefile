@@ -89,7 +89,8 @@ schema: venv  ## regenerate runbooks/schema/ from the catalog models
 up: airflow-db  ## run Airflow (standalone) against the sandbox: http://localhost:8080, admin / admin (+ approver, auditor)
 	@echo '{"admin": "admin", "approver": "approver", "auditor": "auditor"}' > "$(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated"
 	@echo "Airflow UI: http://localhost:8080  logins: admin/admin, approver/approver (approves), auditor/auditor (reads)  (Ctrl-C stops it)"
-	@$(WITH_SANDBOX_ENV) exec airflow standalone
+	@# The health check reads the runbook DAGs' state through the REST API, as the read-only auditor.
+	@$(WITH_SANDBOX_ENV) AIRFLOW_CONN_CLOUDOPS_AIRFLOW_API='{"conn_type": "http", "host": "http://localhost:8080", "login": "auditor", "password": "auditor"}' exec airflow standalone
 
 down: sandbox-down  ## stop the sandbox (Airflow standalone stops with Ctrl-C)
 

@@ -6,14 +6,25 @@ on-call engineer reads in the task log and the failure message.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-from cloudops.catalog.models import Catalog, Database, Fleet, Host
+from cloudops.catalog.models import Catalog, Database, Fleet, Host, render_duration
 from cloudops.engines import DatabaseState
 from cloudops.fleet.health import HostState
 
-OK, DEGRADED, DOWN, ERROR = "ok", "degraded", "down", "error"
+OK, DEGRADED, DOWN, ERROR, WARNING = "ok", "degraded", "down", "error", "warning"
+# How long after its scheduled time a run may still be going (its dagrun_timeout; the DAG policy test
+# checks they agree). A backup's grace is its catalog deadline instead: that is the promise.
+RUNBOOK_GRACE = {"restore_drill": timedelta(hours=8), "ebs_snapshot": timedelta(hours=3)}
+_PRESETS = {
+    "@hourly": "0 * * * *",
+    "@daily": "0 0 * * *",
+    "@weekly": "0 0 * * 0",
+    "@monthly": "0 0 1 * *",
+    "@yearly": "0 0 1 1 *",
+}
 
 
 @dataclass(frozen=True)
@@ -21,8 +32,9 @@ class Finding:
     """The health of one target.
 
     :param target: ``database orders_pg`` or ``host web-1``.
-    :param status: ``ok``, ``degraded`` (up but outside policy), ``down`` or ``error`` (could not be
-        checked, e.g. its Airflow connection is missing).
+    :param status: ``ok``, ``degraded`` (up but outside policy), ``down``, ``error`` (could not be
+        checked, e.g. its Airflow connection is missing) or ``warning`` (shown, but does not fail the
+        check: e.g. the runbooks' state could not be read, or the catalog pauses a runbook).
     :param detail: what was seen, for the table.
     :param problem: why it is not ok, for the failure message; None when ok.
     """
@@ -88,6 +100,11 @@ def assess_host(fleet: Fleet, host: Host, state: HostState) -> Finding:
     detail = f"up {uptime / 86400:.1f}d"
     if fullest:
         detail += f", fullest disk {fullest[0]} {fullest[1]}%"
+    if state.disk_error:
+        # Up, but its disks cannot be judged: never healthy by default (a full disk would not show).
+        return Finding(
+            target, DEGRADED, detail + ", disk use unknown", f"disk use unknown: {state.disk_error}"
+        )
     over = {
         mount: used for mount, used in state.disk_used_percent.items() if used > fleet.disk_used_max_percent
     }
@@ -95,6 +112,189 @@ def assess_host(fleet: Fleet, host: Host, state: HostState) -> Finding:
         listed = ", ".join(f"{mount} {used}%" for mount, used in sorted(over.items()))
         return Finding(target, DEGRADED, detail, f"disk use over {fleet.disk_used_max_percent}%: {listed}")
     return Finding(target, OK, detail)
+
+
+@dataclass(frozen=True)
+class RunbookExpectation:
+    """A runbook DAG the catalog calls for, and how recent its last success must be.
+
+    :param dag_id: e.g. ``backup__orders_pg``.
+    :param target: what it acts on, e.g. ``database orders_pg``.
+    :param schedule: its cron (or preset) in ``timezone``; None when it runs after ``follows``.
+    :param follows: the DAG whose success starts it (a drill on the backup's Asset), else None.
+    :param grace: how long after its scheduled time (or ``follows``' success) a run may take.
+    :param paused_by_catalog: the catalog pauses it (``paused: true``).
+    """
+
+    dag_id: str
+    target: str
+    schedule: str | None
+    timezone: str
+    grace: timedelta
+    follows: str | None = None
+    paused_by_catalog: bool = False
+
+
+@dataclass(frozen=True)
+class RunbookState:
+    """What Airflow knows of one runbook DAG.
+
+    :param exists: Airflow has the DAG (parsed, not stale).
+    :param last_success: when its newest successful run ended.
+    :param runs: whether it has any run at all.
+    :param next_run: when the scheduler will create its next run.
+    :param running_since: when its newest run started (or was queued), while it is still going.
+    """
+
+    dag_id: str
+    exists: bool
+    is_paused: bool = False
+    last_success: datetime | None = None
+    runs: bool = False
+    next_run: datetime | None = None
+    running_since: datetime | None = None
+
+
+def expected_runbooks(catalog: Catalog) -> list[RunbookExpectation]:
+    """Every scheduled runbook DAG the estate's targets call for (the health check itself aside)."""
+    expected = []
+    for database in catalog.databases:
+        if database.backup is None:
+            continue
+        backup_dag = f"backup__{database.name}"
+        target = f"database {database.name}"
+        expected.append(
+            RunbookExpectation(
+                backup_dag,
+                target,
+                database.backup.schedule,
+                catalog.timezone,
+                database.backup.deadline,
+                paused_by_catalog=database.backup.paused,
+            )
+        )
+        if database.drill:
+            on_backup = database.drill.schedule == "on_backup"
+            expected.append(
+                RunbookExpectation(
+                    f"restore_drill__{database.name}",
+                    target,
+                    None if on_backup else database.drill.schedule,
+                    catalog.timezone,
+                    RUNBOOK_GRACE["restore_drill"],
+                    follows=backup_dag if on_backup else None,
+                    paused_by_catalog=database.drill.paused,
+                )
+            )
+    for fleet in catalog.fleets:
+        if fleet.snapshots:
+            expected.append(
+                RunbookExpectation(
+                    f"ebs_snapshot__{fleet.name}",
+                    f"fleet {fleet.name}",
+                    fleet.snapshots.schedule,
+                    catalog.timezone,
+                    RUNBOOK_GRACE["ebs_snapshot"],
+                    paused_by_catalog=fleet.snapshots.paused,
+                )
+            )
+    return expected
+
+
+def last_due(schedule: str, timezone: str, *, now: datetime, grace: timedelta) -> datetime | None:
+    """The latest scheduled time whose run should have finished by ``now`` (None: no fixed times)."""
+    from zoneinfo import ZoneInfo
+
+    from croniter import croniter
+
+    cron = _PRESETS.get(schedule, schedule)
+    if cron.startswith("@"):  # @once, @continuous: nothing is due at fixed times
+        return None
+    start = (now - grace).astimezone(ZoneInfo(timezone))
+    due: datetime = croniter(cron, start).get_prev(datetime)
+    return due
+
+
+def assess_runbook(
+    expected: RunbookExpectation, state: RunbookState, others: Mapping[str, RunbookState], *, now: datetime
+) -> Finding:
+    """Judge one runbook DAG: missing, paused or stale is an outage of what it does."""
+    target = f"runbook {expected.dag_id}"
+    if not state.exists:
+        return Finding(
+            target,
+            DOWN,
+            "missing",
+            f"Airflow has no DAG {expected.dag_id} for {expected.target}: nothing of it runs; read the "
+            "DAG import errors (a catalog file or DAG file that fails to load)",
+        )
+    if expected.paused_by_catalog:
+        if state.is_paused:
+            return Finding(
+                target,
+                WARNING,
+                "paused by the catalog",
+                f"the catalog pauses it: {expected.target} gets none",
+            )
+        return Finding(
+            target,
+            WARNING,
+            "active, the catalog pauses it",
+            "the catalog says paused but the DAG is active in Airflow (paused: true only applies when the "
+            "DAG is created): pause it in the UI, or remove paused from the catalog",
+        )
+    if state.is_paused:
+        return Finding(
+            target,
+            DEGRADED,
+            "paused",
+            f"paused in Airflow: it does not run for {expected.target} (an outage of what it does); unpause "
+            "it, or set paused: true in the catalog if that is intended",
+        )
+    last = f"last success {_iso(state.last_success)}" if state.last_success else "never succeeded"
+    due, why = _due(expected, others, now=now)
+    if due is None or (state.last_success is not None and state.last_success >= due):
+        return Finding(target, OK, f"active, {last}")
+    if not state.runs and expected.follows is None:
+        # A DAG just created (after its due time) gets its first run from the scheduler's next loop; a
+        # scheduler that creates no runs at all would not run this health check either.
+        return Finding(target, OK, f"active, no run yet (next due {_iso(state.next_run)})")
+    if state.running_since is not None and state.running_since + expected.grace > now:
+        # The run that catches up is still within its time (a DAG created after its last due time
+        # starts with one at once).
+        return Finding(target, OK, f"active, {last}, a run in progress since {_iso(state.running_since)}")
+    return Finding(
+        target,
+        DEGRADED,
+        f"active, {last}",
+        f"{last}, but a run was due at {_iso(due)} ({why}): find out why it did not run or failed",
+    )
+
+
+def _due(
+    expected: RunbookExpectation, others: Mapping[str, RunbookState], *, now: datetime
+) -> tuple[datetime | None, str]:
+    grace = render_duration(expected.grace)
+    if expected.follows is not None:
+        upstream = others.get(expected.follows)
+        if upstream is None or upstream.last_success is None or upstream.last_success + expected.grace > now:
+            return None, ""
+        return upstream.last_success, f"after {expected.follows} succeeded, within {grace}"
+    if expected.schedule is None:
+        return None, ""
+    due = last_due(expected.schedule, expected.timezone, now=now, grace=expected.grace)
+    return due, f"schedule {expected.schedule!r} {expected.timezone}, within {grace}"
+
+
+def _iso(value: datetime | None) -> str:
+    from datetime import UTC
+
+    return value.astimezone(UTC).isoformat(timespec="minutes").replace("+00:00", "Z") if value else "-"
+
+
+def runbook_state_unknown(estate: str, reason: str) -> Finding:
+    """The finding when Airflow's view of the runbooks cannot be read (e.g. under `airflow dags test`)."""
+    return Finding(f"runbooks of estate {estate}", WARNING, "not checked", f"runbook state unknown: {reason}")
 
 
 @dataclass(frozen=True)
@@ -106,8 +306,13 @@ class HealthReport:
 
     @property
     def unhealthy(self) -> list[Finding]:
-        """Findings that are not ok, in check order."""
-        return [finding for finding in self.findings if finding.status != OK]
+        """Findings that are neither ok nor warnings, in check order."""
+        return [finding for finding in self.findings if finding.status not in (OK, WARNING)]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        """Findings shown to on-call that do not fail the check."""
+        return [finding for finding in self.findings if finding.status == WARNING]
 
     @property
     def healthy(self) -> bool:
@@ -116,11 +321,16 @@ class HealthReport:
 
     def summary(self) -> str:
         """One paragraph naming every unhealthy target and why."""
-        total, bad = len(self.findings), self.unhealthy
+        bad, warnings = self.unhealthy, self.warnings
+        total = len(self.findings) - len(warnings)
         if not bad:
-            return f"estate {self.estate}: all {total} targets healthy"
-        lines = [f"estate {self.estate}: {len(bad)} of {total} targets unhealthy"]
+            lines = [f"estate {self.estate}: all {total} targets healthy"]
+        else:
+            lines = [f"estate {self.estate}: {len(bad)} of {total} targets unhealthy"]
         lines += [f"- {finding.target} is {finding.status}: {finding.problem}" for finding in bad]
+        if warnings:
+            lines += [f"{len(warnings)} warning(s):"]
+            lines += [f"- {finding.target}: {finding.problem}" for finding in warnings]
         return "\n".join(lines)
 
     def table(self) -> str:
@@ -145,9 +355,17 @@ __all__ = [
     "DOWN",
     "ERROR",
     "OK",
+    "RUNBOOK_GRACE",
+    "WARNING",
     "Finding",
     "HealthReport",
+    "RunbookExpectation",
+    "RunbookState",
     "assess_database",
     "assess_host",
+    "assess_runbook",
+    "expected_runbooks",
+    "last_due",
     "render_table",
+    "runbook_state_unknown",
 ]

@@ -4,6 +4,14 @@ An alert names the estate, the target (database, fleet), the step, what happened
 so that whoever is on call can act from the message alone. Every target is tried: one unreachable
 target never hides the alert from the others, and a failed delivery is logged, never raised into the
 runbook (the runbook's own failure is what matters).
+
+The error text comes from a driver, a host or an SDK: it is masked (``cloudops.secrets.mask_secrets``)
+before it goes into any message, because e-mail and SNS leave the deployment.
+
+Which targets: a runbook of one estate alerts that estate's ``notifications``. A runbook that serves
+every estate (``evidence_ship``: the ledger holds every estate's evidence; ``restore_request`` when its
+form names no catalog database) alerts every estate's targets, each destination once: there is no
+separate, global setting to forget.
 """
 
 from __future__ import annotations
@@ -17,8 +25,9 @@ from typing import Any
 
 from airflow.sdk import BaseNotifier
 
-from cloudops.catalog import Catalog, load_catalog_file
+from cloudops.catalog import Catalog, load_catalog_file, load_catalogs
 from cloudops.catalog.models import Notification, SmtpNotification, SnsNotification
+from cloudops.secrets import MASK, mask_secrets
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +55,25 @@ class Delivery:
 def failure_alert(
     *, estate: str, target: str, runbook: str, step: str, error: str, run_id: str, next_action: str
 ) -> Alert:
-    """Compose the alert for a failed runbook step."""
+    """Compose the alert for a failed runbook step; the error is masked, never sent as it came."""
     subject = f"[cloudops][{estate}] {runbook} failed at {step} ({target})"
+    shown = masked_error(error)
     body = (
         f"Runbook {runbook} failed for {target} in estate {estate}.\n\n"
         f"Step: {step}\n"
         f"Run: {run_id}\n"
-        f"Error: {error}\n\n"
+        f"Error: {shown}\n\n"
         f"Next action: {next_action}\n"
     )
     return Alert(subject, body)
+
+
+def masked_error(error: str) -> str:
+    """The error line as it may leave the deployment: secret-looking parts masked."""
+    shown = mask_secrets(error)
+    if shown == MASK:
+        return f"{MASK} (the message looked like it held a secret: read it in the task log)"
+    return str(shown)
 
 
 def _send_smtp(target: SmtpNotification, alert: Alert) -> None:
@@ -99,36 +117,85 @@ def send_alert(targets: Sequence[Notification], alert: Alert) -> list[Delivery]:
 
 
 class RunbookFailureNotifier(BaseNotifier):
-    """``on_failure_callback`` of runbook tasks: alert the estate's targets, naming the failed step.
+    """``on_failure_callback`` of every runbook task: alert the notification targets, naming the step.
 
-    :param catalog_file: the catalog file the DAG was built from (targets are read at alert time).
-    :param estate: the estate the runbook belongs to.
+    Attached through ``cloudops.runbooks.common.default_args``; the DAG policy test checks every task.
+
+    :param catalog_file: the catalog file the DAG was built from (targets are read at alert time);
+        None for a DAG that serves every estate.
+    :param estate: the estate the runbook belongs to; None for a DAG that serves every estate.
     :param target: what the runbook acts on, e.g. ``database orders_pg``.
     :param next_actions: by task id, what on-call should do next; ``"*"`` is the fallback.
+    :param database_param: the run's conf key naming a catalog database: when it names one, that
+        database's estate is alerted (and named) instead of every estate.
     """
 
-    def __init__(self, *, catalog_file: str, estate: str, target: str, next_actions: dict[str, str]) -> None:
+    def __init__(
+        self,
+        *,
+        catalog_file: str | None,
+        estate: str | None,
+        target: str,
+        next_actions: dict[str, str],
+        database_param: str | None = None,
+    ) -> None:
         super().__init__()
         self.catalog_file = catalog_file
         self.estate = estate
         self.target = target
         self.next_actions = next_actions
+        self.database_param = database_param
 
     def notify(self, context: Any) -> None:
         """Build the alert from the failed task's context and send it."""
         ti = context["ti"]
         step = ti.task_id
         error = context.get("exception")
+        try:
+            estate, target, targets = self._recipients(context)
+        except Exception as problem:  # an unreadable catalog must not hide the failure: log it at least
+            log.error("alert for %s.%s not sent, its targets are unknown: %s", ti.dag_id, step, problem)
+            return
         alert = failure_alert(
-            estate=self.estate,
-            target=self.target,
+            estate=estate,
+            target=target,
             runbook=ti.dag_id,
             step=step,
-            error=str(error).splitlines()[0] if error else "unknown (see the task log)",
+            error=str(error).strip().splitlines()[0] if error and str(error).strip() else _unknown(error),
             run_id=ti.run_id,
             next_action=self.next_actions.get(step) or self.next_actions.get("*", "read the task log"),
         )
-        send_alert(_targets(self.catalog_file, self.estate), alert)
+        send_alert(targets, alert)
+
+    def _recipients(self, context: Any) -> tuple[str, str, list[Notification]]:
+        """The estate named in the alert, the target, and whom to tell."""
+        if self.catalog_file is not None and self.estate is not None:
+            return self.estate, self.target, _targets(self.catalog_file, self.estate)
+        if self.database_param:
+            dag_run = context.get("dag_run")
+            database = ((getattr(dag_run, "conf", None) or {}) if dag_run else {}).get(self.database_param)
+            for loaded in load_catalogs().catalogs:
+                if any(d.name == database for d in loaded.catalog.databases):
+                    return loaded.catalog.estate, f"database {database}", list(loaded.catalog.notifications)
+        return "all estates", self.target, every_estates_targets()
+
+
+def _unknown(error: object) -> str:
+    return f"{type(error).__name__} (see the task log)" if error else "unknown (see the task log)"
+
+
+def every_estates_targets() -> list[Notification]:
+    """Every valid catalog file's notification targets, each destination once."""
+    seen: dict[tuple[str, ...], Notification] = {}
+    for loaded in load_catalogs().catalogs:
+        for target in loaded.catalog.notifications:
+            key = (
+                ("smtp", target.smtp_conn_id, *sorted(target.to))
+                if isinstance(target, SmtpNotification)
+                else ("sns", target.aws_conn_id, target.topic_arn)
+            )
+            seen.setdefault(key, target)
+    return list(seen.values())
 
 
 def _targets(catalog_file: str, estate: str) -> list[Notification]:
@@ -158,6 +225,8 @@ __all__ = [
     "Delivery",
     "RunbookFailureNotifier",
     "deadline_missed",
+    "every_estates_targets",
     "failure_alert",
+    "masked_error",
     "send_alert",
 ]

@@ -44,12 +44,35 @@ def test_no_import_errors(dagbag: Any) -> None:
     assert dagbag.import_errors == {}
 
 
+def expected_dag_ids(catalog: Any) -> set[str]:
+    """Every runbook DAG the catalog's targets call for: one list, from the catalog alone."""
+    dag_ids = {f"health_check__{catalog.estate}"}
+    for database in catalog.databases:
+        if database.backup:
+            dag_ids.add(f"backup__{database.name}")
+            if database.drill:
+                dag_ids.add(f"restore_drill__{database.name}")
+    dag_ids |= {f"ebs_snapshot__{fleet.name}" for fleet in catalog.fleets if fleet.snapshots}
+    return dag_ids
+
+
 def test_every_catalog_target_has_its_runbooks(dagbag: Any) -> None:
-    for loaded in load_catalogs().catalogs:
-        assert f"health_check__{loaded.catalog.estate}" in dagbag.dag_ids
+    catalogs = load_catalogs().catalogs
+    assert catalogs, "no catalog file was loaded"
+    for loaded in catalogs:
+        expected = expected_dag_ids(loaded.catalog)
+        missing = expected - set(dagbag.dag_ids)
+        assert not missing, f"{loaded.path}: no DAG for {sorted(missing)}"
+    # The sandbox estate has every kind: a builder that stopped yielding would show here.
+    kinds = {dag_id.split("__")[0] for dag_id in dagbag.dag_ids}
+    assert {"backup", "restore_drill", "ebs_snapshot", "health_check"} <= kinds
+    assert {"evidence_ship", "restore_request"} <= set(dagbag.dag_ids)
 
 
 def test_every_dag_follows_the_runbook_policy(dagbag: Any) -> None:
+    from cloudops.health import RUNBOOK_GRACE
+    from cloudops.notifications import RunbookFailureNotifier
+
     owners = {loaded.catalog.owner for loaded in load_catalogs().catalogs}
     assert dagbag.dags, "no DAG was built"
     for dag_id, dag in dagbag.dags.items():
@@ -64,9 +87,45 @@ def test_every_dag_follows_the_runbook_policy(dagbag: Any) -> None:
         assert dag.catchup is False, f"{dag_id}: runbooks never backfill"
         assert dag.default_args["retries"] >= 1, f"{dag_id}: no retries"
         assert dag.default_args["retry_exponential_backoff"] >= 2, f"{dag_id}: no backoff"
+        # The sandbox catalog pauses nothing: every runbook starts active.
+        assert dag.is_paused_upon_creation is False, f"{dag_id}: would be created paused"
+        if kind in RUNBOOK_GRACE:
+            # The health check calls a run late only after the time the run itself may take.
+            assert dag.dagrun_timeout <= RUNBOOK_GRACE[kind], f"{dag_id}: dagrun_timeout beyond its grace"
+        estate = next((tag.removeprefix("estate:") for tag in dag.tags if tag.startswith("estate:")), None)
         for task in dag.tasks:
             assert task.owner in owners, f"{dag_id}.{task.task_id}: owner {task.owner!r}"
             assert task.execution_timeout is not None, f"{dag_id}.{task.task_id}: no execution timeout"
+            alerts = [
+                callback
+                for callback in task.on_failure_callback or []
+                if isinstance(callback, RunbookFailureNotifier)
+            ]
+            assert len(alerts) == 1, f"{dag_id}.{task.task_id}: a failure would alert nobody"
+            # An estate's runbook alerts that estate; one serving every estate alerts every estate.
+            assert alerts[0].estate == estate, f"{dag_id}.{task.task_id}: alerts estate {alerts[0].estate}"
+            assert alerts[0].next_actions.get("*"), f"{dag_id}.{task.task_id}: no fallback next action"
+
+
+def test_a_runbook_paused_in_the_catalog_is_created_paused(
+    tmp_path: Path, project_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import yaml
+
+    catalogs = tmp_path / "runbooks"
+    catalogs.mkdir()
+    document = yaml.safe_load((project_root / "runbooks" / "sandbox.yaml").read_text())
+    orders = next(d for d in document["databases"] if d["name"] == "orders_pg")
+    orders["backup"]["paused"] = True
+    web = next(f for f in document["fleets"] if f["name"] == "web")
+    web["snapshots"]["paused"] = True
+    (catalogs / "sandbox.yaml").write_text(yaml.safe_dump(document))
+    monkeypatch.setenv("CLOUDOPS_CATALOG", str(catalogs))
+
+    bag = parse(project_root / "dags")
+
+    paused = {dag_id for dag_id, dag in bag.dags.items() if dag.is_paused_upon_creation}
+    assert paused == {"backup__orders_pg", "ebs_snapshot__web"}
 
 
 def test_parsing_imports_no_heavy_module(project_root: Path) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import email
 import json
+import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +12,8 @@ from subprocess import CompletedProcess
 
 import pytest
 import yaml
+
+from tests.integration.test_notifications import sqs_queue_on_topic
 
 pytestmark = pytest.mark.e2e
 
@@ -21,6 +25,11 @@ def test_sandbox_health_check_succeeds(dags_test: DagsTest) -> None:
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-3000:]
     assert "estate sandbox: all 9 targets healthy" in output
+    # No api-server to ask under `airflow dags test`: the runbooks' state is a warning, not a failure.
+    assert (
+        "runbooks of estate sandbox: runbook state unknown: Airflow connection 'cloudops_airflow_api'"
+        in output
+    )
     for target in ("database orders_pg_replica", "host web-1", "host app-3"):
         assert target in output
 
@@ -33,11 +42,17 @@ def test_health_check_fails_naming_what_is_down(
         closed_port = probe.getsockname()[1]
     catalogs = tmp_path / "runbooks"
     catalogs.mkdir()
+    # The sandbox's real SMTP sink and SNS topic (read back through an SQS queue subscribed to it).
+    notifications = yaml.safe_load((project_root / "runbooks" / "sandbox.yaml").read_text())["notifications"]
+    sqs, queue = sqs_queue_on_topic(next(n for n in notifications if n["kind"] == "sns")["topic_arn"])
+    mail_dir = Path(os.environ["CLOUDOPS_SANDBOX_DIR"]) / "mail"
+    mails_before = set(mail_dir.glob("*.eml"))
     (catalogs / "broken.yaml").write_text(
         yaml.safe_dump(
             {
                 "estate": "broken",
                 "owner": "tests",
+                "notifications": notifications,
                 "databases": [
                     {
                         "name": "orders_copy",
@@ -75,4 +90,17 @@ def test_health_check_fails_naming_what_is_down(
     assert "database lost_db is down: unreachable" in output
     assert "host ghost-1 is down: unreachable over SSH" in output
     assert sandbox_env["AIRFLOW_CONN_SANDBOX_PG_PRIMARY"] not in output
-    assert json.loads(sandbox_env["AIRFLOW_CONN_SANDBOX_PG_PRIMARY"])["password"] not in output
+    password = json.loads(sandbox_env["AIRFLOW_CONN_SANDBOX_PG_PRIMARY"])["password"]
+    assert password not in output
+
+    # The failed report alerted the estate's targets: one e-mail and one SNS message, naming the step.
+    (mail,) = set(mail_dir.glob("*.eml")) - mails_before
+    message = email.message_from_bytes(mail.read_bytes())
+    assert message["Subject"] == "[cloudops][broken] health_check__broken failed at report (estate broken)"
+    (body,) = [p.get_payload(decode=True).decode() for p in message.walk() if not p.is_multipart()]
+    assert "Error: estate broken: 2 of 4 targets unhealthy" in body
+    received = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=2, MaxNumberOfMessages=10)
+    (notification,) = [json.loads(m["Body"]) for m in received.get("Messages", [])]
+    assert notification["Subject"] == message["Subject"]
+    assert "Next action: read the summary" in notification["Message"]
+    assert password not in body + notification["Message"]

@@ -258,6 +258,9 @@ def stack(
             "CLOUDOPS_CATALOG": str(catalog_dir),
             "CLOUDOPS_EVIDENCE_DIR": str(evidence),
             "CLOUDOPS_DEADLINE_ALERTS": "false",
+            # Runbook DAGs start unpaused: here only the ones under test run, or the health check,
+            # evidence_ship and backup runs would take the two slots and lock SQLite.
+            "CLOUDOPS_PAUSED_AT_CREATION": "true",
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         }
     )

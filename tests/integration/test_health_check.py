@@ -121,6 +121,14 @@ def test_unknown_host_key_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox_env: dict[str, str]
 ) -> None:
     web_1 = sandbox_connection(sandbox_env, "sandbox_ssh_web_1")
+    web_2 = sandbox_connection(sandbox_env, "sandbox_ssh_web_2")
+    # The worker's known_hosts lists another host only: web-1 is unknown to it.
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "known_hosts").write_text(
+        f"[{web_2['host']}]:{web_2['port']} {web_2['extra']['host_key']}\n"
+    )
+    monkeypatch.setenv("HOME", str(home))
     extra = {key: value for key, value in web_1["extra"].items() if key != "host_key"}
     connection("unknown_key", monkeypatch, **{**web_1, "extra": extra})
     catalog = catalog_file(tmp_path, hosts=[{"name": "unknown-1", "ssh_conn_id": "unknown_key"}])
@@ -129,15 +137,63 @@ def test_unknown_host_key_is_refused(
     assert "is unknown" in finding["problem"]
 
 
-def test_disabling_host_key_checks_is_refused(
+def test_no_host_key_and_no_known_hosts_is_refused_naming_the_connection(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox_env: dict[str, str]
 ) -> None:
     web_1 = sandbox_connection(sandbox_env, "sandbox_ssh_web_1")
-    connection("careless", monkeypatch, **{**web_1, "extra": {**web_1["extra"], "no_host_key_check": "true"}})
+    monkeypatch.setenv("HOME", str(tmp_path / "empty-home"))
+    extra = {key: value for key, value in web_1["extra"].items() if key != "host_key"}
+    connection("keyless", monkeypatch, **{**web_1, "extra": extra})
+    catalog = catalog_file(tmp_path, hosts=[{"name": "keyless-1", "ssh_conn_id": "keyless"}])
+    (finding,) = check_hosts(catalog, "probe")
+    assert finding["status"] == "error"
+    assert finding["problem"] == (
+        "connection 'keyless' (host 'keyless-1') has no host_key extra and this worker has no "
+        "~/.ssh/known_hosts: the host's key cannot be verified; put it in the host_key extra"
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"no_host_key_check": "true"}, "no_host_key_check='true'"),
+        ({"allow_host_key_change": True}, "allow_host_key_change=True"),
+        ({"allow_host_key_change": "yes"}, "allow_host_key_change='yes'"),
+        ({"ignore_hostkey_verification": "true"}, "ignore_hostkey_verification='true'"),
+        ({"known_hosts": "none"}, "known_hosts='none'"),
+    ],
+)
+def test_disabling_host_key_checks_is_refused(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sandbox_env: dict[str, str],
+    extra: dict[str, Any],
+    named: str,
+) -> None:
+    web_1 = sandbox_connection(sandbox_env, "sandbox_ssh_web_1")
+    # web-1's own, correct host key stays: with allow_host_key_change the provider would skip the
+    # system known_hosts and accept any key of a host verified there.
+    connection("careless", monkeypatch, **{**web_1, "extra": {**web_1["extra"], **extra}})
     catalog = catalog_file(tmp_path, hosts=[{"name": "careless-1", "ssh_conn_id": "careless"}])
     (finding,) = check_hosts(catalog, "probe")
     assert finding["status"] == "error"
-    assert "host keys are always checked here" in finding["problem"]
+    assert finding["problem"] == (
+        f"connection 'careless' (host 'careless-1') sets {named}: host keys are always checked here; "
+        "remove it and put the host's key in the connection's host_key extra"
+    )
+    with pytest.raises(Exception, match=r"host careless-1 is error: connection 'careless'"):
+        report_health("probe", [], [finding])
+
+
+def test_a_malformed_host_key_is_an_error_naming_the_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox_env: dict[str, str]
+) -> None:
+    web_1 = sandbox_connection(sandbox_env, "sandbox_ssh_web_1")
+    connection("dss", monkeypatch, **{**web_1, "extra": {**web_1["extra"], "host_key": "ssh-dss AAAAB3Nz"}})
+    catalog = catalog_file(tmp_path, hosts=[{"name": "dss-1", "ssh_conn_id": "dss"}])
+    (finding,) = check_hosts(catalog, "probe")
+    assert finding["status"] == "error"
+    assert finding["problem"].startswith("connection 'dss' (host 'dss-1') cannot be used: DSA/DSS host keys")
 
 
 def test_host_with_nothing_listening_is_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,7 @@ import email
 import json
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +88,35 @@ def test_unreachable_target_does_not_stop_the_others(
 
     assert [(d.target, d.delivered) for d in deliveries] == [("dead_mail", False), ("oncall_sns", True)]
     assert "Connection refused" in deliveries[0].detail or "Errno" in deliveries[0].detail
+
+
+def test_a_secret_in_the_error_reaches_neither_email_nor_sns(
+    sandbox_env: dict[str, str], project_root: Path
+) -> None:
+    catalog = load_catalog_file(project_root / "runbooks" / "sandbox.yaml")
+    sns_target = next(t for t in catalog.notifications if isinstance(t, SnsNotification))
+    sqs, queue = sqs_queue_on_topic(sns_target.topic_arn)
+    mail_dir = Path(os.environ["CLOUDOPS_SANDBOX_DIR"]) / "mail"
+    before = set(mail_dir.glob("*.eml"))
+    secret = f"AKIA{uuid.uuid4().hex[:16].upper()}"  # what an AWS access key id looks like
+    leaky = failure_alert(
+        estate="sandbox",
+        target="fleet web",
+        runbook="ebs_snapshot__web",
+        step="snapshot_volumes",
+        error=f"InvalidClientTokenId: the security token {secret} is not valid",
+        run_id=f"test__{time.time_ns()}",
+        next_action="check the AWS connection",
+    )
+
+    deliveries = send_alert(catalog.notifications, leaky)
+
+    assert all(d.delivered for d in deliveries), deliveries
+    (new_mail,) = set(mail_dir.glob("*.eml")) - before
+    assert secret not in new_mail.read_text(errors="replace")
+    (notification,) = [
+        json.loads(m["Body"])
+        for m in sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=1).get("Messages", [])
+    ]
+    assert secret not in notification["Message"]
+    assert "Error: *** (the message looked like it held a secret" in notification["Message"]

@@ -80,6 +80,8 @@ def scratch_databases(conn_id: str = SCRATCH) -> list[str]:
 
 
 def test_drill_passes_and_records_evidence(estate: dict[str, Any]) -> None:
+    # Two backups: the record measures the gap between them from the repository listing.
+    take_backup(estate["file"], estate["estate"], "inventory_mariadb")
     backup_id = take_backup(estate["file"], estate["estate"], "inventory_mariadb")["backup_id"]
 
     outcome = run_drill(estate, "manual__drill-pass")
@@ -107,10 +109,14 @@ def test_drill_passes_and_records_evidence(estate: dict[str, Any]) -> None:
     from cloudops.catalog import load_catalog_file
 
     catalog = load_catalog_file(estate["file"])
-    (listed,) = open_repository(catalog, catalog.database("inventory_mariadb")).list_backups(
+    newer, older = open_repository(catalog, catalog.database("inventory_mariadb")).list_backups(
         "inventory_mariadb"
     )
-    assert listed.complete, "the drill record must not make the backup look incomplete"
+    assert newer.complete, "the drill record must not make a backup look incomplete"
+    assert older.complete
+    assert record["complete_backups_in_window"] == 2
+    assert record["largest_backup_gap_seconds"] == round((newer.time - older.time).total_seconds(), 3)
+    assert record["rpo_seconds"] == max(record["backup_age_seconds"], record["largest_backup_gap_seconds"])
 
 
 def test_flipped_byte_fails_before_any_restore_and_teardown_still_runs(estate: dict[str, Any]) -> None:

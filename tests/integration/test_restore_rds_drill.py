@@ -186,7 +186,7 @@ def test_drill_restores_the_backups_snapshot_checks_and_deletes_the_scratch_inst
     assert result["passed"]
     (local,) = (evidence / "drills").rglob("*.json")
     record = json.loads(local.read_text())
-    assert record["record_version"] == 2
+    assert record["record_version"] == 3
     assert record["rds"]["snapshot_id"] == estate["snapshot_id"]
     assert record["rds"]["scratch_instance"] == scratch
     assert record["rds"]["restore_seconds"] >= 0

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from cloudops.restore.record import Check, DrillRecord, ObjectChecksum
+from cloudops.restore.record import Check, DrillRecord, ObjectChecksum, largest_backup_gap
 
 pytestmark = pytest.mark.unit
 
@@ -43,6 +43,9 @@ def record(**changes: Any) -> DrillRecord:
         "validation_seconds": 7.5,
         "rto_target_seconds": 3600,
         "rpo_target_seconds": 86400,
+        # Daily backups for the last 30 days.
+        "largest_backup_gap_seconds": 86400.0,
+        "complete_backups_in_window": 30,
         "started_at": STARTED,
         "finished_at": STARTED + timedelta(seconds=55),
     }
@@ -52,7 +55,8 @@ def record(**changes: Any) -> DrillRecord:
 def test_verdicts_are_derived() -> None:
     drill = record()
     assert drill.rto_seconds == 50.0
-    assert drill.rpo_seconds == 3 * 3600
+    assert drill.backup_age_seconds == 3 * 3600
+    assert drill.rpo_seconds == 86400, "the exposure is the larger of the age and the largest gap"
     assert drill.passed
     assert drill.targets_met
 
@@ -86,7 +90,10 @@ def test_the_table_shows_everything_an_auditor_asks_for() -> None:
     assert "20261123T021500Z-1a2b3c, taken 2026-11-23T02:15:00Z" in table
     assert "drill_orders_pg_1a2b3c4d5e" in table
     assert "target 1h: MISSED" in table
-    assert "3h (backup age at drill time); target 1d: met" in table
+    assert (
+        "1d (larger of backup age 3h and largest gap 1d between 30 complete backup(s) in 30 days); " in table
+    )
+    assert "target 1d: met" in table
     assert f"orders.pgdump.zst  {SHA}  yes" in table
     check_line = next(line for line in lines if line.startswith("public.orders: column_values_to_be_unique"))
     assert check_line.split()[2:4] == ["pass", "every"]
@@ -129,3 +136,77 @@ def test_times_must_be_aware_and_in_order() -> None:
         record(backup_time=datetime(2026, 11, 23, 2, 15))  # noqa: DTZ001
     with pytest.raises(ValidationError, match="finished_at is before started_at"):
         record(finished_at=STARTED - timedelta(seconds=1))
+
+
+HOUR = 3600.0
+
+
+def test_daily_backups_miss_a_one_hour_rpo_even_right_after_a_backup() -> None:
+    just_after = record(
+        rpo_target_seconds=HOUR,
+        started_at=BACKUP_TIME + timedelta(minutes=5),
+        finished_at=BACKUP_TIME + timedelta(minutes=6),
+    )
+    assert just_after.backup_age_seconds == 300
+    assert just_after.rpo_seconds == 24 * HOUR
+    assert not just_after.targets_met
+    assert "target 1h: MISSED" in just_after.to_table()
+    assert record(rpo_target_seconds=HOUR, largest_backup_gap_seconds=HOUR / 2).targets_met is False, (
+        "an old backup (3 h) still misses the target when the gaps are small"
+    )
+    assert record(
+        rpo_target_seconds=HOUR,
+        largest_backup_gap_seconds=HOUR / 2,
+        started_at=BACKUP_TIME + timedelta(minutes=20),
+        finished_at=BACKUP_TIME + timedelta(minutes=21),
+    ).targets_met
+
+
+def test_an_unread_listing_does_not_prove_the_rpo() -> None:
+    unread = record(largest_backup_gap_seconds=None, complete_backups_in_window=None)
+    assert not unread.targets_met
+    assert "backup gap not measured" in unread.to_table()
+    # One backup only: no gap to measure, the age is the exposure.
+    single = record(largest_backup_gap_seconds=None, complete_backups_in_window=1)
+    assert single.targets_met
+    assert single.rpo_seconds == 3 * HOUR
+    assert "no gap measured: 1 complete backup(s) in 30 days" in single.to_table()
+
+
+def test_a_version_2_record_still_loads_with_the_age_as_its_exposure() -> None:
+    data = json.loads(record().to_json())
+    for key in ("largest_backup_gap_seconds", "complete_backups_in_window", "backup_gap_window_days"):
+        del data[key]
+    data["record_version"] = 2
+    old = DrillRecord.from_json(json.dumps(data))
+    assert old.rpo_seconds == 3 * HOUR
+    assert old.targets_met
+
+
+UNTIL = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+
+def test_the_largest_gap_between_consecutive_backups() -> None:
+    times = [UNTIL - timedelta(hours=h) for h in (1, 25, 26, 74, 98)]
+    gap = largest_backup_gap(reversed(times), until=UNTIL)
+    assert gap.seconds == 48 * HOUR
+    assert gap.backups == 5
+    assert gap.between == (UNTIL - timedelta(hours=74), UNTIL - timedelta(hours=26))
+
+
+def test_the_gap_reaches_back_to_the_last_backup_before_the_window() -> None:
+    times = [UNTIL - timedelta(days=40), UNTIL - timedelta(days=2), UNTIL - timedelta(days=1)]
+    gap = largest_backup_gap(times, until=UNTIL)
+    assert gap.seconds == 38 * 24 * HOUR
+    assert gap.backups == 2
+    # Older backups than that one do not matter.
+    assert largest_backup_gap([UNTIL - timedelta(days=50), *times], until=UNTIL) == gap
+
+
+def test_no_gap_without_two_backups_and_later_backups_are_ignored() -> None:
+    assert largest_backup_gap([], until=UNTIL).seconds is None
+    only = largest_backup_gap([UNTIL - timedelta(hours=3), UNTIL + timedelta(hours=1)], until=UNTIL)
+    assert only.seconds is None
+    assert only.backups == 1
+    same = largest_backup_gap([UNTIL - timedelta(hours=3)] * 2, until=UNTIL)
+    assert same.seconds is None, "the same backup listed twice is one backup"

@@ -194,6 +194,11 @@ class BackupPolicy(CatalogModel):
 
     repository: TargetName = Field(description="Name of the repository (repositories[].name).")
     schedule: Cron = "@daily"
+    paused: bool = Field(
+        default=False,
+        description="Create backup__<database> paused: no backup runs until someone unpauses it. The "
+        "health check reports it as long as it stays paused.",
+    )
     method: Literal["logical", "physical"] = "logical"
     compression_level: Annotated[int, Field(ge=1, le=19)] = 3
     parallel_jobs: Annotated[int, Field(ge=1, le=32)] = 1
@@ -220,6 +225,10 @@ class DrillPolicy(CatalogModel):
 
     schedule: str = Field(
         default="on_backup", description="'on_backup' (after each backup) or a cron expression."
+    )
+    paused: bool = Field(
+        default=False,
+        description="Create restore_drill__<database> paused; the health check reports it while paused.",
     )
     scratch_conn_id: ConnId | None = Field(
         default=None,
@@ -299,6 +308,10 @@ class FleetSnapshotPolicy(CatalogModel):
 
     cloud: TargetName = Field(description="Name of the cloud account (clouds[].name) of the volumes.")
     schedule: Cron = "@daily"
+    paused: bool = Field(
+        default=False,
+        description="Create ebs_snapshot__<fleet> paused; the health check reports it while paused.",
+    )
     retention: RetentionPolicy
     max_delete_share: Annotated[float, Field(gt=0, le=1)] = 0.5
 

@@ -5,22 +5,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cloudops.errors import CloudOpsError, ConnectionMissingError, first_line
-from cloudops.fleet.ssh import InsecureConnectionError, run_command
+from cloudops.fleet.ssh import CommandResult, InsecureConnectionError, SshConnectionError, run_command
 
-# One round trip: uptime, then every local, real filesystem (no tmpfs, overlay or squashfs).
-HEALTH_COMMAND = (
-    "cat /proc/uptime && df -P -k -l -x tmpfs -x devtmpfs -x squashfs -x overlay 2>/dev/null || true"
-)
+# One round trip: uptime, then every local, real filesystem (no tmpfs, overlay or squashfs). df's exit
+# status and complaints come back as they are: a host whose disks cannot be read is not healthy.
+HEALTH_COMMAND = "cat /proc/uptime && df -P -k -l -x tmpfs -x devtmpfs -x squashfs -x overlay"
 
 
 @dataclass(frozen=True)
 class HostState:
-    """What a host says about itself right now."""
+    """What a host says about itself right now.
+
+    :param disk_error: why disk use is not known (df failed or listed nothing); None when it is.
+    """
 
     reachable: bool
     uptime_seconds: float | None = None
     disk_used_percent: dict[str, int] = field(default_factory=dict)
     error: str | None = None
+    disk_error: str | None = None
 
 
 def parse_uptime(text: str) -> float:
@@ -38,12 +41,34 @@ def parse_df(text: str) -> dict[str, int]:
     return usage
 
 
+def host_state(result: CommandResult) -> HostState:
+    """Read the health command's output: uptime first, then df; what is missing is said, not assumed."""
+    first, _, rest = result.stdout.partition("\n")
+    try:
+        uptime = parse_uptime(first)
+    except (ValueError, IndexError):
+        return HostState(
+            False, error=f"health command exited {result.exit_status}: {result.stderr.strip()[:200]}"
+        )
+    disks = parse_df(rest)
+    complaint = " ".join(result.stderr.split())[:200]
+    disk_error = None
+    if result.exit_status != 0:
+        disk_error = f"df exited {result.exit_status}" + (f": {complaint}" if complaint else "")
+    elif not disks:
+        disk_error = "df listed no filesystem" + (f": {complaint}" if complaint else "")
+    return HostState(True, uptime, disks, disk_error=disk_error)
+
+
 def probe_host(ssh_conn_id: str, *, used_by: str, timeout_seconds: int = 10) -> HostState:
     """Connect with a verified host key and read uptime and disk use; never raises for a down host.
 
     An unknown or changed host key is reported as unreachable with the reason, never bypassed.
-    A missing or insecure Airflow connection still raises: that is a deployment error, not a host one.
+    A missing, insecure or unusable Airflow connection still raises: that is a deployment error, not a
+    host one. So does any other exception: a bug is not a host that is down.
     """
+    import paramiko
+
     try:
         result = run_command(
             ssh_conn_id,
@@ -52,18 +77,14 @@ def probe_host(ssh_conn_id: str, *, used_by: str, timeout_seconds: int = 10) -> 
             conn_timeout=timeout_seconds,
             cmd_timeout=timeout_seconds,
         )
-    except (ConnectionMissingError, InsecureConnectionError):
+    except (ConnectionMissingError, InsecureConnectionError, SshConnectionError):
         raise
+    # What a host that is down, slow or hostile looks like: sockets, SSH protocol, host key errors.
     except (CloudOpsError, OSError, EOFError) as error:
         return HostState(False, error=first_line(error))
-    except Exception as error:  # paramiko raises its own hierarchy and plain socket errors
+    except paramiko.SSHException as error:
         return HostState(False, error=f"{type(error).__name__}: {first_line(error)}")
-    if result.exit_status != 0:
-        return HostState(
-            False, error=f"health command exited {result.exit_status}: {result.stderr.strip()[:200]}"
-        )
-    first, _, rest = result.stdout.partition("\n")
-    return HostState(True, parse_uptime(first), parse_df(rest))
+    return host_state(result)
 
 
-__all__ = ["HEALTH_COMMAND", "HostState", "parse_df", "parse_uptime", "probe_host"]
+__all__ = ["HEALTH_COMMAND", "HostState", "host_state", "parse_df", "parse_uptime", "probe_host"]

@@ -3,17 +3,23 @@
 A drill's record is its evidence: printed as a table in the task log, stored as JSON next to the backup
 and collected for audits. The verdicts are derived, never set: ``passed`` (every object's SHA-256 matched
 and every check passed, the RDS part's included), ``targets_met`` (RTO and RPO within the catalog's
-targets), ``rto_seconds`` (restore plus validation) and ``rpo_seconds`` (the backup's age when the
-drill started). Pure: no I/O.
+targets), ``rto_seconds`` (restore plus validation) and ``rpo_seconds``: the data loss exposure, the
+larger of the backup's age when the drill started (``backup_age_seconds``) and the largest gap between
+consecutive complete backups over the last 30 days (``largest_backup_gap_seconds``, measured from the
+repository listing by :func:`largest_backup_gap`). An ``on_backup`` drill runs minutes after its
+backup, so the age alone would let daily backups meet a 1 h RPO; the gap does not. Pure: no I/O.
 
 Version 2 added the optional ``rds`` part (the restore of the backup's RDS snapshot into a scratch
-instance); version 1 records, without it, still load.
+instance); version 3 the backup gap. Older records, without them, still load (their exposure is the age).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -31,9 +37,11 @@ from pydantic import (
 from cloudops.catalog.models import render_duration
 from cloudops.health import render_table
 
-RECORD_VERSION = 2
+RECORD_VERSION = 3
+# How far back the gap between consecutive complete backups is measured.
+BACKUP_GAP_WINDOW = timedelta(days=30)
 _CELL = 48  # the widest a value may be in the table; JSON keeps it whole
-_COMPUTED = ("rto_seconds", "rpo_seconds", "targets_met", "passed")
+_COMPUTED = ("rto_seconds", "rpo_seconds", "backup_age_seconds", "targets_met", "passed")
 
 
 class _RecordModel(BaseModel):
@@ -98,6 +106,46 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+@dataclass(frozen=True)
+class BackupGap:
+    """The largest gap between consecutive complete backups over a window.
+
+    :param seconds: the largest gap; None when fewer than two backups bound a gap.
+    :param backups: the complete backups taken in the window.
+    :param since: the window's start.
+    :param between: the backups (times) that bound the largest gap.
+    """
+
+    seconds: float | None
+    backups: int
+    since: datetime
+    between: tuple[datetime, datetime] | None = None
+
+
+def largest_backup_gap(
+    backup_times: Iterable[datetime], *, until: datetime, window: timedelta = BACKUP_GAP_WINDOW
+) -> BackupGap:
+    """Measure the largest gap between consecutive complete backups taken in ``(until - window, until]``.
+
+    The newest backup before the window counts too, as the start of the window's first gap: a month
+    without backups after a backup 31 days ago is a 31-day gap, not "no gap". The time since the
+    newest backup is the backup's age, measured apart (:attr:`DrillRecord.backup_age_seconds`).
+
+    :param backup_times: when each complete backup was taken (its snapshot time), in any order.
+    """
+    since = until - window
+    times = sorted({_utc(t) for t in backup_times if _utc(t) <= until})
+    inside = [t for t in times if t > since]
+    before = [t for t in times if t <= since]
+    bounds = before[-1:] + inside
+    if len(bounds) < 2:
+        return BackupGap(None, len(inside), since)
+    gap, between = max(
+        ((later - earlier).total_seconds(), (earlier, later)) for earlier, later in pairwise(bounds)
+    )
+    return BackupGap(round(gap, 3), len(inside), since, between)
+
+
 class DrillRecord(_RecordModel):
     """What one restore drill did and found.
 
@@ -113,10 +161,13 @@ class DrillRecord(_RecordModel):
     :param rds: the restore of the backup's RDS snapshot, for a database on RDS (None: not drilled).
     :param cleanup_error: the scratch target could not be removed; the backup's verdict stands, but the
         run fails so that someone removes it.
-    :param started_at: when the drill started; the RPO is measured then.
+    :param largest_backup_gap_seconds: the largest gap between consecutive complete backups over
+        ``backup_gap_window_days`` before the drill (None: fewer than two backups, or an older record).
+    :param complete_backups_in_window: how many complete backups the repository listed in that window.
+    :param started_at: when the drill started; the backup's age is measured then.
     """
 
-    record_version: Literal[1, 2] = 2  # RECORD_VERSION
+    record_version: Literal[1, 2, 3] = 3  # RECORD_VERSION
     estate: Annotated[str, StringConstraints(min_length=1)]
     database: Annotated[str, StringConstraints(min_length=1)]
     engine: str = ""
@@ -130,6 +181,9 @@ class DrillRecord(_RecordModel):
     validation_seconds: Annotated[float, Field(ge=0)] | None = None
     rto_target_seconds: Annotated[float, Field(gt=0)] | None = None
     rpo_target_seconds: Annotated[float, Field(gt=0)] | None = None
+    largest_backup_gap_seconds: Annotated[float, Field(ge=0)] | None = None
+    backup_gap_window_days: Annotated[int, Field(ge=1)] = BACKUP_GAP_WINDOW.days
+    complete_backups_in_window: Annotated[int, Field(ge=0)] | None = None
     error: str | None = None
     rds: RdsDrill | None = None
     cleanup_error: str | None = None
@@ -162,9 +216,15 @@ class DrillRecord(_RecordModel):
 
     @computed_field  # type: ignore[prop-decorator]
     @property
-    def rpo_seconds(self) -> float:
-        """The backup's age when the drill started: the data a restore of it would lose."""
+    def backup_age_seconds(self) -> float:
+        """The backup's age when the drill started: what a restore of it would lose right now."""
         return round(max((self.started_at - self.backup_time).total_seconds(), 0.0), 3)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def rpo_seconds(self) -> float:
+        """The data loss exposure: the larger of the backup's age and the largest backup gap."""
+        return max(self.backup_age_seconds, self.largest_backup_gap_seconds or 0.0)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -191,7 +251,22 @@ class DrillRecord(_RecordModel):
         return self.rto_seconds is not None and self.rto_seconds <= self.rto_target_seconds
 
     def _rpo_met(self) -> bool:
-        return self.rpo_target_seconds is None or self.rpo_seconds <= self.rpo_target_seconds
+        if self.rpo_target_seconds is None:
+            return True
+        if self.record_version >= 3 and self.complete_backups_in_window is None:
+            return False  # the listing could not be read: the exposure is not proven within the target
+        return self.rpo_seconds <= self.rpo_target_seconds
+
+    def _gap_text(self) -> str:
+        window = f"{self.backup_gap_window_days} days"
+        if self.largest_backup_gap_seconds is None:
+            if self.complete_backups_in_window is None:
+                return "backup gap not measured"
+            return f"no gap measured: {self.complete_backups_in_window} complete backup(s) in {window}"
+        return (
+            f"largest gap {_seconds(self.largest_backup_gap_seconds)} between "
+            f"{self.complete_backups_in_window} complete backup(s) in {window}"
+        )
 
     @property
     def failed_checks(self) -> list[Check]:
@@ -225,8 +300,8 @@ class DrillRecord(_RecordModel):
             ["RTO", f"{rto}; {_target(self.rto_target_seconds, self._rto_met())}"],
             [
                 "RPO",
-                f"{_seconds(self.rpo_seconds)} (backup age at drill time); "
-                f"{_target(self.rpo_target_seconds, self._rpo_met())}",
+                f"{_seconds(self.rpo_seconds)} (larger of backup age {_seconds(self.backup_age_seconds)} "
+                f"and {self._gap_text()}); {_target(self.rpo_target_seconds, self._rpo_met())}",
             ],
             ["drill", f"{_iso(self.started_at)} to {_iso(self.finished_at)}"],
         ]
@@ -308,4 +383,13 @@ def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-__all__ = ["RECORD_VERSION", "Check", "DrillRecord", "ObjectChecksum", "RdsDrill"]
+__all__ = [
+    "BACKUP_GAP_WINDOW",
+    "RECORD_VERSION",
+    "BackupGap",
+    "Check",
+    "DrillRecord",
+    "ObjectChecksum",
+    "RdsDrill",
+    "largest_backup_gap",
+]

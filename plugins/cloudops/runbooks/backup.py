@@ -742,10 +742,11 @@ def build_backup_dags(loaded: LoadedCatalog) -> Iterator[DAG]:
     from airflow.providers.standard.operators.python import PythonOperator
     from airflow.sdk import DAG, Param
 
-    from cloudops.notifications import RunbookFailureNotifier
     from cloudops.runbooks.common import (
+        created_paused,
         deadline_alerts_enabled,
         default_args,
+        failure_alerts,
         runbook_doc,
         start_date,
         tags,
@@ -762,9 +763,7 @@ def build_backup_dags(loaded: LoadedCatalog) -> Iterator[DAG]:
             "database_name": database.name,
         }
         target = f"database {database.name}"
-        notifier = RunbookFailureNotifier(
-            catalog_file=str(loaded.path), estate=catalog.estate, target=target, next_actions=NEXT_ACTIONS
-        )
+        notifier = failure_alerts(loaded, target, NEXT_ACTIONS)
         with DAG(
             dag_id=f"{KIND}__{database.name}",
             description=f"Back up {database.name} ({database.engine}, {policy.method}) to S3, then prune.",
@@ -773,10 +772,10 @@ def build_backup_dags(loaded: LoadedCatalog) -> Iterator[DAG]:
             catchup=False,
             max_active_runs=1,
             dagrun_timeout=timedelta(hours=12),
-            default_args={
-                **default_args(catalog.owner, retries=policy.retries, execution_timeout=timedelta(hours=6)),
-                "on_failure_callback": [notifier],
-            },
+            default_args=default_args(
+                catalog.owner, alerts=notifier, retries=policy.retries, execution_timeout=timedelta(hours=6)
+            ),
+            is_paused_upon_creation=created_paused(policy.paused),
             deadline=_deadline_alert(loaded, database) if deadline_alerts_enabled() else None,
             params={
                 "retention_dry_run": Param(

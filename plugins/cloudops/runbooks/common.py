@@ -1,4 +1,10 @@
-"""What every runbook DAG shares: catalog loading, default arguments, tags, docs."""
+"""What every runbook DAG shares: catalog loading, default arguments (failure alerts included), tags, docs.
+
+Every runbook alerts on failure through one callback, `cloudops.notifications.RunbookFailureNotifier`:
+``default_args`` cannot be called without it, and the DAG policy test checks every task of every DAG.
+Every runbook DAG is created unpaused (``is_paused_upon_creation=created_paused(...)``) unless the
+catalog pauses it: a new database's backup that silently never runs is an outage of the backup.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,8 @@ from cloudops.errors import CloudOpsError
 
 if TYPE_CHECKING:
     from airflow.sdk import DAG
+
+    from cloudops.notifications import RunbookFailureNotifier
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +53,47 @@ def load_estate(catalog_file: str, estate: str) -> Catalog:
     return catalog
 
 
+def failure_alerts(
+    loaded: LoadedCatalog | None,
+    target: str,
+    next_actions: dict[str, str],
+    *,
+    database_param: str | None = None,
+) -> RunbookFailureNotifier:
+    """The one failure callback of every runbook: alert the notification targets, naming the step.
+
+    :param loaded: the estate's catalog file; None for a DAG that serves every estate (evidence_ship,
+        restore_request), which alerts every estate's targets.
+    :param target: what the runbook acts on, e.g. ``database orders_pg``.
+    :param next_actions: by task id, what on-call should do next; ``"*"`` is the fallback.
+    :param database_param: the run's conf key naming a catalog database (restore_request's form): when
+        set and it names one, only that database's estate is alerted.
+    """
+    from cloudops.notifications import RunbookFailureNotifier
+
+    return RunbookFailureNotifier(
+        catalog_file=str(loaded.path) if loaded else None,
+        estate=loaded.catalog.estate if loaded else None,
+        target=target,
+        next_actions=next_actions,
+        database_param=database_param,
+    )
+
+
 def default_args(
     owner: str,
     *,
+    alerts: RunbookFailureNotifier,
     retries: int = 2,
     retry_delay: timedelta = timedelta(minutes=1),
     execution_timeout: timedelta = timedelta(minutes=30),
 ) -> dict[str, Any]:
-    """Task defaults: retries with exponential backoff (1, 2, 4 … minutes, at most 15) and a timeout."""
+    """Task defaults: failure alerts, retries with exponential backoff (1, 2, 4 … minutes, at most 15)
+    and a timeout.
+
+    :param alerts: the runbook's failure callback, from :func:`failure_alerts` (required: a runbook
+        that fails silently is an outage nobody hears of).
+    """
     return {
         "owner": owner,
         "retries": retries,
@@ -60,7 +101,25 @@ def default_args(
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(minutes=15),
         "execution_timeout": execution_timeout,
+        # on_failure_callback fires once a task has no retry left, so one failure sends one alert.
+        "on_failure_callback": [alerts],
     }
+
+
+PAUSED_AT_CREATION_ENV = "CLOUDOPS_PAUSED_AT_CREATION"
+
+
+def created_paused(paused_by_catalog: bool = False) -> bool:
+    """``is_paused_upon_creation`` of a runbook DAG: unpaused unless the catalog pauses it.
+
+    Airflow creates DAGs paused by default (``dags_are_paused_at_creation``); a runbook that nobody
+    unpauses never runs. Created unpaused, a scheduled runbook runs its latest missed time at once.
+    ``CLOUDOPS_PAUSED_AT_CREATION=true`` creates every runbook paused, for an Airflow started to test one
+    runbook (the e2e stacks), where the others would compete for its few slots; the health check reports
+    every paused runbook DAG all the same, so the switch cannot hide an outage.
+    """
+    forced = os.environ.get(PAUSED_AT_CREATION_ENV, "false").strip().lower() in ("1", "true", "yes")
+    return paused_by_catalog or forced
 
 
 def start_date(timezone: str) -> datetime:
@@ -98,9 +157,12 @@ def build_dags(builder: Callable[[LoadedCatalog], Iterable[DAG]]) -> dict[str, D
 
 
 __all__ = [
+    "PAUSED_AT_CREATION_ENV",
     "build_dags",
+    "created_paused",
     "deadline_alerts_enabled",
     "default_args",
+    "failure_alerts",
     "load_estate",
     "log_catalog_errors",
     "runbook_doc",

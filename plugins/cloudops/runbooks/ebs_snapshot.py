@@ -148,20 +148,21 @@ def build_ebs_snapshot_dags(loaded: LoadedCatalog) -> Iterator[DAG]:
     from airflow.providers.standard.operators.python import PythonOperator
     from airflow.sdk import DAG
 
-    from cloudops.notifications import RunbookFailureNotifier
-    from cloudops.runbooks.common import default_args, runbook_doc, start_date, tags
+    from cloudops.runbooks.common import (
+        created_paused,
+        default_args,
+        failure_alerts,
+        runbook_doc,
+        start_date,
+        tags,
+    )
 
     catalog = loaded.catalog
     for fleet in catalog.fleets:
         if fleet.snapshots is None:
             continue
         op_kwargs = {"catalog_file": str(loaded.path), "estate": catalog.estate, "fleet_name": fleet.name}
-        notifier = RunbookFailureNotifier(
-            catalog_file=str(loaded.path),
-            estate=catalog.estate,
-            target=f"fleet {fleet.name}",
-            next_actions=NEXT_ACTIONS,
-        )
+        notifier = failure_alerts(loaded, f"fleet {fleet.name}", NEXT_ACTIONS)
         hosts = ", ".join(host.name for host in fleet.hosts)
         with DAG(
             dag_id=f"{KIND}__{fleet.name}",
@@ -171,12 +172,13 @@ def build_ebs_snapshot_dags(loaded: LoadedCatalog) -> Iterator[DAG]:
             catchup=False,
             max_active_runs=1,
             dagrun_timeout=SNAPSHOT_WAIT + timedelta(hours=1),
-            default_args={
-                **default_args(
-                    catalog.owner, retries=2, execution_timeout=SNAPSHOT_WAIT + timedelta(minutes=10)
-                ),
-                "on_failure_callback": [notifier],
-            },
+            default_args=default_args(
+                catalog.owner,
+                alerts=notifier,
+                retries=2,
+                execution_timeout=SNAPSHOT_WAIT + timedelta(minutes=10),
+            ),
+            is_paused_upon_creation=created_paused(fleet.snapshots.paused),
             doc_md=runbook_doc(
                 __doc__, f"## This fleet: `{fleet.name}`\n\nHosts: {hosts}.\n\nOn call: **{catalog.owner}**."
             ),

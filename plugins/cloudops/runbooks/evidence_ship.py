@@ -27,6 +27,9 @@ Settings are the deployment's environment: `CLOUDOPS_EVIDENCE_BUCKET`, `CLOUDOPS
   shipped segment; a digest altered, signed with another key, or missing from the chain; a local
   segment that no longer matches the shipped one.
 
+Every failed step alerts every estate's notification targets (the ledger holds every estate's
+evidence), naming the step and what to do next.
+
 **What to do next.**
 - Endpoint down: nothing to do once it is back; the next hourly run catches up (or clear the task).
 - A broken chain or a verify failure is a **security incident**, not an operations glitch: do not
@@ -56,6 +59,13 @@ log = logging.getLogger(__name__)
 
 DAG_ID = "evidence_ship"
 SCHEDULE = "15 * * * *"  # a quarter past: the day just closed is past its grace period at 00:15 UTC
+NEXT_ACTIONS = {
+    "ship": "a missing setting or connection is named in the message; an S3 error: nothing is lost, the "
+    "next run ships the day; a broken or changed local ledger is a security incident: keep the folder",
+    "verify": "a SECURITY INCIDENT, not a glitch: edit and re-ship nothing, keep the local ledger folder as "
+    "it is, note the record named and raise it with security",
+    "*": "read the task log",
+}
 
 
 class EvidenceVerifyFailed(CloudOpsError):
@@ -93,7 +103,7 @@ def build_evidence_ship_dag(catalogs: CatalogSet) -> DAG:
     from airflow.providers.standard.operators.python import PythonOperator
     from airflow.sdk import DAG
 
-    from cloudops.runbooks.common import default_args, runbook_doc, start_date
+    from cloudops.runbooks.common import created_paused, default_args, failure_alerts, runbook_doc, start_date
 
     owners = sorted({loaded.catalog.owner for loaded in catalogs.catalogs}) or ["cloudops"]
     with DAG(
@@ -104,7 +114,14 @@ def build_evidence_ship_dag(catalogs: CatalogSet) -> DAG:
         catchup=False,
         max_active_runs=1,
         dagrun_timeout=timedelta(minutes=50),
-        default_args=default_args(", ".join(owners), retries=2, execution_timeout=timedelta(minutes=20)),
+        default_args=default_args(
+            ", ".join(owners),
+            # The ledger holds every estate's evidence: every estate's targets hear of a failure.
+            alerts=failure_alerts(None, "the evidence ledger", NEXT_ACTIONS),
+            retries=2,
+            execution_timeout=timedelta(minutes=20),
+        ),
+        is_paused_upon_creation=created_paused(),
         doc_md=runbook_doc(__doc__),
         tags=["cloudops", DAG_ID, "evidence"],
     ) as dag:

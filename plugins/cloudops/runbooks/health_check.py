@@ -21,21 +21,47 @@ usually an Airflow connection that does not exist).
 - *degraded, disk*: free space before the fleet's limit becomes an outage.
 - *error*: create the missing connection (Admin > Connections) or fix its id in the catalog.
 
+**Runbooks.** `check_runbooks` asks the Airflow REST API (connection `cloudops_airflow_api`, or the
+one `CLOUDOPS_AIRFLOW_API_CONN_ID` names: host = the api-server's URL, login and password of a user
+who may read DAGs) about every runbook DAG the catalog's targets call for (`backup__`,
+`restore_drill__`, `ebs_snapshot__`): *down* when Airflow has no such DAG, *degraded* when it is
+paused (a paused backup is an outage of the backup) or when its last success is older than its
+schedule allows (the latest scheduled time plus the backup's deadline, the drill's 8 h or the
+snapshots' 3 h; an `on_backup` drill must have succeeded after the backup's last success). A runbook
+the catalog pauses (`paused: true`) is a *warning*, as is "runbook state unknown" when the API cannot
+be asked (no connection, api-server down, e.g. under `airflow dags test`): warnings are listed but do
+not fail the check.
+- *runbook missing*: read the DAG import errors (UI, or `airflow dags list-import-errors`).
+- *runbook paused*: unpause it, or set `paused: true` in the catalog if that is intended.
+- *runbook stale*: read its last runs: failed (their alerts said why) or never created (scheduler).
+
 Re-running is always safe: the runbook only reads.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cloudops.catalog import Catalog, LoadedCatalog
-from cloudops.errors import CloudOpsError
-from cloudops.health import ERROR, Finding, HealthReport, assess_database, assess_host
+from cloudops.errors import CloudOpsError, ConnectionMissingError
+from cloudops.health import (
+    ERROR,
+    Finding,
+    HealthReport,
+    RunbookState,
+    assess_database,
+    assess_host,
+    assess_runbook,
+    expected_runbooks,
+    runbook_state_unknown,
+)
 from cloudops.runbooks.common import load_estate
 
 if TYPE_CHECKING:
@@ -48,6 +74,11 @@ SCHEDULE = "*/30 * * * *"
 PROBE_TIMEOUT_SECONDS = 10
 MAX_PARALLEL_PROBES = 16
 T = TypeVar("T")
+NEXT_ACTIONS = {
+    "report": "read the summary: each unhealthy target is named with why; see 'What to do next' in the "
+    "DAG's docs",
+    "*": "a check task failed (not a target): read its log",
+}
 
 
 def _in_parallel(items: Sequence[T], check: Callable[[T], Finding]) -> list[Finding]:
@@ -99,17 +130,128 @@ def check_hosts(catalog_file: str, estate: str) -> list[dict[str, Any]]:
     return [asdict(finding) for finding in findings]
 
 
+AIRFLOW_API_CONN_ENV = "CLOUDOPS_AIRFLOW_API_CONN_ID"
+DEFAULT_AIRFLOW_API_CONN_ID = "cloudops_airflow_api"
+API_TIMEOUT_SECONDS = 10
+API_ATTEMPTS = 3
+API_RETRY_DELAY_SECONDS = 2
+
+
+class AirflowApiError(CloudOpsError):
+    """The Airflow REST API could not be asked, or refused; the message says which call and why."""
+
+
+def airflow_api_base(conn: Any) -> str:
+    """The api-server's base URL from an Airflow connection (host may be a whole URL)."""
+    host = (conn.host or "").rstrip("/")
+    if not host:
+        raise AirflowApiError(f"connection {conn.conn_id!r} has no host (the api-server's URL)")
+    if "://" not in host:
+        host = f"{conn.schema or 'http'}://{host}" + (f":{conn.port}" if conn.port else "")
+    return host
+
+
+def read_runbook_states(conn_id: str, dag_ids: Sequence[str]) -> dict[str, RunbookState]:
+    """Ask the Airflow REST API about each DAG: exists, paused, last success, any run, next run.
+
+    Task code cannot open metadata-DB sessions in Airflow 3, and the task SDK's execution API cannot
+    find asset-triggered runs (they have no logical date): the public REST API can.
+
+    :raises ConnectionMissingError: the connection does not exist.
+    :raises AirflowApiError: the API cannot be reached or refuses (the message names the call).
+    """
+    import httpx
+
+    from cloudops.connections import get_connection
+
+    conn = get_connection(conn_id, "the health check's runbook checks")
+    base = airflow_api_base(conn)
+    with httpx.Client(base_url=base, timeout=API_TIMEOUT_SECONDS) as client:
+
+        def call(method: str, path: str, **kwargs: Any) -> httpx.Response:
+            # A busy metadata database answers 500 or slowly now and then: a few tries, then a warning.
+            for attempt in range(1, API_ATTEMPTS + 1):
+                try:
+                    response = client.request(method, path, **kwargs)
+                except httpx.TimeoutException as error:
+                    problem = f"{type(error).__name__}: {error}"
+                except httpx.HTTPError as error:
+                    raise AirflowApiError(f"{method} {base}{path}: {type(error).__name__}: {error}") from None
+                else:
+                    if response.status_code < 500:
+                        break
+                    problem = f"HTTP {response.status_code}"
+                if attempt == API_ATTEMPTS:
+                    raise AirflowApiError(f"{method} {base}{path}: {problem} ({API_ATTEMPTS} attempts)")
+                time.sleep(API_RETRY_DELAY_SECONDS)
+            if response.status_code >= 400 and response.status_code != 404:
+                raise AirflowApiError(f"{method} {base}{path}: HTTP {response.status_code}")
+            return response
+
+        token = call("POST", "/auth/token", json={"username": conn.login, "password": conn.password})
+        if token.status_code == 404:
+            raise AirflowApiError(f"POST {base}/auth/token: HTTP 404 (is {base} an Airflow api-server?)")
+        client.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+        states = {}
+        for dag_id in dag_ids:
+            dag = call("GET", f"/api/v2/dags/{dag_id}")
+            if dag.status_code == 404 or dag.json().get("is_stale"):
+                states[dag_id] = RunbookState(dag_id, exists=False)
+                continue
+            runs = f"/api/v2/dags/{dag_id}/dagRuns"
+            success = call("GET", runs, params={"state": "success", "order_by": "-end_date", "limit": 1})
+            newest = call("GET", runs, params={"order_by": "-run_after", "limit": 1})
+            last = (success.json().get("dag_runs") or [{}])[0].get("end_date")
+            next_run = dag.json().get("next_dagrun_run_after")
+            newest_run = (newest.json().get("dag_runs") or [{}])[0]
+            going = newest_run.get("state") in ("queued", "running")
+            since = newest_run.get("start_date") or newest_run.get("queued_at") or newest_run.get("run_after")
+            states[dag_id] = RunbookState(
+                dag_id,
+                exists=True,
+                is_paused=bool(dag.json().get("is_paused")),
+                last_success=datetime.fromisoformat(last) if last else None,
+                runs=bool(newest.json().get("dag_runs")),
+                next_run=datetime.fromisoformat(next_run) if next_run else None,
+                running_since=datetime.fromisoformat(since) if going and since else None,
+            )
+    return states
+
+
+def check_runbooks(catalog_file: str, estate: str) -> list[dict[str, Any]]:
+    """Judge every runbook DAG the estate's targets call for; a warning when Airflow cannot be asked."""
+    catalog = load_estate(catalog_file, estate)
+    expected = expected_runbooks(catalog)
+    if not expected:
+        return []
+    conn_id = os.environ.get(AIRFLOW_API_CONN_ENV) or DEFAULT_AIRFLOW_API_CONN_ID
+    try:
+        states = read_runbook_states(conn_id, [e.dag_id for e in expected])
+    except (ConnectionMissingError, AirflowApiError) as error:
+        log.warning("runbook state unknown: %s", error)
+        return [asdict(runbook_state_unknown(estate, str(error)))]
+    now = datetime.now(UTC)
+    findings = [assess_runbook(e, states[e.dag_id], states, now=now) for e in expected]
+    return [asdict(finding) for finding in findings]
+
+
 def report_health(
     estate: str,
     database_findings: Iterable[dict[str, Any]] | None,
     host_findings: Iterable[dict[str, Any]] | None,
+    runbook_findings: Iterable[dict[str, Any]] | None = (),
 ) -> dict[str, Any]:
     """Log the table and return the record; raise with a readable summary when anything is unhealthy.
 
     A check task that crashed delivers nothing: that is reported as a finding, never as healthy.
+    Warnings are listed and kept in the record, but do not fail the check.
     """
     findings: list[Finding] = []
-    for name, delivered in (("database checks", database_findings), ("host checks", host_findings)):
+    for name, delivered in (
+        ("database checks", database_findings),
+        ("host checks", host_findings),
+        ("runbook checks", runbook_findings),
+    ):
         if delivered is None:
             findings.append(Finding(name, ERROR, "did not run", "the check task failed: see its log"))
         else:
@@ -131,7 +273,10 @@ def report_health(
 def _report_task(estate: str, **context: Any) -> dict[str, Any]:
     ti = context["ti"]
     return report_health(
-        estate, ti.xcom_pull(task_ids="check_databases"), ti.xcom_pull(task_ids="check_hosts")
+        estate,
+        ti.xcom_pull(task_ids="check_databases"),
+        ti.xcom_pull(task_ids="check_hosts"),
+        ti.xcom_pull(task_ids="check_runbooks"),
     )
 
 
@@ -153,7 +298,14 @@ def build_health_check_dag(loaded: LoadedCatalog) -> list[DAG]:
     from airflow.providers.standard.operators.python import PythonOperator
     from airflow.sdk import DAG
 
-    from cloudops.runbooks.common import default_args, runbook_doc, start_date, tags
+    from cloudops.runbooks.common import (
+        created_paused,
+        default_args,
+        failure_alerts,
+        runbook_doc,
+        start_date,
+        tags,
+    )
 
     catalog = loaded.catalog
     op_kwargs = {"catalog_file": str(loaded.path), "estate": catalog.estate}
@@ -165,7 +317,13 @@ def build_health_check_dag(loaded: LoadedCatalog) -> list[DAG]:
         catchup=False,
         max_active_runs=1,
         dagrun_timeout=timedelta(minutes=25),
-        default_args=default_args(catalog.owner, retries=1, execution_timeout=timedelta(minutes=10)),
+        default_args=default_args(
+            catalog.owner,
+            alerts=failure_alerts(loaded, f"estate {catalog.estate}", NEXT_ACTIONS),
+            retries=1,
+            execution_timeout=timedelta(minutes=10),
+        ),
+        is_paused_upon_creation=created_paused(),
         doc_md=runbook_doc(__doc__, _targets_doc(catalog)),
         tags=tags(KIND, loaded),
     ) as dag:
@@ -176,6 +334,9 @@ def build_health_check_dag(loaded: LoadedCatalog) -> list[DAG]:
         check_hosts_task = PythonOperator(  # noqa: AIR001
             task_id="check_hosts", python_callable=check_hosts, op_kwargs=op_kwargs
         )
+        check_runbooks_task = PythonOperator(  # noqa: AIR001
+            task_id="check_runbooks", python_callable=check_runbooks, op_kwargs=op_kwargs
+        )
         report = PythonOperator(
             task_id="report",
             python_callable=_report_task,
@@ -184,8 +345,16 @@ def build_health_check_dag(loaded: LoadedCatalog) -> list[DAG]:
             # The verdict is a fact about now; retrying it would only repeat the same failure.
             retries=0,
         )
-        [check_databases_task, check_hosts_task] >> report
+        [check_databases_task, check_hosts_task, check_runbooks_task] >> report
     return [dag]
 
 
-__all__ = ["build_health_check_dag", "check_databases", "check_hosts", "report_health"]
+__all__ = [
+    "AirflowApiError",
+    "build_health_check_dag",
+    "check_databases",
+    "check_hosts",
+    "check_runbooks",
+    "read_runbook_states",
+    "report_health",
+]

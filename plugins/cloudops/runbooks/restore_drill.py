@@ -46,8 +46,10 @@ backup (on the backup's Asset) or on the catalog's cron:
    snapshot's storage; `teardown_rds` always deletes it (no final snapshot), after checking its name
    and tags say it is this drill's scratch instance. `prepare` deletes scratch instances a killed drill
    left;
-6. `record` measures RTO (restore + validation) and RPO (the backup's age), compares them with the
-   catalog's targets, logs the drill record as a table, stores it as JSON in S3 beside the backups
+6. `record` measures RTO (restore + validation) and RPO (the data loss exposure: the larger of the
+   backup's age and the largest gap between consecutive complete backups in the repository over the
+   last 30 days, so daily backups miss a 1 h RPO), compares them with the catalog's targets,
+   logs the drill record as a table, stores it as JSON in S3 beside the backups
    (`<prefix>/<estate>/_drills/<database>/<backup_id>/`) and in the local evidence folder, and
    **fails the run when any check failed, a step failed (the RDS ones included), a target was missed or
    a scratch RDS instance could not be deleted**.
@@ -634,6 +636,8 @@ def record_drill(
     manifest = proven_manifest(
         catalog_file, estate, database_name, backup_id=prepared["backup_id"], pin=prepared
     )
+    started_at = datetime.fromisoformat(prepared["started_at"])
+    gap = _backup_gap(store, database.name, until=started_at)
     missing = [name for name, step in (("restore", restored), ("validate", validated)) if step is None]
     rds = None
     if database.rds_instance_id:
@@ -668,13 +672,15 @@ def record_drill(
         validation_seconds=(validated or {}).get("validation_seconds"),
         rto_target_seconds=database.rto.total_seconds() if database.rto else None,
         rpo_target_seconds=database.rpo.total_seconds() if database.rpo else None,
+        largest_backup_gap_seconds=gap.seconds if gap else None,
+        complete_backups_in_window=gap.backups if gap else None,
         error=error or (f"step(s) {', '.join(missing)} failed: see their logs" if missing else None),
         rds=rds,
         cleanup_error=f"teardown failed: scratch {prepared['scratch']} may remain (see teardown's log); the "
         "next drill's prepare removes it"
         if scratch_left
         else None,
-        started_at=datetime.fromisoformat(prepared["started_at"]),
+        started_at=started_at,
         finished_at=datetime.now(UTC),
     )
     log.info("restore drill record:\n%s", record.to_table())
@@ -735,6 +741,32 @@ def record_drill(
             )
         )
     return {"record": f"s3://{store.bucket}/{key}", "passed": True}
+
+
+def _backup_gap(store: Any, database_name: str, *, until: datetime) -> Any:
+    """The largest gap between complete backups before the drill, from the repository listing.
+
+    :return: a ``BackupGap``, or None when the listing could not be read (the record then says the
+        RPO is not proven, and the run fails on it).
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from cloudops.restore.record import largest_backup_gap
+
+    try:
+        listing = store.list_backups(database_name)
+    except (CloudOpsError, BotoCoreError, ClientError, OSError) as error:
+        log.warning("backup gap of %s not measured: the listing failed: %s", database_name, error)
+        return None
+    gap = largest_backup_gap([b.time for b in listing if b.complete], until=until)
+    log.info(
+        "backup gap of %s: %d complete backup(s) since %s, largest gap %s s",
+        database_name,
+        gap.backups,
+        gap.since.isoformat(timespec="seconds"),
+        gap.seconds,
+    )
+    return gap
 
 
 def _ti_pull(context: dict[str, Any], task_id: str) -> Any:
@@ -826,9 +858,15 @@ def build_restore_drill_dags(loaded: LoadedCatalog) -> list[DAG]:
     from airflow.providers.standard.operators.python import PythonOperator
     from airflow.sdk import DAG
 
-    from cloudops.notifications import RunbookFailureNotifier
     from cloudops.runbooks.backup import backup_asset
-    from cloudops.runbooks.common import default_args, runbook_doc, start_date, tags
+    from cloudops.runbooks.common import (
+        created_paused,
+        default_args,
+        failure_alerts,
+        runbook_doc,
+        start_date,
+        tags,
+    )
 
     catalog, dags = loaded.catalog, []
     for database in catalog.databases:
@@ -839,12 +877,7 @@ def build_restore_drill_dags(loaded: LoadedCatalog) -> list[DAG]:
             "estate": catalog.estate,
             "database_name": database.name,
         }
-        notifier = RunbookFailureNotifier(
-            catalog_file=str(loaded.path),
-            estate=catalog.estate,
-            target=f"database {database.name}",
-            next_actions=NEXT_ACTIONS,
-        )
+        notifier = failure_alerts(loaded, f"database {database.name}", NEXT_ACTIONS)
         schedule: Any = (
             [backup_asset(catalog, database)]
             if database.drill.schedule == "on_backup"
@@ -858,10 +891,10 @@ def build_restore_drill_dags(loaded: LoadedCatalog) -> list[DAG]:
             catchup=False,
             max_active_runs=1,
             dagrun_timeout=timedelta(hours=8),
-            default_args={
-                **default_args(catalog.owner, retries=1, execution_timeout=timedelta(hours=4)),
-                "on_failure_callback": [notifier],
-            },
+            default_args=default_args(
+                catalog.owner, alerts=notifier, retries=1, execution_timeout=timedelta(hours=4)
+            ),
+            is_paused_upon_creation=created_paused(database.drill.paused),
             doc_md=runbook_doc(
                 __doc__,
                 f"## This database: `{database.name}` ({database.engine})\n\n"

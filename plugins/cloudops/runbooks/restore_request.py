@@ -85,6 +85,19 @@ SYSTEM_DATABASES = frozenset(
 # runs for one target are kept apart by their staging copies (see restore_backup and put_in_place).
 MAX_ACTIVE_RUNS = 8
 SWAP_STARTED = "swap_started"  # XCom key put_in_place writes right before it renames anything
+# What the failure alert tells on-call to do, by step (the runbook text above says more).
+NEXT_ACTIONS = {
+    "check_request": "the form was refused and nothing ran: read the message, fix the input, trigger again",
+    "restore": "a damaged backup or a failed restore: read the log; pick an older backup id if damaged",
+    "verify": "the restored data differs from the backup's record: read the failed checks in the log",
+    "put_in_place": (
+        "the approval was refused, rejected or timed out (nothing was overwritten), or the swap did not "
+        "complete: if the log says a rename started, check the target and its _before_ copy NOW"
+    ),
+    "confirm_in_place": "the restore is not in place although put_in_place reads success: see the log",
+    "drop_staging": "a staging copy could not be dropped or was kept: read the log before anything else",
+    "*": "read the task log",
+}
 
 
 @dataclass(frozen=True)
@@ -665,7 +678,7 @@ def build_restore_request_dag(catalogs: CatalogSet) -> DAG:
     from airflow.providers.standard.operators.python import PythonOperator
     from airflow.sdk import DAG, Param
 
-    from cloudops.runbooks.common import default_args, runbook_doc
+    from cloudops.runbooks.common import created_paused, default_args, failure_alerts, runbook_doc
 
     names = sorted(d.name for loaded in catalogs.catalogs for d in loaded.catalog.databases if d.backup)
     owners = sorted({loaded.catalog.owner for loaded in catalogs.catalogs}) or ["cloudops"]
@@ -675,7 +688,15 @@ def build_restore_request_dag(catalogs: CatalogSet) -> DAG:
         schedule=None,
         catchup=False,
         max_active_runs=MAX_ACTIVE_RUNS,
-        default_args=default_args(", ".join(owners), retries=1, execution_timeout=timedelta(hours=6)),
+        default_args=default_args(
+            ", ".join(owners),
+            # The form names the database: its estate is alerted (every estate's when it names none).
+            alerts=failure_alerts(None, "the requested restore", NEXT_ACTIONS, database_param="database"),
+            retries=1,
+            execution_timeout=timedelta(hours=6),
+        ),
+        # Paused, a triggered restore would wait in "queued" while the incident goes on.
+        is_paused_upon_creation=created_paused(),
         doc_md=runbook_doc(__doc__),
         tags=["cloudops", DAG_ID],
         params={
