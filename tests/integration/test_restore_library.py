@@ -585,3 +585,61 @@ def test_the_client_refuses_client_commands_even_past_the_scan(
     assert {"--sandbox", "--binary-mode"} <= set(argv)
     assert done.returncode != 0
     assert not marker.exists()
+
+
+# -- events: loaded only where the event scheduler does not run ----------------------------------------
+
+EVENT_DUMP = (
+    "CREATE TABLE t (id INT);\n"
+    "DELIMITER ;;\n"
+    "/*!50106 CREATE*/ /*!50106 EVENT `purge_prod` ON SCHEDULE EVERY 1 SECOND ON COMPLETION PRESERVE "
+    "ENABLE DO DELETE FROM t */ ;;\n"
+    "DELIMITER ;\n"
+)
+
+
+@pytest.fixture
+def event_scheduler_on() -> Iterator[None]:
+    """This sandbox's MariaDB with its event scheduler running, as a production primary that uses events."""
+    from cloudops.connections import get_connection
+
+    conn = get_connection(MARIA, "test")
+    with mariadb._admin_session(conn, used_by="test", connect_timeout_seconds=10, what="scheduler") as admin:
+        mariadb._rows(admin, "SET GLOBAL event_scheduler = ON")
+        try:
+            yield
+        finally:
+            mariadb._rows(admin, "SET GLOBAL event_scheduler = OFF")
+
+
+def test_a_dump_with_events_is_refused_where_the_scheduler_runs(
+    tmp_path: Path, leftovers: Callable[[str, str], str], event_scheduler_on: None
+) -> None:
+    dump = tmp_path / "inventory.sql"
+    dump.write_text(EVENT_DUMP)
+    target = leftovers("inventory_mariadb", f"test-{uuid.uuid4().hex}")
+    with pytest.raises(
+        RestoreRefused,
+        match=r"inventory\.sql defines 1 event\(s\) \(purge_prod\) and the event scheduler of .* is ON: "
+        r"loaded there, they would run .* restore onto a server whose event_scheduler is OFF",
+    ):
+        mariadb.restore_logical(MARIA, target, dump, used_by="test")
+    assert target not in mariadb.leftover_scratch_databases(MARIA, "inventory_mariadb")
+
+
+def test_a_dump_with_events_loads_where_the_scheduler_is_off(
+    tmp_path: Path, leftovers: Callable[[str, str], str]
+) -> None:
+    dump = tmp_path / "inventory.sql"
+    dump.write_text(EVENT_DUMP)
+    target = leftovers("inventory_mariadb", f"test-{uuid.uuid4().hex}")
+    mariadb.restore_logical(MARIA, target, dump, used_by="test")
+    from cloudops.connections import get_connection
+
+    conn = get_connection(MARIA, "test")
+    with mariadb._admin_session(conn, used_by="test", connect_timeout_seconds=10, what="events") as admin:
+        assert mariadb._rows(admin, "SELECT @@GLOBAL.event_scheduler") == [("OFF",)]
+        events = mariadb._rows(
+            admin, "SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s", target
+        )
+    assert events == [("purge_prod",)]

@@ -81,8 +81,8 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_a_dump_of_one_database_passes(tmp_path: Path) -> None:
-    mariadb.check_single_database_dump(write(tmp_path, DUMP_OF_ONE_DATABASE))
+def test_a_dump_of_one_database_passes_and_its_events_are_named(tmp_path: Path) -> None:
+    assert mariadb.check_single_database_dump(write(tmp_path, DUMP_OF_ONE_DATABASE)) == ["tidy"]
 
 
 @pytest.mark.parametrize(
