@@ -458,6 +458,11 @@ class _SnapshotLock:
             self._thread.join(timeout=join_timeout_seconds)
             if self._thread.is_alive():
                 self.problem = f"the row counts took longer than {join_timeout_seconds:g} s after the dump"
+        if self.problem is None and self.dump_position != self.position:
+            dump, ours = self.dump_position or ("?", 0), self.position or ("?", 0)
+            self.problem = (
+                f"the dump's snapshot is at binlog {dump[0]}:{dump[1]}, the counts' at {ours[0]}:{ours[1]}"
+            )
         if self.problem is not None or self.row_counts is None:
             raise BackupSourceError(
                 f"{self.used_by}: the row counts cannot be vouched for: {self.problem}; run the backup again"
@@ -483,19 +488,23 @@ class _SnapshotLock:
         import pymysql
 
         deadline = self._asked_at + self.max_lock_wait_seconds
-        # True only when the dump's position was seen before the bound: its snapshot is under the lock.
-        seen_in_time = self._seen.wait(max(0.0, deadline - time.monotonic()))
+        # True only when the dump's snapshot was seen before the bound: then it is under the lock.
+        seen_in_time = False
+        try:
+            seen_in_time = self._wait_for_dump(deadline)
+        except pymysql.MySQLError as error:
+            self.problem = f"the session holding the global read lock failed: {first_line(error)}"
         self._unlock()
         if self.problem is not None or self._abandoned:
             return
-        if not seen_in_time or self.dump_position is None:
+        if not seen_in_time:
             self.problem = (
                 f"mariadb-dump had not opened its snapshot within backup.max_lock_wait "
                 f"({self.max_lock_wait_seconds} s) of asking for the global read lock, which was released "
                 "then so as not to block writes any longer"
             )
             return
-        if self.dump_position != self.position:
+        if self.dump_position is not None and self.dump_position != self.position:
             dump, ours = self.dump_position, self.position or ("?", 0)
             self.problem = (
                 f"the dump's snapshot is at binlog {dump[0]}:{dump[1]}, the counts' at {ours[0]}:{ours[1]}"
@@ -506,6 +515,31 @@ class _SnapshotLock:
             _rows(self.snapshot, "ROLLBACK")
         except pymysql.MySQLError as error:
             self.problem = f"counting rows in the snapshot failed: {first_line(error)}"
+
+    def _wait_for_dump(self, deadline: float) -> bool:
+        """Wait until the dump's position comment is read, or the dump is seen asking the server for the
+        GTID of our snapshot's position, or the deadline.
+
+        mariadb-dump asks ``SELECT BINLOG_GTID_POS(file, position)`` with the position its snapshot read,
+        right after opening it and before writing its comment; the server answers by reading the binary
+        log from its start, which takes a while on a large binlog file. A connection asking it for our
+        exact position has a snapshot at our position: the lock can go at once. (Any other connection
+        that did would be caught when the dump's own comment shows another position.)
+        """
+        assert self.position is not None
+        asking = f"SELECT BINLOG_GTID_POS('{self.position[0]}', '{self.position[1]}')"
+        while not self._seen.wait(min(0.01, max(0.0, deadline - time.monotonic()))):
+            if _rows(
+                self.lock_session, "SELECT 1 FROM information_schema.PROCESSLIST WHERE INFO = %s", asking
+            ):
+                log.info(
+                    "mariadb-dump has its snapshot (it asks for the GTID of binlog position %s)",
+                    self.position,
+                )
+                return True
+            if time.monotonic() >= deadline:
+                return False
+        return True
 
     def _unlock(self) -> None:
         import pymysql
