@@ -364,9 +364,12 @@ class _SnapshotLock:
     counts taken afterwards in the facts session's snapshot, which saw the same data.
 
     While the lock is held nothing commits, so the facts session's snapshot and the dump's, both opened
-    under it, see the same data at the same binlog position. The dump tells when it has its snapshot: it
-    writes ``-- CHANGE MASTER TO ... MASTER_LOG_POS=n;`` right after opening it, which :meth:`observe`
-    (the command's ``observe_output``) sees in its first output; a thread then releases the lock at once.
+    under it, see the same data at the same binlog position. Right after opening its snapshot the dump
+    asks the server for the GTID of that snapshot's position (``SELECT BINLOG_GTID_POS(file, pos)``,
+    which the thread sees in the process list, with our file and position), then writes ``-- CHANGE
+    MASTER TO ... MASTER_LOG_POS=n;``, which :meth:`observe` (the command's ``observe_output``) sees in
+    its first output; at the first of the two the thread releases the lock. The comment's position must
+    equal ours, or ``finish()`` refuses the counts.
     The lock is never held longer than ``max_lock_wait_seconds`` from the moment it was asked for: past
     that it is released anyway and the backup fails. Once released, the thread counts the rows of every
     table in the facts session's snapshot, while the dump runs; ``SAVEPOINT``/``ROLLBACK TO`` after each
@@ -583,18 +586,19 @@ def logical_backup_source(
        ``binlog_snapshot_file`` and ``binlog_snapshot_position`` (and ``gtid_binlog_pos``) into the facts.
     4. mariadb-dump starts and opens its own consistent snapshot (with ``--single-transaction
        --master-data`` on MariaDB it reads ``binlog_snapshot_*`` and takes no lock of its own) and writes
-       that snapshot's position as a ``CHANGE MASTER`` comment, before any row. The command's
-       ``observe_output`` sees that comment in the dump's first output; the lock is then released at
-       once (see :class:`_SnapshotLock`). Both snapshots were opened under the lock: the same data, and
-       the same position, which is checked.
+       that snapshot's position as a ``CHANGE MASTER`` comment, before any row. The lock is released as
+       soon as the dump is seen asking for that position's GTID in the process list, or the command's
+       ``observe_output`` sees the comment (see :class:`_SnapshotLock`). Both snapshots were opened
+       under the lock: the same data, and the same position, which is checked.
     5. The rows of every table are counted in the facts session's snapshot, without any lock, while the
        dump runs; ``finish()`` waits for the counts and returns them (``row_counts``), and checks that the
        schema fingerprint is still the one of step 1 (no DDL during the backup).
 
-    Writes are blocked from step 2 until the dump has its snapshot: the time to start mariadb-dump and
-    for it to connect, typically tens of milliseconds. That time, the wait for the lock included, is
-    bounded by ``max_lock_wait_seconds`` (the catalog's ``backup.max_lock_wait``): past it the lock is
-    released and the backup fails rather than block writes any longer. Nothing else runs under the lock:
+    Writes are blocked from step 2 until the dump has its snapshot: the time to take the lock, open the
+    facts snapshot, start mariadb-dump and for it to connect and open its own, a fraction of a second.
+    That time, the wait for the lock included, is bounded by ``max_lock_wait_seconds`` (the catalog's
+    ``backup.max_lock_wait``): past it the lock is released and the backup fails rather than block
+    writes any longer. Nothing else runs under the lock:
     neither the counts nor the fingerprint. ``finish()`` reports ``global_read_lock_seconds``. Only
     InnoDB (transactional) tables are consistent this way, as with any ``--single-transaction`` dump.
 
