@@ -10,7 +10,20 @@ How to run it (no make needed; as root, with the sandbox up for its moto S3 endp
 It loads ``.sandbox/airflow.env`` itself (the ``sandbox_aws`` connection). It prints figures and asserts
 nothing; ``--json FILE`` also writes every measurement. Takes about 10 minutes with the defaults.
 
-What it does:
+MariaDB write stall (``--mariadb-lock``, on the sandbox's MariaDB, no root needed; about 5 minutes the first
+time, then the database is kept for the next run):
+
+    .venv/bin/python tests/benchmarks/bench_backup.py --mariadb-lock --mariadb-gib 1
+
+- loads database ``bench_lock`` (four InnoDB tables, ``--mariadb-gib`` of data in all; reused when its size
+  already fits) on the sandbox MariaDB (connection ``sandbox_mariadb``);
+- a writer thread commits one-row inserts into ``bench_lock.writes`` without pause and times each commit;
+- ``--rounds`` times: ``mariadb.logical_backup_source`` of ``bench_lock``, its mariadb-dump read to the end
+  in chunks (each chunk shown to the command's ``observe_output``, as the upload pipeline does), then
+  ``finish()``. Reported per round: the longest commit of the writer while the backup ran (how long writes
+  were blocked), the global read lock time the engine measured itself, and the wall time of the backup.
+
+What it does (PostgreSQL):
 
 - starts its own PostgreSQL 15 (``/usr/lib/postgresql/15/bin``, as the ``postgres`` OS user) in a temporary
   directory under ``--workdir`` (default /var/tmp) on a free loopback port, with ``archive_mode=on``
@@ -924,6 +937,177 @@ def report(bench: Bench, args: argparse.Namespace, started: datetime, load: tupl
     print(f"sandbox moto RSS: {bench.moto_rss_before:.0f} MiB before, {rss_mib(moto_pid()):.0f} MiB after")
 
 
+# The MariaDB write stall.
+
+MARIA_CONN_ID = "sandbox_mariadb"
+MARIA_BENCH_DB = "bench_lock"
+MARIA_TABLES = 4
+
+
+def maria_session(database: str | None = None) -> Any:
+    import pymysql
+
+    conn = json.loads(os.environ[f"AIRFLOW_CONN_{MARIA_CONN_ID.upper()}"])
+    return pymysql.connect(
+        host=conn["host"],
+        port=conn["port"],
+        user=conn["login"],
+        password=conn["password"],
+        database=database,
+        autocommit=True,
+        read_timeout=3600,
+    )
+
+
+def maria_load(gib: float) -> int:
+    """Create ``bench_lock`` with ``gib`` GiB of rows in four tables, unless it already holds that much."""
+    with maria_session() as session, session.cursor() as cursor:
+        cursor.execute(
+            "SELECT COALESCE(SUM(DATA_LENGTH + INDEX_LENGTH), 0) FROM information_schema.TABLES "
+            "WHERE TABLE_SCHEMA = %s AND TABLE_NAME LIKE 'rows_%%'",
+            (MARIA_BENCH_DB,),
+        )
+        (size,) = cursor.fetchone()
+        if 0.9 * gib * 1024**3 <= int(size) <= 1.6 * gib * 1024**3:
+            print(f"mariadb: {MARIA_BENCH_DB} already holds {int(size) / MiB:.0f} MiB", flush=True)
+            return int(size)
+        started = time.monotonic()
+        cursor.execute(f"DROP DATABASE IF EXISTS {MARIA_BENCH_DB}")
+        cursor.execute(f"CREATE DATABASE {MARIA_BENCH_DB}")
+        cursor.execute(f"USE {MARIA_BENCH_DB}")
+        cursor.execute(
+            "CREATE TABLE writes (id BIGINT AUTO_INCREMENT PRIMARY KEY, at DATETIME(6)) ENGINE=InnoDB"
+        )
+        # ~145 bytes a row on disk (measured): four tables of gib/4 each.
+        rows = int(gib * 1024**3 / 145 / MARIA_TABLES)
+        for table in range(MARIA_TABLES):
+            cursor.execute(
+                f"CREATE TABLE rows_{table} (id BIGINT PRIMARY KEY, k INT NOT NULL, payload VARCHAR(200), "
+                "KEY k (k)) ENGINE=InnoDB"
+            )
+            for start in range(0, rows, 500_000):
+                end = min(start + 500_000, rows)
+                cursor.execute(
+                    f"INSERT INTO rows_{table} SELECT seq, seq % 100000, "
+                    f"CONCAT(MD5(seq), MD5(seq + {table}), SHA1(seq), MD5(RAND())) "
+                    f"FROM seq_{start + 1}_to_{end}"
+                )
+        cursor.execute(
+            "SELECT SUM(DATA_LENGTH + INDEX_LENGTH) FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s",
+            (MARIA_BENCH_DB,),
+        )
+        (size,) = cursor.fetchone()
+        print(
+            f"mariadb: loaded {MARIA_BENCH_DB}: {int(size) / MiB:.0f} MiB "
+            f"in {time.monotonic() - started:.0f} s",
+            flush=True,
+        )
+        return int(size)
+
+
+class CommitTimer:
+    """A writer committing one-row inserts without pause; keeps every commit's start and duration."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.commits: list[tuple[float, float]] = []
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-writer", daemon=True)
+
+    def __enter__(self) -> CommitTimer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=120)
+
+    def _run(self) -> None:
+        try:
+            with maria_session(MARIA_BENCH_DB) as session, session.cursor() as cursor:
+                while not self._stop.is_set():
+                    began = time.monotonic()
+                    cursor.execute("INSERT INTO writes (at) VALUES (NOW(6))")
+                    self.commits.append((began, time.monotonic() - began))
+        except BaseException as error:
+            self.error = error
+
+    def longest_between(self, start: float, end: float) -> float:
+        """The longest commit that overlapped ``[start, end]`` (a commit still blocked counts too)."""
+        return max(
+            (took for began, took in self.commits if began <= end and began + took >= start), default=0.0
+        )
+
+
+def maria_backup_round(workdir: Path) -> dict[str, float]:
+    """One backup of ``bench_lock`` through the engine, its dump read to the end like the pipeline does."""
+    from cloudops.engines import mariadb
+
+    started = time.monotonic()
+    with mariadb.logical_backup_source(
+        MARIA_CONN_ID, MARIA_BENCH_DB, used_by="bench", workdir=workdir
+    ) as source:
+        observe = getattr(source.command, "observe_output", None)  # absent before the lock rework
+        if (before_start := getattr(source.command, "before_start", None)) is not None:
+            before_start()
+        process = subprocess.Popen(
+            source.command.argv,
+            env={**os.environ, **source.command.env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert process.stdout is not None
+        raw = 0
+        while chunk := process.stdout.read1(1024 * 1024):
+            raw += len(chunk)
+            if observe is not None:
+                observe(chunk)
+        if process.wait(timeout=3600) != 0:
+            raise RuntimeError(f"mariadb-dump exited {process.returncode}")
+        finished = source.finish()
+    return {
+        "seconds": time.monotonic() - started,
+        "started": started,
+        "ended": time.monotonic(),
+        "raw_mib": raw / MiB,
+        "lock_seconds": float(finished.get("global_read_lock_seconds", -1)),
+    }
+
+
+def mariadb_lock_bench(args: argparse.Namespace) -> None:
+    """Measure how long a MariaDB backup blocks writes (see the module docstring)."""
+    sys.path.insert(0, str(ROOT / "plugins"))
+    logging.basicConfig(level=logging.WARNING)
+    size = maria_load(args.mariadb_gib)
+    rounds = []
+    with tempfile.TemporaryDirectory(prefix="bench-maria-") as workdir, CommitTimer() as writer:
+        time.sleep(2)  # the writer's steady state first
+        idle = writer.longest_between(time.monotonic() - 2, time.monotonic())
+        for number in range(1, args.rounds + 1):
+            result = maria_backup_round(Path(workdir))
+            result["longest_commit"] = writer.longest_between(result["started"], result["ended"])
+            rounds.append(result)
+            print(
+                f"mariadb round {number}: backup {result['seconds']:.1f} s "
+                f"({result['raw_mib']:.0f} MiB of SQL), "
+                f"global read lock {result['lock_seconds']:.3f} s (engine's own timing), "
+                f"longest writer commit {result['longest_commit']:.3f} s",
+                flush=True,
+            )
+        if writer.error is not None:
+            raise SystemExit(f"the writer failed: {writer.error}")
+    print(
+        f"mariadb {MARIA_BENCH_DB} ({size / MiB:.0f} MiB on disk), {args.rounds} round(s): longest writer "
+        f"commit median {med([r['longest_commit'] for r in rounds]):.3f} s "
+        f"(idle writer: {idle:.3f} s), lock median {med([r['lock_seconds'] for r in rounds]):.3f} s, "
+        f"backup median {med([r['seconds'] for r in rounds]):.1f} s"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps({"mariadb_lock": rounds, "size_bytes": size}, indent=2))
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -941,12 +1125,19 @@ def main() -> None:
     )
     parser.add_argument("--json", help="also write every measurement to this file")
     parser.add_argument("--keep", action="store_true", help="keep the instance and the directory (debugging)")
+    parser.add_argument(
+        "--mariadb-lock", action="store_true", help="only measure how long a MariaDB backup blocks writes"
+    )
+    parser.add_argument("--mariadb-gib", type=float, default=1.0, help="size of its database (default 1)")
     parser.add_argument("--moto-upload", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--bucket", help=argparse.SUPPRESS)
     args = parser.parse_args()
     load_sandbox_env()
     if args.moto_upload is not None:
         moto_upload_child(args.moto_upload, args.bucket)
+        return
+    if args.mariadb_lock:
+        mariadb_lock_bench(args)
         return
     args.sizes = [name.strip() for name in args.sizes.split(",") if name.strip()]
     if unknown := [name for name in args.sizes if name not in SIZES]:

@@ -58,17 +58,27 @@ def fields(env: dict[str, str], conn_id: str) -> dict[str, Any]:
     return json.loads(env[f"AIRFLOW_CONN_{conn_id.upper()}"])
 
 
-def run_dump(command: DumpCommand, out: Path) -> subprocess.CompletedProcess[bytes]:
-    """Run the command as the pipeline does: env merged over ours, stdout into the stream (a file here)."""
-    with out.open("wb") as stream:
-        return subprocess.run(
-            command.argv,
-            env={**os.environ, **command.env},
-            stdout=stream,
-            stderr=subprocess.PIPE,
-            timeout=DUMP_TIMEOUT,
-            check=False,
-        )
+def run_dump(command: DumpCommand, out: Path, *, started: bool = False) -> subprocess.CompletedProcess[bytes]:
+    """Run the command as the pipeline does: its ``before_start``, then the program with env merged over
+    ours, stdout read in pieces, each into the stream (a file here) and shown to ``observe_output``."""
+    if command.before_start is not None and not started:
+        command.before_start()
+    process = subprocess.Popen(
+        command.argv, env={**os.environ, **command.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout is not None
+    try:
+        with out.open("wb") as stream:
+            while chunk := process.stdout.read1(1024 * 1024):
+                stream.write(chunk)
+                if command.observe_output is not None:
+                    command.observe_output(chunk)
+        _, errors = process.communicate(timeout=DUMP_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+    return subprocess.CompletedProcess(command.argv, process.returncode, b"", errors)
 
 
 def credential_files(workdir: Path) -> list[Path]:
@@ -489,6 +499,7 @@ def test_maria_dump_is_sql_with_the_recorded_binlog_position(inventory_dump: Dum
     assert {"--single-transaction", "--master-data=2", "--routines", "--triggers", "--events"} <= set(
         command.argv
     )
+    assert command.argv[-2:] == ["--", "inventory"]
     assert inventory_dump.finished["global_read_lock_seconds"] >= 0
 
 
@@ -499,10 +510,12 @@ def test_maria_facts(inventory_dump: DumpRun, sandbox_env: dict[str, str]) -> No
     assert facts["engine_version"].startswith("10.11.")
     assert facts["tool_versions"]["mariadb-dump"].startswith("10.11.")
     assert re.fullmatch(r"[0-9a-f]{64}", facts["schema_fingerprint"])
+    counts = inventory_dump.finished["row_counts"]  # known once the dump has its snapshot
+    assert "row_counts" not in facts
     with maria_connect(sandbox_env, "inventory") as session:
-        direct = {t: maria_rows(session, f"SELECT COUNT(*) FROM `{t}`")[0][0] for t in facts["row_counts"]}
-    assert set(facts["row_counts"]) == {"items", "stock_levels", "warehouses"}
-    assert facts["row_counts"] == direct
+        direct = {t: maria_rows(session, f"SELECT COUNT(*) FROM `{t}`")[0][0] for t in counts}
+    assert set(counts) == {"items", "stock_levels", "warehouses"}
+    assert counts == direct
 
 
 def test_maria_password_only_in_a_private_option_file_that_is_removed(
@@ -522,7 +535,7 @@ def test_maria_restore_reproduces_fingerprint_and_counts(
     maria_restore(sandbox_env, inventory_dump.output, restored, tmp_path)
     with maria_connect(sandbox_env, restored) as session:
         assert mariadb.schema_fingerprint(session) == inventory_dump.source.facts["schema_fingerprint"]
-        assert mariadb.table_row_counts(session) == inventory_dump.source.facts["row_counts"]
+        assert mariadb.table_row_counts(session) == inventory_dump.finished["row_counts"]
 
 
 def maria_insert(session: pymysql.Connection[Any]) -> None:
@@ -543,9 +556,9 @@ def test_maria_counts_and_dump_see_the_same_data_under_writes(
             threading.Event().wait(0.3)
             done = run_dump(source.command, tmp_path / "scratch.sql")
             assert done.returncode == 0, done.stderr.decode()
-            source.finish()
+            finished = source.finish()
         writer.wait_for(20)
-    counted = source.facts["row_counts"]["events"]
+    counted = finished["row_counts"]["events"]
     (written,) = CHANGE_MASTER.findall((tmp_path / "scratch.sql").read_text())
     assert written == (
         source.facts["position"]["binlog_file"],
@@ -559,33 +572,42 @@ def test_maria_counts_and_dump_see_the_same_data_under_writes(
         assert maria_rows(session, "SELECT COUNT(*) FROM events")[0][0] > counted
 
 
-def test_maria_lock_is_released_as_soon_as_the_dump_reads_rows(
+def test_maria_lock_is_released_as_soon_as_the_dump_has_its_snapshot(
     sandbox_env: dict[str, str], maria_scratch: Callable[[], str], tmp_path: Path
 ) -> None:
     source_db = maria_scratch_with_table(sandbox_env, maria_scratch)
     with maria_connect(sandbox_env, source_db) as session:  # a few MB: more than the pipe and sockets hold
         maria_rows(session, "INSERT INTO events (kind) SELECT REPEAT('x', 16) FROM seq_1_to_100000")
     with mariadb.logical_backup_source(
-        MARIA, source_db, used_by="database 'scratch'", workdir=tmp_path / "w"
+        MARIA, source_db, used_by="database 'scratch'", workdir=tmp_path / "w", max_lock_wait_seconds=30
     ) as source:
         command = source.command
+        assert command.observe_output is not None
+        assert command.before_start is not None
+        command.before_start()
         dump = subprocess.Popen(
             command.argv, env={**os.environ, **command.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         try:
-            # Nobody reads the dump's output yet, so it is stuck in its first SELECT: this insert can only
-            # go through because the watcher saw that SELECT and released the lock.
+            assert dump.stdout is not None
+            first = dump.stdout.read1(64 * 1024)
+            command.observe_output(first)  # the position comment is in the first piece
+            # Nobody reads the rest yet, so the dump is stuck in its rows: this insert can only go
+            # through because the comment was seen and the lock released, long before the 30 s bound.
             with maria_connect(sandbox_env, source_db) as writer:
                 maria_rows(writer, "SET SESSION lock_wait_timeout = 20")
                 maria_insert(writer)
             assert dump.poll() is None, "the dump ended before the lock was released"
-            output, errors = dump.communicate(timeout=DUMP_TIMEOUT)
+            rest, errors = dump.communicate(timeout=DUMP_TIMEOUT)
+            command.observe_output(rest)
         finally:
             if dump.poll() is None:
                 dump.kill()
                 dump.wait(timeout=30)
         assert dump.returncode == 0, errors.decode()
-        assert source.finish()["global_read_lock_seconds"] < 20
+        finished = source.finish()
+    assert finished["global_read_lock_seconds"] < 20
+    output = first + rest
     (tmp_path / "rows.sql").write_bytes(output)
     (written,) = CHANGE_MASTER.findall(output.decode())
     assert written == (
@@ -595,32 +617,82 @@ def test_maria_lock_is_released_as_soon_as_the_dump_reads_rows(
     restored = maria_scratch()
     maria_restore(sandbox_env, tmp_path / "rows.sql", restored, tmp_path)
     with maria_connect(sandbox_env, restored) as session:
-        assert mariadb.table_row_counts(session) == {"events": 100_100} == source.facts["row_counts"]
+        assert mariadb.table_row_counts(session) == {"events": 100_100} == finished["row_counts"]
 
 
-def test_maria_dump_not_seen_in_time_is_not_vouched_for(
+def test_maria_dump_not_seen_within_the_bound_fails_the_backup(
     sandbox_env: dict[str, str], maria_scratch: Callable[[], str], tmp_path: Path
 ) -> None:
     source_db = maria_scratch_with_table(sandbox_env, maria_scratch)
     workdir = tmp_path / "w"
     with mariadb.logical_backup_source(
-        MARIA, source_db, used_by="database 'scratch'", workdir=workdir, dump_start_timeout_seconds=0.2
+        MARIA, source_db, used_by="database 'scratch'", workdir=workdir, max_lock_wait_seconds=1
     ) as source:
-        # This insert waits for the lock, which is released when no dump showed up within 0.2 s ...
+        assert source.command.before_start is not None
+        source.command.before_start()  # the lock: the pipeline would start the dump right after
+        # This insert waits for the lock, which is released when no dump showed up within 1 s ...
         with maria_connect(sandbox_env, source_db) as writer:
             maria_rows(writer, "SET SESSION lock_wait_timeout = 20")
             maria_insert(writer)
-        # ... so the dump that starts now sees a row the counts did not.
-        done = run_dump(source.command, tmp_path / "late.sql")
-        assert done.returncode == 0, done.stderr.decode()
+        # ... so the dump that starts now sees a row the counts would not: the backup fails as it reads.
         with pytest.raises(
             BackupSourceError,
-            match=r"database 'scratch': .* cannot be vouched for: mariadb-dump was not seen",
+            match=r"database 'scratch': mariadb-dump had not opened its snapshot within "
+            r"backup\.max_lock_wait \(1 s\) .* released then so as not to block writes any longer",
         ):
+            run_dump(source.command, tmp_path / "late.sql", started=True)
+        with pytest.raises(BackupSourceError, match=r"the row counts cannot be vouched for"):
             source.finish()
     (written,) = CHANGE_MASTER.findall((tmp_path / "late.sql").read_text())
     assert int(written[1]) > source.facts["position"]["binlog_position"]
     assert credential_files(workdir) == []
+
+
+def test_maria_lock_not_had_within_the_bound_fails_before_the_dump_starts(
+    sandbox_env: dict[str, str], maria_scratch: Callable[[], str], tmp_path: Path
+) -> None:
+    source_db = maria_scratch_with_table(sandbox_env, maria_scratch)
+    with maria_connect(sandbox_env, source_db) as slow:
+        # A long write: FLUSH TABLES WITH READ LOCK waits for it, and every other write would queue behind.
+        running = threading.Thread(
+            target=maria_rows, args=(slow, "UPDATE events SET kind = IF(SLEEP(4) = 0, kind, kind) LIMIT 1")
+        )
+        running.start()
+        try:
+            threading.Event().wait(0.5)
+            with mariadb.logical_backup_source(
+                MARIA,
+                source_db,
+                used_by="database 'scratch'",
+                workdir=tmp_path / "w",
+                max_lock_wait_seconds=1,
+            ) as source:
+                assert source.command.before_start is not None
+                with pytest.raises(
+                    BackupSourceError,
+                    match=r"database 'scratch': the global read lock .* could not be taken within "
+                    r"backup\.max_lock_wait \(1 s\): a long write or DDL is running; .* nothing was dumped",
+                ):
+                    source.command.before_start()
+        finally:
+            running.join(timeout=30)
+    assert credential_files(tmp_path / "w") == []
+
+
+def test_maria_schema_changed_during_the_backup_fails_it(
+    sandbox_env: dict[str, str], maria_scratch: Callable[[], str], tmp_path: Path
+) -> None:
+    source_db = maria_scratch_with_table(sandbox_env, maria_scratch)
+    with mariadb.logical_backup_source(
+        MARIA, source_db, used_by="database 'scratch'", workdir=tmp_path / "w"
+    ) as source:
+        done = run_dump(source.command, tmp_path / "ddl.sql")
+        assert done.returncode == 0, done.stderr.decode()
+        with maria_connect(sandbox_env, source_db) as session:
+            maria_rows(session, "SET SESSION lock_wait_timeout = 20")
+            maria_rows(session, "ALTER TABLE events ADD COLUMN note TEXT NULL")
+        with pytest.raises(BackupSourceError, match=r"the schema changed during the backup \(DDL ran\)"):
+            source.finish()
 
 
 def test_maria_fingerprint_is_stable_and_sees_a_new_column(
@@ -636,6 +708,23 @@ def test_maria_fingerprint_is_stable_and_sees_a_new_column(
         assert mariadb.schema_fingerprint(session) != before
         maria_rows(session, "ALTER TABLE events DROP COLUMN note")
         assert mariadb.schema_fingerprint(session) == before
+
+
+def test_maria_newest_timestamp_is_read_in_utc_whatever_the_session_zone(
+    sandbox_env: dict[str, str], maria_scratch: Callable[[], str]
+) -> None:
+    from datetime import UTC, datetime
+
+    database = maria_scratch()
+    with maria_connect(sandbox_env, database) as session:
+        maria_rows(session, "SET SESSION time_zone = '+00:00'")
+        maria_rows(session, "CREATE TABLE stamps (at_ts TIMESTAMP NULL, at_dt DATETIME NULL)")
+        maria_rows(session, "INSERT INTO stamps VALUES ('2024-03-01 12:00:00', '2024-03-01 12:00:00')")
+        maria_rows(session, "SET SESSION time_zone = '+05:00'")  # a scratch server in another zone
+        expected = datetime(2024, 3, 1, 12, tzinfo=UTC)
+        assert mariadb.newest_timestamp(session, "stamps", "at_ts") == expected
+        assert mariadb.newest_timestamp(session, "stamps", "at_dt") == expected
+        assert maria_rows(session, "SELECT @@SESSION.time_zone") == [("+05:00",)]  # set back
 
 
 # -- credentials with awkward characters -----------------------------------------------------------------
@@ -711,7 +800,7 @@ def test_maria_awkward_password_reaches_mariadb_dump(
             tmp_path / "awkward.sql",
         )
         assert run.returncode == 0, run.stderr
-        assert run.source.facts["row_counts"] == {"events": 100}
+        assert run.finished["row_counts"] == {"events": 100}
         assert_no_secret(run.source, AWKWARD_PASSWORD)
     finally:
         with maria_connect(sandbox_env, None) as admin:

@@ -343,7 +343,7 @@ def test_a_dump_that_switches_databases_is_refused(
     dump = tmp_path / "inventory.sql"
     dump.write_text("CREATE TABLE t (id INT);\nUSE `inventory`;\nDROP TABLE stock_levels;\n")
     target = leftovers("inventory_mariadb", f"test-{uuid.uuid4().hex}")
-    with pytest.raises(RestoreRefused, match="line 2 starts with 'USE'"):
+    with pytest.raises(RestoreRefused, match=r"inventory\.sql line 2: a client command: 'USE `inventory`;'"):
         mariadb.restore_logical(MARIA, target, dump, used_by="test", run_id=RUN_OF[target])
     assert target not in mariadb.leftover_scratch_databases(MARIA, "inventory_mariadb")
 
@@ -624,3 +624,153 @@ def test_a_manifest_of_another_backup_is_refused(estate: Estate, restored: dict[
         match=rf"the manifest given is for {estate.estate}/inventory_mariadb/{other.backup_id}",
     ):
         verify_manifest_matches(store, "inventory_mariadb", item.manifest.backup_id, other)
+
+
+# -- the attacker's dumps: rewritten in the bucket, with a manifest to match -----------------------------
+
+
+def rewrite_dump(estate: Estate, manifest: Manifest, prefix: bytes) -> bytes:
+    """Put ``prefix`` before the backup's SQL in the bucket and rewrite its manifest's sizes and hash."""
+    import hashlib
+
+    import zstandard
+
+    (item,) = manifest.objects
+    with zstandard.ZstdDecompressor().stream_reader(object_bytes(estate, item.key)) as reader:
+        sql_text = prefix + reader.read()
+    stored = zstandard.ZstdCompressor(level=3, write_checksum=True).compress(sql_text)
+    sandbox_s3().put_object(Bucket=estate.bucket, Key=item.key, Body=stored)
+    store = estate.store("inventory_mariadb")
+    key = store.manifest_key("inventory_mariadb", manifest.backup_id)
+    document = json.loads(object_bytes(estate, key))
+    document["raw_bytes"] = document["objects"][0]["raw_bytes"] = len(sql_text)
+    document["compressed_bytes"] = document["objects"][0]["size"] = len(stored)
+    document["objects"][0]["sha256"] = hashlib.sha256(stored).hexdigest()
+    sandbox_s3().put_object(Bucket=estate.bucket, Key=key, Body=json.dumps(document).encode())
+    return sql_text
+
+
+@pytest.fixture
+def marker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A file the attacker's command would create: it must never exist."""
+    path = tmp_path_factory.mktemp("attacker") / "pwned"
+    yield path
+    path.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize(
+    ("first_line", "refused"),
+    [
+        ("\\! touch {marker}", r"line 1: a client command: '\\\\! touch "),
+        ("INSERT INTO otherdb.t VALUES (1);", r"line 1: a name in another database: 'INSERT INTO otherdb\.t"),
+    ],
+)
+def test_a_tampered_dump_with_a_matching_manifest_is_refused_and_runs_nothing(
+    estate: Estate,
+    fresh_backup: Manifest,
+    tmp_path: Path,
+    leftovers: Callable[[str, str], str],
+    marker: Path,
+    first_line: str,
+    refused: str,
+) -> None:
+    rewrite_dump(estate, fresh_backup, first_line.format(marker=marker).encode() + b"\n")
+    target = leftovers("inventory_mariadb", f"test-{uuid.uuid4().hex}")
+    with pytest.raises(RestoreRefused, match=rf"^inventory\.sql {refused}"):
+        drill_steps(estate, fresh_backup.backup_id, tmp_path, target)
+    assert not marker.exists()
+    assert target not in mariadb.leftover_scratch_databases(MARIA, "inventory_mariadb")
+
+
+def test_the_engine_refuses_a_shell_escape_before_it_connects(
+    tmp_path: Path, leftovers: Callable[[str, str], str], marker: Path
+) -> None:
+    dump = tmp_path / "inventory.sql"
+    dump.write_text(f"CREATE TABLE t (id INT);\nINSERT INTO t VALUES (1); \\! touch {marker}\n")
+    target = leftovers("inventory_mariadb", f"test-{uuid.uuid4().hex}")
+    with pytest.raises(RestoreRefused, match=r"inventory\.sql line 2: a client command: '\\\\! touch"):
+        mariadb.restore_logical(MARIA, target, dump, used_by="test", run_id=RUN_OF[target])
+    assert not marker.exists()
+    assert target not in mariadb.leftover_scratch_databases(MARIA, "inventory_mariadb")
+
+
+@pytest.mark.parametrize("command", ["\\! touch {marker}", "system touch {marker}", "\\T {marker}"])
+def test_the_client_refuses_client_commands_even_past_the_scan(
+    tmp_path: Path, leftovers: Callable[[str, str], str], marker: Path, command: str
+) -> None:
+    """The client as the restore runs it (its argv from load_command), fed a dump the scan never saw."""
+    import subprocess
+
+    from cloudops.connections import get_connection
+    from cloudops.engines.client_tools import private_file
+
+    conn = get_connection(MARIA, "test")
+    target = leftovers("inventory_mariadb", f"test-{uuid.uuid4().hex}")
+    with mariadb._admin_session(conn, used_by="test", connect_timeout_seconds=10, what="create") as admin:
+        mariadb._rows(admin, f"CREATE DATABASE `{target}`")
+    dump = tmp_path / "dump.sql"
+    dump.write_text(f"CREATE TABLE t (id INT);\n{command.format(marker=marker)}\nINSERT INTO t VALUES (1);\n")
+    with private_file(tmp_path, ".my-", mariadb._option_file(conn)) as option_file, dump.open("rb") as stdin:
+        argv = mariadb.load_command("mariadb", option_file, conn, target, 10)
+        done = subprocess.run(argv, stdin=stdin, capture_output=True, timeout=60, check=False)
+    assert {"--sandbox", "--binary-mode"} <= set(argv)
+    assert done.returncode != 0
+    assert not marker.exists()
+
+
+# -- events: loaded only where the event scheduler does not run ----------------------------------------
+
+EVENT_DUMP = (
+    "CREATE TABLE t (id INT);\n"
+    "DELIMITER ;;\n"
+    "/*!50106 CREATE*/ /*!50106 EVENT `purge_prod` ON SCHEDULE EVERY 1 SECOND ON COMPLETION PRESERVE "
+    "ENABLE DO DELETE FROM t */ ;;\n"
+    "DELIMITER ;\n"
+)
+
+
+@pytest.fixture
+def event_scheduler_on() -> Iterator[None]:
+    """This sandbox's MariaDB with its event scheduler running, as a production primary that uses events."""
+    from cloudops.connections import get_connection
+
+    conn = get_connection(MARIA, "test")
+    with mariadb._admin_session(conn, used_by="test", connect_timeout_seconds=10, what="scheduler") as admin:
+        mariadb._rows(admin, "SET GLOBAL event_scheduler = ON")
+        try:
+            yield
+        finally:
+            mariadb._rows(admin, "SET GLOBAL event_scheduler = OFF")
+
+
+def test_a_dump_with_events_is_refused_where_the_scheduler_runs(
+    tmp_path: Path, leftovers: Callable[[str, str], str], event_scheduler_on: None
+) -> None:
+    dump = tmp_path / "inventory.sql"
+    dump.write_text(EVENT_DUMP)
+    target = leftovers("inventory_mariadb", f"test-{uuid.uuid4().hex}")
+    with pytest.raises(
+        RestoreRefused,
+        match=r"inventory\.sql defines 1 event\(s\) \(purge_prod\) and the event scheduler of .* is ON: "
+        r"loaded there, they would run .* restore onto a server whose event_scheduler is OFF",
+    ):
+        mariadb.restore_logical(MARIA, target, dump, used_by="test", run_id=RUN_OF[target])
+    assert target not in mariadb.leftover_scratch_databases(MARIA, "inventory_mariadb")
+
+
+def test_a_dump_with_events_loads_where_the_scheduler_is_off(
+    tmp_path: Path, leftovers: Callable[[str, str], str]
+) -> None:
+    dump = tmp_path / "inventory.sql"
+    dump.write_text(EVENT_DUMP)
+    target = leftovers("inventory_mariadb", f"test-{uuid.uuid4().hex}")
+    mariadb.restore_logical(MARIA, target, dump, used_by="test", run_id=RUN_OF[target])
+    from cloudops.connections import get_connection
+
+    conn = get_connection(MARIA, "test")
+    with mariadb._admin_session(conn, used_by="test", connect_timeout_seconds=10, what="events") as admin:
+        assert mariadb._rows(admin, "SELECT @@GLOBAL.event_scheduler") == [("OFF",)]
+        events = mariadb._rows(
+            admin, "SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s", target
+        )
+    assert events == [("purge_prod",)]

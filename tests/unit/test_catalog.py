@@ -379,3 +379,30 @@ def test_unwritable_cache_directory_does_not_stop_loading(
     blocker.write_text("")
     monkeypatch.setenv("CLOUDOPS_CACHE_DIR", str(blocker))
     assert load_catalog_file(write(tmp_path, VALID)).estate == "acme"
+
+
+@pytest.mark.parametrize("name", ["-shop", "$shop", "--help"])
+def test_a_database_name_never_starts_like_an_option(tmp_path: Path, name: str) -> None:
+    path = write(tmp_path, VALID.replace("    database: shop", f"    database: '{name}'"))
+    (message,) = messages(path)
+    assert "databases[0].database" in message
+
+
+def test_the_backup_lock_bound_defaults_to_2s_and_stays_between_1s_and_60s(tmp_path: Path) -> None:
+    shop = load_catalog_file(write(tmp_path, VALID)).database("shop")
+    assert shop.backup is not None
+    assert shop.backup.max_lock_wait == timedelta(seconds=2)
+    allowed = VALID.replace(
+        "      retention: {keep_daily: 7}", "      retention: {keep_daily: 7}\n      max_lock_wait: 5s"
+    )
+    backup = load_catalog_file(write(tmp_path, allowed)).database("shop").backup
+    assert backup is not None
+    assert backup.max_lock_wait == timedelta(seconds=5)
+    for refused in ("0s", "2m"):
+        text = VALID.replace(
+            "      retention: {keep_daily: 7}",
+            f"      retention: {{keep_daily: 7}}\n      max_lock_wait: {refused}",
+        )
+        (message,) = messages(write(tmp_path, text))
+        assert "databases[0].backup.max_lock_wait" in message
+        assert "between 1s and 60s" in message

@@ -216,8 +216,22 @@ class BackupPolicy(CatalogModel):
     retries: Annotated[int, Field(ge=0, le=10)] = Field(
         default=2, description="Retries of a failed step, with exponential backoff from 1 minute."
     )
+    max_lock_wait: Duration = Field(
+        default=timedelta(seconds=2),
+        description=(
+            "MariaDB: the longest a backup may block writes (its global read lock, from asking for it "
+            "until the dump has its snapshot); past it the lock is released and the backup fails. 1s to 60s."
+        ),
+    )
 
     _check_schedule = field_validator("schedule")(_check_cron)
+
+    @field_validator("max_lock_wait")
+    @classmethod
+    def _check_max_lock_wait(cls, value: timedelta) -> timedelta:
+        if not timedelta(seconds=1) <= value <= timedelta(seconds=60):
+            raise ValueError("must be between 1s and 60s: writes wait on the server for that long")
+        return value
 
 
 class DrillPolicy(CatalogModel):
@@ -272,7 +286,8 @@ class Database(CatalogModel):
     cluster: TargetName | None = Field(
         default=None, description="Replication cluster shared by a primary and its replicas."
     )
-    database: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_$-]{1,63}$")]
+    # Never a leading - or $: the name goes into client tools' argv (it would read as an option).
+    database: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_$-]{0,62}$")]
     rds_instance_id: str | None = Field(default=None, description="Set when the database is on RDS.")
     rpo: Duration | None = None
     rto: Duration | None = None

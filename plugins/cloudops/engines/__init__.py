@@ -39,6 +39,12 @@ class DumpCommand:
     :param format: ``pg_dump-custom``, ``pg_basebackup-tar`` or ``mariadb-dump-sql``, which says how to
         restore it.
     :param description: what is being run, safe to log.
+    :param before_start: called by the runner right before it starts the program (the MariaDB source
+        takes its brief global read lock there, so that nothing else the runner does is under it); what
+        it raises fails the backup before the program starts.
+    :param observe_output: called by the runner with each piece of stdout as it is read, before it is
+        compressed (the MariaDB source learns from it when the dump has its snapshot); what it raises fails
+        the backup.
     """
 
     argv: list[str]
@@ -46,6 +52,8 @@ class DumpCommand:
     object_name: str
     format: str
     description: str
+    before_start: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+    observe_output: Callable[[bytes], None] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -54,7 +62,8 @@ class BackupSource:
 
     :param facts: JSON-serialisable: ``engine``, ``engine_version``, ``tool_versions``, ``database``,
         ``row_counts`` (``schema.table``, or the bare table name for MariaDB), ``schema_fingerprint`` and
-        ``position`` (``lsn_start``, or ``binlog_file`` and ``binlog_position``).
+        ``position`` (``lsn_start``, or ``binlog_file`` and ``binlog_position``). MariaDB's row counts are
+        only known once the dump has its snapshot: :meth:`finish` returns them.
     :param on_finish: what :meth:`finish` runs; each engine supplies its own.
     """
 

@@ -283,6 +283,8 @@ class _CommandStream:
             )
             self.upload_id = response["UploadId"]
             self.step = "start dump"
+            if self.command.before_start is not None:
+                self.command.before_start()
             self._start_process()
             self.step = "dump and upload"
             raw_bytes, compressed_bytes, sha256 = self._pump()
@@ -473,8 +475,11 @@ class _CommandStream:
                 pending += len(piece)
                 compressed_bytes += len(piece)
 
+        observe = self.command.observe_output
         while chunk := stdout.read1(_READ_SIZE):
             raw_bytes += len(chunk)
+            if observe is not None:
+                observe(chunk)
             keep(stream.compress(chunk))
             if pending >= part_size_for(part_number, self.part_size):
                 self._send(part_number, pieces)

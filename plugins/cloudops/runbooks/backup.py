@@ -135,7 +135,11 @@ def backup_source(database: Database, workdir: Path) -> AbstractContextManager[B
         if database.backup.method != "logical":
             raise CloudOpsError(f"{used_by}: MariaDB backups are logical only")
         return mariadb.logical_backup_source(
-            database.conn_id, database.database, used_by=used_by, workdir=workdir
+            database.conn_id,
+            database.database,
+            used_by=used_by,
+            workdir=workdir,
+            max_lock_wait_seconds=int(database.backup.max_lock_wait.total_seconds()),
         )
     if database.backup.method == "physical":
         return postgres.physical_backup_source(database.conn_id, used_by=used_by, workdir=workdir)
