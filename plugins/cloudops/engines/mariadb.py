@@ -1270,6 +1270,27 @@ def drop_database(conn_id: str, name: str, *, used_by: str, connect_timeout_seco
         return drop_scratch(_ScratchOnMariadb(admin, conn), name, used_by=used_by)
 
 
+def _left_behind_by_rename(admin: Any, schema: str) -> list[tuple[Any, ...]]:
+    """What ``RENAME TABLE`` of every base table of ``schema`` would leave behind, as (kind, name):
+    views, routines, triggers, events and tables of other types (SEQUENCE, SYSTEM VERSIONED...)."""
+    return _rows(
+        admin,
+        "SELECT 'view', TABLE_NAME FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s "
+        "UNION ALL SELECT 'routine', ROUTINE_NAME FROM information_schema.ROUTINES "
+        "WHERE ROUTINE_SCHEMA = %s "
+        "UNION ALL SELECT 'trigger', TRIGGER_NAME FROM information_schema.TRIGGERS "
+        "WHERE TRIGGER_SCHEMA = %s "
+        "UNION ALL SELECT 'event', EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s "
+        "UNION ALL SELECT LOWER(TABLE_TYPE), TABLE_NAME FROM information_schema.TABLES "
+        "WHERE TABLE_SCHEMA = %s AND TABLE_TYPE NOT IN ('BASE TABLE', 'VIEW')",
+        schema,
+        schema,
+        schema,
+        schema,
+        schema,
+    )
+
+
 def replace_database(
     conn_id: str,
     staging: str,
@@ -1322,22 +1343,7 @@ def replace_database(
             )
         existed = _database_exists(admin, target)
         for schema in (target, staging) if existed else (staging,):
-            others = _rows(
-                admin,
-                "SELECT 'view', TABLE_NAME FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s "
-                "UNION ALL SELECT 'routine', ROUTINE_NAME FROM information_schema.ROUTINES "
-                "WHERE ROUTINE_SCHEMA = %s "
-                "UNION ALL SELECT 'trigger', TRIGGER_NAME FROM information_schema.TRIGGERS "
-                "WHERE TRIGGER_SCHEMA = %s "
-                "UNION ALL SELECT 'event', EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s "
-                "UNION ALL SELECT LOWER(TABLE_TYPE), TABLE_NAME FROM information_schema.TABLES "
-                "WHERE TABLE_SCHEMA = %s AND TABLE_TYPE IN ('SEQUENCE', 'SYSTEM VERSIONED')",
-                schema,
-                schema,
-                schema,
-                schema,
-                schema,
-            )
+            others = _left_behind_by_rename(admin, schema)
             if others:
                 listed = ", ".join(f"{kind} {name}" for kind, name in others[:5])
                 more = f" and {len(others) - 5} more" if len(others) > 5 else ""
@@ -1465,22 +1471,7 @@ def rename_into_new(
                 f"{used_by}: database {target!r} exists on {_address(conn)}: a restore into a new database "
                 f"never replaces one (the restored copy stays {staging!r} until the teardown drops it)"
             )
-        others = _rows(
-            admin,
-            "SELECT 'view', TABLE_NAME FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s "
-            "UNION ALL SELECT 'routine', ROUTINE_NAME FROM information_schema.ROUTINES "
-            "WHERE ROUTINE_SCHEMA = %s "
-            "UNION ALL SELECT 'trigger', TRIGGER_NAME FROM information_schema.TRIGGERS "
-            "WHERE TRIGGER_SCHEMA = %s "
-            "UNION ALL SELECT 'event', EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s "
-            "UNION ALL SELECT LOWER(TABLE_TYPE), TABLE_NAME FROM information_schema.TABLES "
-            "WHERE TABLE_SCHEMA = %s AND TABLE_TYPE NOT IN ('BASE TABLE', 'VIEW')",
-            staging,
-            staging,
-            staging,
-            staging,
-            staging,
-        )
+        others = _left_behind_by_rename(admin, staging)
         if others:
             listed = ", ".join(f"{kind} {name}" for kind, name in others[:5])
             raise RestoreRefused(

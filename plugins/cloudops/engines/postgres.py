@@ -567,13 +567,13 @@ def _check_physical_preconditions(session: psycopg.Connection[Any], conn: Connec
 MAINTENANCE_DATABASE = "postgres"
 DEFAULT_RESTORE_TIMEOUT = timedelta(hours=6)
 # A new database's name: the catalog's database names, without a leading "-" that argv could misread.
-_TARGET_NAME = re.compile(r"^[A-Za-z0-9_$][A-Za-z0-9_$-]{0,62}$")
+_TARGET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_$-]{0,62}$")  # never a leading - or $
 
 
 def _check_target_name(name: str) -> None:
     if not _TARGET_NAME.match(name):
         raise RestoreRefused(
-            f"{name!r} is not a database name a restore may create (letters, digits, _ $ -, at most 63)"
+            f"{name!r} is not a database name a restore may create (letters, digits, _ $ -, at most 63, not starting with - or $)"
         )
 
 
