@@ -573,7 +573,8 @@ _TARGET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_$-]{0,62}$")  # never a lead
 def _check_target_name(name: str) -> None:
     if not _TARGET_NAME.match(name):
         raise RestoreRefused(
-            f"{name!r} is not a database name a restore may create (letters, digits, _ $ -, at most 63, not starting with - or $)"
+            f"{name!r} is not a database name a restore may create "
+            "(letters, digits, _ $ -, at most 63, not starting with - or $)"
         )
 
 
