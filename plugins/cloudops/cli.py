@@ -171,7 +171,14 @@ def _backup_run(args: argparse.Namespace) -> int:
     catalog_file = _catalog_file_of(catalog.estate)
     conf = {"database": database.name, "retention": args.retention, "dry_run": args.dry_run}
     with cli_run(f"backup__{database.name}", conf=conf) as context:
-        manifest = take_backup(catalog_file, catalog.estate, database.name, run_id=context["run_id"])
+        manifest = take_backup(
+            catalog_file,
+            catalog.estate,
+            database.name,
+            run_id=context["run_id"],
+            # who ran the command, as the command's other facts carry it
+            triggered_by={k: context[k] for k in ("triggered_by", "triggered_by_user")},
+        )
         # take_backup itself records backup.taken (manifest hash and version) under this run's id.
         stored = manifest["compressed_bytes"]
         print(f"backup {manifest['backup_id']} of {database.name} complete: {stored} bytes stored")

@@ -703,11 +703,13 @@ def test_the_client_refuses_client_commands_even_past_the_scan(
 
     from cloudops.connections import get_connection
     from cloudops.engines.client_tools import private_file
+    from cloudops.engines.scratch import scratch_marker
 
     conn = get_connection(MARIA, "test")
     target = leftovers("inventory_mariadb", f"test-{uuid.uuid4().hex}")
     with mariadb._admin_session(conn, used_by="test", connect_timeout_seconds=10, what="create") as admin:
-        mariadb._rows(admin, f"CREATE DATABASE `{target}`")
+        # Marked as cloudops's, as a restore makes it, so that the fixture's teardown may drop it.
+        mariadb._rows(admin, f"CREATE DATABASE `{target}` COMMENT %s", scratch_marker(target, RUN_OF[target]))
     dump = tmp_path / "dump.sql"
     dump.write_text(f"CREATE TABLE t (id INT);\n{command.format(marker=marker)}\nINSERT INTO t VALUES (1);\n")
     with private_file(tmp_path, ".my-", mariadb._option_file(conn)) as option_file, dump.open("rb") as stdin:

@@ -169,14 +169,19 @@ def test_two_runs_for_one_target_are_kept_apart(estate: dict[str, Any], target: 
         refused.value
     )
     assert first in str(refused.value)
-    # the swap checks again: a copy that appeared meanwhile stops it, and nothing is renamed
-    maria(f"CREATE DATABASE `drill_restore_{target}_0123456789`")
+    # the swap checks again: another run's copy (marked, as cloudops makes them) that appeared
+    # meanwhile stops it, and nothing is renamed
+    from cloudops.engines.scratch import scratch_marker, scratch_name
+    from cloudops.runbooks.restore_request import staging_stem
+
+    other = scratch_name(staging_stem(target), "manual__third")
+    maria(f"CREATE DATABASE `{other}` COMMENT %s", scratch_marker(other, "manual__third"))
     try:
         with pytest.raises(RestoreRefused, match="is under way or was left behind"):
             put_in_place(request, run_id="manual__first", approval=None, requested_by=None)
         assert not exists(target)
     finally:
-        maria(f"DROP DATABASE `drill_restore_{target}_0123456789`")
+        maria(f"DROP DATABASE `{other}`")
     assert drop_staging(request, "manual__first")
     second = restore_backup(request, run_id="manual__second")["restored_into"]
     assert second != first

@@ -46,6 +46,7 @@ DATABASES = {
     PG: {"engine": "postgres", "conn_id": "sandbox_pg_primary", "database": "orders"},
     MARIA: {"engine": "mariadb", "conn_id": "sandbox_mariadb", "database": "inventory"},
 }
+SCRATCH = {PG: "sandbox_pg_scratch", MARIA: "sandbox_mariadb_scratch"}  # drills never land on a primary
 
 
 def catalog_entry(name: str) -> dict[str, Any]:
@@ -55,7 +56,7 @@ def catalog_entry(name: str) -> dict[str, Any]:
         "rpo": "1d",
         "rto": "1h",
         "backup": {"repository": "r", "retention": {"keep_last": 3}},
-        "drill": {"schedule": "on_backup"},
+        "drill": {"schedule": "on_backup", "scratch_conn_id": SCRATCH[name]},
     }
 
 

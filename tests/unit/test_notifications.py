@@ -36,8 +36,8 @@ def alert_with(error: str) -> str:
 def test_a_secret_in_the_error_never_reaches_the_message(error: str, secret: str) -> None:
     text = alert_with(error)
     assert secret not in text
-    assert "Error: ***" in text
-    assert "read it in the task log" in text
+    (line,) = [line for line in text.splitlines() if line.startswith("Error: ")]
+    assert "***" in line, "only the secret is masked: the rest of the error still says what happened"
 
 
 def test_an_ordinary_error_is_sent_as_it_is() -> None:

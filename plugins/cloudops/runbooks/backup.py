@@ -155,6 +155,7 @@ def take_backup(
     *,
     run_id: str | None = None,
     task_id: str | None = None,
+    triggered_by: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Dump, compress, hash and upload one backup; lock it; write its manifest last; record it.
 
@@ -166,6 +167,8 @@ def take_backup(
     drills and restores unless the repository is trusted explicitly, and this says so in the log.
 
     :param run_id: the Airflow run (None outside Airflow); ``task_id`` likewise, for the record.
+    :param triggered_by: who ran it when no Airflow run did (``triggered_by``, ``triggered_by_user`` of
+        a ``cloudops`` command), carried by the record.
     :return: the manifest as JSON-ready data (no secrets), for the XCom record.
     :raises CloudOpsError: naming the step that failed; no manifest exists then.
     """
@@ -249,11 +252,18 @@ def take_backup(
         ),
         run_id=run_id,
         task_id=task_id,
+        triggered_by=triggered_by,
     )
     return result
 
 
-def _record_backup_taken(facts: dict[str, Any], *, run_id: str | None, task_id: str | None) -> None:
+def _record_backup_taken(
+    facts: dict[str, Any],
+    *,
+    run_id: str | None,
+    task_id: str | None,
+    triggered_by: dict[str, str] | None = None,
+) -> None:
     from cloudops.evidence.recorder import record
     from cloudops.evidence.runs import BACKUP_TAKEN
 
@@ -266,6 +276,7 @@ def _record_backup_taken(facts: dict[str, Any], *, run_id: str | None, task_id: 
         key=f"{BACKUP_TAKEN}|{facts['estate']}|{facts['database']}|{facts['backup_id']}",
         data=facts,
         task_id=task_id,
+        **(triggered_by or {}),
     )
     if written is None:
         log.error(

@@ -54,6 +54,9 @@ class MariadbServer:
         self.base = layout.data_root / self.name
         self.data_dir = self.base / "data"
         self.socket = self.base / "run" / "mariadbd.sock"
+        # A temp folder of its own: servers bootstrapped side by side in a shared /tmp removed each
+        # other's temporary tables (mariadb-install-db: "Unknown table 'mysql.tmp_user_sys'").
+        self.tmp_dir = self.base / "tmp"
         self.option_file = self.base / "my.cnf"
         self.log = layout.log_file(self.name)
         self.daemon = Daemon(
@@ -80,6 +83,7 @@ class MariadbServer:
             *([f"user = {self.os_user}"] if self.os_user else []),
             f"datadir = {self.data_dir}",
             f"socket = {self.socket}",
+            f"tmpdir = {self.tmp_dir}",
             f"pid-file = {self.daemon.server_pid_file}",
             f"port = {self.port}",
             f"bind-address = {LOOPBACK}",
@@ -144,6 +148,8 @@ class MariadbServer:
         self.base.mkdir(parents=True, exist_ok=True)
         self.socket.parent.mkdir(exist_ok=True)
         self._chown(self.socket.parent)
+        self.tmp_dir.mkdir(mode=0o700, exist_ok=True)
+        self._chown(self.tmp_dir)
         write_if_changed(self.option_file, self._options())
         if (self.data_dir / "mysql").is_dir():
             return
