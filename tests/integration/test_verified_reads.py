@@ -35,7 +35,7 @@ from cloudops.repository.manifest import MAX_MANIFEST_BYTES, Manifest, ManifestE
 from cloudops.restore.fetch import BackupVerificationError, choose_backup, fetch_backup, prove_backup
 from cloudops.runbooks.backup import open_repository, take_backup
 from cloudops.runbooks.restore_drill import prepare
-from cloudops.runbooks.restore_request import check_request, restore_backup, verify_restore
+from cloudops.runbooks.restore_request import check_request, drop_staging, restore_backup, verify_restore
 from tests.integration.estates import PrivateEstate, private_estate, sandbox_s3
 
 pytestmark = pytest.mark.integration
@@ -164,19 +164,24 @@ def test_a_new_version_of_a_dump_and_its_manifest_is_refused_by_the_drill_and_no
 
     # The restore reads the versions the backup wrote, as the ledger recorded them, and says why.
     request = check_request(load_catalogs([locked.file]), database=PG, target=pg_target)
-    with caplog.at_level(logging.WARNING, logger="cloudops.restore.fetch"):
-        restored = restore_backup(request)
-    assert restored["manifest_sha256"] == fact["manifest_sha256"]
-    assert restored["manifest_version_id"] == fact["manifest_version_id"]
-    warned = caplog.text
-    assert forged_sha256 in warned
-    assert fact["manifest_sha256"] in warned
-    assert verify_restore(request, original.backup_id, proven=restored)["checks"] >= 3
-    table, rows = next(iter(original.row_counts.items()))
-    schema, name = table.split(".")
-    with pg_session(pg_target) as session:
-        restored_rows = session.execute(f'SELECT count(*) FROM "{schema}"."{name}"').fetchone()
-    assert restored_rows == (rows,), "the original dump was restored, not the planted one"
+    run_id = "manual__pinned-restore"
+    try:
+        with caplog.at_level(logging.WARNING, logger="cloudops.restore.fetch"):
+            restored = restore_backup(request, run_id=run_id)
+        assert restored["manifest_sha256"] == fact["manifest_sha256"]
+        assert restored["manifest_version_id"] == fact["manifest_version_id"]
+        warned = caplog.text
+        assert forged_sha256 in warned
+        assert fact["manifest_sha256"] in warned
+        staging = restored["restored_into"]  # the restore is checked there before it takes its name
+        assert verify_restore(request, original.backup_id, restored=staging, proven=restored)["checks"] >= 3
+        table, rows = next(iter(original.row_counts.items()))
+        schema, name = table.split(".")
+        with pg_session(staging) as session:
+            restored_rows = session.execute(f'SELECT count(*) FROM "{schema}"."{name}"').fetchone()
+        assert restored_rows == (rows,), "the original dump was restored, not the planted one"
+    finally:
+        drop_staging(request, run_id)
 
 
 def test_a_rewritten_dump_and_manifest_in_a_bucket_without_versions_are_refused(
@@ -192,7 +197,7 @@ def test_a_rewritten_dump_and_manifest_in_a_bucket_without_versions_are_refused(
         prepare(unversioned.file, unversioned.estate, PG, run_id="manual__rewritten", backup_id="latest")
     request = check_request(load_catalogs([unversioned.file]), database=PG, target=pg_target)
     with pytest.raises(BackupVerificationError) as restore:
-        restore_backup(request)
+        restore_backup(request, run_id="manual__rewritten-restore")
 
     for refused in (drill.value, restore.value):
         message = str(refused)
@@ -391,6 +396,7 @@ def test_a_backup_without_a_ledger_record_is_refused_unless_the_repository_is_tr
         assert fact is not None
         assert fact.fields["data"]["manifest_sha256"] == restored["manifest_sha256"]
     finally:
+        drop_staging(request, "manual__trusted-restore")  # the copy the restore staged
         session = mariadb_admin()
         session.cursor().execute(f"DROP DATABASE IF EXISTS `{target}`")
         session.close()
