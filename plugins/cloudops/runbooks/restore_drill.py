@@ -383,7 +383,7 @@ def restore(
             scratch,
             dump,
             used_by=scratch_server(database_name, scratch_conn_id(database)),
-            **_restore_role_options(database),
+            **restore_role_options(database),
             run_id=run_id,
         )
     return {
@@ -440,7 +440,7 @@ def validate(
     }
 
 
-def _restore_role_options(database: Database) -> dict[str, Any]:
+def restore_role_options(database: Database) -> dict[str, Any]:
     """PostgreSQL restores run as a role owning only the scratch database, unless the catalog says."""
     if database.engine != "postgres":
         return {}
@@ -946,6 +946,7 @@ __all__ = [
     "record_drill",
     "restore",
     "restore_rds",
+    "restore_role_options",
     "teardown",
     "teardown_rds",
     "validate",

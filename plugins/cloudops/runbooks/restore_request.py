@@ -263,7 +263,7 @@ def restore_backup(request: RestoreRequest, *, run_id: str) -> dict[str, Any]:
     from cloudops.catalog import load_catalog_file
     from cloudops.restore.fetch import fetch_backup
     from cloudops.runbooks.backup import open_repository
-    from cloudops.runbooks.restore_drill import engine_for
+    from cloudops.runbooks.restore_drill import engine_for, restore_role_options
 
     catalog = load_catalog_file(request.catalog_file)
     database = catalog.database(request.database)
@@ -297,7 +297,13 @@ def restore_backup(request: RestoreRequest, *, run_id: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="cloudops-restore-") as workdir:
         dump = fetch_backup(store, manifest, Path(workdir))
         engine.restore_logical(
-            database.conn_id, into, dump, used_by=f"database {database.name!r}", run_id=run_id
+            database.conn_id,
+            into,
+            dump,
+            used_by=f"database {database.name!r}",
+            run_id=run_id,
+            # as a role owning only the staging copy, unless the catalog says this dump needs more
+            **restore_role_options(database),
         )
     return {
         **chosen.pin(),
