@@ -156,7 +156,8 @@ def test_a_swap_that_fails_leaves_the_target_in_place_and_connectable(names: dic
                 names["target"],
                 keep_as=names["kept"],
                 used_by=USED_BY,
-                lock_timeout_seconds=1,
+                # Long enough for the client's reconnect to land inside the wait on a loaded machine.
+                lock_timeout_seconds=3,
             )
     finally:
         blocker.rollback()
@@ -167,7 +168,7 @@ def test_a_swap_that_fails_leaves_the_target_in_place_and_connectable(names: dic
     assert _allows_connections(names["target"])
     assert _allows_connections(names["staging"])
     assert set(client.markers) == {"target"}, "the client only ever saw the old target"
-    # Its sessions were ended while the swap waited (a second, the lock timeout): it was refused, not
+    # Its sessions were ended while the swap waited (3 s, the lock timeout): it was refused, not
     # let in to hold the database the rename needed to itself.
     assert any("not currently accepting connections" in refusal for refusal in client.refused), client.refused
     with _connect("postgres") as admin:
