@@ -1353,18 +1353,7 @@ def replace_database(
                     "application over instead"
                 )
 
-        def tables(schema: str) -> list[str]:
-            return [
-                row[0]
-                for row in _rows(
-                    admin,
-                    "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s "
-                    "AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME",
-                    schema,
-                )
-            ]
-
-        old, new = (tables(target) if existed else []), tables(staging)
+        old, new = (_base_tables(admin, target) if existed else []), _base_tables(admin, staging)
         made = keep_as if existed else target
         log.info(
             "plan on %s: create database %r, then one RENAME TABLE moving %d table(s) of %r into %r and "
@@ -1411,6 +1400,19 @@ def replace_database(
         f"; the previous ones are kept in {keep_as!r}" if existed else "",
     )
     return existed
+
+
+def _base_tables(admin: Any, schema: str) -> list[str]:
+    """The base tables of ``schema``, sorted: what one RENAME TABLE moves."""
+    return [
+        row[0]
+        for row in _rows(
+            admin,
+            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s "
+            "AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME",
+            schema,
+        )
+    ]
 
 
 def _moves(source: str, destination: str, tables: list[str]) -> str:
@@ -1478,15 +1480,7 @@ def rename_into_new(
                 f"{used_by}: the restored database {staging!r} holds objects RENAME TABLE cannot move "
                 f"({listed}): MariaDB cannot give it the name {target!r}"
             )
-        tables = [
-            row[0]
-            for row in _rows(
-                admin,
-                "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s "
-                "ORDER BY TABLE_NAME",
-                staging,
-            )
-        ]
+        tables = _base_tables(admin, staging)  # nothing else is left: refused above
         (charset, collation), *_ = found
         if not all(re.fullmatch(r"[A-Za-z0-9_]{1,64}", str(name)) for name in (charset, collation)):
             raise RestoreRefused(f"{used_by}: unexpected character set {charset!r} / collation {collation!r}")
