@@ -62,12 +62,6 @@ _SECRET_PAIRS = frozenset(
         ("hmac", "key"),
     }
 )
-# Kept for callers that match keys themselves; is_secret_key is the rule.
-SECRET_KEY = re.compile(
-    r"(^|_)(password|passwd|pwd|pass|passphrase|pgpass|secret|secret_key|secret_access_key|token|api_key|"
-    r"apikey|private_key|credentials?|access_key|signing_key|ssh_key|authorization|bearer|dsn)($|_)",
-    re.IGNORECASE,
-)
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _NOT_WORD = re.compile(r"[^a-z0-9]+")
 
@@ -210,7 +204,6 @@ def mask_evidence(value: Any) -> Any:
 
 __all__ = [
     "MASK",
-    "SECRET_KEY",
     "SECRET_VALUES",
     "airflow_redact",
     "is_secret_key",

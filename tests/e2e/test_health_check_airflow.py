@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from cloudops.errors import CloudOpsError
 from cloudops.runbooks.health_check import check_runbooks, report_health
 from tests.e2e.test_restore_approval import DATABASE, USERS, Stack, stack, wait_for
 
@@ -69,7 +70,7 @@ def test_a_paused_backup_dag_fails_the_health_check_and_unpausing_clears_it(stac
         finding = by_target(findings)[f"runbook {BACKUP_DAG}"]
         assert finding["status"] == "degraded"
         assert finding["problem"].startswith(f"paused in Airflow: it does not run for database {DATABASE}")
-        with pytest.raises(Exception, match=f"runbook {BACKUP_DAG} is degraded: paused in Airflow"):
+        with pytest.raises(CloudOpsError, match=f"runbook {BACKUP_DAG} is degraded: paused in Airflow"):
             report_health(stack.estate, [], [], findings)
     finally:
         set_paused(stack, False)

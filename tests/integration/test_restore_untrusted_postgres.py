@@ -266,6 +266,7 @@ def test_a_login_that_is_no_superuser_restores_checks_and_swaps_through_the_rest
     )
     run_id = f"not-super-{uuid.uuid4().hex}"
     staging = scratch_name("restore_orders_pg", run_id)
+    scratch.append(staging)  # dropped (with its role) by the fixture if a step below fails
     target = f"restored_{uuid.uuid4().hex[:6]}"
 
     postgres.restore_logical(createrole_login, staging, dump, used_by="test", run_id=run_id)

@@ -35,7 +35,13 @@ from cloudops.repository.manifest import MAX_MANIFEST_BYTES, Manifest, ManifestE
 from cloudops.restore.fetch import BackupVerificationError, choose_backup, fetch_backup, prove_backup
 from cloudops.runbooks.backup import open_repository, take_backup
 from cloudops.runbooks.restore_drill import prepare
-from cloudops.runbooks.restore_request import check_request, drop_staging, restore_backup, verify_restore
+from cloudops.runbooks.restore_request import (
+    check_request,
+    drop_staging,
+    restore_backup,
+    restored_into,
+    verify_restore,
+)
 from tests.integration.estates import PrivateEstate, private_estate, sandbox_s3
 
 pytestmark = pytest.mark.integration
@@ -204,9 +210,11 @@ def test_a_rewritten_dump_and_manifest_in_a_bucket_without_versions_are_refused(
         assert f"backup {original.backup_id} of {unversioned.estate}/{PG}" in message
         assert f"has SHA-256 {forged_sha256}" in message
         assert f"says {fact['manifest_sha256']}" in message
+    staging = restored_into(request, "manual__rewritten-restore")  # where a restore would have landed
     with pg_session("postgres") as admin:
-        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [pg_target]).fetchone()
-    assert exists is None, "nothing was restored"
+        for name in (pg_target, staging):
+            exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
+            assert exists is None, f"nothing was restored ({name})"
 
 
 # -- sizes an attacker chooses --------------------------------------------------------------------------

@@ -491,11 +491,17 @@ def verify_ledger(ledger: Ledger) -> Verdict:
     verdict = verify_segments((p.name, p.read_bytes()) for p in ledger.segment_files())
     if not verdict.ok or not verdict.repairs:
         return verdict
-    for record in ledger.records():
+    return check_repairs(ledger.segments_dir, ledger.records(), verdict)
+
+
+def check_repairs(segments_dir: Path, records: Iterable[Record], verdict: Verdict) -> Verdict:
+    """``verdict``, or the first ``ledger.repaired`` record among ``records`` whose moved-aside file in
+    ``segments_dir`` is missing or changed, as its problem."""
+    for record in records:
         if record.kind != LEDGER_REPAIRED:
             continue
         data = record.fields.get("data") or {}
-        aside = ledger.segments_dir / str(data.get("moved_to"))
+        aside = segments_dir / str(data.get("moved_to"))
         if not _SEGMENT_NAME.match(str(data.get("segment"))) or not str(data.get("moved_to")).startswith(
             f"{data.get('segment')}.torn-"
         ):
@@ -520,6 +526,7 @@ __all__ = [
     "Record",
     "Verdict",
     "canonical_json",
+    "check_repairs",
     "evidence_dir",
     "read_segment",
     "seal",

@@ -46,6 +46,7 @@ from cloudops.evidence.ledger import (
     LedgerError,
     Record,
     Verdict,
+    check_repairs,
     evidence_dir,
     read_segment,
     utc_stamp,
@@ -151,11 +152,13 @@ def _verify_and_fold(book: Ledger, head: tuple[Any, ...]) -> LedgerState:
     records: list[Record] = []
     ends: dict[str, tuple[int, str]] = {}
     seq, prev, count, problem = 0, GENESIS, 0, None
+    repairs: list[str] = []
     for path in book.segment_files():
         data = path.read_bytes()
         if problem is None:
             verdict = verify_segments([(path.name, data)], start_seq=seq + 1, start_prev=prev)
             count += verdict.records
+            repairs.extend(verdict.repairs)
             if verdict.ok:
                 seq, prev = verdict.last_seq, verdict.last_hash
                 ends[path.name[:10]] = (seq, prev)
@@ -165,9 +168,12 @@ def _verify_and_fold(book: Ledger, head: tuple[Any, ...]) -> LedgerState:
             records.extend(read_segment(data, path.name))
         except (ValueError, KeyError, TypeError):  # a damaged line: the verdict names it
             continue
+    verdict = Verdict(count, problem, seq, prev, tuple(repairs))
+    if verdict.ok and repairs:  # as `cloudops evidence verify` does: the moved-aside bytes must be there
+        verdict = check_repairs(book.segments_dir, records, verdict)
     return LedgerState(
         head=head,
-        verdict=Verdict(count, problem, seq, prev),
+        verdict=verdict,
         runs=fold_runs(records),
         days=[p.name[:10] for p in book.segment_files()],
         ends=ends,

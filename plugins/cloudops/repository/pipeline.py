@@ -398,7 +398,7 @@ class _CommandStream:
     def _start_process(self) -> None:
         env = {**os.environ, **self.command.env}
         try:
-            if shutil.which(self.command.argv[0]) is None:
+            if shutil.which(self.command.argv[0], path=env.get("PATH")) is None:  # the child's PATH
                 raise OSError(errno.ENOENT, "not an executable file")
             self.process = subprocess.Popen(
                 # Killed by the kernel with this task, even a SIGKILLed one (no cleanup runs then).
