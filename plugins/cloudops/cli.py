@@ -228,8 +228,6 @@ def _recorded_as(dag_id: str) -> Callable[[Handler], Handler]:
 def _restore(args: argparse.Namespace) -> int:
     """Restore a backup into a new database without Airflow (the same checks as restore_request): into a
     staging copy first, renamed to the target only after the checks pass."""
-    import logging
-
     from cloudops.catalog import load_catalogs
     from cloudops.runbooks.restore_request import (
         check_request,
@@ -267,7 +265,6 @@ def _restore(args: argparse.Namespace) -> int:
             request, run_id=run_id, approval=None, requested_by=None, announce=renaming.append
         )
     except BaseException:
-        log = logging.getLogger(__name__)
         if renaming:
             # The rename began and did not report its end: the staging copy may hold the restore.
             log.error(

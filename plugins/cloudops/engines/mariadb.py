@@ -1291,6 +1291,10 @@ def _left_behind_by_rename(admin: Any, schema: str) -> list[tuple[Any, ...]]:
     )
 
 
+# How long a RENAME TABLE of a swap or a rename into place waits for the tables' metadata locks.
+RENAME_LOCK_WAIT_SECONDS = 10
+
+
 def replace_database(
     conn_id: str,
     staging: str,
@@ -1299,7 +1303,7 @@ def replace_database(
     keep_as: str,
     used_by: str,
     connect_timeout_seconds: int = 10,
-    rename_lock_wait_seconds: int = 10,
+    rename_lock_wait_seconds: int = RENAME_LOCK_WAIT_SECONDS,
 ) -> bool:
     """Put restored scratch database ``staging`` in the place of ``target``, keeping the old tables.
 
@@ -1372,16 +1376,9 @@ def replace_database(
         moves = [_moves(target, keep_as, old)] if old else []
         moves += [_moves(staging, target, new)] if new else []
         if moves:
-            _rows(admin, f"SET SESSION lock_wait_timeout = {int(rename_lock_wait_seconds)}")
             try:
-                _rows(admin, "RENAME TABLE " + ", ".join(moves))
+                _rename_atomically(admin, made, moves, lock_wait_seconds=rename_lock_wait_seconds)
             except pymysql.MySQLError as error:
-                # Atomic: nothing moved. The database made for the move is empty, so it goes again.
-                with suppress(pymysql.MySQLError):
-                    if not _rows(
-                        admin, "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", made
-                    ):
-                        _rows(admin, f"DROP DATABASE {_quote(made)}")
                 busy = error.args[0] == _LOCK_WAIT_TIMEOUT
                 raise RestoreError(
                     f"{used_by}: the move of the tables on {_address(conn)} failed and moved nothing "
@@ -1415,6 +1412,24 @@ def _base_tables(admin: Any, schema: str) -> list[str]:
     ]
 
 
+def _rename_atomically(admin: Any, made: str, moves: list[str], *, lock_wait_seconds: int) -> None:
+    """Run one ``RENAME TABLE`` of ``moves``, waiting at most ``lock_wait_seconds`` for table locks.
+
+    MariaDB applies it whole or not at all: when it fails, nothing moved, so the database ``made`` for
+    the move is still empty and is dropped again (only if so) before the error is raised.
+    """
+    import pymysql
+
+    _rows(admin, f"SET SESSION lock_wait_timeout = {int(lock_wait_seconds)}")
+    try:
+        _rows(admin, "RENAME TABLE " + ", ".join(moves))
+    except pymysql.MySQLError:
+        with suppress(pymysql.MySQLError):  # the rename's own error is the one to report
+            if not _rows(admin, "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", made):
+                _rows(admin, f"DROP DATABASE {_quote(made)}")
+        raise
+
+
 def _moves(source: str, destination: str, tables: list[str]) -> str:
     """The clauses of one atomic RENAME TABLE moving ``tables`` between databases."""
     return ", ".join(f"{_quote(source)}.{_quote(t)} TO {_quote(destination)}.{_quote(t)}" for t in tables)
@@ -1446,7 +1461,6 @@ def rename_into_new(
     :raises RestoreRefused: ``staging`` is not a scratch database or does not exist, ``target`` exists,
         or ``staging`` holds objects RENAME TABLE cannot move.
     """
-    import pymysql
 
     check_scratch(staging, action="rename into place")
     if not _TARGET_NAME.match(target):
@@ -1497,16 +1511,11 @@ def rename_into_new(
             f"CREATE DATABASE {_quote(target)} CHARACTER SET {charset} COLLATE {collation}",
         )
         if tables:
-            try:
-                _rows(admin, "RENAME TABLE " + _moves(staging, target, tables))
-            except pymysql.MySQLError:
-                # One RENAME TABLE moves all tables or none: the database created above is still
-                # empty. Remove it (only if so), or a retry would find the final name taken.
-                if not _rows(
-                    admin, "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", target
-                ):
-                    _rows(admin, f"DROP DATABASE {_quote(target)}")
-                raise
+            # A failed move leaves the just-created target empty and removes it: a retry finds the
+            # final name free.
+            _rename_atomically(
+                admin, target, [_moves(staging, target, tables)], lock_wait_seconds=RENAME_LOCK_WAIT_SECONDS
+            )
         _drop(admin, staging)
     log.info("%r now holds the restored tables on %s", target, _address(conn))
 
