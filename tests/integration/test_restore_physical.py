@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -240,7 +241,10 @@ def test_stop_and_remove_works_on_a_half_started_cluster(estate: dict[str, Any])
             used_by="test",
             start_timeout=timedelta(0),
         )
-    started = cluster_processes(paths)
+    # The postmaster may take a moment to show up (postmaster.pid, its argv): look for a bounded while.
+    deadline = time.monotonic() + 10
+    while not (started := cluster_processes(paths)) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert started, "the server was left starting"
 
     assert stop_and_remove(paths)
