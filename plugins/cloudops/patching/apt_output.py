@@ -125,9 +125,10 @@ def parse_installed(output: str) -> dict[str, str]:
         if len(fields) != 3:
             continue
         name, version, status = (field.strip() for field in fields)
+        name = name.split(":", 1)[0]
         if not status.startswith("i") or not is_package_name(name) or not is_version(version):
             continue
-        installed[name.split(":", 1)[0]] = version
+        installed[name] = version
     return installed
 
 
