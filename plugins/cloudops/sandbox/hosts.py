@@ -376,9 +376,6 @@ class SandboxHost:
         finally:
             client.close()
 
-    def _supervisor_alive(self) -> bool:
-        return self.daemon.state()[0] == RUNNING
-
     def ensure(self, say: Say) -> None:
         """Start this host's supervisor if needed (creating the host first) and prove a pinned-key login."""
         state, pid = self.daemon.state()
@@ -401,7 +398,8 @@ class SandboxHost:
             what=self.name,
             log_path=self.log,
             timeout=BOOT_TIMEOUT,
-            alive=self._supervisor_alive,
+            # The child itself, not its pid file: right after the fork its command line is still ours.
+            alive=lambda: proc.poll() is None,
         )
         say(
             f"{self.name}: booted in {time.monotonic() - started:.1f} s "
