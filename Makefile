@@ -25,10 +25,11 @@ ENV_FILE := $(CLOUDOPS_SANDBOX_DIR)/airflow.env
 # Every command that talks to the sandbox reads its connections from the environment file.
 WITH_SANDBOX_ENV := set -a; . "$(ENV_FILE)"; set +a;
 
-# Debian packages the sandbox runs (servers, sshd), the runbooks call (dump tools, zstd) and the
-# auditor view's browser test drives (chromium with its chromedriver).
-DEBIAN_PACKAGES := postgresql postgresql-client mariadb-server mariadb-client openssh-server openssh-client zstd pgbackrest chromium chromium-driver
-REQUIRED_BINARIES := /usr/lib/postgresql/15/bin/initdb /usr/sbin/mariadbd /usr/sbin/sshd /usr/bin/zstd /usr/bin/pg_dump /usr/bin/mariadb-dump /usr/bin/chromium /usr/bin/chromedriver
+# Debian packages the sandbox runs (servers; debootstrap builds its hosts' Debian root once), the
+# runbooks call (ssh, dump tools, zstd) and the auditor view's
+# browser test drives (chromium with its chromedriver).
+DEBIAN_PACKAGES := postgresql postgresql-client mariadb-server mariadb-client openssh-client debootstrap zstd pgbackrest chromium chromium-driver
+REQUIRED_BINARIES := /usr/lib/postgresql/15/bin/initdb /usr/sbin/mariadbd /usr/sbin/debootstrap /usr/bin/ssh /usr/bin/zstd /usr/bin/pg_dump /usr/bin/mariadb-dump /usr/bin/chromium /usr/bin/chromedriver
 
 .PHONY: bench-backup bench-evidence bench-pipeline help setup system-packages venv lock sandbox sandbox-down airflow-db demo test test-unit lint schema up down bench clean
 

@@ -85,8 +85,37 @@ def _sandbox(args: argparse.Namespace) -> int:
         estate.up()
     elif args.action == "down":
         estate.down()
+    elif args.action == "hosts":
+        return _sandbox_hosts(args)
     rows = estate.status()
     print(estate.format_status(rows))
+    return EXIT_OK
+
+
+def _sandbox_hosts(args: argparse.Namespace) -> int:
+    """More hosts for benchmarks, their reset to first-boot state, and stopping/starting single hosts."""
+    from cloudops.sandbox import estate
+
+    names = tuple(args.names)
+    if args.hosts_action is None:
+        raise InvalidInputError("cloudops sandbox hosts: say add, remove, reset, stop or start")
+    if args.hosts_action == "add":
+        if not args.fleet or args.count is None:
+            raise InvalidInputError("cloudops sandbox hosts add: needs --fleet NAME and --count N")
+        estate.add_hosts(args.fleet, args.count)
+    elif args.hosts_action == "remove":
+        if not args.fleet:
+            raise InvalidInputError("cloudops sandbox hosts remove: needs --fleet NAME")
+        estate.remove_hosts(args.fleet)
+    elif args.hosts_action == "reset":
+        estate.reset_hosts(fleet=args.fleet, names=names)
+    elif not names:
+        raise InvalidInputError(f"cloudops sandbox hosts {args.hosts_action}: name the hosts")
+    elif args.hosts_action == "stop":
+        estate.stop_hosts(names)
+    else:
+        estate.start_hosts(names)
+    print(estate.format_status([row for row in estate.status() if row.component.startswith("host-")]))
     return EXIT_OK
 
 
@@ -562,7 +591,17 @@ def build_parser() -> argparse.ArgumentParser:
     restore.set_defaults(handler=_restore)
 
     sandbox = commands.add_parser("sandbox", help="the local sandbox estate")
-    sandbox.add_argument("action", choices=["up", "down", "status"])
+    sandbox.add_argument("action", choices=["up", "down", "status", "hosts"])
+    sandbox.add_argument(
+        "hosts_action",
+        nargs="?",
+        choices=["add", "remove", "reset", "stop", "start"],
+        help="hosts: add/remove a fleet of hosts (--fleet, --count), reset hosts to their first-boot "
+        "state (all, --fleet F, or the named ones), stop or start the named hosts",
+    )
+    sandbox.add_argument("names", nargs="*", help="host names (hosts reset/stop/start)")
+    sandbox.add_argument("--fleet", help="hosts add/remove/reset: the fleet")
+    sandbox.add_argument("--count", type=int, help="hosts add: how many hosts")
     sandbox.set_defaults(handler=_sandbox)
 
     evidence = commands.add_parser("evidence", help="the evidence ledger")

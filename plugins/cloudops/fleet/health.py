@@ -7,9 +7,14 @@ from dataclasses import dataclass, field
 from cloudops.errors import CloudOpsError, ConnectionMissingError, first_line
 from cloudops.fleet.ssh import CommandResult, InsecureConnectionError, SshConnectionError, run_command
 
-# One round trip: uptime, then every local, real filesystem (no tmpfs, overlay or squashfs). df's exit
-# status and complaints come back as they are: a host whose disks cannot be read is not healthy.
-HEALTH_COMMAND = "cat /proc/uptime && df -P -k -l -x tmpfs -x devtmpfs -x squashfs -x overlay"
+# One round trip: uptime, then every local, real filesystem (no tmpfs or squashfs). df's exit status and
+# complaints come back as they are: a host whose disks cannot be read is not healthy. The type column
+# lets parse_df drop overlay mounts (container layers) except the root: a container's or a sandbox
+# host's / is an overlay, and it is that host's disk.
+HEALTH_COMMAND = (
+    "cat /proc/uptime && "
+    "df -k -l --output=source,fstype,size,used,pcent,target -x tmpfs -x devtmpfs -x squashfs"
+)
 
 
 @dataclass(frozen=True)
@@ -32,12 +37,18 @@ def parse_uptime(text: str) -> float:
 
 
 def parse_df(text: str) -> dict[str, int]:
-    """Used percent per mount point from ``df -P`` output (header line skipped)."""
+    """Used percent per mount point from ``df -P`` output, or from HEALTH_COMMAND's typed columns
+    (source, fstype, size, used, pcent, target), where overlay mounts other than / are left out."""
     usage: dict[str, int] = {}
-    for line in text.splitlines():
+    lines = text.splitlines()
+    typed = bool(lines) and "Type" in lines[0].split()
+    for line in lines:
         fields = line.split()
         if len(fields) >= 6 and fields[4].endswith("%") and fields[4][:-1].isdigit():
-            usage[" ".join(fields[5:])] = int(fields[4][:-1])
+            mount = " ".join(fields[5:])
+            if typed and fields[1] == "overlay" and mount != "/":
+                continue
+            usage[mount] = int(fields[4][:-1])
     return usage
 
 

@@ -2,8 +2,8 @@
 
 `up` is idempotent: it checks binaries and ports of everything that is not running before it starts
 anything, then brings the components up in independent chains run side by side (PostgreSQL primary then
-replica; the PostgreSQL scratch server; MariaDB; the MariaDB scratch server; moto; each sshd host; the
-SMTP sink), reusing what runs and seeding what is missing,
+replica; the PostgreSQL scratch server; MariaDB; the MariaDB scratch server; moto; each fleet host, a Debian
+system of its own booted by its supervisor; the SMTP sink), reusing what runs and seeding what is missing,
 and finally writes the Airflow connections to <sandbox>/airflow.env. `down` stops only processes whose pid
 file and command line say this sandbox started them, and keeps all data on disk.
 """
@@ -21,6 +21,8 @@ from typing import Any, Protocol
 
 from cloudops.errors import SandboxError
 from cloudops.sandbox.credentials import CredentialStore
+from cloudops.sandbox.extra_hosts import extra_hosts
+from cloudops.sandbox.hosts import HostFleet, SandboxHost, unmount_leftovers
 from cloudops.sandbox.layout import SandboxLayout, render_env_file
 from cloudops.sandbox.mariadb import MariadbServer
 from cloudops.sandbox.moto import MotoServer
@@ -37,7 +39,6 @@ from cloudops.sandbox.process import (
     write_if_changed,
 )
 from cloudops.sandbox.smtp import SmtpSink
-from cloudops.sandbox.sshd import SshdHost, SshKeyring
 
 LOCK_TIMEOUT = 600.0  # a cold `up` by another process may hold the lock this long
 
@@ -81,8 +82,9 @@ def _chains(layout: SandboxLayout) -> list[list[Component]]:
     postgres: list[Component] = [primary]
     if plan.postgres_replica is not None:
         postgres.append(PostgresServer(layout, plan.postgres_replica, store, primary=primary))
-    keyring = SshKeyring(layout, plan.hosts)
-    hosts: list[list[Component]] = [[SshdHost(layout, keyring, host, i)] for i, host in enumerate(plan.hosts)]
+    all_hosts = (*plan.hosts, *extra_hosts(layout))
+    fleet = HostFleet(layout, all_hosts)
+    hosts: list[list[Component]] = [[SandboxHost(fleet, host, i)] for i, host in enumerate(all_hosts)]
     scratch: list[list[Component]] = []
     if plan.postgres_scratch is not None:
         scratch.append([PostgresServer(layout, plan.postgres_scratch, store)])
@@ -122,6 +124,9 @@ def _preflight(layout: SandboxLayout, components: list[Component]) -> None:
     """Fail before starting anything when a binary is missing or a port is taken by someone else."""
     to_start = [c for c in components if c.daemon.state()[0] != RUNNING]
     missing: list[str] = []
+    hosts = [c for c in to_start if isinstance(c, SandboxHost)]
+    if hosts:
+        missing += hosts[0].fleet.requirements()
     for component in to_start:
         for binary in component.binaries():
             problem = binary.problem()
@@ -191,12 +196,24 @@ def down(say: Say = _say) -> None:
     chains = _chains(layout)
     errors: list[str] = []
     with _locked(layout):
+        # Hosts first and side by side: each waits for its own PID 1 to exit (30 hosts would take long).
+        hosts = [c for chain in chains for c in chain if isinstance(c, SandboxHost)]
+        if hosts:
+            with ThreadPoolExecutor(max_workers=min(len(hosts), 8), thread_name_prefix="down") as pool:
+                futures = [pool.submit(host.stop, say) for host in hosts]
+            errors += [str(f.exception()) for f in futures if f.exception() is not None]
         for chain in reversed(chains):
             for component in reversed(chain):
+                if isinstance(component, SandboxHost):
+                    continue
                 try:
                     component.stop(say)
                 except SandboxError as exc:
                     errors.append(str(exc))
+        try:
+            unmount_leftovers(layout, say)
+        except SandboxError as exc:
+            errors.append(str(exc))
         if not errors:
             layout.forget_port_offset()
     if errors:
@@ -210,7 +227,8 @@ def status() -> list[ComponentStatus]:
     for chain in _chains(layout):
         for component in chain:
             state, pid = component.daemon.state()
-            rows.append(ComponentStatus(component.name, component.address, pid, state, component.detail))
+            detail = component.status_detail if isinstance(component, SandboxHost) else component.detail
+            rows.append(ComponentStatus(component.name, component.address, pid, state, detail))
     return rows
 
 
@@ -228,3 +246,101 @@ def format_status(rows: list[ComponentStatus]) -> str:
 
 
 __all__ = ["ComponentStatus", "down", "format_status", "status", "up"]
+
+
+# -- fleet hosts on their own ---------------------------------------------------------------------------
+
+
+def _host_components(layout: SandboxLayout) -> list[SandboxHost]:
+    return [c for chain in _chains(layout) for c in chain if isinstance(c, SandboxHost)]
+
+
+def _select_hosts(
+    layout: SandboxLayout, *, fleet: str | None = None, names: tuple[str, ...] = ()
+) -> list[SandboxHost]:
+    """The hosts of ``fleet`` and/or named ``names`` (every host when neither is given).
+
+    :raises SandboxError: naming a host or fleet the sandbox does not have.
+    """
+    hosts = _host_components(layout)
+    known_fleets = {h.host.fleet for h in hosts}
+    if fleet is not None and fleet not in known_fleets:
+        raise SandboxError(f"the sandbox has no fleet {fleet!r} (fleets: {', '.join(sorted(known_fleets))})")
+    unknown = sorted(set(names) - {h.host.name for h in hosts})
+    if unknown:
+        raise SandboxError(
+            f"the sandbox has no host {', '.join(unknown)} (hosts: {', '.join(h.host.name for h in hosts)})"
+        )
+    return [
+        h for h in hosts if (fleet is None or h.host.fleet == fleet) and (not names or h.host.name in names)
+    ]
+
+
+def _each_in_parallel(hosts: list[SandboxHost], act: str, say: Say) -> None:
+    def one(host: SandboxHost) -> None:
+        getattr(host, act)(say)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(hosts), 8)), thread_name_prefix="hosts") as pool:
+        futures = [pool.submit(one, h) for h in hosts]
+    errors = [str(f.exception()) for f in futures if f.exception() is not None]
+    if errors:
+        raise SandboxError("\n".join(errors))
+
+
+def add_hosts(fleet: str, count: int, say: Say = _say) -> Path:
+    """Add a fleet of ``count`` hosts to the sandbox, start them and rewrite airflow.env.
+
+    :return: the fleet's catalog file under the sandbox dir.
+    """
+    from cloudops.sandbox.extra_hosts import add_fleet
+
+    layout = SandboxLayout.from_environment()
+    plan = load_plan(layout.catalog_path)
+    with _locked(layout):
+        path = add_fleet(layout, fleet, count, {h.fleet for h in plan.hosts})
+    say(f"fleet {fleet}: {count} hosts; catalog {path}")
+    up(say)
+    return path
+
+
+def remove_hosts(fleet: str, say: Say = _say) -> None:
+    """Stop the hosts of a fleet added with add_hosts and forget the fleet (its files stay on disk)."""
+    from cloudops.sandbox.extra_hosts import remove_fleet
+
+    layout = SandboxLayout.from_environment()
+    with _locked(layout):
+        _each_in_parallel(_select_hosts(layout, fleet=fleet), "stop", say)
+        remove_fleet(layout, fleet)
+    say(f"fleet {fleet}: removed")
+
+
+def reset_hosts(*, fleet: str | None = None, names: tuple[str, ...] = (), say: Say = _say) -> None:
+    """Bring hosts back to their first-boot state (upper layer wiped, created again) and boot them."""
+    layout = SandboxLayout.from_environment()
+    with _locked(layout):
+        hosts = _select_hosts(layout, fleet=fleet, names=names)
+        started = time.monotonic()
+        _each_in_parallel(hosts, "reset", say)
+    say(f"reset {len(hosts)} hosts in {time.monotonic() - started:.1f} s")
+
+
+def stop_hosts(names: tuple[str, ...], say: Say = _say) -> None:
+    """Stop hosts (a host that is down, for fault tests); `start_hosts` or `up` boots them again."""
+    layout = SandboxLayout.from_environment()
+    with _locked(layout):
+        _each_in_parallel(_select_hosts(layout, names=names), "stop", say)
+
+
+def start_hosts(names: tuple[str, ...], say: Say = _say) -> None:
+    """Boot hosts stopped by `stop_hosts`, or powered off from inside (`shutdown -h`)."""
+    from cloudops.sandbox.host_boot import POWEROFF_REQUEST
+
+    layout = SandboxLayout.from_environment()
+    with _locked(layout):
+        hosts = _select_hosts(layout, names=names)
+        for host in hosts:
+            (host.paths.control / POWEROFF_REQUEST).unlink(missing_ok=True)
+        _each_in_parallel(hosts, "ensure", say)
+
+
+__all__ += ["add_hosts", "remove_hosts", "reset_hosts", "start_hosts", "stop_hosts"]

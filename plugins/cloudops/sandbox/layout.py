@@ -40,7 +40,6 @@ BASE_PORTS = {
 DEFAULT_PG_BINDIR = "/usr/lib/postgresql/15/bin"
 DEFAULT_MARIADBD = "/usr/sbin/mariadbd"
 DEFAULT_MARIADB_INSTALL_DB = "/usr/bin/mariadb-install-db"
-DEFAULT_SSHD = "/usr/sbin/sshd"
 
 
 def find_project_root(start_points: list[Path] | None = None) -> Path:
@@ -99,7 +98,6 @@ class SandboxLayout:
     pg_bindir: Path
     mariadbd: Path
     mariadb_install_db: Path
-    sshd: Path
     as_root: bool
 
     @classmethod
@@ -107,8 +105,8 @@ class SandboxLayout:
         """Resolve the layout from the environment.
 
         CLOUDOPS_SANDBOX_DIR (default <project>/.sandbox), CLOUDOPS_SANDBOX_PORT_OFFSET (default 0) and
-        the binary overrides CLOUDOPS_SANDBOX_PG_BINDIR, CLOUDOPS_SANDBOX_MARIADBD,
-        CLOUDOPS_SANDBOX_MARIADB_INSTALL_DB and CLOUDOPS_SANDBOX_SSHD.
+        the binary overrides CLOUDOPS_SANDBOX_PG_BINDIR, CLOUDOPS_SANDBOX_MARIADBD and
+        CLOUDOPS_SANDBOX_MARIADB_INSTALL_DB.
         """
         env = os.environ if environ is None else environ
         root = find_project_root()
@@ -149,7 +147,6 @@ class SandboxLayout:
             mariadb_install_db=Path(
                 env.get("CLOUDOPS_SANDBOX_MARIADB_INSTALL_DB", DEFAULT_MARIADB_INSTALL_DB)
             ),
-            sshd=Path(env.get("CLOUDOPS_SANDBOX_SSHD", DEFAULT_SSHD)),
             as_root=as_root,
         )
 
@@ -195,7 +192,7 @@ class SandboxLayout:
         return BASE_PORTS[service] + self.port_offset
 
     def ssh_address(self, index: int) -> str:
-        """Return the loopback address of the index-th sshd host (0-based)."""
+        """Return the loopback address of the index-th fleet host (0-based)."""
         if SSH_FIRST_ADDRESS + index > 254:
             raise SandboxError(f"too many sandbox hosts ({index + 1}): at most {255 - SSH_FIRST_ADDRESS}")
         return f"127.0.0.{SSH_FIRST_ADDRESS + index}"
