@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from cloudops.errors import SandboxError
 from cloudops.patching.advisories import load_advisories
 from cloudops.patching.model import Advisory, Classification
 from cloudops.sandbox import apt_repo
@@ -24,6 +23,7 @@ from cloudops.sandbox.apt_repo import (
     SECURITY_SUITE,
     SUITES,
     UPDATES_SUITE,
+    PublishRefused,
     classify_suite,
     deb_control,
     ensure_repository_at,
@@ -252,7 +252,7 @@ def test_publish_refuses_what_it_cannot_publish_and_changes_nothing(
     repo: Path, args: tuple[str, str, str], kwargs: dict[str, object], message: str
 ) -> None:
     before = _tree(repo)
-    with pytest.raises(SandboxError, match=message):
+    with pytest.raises(PublishRefused, match=message):
         publish_at(repo, *args, now=NOW, **kwargs)  # type: ignore[arg-type]
     assert _tree(repo) == before
 
@@ -279,3 +279,31 @@ def test_a_reader_during_publishes_always_sees_a_whole_index(repo: Path) -> None
     assert not reader.is_alive()
     assert seen
     assert set(seen) <= set(generations), "a reader saw an index that was never whole"
+
+
+def test_the_cli_publishes_with_an_advisory_and_refuses_bad_input_with_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cloudops.cli import main
+
+    monkeypatch.setenv("CLOUDOPS_SANDBOX_DIR", str(tmp_path / "sandbox"))
+    monkeypatch.delenv("CLOUDOPS_SANDBOX_PORT_OFFSET", raising=False)
+    argv = ["sandbox", "publish", "demo-openssl", "1.2", "--suite", SECURITY_SUITE]
+    advisory = ["--advisory", "CSA-2026-020", "--cve", "CVE-2026-99020", "--severity", "critical"]
+    assert main([*argv, *advisory, "--published", "2026-12-01"]) == 0
+    out = capsys.readouterr().out
+    repo = tmp_path / "sandbox" / "apt-repo"
+    assert f"published demo-openssl 1.2 in {SECURITY_SUITE}: {repo}/pool/main/demo-openssl/" in out
+    assert Advisory(
+        "CSA-2026-020", "demo-openssl", "1.2", ("CVE-2026-99020",), "critical", date(2026, 12, 1)
+    ) in load_advisories(repo / "advisories.json")
+
+    assert (
+        main(["sandbox", "publish", "demo-openssl", "1.3", "--suite", SECURITY_SUITE, "--cve", "CVE-2026-1"])
+        == 2
+    )
+    assert "give its id with --advisory" in capsys.readouterr().err
+    assert main([*argv[:3], "1.3", *argv[4:], "--advisory", "CSA-2026-021", "--severity", "bad"]) == 2
+    assert "--advisory: advisories[0] ('CSA-2026-021'): severity 'bad' is not one of" in capsys.readouterr().err
+    assert main(["sandbox", "publish", "demo-nginx", "1.0", "--suite", UPDATES_SUITE]) == 2
+    assert "unknown package 'demo-nginx'" in capsys.readouterr().err
