@@ -115,6 +115,8 @@ def test_every_release_file_names_origin_suite_and_the_true_hashes_of_its_indexe
             digest, size, name = line.split()
             data = (repo / "dists" / suite / name).read_bytes()
             assert (digest, int(size)) == (hashlib.sha256(data).hexdigest(), len(data))
+            by_hash = repo / "dists" / suite / name.rpartition("/")[0] / "by-hash" / "SHA256" / digest
+            assert by_hash.read_bytes() == data
 
 
 def test_the_same_inputs_build_the_same_bytes(tmp_path: Path, repo: Path) -> None:
@@ -158,7 +160,7 @@ def test_a_changed_template_rebuilds_every_deb(repo: Path, monkeypatch: pytest.M
     monkeypatch.setattr(apt_repo, "MAINTAINER", "Someone Else <else@cloudops.invalid>")
     ensure_repository_at(repo, now=NOW)
     after = _tree(repo)
-    assert after.keys() == before.keys()
+    assert {k for k in after if "by-hash" not in k} == {k for k in before if "by-hash" not in k}
     assert (
         after["pool/main/demo-web/demo-web_2.0_all.deb"] != before["pool/main/demo-web/demo-web_2.0_all.deb"]
     )
@@ -181,6 +183,10 @@ def test_publish_adds_a_version_and_keeps_the_old_ones(repo: Path) -> None:
     assert (old_generation / SECURITY_SUITE / "main/binary-all/Packages").read_bytes() == old_packages
     assert (repo / "dists").resolve() != old_generation
     assert "Date: Wed, 02 Dec 2026 10:00:01 UTC" in (repo / "dists" / SECURITY_SUITE / "Release").read_text()
+    # apt fetches indexes by hash: one that read the old Release just before the swap still finds them.
+    old_by_hash = f"main/binary-all/by-hash/SHA256/{hashlib.sha256(old_packages).hexdigest()}"
+    assert (repo / "dists" / SECURITY_SUITE / old_by_hash).read_bytes() == old_packages
+    assert "Acquire-By-Hash: yes" in (repo / "dists" / SECURITY_SUITE / "Release").read_text()
     assert not list(repo.glob("*.partial*"))
     assert not list(repo.glob(".build-*"))
     # Publishing it again is a no-op; a rebuild (a new day) keeps it.

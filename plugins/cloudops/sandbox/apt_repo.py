@@ -361,6 +361,7 @@ def _release_file(suite: str, indexes: dict[str, bytes], moment: datetime) -> st
         f"Date: {_release_date(moment)}",
         "Architectures: all",
         f"Components: {COMPONENT}",
+        "Acquire-By-Hash: yes",
         f"Description: CloudOps sandbox repository, {suite.removeprefix('cloudops-')} suite",
     ]
     for title, algorithm in (("MD5Sum", hashlib.md5), ("SHA256", hashlib.sha256)):
@@ -383,18 +384,40 @@ def render_indexes(root: Path, releases: tuple[Release, ...], moment: datetime) 
         }
         for name, data in indexes.items():
             tree[f"{suite}/{name}"] = data
+            tree[_by_hash(f"{suite}/{name}", data)] = data
         tree[f"{suite}/Release"] = _release_file(suite, indexes, moment).encode()
     return tree
 
 
+def _by_hash(name: str, data: bytes) -> str:
+    """Where apt fetches an index by its hash (Acquire-By-Hash), next to its plain name."""
+    return f"{name.rpartition('/')[0]}/by-hash/SHA256/{hashlib.sha256(data).hexdigest()}"
+
+
+def _previous_by_hash(previous: Path) -> dict[str, bytes]:
+    """The previous generation's indexes under their by-hash names.
+
+    An apt-get update that read the old Release just before the swap then fetches the old indexes
+    by hash through the new ``dists``: they must still be there.
+    """
+    carried: dict[str, bytes] = {}
+    for path in previous.rglob("Packages*"):
+        if path.is_file() and "by-hash" not in path.parts:
+            data = path.read_bytes()
+            carried[_by_hash(str(path.relative_to(previous)), data)] = data
+    return carried
+
+
 def _swap_dists(root: Path, tree: dict[str, bytes]) -> str:
     """Write ``.dists-<id>/`` whole, then point the ``dists`` symlink at it by rename; return the id."""
+    link = root / "dists"
+    previous = str(link.readlink()) if link.is_symlink() else None
+    if previous is not None and (root / previous).is_dir():
+        tree = {**_previous_by_hash(root / previous), **tree}
     digest = hashlib.sha256()
     for name in sorted(tree):
         digest.update(name.encode() + b"\0" + tree[name] + b"\0")
     generation = f".dists-{digest.hexdigest()[:16]}"
-    link = root / "dists"
-    previous = str(link.readlink()) if link.is_symlink() else None
     if previous == generation:
         return generation
     final = root / generation
