@@ -119,6 +119,43 @@ def _sandbox_hosts(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _sandbox_publish(args: argparse.Namespace) -> int:
+    """Publish a demo package version into the sandbox's apt repository, with its advisory if any."""
+    from datetime import UTC, datetime
+
+    from cloudops.patching.advisories import AdvisoryFileError, parse_advisories
+    from cloudops.sandbox import apt_repo
+    from cloudops.sandbox.layout import SandboxLayout
+
+    advisory = None
+    if args.advisory is not None:
+        entry = {
+            "id": args.advisory,
+            "package": args.package,
+            "fixed_version": args.version,
+            "cves": args.cve,
+            "severity": args.severity,
+            "published": (args.published or datetime.now(UTC).date()).isoformat(),
+        }
+        try:
+            (advisory,) = parse_advisories(json.dumps({"format": 1, "advisories": [entry]}), "--advisory")
+        except AdvisoryFileError as error:
+            raise InvalidInputError(str(error)) from None
+    elif args.cve or args.published:
+        raise InvalidInputError("--cve and --published describe an advisory: give its id with --advisory")
+    layout = SandboxLayout.from_environment()
+    deb = apt_repo.publish(
+        layout, args.package, args.version, args.suite, advisory=advisory, breaks_health=args.breaks_health
+    )
+    print(f"published {args.package} {args.version} in {args.suite}: {deb}")
+    if advisory is not None:
+        print(
+            f"advisory {advisory.id} ({advisory.severity}, {', '.join(advisory.cves)}) in "
+            f"{apt_repo.repository_dir(layout) / apt_repo.ADVISORIES_FILE}"
+        )
+    return EXIT_OK
+
+
 def _read_json(path: str, what: str) -> object:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
@@ -591,18 +628,47 @@ def build_parser() -> argparse.ArgumentParser:
     restore.set_defaults(handler=_restore)
 
     sandbox = commands.add_parser("sandbox", help="the local sandbox estate")
-    sandbox.add_argument("action", choices=["up", "down", "status", "hosts"])
-    sandbox.add_argument(
+    sandbox_commands = sandbox.add_subparsers(dest="action", required=True)
+    for action, text in (
+        ("up", "start what runbooks/sandbox.yaml describes (idempotent)"),
+        ("down", "stop what up started"),
+        ("status", "show what runs where"),
+    ):
+        sandbox_commands.add_parser(action, help=text).set_defaults(handler=_sandbox)
+    publish = sandbox_commands.add_parser(
+        "publish",
+        help="publish a new version of a demo package into the sandbox's apt repository "
+        "(hosts see it after apt-get update; older versions stay)",
+    )
+    publish.add_argument("package", help="a demo package: demo-openssl, demo-kernel, demo-web, ...")
+    publish.add_argument("version", help="a Debian version without epoch, e.g. 1.2")
+    publish.add_argument(
+        "--suite", required=True, choices=["cloudops-updates", "cloudops-security"], help="where it goes"
+    )
+    publish.add_argument("--breaks-health", action="store_true", help="demo-web only: its health says FAIL")
+    publish.add_argument("--advisory", default=None, metavar="ID", help="an advisory id, e.g. CSA-2026-010")
+    publish.add_argument("--cve", action="append", default=[], help="with --advisory: a CVE id (repeatable)")
+    publish.add_argument(
+        "--severity", default="unknown", help="with --advisory: critical, high, medium, low or unknown"
+    )
+    publish.add_argument(
+        "--published", type=_day, default=None, metavar="DATE", help="with --advisory: default today (UTC)"
+    )
+    publish.set_defaults(handler=_sandbox_publish)
+    hosts = sandbox_commands.add_parser(
+        "hosts", help="add/remove a fleet of hosts, reset hosts to first-boot state, stop or start hosts"
+    )
+    hosts.add_argument(
         "hosts_action",
         nargs="?",
         choices=["add", "remove", "reset", "stop", "start"],
         help="hosts: add/remove a fleet of hosts (--fleet, --count), reset hosts to their first-boot "
         "state (all, --fleet F, or the named ones), stop or start the named hosts",
     )
-    sandbox.add_argument("names", nargs="*", help="host names (hosts reset/stop/start)")
-    sandbox.add_argument("--fleet", help="hosts add/remove/reset: the fleet")
-    sandbox.add_argument("--count", type=int, help="hosts add: how many hosts")
-    sandbox.set_defaults(handler=_sandbox)
+    hosts.add_argument("names", nargs="*", help="host names (hosts reset/stop/start)")
+    hosts.add_argument("--fleet", help="hosts add/remove/reset: the fleet")
+    hosts.add_argument("--count", type=int, help="hosts add: how many hosts")
+    hosts.set_defaults(handler=_sandbox)
 
     evidence = commands.add_parser("evidence", help="the evidence ledger")
     evidence_commands = evidence.add_subparsers(dest="evidence_command", required=True)
