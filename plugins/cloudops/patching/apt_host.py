@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import secrets
 import shlex
 import time
@@ -56,14 +57,41 @@ class HostUnreachable(HostActionError):
 
 
 @dataclass(frozen=True)
-class HealthGate:
-    """Commands that must succeed (and print ``expect``, when set) on a host, again after ``soak_seconds``."""
+class HealthCheck:
+    """One health command and what it must show: an exit status, a substring, a regular expression."""
 
-    commands: tuple[str, ...] = ()
-    expect: str = ""
-    soak_seconds: float = 0.0
-    interval_seconds: float = 2.0
+    command: str
+    expect_exit: int | None = 0
+    expect_output: str | None = None
+    expect_regex: str | None = None
     timeout_seconds: int = 30
+
+    def failure(self, result: CommandResult) -> str | None:
+        """Why the result fails this check (None when it passes)."""
+        shown = (result.stdout + result.stderr).strip()[:200]
+        if self.expect_exit is not None and result.exit_status != self.expect_exit:
+            return f"`{self.command}` exited {result.exit_status}, not {self.expect_exit}: {shown}"
+        if self.expect_output is not None and self.expect_output not in result.stdout:
+            return f"`{self.command}` did not print {self.expect_output!r}: {shown}"
+        if self.expect_regex is not None and not re.search(self.expect_regex, result.stdout):
+            return f"`{self.command}` did not match /{self.expect_regex}/: {shown}"
+        return None
+
+
+@dataclass(frozen=True)
+class HealthGate:
+    """Checks that must pass on a host, then pass again after ``soak_seconds``."""
+
+    checks: tuple[HealthCheck, ...] = ()
+    soak_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Hook:
+    """A catalog hook command and its bound."""
+
+    command: str
+    timeout_seconds: int = HOOK_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -291,13 +319,14 @@ class AptHost:
 
     # -- hooks ------------------------------------------------------------------------------------
 
-    def run_hook(self, which: str, commands: Sequence[str], steps: StepLog) -> None:
+    def run_hook(self, which: str, hooks: Sequence[Hook], steps: StepLog) -> None:
         """Run the catalog's pre or post hook commands in order; the first failure stops the host.
 
         Hook commands come from the catalog (reviewed like code), never from a host.
         """
-        for command in commands:
-            result = self.run(f"{which} hook", command, HOOK_TIMEOUT)
+        for hook in hooks:
+            command = hook.command
+            result = self.run(f"{which} hook", command, hook.timeout_seconds)
             if result.exit_status != 0:
                 raise HostActionError(
                     self.name,
@@ -460,46 +489,34 @@ class AptHost:
     def health(
         self, gate: HealthGate, steps: StepLog, *, sleep: Callable[[float], None] = time.sleep
     ) -> HealthOutcome:
-        """Run the gate's commands now and, after each interval, until the soak time has passed.
+        """Run the gate's checks, wait the soak time, run them again: both rounds must pass.
 
-        Missing or ambiguous health is a failure: a command that cannot run, exits non-zero, or does not
-        print the expected text fails the gate at once.
+        Missing or ambiguous health is a failure: a check that cannot run (host unreachable), exits
+        otherwise than expected, or does not print what is expected fails the gate at once.
         """
-        if not gate.commands:
+        if not gate.checks:
             steps.note("health: the fleet has no health gate")
             return HealthOutcome(True, "", "no health gate")
         started = time.monotonic()
-        soak_until = started + gate.soak_seconds
-        rounds = 0
         output = ""
-        while True:
-            rounds += 1
-            for command in gate.commands:
+        rounds = 2 if gate.soak_seconds > 0 else 1
+        for round_ in range(rounds):
+            if round_:
+                sleep(gate.soak_seconds)
+            for check in gate.checks:
                 try:
-                    result = self.run("health gate", command, gate.timeout_seconds)
+                    result = self.run("health gate", check.command, check.timeout_seconds)
                 except HostUnreachable as error:
-                    return self._unhealthy(steps, started, output, f"`{command}`: {error.cause}")
+                    return self._unhealthy(steps, started, output, f"`{check.command}`: {error.cause}")
                 output = apt_output.excerpt(result.stdout + result.stderr, 1000)
-                if result.exit_status != 0:
-                    return self._unhealthy(
-                        steps,
-                        started,
-                        output,
-                        f"`{command}` exited {result.exit_status}: {output.strip()[:200]}",
-                    )
-                if gate.expect and gate.expect not in result.stdout:
-                    return self._unhealthy(
-                        steps,
-                        started,
-                        output,
-                        f"`{command}` did not print {gate.expect!r}: {output.strip()[:200]}",
-                    )
-            if time.monotonic() >= soak_until:
-                break
-            sleep(min(gate.interval_seconds, max(0.0, soak_until - time.monotonic())))
+                failure = check.failure(result)
+                if failure:
+                    when = " after the soak" if round_ else ""
+                    return self._unhealthy(steps, started, output, failure + when)
         steps.timings["health"] = round(time.monotonic() - started, 3)
-        steps.note(f"health: passed {rounds} round(s) over {gate.soak_seconds:.0f}s of soak")
-        return HealthOutcome(True, output, f"passed {rounds} round(s)")
+        soak = f" before and after {gate.soak_seconds:.0f}s of soak" if rounds == 2 else ""
+        steps.note(f"health: {len(gate.checks)} check(s) passed{soak}")
+        return HealthOutcome(True, output, f"{len(gate.checks)} check(s) passed{soak}")
 
     def _unhealthy(self, steps: StepLog, started: float, output: str, reason: str) -> HealthOutcome:
         steps.timings["health"] = round(time.monotonic() - started, 3)
@@ -585,7 +602,7 @@ class AptHost:
 
         :return: the pins rolled back and held (empty: nothing could be rolled back).
         """
-        quick = HealthGate(gate.commands, gate.expect, 0.0, gate.interval_seconds, gate.timeout_seconds)
+        quick = HealthGate(gate.checks, 0.0)
         candidates = [
             pin for pin in pins if pin.previous and pin.previous in self.available_versions(pin.package)
         ]
@@ -633,8 +650,10 @@ __all__ = [
     "ROOT",
     "SUDO",
     "AptHost",
+    "HealthCheck",
     "HealthGate",
     "HealthOutcome",
+    "Hook",
     "HostActionError",
     "HostUnreachable",
     "RebootBounds",

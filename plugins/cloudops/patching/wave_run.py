@@ -26,6 +26,7 @@ from cloudops.patching.apt_host import (
     SUDO,
     AptHost,
     HealthGate,
+    Hook,
     HostActionError,
     RebootBounds,
     StepLog,
@@ -69,8 +70,8 @@ class WaveSettings:
     reboot: str = REBOOT_IF_NEEDED
     reboot_bounds: RebootBounds = field(default_factory=RebootBounds)
     health: HealthGate = field(default_factory=HealthGate)
-    pre_hook: tuple[str, ...] = ()
-    post_hook: tuple[str, ...] = ()
+    pre_hook: tuple[Hook, ...] = ()
+    post_hook: tuple[Hook, ...] = ()
     lock_timeout: int = 60
     max_failures_per_batch: int = 0
     failure_budget: int = 0
@@ -99,6 +100,7 @@ class HostOutcome:
     compliance: dict[str, str] = field(default_factory=dict)
     held: list[str] = field(default_factory=list)
     rolled_back: list[str] = field(default_factory=list)
+    healthy_after_rollback: bool = False
     health_output: str = ""
     health_reason: str = ""
     apt_log: str = ""
@@ -266,6 +268,11 @@ def run_wave(
             break
     if not halted:
         reason = f"all {len(outcomes)} batch(es) done"
+    for outcome in hosts.values():
+        if outcome.status == NOT_STARTED:
+            pins = snapshot.get(outcome.host, ())
+            outcome.compliance = {pin.package: ComplianceState.MISSING.value for pin in pins}
+            outcome.notes.append(f"not started: {reason}")
     return WaveResult(
         outcomes,
         hosts,
@@ -346,6 +353,16 @@ def patch_host(
                     todo, settings.health, steps, lock_timeout=settings.lock_timeout
                 )
                 outcome.rolled_back = [p.package for p in rolled]
+                if rolled:
+                    outcome.healthy_after_rollback = host.health(
+                        HealthGate(settings.health.checks, 0.0), StepLog()
+                    ).healthy
+                    again = "healthy again" if outcome.healthy_after_rollback else "still unhealthy"
+                    raise HostActionError(
+                        host.name,
+                        "health gate",
+                        f"{verdict.reason}; rolled back and held {', '.join(outcome.rolled_back)}: {again}",
+                    )
             raise HostActionError(host.name, "health gate", verdict.reason)
         step = "post hook"
         timed(steps, "post_hook", lambda: host.run_hook("post", settings.post_hook, steps))
@@ -374,6 +391,30 @@ def patch_host(
         )
     outcome.seconds = round(time.monotonic() - started, 3)
     return outcome
+
+
+def resumable_done_hosts(previous: Mapping[str, Any], rejected: Collection[str] = ()) -> frozenset[str]:
+    """Hosts a resumed wave skips, from the halted run's ``patch.wave`` record (pure).
+
+    Done: hosts that finished. Also a canary whose bad update was rolled back (and held) and which is
+    healthy again, when every rolled-back package is now rejected and every other pin is INSTALLED:
+    nothing is left to do on it.
+    """
+    done = set()
+    for name, host in (previous.get("hosts") or {}).items():
+        if host.get("status") in (DONE, SKIPPED):
+            done.add(name)
+            continue
+        rolled = set(host.get("rolled_back") or ())
+        others = {pkg: state for pkg, state in (host.get("compliance") or {}).items() if pkg not in rolled}
+        if (
+            rolled
+            and host.get("healthy_after_rollback")
+            and rolled <= set(rejected)
+            and all(state == ComplianceState.INSTALLED.value for state in others.values())
+        ):
+            done.add(name)
+    return frozenset(done)
 
 
 def timed(steps: StepLog, name: str, action: Callable[[], None]) -> None:
@@ -432,6 +473,7 @@ __all__ = [
     "judge_batch",
     "package_compliance",
     "patch_host",
+    "resumable_done_hosts",
     "run_wave",
     "ssh_host",
 ]
