@@ -10,7 +10,11 @@ from cloudops.patching.model import Classification
 pytestmark = pytest.mark.unit
 
 # `apt-get -s -q --ignore-hold dist-upgrade` on a sandbox host, and on this machine (Debian's archive).
-SIMULATION = """\
+LIBGCRYPT = (
+    "Inst libgcrypt20-dev [1.10.1-3] (1.10.1-3+deb12u1 Debian:12.15/oldstable, "
+    "Debian-Security:12/oldstable-security [amd64]) []"
+)
+SIMULATION = f"""\
 Reading package lists...
 Building dependency tree...
 Calculating upgrade...
@@ -21,7 +25,7 @@ Inst demo-kernel [6.1.0-1-demo] (6.1.0-2-demo CloudOps-Security:cloudops-securit
 Inst demo-openssl [1.0] (1.1 CloudOps-Security:cloudops-security [all])
 Inst demo-tools [1.0] (1.1 CloudOps:cloudops-updates [all])
 Inst demo-web [2.0] (2.1 CloudOps:cloudops-updates [all])
-Inst libgcrypt20-dev [1.10.1-3] (1.10.1-3+deb12u1 Debian:12.15/oldstable, Debian-Security:12/oldstable-security [amd64]) []
+{LIBGCRYPT}
 Inst bash [5.2.15-2+b8] (5.2.15-2+b13 Debian:12.15/oldstable [amd64])
 Inst newpkg (1.0 CloudOps:cloudops-updates [all])
 Conf demo-kernel (6.1.0-2-demo CloudOps-Security:cloudops-security [all])
@@ -67,9 +71,10 @@ def test_removals_are_seen() -> None:
 def test_holds_and_installed_versions() -> None:
     assert apt_output.parse_holds("demo-tools\nlibc6:amd64\n\n`id`\n") == frozenset({"demo-tools", "libc6"})
     installed = apt_output.parse_installed(
-        "demo-web\t2.0\tii \ndemo-gone\t1.0\trc \ndemo-slow\t1.1\tiU \nbroken line\nlibc6:amd64\t2.36-9\tii \n"
+        "demo-web\t2.0\tii \ndemo-gone\t1.0\trc \ndemo-slow\t1.1\tiU \ndemo-tools\t1.0\thi \n"
+        "broken line\nlibc6:amd64\t2.36-9\tii \n"
     )
-    assert installed == {"demo-web": "2.0", "demo-slow": "1.1", "libc6": "2.36-9"}
+    assert installed == {"demo-web": "2.0", "demo-slow": "1.1", "demo-tools": "1.0", "libc6": "2.36-9"}
 
 
 def test_newest_kernel_compares_versions_not_strings() -> None:
@@ -83,7 +88,8 @@ def test_newest_kernel_compares_versions_not_strings() -> None:
     [
         (
             "E: Could not get lock /var/lib/dpkg/lock-frontend. It is held by process 85 (apt-get)\n"
-            "E: Unable to acquire the dpkg frontend lock (/var/lib/dpkg/lock-frontend), is another process using it?",
+            "E: Unable to acquire the dpkg frontend lock (/var/lib/dpkg/lock-frontend), "
+            "is another process using it?",
             85,
             "apt-get",
             "/var/lib/dpkg/lock-frontend is held by process 85 (apt-get)",

@@ -274,12 +274,34 @@ class AptHost:
             return
         shown = ", ".join(problems) or apt_output.excerpt(audit.stdout, 300).strip()
         log.warning("host %s: dpkg --audit reports %s: repairing with dpkg --configure -a", self.name, shown)
-        repair = self.run(
-            "pre-flight (dpkg --configure -a)",
-            self._root(f"env {APT_ENV} dpkg {_dpkg_force()} --configure -a"),
-            max(lock_timeout, 60) + 60,
-        )
-        self._raise_if_locked("pre-flight (dpkg --configure -a)", repair, lock_timeout)
+        # dpkg itself never waits for its lock: while another run holds it (its packages look unfinished
+        # to --audit), try again each second, within the lock timeout.
+        deadline = time.monotonic() + lock_timeout
+        waited = False
+        while True:
+            repair = self.run(
+                "pre-flight (dpkg --configure -a)",
+                self._root(f"env {APT_ENV} dpkg {_dpkg_force()} --configure -a"),
+                600,
+            )
+            holder = apt_output.parse_lock_holder(repair.stdout + "\n" + repair.stderr)
+            if repair.exit_status == 0 or holder is None:
+                break
+            if time.monotonic() >= deadline:
+                process = holder.process or self._process_name(holder.pid)
+                named = apt_output.LockHolder(holder.path, holder.pid, process)
+                raise HostActionError(
+                    self.name,
+                    "pre-flight (dpkg --configure -a)",
+                    f"dpkg --audit reports {shown} unfinished and the dpkg lock stayed held for "
+                    f"{lock_timeout}s: {named.describe()}",
+                )
+            waited = True
+            time.sleep(1.0)
+        if waited:
+            steps.note(
+                f"pre-flight: another process held the dpkg lock; it was released within {lock_timeout}s"
+            )
         if repair.exit_status != 0:
             raise HostActionError(
                 self.name,
@@ -639,6 +661,10 @@ def _dpkg_force() -> str:
 def ssh_runner(ssh_conn_id: str, *, used_by: str) -> Runner:
     """A ``Runner`` over :func:`cloudops.fleet.ssh.run_command` (host key always verified)."""
     from cloudops.fleet.ssh import run_command
+
+    # The provider's hook logs every line a command prints at INFO: a host's whole package list in the
+    # task log. What the wave keeps of host output is bounded and goes into its own record instead.
+    logging.getLogger("airflow.task.hooks.airflow.providers.ssh.hooks.ssh.SSHHook").setLevel(logging.WARNING)
 
     def run(command: str, timeout: int) -> CommandResult:
         return run_command(ssh_conn_id, command, used_by=used_by, conn_timeout=10, cmd_timeout=timeout)

@@ -28,6 +28,7 @@ _DPKG_LOCK = re.compile(r"dpkg (?:frontend )?lock (?:was locked by another proce
 _UNKNOWN_PACKAGE = re.compile(r"^E: Unable to locate package (\S+)", re.MULTILINE)
 _UNKNOWN_VERSION = re.compile(r"^E: Version '([^']+)' for '([^']+)' was not found", re.MULTILINE)
 _INTERRUPTED = "dpkg was interrupted"
+_ON_DISK = "iUFWt"  # dpkg status letters of a package whose files are installed
 
 
 def bounded(text: str, limit: int = MAX_OUTPUT_CHARS) -> str:
@@ -116,8 +117,9 @@ def parse_holds(output: str) -> frozenset[str]:
 def parse_installed(output: str) -> dict[str, str]:
     """``dpkg-query -W -f='${Package}\\t${Version}\\t${db:Status-Abbrev}\\n'``: installed packages.
 
-    Only packages whose status is installed (``ii``, or ``iU``/``iF`` half-configured: still present)
-    count; removed ones with config files left (``rc``) do not.
+    The abbreviation is the wanted state (i install, h hold, ...) then the status: a package counts when
+    its status says it is on disk (i installed; U, F, W, t: unpacked or half-configured, still
+    there); ``hi`` is a held, installed package; removed ones with config files left (``rc``) do not.
     """
     installed: dict[str, str] = {}
     for line in bounded(output).splitlines():
@@ -126,7 +128,12 @@ def parse_installed(output: str) -> dict[str, str]:
             continue
         name, version, status = (field.strip() for field in fields)
         name = name.split(":", 1)[0]
-        if not status.startswith("i") or not is_package_name(name) or not is_version(version):
+        if (
+            len(status) < 2
+            or status[1] not in _ON_DISK
+            or not is_package_name(name)
+            or not is_version(version)
+        ):
             continue
         installed[name] = version
     return installed

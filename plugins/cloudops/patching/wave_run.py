@@ -374,6 +374,8 @@ def patch_host(
         outcome.compliance = package_compliance(pins, after, held, reboot_pkgs, rolled_back=())
     except HostActionError as error:
         outcome.status, outcome.step, outcome.error = FAILED, error.step or step, error.cause
+        if error.step == "install (simulate)":
+            outcome.changed = False  # refused before apt touched anything
         log.error("host %s failed at %s: %s", host.name, error.step or step, error.cause)
         try:
             after = host.installed_versions("read versions after the failure")
