@@ -409,7 +409,7 @@ class PatchBaseline(CatalogModel):
     """
 
     classifications: Annotated[list[Literal["security", "updates"]], Field(min_length=1)] = Field(
-        default_factory=lambda: ["security"],
+        default_factory=lambda: list[Literal["security", "updates"]](["security"]),
         description="Which updates to include: security (the security suite or a security advisory), "
         "updates (everything else).",
     )
@@ -452,7 +452,7 @@ class PatchWaves(CatalogModel):
         description="Hosts with this group (hosts[].groups) go first, in a batch of their own; null: none.",
     )
     batches: Annotated[list[ShareOrCount], Field(min_length=1)] = Field(
-        default_factory=lambda: ["100%"],
+        default_factory=lambda: list[int | str](["100%"]),
         description="Batch sizes after the canaries, e.g. [1, '50%', '100%'].",
     )
     max_failed_per_batch: ShareOrCount = Field(
