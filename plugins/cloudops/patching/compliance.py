@@ -163,10 +163,9 @@ def assess_host(
             continue
         state = ComplianceState.HELD if out.kind == "held" else ComplianceState.EXCLUDED
         found = after.installed.get(out.package, "")
-        classification = next(
-            (u.classification for u in after.pending if u.package == out.package), Classification.OTHER
+        packages.append(
+            PackageCompliance(out.package, state, out.version, found, out.classification, out.reason)
         )
-        packages.append(PackageCompliance(out.package, state, out.version, found, classification, out.reason))
     return HostCompliance(host, tuple(packages), after.running_kernel, after.installed_kernel)
 
 

@@ -60,6 +60,7 @@ class LeftOut:
     version: str
     kind: str
     reason: str
+    classification: Classification = Classification.OTHER
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,11 @@ def plan_snapshot(
                 today,
             )
             if out is not None:
-                left_out.append(LeftOut(scan.host, update.package, update.candidate, out[0], out[1]))
+                left_out.append(
+                    LeftOut(
+                        scan.host, update.package, update.candidate, out[0], out[1], update.classification
+                    )
+                )
                 continue
             approved_candidates.setdefault(update.package, []).append(
                 (update.candidate, update.classification)
@@ -262,7 +267,14 @@ def snapshot_to_json(snapshot: Snapshot) -> dict[str, Any]:
         "planned_on": snapshot.planned_on.isoformat(),
         "pins": _pins_json(snapshot.pins),
         "left_out": [
-            {"host": o.host, "package": o.package, "version": o.version, "kind": o.kind, "reason": o.reason}
+            {
+                "host": o.host,
+                "package": o.package,
+                "version": o.version,
+                "kind": o.kind,
+                "reason": o.reason,
+                "classification": str(o.classification),
+            }
             for o in snapshot.left_out
         ],
         "excluded_hosts": list(snapshot.excluded_hosts),
@@ -333,6 +345,10 @@ def snapshot_from_json(
         if not isinstance(reason, str) or len(reason) > 1000:
             raise SnapshotInvalidError("snapshot: a left_out reason is not a short string")
         package = item.get("package")
+        try:
+            left_classification = Classification(str(item.get("classification", "other")))
+        except ValueError:
+            raise SnapshotInvalidError("snapshot: a left_out entry has an unknown classification") from None
         left_out.append(
             LeftOut(
                 _text(item.get("host"), _HOST, "host"),
@@ -340,6 +356,7 @@ def snapshot_from_json(
                 "" if item.get("version") == "" else _text(item.get("version"), _VERSION, "version"),
                 str(item["kind"]),
                 reason,
+                left_classification,
             )
         )
     excluded = data.get("excluded_hosts", [])
