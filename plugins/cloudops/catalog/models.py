@@ -333,6 +333,233 @@ class FleetSnapshotPolicy(CatalogModel):
     _check_schedule = field_validator("schedule")(_check_cron)
 
 
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_PERCENT = re.compile(r"^(\d+)%$")
+PackageName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9+._-]{0,127}$")]
+ShareOrCount = Annotated[
+    int | str,
+    Field(description="A number of hosts (0 or more) or a percentage of the fleet such as '10%'."),
+]
+
+
+def check_share_or_count(value: int | str, *, minimum: int) -> int | str:
+    """Refuse a count below ``minimum``, a percentage that is not ``N%`` or is over 100%."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number of hosts or a percentage such as '25%', not a boolean")
+    if isinstance(value, int):
+        if value < minimum:
+            raise ValueError(f"a number of hosts must be at least {minimum}, not {value}")
+        return value
+    match = _PERCENT.match(value.strip())
+    if not match:
+        raise ValueError(f"{value!r} is neither a number of hosts nor a percentage such as '25%'")
+    percent = int(match.group(1))
+    if percent > 100:
+        raise ValueError(f"{value!r} is over 100% of the fleet")
+    if percent < minimum:
+        raise ValueError(f"{value!r}: a percentage must be at least {minimum}%")
+    return f"{percent}%"
+
+
+class PatchWindow(CatalogModel):
+    """When a patch wave may run: on these days, from start (estate time zone) for duration.
+
+    No new batch starts after ``end - cutoff``. At the cutoff, ``finish_batch`` lets the running batch
+    finish (SSM's CONTINUE_TASK) and ``stop_now`` stops its hosts at the next step boundary (SSM's
+    CANCEL_TASK); either way the wave halts and can be resumed in the next window.
+    """
+
+    days: Annotated[list[Weekday], Field(min_length=1)] = Field(
+        description="Days the window opens on (mon..sun), in the estate's time zone."
+    )
+    start: Annotated[str, StringConstraints(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")] = Field(
+        description="Opening time HH:MM, local time of the estate's `timezone`."
+    )
+    duration: Duration = Field(description="How long the window stays open, at most 24h, e.g. 3h.")
+    cutoff: Duration = Field(
+        default=timedelta(0), description="No new batch starts later than end minus cutoff, e.g. 1h."
+    )
+    cutoff_behaviour: Literal["finish_batch", "stop_now"] = Field(
+        default="finish_batch",
+        description="At the cutoff: let the running batch finish (finish_batch, SSM CONTINUE_TASK) or stop "
+        "its hosts at their next step (stop_now, SSM CANCEL_TASK).",
+    )
+
+    @model_validator(mode="after")
+    def _cutoff_inside(self) -> PatchWindow:
+        if not timedelta(minutes=1) <= self.duration <= timedelta(hours=24):
+            raise ValueError(f"duration {render_duration(self.duration)} must be between 1m and 24h")
+        if self.cutoff >= self.duration:
+            raise ValueError(
+                f"cutoff {render_duration(self.cutoff)} must be shorter than duration "
+                f"{render_duration(self.duration)}: no batch could ever start"
+            )
+        if len(set(self.days)) != len(self.days):
+            raise ValueError("days lists a day twice")
+        return self
+
+
+class PatchBaseline(CatalogModel):
+    """Which updates a wave installs: classifications, an approval delay, explicit lists, excluded hosts.
+
+    ``approve_after_days`` counts from the advisory's published date. An update with no advisory has no
+    date: it is approved only when approve_after_days is 0 or the package is listed in ``approved``.
+    Packages in ``approved`` are installed whatever their classification or age.
+    """
+
+    classifications: Annotated[list[Literal["security", "updates"]], Field(min_length=1)] = Field(
+        default_factory=lambda: list[Literal["security", "updates"]](["security"]),
+        description="Which updates to include: security (the security suite or a security advisory), "
+        "updates (everything else).",
+    )
+    approve_after_days: Annotated[int, Field(ge=0, le=360)] = Field(
+        default=0, description="Days after the advisory's published date before an update is approved."
+    )
+    approved: list[PackageName] = Field(
+        default_factory=list, description="Packages always approved (any classification or age)."
+    )
+    rejected: list[PackageName] = Field(default_factory=list, description="Packages never installed.")
+    rejected_action: Literal["block", "allow_as_dependency"] = Field(
+        default="block",
+        description="block: a rejected package is never installed, not even as a dependency. "
+        "allow_as_dependency: it may come in as another package's dependency, never on its own.",
+    )
+    excluded_hosts: list[HostName] = Field(
+        default_factory=list, description="Hosts of the fleet this wave leaves alone (reported EXCLUDED)."
+    )
+
+    @model_validator(mode="after")
+    def _lists_disjoint(self) -> PatchBaseline:
+        both = sorted(set(self.approved) & set(self.rejected))
+        if both:
+            raise ValueError(f"package(s) both approved and rejected: {', '.join(both)}")
+        return self
+
+
+class PatchWaves(CatalogModel):
+    """How a wave ramps: the canary group first, then batches (Ansible serial), with failure limits.
+
+    ``batches`` is a list of counts or percentages of the fleet (canaries included in the total); the last
+    entry repeats for the rest; a batch is never smaller than 1 host. A batch fails when its failed hosts
+    EXCEED ``max_failed_per_batch`` (equalling it is allowed: 0 means any failure halts; Ansible
+    max_fail_percentage and SSM MaxErrors work the same way). The wave halts when failures over the whole
+    wave exceed ``failure_budget``.
+    """
+
+    canary_group: TargetName | None = Field(
+        default="canary",
+        description="Hosts with this group (hosts[].groups) go first, in a batch of their own; null: none.",
+    )
+    batches: Annotated[list[ShareOrCount], Field(min_length=1)] = Field(
+        default_factory=lambda: list[int | str](["100%"]),
+        description="Batch sizes after the canaries, e.g. [1, '50%', '100%'].",
+    )
+    max_failed_per_batch: ShareOrCount = Field(
+        default=0, description="A batch fails when more hosts than this (count or % of the batch) fail."
+    )
+    failure_budget: ShareOrCount = Field(
+        default=0, description="The wave halts when more hosts than this (count or % of the fleet) fail."
+    )
+
+    @field_validator("batches")
+    @classmethod
+    def _check_batches(cls, value: list[int | str]) -> list[int | str]:
+        return [check_share_or_count(item, minimum=1) for item in value]
+
+    @field_validator("max_failed_per_batch", "failure_budget")
+    @classmethod
+    def _check_limit(cls, value: int | str) -> int | str:
+        return check_share_or_count(value, minimum=0)
+
+
+class RebootPolicy(CatalogModel):
+    """Whether hosts reboot after installing, and how long to wait for them to come back and stay up."""
+
+    when: Literal["if_needed", "never", "always"] = Field(
+        default="if_needed",
+        description="if_needed: when /run/reboot-required is set or an installed kernel is not running; "
+        "never: report INSTALLED_PENDING_REBOOT; always: after every install.",
+    )
+    timeout: Duration = Field(
+        default=timedelta(minutes=10),
+        description="Longest wait for the host to come back with a new boot id.",
+    )
+    stable_for: Duration = Field(
+        default=timedelta(seconds=10), description="The host must stay up (same boot id) this long after."
+    )
+
+
+class HealthCommand(CatalogModel):
+    """One health command run on the host; it passes when every expectation set holds."""
+
+    command: Annotated[str, StringConstraints(min_length=1, max_length=1000)]
+    expect_exit: Annotated[int, Field(ge=0, le=255)] | None = Field(
+        default=0, description="Exit status expected; null to ignore it."
+    )
+    expect_output: str | None = Field(default=None, description="A substring the output must contain.")
+    expect_regex: str | None = Field(default=None, description="A regular expression the output must match.")
+    timeout: Duration = Field(default=timedelta(seconds=30), description="Bound of the command.")
+
+    @field_validator("expect_regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ValueError(f"not a valid regular expression: {error}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _expects_something(self) -> HealthCommand:
+        if self.expect_exit is None and self.expect_output is None and self.expect_regex is None:
+            raise ValueError(
+                "a health command must expect something: expect_exit, expect_output or expect_regex"
+            )
+        return self
+
+
+class HealthGate(CatalogModel):
+    """The health gate after each host's install (and reboot): commands, then a soak, then commands again."""
+
+    commands: list[HealthCommand] = Field(default_factory=list)
+    soak: Duration = Field(
+        default=timedelta(0), description="Wait this long after the first pass, then check once more."
+    )
+
+
+class HookCommand(CatalogModel):
+    """A command run on each host before (pre_hook) or after (post_hook) its install; non-zero fails it."""
+
+    command: Annotated[str, StringConstraints(min_length=1, max_length=1000)]
+    timeout: Duration = timedelta(minutes=5)
+
+
+class PatchingPolicy(CatalogModel):
+    """A fleet's patching policy: the runbook patch_wave__<fleet> follows it."""
+
+    window: PatchWindow | None = Field(default=None, description="Maintenance window; none means any time.")
+    baseline: PatchBaseline = Field(default_factory=PatchBaseline)
+    waves: PatchWaves = Field(default_factory=PatchWaves)
+    reboot: RebootPolicy = Field(default_factory=RebootPolicy)
+    health: HealthGate = Field(default_factory=HealthGate)
+    pre_hook: list[HookCommand] = Field(default_factory=list)
+    post_hook: list[HookCommand] = Field(default_factory=list)
+    privilege: Literal["root", "sudo"] = Field(
+        default="root", description="root: log in as root; sudo: run package commands through sudo -n."
+    )
+    production: bool = Field(
+        default=False,
+        description="A wave waits for a second person's approval (the estate's approvals block), never "
+        "the person who started it.",
+    )
+    unreachable: Literal["exclude_and_report", "refuse"] = Field(
+        default="exclude_and_report",
+        description="A host unreachable at the scan: leave it out and report it, or refuse the whole wave.",
+    )
+
+
 class Fleet(CatalogModel):
     """A set of hosts patched and checked together."""
 
@@ -344,6 +571,9 @@ class Fleet(CatalogModel):
         default=None,
         description="EBS snapshots of every host's volumes: ebs_volume_ids, or else the volumes of the "
         "EC2 instance tagged Name=<host name>.",
+    )
+    patching: PatchingPolicy | None = Field(
+        default=None, description="How patch_wave__<fleet> patches this fleet; none means no patch wave."
     )
 
 
@@ -442,6 +672,7 @@ class Catalog(CatalogModel):
 
 
 __all__ = [
+    "WEEKDAYS",
     "Approvals",
     "BackupPolicy",
     "Catalog",
@@ -452,14 +683,23 @@ __all__ = [
     "Encryption",
     "Fleet",
     "FleetSnapshotPolicy",
+    "HealthCommand",
+    "HealthGate",
+    "HookCommand",
     "Host",
     "Notification",
     "ObjectLock",
+    "PatchBaseline",
+    "PatchWaves",
+    "PatchWindow",
+    "PatchingPolicy",
+    "RebootPolicy",
     "Repository",
     "RetentionPolicy",
     "Slo",
     "SmtpNotification",
     "SnsNotification",
+    "check_share_or_count",
     "parse_duration",
     "render_duration",
 ]

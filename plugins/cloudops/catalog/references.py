@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cloudops.catalog.errors import did_you_mean
-from cloudops.catalog.models import Catalog
+from cloudops.catalog.models import Catalog, Fleet
 
 Path = tuple[str | int, ...]
 
@@ -78,6 +78,9 @@ def check_references(catalog: Catalog) -> list[ReferenceProblem]:
                 )
             )
 
+    for index, fleet in enumerate(catalog.fleets):
+        problems += _patching_references(index, fleet)
+
     repositories = {repository.name for repository in catalog.repositories}
     databases = {database.name for database in catalog.databases}
     for index, database in enumerate(catalog.databases):
@@ -116,6 +119,39 @@ def check_references(catalog: Catalog) -> list[ReferenceProblem]:
             )
     problems += _missing_scratch_servers(catalog)
     problems += primary_scratch_servers(catalog, primaries_by_conn(catalog, ""))
+    return problems
+
+
+def _patching_references(index: int, fleet: Fleet) -> list[ReferenceProblem]:
+    """A patching policy names hosts and a canary group of its own fleet."""
+    policy = fleet.patching
+    if policy is None:
+        return []
+    problems = []
+    names = [host.name for host in fleet.hosts]
+    for at, name in enumerate(policy.baseline.excluded_hosts):
+        if name not in names:
+            problems.append(
+                _missing(
+                    ("fleets", index, "patching", "baseline", "excluded_hosts", at),
+                    f"hosts of fleet {fleet.name!r}",
+                    "excluded host",
+                    name,
+                    names,
+                )
+            )
+    group = policy.waves.canary_group
+    groups = {g for host in fleet.hosts for g in host.groups}
+    if group is not None and group not in groups:
+        problems.append(
+            _missing(
+                ("fleets", index, "patching", "waves", "canary_group"),
+                f"host groups of fleet {fleet.name!r}",
+                "canary group",
+                group,
+                groups,
+            )
+        )
     return problems
 
 
