@@ -39,6 +39,15 @@ kinds below, ``dag_id``, ``run_id``, ``runbook`` (the runbook kind: ``backup``, 
   (the keep_* rules), ``max_delete_share``, ``allow_large_delete``;
 - ``restore.performed``: data ``estate``, ``database``, ``backup_id``, ``target_database``,
   ``overwrite``, ``requested_by``, ``approved_by``, ``manifest_sha256``, ``trusted_repository``;
+- ``patch.planned``: data ``estate``, ``fleet``, ``snapshot_id``, ``snapshot`` (the whole snapshot:
+  pins per host, what was left out and why), ``batches``, ``unreachable`` (host -> cause),
+  ``excluded``, ``resumed_from``, ``done_hosts``, ``dry_run``; recorded before any host changes;
+- ``patch.host``: one per host a wave acted on: ``estate``, ``fleet``, ``snapshot_id``, ``host``,
+  ``batch``, ``status``, ``step`` and ``error`` (when it failed), ``changed``, versions before and
+  after, boot ids, kernels, ``compliance`` (package -> state), ``held``, ``rolled_back``, health
+  output, ``apt_log`` (bounded excerpt), ``notes``, ``timings``;
+- ``patch.wave``: ``estate``, ``fleet``, ``snapshot_id``, ``halted``, ``succeeded``, ``reason``,
+  ``batches`` (hosts, seconds, decision, reason), ``compliance`` (state counts), ``seconds``;
 - ``approval``: also ``task_id``; data ``subject``, ``decision`` (Approve or Reject), ``approver``,
   ``requested_by``, ``responded_at``, ``accepted`` (False when the approver was the requester).
 """
@@ -62,6 +71,9 @@ APPROVAL = "approval"
 BACKUP_VERIFIED = "backup.verified"
 RETENTION_DELETED = "retention.deleted"
 REPOSITORY_TRUSTED = "repository.trusted"
+PATCH_PLANNED = "patch.planned"
+PATCH_HOST = "patch.host"
+PATCH_WAVE = "patch.wave"
 FACT_KINDS = (
     BACKUP_TAKEN,
     DRILL_RECORDED,
@@ -70,6 +82,9 @@ FACT_KINDS = (
     BACKUP_VERIFIED,
     RETENTION_DELETED,
     REPOSITORY_TRUSTED,
+    PATCH_PLANNED,
+    PATCH_HOST,
+    PATCH_WAVE,
 )
 
 # The runbook kinds cloudops builds DAGs for: ``<kind>__<target>``, or the kind alone for one-off
@@ -77,7 +92,15 @@ FACT_KINDS = (
 # DAGs' conf and errors may hold anything); a new runbook kind is added here
 # (tests/unit/test_evidence_listener.py checks every runbook module's KIND or DAG_ID is listed).
 RUNBOOK_KINDS = frozenset(
-    {"backup", "restore_drill", "restore_request", "ebs_snapshot", "health_check", "evidence_ship"}
+    {
+        "backup",
+        "restore_drill",
+        "restore_request",
+        "ebs_snapshot",
+        "health_check",
+        "evidence_ship",
+        "patch_wave",
+    }
 )
 # Every cloudops runbook DAG carries this tag (runbooks/common.py tags()).
 RUNBOOK_TAG = "cloudops"
@@ -196,6 +219,9 @@ __all__ = [
     "BACKUP_VERIFIED",
     "DRILL_RECORDED",
     "FACT_KINDS",
+    "PATCH_HOST",
+    "PATCH_PLANNED",
+    "PATCH_WAVE",
     "REPOSITORY_TRUSTED",
     "RESTORE_PERFORMED",
     "RETENTION_DELETED",

@@ -199,6 +199,7 @@ def run_wave(
     host_factory: HostFactory = ssh_host,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     on_batch: Callable[[BatchOutcome, Sequence[HostOutcome]], None] | None = None,
+    judge: Callable[[int, Sequence[HostOutcome], int], tuple[str, str]] | None = None,
 ) -> WaveResult:
     """Run the batches in order; return every host's outcome and every batch's decision.
 
@@ -206,6 +207,8 @@ def run_wave(
         reboot if its policy says so, and health only).
     :param done_hosts: hosts a resumed wave skips (done in the run it resumes).
     :param on_batch: called after each batch (the runbook records evidence there).
+    :param judge: go/no-go after a batch: (batch index, its outcomes, failures so far) -> (decision,
+        reason); default :func:`judge_batch` with the settings' limits.
     """
     wall = time.monotonic()
     started_at = now().isoformat()
@@ -258,7 +261,10 @@ def run_wave(
         record.seconds = round(time.monotonic() - batch_started, 3)
         record.failed = [o.host for o in done if o.status == FAILED]
         failures += len(record.failed)
-        record.decision, record.reason = judge_batch(index, done, failures, settings)
+        if judge is None:
+            record.decision, record.reason = judge_batch(index, done, failures, settings)
+        else:
+            record.decision, record.reason = judge(index, done, failures)
         outcomes.append(record)
         log.info("%s (%.1fs)", record.reason, record.seconds)
         if on_batch is not None:
