@@ -1,0 +1,583 @@
+"""# Patch wave: `patch_wave__<fleet>`
+
+**What it does.** Installs the fleet's approved OS updates, canary first, in batches, without an outage.
+Triggered by hand (Trigger DAG, with the form below); nothing is scheduled.
+1. `plan` takes the fleet's wave lock (a second wave of the same fleet is refused, naming the run that
+   holds it), checks the maintenance window (outside it, or past its cutoff: refused, nothing changes),
+   scans every host in parallel (`apt-get update`, a simulation, holds, versions, boot id, reboot flag,
+   kernels) and plans the **snapshot**: the exact `package=version` per host from the catalog's
+   baseline, with every update left out and why. An unreachable host is left out and reported, or
+   the wave refuses, as the fleet's `patching.unreachable` says. The snapshot is logged and recorded in
+   the evidence ledger (`patch.planned`) **before anything changes**. With `dry_run` the run ends here.
+2. `wave` asks for **a second person's approval** first when the fleet is `production` (Approve /
+   Reject on the task's page; never the person who triggered it). Then batch after batch, the hosts
+   of a batch in parallel: pre-flight (`dpkg --audit`; an interrupted dpkg is repaired with
+   `dpkg --configure -a` and said so; the dpkg lock is waited for within a bound and its holder
+   named), pre hook, install of exactly the snapshot's versions (never a removal), reboot when needed
+   (the boot id must change within the bound, then stay the same for the stability window), health
+   gate with soak, post hook. After each batch: go or halt, with the reason, against the batch limit
+   and the wave's failure budget. A canary whose health broke has the bad update rolled back (the
+   previous version reinstalled and held) when the repository still has it. No batch starts past the
+   window's cutoff. Every host's outcome is recorded (`patch.host`), then the wave (`patch.wave`)
+   with the compliance per host and package.
+3. `release` (always runs) releases the wave lock.
+
+**What a failure means.** `plan`: refused before anything changed (another wave running, outside the
+window, an unreachable host under `refuse`, an unknown package in the baseline): read the message.
+`wave`: a batch failed or the budget ran out; the message names each failed host, the step and the
+cause, and whether packages were changed on it. A halted wave leaves later batches untouched.
+
+**What to do next.** Read the failed hosts in the log or with `cloudops patch status <fleet>`. Fix
+the cause (or reject the bad package: form field `reject`), then trigger again with `resume_run_id`
+set to the halted run's id: the same snapshot from the ledger (minus what you reject), skipping the
+hosts that are done. Re-running is safe: a host already at the snapshot's versions is not touched.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from cloudops.catalog import Catalog, LoadedCatalog
+from cloudops.catalog.models import Fleet, PatchingPolicy
+from cloudops.errors import CloudOpsError, InvalidInputError
+
+if TYPE_CHECKING:
+    from airflow.sdk import DAG
+
+    from cloudops.patching.apt_host import AptHost
+    from cloudops.patching.model import HostScan
+    from cloudops.patching.snapshot import Snapshot
+    from cloudops.patching.wave_run import WaveResult, WaveSettings
+    from cloudops.runbooks.approval import Approval
+
+log = logging.getLogger(__name__)
+
+KIND = "patch_wave"
+ADVISORIES_PATH = "/srv/cloudops-repo/advisories.json"  # where the sandbox's repository shows it to hosts
+MAX_SCAN_THREADS = 32
+NEXT_ACTIONS = {
+    "plan": "refused before anything changed: read the message (another wave, the window, an unreachable "
+    "host, the baseline), fix it and trigger again",
+    "wave": "a batch halted the wave: the log names each failed host, the step and the cause; fix or reject "
+    "the package, then trigger again with resume_run_id",
+    "*": "read the task log",
+}
+
+
+@dataclass(frozen=True)
+class FleetTarget:
+    """The one target of a patch wave: a fleet of one estate's catalog file."""
+
+    catalog_file: str
+    estate: str
+    fleet: str
+
+
+@dataclass(frozen=True)
+class WavePlan:
+    """What `plan` decided, before anything changes: the snapshot and the batches still to run."""
+
+    snapshot: Snapshot
+    batches: tuple[tuple[str, ...], ...]
+    canary_batches: int
+    unreachable: dict[str, str]
+    done_hosts: tuple[str, ...]
+    resumed_from: str | None
+    window: str
+    cutoff_at: datetime | None
+
+
+def fleet_of(catalog: Catalog, name: str) -> tuple[Fleet, PatchingPolicy]:
+    """The fleet and its patching policy. :raises InvalidInputError: no such fleet, or no policy."""
+    fleet = next((f for f in catalog.fleets if f.name == name), None)
+    if fleet is None:
+        raise InvalidInputError(f"estate {catalog.estate} has no fleet {name!r}")
+    if fleet.patching is None:
+        raise InvalidInputError(f"fleet {name!r} has no patching policy: nothing to do")
+    return fleet, fleet.patching
+
+
+def host_actions(fleet: Fleet, policy: PatchingPolicy) -> dict[str, AptHost]:
+    from cloudops.patching.apt_host import AptHost, ssh_runner
+
+    return {
+        h.name: AptHost(
+            h.name, ssh_runner(h.ssh_conn_id, used_by=f"host {h.name!r}"), privilege=policy.privilege
+        )
+        for h in fleet.hosts
+    }
+
+
+def scan_fleet(
+    fleet: Fleet, policy: PatchingPolicy, names: Sequence[str] | None = None
+) -> tuple[list[HostScan], dict[str, str]]:
+    """Scan the hosts in parallel; return the scans and, by host, why a host could not be scanned."""
+    from cloudops.patching.apt_host import HostActionError
+
+    hosts = host_actions(fleet, policy)
+    chosen = [hosts[n] for n in (names or list(hosts))]
+
+    def scan(host: AptHost) -> HostScan | str:
+        try:
+            return host.scan()
+        except HostActionError as error:
+            return str(error)
+
+    with ThreadPoolExecutor(max_workers=min(MAX_SCAN_THREADS, max(1, len(chosen)))) as pool:
+        results = list(pool.map(scan, chosen))
+    scans = [r for r in results if not isinstance(r, str)]
+    failed = {h.name: r for h, r in zip(chosen, results, strict=True) if isinstance(r, str)}
+    return scans, failed
+
+
+def read_advisories(host: AptHost) -> list[Any]:
+    """The repository's advisories as one host sees them (none when the repository publishes none)."""
+    from cloudops.patching.advisories import parse_advisories
+
+    result = host.run("read advisories", f"cat {ADVISORIES_PATH}", 30)
+    if result.exit_status != 0:
+        log.info(
+            "no advisories file at %s on %s: updates are approved by classification only",
+            ADVISORIES_PATH,
+            host.name,
+        )
+        return []
+    return list(parse_advisories(result.stdout, f"{host.name}:{ADVISORIES_PATH}"))
+
+
+def plan_wave(
+    target: FleetTarget,
+    catalog: Catalog,
+    *,
+    now: datetime,
+    resume: dict[str, Any] | None = None,
+    reject: Sequence[str] = (),
+    limit_hosts: Sequence[str] = (),
+) -> WavePlan:
+    """Scan and plan (or read the halted run's snapshot back, for a resume); change nothing.
+
+    :param resume: the halted run's ``patch.planned`` and ``patch.wave`` data (``planned``, ``wave``).
+    :raises InvalidInputError: outside the window, an unreachable host under ``refuse``, a bad resume.
+    """
+    from cloudops.patching import snapshot as snapshots
+    from cloudops.patching.wave_run import resumable_done_hosts
+    from cloudops.patching.waves import plan_batches
+    from cloudops.patching.window import check_window
+
+    fleet, policy = fleet_of(catalog, target.fleet)
+    window = check_window(policy.window, catalog.timezone, now)
+    if not window.open:
+        raise InvalidInputError(f"fleet {fleet.name}: {window.reason}; nothing was changed")
+    names = [h.name for h in fleet.hosts]
+    unknown = sorted(set(limit_hosts) - set(names))
+    if unknown:
+        raise InvalidInputError(f"hosts: fleet {fleet.name} has no host {', '.join(unknown)}")
+    if resume is not None:
+        planned = resume["planned"]
+        earlier = snapshots.snapshot_from_json(
+            planned["snapshot"], fleet=fleet.name, hosts=names, expected_id=planned["snapshot_id"]
+        )
+        rejected = set(reject) | set(policy.baseline.rejected)
+        pins = {h: tuple(p for p in ps if p.package not in rejected) for h, ps in earlier.pins.items()}
+        snap = snapshots.Snapshot(
+            earlier.fleet, earlier.planned_on, pins, earlier.left_out, earlier.excluded_hosts
+        )
+        done = tuple(sorted(resumable_done_hosts(resume.get("wave") or {}, rejected)))
+        batches = tuple(tuple(b) for b in planned["batches"])
+        log.info(
+            "resuming run %s with its snapshot %s%s; done and skipped: %s",
+            resume["run_id"],
+            earlier.snapshot_id,
+            f" minus rejected {', '.join(sorted(rejected & set(earlier.versions)))}" if rejected else "",
+            ", ".join(done) or "none",
+        )
+        return WavePlan(
+            snap,
+            batches,
+            int(planned.get("canary_batches", 1)),
+            {},
+            done,
+            resume["run_id"],
+            window.reason,
+            window.cutoff_at,
+        )
+    chosen = [n for n in names if not limit_hosts or n in limit_hosts]
+    scans, unreachable = scan_fleet(fleet, policy, chosen)
+    if unreachable and policy.unreachable == "refuse":
+        raise InvalidInputError(
+            f"fleet {fleet.name}: the policy refuses a wave with unreachable hosts: "
+            + "; ".join(unreachable.values())
+        )
+    for cause in unreachable.values():
+        log.warning("left out of the wave, unreachable: %s", cause)
+    advisories = read_advisories(host_actions(fleet, policy)[scans[0].host]) if scans else []
+    snap = snapshots.plan_snapshot(fleet.name, scans, advisories, policy.baseline, now.date())
+    leave = [*policy.baseline.excluded_hosts, *unreachable, *(n for n in names if n not in chosen)]
+    batches = tuple(b.hosts for b in plan_batches(fleet, policy.waves, leave))
+    canaries = 1 if batches and plan_batches(fleet, policy.waves, leave)[0].canary else 0
+    return WavePlan(snap, batches, canaries, unreachable, (), None, window.reason, window.cutoff_at)
+
+
+def planned_fact(target: FleetTarget, plan: WavePlan, *, dry_run: bool) -> dict[str, Any]:
+    from cloudops.patching.snapshot import snapshot_to_json
+
+    return {
+        "estate": target.estate,
+        "fleet": target.fleet,
+        "snapshot_id": plan.snapshot.snapshot_id,
+        "snapshot": snapshot_to_json(plan.snapshot),
+        "batches": [list(b) for b in plan.batches],
+        "canary_batches": plan.canary_batches,
+        "unreachable": plan.unreachable,
+        "done_hosts": list(plan.done_hosts),
+        "resumed_from": plan.resumed_from,
+        "window": plan.window,
+        "cutoff_at": plan.cutoff_at.isoformat() if plan.cutoff_at else None,
+        "dry_run": dry_run,
+    }
+
+
+def settings_for(policy: PatchingPolicy, plan: WavePlan) -> WaveSettings:
+    from cloudops.patching.apt_host import HealthCheck, HealthGate, Hook, RebootBounds
+    from cloudops.patching.wave_run import WaveSettings
+
+    def seconds(value: timedelta) -> int:
+        return max(1, int(value.total_seconds()))
+
+    return WaveSettings(
+        privilege=policy.privilege,
+        reboot=policy.reboot.when,
+        reboot_bounds=RebootBounds(
+            timeout_seconds=policy.reboot.timeout.total_seconds(),
+            stability_seconds=policy.reboot.stable_for.total_seconds(),
+        ),
+        health=HealthGate(
+            tuple(
+                HealthCheck(c.command, c.expect_exit, c.expect_output, c.expect_regex, seconds(c.timeout))
+                for c in policy.health.commands
+            ),
+            policy.health.soak.total_seconds(),
+        ),
+        pre_hook=tuple(Hook(h.command, seconds(h.timeout)) for h in policy.pre_hook),
+        post_hook=tuple(Hook(h.command, seconds(h.timeout)) for h in policy.post_hook),
+        canary_batches=plan.canary_batches,
+        cutoff=plan.cutoff_at,
+    )
+
+
+def execute_wave(
+    target: FleetTarget,
+    catalog: Catalog,
+    plan: WavePlan,
+    *,
+    record: Any = None,
+) -> WaveResult:
+    """Run the planned wave (library entry point: the runbook, the CLI and the benchmark call it).
+
+    :param record: ``record(kind, data)`` for evidence (None: record nothing).
+    """
+    from cloudops.evidence.runs import PATCH_HOST
+    from cloudops.patching.wave_run import FAILED, WaveHost, run_wave
+    from cloudops.patching.waves import Batch, decide_after_batch
+
+    fleet, policy = fleet_of(catalog, target.fleet)
+    conn = {h.name: h.ssh_conn_id for h in fleet.hosts}
+    batches = [[WaveHost(n, conn[n]) for n in b] for b in plan.batches]
+    total = sum(len(b) for b in batches)
+    settings = settings_for(policy, plan)
+
+    def judge(index: int, outcomes: Sequence[Any], failures: int) -> tuple[str, str]:
+        batch = Batch(index, plan.batches[index], canary=index < plan.canary_batches)
+        failed = [o.host for o in outcomes if o.status == FAILED]
+        decision = decide_after_batch(policy.waves, batch, failed, failures, total, len(batches) - index - 1)
+        halted = not decision.go and decision.reason.startswith("halt")
+        details = "; ".join(o.summary() for o in outcomes if o.status == FAILED)
+        return ("halt" if halted else "go"), decision.reason + (f": {details}" if details else "")
+
+    def on_batch(batch: Any, outcomes: Sequence[Any]) -> None:
+        if record is None:
+            return
+        for outcome in outcomes:
+            record(
+                PATCH_HOST,
+                {"estate": target.estate, "fleet": target.fleet, "snapshot_id": plan.snapshot.snapshot_id}
+                | asdict(outcome),
+            )
+
+    snapshot = {host: tuple(pins) for host, pins in plan.snapshot.pins.items()}
+    return run_wave(batches, snapshot, settings, done_hosts=plan.done_hosts, on_batch=on_batch, judge=judge)
+
+
+def compliance_counts(result: WaveResult) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for outcome in result.hosts.values():
+        for state in outcome.compliance.values():
+            counts[state] = counts.get(state, 0) + 1
+    return counts
+
+
+def compliance_table(result: WaveResult) -> str:
+    """The per-host compliance table the log and `make demo` print."""
+    rows = [("host", "status", "packages", "reboot", "kernel")]
+    for name, o in sorted(result.hosts.items()):
+        packages = ", ".join(f"{p} {s}" for p, s in sorted(o.compliance.items())) or "-"
+        kernel = o.running_kernel + (
+            "" if o.running_kernel == o.installed_kernel else f" (installed {o.installed_kernel})"
+        )
+        rows.append((name, o.status, packages, "yes" if o.rebooted else "no", kernel or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# -- Airflow ----------------------------------------------------------------------------------------
+
+
+def _target(context: dict[str, Any]) -> FleetTarget:
+    params = context["params"]
+    return FleetTarget(params["_catalog_file"], params["_estate"], params["_fleet"])
+
+
+def _form_list(value: Any) -> list[str]:
+    if not value:
+        return []
+    items = value if isinstance(value, list) else str(value).replace(",", " ").split()
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+def _earlier_run(target: FleetTarget, run_id: str) -> dict[str, Any]:
+    """The halted run's planned and wave facts from the ledger. :raises InvalidInputError: not found."""
+    from cloudops.evidence.recorder import ledger
+    from cloudops.evidence.runs import PATCH_PLANNED, PATCH_WAVE
+
+    dag_id = f"{KIND}__{target.fleet}"
+    found: dict[str, Any] = {"run_id": run_id}
+    for rec in ledger().records():
+        if rec.fields.get("dag_id") != dag_id or rec.fields.get("run_id") != run_id:
+            continue
+        if rec.kind == PATCH_PLANNED:
+            found["planned"] = rec.fields.get("data") or {}
+        elif rec.kind == PATCH_WAVE:
+            found["wave"] = rec.fields.get("data") or {}
+    if "planned" not in found:
+        raise InvalidInputError(
+            f"resume_run_id: the ledger has no planned wave of {dag_id} with run id {run_id!r}"
+        )
+    if (found.get("wave") or {}).get("succeeded"):
+        raise InvalidInputError(f"resume_run_id: run {run_id} completed: nothing to resume")
+    return found
+
+
+def plan_task(**context: Any) -> dict[str, Any]:
+    from cloudops.evidence.recorder import record_fact
+    from cloudops.evidence.runs import PATCH_PLANNED
+    from cloudops.patching import wave_lock
+    from cloudops.runbooks.common import load_estate
+
+    target = _target(context)
+    params = context["params"]
+    wave_lock.acquire(target.fleet, context["run_id"])
+    catalog = load_estate(target.catalog_file, target.estate)
+    resume_id = params.get("resume_run_id") or None
+    resume = _earlier_run(target, resume_id) if resume_id else None
+    plan = plan_wave(
+        target,
+        catalog,
+        now=datetime.now(UTC),
+        resume=resume,
+        reject=_form_list(params.get("reject")),
+        limit_hosts=_form_list(params.get("hosts")),
+    )
+    log.info("%s", plan.snapshot.summary())
+    for left in plan.snapshot.left_out:
+        log.info("left out on %s: %s %s (%s)", left.host, left.package, left.version, left.reason)
+    log.info("batches: %s", " | ".join(", ".join(b) for b in plan.batches) or "none")
+    fact = planned_fact(target, plan, dry_run=bool(params.get("dry_run")))
+    record_fact(PATCH_PLANNED, context, fact)
+    return fact
+
+
+def _approval_body(context: dict[str, Any]) -> str | None:
+    from cloudops.runbooks.common import load_estate
+
+    target = _target(context)
+    _, policy = fleet_of(load_estate(target.catalog_file, target.estate), target.fleet)
+    planned = context["ti"].xcom_pull(task_ids="plan") or {}
+    if not policy.production or planned.get("dry_run"):
+        return None
+    versions = sorted(
+        {f"{p['package']}={p['version']}" for pins in planned["snapshot"]["pins"].values() for p in pins}
+    )
+    return (
+        f"Patch wave of production fleet `{target.fleet}` (estate {target.estate}), "
+        f"run `{context['run_id']}`: "
+        f"snapshot `{planned['snapshot_id']}` installs {', '.join(versions) or 'nothing'} in batches "
+        f"{' | '.join(', '.join(b) for b in planned['batches'])}."
+    )
+
+
+def _wave_act(context: dict[str, Any], approval: Approval | None) -> dict[str, Any]:
+    from cloudops.evidence.recorder import record_fact
+    from cloudops.evidence.runs import PATCH_WAVE
+    from cloudops.patching.snapshot import snapshot_from_json
+    from cloudops.runbooks.common import load_estate
+
+    target = _target(context)
+    catalog = load_estate(target.catalog_file, target.estate)
+    fleet, _ = fleet_of(catalog, target.fleet)
+    planned = context["ti"].xcom_pull(task_ids="plan") or {}
+    if planned.get("dry_run"):
+        log.info("dry run: the snapshot is planned and recorded; nothing is installed")
+        return {"dry_run": True, "snapshot_id": planned.get("snapshot_id")}
+    snap = snapshot_from_json(
+        planned.get("snapshot"),
+        fleet=target.fleet,
+        hosts=[h.name for h in fleet.hosts],
+        expected_id=planned.get("snapshot_id"),
+    )
+    plan = WavePlan(
+        snap,
+        tuple(tuple(b) for b in planned["batches"]),
+        int(planned.get("canary_batches", 1)),
+        dict(planned.get("unreachable") or {}),
+        tuple(planned.get("done_hosts") or ()),
+        planned.get("resumed_from"),
+        str(planned.get("window", "")),
+        datetime.fromisoformat(planned["cutoff_at"]) if planned.get("cutoff_at") else None,
+    )
+    result = execute_wave(target, catalog, plan, record=lambda kind, data: record_fact(kind, context, data))
+    summary = {
+        "estate": target.estate,
+        "fleet": target.fleet,
+        "snapshot_id": snap.snapshot_id,
+        "compliance": compliance_counts(result),
+        "unreachable": plan.unreachable,
+        "approved_by": approval.approver if approval else None,
+    } | {k: v for k, v in result.as_record().items() if k != "hosts"}
+    summary["hosts"] = {
+        name: {
+            k: asdict(o)[k]
+            for k in (
+                "status",
+                "step",
+                "error",
+                "changed",
+                "compliance",
+                "rolled_back",
+                "healthy_after_rollback",
+            )
+        }
+        for name, o in result.hosts.items()
+    }
+    record_fact(PATCH_WAVE, context, summary)
+    log.info("compliance of fleet %s:\n%s", target.fleet, compliance_table(result))
+    for cause in plan.unreachable.values():
+        log.warning("not patched, unreachable before the wave: %s", cause)
+    if result.halted:
+        raise CloudOpsError(f"fleet {target.fleet}: the wave halted: {result.reason}")
+    return {"succeeded": True, "reason": result.reason, "seconds": result.seconds}
+
+
+def release_task(**context: Any) -> None:
+    from cloudops.patching import wave_lock
+
+    target = _target(context)
+    if wave_lock.release(target.fleet, context["run_id"]):
+        log.info("released the wave lock of fleet %s", target.fleet)
+    else:
+        log.info("this run did not hold the wave lock of fleet %s: nothing to release", target.fleet)
+
+
+def build_patch_wave_dags(loaded: LoadedCatalog) -> list[DAG]:
+    """Build ``patch_wave__<fleet>`` for every fleet with a patching policy."""
+    from airflow.providers.standard.operators.python import PythonOperator
+    from airflow.sdk import DAG, Param
+
+    from cloudops.runbooks.approval import SecondPersonApproval
+    from cloudops.runbooks.common import (
+        created_paused,
+        default_args,
+        failure_alerts,
+        runbook_doc,
+        start_date,
+        tags,
+    )
+
+    catalog = loaded.catalog
+    dags = []
+    for fleet in catalog.fleets:
+        if fleet.patching is None:
+            continue
+        with DAG(
+            dag_id=f"{KIND}__{fleet.name}",
+            description=f"OS updates of fleet {fleet.name}, canary first, in batches with health gates",
+            schedule=None,
+            start_date=start_date(catalog.timezone),
+            catchup=False,
+            max_active_runs=1,
+            dagrun_timeout=timedelta(hours=12),
+            default_args=default_args(
+                catalog.owner,
+                alerts=failure_alerts(loaded, f"fleet {fleet.name}", NEXT_ACTIONS),
+                retries=0,  # a wave is never re-run blindly: resume it from the form
+                execution_timeout=timedelta(hours=8),
+            ),
+            is_paused_upon_creation=created_paused(),
+            doc_md=runbook_doc(__doc__, f"Fleet `{fleet.name}`: {', '.join(h.name for h in fleet.hosts)}."),
+            tags=tags(KIND, loaded, f"fleet:{fleet.name}"),
+            params={
+                "_catalog_file": Param(str(loaded.path), type="string", const=str(loaded.path)),
+                "_estate": Param(catalog.estate, type="string", const=catalog.estate),
+                "_fleet": Param(fleet.name, type="string", const=fleet.name),
+                "dry_run": Param(False, type="boolean", title="Dry run", description="Scan and plan only."),
+                "resume_run_id": Param(
+                    None,
+                    type=["null", "string"],
+                    title="Resume run id",
+                    description="Resume this halted run with its snapshot, skipping hosts that are done.",
+                ),
+                "reject": Param(
+                    None,
+                    type=["null", "string"],
+                    title="Reject packages",
+                    description="Packages (space or comma separated) left out of this wave, e.g. the bad "
+                    "update.",
+                ),
+                "hosts": Param(
+                    None,
+                    type=["null", "string"],
+                    title="Only these hosts",
+                    description="Limit a new wave to these hosts (space or comma separated).",
+                ),
+            },
+        ) as dag:
+            plan = PythonOperator(task_id="plan", python_callable=plan_task)
+            wave = SecondPersonApproval(
+                task_id="wave",
+                subject=f"Approve the patch wave of production fleet {fleet.name}",
+                needed=_approval_body,
+                act=_wave_act,
+                response_timeout=timedelta(hours=4),
+            )
+            release = PythonOperator(task_id="release", python_callable=release_task).as_teardown(setups=plan)
+            plan >> wave >> release
+        dags.append(dag)
+    return dags
+
+
+__all__ = [
+    "KIND",
+    "FleetTarget",
+    "WavePlan",
+    "build_patch_wave_dags",
+    "compliance_table",
+    "execute_wave",
+    "plan_wave",
+    "scan_fleet",
+]
