@@ -525,7 +525,7 @@ def build_patch_wave_dags(loaded: LoadedCatalog) -> list[DAG]:
             default_args=default_args(
                 catalog.owner,
                 alerts=failure_alerts(loaded, f"fleet {fleet.name}", NEXT_ACTIONS),
-                retries=0,  # a wave is never re-run blindly: resume it from the form
+                retries=1,
                 execution_timeout=timedelta(hours=8),
             ),
             is_paused_upon_creation=created_paused(),
@@ -564,6 +564,7 @@ def build_patch_wave_dags(loaded: LoadedCatalog) -> list[DAG]:
                 needed=_approval_body,
                 act=_wave_act,
                 response_timeout=timedelta(hours=4),
+                retries=0,  # a wave is never re-run blindly: resume it from the form
             )
             release = PythonOperator(task_id="release", python_callable=release_task).as_teardown(setups=plan)
             plan >> wave >> release
