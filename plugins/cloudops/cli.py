@@ -197,6 +197,52 @@ def _find_database(name: str) -> tuple[Any, Any]:
     raise InvalidInputError(f"no database {name!r} in the catalog" + (f" ({hint})" if hint else ""))
 
 
+def _patch(args: argparse.Namespace) -> int:
+    """Scan a fleet's hosts for pending updates, or read their compliance (nothing is changed)."""
+    from cloudops.health import render_table
+    from cloudops.runbooks import patch_wave
+
+    if args.patch_command == "scan":
+        report = patch_wave.scan_report(args.fleet)
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            rows = [
+                [
+                    host,
+                    u["package"],
+                    u["installed"],
+                    u["candidate"],
+                    u["classification"],
+                    "held" if u["held"] else "",
+                ]
+                for host, data in report["hosts"].items()
+                for u in data["pending"]
+            ]
+            print(render_table(["host", "package", "installed", "candidate", "classification", "hold"], rows))
+            for host, data in report["hosts"].items():
+                if data["reboot_required"]:
+                    print(
+                        f"{host}: reboot required "
+                        f"({', '.join(data['reboot_required_packages']) or 'no package named'})"
+                    )
+    else:
+        report = patch_wave.status_report(args.fleet)
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            rows = [
+                [host, p["package"], p["state"], p["found"] or "-", p["wanted"], p["classification"]]
+                for host, data in report["hosts"].items()
+                for p in data["packages"]
+            ]
+            print(render_table(["host", "package", "state", "installed", "snapshot", "classification"], rows))
+            print(report["summary"])
+    for cause in report["unreachable"].values():
+        print(f"unreachable: {cause}", file=sys.stderr)
+    return EXIT_FAILED if report["unreachable"] else EXIT_OK
+
+
 def _backups_list(args: argparse.Namespace) -> int:
     """List what the repository holds for one database, newest first."""
     from cloudops.health import render_table
@@ -595,6 +641,17 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--max-delete-share", type=float, default=0.5, help="default 0.5")
     plan.add_argument("--allow-large-delete", action="store_true", help="allow deleting more than the share")
     plan.set_defaults(handler=_retention_plan)
+
+    patch = commands.add_parser("patch", help="OS updates of a fleet: pending updates and compliance")
+    patch_commands = patch.add_subparsers(dest="patch_command", required=True)
+    for name, text in (
+        ("scan", "pending updates per host with their classification (apt-get update + a simulation)"),
+        ("status", "compliance per host and package, read from the hosts"),
+    ):
+        command = patch_commands.add_parser(name, help=text)
+        command.add_argument("fleet", help="a catalog fleet with a patching policy")
+        command.add_argument("--json", action="store_true", help="print one JSON document")
+        command.set_defaults(handler=_patch)
 
     backups = commands.add_parser("backups", help="what the backup repositories hold")
     backups_commands = backups.add_subparsers(dest="backups_command", required=True)

@@ -579,6 +579,130 @@ __all__ = [
     "build_patch_wave_dags",
     "compliance_table",
     "execute_wave",
+    "find_fleet",
     "plan_wave",
     "scan_fleet",
+    "scan_report",
+    "status_report",
 ]
+
+
+# -- Command line (cloudops patch scan | status) ----------------------------------------------------
+
+
+def find_fleet(name: str) -> tuple[LoadedCatalog, Fleet, PatchingPolicy]:
+    """The catalog file, fleet and policy called ``name`` across every catalog file."""
+    from cloudops.catalog import load_catalogs
+    from cloudops.catalog.errors import did_you_mean
+
+    names = []
+    for loaded in load_catalogs().catalogs:
+        for fleet in loaded.catalog.fleets:
+            if fleet.name == name:
+                if fleet.patching is None:
+                    raise InvalidInputError(f"fleet {name!r} has no patching policy in {loaded.path}")
+                return loaded, fleet, fleet.patching
+            names.append(fleet.name)
+    hint = did_you_mean(name, names)
+    raise InvalidInputError(f"no fleet {name!r} in the catalog" + (f" ({hint})" if hint else ""))
+
+
+def scan_report(name: str) -> dict[str, Any]:
+    """Pending updates per host with their classification, holds, reboot flag and kernels."""
+    _, fleet, policy = find_fleet(name)
+    scans, unreachable = scan_fleet(fleet, policy)
+    hosts: dict[str, Any] = {}
+    for scan in sorted(scans, key=lambda s: s.host):
+        hosts[scan.host] = {
+            "pending": [
+                {
+                    "package": u.package,
+                    "installed": u.installed,
+                    "candidate": u.candidate,
+                    "suite": u.suite,
+                    "classification": str(u.classification),
+                    "held": u.package in scan.held,
+                }
+                for u in scan.pending
+            ],
+            "held": sorted(scan.held),
+            "reboot_required": scan.reboot_required,
+            "reboot_required_packages": sorted(scan.reboot_required_packages),
+            "running_kernel": scan.running_kernel,
+            "installed_kernel": scan.installed_kernel,
+            "boot_id": scan.boot_id,
+        }
+    return {"fleet": name, "hosts": hosts, "unreachable": unreachable}
+
+
+def latest_snapshot(fleet: Fleet, dag_id: str) -> Snapshot | None:
+    """The snapshot of the fleet's latest planned wave in the ledger (None when none is recorded)."""
+    from cloudops.evidence.recorder import ledger
+    from cloudops.evidence.runs import PATCH_PLANNED
+    from cloudops.patching.snapshot import SnapshotInvalidError, snapshot_from_json
+
+    latest = None
+    for rec in ledger().records():
+        if rec.kind == PATCH_PLANNED and rec.fields.get("dag_id") == dag_id:
+            latest = rec
+    if latest is None:
+        return None
+    data = latest.fields.get("data") or {}
+    try:
+        return snapshot_from_json(
+            data.get("snapshot"),
+            fleet=fleet.name,
+            hosts=[h.name for h in fleet.hosts],
+            expected_id=data.get("snapshot_id"),
+        )
+    except SnapshotInvalidError as error:
+        log.warning("the latest recorded snapshot of %s cannot be read back (%s): ignored", dag_id, error)
+        return None
+
+
+def status_report(name: str, *, now: datetime | None = None) -> dict[str, Any]:
+    """Compliance read from the hosts: against the latest recorded snapshot and what is approved now."""
+    from cloudops.patching import snapshot as snapshots
+    from cloudops.patching.compliance import assess_host, summarise_fleet
+
+    _, fleet, policy = find_fleet(name)
+    today = (now or datetime.now(UTC)).date()
+    scans, unreachable = scan_fleet(fleet, policy)
+    advisories = read_advisories(host_actions(fleet, policy)[scans[0].host]) if scans else []
+    fresh = snapshots.plan_snapshot(fleet.name, scans, advisories, policy.baseline, today)
+    recorded = latest_snapshot(fleet, f"{KIND}__{fleet.name}")
+    pins: dict[str, tuple[Any, ...]] = {}
+    for host in fleet.hosts:
+        merged = {p.package: p for p in (recorded.pins.get(host.name, ()) if recorded else ())}
+        merged.update({p.package: p for p in fresh.pins.get(host.name, ())})
+        pins[host.name] = tuple(merged[k] for k in sorted(merged))
+    against = snapshots.Snapshot(fleet.name, today, pins, fresh.left_out, fresh.excluded_hosts)
+    assessed = [assess_host(against, scan) for scan in sorted(scans, key=lambda s: s.host)]
+    summary = summarise_fleet(assessed)
+    return {
+        "fleet": name,
+        "snapshot_id": recorded.snapshot_id if recorded else None,
+        "summary": summary.summary(),
+        "counts": dict(summary.counts),
+        "percent_compliant": summary.percent_compliant,
+        "hosts": {
+            h.host: {
+                "compliant": h.compliant,
+                "running_kernel": h.running_kernel,
+                "installed_kernel": h.installed_kernel,
+                "packages": [
+                    {
+                        "package": p.package,
+                        "state": str(p.state),
+                        "wanted": p.wanted,
+                        "found": p.found,
+                        "classification": str(p.classification),
+                        "reason": p.reason,
+                    }
+                    for p in h.packages
+                ],
+            }
+            for h in assessed
+        },
+        "unreachable": unreachable,
+    }
