@@ -25,7 +25,15 @@ from html import escape
 from typing import Any
 
 from cloudops.evidence.ledger import Record
-from cloudops.evidence.runs import BACKUP_TAKEN, DRILL_RECORDED, RESTORE_PERFORMED, Run
+from cloudops.evidence.runs import (
+    BACKUP_TAKEN,
+    DRILL_RECORDED,
+    PATCH_HOST,
+    PATCH_PLANNED,
+    PATCH_WAVE,
+    RESTORE_PERFORMED,
+    Run,
+)
 
 BACKUP_RUNBOOKS = ("backup", "ebs_snapshot")
 DRILL_RUNBOOKS = ("restore_drill",)
@@ -359,6 +367,7 @@ def change_rows(runs: Iterable[Run]) -> list[ChangeRow]:
                 f"restored {data.get('database')} backup {data.get('backup_id')} into "
                 f"{data.get('target_database')}" + (" (overwrite)" if data.get("overwrite") else "")
             )
+        details.extend(_patch_change_text(run))
         for fact in run.approvals:
             requested_by = requested_by or _data(fact).get("requested_by")
         rows.append(
@@ -379,6 +388,121 @@ def change_rows(runs: Iterable[Run]) -> list[ChangeRow]:
             )
         )
     return sorted(rows, key=lambda row: row.at or "")
+
+
+# -- patch waves (CC8.1 changes, CC7.1 vulnerability management) ---------------------------------
+
+
+@dataclass(frozen=True)
+class PatchRow:
+    """One patch wave: its snapshot, how it ended, and compliance per state and per host."""
+
+    at: str | None
+    dag_id: str
+    run_id: str
+    fleet: str
+    snapshot_id: str
+    versions: tuple[str, ...]
+    outcome: str
+    reason: str
+    compliance: dict[str, int]
+    failed_hosts: tuple[str, ...]
+    unreachable: tuple[str, ...]
+
+
+def _patch_change_text(run: Run) -> list[str]:
+    texts = []
+    for fact in run.facts_of(PATCH_WAVE):
+        data = _data(fact)
+        verdict = "completed" if data.get("succeeded") else "halted"
+        texts.append(f"patch wave of {data.get('fleet')} {verdict} (snapshot {data.get('snapshot_id')})")
+    return texts
+
+
+def patch_rows(runs: Iterable[Run]) -> list[PatchRow]:
+    """Every patch wave run with a planned snapshot; a wave that planned but never acted is 'not run'."""
+    rows = []
+    for run in runs:
+        planned = run.facts_of(PATCH_PLANNED)
+        if not planned:
+            continue
+        plan = _data(planned[-1])
+        pins = (plan.get("snapshot") or {}).get("pins") or {}
+        versions = sorted(
+            {
+                f"{p.get('package')}={p.get('version')}"
+                for items in pins.values()
+                if isinstance(items, list)
+                for p in items
+                if isinstance(p, dict)
+            }
+        )
+        waves = run.facts_of(PATCH_WAVE)
+        hosts = [_data(f) for f in run.facts_of(PATCH_HOST)]
+        wave = _data(waves[-1]) if waves else {}
+        if plan.get("dry_run"):
+            outcome = "dry run"
+        elif not waves:
+            outcome = "not run" if run.state != "running" else "running"
+        else:
+            outcome = "completed" if wave.get("succeeded") else "halted"
+        found = wave.get("compliance")
+        counts: dict[str, Any] = found if isinstance(found, dict) else {}
+        rows.append(
+            PatchRow(
+                at=run.started_at,
+                dag_id=run.dag_id,
+                run_id=run.run_id,
+                fleet=str(plan.get("fleet") or run.target or ""),
+                snapshot_id=str(plan.get("snapshot_id") or ""),
+                versions=tuple(versions),
+                outcome=outcome,
+                reason=str(wave.get("reason") or ""),
+                compliance={str(k): int(v) for k, v in counts.items() if isinstance(v, int)},
+                failed_hosts=tuple(
+                    f"{h.get('host')}: {h.get('step')}: {h.get('error')}"
+                    for h in hosts
+                    if h.get("status") == "failed"
+                ),
+                unreachable=tuple(str(v) for v in (plan.get("unreachable") or {}).values()),
+            )
+        )
+    return sorted(rows, key=lambda row: row.at or "")
+
+
+def _patches_section(runs: Sequence[Run]) -> str:
+    rows = patch_rows(runs)
+    parts = [
+        '<h2 id="patches">Patch waves</h2>',
+        '<p class="controls">SOC 2 CC7.1 (vulnerability management) · CC8.1 (change management): the '
+        "snapshot each wave installed, how it ended, and compliance per package state afterwards "
+        "(NOT_APPLICABLE never counts as non-compliant)</p>",
+    ]
+    if not rows:
+        parts.append(_none("no patch wave in the period"))
+        return "".join(parts)
+    parts.append(
+        _table(
+            ["When", "Fleet / run", "Snapshot", "Outcome", "Compliance", "Failed or unreachable hosts"],
+            (
+                [
+                    _time(r.at),
+                    f"{_e(r.fleet)}<br><code>{_e(r.run_id)}</code>",
+                    f"<code>{_e(r.snapshot_id)}</code><br>{_e(', '.join(r.versions) or 'nothing')}",
+                    (
+                        _e(r.outcome)
+                        if r.outcome in ("completed", "dry run")
+                        else f'<span class="bad">{_e(r.outcome)}</span>'
+                    )
+                    + (f"<br>{_e(r.reason)}" if r.reason else ""),
+                    _e(", ".join(f"{k} {v}" for k, v in sorted(r.compliance.items())) or "—"),
+                    "<br>".join(_e(h) for h in (*r.failed_hosts, *r.unreachable)) or "—",
+                ]
+                for r in rows
+            ),
+        )
+    )
+    return "".join(parts)
 
 
 def control_counts(runs: Sequence[Run]) -> dict[str, int]:
@@ -765,6 +889,7 @@ def render_report(
         _backups_section(runs),
         _drills_section(runs),
         _changes_section(runs),
+        _patches_section(runs),
         "</body></html>\n",
     ]
     return "".join(parts)
@@ -782,11 +907,13 @@ __all__ = [
     "CheckResult",
     "DrillRow",
     "FailedRun",
+    "PatchRow",
     "backup_summaries",
     "backups_taken",
     "change_rows",
     "control_counts",
     "drill_rows",
     "failed_backups",
+    "patch_rows",
     "render_report",
 ]

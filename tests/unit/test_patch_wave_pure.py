@@ -1,0 +1,138 @@
+"""The wave's pure parts: go/no-go, compliance per package, which hosts a resume skips, the wave lock,
+and the evidence report's patch waves (CC7.1, CC8.1)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from cloudops.evidence.ledger import Ledger
+from cloudops.evidence.report import change_rows, patch_rows, render_report
+from cloudops.evidence.runs import PATCH_HOST, PATCH_PLANNED, PATCH_WAVE, fold_runs
+from cloudops.patching import wave_lock
+from cloudops.patching.model import Classification, PackagePin
+from cloudops.patching.wave_run import (
+    FAILED,
+    HostOutcome,
+    WaveSettings,
+    judge_batch,
+    package_compliance,
+    resumable_done_hosts,
+)
+
+pytestmark = pytest.mark.unit
+
+OPENSSL = PackagePin("demo-openssl", "1.1", "1.0", Classification.SECURITY)
+KERNEL = PackagePin("demo-kernel", "6.1.0-2-demo", "6.1.0-1-demo", Classification.SECURITY)
+WEB = PackagePin("demo-web", "2.1", "2.0", Classification.UPDATES)
+
+
+def _failed(name: str) -> HostOutcome:
+    return HostOutcome(name, 0, status=FAILED, step="health gate", error="FAIL: 2.1 regression")
+
+
+def test_a_batch_halts_when_its_failures_exceed_the_limit_not_when_they_equal_it() -> None:
+    settings = WaveSettings(max_failures_per_batch=1, failure_budget=1)
+    ok = HostOutcome("web-2", 1, status="done")
+    decision, reason = judge_batch(1, [ok, _failed("web-3")], 1, settings)
+    assert decision == "go"
+    assert "within the batch limit of 1" in reason
+    decision, reason = judge_batch(2, [_failed("web-4"), _failed("web-5")], 3, settings)
+    assert decision == "halt"
+    assert "2 of 2 host(s) failed, more than the batch limit of 1" in reason
+    assert "web-4: FAILED at health gate: FAIL: 2.1 regression" in reason
+    decision, reason = judge_batch(2, [_failed("web-4")], 2, settings)
+    assert (decision, "more than its budget of 1" in reason) == ("halt", True)
+
+
+def test_compliance_per_package_attributes_pending_reboots_and_holds() -> None:
+    installed = {"demo-openssl": "1.1", "demo-kernel": "6.1.0-2-demo", "demo-web": "2.0"}
+    states = package_compliance([OPENSSL, KERNEL, WEB], installed, {"demo-web"}, {"demo-kernel"})
+    assert states == {
+        "demo-openssl": "INSTALLED",
+        "demo-kernel": "INSTALLED_PENDING_REBOOT",
+        "demo-web": "HELD",
+    }
+    failed = package_compliance([OPENSSL, WEB], {"demo-openssl": "1.0"}, set(), set(), failed=True)
+    assert failed == {"demo-openssl": "FAILED", "demo-web": "FAILED"}
+    assert package_compliance([OPENSSL], {"demo-openssl": "1.0"}, set(), set()) == {"demo-openssl": "MISSING"}
+
+
+def test_a_resume_skips_done_hosts_and_a_rolled_back_canary_only_once_its_bad_package_is_rejected() -> None:
+    halted = {
+        "hosts": {
+            "web-1": {
+                "status": "failed",
+                "rolled_back": ["demo-web"],
+                "healthy_after_rollback": True,
+                "compliance": {"demo-openssl": "INSTALLED", "demo-web": "HELD"},
+            },
+            "web-2": {"status": "done"},
+            "web-3": {"status": "not_started"},
+        }
+    }
+    assert resumable_done_hosts(halted, rejected={"demo-web"}) == {"web-1", "web-2"}
+    assert resumable_done_hosts(halted) == {"web-2"}
+    halted["hosts"]["web-1"]["healthy_after_rollback"] = False
+    assert resumable_done_hosts(halted, rejected={"demo-web"}) == {"web-2"}
+
+
+def test_two_waves_of_one_fleet_are_refused_naming_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(wave_lock.STATE_DIR_ENV, str(tmp_path))
+    wave_lock.acquire("web", "manual__first")
+    wave_lock.acquire("web", "manual__first")  # a retried task of the same run
+    with pytest.raises(
+        wave_lock.WaveAlreadyRunning, match=r"fleet web: another patch wave is running \(run manual__first"
+    ):
+        wave_lock.acquire("web", "manual__second")
+    wave_lock.acquire("app", "manual__second")  # another fleet is not blocked
+    assert not wave_lock.release("web", "manual__second")
+    assert wave_lock.release("web", "manual__first")
+    wave_lock.acquire("web", "manual__second")
+
+
+def test_the_evidence_report_shows_each_wave_under_cc71_and_cc81(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger", fsync=False)
+    at = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
+    run = {"dag_id": "patch_wave__web", "run_id": "manual__w1", "runbook": "patch_wave", "target": "web"}
+    ledger.append(
+        "run.started",
+        at=at,
+        **run,
+        data={"run_type": "manual", "triggered_by": "ui", "triggered_by_user": "alice", "conf": {}},
+    )
+    snapshot = {"pins": {"web-1": [{"package": "demo-web", "version": "2.1"}]}}
+    ledger.append(
+        PATCH_PLANNED, at=at, **run, data={"fleet": "web", "snapshot_id": "snap-1", "snapshot": snapshot}
+    )
+    ledger.append(
+        PATCH_HOST,
+        at=at,
+        **run,
+        data={"host": "web-1", "status": "failed", "step": "health gate", "error": "<b>FAIL</b>"},
+    )
+    ledger.append(
+        PATCH_WAVE,
+        at=at,
+        **run,
+        data={
+            "fleet": "web",
+            "snapshot_id": "snap-1",
+            "succeeded": False,
+            "reason": "batch 0 halted",
+            "compliance": {"HELD": 1},
+        },
+    )
+    runs = fold_runs(ledger.records())
+    (row,) = patch_rows(runs)
+    assert (row.outcome, row.versions, row.compliance) == ("halted", ("demo-web=2.1",), {"HELD": 1})
+    assert row.failed_hosts == ("web-1: health gate: <b>FAIL</b>",)
+    assert "patch wave of web halted (snapshot snap-1)" in change_rows(runs)[0].details
+    html = render_report(runs, since=at.date(), until=at.date(), generated_at=at.isoformat())
+    assert "CC7.1 (vulnerability management)" in html
+    assert "&lt;b&gt;FAIL&lt;/b&gt;" in html
+    assert "<b>FAIL</b>" not in html
