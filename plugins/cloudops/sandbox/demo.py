@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cloudops.health import render_table
 
@@ -62,6 +63,59 @@ def run_dag_test(dag_id: str, log_dir: Path, timeout: int = DAG_TEST_TIMEOUT_SEC
     return DemoResult(dag_id, state, time.monotonic() - started, log_file)
 
 
+PATCH_WAVE_PREFIX = "patch_wave__"
+
+
+def reset_fleet_hosts(dag_id: str) -> None:
+    """Before a patch wave's demo run, bring its fleet's hosts back to first-boot state, so that every
+    demo shows the same wave (a second run would otherwise find nothing left to install)."""
+    from cloudops.sandbox import estate
+
+    estate.reset_hosts(fleet=dag_id.removeprefix(PATCH_WAVE_PREFIX), say=lambda line: None)
+
+
+def patch_compliance_tables(dag_ids: list[str]) -> str:
+    """The compliance table of each patch wave the demo ran, from its latest patch.host facts."""
+    from cloudops.evidence.ledger import Ledger, evidence_dir
+    from cloudops.evidence.runs import PATCH_HOST, PATCH_WAVE
+
+    waves = [d for d in dag_ids if d.startswith(PATCH_WAVE_PREFIX)]
+    if not waves:
+        return ""
+    latest_run: dict[str, str] = {}
+    hosts: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for record in Ledger(evidence_dir() / "ledger").records():
+        dag_id, run_id = str(record.fields.get("dag_id")), str(record.fields.get("run_id"))
+        if dag_id not in waves:
+            continue
+        if record.kind == PATCH_WAVE:
+            latest_run[dag_id] = run_id
+        elif record.kind == PATCH_HOST:
+            data = record.fields.get("data") or {}
+            hosts.setdefault((dag_id, run_id), {})[str(data.get("host"))] = data
+    parts = []
+    for dag_id in waves:
+        if dag_id not in latest_run:
+            parts.append(f"{dag_id}: no wave recorded")
+            continue
+        run_id = latest_run[dag_id]
+        rows = [
+            [
+                host,
+                str(data.get("status")),
+                ", ".join(f"{p} {s}" for p, s in sorted((data.get("compliance") or {}).items())) or "-",
+                "yes" if data.get("rebooted") else "no",
+                str(data.get("running_kernel") or "-"),
+            ]
+            for host, data in sorted(hosts.get((dag_id, run_id), {}).items())
+        ]
+        parts.append(
+            f"compliance after {dag_id} ({run_id}):\n"
+            + render_table(["host", "status", "packages", "rebooted", "running kernel"], rows)
+        )
+    return "\n\n".join(parts)
+
+
 def evidence_summary(log_dir: Path) -> str:
     """Verify the ledger the runs wrote and export today's evidence pack beside the demo logs."""
     import shutil
@@ -95,6 +149,8 @@ def main() -> int:
     results = []
     for dag_id in dag_ids:
         print(f"running {dag_id} ...", flush=True)
+        if dag_id.startswith(PATCH_WAVE_PREFIX):
+            reset_fleet_hosts(dag_id)
         results.append(run_dag_test(dag_id, log_dir))
     print()
     print(
@@ -103,6 +159,10 @@ def main() -> int:
             [[r.dag_id, r.state, f"{r.seconds:.1f}s", str(r.log_file)] for r in results],
         )
     )
+    tables = patch_compliance_tables(dag_ids)
+    if tables:
+        print()
+        print(tables)
     print()
     print(evidence_summary(log_dir))
     failed = [r for r in results if r.state != "success"]
