@@ -274,3 +274,22 @@ def test_nothing_of_a_host_is_mounted_in_the_machines_namespace(layout: SandboxL
     from cloudops.sandbox.hosts import sandbox_mounts
 
     assert sandbox_mounts(layout) == []
+
+
+def test_more_hosts_on_request_get_connections_and_a_catalog_of_their_own(layout: SandboxLayout) -> None:
+    from cloudops.catalog import load_catalog_file
+
+    try:
+        catalog_path = estate.add_hosts("extra", 2, say=_quiet)
+        assert catalog_path.is_relative_to(layout.dir)
+        (fleet,) = load_catalog_file(catalog_path).fleets
+        env = read_env_file(layout.env_file)
+        for host in fleet.hosts:
+            conn = json.loads(env[f"AIRFLOW_CONN_{host.ssh_conn_id.upper()}"])
+            assert Guest(layout, conn).run("hostname").strip() == host.name
+        rows = {row.component: row.state for row in estate.status()}
+        assert rows["host-extra-1"] == rows["host-extra-2"] == RUNNING
+    finally:
+        estate.remove_hosts("extra", say=_quiet)
+    assert "host-extra-1" not in {row.component for row in estate.status()}
+    assert "SANDBOX_SSH_EXTRA_1" not in layout.env_file.read_text()
