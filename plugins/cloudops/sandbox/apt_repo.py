@@ -28,7 +28,8 @@ empty. Old versions stay in the indexes, so a rollback can reinstall the version
 
 Publishing rewrites the indexes atomically: a new ``.dists-<id>/`` is written whole, then the ``dists``
 symlink is replaced by rename, so a guest's ``apt-get update`` reads either the old indexes or the new,
-never half of one; the previous generation is kept for a reader that opened it just before.
+never half of one. apt fetches indexes by hash (Acquire-By-Hash), and each generation also carries the
+previous one's, so an update that read the old Release just before the swap still finds its indexes.
 """
 
 from __future__ import annotations
