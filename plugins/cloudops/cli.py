@@ -85,8 +85,6 @@ def _sandbox(args: argparse.Namespace) -> int:
         estate.up()
     elif args.action == "down":
         estate.down()
-    elif args.action == "hosts":
-        return _sandbox_hosts(args)
     rows = estate.status()
     print(estate.format_status(rows))
     return EXIT_OK
@@ -96,26 +94,56 @@ def _sandbox_hosts(args: argparse.Namespace) -> int:
     """More hosts for benchmarks, their reset to first-boot state, and stopping/starting single hosts."""
     from cloudops.sandbox import estate
 
-    names = tuple(args.names)
-    if args.hosts_action is None:
-        raise InvalidInputError("cloudops sandbox hosts: say add, remove, reset, stop or start")
+    names = tuple(getattr(args, "names", ()) or ())
+    fleet = getattr(args, "fleet", None)
     if args.hosts_action == "add":
-        if not args.fleet or args.count is None:
-            raise InvalidInputError("cloudops sandbox hosts add: needs --fleet NAME and --count N")
         estate.add_hosts(args.fleet, args.count)
     elif args.hosts_action == "remove":
-        if not args.fleet:
-            raise InvalidInputError("cloudops sandbox hosts remove: needs --fleet NAME")
         estate.remove_hosts(args.fleet)
     elif args.hosts_action == "reset":
-        estate.reset_hosts(fleet=args.fleet, names=names)
-    elif not names:
-        raise InvalidInputError(f"cloudops sandbox hosts {args.hosts_action}: name the hosts")
+        estate.reset_hosts(fleet=fleet, names=names)
     elif args.hosts_action == "stop":
         estate.stop_hosts(names)
     else:
         estate.start_hosts(names)
     print(estate.format_status([row for row in estate.status() if row.component.startswith("host-")]))
+    return EXIT_OK
+
+
+def _sandbox_publish(args: argparse.Namespace) -> int:
+    """Publish a demo package version into the sandbox's apt repository, with its advisory if any."""
+    from datetime import UTC, datetime
+
+    from cloudops.patching.advisories import AdvisoryFileError, parse_advisories
+    from cloudops.sandbox import apt_repo
+    from cloudops.sandbox.layout import SandboxLayout
+
+    advisory = None
+    if args.advisory is not None:
+        entry = {
+            "id": args.advisory,
+            "package": args.package,
+            "fixed_version": args.version,
+            "cves": args.cve,
+            "severity": args.severity,
+            "published": (args.published or datetime.now(UTC).date()).isoformat(),
+        }
+        try:
+            (advisory,) = parse_advisories(json.dumps({"format": 1, "advisories": [entry]}), "--advisory")
+        except AdvisoryFileError as error:
+            raise InvalidInputError(str(error)) from None
+    elif args.cve or args.published:
+        raise InvalidInputError("--cve and --published describe an advisory: give its id with --advisory")
+    layout = SandboxLayout.from_environment()
+    deb = apt_repo.publish(
+        layout, args.package, args.version, args.suite, advisory=advisory, breaks_health=args.breaks_health
+    )
+    print(f"published {args.package} {args.version} in {args.suite}: {deb}")
+    if advisory is not None:
+        print(
+            f"advisory {advisory.id} ({advisory.severity}, {', '.join(advisory.cves)}) in "
+            f"{apt_repo.repository_dir(layout) / apt_repo.ADVISORIES_FILE}"
+        )
     return EXIT_OK
 
 
@@ -591,18 +619,50 @@ def build_parser() -> argparse.ArgumentParser:
     restore.set_defaults(handler=_restore)
 
     sandbox = commands.add_parser("sandbox", help="the local sandbox estate")
-    sandbox.add_argument("action", choices=["up", "down", "status", "hosts"])
-    sandbox.add_argument(
-        "hosts_action",
-        nargs="?",
-        choices=["add", "remove", "reset", "stop", "start"],
-        help="hosts: add/remove a fleet of hosts (--fleet, --count), reset hosts to their first-boot "
-        "state (all, --fleet F, or the named ones), stop or start the named hosts",
+    sandbox_commands = sandbox.add_subparsers(dest="action", required=True)
+    for action, text in (
+        ("up", "start what runbooks/sandbox.yaml describes (idempotent)"),
+        ("down", "stop what up started"),
+        ("status", "show what runs where"),
+    ):
+        sandbox_commands.add_parser(action, help=text).set_defaults(handler=_sandbox)
+    publish = sandbox_commands.add_parser(
+        "publish",
+        help="publish a new version of a demo package into the sandbox's apt repository "
+        "(hosts see it after apt-get update; older versions stay)",
     )
-    sandbox.add_argument("names", nargs="*", help="host names (hosts reset/stop/start)")
-    sandbox.add_argument("--fleet", help="hosts add/remove/reset: the fleet")
-    sandbox.add_argument("--count", type=int, help="hosts add: how many hosts")
-    sandbox.set_defaults(handler=_sandbox)
+    publish.add_argument("package", help="a demo package: demo-openssl, demo-kernel, demo-web, ...")
+    publish.add_argument("version", help="a Debian version without epoch, e.g. 1.2")
+    publish.add_argument(
+        "--suite", required=True, choices=["cloudops-updates", "cloudops-security"], help="where it goes"
+    )
+    publish.add_argument("--breaks-health", action="store_true", help="demo-web only: its health says FAIL")
+    publish.add_argument("--advisory", default=None, metavar="ID", help="an advisory id, e.g. CSA-2026-010")
+    publish.add_argument("--cve", action="append", default=[], help="with --advisory: a CVE id (repeatable)")
+    publish.add_argument(
+        "--severity", default="unknown", help="with --advisory: critical, high, medium, low or unknown"
+    )
+    publish.add_argument(
+        "--published", type=_day, default=None, metavar="DATE", help="with --advisory: default today (UTC)"
+    )
+    publish.set_defaults(handler=_sandbox_publish)
+    hosts = sandbox_commands.add_parser(
+        "hosts", help="more hosts, hosts back to their first-boot state, one host down and back"
+    )
+    hosts_commands = hosts.add_subparsers(dest="hosts_action", required=True)
+    hosts_add = hosts_commands.add_parser("add", help="a fleet of more hosts (connections in airflow.env)")
+    hosts_add.add_argument("--fleet", required=True, help="the fleet's name, e.g. bench")
+    hosts_add.add_argument("--count", type=int, required=True, help="how many hosts")
+    hosts_remove = hosts_commands.add_parser("remove", help="stop and forget a fleet added with add")
+    hosts_remove.add_argument("--fleet", required=True)
+    hosts_reset = hosts_commands.add_parser("reset", help="hosts back to their first-boot state")
+    hosts_reset.add_argument("--fleet", default=None, help="only this fleet's hosts")
+    hosts_reset.add_argument("names", nargs="*", help="only these hosts (default: every host)")
+    for verb, text in (("stop", "stop hosts (they become unreachable)"), ("start", "boot stopped hosts")):
+        one = hosts_commands.add_parser(verb, help=text)
+        one.add_argument("names", nargs="+", help="host names")
+    for sub in hosts_commands.choices.values():
+        sub.set_defaults(handler=_sandbox_hosts)
 
     evidence = commands.add_parser("evidence", help="the evidence ledger")
     evidence_commands = evidence.add_subparsers(dest="evidence_command", required=True)

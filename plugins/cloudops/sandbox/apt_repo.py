@@ -28,7 +28,8 @@ empty. Old versions stay in the indexes, so a rollback can reinstall the version
 
 Publishing rewrites the indexes atomically: a new ``.dists-<id>/`` is written whole, then the ``dists``
 symlink is replaced by rename, so a guest's ``apt-get update`` reads either the old indexes or the new,
-never half of one; the previous generation is kept for a reader that opened it just before.
+never half of one. apt fetches indexes by hash (Acquire-By-Hash), and each generation also carries the
+previous one's, so an update that read the old Release just before the swap still finds its indexes.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cloudops.errors import SandboxError
+from cloudops.errors import InvalidInputError, SandboxError
 from cloudops.patching.advisories import AdvisoryFileError, parse_advisories, render_advisories
 from cloudops.patching.model import Advisory, Classification
 from cloudops.sandbox.layout import SandboxLayout
@@ -167,6 +168,10 @@ SUMMARIES = {
     "demo-slow": "sandbox package whose postinst holds the dpkg lock for a while",
 }
 DEMO_PACKAGES = tuple(SUMMARIES)
+
+
+class PublishRefused(InvalidInputError):
+    """A version cannot be published as asked (unknown package or suite, taken version); nothing changed."""
 
 
 def repository_dir(layout: SandboxLayout) -> Path:
@@ -296,6 +301,19 @@ def _build_deb(release: Release, target: Path, scratch: Path) -> None:
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def _build_debs(root: Path, releases: list[Release]) -> None:
+    """Build the releases' .debs into the pool, which stays readable by the guests' apt."""
+    scratch = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
+    try:
+        for release in releases:
+            _build_deb(release, root / release.filename, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    pool = root / "pool"
+    for directory in (pool, *(p for p in pool.rglob("*") if p.is_dir())):
+        directory.chmod(0o755)
+
+
 # --- indexes ----------------------------------------------------------------------------------------
 
 
@@ -357,6 +375,7 @@ def _release_file(suite: str, indexes: dict[str, bytes], moment: datetime) -> st
         f"Date: {_release_date(moment)}",
         "Architectures: all",
         f"Components: {COMPONENT}",
+        "Acquire-By-Hash: yes",
         f"Description: CloudOps sandbox repository, {suite.removeprefix('cloudops-')} suite",
     ]
     for title, algorithm in (("MD5Sum", hashlib.md5), ("SHA256", hashlib.sha256)):
@@ -379,18 +398,40 @@ def render_indexes(root: Path, releases: tuple[Release, ...], moment: datetime) 
         }
         for name, data in indexes.items():
             tree[f"{suite}/{name}"] = data
+            tree[_by_hash(f"{suite}/{name}", data)] = data
         tree[f"{suite}/Release"] = _release_file(suite, indexes, moment).encode()
     return tree
 
 
+def _by_hash(name: str, data: bytes) -> str:
+    """Where apt fetches an index by its hash (Acquire-By-Hash), next to its plain name."""
+    return f"{name.rpartition('/')[0]}/by-hash/SHA256/{hashlib.sha256(data).hexdigest()}"
+
+
+def _previous_by_hash(previous: Path) -> dict[str, bytes]:
+    """The previous generation's indexes under their by-hash names.
+
+    An apt-get update that read the old Release just before the swap then fetches the old indexes
+    by hash through the new ``dists``: they must still be there.
+    """
+    carried: dict[str, bytes] = {}
+    for path in previous.rglob("Packages*"):
+        if path.is_file() and "by-hash" not in path.parts:
+            data = path.read_bytes()
+            carried[_by_hash(str(path.relative_to(previous)), data)] = data
+    return carried
+
+
 def _swap_dists(root: Path, tree: dict[str, bytes]) -> str:
     """Write ``.dists-<id>/`` whole, then point the ``dists`` symlink at it by rename; return the id."""
+    link = root / "dists"
+    previous = str(link.readlink()) if link.is_symlink() else None
+    if previous is not None and (root / previous).is_dir():
+        tree = {**_previous_by_hash(root / previous), **tree}
     digest = hashlib.sha256()
     for name in sorted(tree):
         digest.update(name.encode() + b"\0" + tree[name] + b"\0")
     generation = f".dists-{digest.hexdigest()[:16]}"
-    link = root / "dists"
-    previous = str(link.readlink()) if link.is_symlink() else None
     if previous == generation:
         return generation
     final = root / generation
@@ -484,7 +525,7 @@ def _published(root: Path) -> tuple[Release, ...]:
             advisory,
             entry["breaks_health"] is True,
         )
-        _check_release(release, where)
+        _check_release(release, where, SandboxError)
         releases.append(release)
     return tuple(releases)
 
@@ -503,20 +544,20 @@ def _published_entry(release: Release) -> dict[str, Any]:
     }
 
 
-def _check_release(release: Release, where: str) -> None:
+def _check_release(release: Release, where: str, refuse: type[Exception] = PublishRefused) -> None:
     if release.package not in DEMO_PACKAGES:
-        raise SandboxError(
+        raise refuse(
             f"{where}: unknown package {release.package!r}: publish one of {', '.join(DEMO_PACKAGES)}"
         )
     if not VERSION.fullmatch(release.version):
-        raise SandboxError(
+        raise refuse(
             f"{where}: version {release.version!r} is not a Debian version without epoch "
             "(e.g. 2.2 or 6.1.0-3-demo)"
         )
     if release.suite not in SUITES:
-        raise SandboxError(f"{where}: unknown suite {release.suite!r}: one of {', '.join(SUITES)}")
+        raise refuse(f"{where}: unknown suite {release.suite!r}: one of {', '.join(SUITES)}")
     if release.breaks_health and release.package != "demo-web":
-        raise SandboxError(f"{where}: only demo-web has a health check to break, not {release.package}")
+        raise refuse(f"{where}: only demo-web has a health check to break, not {release.package}")
 
 
 @contextlib.contextmanager
@@ -573,20 +614,11 @@ def _ensure_locked(root: Path, now: datetime) -> tuple[Release, ...]:
         return releases
     started = time.monotonic()
     rebuild_debs = state.inputs.get("module") != inputs["module"]
-    scratch = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
-    try:
-        for release in releases:
-            target = root / release.filename
-            if rebuild_debs or not target.is_file():
-                _build_deb(release, target, scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    _build_debs(root, [r for r in releases if rebuild_debs or not (root / r.filename).is_file()])
     wanted = {root / r.filename for r in releases}
     for stale in (root / "pool").rglob("*.deb"):
         if stale not in wanted:
             stale.unlink()
-    for directory in (root / "pool", *(p for p in (root / "pool").rglob("*") if p.is_dir())):
-        directory.chmod(0o755)
     moment = _next_date(state, now)
     _write_indexes(root, releases, now.date(), moment)
     _write_state(root, _State(inputs=inputs, last_date=moment))
@@ -632,8 +664,9 @@ def publish(
     Older versions stay in their suites (rollback needs them). Publishing the same version into the
     same suite again changes nothing.
 
-    :raises SandboxError: for an unknown package or suite, a malformed version, a version already
+    :raises PublishRefused: for an unknown package or suite, a malformed version, a version already
         published elsewhere or differently, or an advisory that does not name this package and version.
+    :raises SandboxError: when dpkg-deb fails or another publish holds the lock too long.
     """
     return publish_at(
         repository_dir(layout),
@@ -661,20 +694,20 @@ def publish_at(
     release = Release(package, version, suite, advisory, breaks_health)
     _check_release(release, where)
     if suite == BASE_SUITE:
-        raise SandboxError(
+        raise PublishRefused(
             f"{where}: {BASE_SUITE} is what hosts are created with; "
             f"publish into {UPDATES_SUITE} or {SECURITY_SUITE}"
         )
     if advisory is not None:
         if (advisory.package, advisory.fixed_version) != (package, version):
-            raise SandboxError(
+            raise PublishRefused(
                 f"{where}: advisory {advisory.id} is for {advisory.package} {advisory.fixed_version}, "
                 f"not {package} {version}"
             )
         try:
             parse_advisories(render_advisories([advisory]), f"advisory {advisory.id}")
         except AdvisoryFileError as error:
-            raise SandboxError(f"{where}: {error}") from None
+            raise PublishRefused(f"{where}: {error}") from None
     moment = _now(now)
     with _locked(root):
         releases = _ensure_locked(root, moment)
@@ -683,24 +716,18 @@ def publish_at(
                 if existing == release:
                     log.info("%s: already published, nothing to do", where)
                     return root / existing.filename
-                raise SandboxError(
+                raise PublishRefused(
                     f"{where}: {package} {version} is already published in {existing.suite}"
                     f"{' (breaking the health check)' if existing.breaks_health else ''}"
-                    f"{' with advisory ' + _advisory_id(existing) if existing.advisory else ''}: "
+                    f"{' with advisory ' + existing.advisory.id if existing.advisory else ''}: "
                     "publish another version"
                 )
             other = existing.dated_advisory(moment.date())
             if advisory is not None and other is not None and other.id == advisory.id:
-                raise SandboxError(
+                raise PublishRefused(
                     f"{where}: advisory id {advisory.id} is already used by {existing.package}"
                 )
-        scratch = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
-        try:
-            _build_deb(release, root / release.filename, scratch)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        for directory in (root / "pool", *(p for p in (root / "pool").rglob("*") if p.is_dir())):
-            directory.chmod(0o755)
+        _build_debs(root, [release])
         published = (*_published(root), release)
         write_if_changed(
             root / PUBLISHED_FILE, json.dumps([_published_entry(r) for r in published], indent=2) + "\n"
@@ -711,10 +738,6 @@ def publish_at(
         _write_state(root, _State(inputs=state.inputs, last_date=date_))
         log.info("%s: published %s", where, release.filename)
         return root / release.filename
-
-
-def _advisory_id(release: Release) -> str:
-    return release.advisory.id if release.advisory else ""
 
 
 __all__ = [
@@ -733,6 +756,7 @@ __all__ = [
     "SUITE_LABELS",
     "UPDATES_SUITE",
     "AdvisoryTerms",
+    "PublishRefused",
     "Release",
     "classify_suite",
     "deb_control",
