@@ -435,6 +435,7 @@ class SandboxHost:
         state, pid = self.daemon.state()
         if state == RUNNING:
             self.keyring.ensure()
+            self.fleet.repository()  # kept current for running hosts too (bound in, so they see it)
             self.login_works()
             say(f"{self.name}: already running (supervisor pid {pid}) on {self.address}")
             return
