@@ -170,3 +170,19 @@ def test_a_boot_gets_a_time_namespace_and_provisioning_none(tmp_path: Path) -> N
         "/srv/cloudops-repo",
         "true",
     ]
+
+
+def test_a_machine_that_cannot_run_hosts_is_told_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from cloudops.sandbox.hosts import host_problems
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(
+        os, "uname", lambda: os.uname_result(("Linux", "h", "5.4.0-200-generic", "#1", "x86_64"))
+    )
+    problems = host_problems()
+    assert problems[0].startswith("sandbox hosts need root (they mount overlayfs and create namespaces)")
+    assert problems[1] == (
+        "sandbox hosts need Linux 5.6 or newer (time namespaces); this kernel is 5.4.0-200-generic"
+    )

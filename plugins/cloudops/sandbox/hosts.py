@@ -140,8 +140,7 @@ def host_problems() -> list[str]:
     if match is None or (int(match[1]), int(match[2])) < MIN_KERNEL:
         problems.append(
             f"sandbox hosts need Linux {MIN_KERNEL[0]}.{MIN_KERNEL[1]} or newer (time namespaces); "
-            f"this kernel "
-            f"is {release}"
+            f"this kernel is {release}"
         )
     return problems
 
