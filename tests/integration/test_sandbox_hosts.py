@@ -249,6 +249,19 @@ def test_one_host_stops_and_starts_while_the_others_run(
     assert guest.boot_id() != before
 
 
+def test_a_host_powered_off_from_inside_stays_down_until_started(
+    layout: SandboxLayout, guests: dict[str, Guest], scratch_host: HostPlan
+) -> None:
+    guest = guests[scratch_host.name]
+    paths = HostPaths(layout.dir / "hosts" / scratch_host.name)
+    before = guest.boot_id()
+    guest.run("sudo shutdown -h now")
+    _wait_for(lambda: paths.read_state().get("state") == "powered off", "the host powered off")
+    assert not guest.reachable()
+    estate.start_hosts((scratch_host.name,), say=_quiet)
+    assert guest.boot_id() != before
+
+
 def test_reset_brings_a_host_back_to_its_first_boot_state_with_the_same_key(
     layout: SandboxLayout,
     connections: dict[str, dict[str, Any]],

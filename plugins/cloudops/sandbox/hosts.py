@@ -435,7 +435,14 @@ class SandboxHost:
         if state == RUNNING:
             self.keyring.ensure()
             self.fleet.repository()  # kept current for running hosts too (bound in, so they see it)
-            self.login_works()
+            # It may be rebooting, or just powered on again by `hosts start`: give it its boot time.
+            wait_until(
+                self.login_works,
+                what=f"{self.name} (supervisor says: {self.paths.read_state().get('state', 'unknown')})",
+                log_path=self.log,
+                timeout=BOOT_TIMEOUT,
+                alive=lambda: self.daemon.state()[0] == RUNNING,
+            )
             say(f"{self.name}: already running (supervisor pid {pid}) on {self.address}")
             return
         if state == STALE:
