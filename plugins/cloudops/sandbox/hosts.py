@@ -97,7 +97,7 @@ for arg in "$@"; do
         -c) exit 0 ;;
     esac
 done
-case "$(basename "$0")" in reboot) action=reboot ;; esac
+case "$(basename "$0")" in reboot) action=reboot ;; poweroff|halt) action=poweroff ;; esac
 if [ "$action" = reboot ]; then exec /usr/local/sbin/reboot; fi
 SANDBOX_REQUEST={POWEROFF_REQUEST} exec /usr/local/sbin/reboot
 """
@@ -345,6 +345,18 @@ class SandboxHost:
             write_if_changed(path, text, mode=mode)
             if path.stat().st_uid != uid:
                 os.chown(path, uid, uid)
+        # Where tools look for them by absolute path (Ansible searches /sbin, /usr/sbin, ...).
+        for name, target in (
+            ("reboot", "/usr/local/sbin/reboot"),
+            ("shutdown", "/usr/local/sbin/shutdown"),
+            ("poweroff", "/usr/local/sbin/shutdown"),
+            ("halt", "/usr/local/sbin/shutdown"),
+        ):
+            link = guest / "usr/sbin" / name
+            if not link.is_symlink():
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.unlink(missing_ok=True)
+                link.symlink_to(target)
 
     def _config(self, root: Path, repository: Path) -> HostConfig:
         return HostConfig(
@@ -504,6 +516,12 @@ class SandboxHost:
         return f"{self.detail}: {state.get('state')} (boot {state.get('boots')})"
 
 
+def host_paths(layout: SandboxLayout, host_name: str) -> HostPaths:
+    """The files of one host of this sandbox; ``.control`` is where tests drop fault files
+    (host_boot.NEVER_COME_BACK, host_boot.BOOT_DELAY_FILE) and ``read_state()`` what its supervisor says."""
+    return HostPaths(layout.dir / "hosts" / host_name)
+
+
 def sandbox_mounts(layout: SandboxLayout) -> list[str]:
     """Mount points under the sandbox dir in this process's mount namespace (none while hosts run)."""
     prefix = str(layout.dir) + "/"
@@ -530,6 +548,7 @@ __all__ = [
     "GUEST_USER",
     "HostFleet",
     "SandboxHost",
+    "host_paths",
     "host_problems",
     "sandbox_mounts",
     "unmount_leftovers",
