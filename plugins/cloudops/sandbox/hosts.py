@@ -104,7 +104,7 @@ SANDBOX_REQUEST={POWEROFF_REQUEST} exec /usr/local/sbin/reboot
 
 # Created once, chrooted in the new host (the apt steps only when the sandbox has a repository).
 PROVISION_USERS = (
-    f"id {GUEST_USER} >/dev/null 2>&1 || useradd --create-home --uid {GUEST_UID} --user-group "
+    f"set -e; id {GUEST_USER} >/dev/null 2>&1 || useradd --create-home --uid {GUEST_UID} --user-group "
     f"--shell /bin/bash {GUEST_USER}; usermod -p '*' {GUEST_USER}; "
     f"install -d -m 0700 -o root -g root /root/.ssh; "
     f"install -d -m 0700 -o {GUEST_USER} -g {GUEST_USER} /home/{GUEST_USER}/.ssh"
