@@ -186,3 +186,24 @@ def test_a_machine_that_cannot_run_hosts_is_told_why(monkeypatch: pytest.MonkeyP
     assert problems[1] == (
         "sandbox hosts need Linux 5.6 or newer (time namespaces); this kernel is 5.4.0-200-generic"
     )
+
+
+def test_a_supervisors_pid_file_matches_its_own_host_only(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from cloudops.sandbox.hosts import SupervisorDaemon
+    from cloudops.sandbox.process import RUNNING, STALE
+
+    hosts = tmp_path / "hosts"
+    stand_in = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)", "host_supervisor", str(hosts / "web-10")]
+    )
+    try:
+        for name, expected in (("web-1", STALE), ("web-10", RUNNING)):
+            daemon = SupervisorDaemon(tmp_path / f"{name}.pid", marker=f"host_supervisor {hosts / name}")
+            daemon.record(stand_in.pid)
+            assert daemon.state() == (expected, stand_in.pid)
+    finally:
+        stand_in.kill()
+        stand_in.wait()

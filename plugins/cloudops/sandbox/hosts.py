@@ -24,6 +24,7 @@ import shutil
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -276,6 +277,21 @@ class HostFleet:
         return problems
 
 
+@dataclass(frozen=True)
+class SupervisorDaemon(Daemon):
+    """A host supervisor's pid file: its command line must end with exactly this host's directory
+    (a plain substring test would take web-10's supervisor for web-1's)."""
+
+    def _matches(self, pid: int) -> bool:
+        if not super()._matches(pid):
+            return False
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        except OSError:
+            return False
+        return self.marker.endswith(" " + argv[-1].decode(errors="replace"))
+
+
 class SandboxHost:
     """One fleet host: its supervisor daemon, its files, its Airflow connection."""
 
@@ -288,7 +304,9 @@ class SandboxHost:
         self.address = f"{self.ip}:{self.port}"
         self.log = self.layout.log_file(self.name)
         # The supervisor's command line names the host's directory: unique to this sandbox.
-        self.daemon = Daemon(self.layout.pid_file(self.name), marker=f"host_supervisor {self.paths.top}")
+        self.daemon: Daemon = SupervisorDaemon(
+            self.layout.pid_file(self.name), marker=f"host_supervisor {self.paths.top}"
+        )
         self.detail = f"host {host.name} (fleet {host.fleet})"
         self.login = GUEST_USER
 
