@@ -85,8 +85,6 @@ def _sandbox(args: argparse.Namespace) -> int:
         estate.up()
     elif args.action == "down":
         estate.down()
-    elif args.action == "hosts":
-        return _sandbox_hosts(args)
     rows = estate.status()
     print(estate.format_status(rows))
     return EXIT_OK
@@ -96,21 +94,14 @@ def _sandbox_hosts(args: argparse.Namespace) -> int:
     """More hosts for benchmarks, their reset to first-boot state, and stopping/starting single hosts."""
     from cloudops.sandbox import estate
 
-    names = tuple(args.names)
-    if args.hosts_action is None:
-        raise InvalidInputError("cloudops sandbox hosts: say add, remove, reset, stop or start")
+    names = tuple(getattr(args, "names", ()) or ())
+    fleet = getattr(args, "fleet", None)
     if args.hosts_action == "add":
-        if not args.fleet or args.count is None:
-            raise InvalidInputError("cloudops sandbox hosts add: needs --fleet NAME and --count N")
         estate.add_hosts(args.fleet, args.count)
     elif args.hosts_action == "remove":
-        if not args.fleet:
-            raise InvalidInputError("cloudops sandbox hosts remove: needs --fleet NAME")
         estate.remove_hosts(args.fleet)
     elif args.hosts_action == "reset":
-        estate.reset_hosts(fleet=args.fleet, names=names)
-    elif not names:
-        raise InvalidInputError(f"cloudops sandbox hosts {args.hosts_action}: name the hosts")
+        estate.reset_hosts(fleet=fleet, names=names)
     elif args.hosts_action == "stop":
         estate.stop_hosts(names)
     else:
@@ -713,19 +704,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     publish.set_defaults(handler=_sandbox_publish)
     hosts = sandbox_commands.add_parser(
-        "hosts", help="add/remove a fleet of hosts, reset hosts to first-boot state, stop or start hosts"
+        "hosts", help="more hosts, hosts back to their first-boot state, one host down and back"
     )
-    hosts.add_argument(
-        "hosts_action",
-        nargs="?",
-        choices=["add", "remove", "reset", "stop", "start"],
-        help="hosts: add/remove a fleet of hosts (--fleet, --count), reset hosts to their first-boot "
-        "state (all, --fleet F, or the named ones), stop or start the named hosts",
-    )
-    hosts.add_argument("names", nargs="*", help="host names (hosts reset/stop/start)")
-    hosts.add_argument("--fleet", help="hosts add/remove/reset: the fleet")
-    hosts.add_argument("--count", type=int, help="hosts add: how many hosts")
-    hosts.set_defaults(handler=_sandbox)
+    hosts_commands = hosts.add_subparsers(dest="hosts_action", required=True)
+    hosts_add = hosts_commands.add_parser("add", help="a fleet of more hosts (connections in airflow.env)")
+    hosts_add.add_argument("--fleet", required=True, help="the fleet's name, e.g. bench")
+    hosts_add.add_argument("--count", type=int, required=True, help="how many hosts")
+    hosts_remove = hosts_commands.add_parser("remove", help="stop and forget a fleet added with add")
+    hosts_remove.add_argument("--fleet", required=True)
+    hosts_reset = hosts_commands.add_parser("reset", help="hosts back to their first-boot state")
+    hosts_reset.add_argument("--fleet", default=None, help="only this fleet's hosts")
+    hosts_reset.add_argument("names", nargs="*", help="only these hosts (default: every host)")
+    for verb, text in (("stop", "stop hosts (they become unreachable)"), ("start", "boot stopped hosts")):
+        one = hosts_commands.add_parser(verb, help=text)
+        one.add_argument("names", nargs="+", help="host names")
+    for sub in hosts_commands.choices.values():
+        sub.set_defaults(handler=_sandbox_hosts)
 
     evidence = commands.add_parser("evidence", help="the evidence ledger")
     evidence_commands = evidence.add_subparsers(dest="evidence_command", required=True)

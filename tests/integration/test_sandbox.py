@@ -24,6 +24,8 @@ import pytest
 
 from cloudops.errors import SandboxError
 from cloudops.sandbox import estate
+from cloudops.sandbox.extra_hosts import extra_hosts
+from cloudops.sandbox.hosts import sandbox_mounts
 from cloudops.sandbox.layout import SandboxLayout, read_env_file
 from cloudops.sandbox.moto import EVIDENCE_SIGNING_CONN_ID
 from cloudops.sandbox.plan import EstatePlan, load_plan
@@ -100,7 +102,8 @@ def second_sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_every_component_is_running(layout: SandboxLayout, plan: EstatePlan) -> None:
     rows = estate.status()
     names = {row.component for row in rows}
-    assert names == EXPECTED_COMPONENTS | {f"sshd-{host.name}" for host in plan.hosts}
+    hosts = (*plan.hosts, *extra_hosts(layout))  # and any fleet added with `sandbox hosts add`
+    assert names == EXPECTED_COMPONENTS | {f"host-{host.name}" for host in hosts}
     assert len(plan.hosts) >= 6
     assert {row.component: row.state for row in rows if row.state != RUNNING} == {}
     table = estate.format_status(rows)
@@ -279,7 +282,7 @@ def test_env_file_is_private_complete_and_shell_sourceable(
 ) -> None:
     assert layout.env_file.stat().st_mode & 0o777 == 0o600
     expected = {d.conn_id for d in plan.databases} | {plan.aws.conn_id} | set(plan.smtp_conn_ids)
-    expected |= {h.ssh_conn_id for h in plan.hosts}
+    expected |= {h.ssh_conn_id for h in (*plan.hosts, *extra_hosts(layout))}
     expected |= {s.conn_id for s in (plan.postgres_scratch, plan.mariadb_scratch) if s}  # the drills' servers
     expected.add(EVIDENCE_SIGNING_CONN_ID)  # the evidence digests' HMAC key
     assert set(connections) == expected
@@ -311,6 +314,26 @@ def test_up_again_is_fast_and_changes_nothing(layout: SandboxLayout) -> None:
     assert not [line for line in lines for secret in secrets if secret in line]
 
 
+def _guest_pid1(layout: SandboxLayout, host: str) -> int:
+    """The PID (in the machine's namespace) of a running host's PID 1: the child of its unshare."""
+    unshare = int((layout.dir / "hosts" / host / "state" / "guest.pid").read_text())
+    return int(Path(f"/proc/{unshare}/task/{unshare}/children").read_text().split()[0])
+
+
+def _processes_naming(path: Path) -> list[str]:
+    """Command lines of live processes that mention path (the sandbox's daemons all do)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if str(path) in cmdline:
+                found.append(cmdline)
+    return found
+
+
 # -- a second sandbox: faults and lifecycle --------------------------------------------------------------
 
 
@@ -330,10 +353,12 @@ def test_port_in_use_is_refused_before_anything_starts(second_sandbox: Path) -> 
 def test_missing_binary_is_named_with_its_package(
     second_sandbox: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    missing = second_sandbox.parent / "bin" / "sshd"
-    monkeypatch.setenv("CLOUDOPS_SANDBOX_SSHD", str(missing))
+    # No cached root yet, and no debootstrap to build one: said before anything starts.
+    monkeypatch.setenv("CLOUDOPS_SANDBOX_CACHE", str(second_sandbox.parent / "empty-cache"))
+    missing = second_sandbox.parent / "bin" / "debootstrap"
+    monkeypatch.setenv("CLOUDOPS_SANDBOX_DEBOOTSTRAP", str(missing))
     with pytest.raises(
-        SandboxError, match=f"sshd not found at {missing}: install the Debian package openssh-server"
+        SandboxError, match=f"debootstrap not found at {missing}: install the Debian package debootstrap"
     ):
         estate.up(say=_quiet)
     assert {row.state for row in estate.status()} == {STOPPED}
@@ -386,9 +411,20 @@ def test_a_second_sandbox_comes_up_goes_down_and_comes_back(
             )
         assert len(list(layout.mail_dir.glob("*.eml"))) == 1
 
+        # Each host's mounts live in its own mount namespace only; the machine's has none of them.
+        guest_pids = [_guest_pid1(layout, host.name) for host in plan.hosts]
+        guest_mounts = Path(f"/proc/{guest_pids[0]}/mounts").read_text()
+        assert {"overlay", "proc", "devpts"} <= {line.split()[2] for line in guest_mounts.splitlines()}
+        assert sandbox_mounts(layout) == []
+
         estate.down(say=_quiet)
         assert {row.state for row in estate.status()} == {STOPPED}
         assert (layout.data_root / "postgres" / "primary" / "PG_VERSION").exists()
+        # Nothing `up` made is left: no host process, no overlay, proc or bind mount anywhere.
+        assert [pid for pid in guest_pids if Path(f"/proc/{pid}").exists()] == []
+        assert _processes_naming(layout.dir) == []
+        assert sandbox_mounts(layout) == []
+        assert str(layout.dir) not in Path("/proc/self/mountinfo").read_text()
 
         lines: list[str] = []
         estate.up(say=lines.append)

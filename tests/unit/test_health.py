@@ -173,6 +173,17 @@ def test_parse_uptime_and_df() -> None:
     assert parse_df(df) == {"/": 10, "/var/lib/my data": 93}
 
 
+def test_parse_typed_df_keeps_an_overlay_root_and_drops_container_layers() -> None:
+    # HEALTH_COMMAND's columns: a sandbox host (or a container) whose / is an overlay, plus a docker layer.
+    df = (
+        "Filesystem     Type    1K-blocks     Used Use% Mounted on\n"
+        "overlay        overlay 264212084 29896900  29% /\n"
+        "/dev/vda       ext4    264212084 29896900  29% /run/sandbox-ctl\n"
+        "overlay        overlay 264212084 29896900  29% /var/lib/docker/overlay2/abc/merged\n"
+    )
+    assert parse_df(df) == {"/": 29, "/run/sandbox-ctl": 29}
+
+
 def test_duration_round_trip() -> None:
     assert REPLICA.max_replication_lag == timedelta(minutes=1)
     assert REPLICA.model_dump(mode="json")["max_replication_lag"] == "1m"

@@ -28,7 +28,8 @@ empty. Old versions stay in the indexes, so a rollback can reinstall the version
 
 Publishing rewrites the indexes atomically: a new ``.dists-<id>/`` is written whole, then the ``dists``
 symlink is replaced by rename, so a guest's ``apt-get update`` reads either the old indexes or the new,
-never half of one; the previous generation is kept for a reader that opened it just before.
+never half of one. apt fetches indexes by hash (Acquire-By-Hash), and each generation also carries the
+previous one's, so an update that read the old Release just before the swap still finds its indexes.
 """
 
 from __future__ import annotations
@@ -298,6 +299,19 @@ def _build_deb(release: Release, target: Path, scratch: Path) -> None:
         partial.replace(target)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _build_debs(root: Path, releases: list[Release]) -> None:
+    """Build the releases' .debs into the pool, which stays readable by the guests' apt."""
+    scratch = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
+    try:
+        for release in releases:
+            _build_deb(release, root / release.filename, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    pool = root / "pool"
+    for directory in (pool, *(p for p in pool.rglob("*") if p.is_dir())):
+        directory.chmod(0o755)
 
 
 # --- indexes ----------------------------------------------------------------------------------------
@@ -600,20 +614,11 @@ def _ensure_locked(root: Path, now: datetime) -> tuple[Release, ...]:
         return releases
     started = time.monotonic()
     rebuild_debs = state.inputs.get("module") != inputs["module"]
-    scratch = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
-    try:
-        for release in releases:
-            target = root / release.filename
-            if rebuild_debs or not target.is_file():
-                _build_deb(release, target, scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    _build_debs(root, [r for r in releases if rebuild_debs or not (root / r.filename).is_file()])
     wanted = {root / r.filename for r in releases}
     for stale in (root / "pool").rglob("*.deb"):
         if stale not in wanted:
             stale.unlink()
-    for directory in (root / "pool", *(p for p in (root / "pool").rglob("*") if p.is_dir())):
-        directory.chmod(0o755)
     moment = _next_date(state, now)
     _write_indexes(root, releases, now.date(), moment)
     _write_state(root, _State(inputs=inputs, last_date=moment))
@@ -714,7 +719,7 @@ def publish_at(
                 raise PublishRefused(
                     f"{where}: {package} {version} is already published in {existing.suite}"
                     f"{' (breaking the health check)' if existing.breaks_health else ''}"
-                    f"{' with advisory ' + _advisory_id(existing) if existing.advisory else ''}: "
+                    f"{' with advisory ' + existing.advisory.id if existing.advisory else ''}: "
                     "publish another version"
                 )
             other = existing.dated_advisory(moment.date())
@@ -722,13 +727,7 @@ def publish_at(
                 raise PublishRefused(
                     f"{where}: advisory id {advisory.id} is already used by {existing.package}"
                 )
-        scratch = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
-        try:
-            _build_deb(release, root / release.filename, scratch)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        for directory in (root / "pool", *(p for p in (root / "pool").rglob("*") if p.is_dir())):
-            directory.chmod(0o755)
+        _build_debs(root, [release])
         published = (*_published(root), release)
         write_if_changed(
             root / PUBLISHED_FILE, json.dumps([_published_entry(r) for r in published], indent=2) + "\n"
@@ -739,10 +738,6 @@ def publish_at(
         _write_state(root, _State(inputs=state.inputs, last_date=date_))
         log.info("%s: published %s", where, release.filename)
         return root / release.filename
-
-
-def _advisory_id(release: Release) -> str:
-    return release.advisory.id if release.advisory else ""
 
 
 __all__ = [

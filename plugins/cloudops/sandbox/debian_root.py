@@ -165,8 +165,14 @@ def cached_root_dir(recipe: RootRecipe, cache: Path) -> Path:
     return cache / recipe.name / "root"
 
 
+def debootstrap_path(environ: Mapping[str, str] | None = None) -> Path:
+    """debootstrap, or ``$CLOUDOPS_SANDBOX_DEBOOTSTRAP`` when set."""
+    env = os.environ if environ is None else environ
+    return Path(env.get("CLOUDOPS_SANDBOX_DEBOOTSTRAP") or DEBOOTSTRAP)
+
+
 def builder_binaries() -> list[Binary]:
-    return [Binary("debootstrap", DEBOOTSTRAP, "debootstrap")]
+    return [Binary("debootstrap", debootstrap_path(), "debootstrap")]
 
 
 def _probe_mirror(recipe: RootRecipe) -> None:
@@ -239,7 +245,7 @@ def _build(recipe: RootRecipe, tmp_top: Path, log: Path, say: Say) -> None:
     )
     try:
         run(
-            [str(DEBOOTSTRAP), f"--variant={recipe.variant}", recipe.suite, str(root), recipe.mirror],
+            [str(debootstrap_path()), f"--variant={recipe.variant}", recipe.suite, str(root), recipe.mirror],
             what=f"debootstrap {recipe.suite} from {recipe.mirror}",
             log_path=log,
             timeout=DEBOOTSTRAP_TIMEOUT,
@@ -288,14 +294,16 @@ def _clean(root: Path) -> None:
             path.unlink()
 
 
-def ensure_base_root(say: Say, *, log: Path, environ: Mapping[str, str] | None = None) -> Path:
+def ensure_base_root(
+    say: Say, *, log: Path, environ: Mapping[str, str] | None = None, recipe: RootRecipe | None = None
+) -> Path:
     """Return the cached root of this machine's recipe, building it first when it is not cached.
 
     :raises SandboxError: when it must be built but the archive cannot be reached, debootstrap is
         missing or the build fails (naming the mirror and the log).
     """
     cache = cache_root(environ)
-    recipe = default_recipe()
+    recipe = recipe or default_recipe()
     final = cached_root_dir(recipe, cache)
     if final.is_dir():
         return final

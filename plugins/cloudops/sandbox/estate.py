@@ -304,7 +304,8 @@ def add_hosts(fleet: str, count: int, say: Say = _say) -> Path:
 
 
 def remove_hosts(fleet: str, say: Say = _say) -> None:
-    """Stop the hosts of a fleet added with add_hosts and forget the fleet (its files stay on disk)."""
+    """Stop the hosts of a fleet added with add_hosts, forget the fleet and drop its connections from
+    airflow.env (the hosts' files stay on disk)."""
     from cloudops.sandbox.extra_hosts import remove_fleet
 
     layout = SandboxLayout.from_environment()
@@ -312,6 +313,7 @@ def remove_hosts(fleet: str, say: Say = _say) -> None:
         _each_in_parallel(_select_hosts(layout, fleet=fleet), "stop", say)
         remove_fleet(layout, fleet)
     say(f"fleet {fleet}: removed")
+    up(say)  # rewrites airflow.env without the fleet's connections
 
 
 def reset_hosts(*, fleet: str | None = None, names: tuple[str, ...] = (), say: Say = _say) -> None:
