@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
+from cloudops.catalog.errors import did_you_mean
 from cloudops.catalog.models import PatchBaseline
 from cloudops.errors import InvalidInputError
 from cloudops.patching.debian_version import compare_versions
@@ -152,8 +153,6 @@ def plan_snapshot(
     for listed, what in ((baseline.approved, "approved"), (baseline.rejected, "rejected")):
         unknown = sorted(set(listed) - known)
         if unknown:
-            from cloudops.catalog.errors import did_you_mean
-
             hints = [h for h in (did_you_mean(name, known) for name in unknown) if h]
             raise UnknownPackageError(
                 f"fleet {fleet!r}: patching.baseline.{what} names package(s) no host has installed or "
