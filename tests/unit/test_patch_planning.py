@@ -491,3 +491,16 @@ def test_nothing_pending_gives_an_empty_snapshot_with_batches_still_planned() ->
     assert "nothing on 0 host(s)" in snapshot.summary()
     back = snapshot_from_json(snapshot_to_json(snapshot), fleet="web", hosts=HOSTS)
     assert back.snapshot_id == snapshot.snapshot_id
+
+
+def test_unreachable_hosts_are_reported_and_get_no_pins() -> None:
+    snapshot = plan_snapshot(
+        "web", [scan("web-1"), scan("web-2")], ADVISORIES, PatchBaseline(), TODAY, unreachable=["web-3"]
+    )
+    assert "web-3" not in snapshot.pins
+    (entry,) = [o for o in snapshot.left_out if o.host == "web-3"]
+    assert (entry.kind, entry.reason) == (
+        "unreachable",
+        "host did not answer the scan: left out of this wave",
+    )
+    assert snapshot_from_json(snapshot_to_json(snapshot), fleet="web", hosts=HOSTS) == snapshot

@@ -40,7 +40,7 @@ _PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+._-]{0,127}$")
 _VERSION = re.compile(r"^[A-Za-z0-9.+~:_-]{1,128}$")
 _HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
 LEFT_OUT_KINDS = frozenset(
-    {"excluded", "rejected", "held", "classification", "not_yet_approved", "no_advisory"}
+    {"excluded", "unreachable", "rejected", "held", "classification", "not_yet_approved", "no_advisory"}
 )
 
 
@@ -141,8 +141,12 @@ def plan_snapshot(
     advisories: Sequence[Advisory],
     baseline: PatchBaseline,
     today: date,
+    unreachable: Sequence[str] = (),
 ) -> Snapshot:
     """Plan the snapshot of ``fleet`` from every reachable host's scan, as of ``today``.
+
+    ``unreachable`` hosts (no scan; the policy said exclude_and_report) get no pins and one left-out
+    entry of kind ``unreachable`` so the report names them.
 
     :raises UnknownPackageError: when approved or rejected names a package no scanned host has
         installed or pending (a typo would otherwise silently approve or reject nothing).
@@ -208,6 +212,10 @@ def plan_snapshot(
     for scan in scans:
         if scan.host in excluded and not any(o.host == scan.host for o in left_out):
             left_out.append(LeftOut(scan.host, "*", "", "excluded", "host is in baseline.excluded_hosts"))
+    for host in sorted(set(unreachable)):
+        left_out.append(
+            LeftOut(host, "*", "", "unreachable", "host did not answer the scan: left out of this wave")
+        )
     return Snapshot(fleet, today, pins, tuple(left_out), tuple(sorted(excluded)))
 
 
