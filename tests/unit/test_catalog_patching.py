@@ -81,7 +81,7 @@ def test_sandbox_fleets_patch_security_only(project_root: Path) -> None:
         (
             'batches: [1, "50%"]',
             'batches: [1, "150%"]',
-            "acme.yaml:15: fleets[0].patching.waves.batches: '150%' is over 100% of the fleet",
+            "acme.yaml:15: fleets[0].patching.waves.batches[1]: '150%' is over 100% of the fleet",
         ),
         ('batches: [1, "50%"]', "batches: [0]", "a number of hosts must be at least 1, not 0"),
         ('batches: [1, "50%"]', "batches: [1, lots]", "'lots' is neither a number of hosts nor a percentage"),

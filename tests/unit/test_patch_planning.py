@@ -465,3 +465,42 @@ def test_dnf_check_update_exit_0_is_none_and_1_is_an_error() -> None:
         parse_check_update("rh-1", 1, (DATA / "check-update-error.txt").read_text(), {})
     with pytest.raises(DnfCheckUpdateError, match=r"exited 100 .* but listed none"):
         parse_check_update("rh-1", 100, (DATA / "check-update-none.txt").read_text(), {})
+
+
+def test_dst_fall_back_window_starts_at_the_first_of_the_repeated_hour() -> None:
+    # Sun 2026-10-25: Paris goes from 03:00 CEST back to 02:00 CET; 02:00 happens twice.
+    window = PatchWindow(days=["sun"], start="02:00", duration=timedelta(hours=2))
+    check = check_window(window, "Europe/Paris", datetime(2026, 10, 25, 0, 30, tzinfo=UTC))
+    assert check.open, check.reason
+    assert check.opens == datetime(2026, 10, 25, 0, 0, tzinfo=UTC)  # 02:00 CEST
+    assert check.closes == datetime(2026, 10, 25, 2, 0, tzinfo=UTC)  # 03:00 CET, two hours later
+
+
+def test_start_in_the_skipped_hour_opens_after_the_jump() -> None:
+    window = PatchWindow(days=["sun"], start="02:30", duration=timedelta(hours=1))
+    check = check_window(window, "Europe/Paris", datetime(2026, 3, 29, 1, 45, tzinfo=UTC))
+    assert check.open, check.reason
+    assert check.opens == datetime(2026, 3, 29, 1, 30, tzinfo=UTC)  # 03:30 CEST
+
+
+def test_nothing_pending_gives_an_empty_snapshot_with_batches_still_planned() -> None:
+    scans = [HostScan(h, (), {"demo-openssl": "1.1"}) for h in HOSTS]
+    snapshot = plan_snapshot("web", scans, ADVISORIES, PatchBaseline(), TODAY)
+    assert snapshot.empty
+    assert snapshot.left_out == ()
+    assert "nothing on 0 host(s)" in snapshot.summary()
+    back = snapshot_from_json(snapshot_to_json(snapshot), fleet="web", hosts=HOSTS)
+    assert back.snapshot_id == snapshot.snapshot_id
+
+
+def test_unreachable_hosts_are_reported_and_get_no_pins() -> None:
+    snapshot = plan_snapshot(
+        "web", [scan("web-1"), scan("web-2")], ADVISORIES, PatchBaseline(), TODAY, unreachable=["web-3"]
+    )
+    assert "web-3" not in snapshot.pins
+    (entry,) = [o for o in snapshot.left_out if o.host == "web-3"]
+    assert (entry.kind, entry.reason) == (
+        "unreachable",
+        "host did not answer the scan: left out of this wave",
+    )
+    assert snapshot_from_json(snapshot_to_json(snapshot), fleet="web", hosts=HOSTS) == snapshot

@@ -15,6 +15,7 @@ from functools import lru_cache
 from typing import Annotated, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -362,6 +363,13 @@ def check_share_or_count(value: int | str, *, minimum: int) -> int | str:
     return f"{percent}%"
 
 
+def _check_batch_entry(value: int | str) -> int | str:
+    return check_share_or_count(value, minimum=1)
+
+
+BatchEntry = Annotated[ShareOrCount, AfterValidator(_check_batch_entry)]
+
+
 class PatchWindow(CatalogModel):
     """When a patch wave may run: on these days, from start (estate time zone) for duration.
 
@@ -451,7 +459,7 @@ class PatchWaves(CatalogModel):
         default="canary",
         description="Hosts with this group (hosts[].groups) go first, in a batch of their own; null: none.",
     )
-    batches: Annotated[list[ShareOrCount], Field(min_length=1)] = Field(
+    batches: Annotated[list[BatchEntry], Field(min_length=1)] = Field(
         default_factory=lambda: list[int | str](["100%"]),
         description="Batch sizes after the canaries, e.g. [1, '50%', '100%'].",
     )
@@ -461,11 +469,6 @@ class PatchWaves(CatalogModel):
     failure_budget: ShareOrCount = Field(
         default=0, description="The wave halts when more hosts than this (count or % of the fleet) fail."
     )
-
-    @field_validator("batches")
-    @classmethod
-    def _check_batches(cls, value: list[int | str]) -> list[int | str]:
-        return [check_share_or_count(item, minimum=1) for item in value]
 
     @field_validator("max_failed_per_batch", "failure_budget")
     @classmethod

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
+from cloudops.catalog.errors import did_you_mean
 from cloudops.catalog.models import PatchBaseline
 from cloudops.errors import InvalidInputError
 from cloudops.patching.debian_version import compare_versions
@@ -39,7 +40,7 @@ _PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+._-]{0,127}$")
 _VERSION = re.compile(r"^[A-Za-z0-9.+~:_-]{1,128}$")
 _HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
 LEFT_OUT_KINDS = frozenset(
-    {"excluded", "rejected", "held", "classification", "not_yet_approved", "no_advisory"}
+    {"excluded", "unreachable", "rejected", "held", "classification", "not_yet_approved", "no_advisory"}
 )
 
 
@@ -140,8 +141,12 @@ def plan_snapshot(
     advisories: Sequence[Advisory],
     baseline: PatchBaseline,
     today: date,
+    unreachable: Sequence[str] = (),
 ) -> Snapshot:
     """Plan the snapshot of ``fleet`` from every reachable host's scan, as of ``today``.
+
+    ``unreachable`` hosts (no scan; the policy said exclude_and_report) get no pins and one left-out
+    entry of kind ``unreachable`` so the report names them.
 
     :raises UnknownPackageError: when approved or rejected names a package no scanned host has
         installed or pending (a typo would otherwise silently approve or reject nothing).
@@ -152,8 +157,6 @@ def plan_snapshot(
     for listed, what in ((baseline.approved, "approved"), (baseline.rejected, "rejected")):
         unknown = sorted(set(listed) - known)
         if unknown:
-            from cloudops.catalog.errors import did_you_mean
-
             hints = [h for h in (did_you_mean(name, known) for name in unknown) if h]
             raise UnknownPackageError(
                 f"fleet {fleet!r}: patching.baseline.{what} names package(s) no host has installed or "
@@ -209,6 +212,10 @@ def plan_snapshot(
     for scan in scans:
         if scan.host in excluded and not any(o.host == scan.host for o in left_out):
             left_out.append(LeftOut(scan.host, "*", "", "excluded", "host is in baseline.excluded_hosts"))
+    for host in sorted(set(unreachable)):
+        left_out.append(
+            LeftOut(host, "*", "", "unreachable", "host did not answer the scan: left out of this wave")
+        )
     return Snapshot(fleet, today, pins, tuple(left_out), tuple(sorted(excluded)))
 
 
