@@ -177,15 +177,11 @@ def test_dpkg_lock_holder_is_named_and_an_interrupted_dpkg_is_repaired(fleet: li
 
 
 def test_a_host_that_never_comes_back_fails_its_batch_within_the_bound(fleet: list[WaveHost]) -> None:
-    from cloudops.sandbox import estate
     from cloudops.sandbox.host_boot import NEVER_COME_BACK
+    from cloudops.sandbox.hosts import host_paths
     from cloudops.sandbox.layout import SandboxLayout
 
-    control = next(
-        h.paths.control
-        for h in estate._host_components(SandboxLayout.from_environment())
-        if h.host.name == "app-2"
-    )
+    control = host_paths(SandboxLayout.from_environment(), "app-2").control
     (control / NEVER_COME_BACK).touch()
     try:
         settings = WaveSettings(health=HEALTH, reboot_bounds=RebootBounds(8, 0.5, 2, 1), privilege="sudo")

@@ -216,7 +216,9 @@ def plan_wave(
     for cause in unreachable.values():
         log.warning("left out of the wave, unreachable: %s", cause)
     advisories = read_advisories(host_actions(fleet, policy)[scans[0].host]) if scans else []
-    snap = snapshots.plan_snapshot(fleet.name, scans, advisories, policy.baseline, now.date())
+    snap = snapshots.plan_snapshot(
+        fleet.name, scans, advisories, policy.baseline, now.date(), unreachable=sorted(unreachable)
+    )
     leave = [*policy.baseline.excluded_hosts, *unreachable, *(n for n in names if n not in chosen)]
     batches = tuple(b.hosts for b in plan_batches(fleet, policy.waves, leave))
     canaries = 1 if batches and plan_batches(fleet, policy.waves, leave)[0].canary else 0
@@ -669,7 +671,9 @@ def status_report(name: str, *, now: datetime | None = None) -> dict[str, Any]:
     today = (now or datetime.now(UTC)).date()
     scans, unreachable = scan_fleet(fleet, policy)
     advisories = read_advisories(host_actions(fleet, policy)[scans[0].host]) if scans else []
-    fresh = snapshots.plan_snapshot(fleet.name, scans, advisories, policy.baseline, today)
+    fresh = snapshots.plan_snapshot(
+        fleet.name, scans, advisories, policy.baseline, today, unreachable=sorted(unreachable)
+    )
     recorded = latest_snapshot(fleet, f"{KIND}__{fleet.name}")
     pins: dict[str, tuple[Any, ...]] = {}
     for host in fleet.hosts:
