@@ -10,9 +10,12 @@ import shlex
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
+from cloudops.catalog import load_catalog_file
+from cloudops.errors import InvalidInputError
 from cloudops.patching.apt_host import (
     AptHost,
     HealthCheck,
@@ -33,8 +36,11 @@ from cloudops.patching.wave_run import (
     run_wave,
     ssh_host,
 )
+from cloudops.runbooks.patch_wave import FleetTarget, plan_wave
 
 pytestmark = pytest.mark.integration
+
+CATALOG = Path(__file__).resolve().parents[2] / "runbooks" / "sandbox.yaml"
 
 FLEET = "app"
 HOSTS = [WaveHost(f"app-{i}", f"sandbox_ssh_app_{i}") for i in (1, 2, 3)]
@@ -216,6 +222,25 @@ def test_an_unreachable_host_is_named_and_a_wave_past_its_cutoff_starts_nothing(
     estate.stop_hosts(("app-3",), say=_quiet)
     with pytest.raises(HostUnreachable, match=r"host app-3: scan \(apt-get update\)"):
         host("app-3").scan()
+    # The runbook's plan: excluded and reported (the sandbox's policy), or refused.
+    catalog = load_catalog_file(CATALOG)
+    target = FleetTarget(str(CATALOG), catalog.estate, FLEET)
+    plan = plan_wave(target, catalog, now=datetime.now(UTC))
+    assert set(plan.unreachable) == {"app-3"}
+    assert "host app-3: scan" in plan.unreachable["app-3"]
+    assert all("app-3" not in batch for batch in plan.batches)
+    fleet_model = next(f for f in catalog.fleets if f.name == FLEET)
+    assert fleet_model.patching is not None
+    refusing = fleet_model.patching.model_copy(update={"unreachable": "refuse"})
+    strict = catalog.model_copy(
+        update={
+            "fleets": [
+                f.model_copy(update={"patching": refusing}) if f.name == FLEET else f for f in catalog.fleets
+            ]
+        }
+    )
+    with pytest.raises(InvalidInputError, match=r"refuses a wave with unreachable hosts: host app-3: scan"):
+        plan_wave(target, strict, now=datetime.now(UTC))
 
     boot = host("app-1").boot_id()
     past = WaveSettings(health=HEALTH, cutoff=datetime.now(UTC) - timedelta(minutes=1))

@@ -326,15 +326,22 @@ def patch_host(
         outcome.apt_log = host.install(todo, steps, lock_timeout=settings.lock_timeout)
         step = "reboot"
         flag, reboot_pkgs = host.reboot_flag()
-        must = settings.reboot == REBOOT_ALWAYS or (settings.reboot == REBOOT_IF_NEEDED and flag)
+        stale_kernel = ""
+        if settings.reboot == REBOOT_IF_NEEDED and not flag:
+            running, newest = host.kernels()
+            if newest and running and running != newest:
+                stale_kernel = f"kernel {newest} is installed but {running} is running"
+        needed = bool(flag or stale_kernel)
+        must = settings.reboot == REBOOT_ALWAYS or (settings.reboot == REBOOT_IF_NEEDED and needed)
         if must:
-            why = (
-                "the policy always reboots"
-                if settings.reboot == REBOOT_ALWAYS
-                else (
+            if settings.reboot == REBOOT_ALWAYS:
+                why = "the policy always reboots"
+            elif flag:
+                why = (
                     f"/run/reboot-required is set (by {', '.join(sorted(reboot_pkgs)) or 'no package named'})"
                 )
-            )
+            else:
+                why = stale_kernel
             steps.note(f"reboot: {why}")
             rebooted = host.reboot(steps, settings.reboot_bounds)
             outcome.rebooted = True
