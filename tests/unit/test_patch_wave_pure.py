@@ -136,3 +136,58 @@ def test_the_evidence_report_shows_each_wave_under_cc71_and_cc81(tmp_path: Path)
     assert "CC7.1 (vulnerability management)" in html
     assert "&lt;b&gt;FAIL&lt;/b&gt;" in html
     assert "<b>FAIL</b>" not in html
+
+
+def test_a_resume_reads_the_recorded_snapshot_back_minus_the_rejected_package() -> None:
+    from cloudops.catalog import load_catalog_file
+    from cloudops.patching.model import HostScan, PendingUpdate
+    from cloudops.patching.snapshot import SnapshotInvalidError, plan_snapshot, snapshot_to_json
+    from cloudops.runbooks.patch_wave import FleetTarget, plan_wave
+
+    catalog_file = Path(__file__).resolve().parents[2] / "runbooks" / "sandbox.yaml"
+    catalog = load_catalog_file(catalog_file)
+    web = next(f for f in catalog.fleets if f.name == "web")
+    assert web.patching is not None
+    baseline = web.patching.baseline.model_copy(update={"classifications": ["security", "updates"]})
+    pending = (
+        PendingUpdate("demo-openssl", "1.0", "1.1", "cloudops-security", Classification.SECURITY),
+        PendingUpdate("demo-web", "2.0", "2.1", "cloudops-updates", Classification.UPDATES),
+    )
+    scans = [
+        HostScan(h.name, pending, installed={"demo-openssl": "1.0", "demo-web": "2.0"}) for h in web.hosts
+    ]
+    today = datetime.now(UTC)
+    snapshot = plan_snapshot("web", scans, [], baseline, today.date())
+    planned = {
+        "snapshot": snapshot_to_json(snapshot),
+        "snapshot_id": snapshot.snapshot_id,
+        "batches": [["web-1"], ["web-2"], ["web-3"]],
+        "canary_batches": 1,
+    }
+    wave = {
+        "hosts": {
+            "web-1": {
+                "status": "failed",
+                "rolled_back": ["demo-web"],
+                "healthy_after_rollback": True,
+                "compliance": {"demo-openssl": "INSTALLED", "demo-web": "HELD"},
+            }
+        }
+    }
+    target = FleetTarget(str(catalog_file), catalog.estate, "web")
+    plan = plan_wave(
+        target,
+        catalog,
+        now=today,
+        resume={"run_id": "manual__w1", "planned": planned, "wave": wave},
+        reject=["demo-web"],
+    )
+    assert plan.resumed_from == "manual__w1"
+    assert plan.done_hosts == ("web-1",)
+    assert {p.package for pins in plan.snapshot.pins.values() for p in pins} == {"demo-openssl"}
+    assert plan.batches == (("web-1",), ("web-2",), ("web-3",))
+    planned["snapshot"]["pins"]["web-2"][0]["version"] = "9.9"  # altered in the ledger: refused
+    with pytest.raises(SnapshotInvalidError):
+        plan_wave(
+            target, catalog, now=today, resume={"run_id": "manual__w1", "planned": planned, "wave": wave}
+        )
