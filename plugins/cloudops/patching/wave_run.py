@@ -143,8 +143,18 @@ class WaveResult:
     def succeeded(self) -> bool:
         return not self.halted and all(h.status in (DONE, SKIPPED) for h in self.hosts.values())
 
+    @property
+    def ideal_seconds(self) -> float:
+        """The wave with no orchestration overhead: per batch, its slowest host's own time, summed."""
+        total = 0.0
+        for batch in self.batches:
+            times = [self.hosts[name].seconds for name in batch.hosts if name in self.hosts]
+            total += max(times, default=0.0)
+        return round(total, 3)
+
     def as_record(self) -> dict[str, Any]:
         return {
+            "ideal_seconds": self.ideal_seconds,
             "halted": self.halted,
             "succeeded": self.succeeded,
             "reason": self.reason,
