@@ -210,13 +210,11 @@ def ideal(target: Any, catalog: Any, plan: Any, fleet_name: str) -> dict[str, An
 
 def bench_size(size: int, rounds: int, venv: Path) -> dict[str, Any]:
     """A B rounds at one fleet size, then the ideal and the scan."""
-    from cloudops.catalog import load_catalogs
     from cloudops.runbooks.patch_wave import FleetTarget, find_fleet, plan_wave, scan_fleet
 
     name = bench_fleet(size)
     reset(name)
     loaded, fleet, policy = find_fleet(name)
-    load_catalogs()
     target = FleetTarget(catalog_file=str(loaded.path), estate=loaded.catalog.estate, fleet=name)
     started = time.monotonic()
     scan_fleet(fleet, policy)
