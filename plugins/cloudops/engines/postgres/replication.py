@@ -189,13 +189,22 @@ def member_state(conn_id: str, *, name: str, used_by: str, timeout_seconds: int 
         address,
         True,
         "replica",
-        upstream=f"{sender_host}:{sender_port}" if sender_host else None,
+        upstream=_upstream(conn, sender_host, sender_port),
         streaming=status == "streaming",
         position=lsn,
         timeline=int(timeline) if timeline is not None else None,
         read_only=True,
         version=version,
     )
+
+
+def _upstream(conn: Connection, sender_host: str | None, sender_port: int | None) -> str | None:
+    """The server a replica streams from as ``host:port``; a Unix socket folder (``/run/...``) is a
+    server on the replica's own machine, named by the host the replica was reached at."""
+    if not sender_host:
+        return None
+    host = (conn.host or "localhost") if sender_host.startswith("/") else sender_host
+    return f"{host}:{sender_port}"
 
 
 def topology(cluster: str, members: Mapping[str, str], *, used_by: str, timeout_seconds: int = 5) -> Topology:
