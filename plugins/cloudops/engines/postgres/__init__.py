@@ -25,7 +25,15 @@ from cloudops.engines.postgres.facts import (
     schema_fingerprint,
     table_row_counts,
 )
-from cloudops.engines.postgres.replication import lag, lsn_bytes, member_state, probe, timeline_of, topology
+from cloudops.engines.postgres.replication import (
+    lag,
+    lsn_bytes,
+    member_state,
+    probe,
+    promote,
+    timeline_of,
+    topology,
+)
 from cloudops.engines.postgres.restore import (
     RESTORE_ROLE_VALIDITY,
     database_exists,
@@ -173,6 +181,7 @@ __all__ = [
     "newest_timestamp",
     "physical_backup_source",
     "probe",
+    "promote",
     "rename_into_new",
     "replace_database",
     "restore_logical",

@@ -83,7 +83,7 @@ def _address(conn: Connection) -> str:
 
 
 @contextmanager
-def _replication_session(conn: Connection, timeout_seconds: int) -> Iterator[psycopg.Connection[Any]]:
+def _replication_session(conn: Connection, timeout_seconds: float) -> Iterator[psycopg.Connection[Any]]:
     """A short autocommit session on the connection's database (``postgres`` when it names none)."""
     import psycopg
 
@@ -93,10 +93,10 @@ def _replication_session(conn: Connection, timeout_seconds: int) -> Iterator[psy
         user=conn.login,
         password=conn.password,
         dbname=conn.schema or "postgres",
-        connect_timeout=timeout_seconds,
+        connect_timeout=max(1, int(timeout_seconds)),
         application_name="cloudops-replication",
         autocommit=True,
-        options=f"-c statement_timeout={timeout_seconds * 1000}",
+        options=f"-c statement_timeout={int(timeout_seconds * 1000)}",
     ) as session:
         yield session
 
@@ -290,4 +290,82 @@ def lag(
     )
 
 
-__all__ = ["lag", "lsn_bytes", "member_state", "probe", "timeline_of", "topology"]
+def promote(
+    conn_id: str,
+    *,
+    used_by: str,
+    old_primary_conn_id: str | None = None,
+    wait_seconds: int = 60,
+    timeout_seconds: int = 5,
+) -> str:
+    """Promote the replica ``conn_id`` to primary (``pg_promote(wait => true)``); return what was done
+    and why.
+
+    Guards, read from the servers right before acting: a server that is not in recovery is already a
+    primary (nothing is done, and the answer says so); when ``old_primary_conn_id`` is given and that
+    server still takes writes, the promotion is refused, because it would make two writers (fence or
+    stop it first); an unreachable candidate is refused. The plan is logged before the call.
+
+    :param old_primary_conn_id: the primary this replica follows, checked to be down or fenced.
+    :param wait_seconds: how long ``pg_promote`` waits for the promotion to finish.
+    :return: the decision and its reason (``promoted ... now a primary on timeline 2 ...``, or
+        ``no action: ... is already a primary ...``).
+    :raises ReplicationError: a guard refused, or the promotion did not finish within ``wait_seconds``.
+    """
+    import psycopg
+
+    candidate = member_state(conn_id, name=conn_id, used_by=used_by, timeout_seconds=timeout_seconds)
+    if not candidate.reachable:
+        raise ReplicationError(
+            f"{used_by}: cannot promote {conn_id} ({candidate.address}): it cannot be reached: "
+            f"{candidate.error}"
+        )
+    if candidate.role == "primary":
+        decision = (
+            f"no action: {conn_id} ({candidate.address}) is already a primary (not in recovery, timeline "
+            f"{candidate.timeline})"
+        )
+        log.info("%s: %s", used_by, decision)
+        return decision
+    if old_primary_conn_id is not None:
+        old = member_state(
+            old_primary_conn_id, name=old_primary_conn_id, used_by=used_by, timeout_seconds=timeout_seconds
+        )
+        if old.reachable and old.role == "primary":
+            raise ReplicationError(
+                f"{used_by}: refusing to promote {conn_id} ({candidate.address}): {old_primary_conn_id} "
+                f"({old.address}) still takes writes, and a promotion now would make two writers; stop or "
+                "fence it first"
+            )
+    log.info(
+        "%s: plan: promote %s (%s), a replica on timeline %s replayed up to %s, waiting at most %d s",
+        used_by,
+        conn_id,
+        candidate.address,
+        candidate.timeline,
+        candidate.position,
+        wait_seconds,
+    )
+    conn = get_connection(conn_id, used_by)
+    try:
+        with _replication_session(conn, wait_seconds + timeout_seconds) as session:
+            row = session.execute("SELECT pg_promote(true, %s)", [wait_seconds]).fetchone()
+    except psycopg.Error as error:
+        raise ReplicationError(
+            f"{used_by}: promoting {conn_id} ({candidate.address}) failed: {first_line(error)}"
+        ) from error
+    if not (row and row[0]):
+        raise ReplicationError(
+            f"{used_by}: {conn_id} ({candidate.address}) did not finish its promotion within "
+            f"{wait_seconds} s: it may still finish; read its state before acting again"
+        )
+    after = member_state(conn_id, name=conn_id, used_by=used_by, timeout_seconds=timeout_seconds)
+    decision = (
+        f"promoted {conn_id} ({candidate.address}): now a primary on timeline {after.timeline} (was a "
+        f"replica on timeline {candidate.timeline}, replayed up to {candidate.position})"
+    )
+    log.info("%s: %s", used_by, decision)
+    return decision
+
+
+__all__ = ["lag", "lsn_bytes", "member_state", "probe", "promote", "timeline_of", "topology"]
