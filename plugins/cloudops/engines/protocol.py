@@ -22,8 +22,9 @@ Replication verbs, for the failover drill built on them:
 - :meth:`Engine.lag` reads a replica and then its primary: bytes of WAL (PostgreSQL) or binlog
   (MariaDB, same file only) not yet replayed, and seconds (0 when nothing is left to replay).
   ``ReplicationLag.within(max_bytes=, max_seconds=)`` is the guard a drill checks twice.
-- Promote, fence/demote and rewind/rejoin are not on the protocol yet: see docs/design.md
-  ("Engines"), which gives the intended signatures and what the sandbox must offer to test them.
+- Promote is :func:`cloudops.engines.postgres.promote` for now (it joins the protocol with MariaDB's);
+  fence/demote and rewind/rejoin are still to come: docs/design.md ("Engines") gives their intended
+  signatures and what the sandbox must offer to test them.
 """
 
 from __future__ import annotations
