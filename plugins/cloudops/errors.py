@@ -76,6 +76,11 @@ class RestoreError(CloudOpsError):
     """A restore could not be prepared or did not complete; the message names the step and the target."""
 
 
+class ReplicationError(CloudOpsError):
+    """A replication fact cannot be read or a replication verb cannot act: the server is not what the
+    caller said (a lag asked of a server that replicates from nothing), or it cannot be reached."""
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an error's message: driver and SDK errors add noise below it."""
     text = str(error).strip() or type(error).__name__
@@ -94,6 +99,7 @@ __all__ = [
     "ConnectionMissingError",
     "DatabaseUnavailableError",
     "InvalidInputError",
+    "ReplicationError",
     "RestoreError",
     "RestoreRefused",
     "SandboxError",

@@ -23,6 +23,7 @@ import pytest
 
 from cloudops.catalog import load_catalog_file
 from cloudops.engines import mariadb, postgres
+from cloudops.engines.mariadb import session as maria_session
 from cloudops.engines.scratch import scratch_name
 from cloudops.errors import RestoreError, RestoreRefused
 from cloudops.repository.manifest import Manifest
@@ -707,12 +708,19 @@ def test_the_client_refuses_client_commands_even_past_the_scan(
 
     conn = get_connection(MARIA, "test")
     target = leftovers("inventory_mariadb", f"test-{uuid.uuid4().hex}")
-    with mariadb._admin_session(conn, used_by="test", connect_timeout_seconds=10, what="create") as admin:
+    with maria_session._admin_session(
+        conn, used_by="test", connect_timeout_seconds=10, what="create"
+    ) as admin:
         # Marked as cloudops's, as a restore makes it, so that the fixture's teardown may drop it.
-        mariadb._rows(admin, f"CREATE DATABASE `{target}` COMMENT %s", scratch_marker(target, RUN_OF[target]))
+        maria_session._rows(
+            admin, f"CREATE DATABASE `{target}` COMMENT %s", scratch_marker(target, RUN_OF[target])
+        )
     dump = tmp_path / "dump.sql"
     dump.write_text(f"CREATE TABLE t (id INT);\n{command.format(marker=marker)}\nINSERT INTO t VALUES (1);\n")
-    with private_file(tmp_path, ".my-", mariadb._option_file(conn)) as option_file, dump.open("rb") as stdin:
+    with (
+        private_file(tmp_path, ".my-", maria_session._option_file(conn)) as option_file,
+        dump.open("rb") as stdin,
+    ):
         argv = mariadb.load_command("mariadb", option_file, conn, target, 10)
         done = subprocess.run(argv, stdin=stdin, capture_output=True, timeout=60, check=False)
     assert {"--sandbox", "--binary-mode"} <= set(argv)
@@ -737,12 +745,14 @@ def event_scheduler_on() -> Iterator[None]:
     from cloudops.connections import get_connection
 
     conn = get_connection(MARIA, "test")
-    with mariadb._admin_session(conn, used_by="test", connect_timeout_seconds=10, what="scheduler") as admin:
-        mariadb._rows(admin, "SET GLOBAL event_scheduler = ON")
+    with maria_session._admin_session(
+        conn, used_by="test", connect_timeout_seconds=10, what="scheduler"
+    ) as admin:
+        maria_session._rows(admin, "SET GLOBAL event_scheduler = ON")
         try:
             yield
         finally:
-            mariadb._rows(admin, "SET GLOBAL event_scheduler = OFF")
+            maria_session._rows(admin, "SET GLOBAL event_scheduler = OFF")
 
 
 def test_a_dump_with_events_is_refused_where_the_scheduler_runs(
@@ -770,9 +780,11 @@ def test_a_dump_with_events_loads_where_the_scheduler_is_off(
     from cloudops.connections import get_connection
 
     conn = get_connection(MARIA, "test")
-    with mariadb._admin_session(conn, used_by="test", connect_timeout_seconds=10, what="events") as admin:
-        assert mariadb._rows(admin, "SELECT @@GLOBAL.event_scheduler") == [("OFF",)]
-        events = mariadb._rows(
+    with maria_session._admin_session(
+        conn, used_by="test", connect_timeout_seconds=10, what="events"
+    ) as admin:
+        assert maria_session._rows(admin, "SELECT @@GLOBAL.event_scheduler") == [("OFF",)]
+        events = maria_session._rows(
             admin, "SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s", target
         )
     assert events == [("purge_prod",)]

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from cloudops.engines import mariadb, postgres
+from cloudops.engines.mariadb import session as mariadb_session
 from cloudops.errors import ToolMissingError
 
 pytestmark = pytest.mark.unit
@@ -85,4 +86,4 @@ def test_a_mariadb_client_without_sandbox_is_refused_before_anything_is_loaded(t
 
 def test_a_mariadb_client_with_sandbox_passes_the_check(tmp_path: Path) -> None:
     new = fake_client(tmp_path, "  --sandbox           Disallow commands that access the file system")
-    mariadb._require_sandbox(str(new), (10, 11, 8))  # no error
+    mariadb_session._require_sandbox(str(new), (10, 11, 8))  # no error

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from cloudops.engines import mariadb
+from cloudops.engines.mariadb import dump_scan
 from cloudops.errors import RestoreRefused
 from cloudops.restore.validation import NEWEST_WITHIN_RPO, ExpectationSuiteError, load_suite, suite_path
 
@@ -246,7 +247,7 @@ def test_a_string_opened_before_rows_is_refused(tmp_path: Path) -> None:
 def test_the_scan_finds_a_statement_across_chunk_boundaries(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
 ) -> None:
-    monkeypatch.setattr(mariadb, "_SCAN_CHUNK", chunk)
+    monkeypatch.setattr(dump_scan, "_SCAN_CHUNK", chunk)
     rows = ",\n".join(f"({n},'row {n}; \\\\! not a command')" for n in range(200))
     dump = write(
         tmp_path,

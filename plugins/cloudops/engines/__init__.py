@@ -1,10 +1,17 @@
-"""Database engines: one module per engine, with the same verbs (probe, backup sources, restore)."""
+"""Database engines: one package per engine (``postgres``, ``mariadb``) behind one protocol.
+
+Callers ask ``engine(database.engine)`` for an :class:`Engine` (see :mod:`cloudops.engines.protocol`) and
+call its verbs: probe, facts, backup source, restore, the scratch lifecycle, replication (member state,
+topology, lag). This module holds the records those verbs return; importing it imports no driver.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from cloudops.engines.protocol import ENGINE_NAMES, Engine, EngineName, engine, engine_of
 
 
 @dataclass(frozen=True)
@@ -97,4 +104,14 @@ class RestoreResult:
     replaced_leftover: bool = False
 
 
-__all__ = ["BackupSource", "DatabaseState", "DumpCommand", "RestoreResult"]
+__all__ = [
+    "ENGINE_NAMES",
+    "BackupSource",
+    "DatabaseState",
+    "DumpCommand",
+    "Engine",
+    "EngineName",
+    "RestoreResult",
+    "engine",
+    "engine_of",
+]

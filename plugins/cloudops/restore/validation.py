@@ -34,12 +34,14 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from cloudops.catalog.errors import did_you_mean, format_path
 from cloudops.catalog.models import render_duration
 from cloudops.connections import get_connection
+from cloudops.engines import engine as engine_named
 from cloudops.errors import DatabaseUnavailableError, InvalidInputError, first_line
 from cloudops.restore.record import Check
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
 
+    from cloudops.engines import Engine
     from cloudops.repository.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,6 @@ EXPECTATIONS_DIR_ENV = "CLOUDOPS_EXPECTATIONS_DIR"
 NEWEST_WITHIN_RPO = "newest_within_rpo"
 # The runtime variable the data source's connection string names; its value never enters a config.
 _URL_VARIABLE = "cloudops_validation_url"
-_DRIVERS = {"postgres": "postgresql+psycopg", "mariadb": "mysql+pymysql"}
 _IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_$]{0,63}"
 
 
@@ -122,15 +123,6 @@ def load_suite(path: Path) -> Suite:
         raise ExpectationSuiteError(f"{path}: {problems}") from None
 
 
-def _engine_module(engine: str) -> ModuleType:
-    from cloudops.engines import mariadb, postgres
-
-    modules = {"postgres": postgres, "mariadb": mariadb}
-    if engine not in modules:
-        raise ValueError(f"engine {engine!r} is not one of {', '.join(modules)}")
-    return modules[engine]
-
-
 def compare_with_manifest(
     conn_id: str | Connection,
     engine: str,
@@ -154,11 +146,11 @@ def compare_with_manifest(
     if manifest.engine != engine:
         raise ValueError(f"backup {manifest.backup_id} is a {manifest.engine} backup, not {engine}")
     used_by = used_by or f"restored copy {database_name!r} of {manifest.database!r}"
-    module = _engine_module(engine)
-    with module.snapshot_session(conn_id, database_name, used_by=used_by) as session:
-        fingerprint = module.schema_fingerprint(session)
+    verbs = engine_named(engine)
+    with verbs.snapshot_session(conn_id, database_name, used_by=used_by) as session:
+        fingerprint = verbs.schema_fingerprint(session)
         # Exact counts read every row: only worth it when the manifest has counts to compare with.
-        counts: dict[str, int] = {} if manifest.method == "physical" else module.table_row_counts(session)
+        counts: dict[str, int] = {} if manifest.method == "physical" else verbs.table_row_counts(session)
     checks = [
         Check(
             name="schema fingerprint",
@@ -252,13 +244,13 @@ def run_expectation_suite(
     if backup_time.tzinfo is None:
         raise ValueError("backup_time must be timezone-aware")
     suite = load_suite(suite_path)
-    if engine == "mariadb" and (qualified := [table for table in suite.tables if "." in table]):
+    verbs = engine_named(engine)
+    if verbs.schema_is_database and (qualified := [table for table in suite.tables if "." in table]):
         # In MariaDB the schema is the database: a qualified name would read another database.
         raise ExpectationSuiteError(
             f"{suite_path}: tables.{qualified[0]}: MariaDB tables are named without a database"
         )
     used_by = used_by or f"validation of {database_name!r}"
-    module = _engine_module(engine)
     conn = get_connection(conn_id, used_by)
     secrets = [conn.password] if conn.password else []
     address = f"{conn.host}:{conn.port}"
@@ -269,7 +261,7 @@ def run_expectation_suite(
     built = _build_expectations(gx, suite, suite_path)
 
     checks: list[Check] = []
-    with _data_source(gx, conn, engine, database_name, used_by, address, secrets) as (context, datasource):
+    with _data_source(gx, conn, verbs, database_name, used_by, address, secrets) as (context, datasource):
         for table, entries in built.items():
             schema, _, name = table.rpartition(".")
             try:
@@ -308,7 +300,7 @@ def run_expectation_suite(
                 if expectation is None:  # newest_within_rpo, ours
                     checks.append(
                         _newest_within_rpo(
-                            module, conn_id, database_name, table, spec, rpo, backup_time, used_by, secrets
+                            verbs, conn_id, database_name, table, spec, rpo, backup_time, used_by, secrets
                         )
                     )
     finished = time.monotonic()
@@ -374,7 +366,7 @@ def _build_expectations(
 def _data_source(
     gx: ModuleType,
     conn: Any,
-    engine: str,
+    engine: Engine,
     database_name: str,
     used_by: str,
     address: str,
@@ -389,11 +381,11 @@ def _data_source(
     from sqlalchemy.engine import URL
 
     url = URL.create(
-        _DRIVERS[engine],
+        engine.sqlalchemy_driver,
         username=conn.login,
         password=conn.password,
         host=conn.host,
-        port=conn.port or (5432 if engine == "postgres" else 3306),
+        port=conn.port or engine.default_port,
         database=database_name,
         # Startup options a run-time connection carries (a physical drill's scratch cluster).
         query={"options": conn.extra_dejson["options"]} if conn.extra_dejson.get("options") else {},
@@ -407,7 +399,9 @@ def _data_source(
         ),
         runtime_environment={_URL_VARIABLE: url.render_as_string(hide_password=False)},
     )
-    add = context.data_sources.add_postgres if engine == "postgres" else context.data_sources.add_sql
+    # Great Expectations has a data source of its own for PostgreSQL; other dialects take its generic one.
+    dialect = engine.sqlalchemy_driver.partition("+")[0]
+    add = context.data_sources.add_postgres if dialect == "postgresql" else context.data_sources.add_sql
     try:
         datasource = add(name=database_name, connection_string="${" + _URL_VARIABLE + "}")
     except Exception as error:
@@ -470,7 +464,7 @@ def _gx_check(table: str, spec: SuiteExpectation, outcome: Any, secrets: list[st
 
 
 def _newest_within_rpo(
-    module: ModuleType,
+    engine: Engine,
     conn_id: str | Connection,
     database_name: str,
     table: str,
@@ -485,8 +479,8 @@ def _newest_within_rpo(
     name = f"{table}: {NEWEST_WITHIN_RPO}({column})"
     expected = f">= {_iso(bound)} (backup time - RPO {render_duration(rpo)})"
     try:
-        with module.snapshot_session(conn_id, database_name, used_by=used_by) as session:
-            newest = module.newest_timestamp(session, table, column)
+        with engine.snapshot_session(conn_id, database_name, used_by=used_by) as session:
+            newest = engine.newest_timestamp(session, table, column)
     except DatabaseUnavailableError:
         raise
     except Exception as error:

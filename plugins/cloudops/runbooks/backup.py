@@ -127,24 +127,16 @@ def open_repository(catalog: Catalog, database: Database) -> BackupRepository:
 
 def backup_source(database: Database, workdir: Path) -> AbstractContextManager[BackupSource]:
     """What to run to dump ``database`` with its policy's method, and the facts to record."""
-    from cloudops.engines import mariadb, postgres
+    from cloudops.engines import engine
 
     assert database.backup is not None
-    used_by = f"database {database.name!r}"
-    if database.engine == "mariadb":
-        if database.backup.method != "logical":
-            raise CloudOpsError(f"{used_by}: MariaDB backups are logical only")
-        return mariadb.logical_backup_source(
-            database.conn_id,
-            database.database,
-            used_by=used_by,
-            workdir=workdir,
-            max_lock_wait_seconds=int(database.backup.max_lock_wait.total_seconds()),
-        )
-    if database.backup.method == "physical":
-        return postgres.physical_backup_source(database.conn_id, used_by=used_by, workdir=workdir)
-    return postgres.logical_backup_source(
-        database.conn_id, database.database, used_by=used_by, workdir=workdir
+    return engine(database.engine).backup_source(
+        database.conn_id,
+        database.database,
+        method=database.backup.method,
+        used_by=f"database {database.name!r}",
+        workdir=workdir,
+        max_lock_wait_seconds=int(database.backup.max_lock_wait.total_seconds()),
     )
 
 

@@ -91,15 +91,14 @@ def _in_parallel(items: Sequence[T], check: Callable[[T], Finding]) -> list[Find
 
 def check_databases(catalog_file: str, estate: str) -> list[dict[str, Any]]:
     """Probe every database of the estate; return one finding per database."""
-    from cloudops.engines import mariadb, postgres
+    from cloudops.engines import engine
 
     catalog = load_estate(catalog_file, estate)
-    engines = {"postgres": postgres.probe, "mariadb": mariadb.probe}
 
     def check(database: Any) -> Finding:
         used_by = f"database {database.name!r}"
         try:
-            state = engines[database.engine](
+            state = engine(database.engine).probe(
                 database.conn_id, database.database, used_by=used_by, timeout_seconds=PROBE_TIMEOUT_SECONDS
             )
         except CloudOpsError as error:

@@ -103,6 +103,8 @@ from cloudops.runbooks.backup import backed_up_database
 if TYPE_CHECKING:
     from airflow.sdk import DAG
 
+    from cloudops.engines import Engine
+
 log = logging.getLogger(__name__)
 
 KIND = "restore_drill"
@@ -154,13 +156,12 @@ def check_scratch_server(catalog_file: str, database: Database) -> None:
     if issues:
         raise CatalogError(issues)
     _refuse_a_primary_behind_another_conn_id(catalog_file, database)
-    if database.engine == "mariadb":
-        from cloudops.engines.mariadb import scratch_server_problem
-
-        conn_id = scratch_conn_id(database)
-        problem = scratch_server_problem(conn_id, used_by=scratch_server(database.name, conn_id))
-        if problem:
-            raise RestoreRefused(problem)
+    conn_id = scratch_conn_id(database)
+    problem = engine_for(database).scratch_server_problem(
+        conn_id, used_by=scratch_server(database.name, conn_id)
+    )
+    if problem:
+        raise RestoreRefused(problem)
     log.info(
         "scratch server of %s: connection %r, no catalog primary's (checked again just now)",
         database.name,
@@ -169,12 +170,13 @@ def check_scratch_server(catalog_file: str, database: Database) -> None:
 
 
 _LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
-_DEFAULT_PORTS = {"postgres": 5432, "mariadb": 3306}
 
 
-def _server_address(conn: Any, engine: str) -> tuple[str, int]:
+def _server_address(conn: Any, engine_name: str) -> tuple[str, int]:
+    from cloudops.engines import engine
+
     host = (conn.host or "localhost").strip().lower()
-    return ("loopback" if host in _LOOPBACK else host, int(conn.port or _DEFAULT_PORTS[engine]))
+    return ("loopback" if host in _LOOPBACK else host, int(conn.port or engine(engine_name).default_port))
 
 
 def _refuse_a_primary_behind_another_conn_id(catalog_file: str, database: Database) -> None:
@@ -224,11 +226,11 @@ def scratch_server(database_name: str, conn_id: str) -> str:
     return f"the scratch server of {database_name!r} (connection {conn_id!r})"
 
 
-def engine_for(database: Database) -> Any:
-    """The engine module (postgres or mariadb) that restores and drops databases of ``database``."""
-    from cloudops.engines import mariadb, postgres
+def engine_for(database: Database) -> Engine:
+    """The engine (:class:`cloudops.engines.Engine`) of catalog database ``database``."""
+    from cloudops.engines import engine_of
 
-    return mariadb if database.engine == "mariadb" else postgres
+    return engine_of(database)
 
 
 def prepare(
@@ -253,7 +255,7 @@ def prepare(
         for leftover in engine.leftover_scratch_databases(conn_id, database.name, used_by=used_by):
             log.info("dropping %s, left by an earlier drill that did not finish", leftover)
             engine.drop_database(conn_id, leftover, used_by=used_by)
-    if database.engine == "postgres":
+    if engine_for(database).physical_backups:
         from cloudops.restore.physical import leftover_clusters, stop_and_remove
 
         for cluster in leftover_clusters(estate, database.name):
@@ -441,20 +443,15 @@ def validate(
 
 
 def restore_role_options(database: Database) -> dict[str, Any]:
-    """PostgreSQL restores run as a role owning only the scratch database, unless the catalog says."""
-    if database.engine != "postgres":
-        return {}
+    """PostgreSQL restores run as a role owning only the scratch database, unless the catalog says
+    (``drill.restore_as_superuser``); MariaDB loads have no restore role and ignore the option."""
     return {"as_superuser": bool(database.drill and database.drill.restore_as_superuser)}
 
 
 def _checking_connection(database: Database, scratch: str, used_by: str) -> Any:
     """What the checks of a logical restore connect as: on PostgreSQL the scratch database's restore
     role, so that nothing the dump defined runs with the scratch server's login's privileges."""
-    if database.engine != "postgres":
-        return scratch_conn_id(database)
-    from cloudops.engines.postgres import restored_database_connection
-
-    return restored_database_connection(scratch_conn_id(database), scratch, used_by=used_by)
+    return engine_for(database).checking_connection(scratch_conn_id(database), scratch, used_by=used_by)
 
 
 def _check_physical(

@@ -69,6 +69,7 @@ from cloudops.errors import InvalidInputError, RestoreRefused
 if TYPE_CHECKING:
     from airflow.sdk import DAG
 
+    from cloudops.engines import Engine
     from cloudops.runbooks.approval import Approval
 
 log = logging.getLogger(__name__)
@@ -239,7 +240,7 @@ def restored_into(request: RestoreRequest, run_id: str | None) -> str:
     return scratch_name(staging_stem(request.target), run_id)
 
 
-def _others_staging(engine: Any, database: Database, request: RestoreRequest, own: str) -> list[str]:
+def _others_staging(engine: Engine, database: Database, request: RestoreRequest, own: str) -> list[str]:
     """Staging copies of other runs for the same target on the server."""
     found = engine.leftover_scratch_databases(
         database.conn_id,
@@ -261,13 +262,14 @@ def _refuse_parallel(database: Database, request: RestoreRequest, others: list[s
 def restore_backup(request: RestoreRequest, *, run_id: str) -> dict[str, Any]:
     """Download, verify and restore the requested backup into this run's staging database."""
     from cloudops.catalog import load_catalog_file
+    from cloudops.engines import engine_of
     from cloudops.restore.fetch import fetch_backup
     from cloudops.runbooks.backup import open_repository
-    from cloudops.runbooks.restore_drill import engine_for, restore_role_options
+    from cloudops.runbooks.restore_drill import restore_role_options
 
     catalog = load_catalog_file(request.catalog_file)
     database = catalog.database(request.database)
-    engine = engine_for(database)
+    engine = engine_of(database)
     into = restored_into(request, run_id)
     _refuse_parallel(database, request, _others_staging(engine, database, request, into))
     if not request.overwrite and engine.database_exists(
@@ -366,14 +368,12 @@ def verify_restore(
         pinned = RestoreRequest(**{**request.__dict__, "backup_id": backup_id})
         manifest = prove_requested_backup(pinned, store, run_id=None).manifest
     restored = restored or request.target
-    checking: Any = database.conn_id
-    if database.engine == "postgres":
-        from cloudops.engines.postgres import restored_database_connection
+    from cloudops.engines import engine_of
 
-        # As the copy's restore role: nothing the dump defined runs with the server login's privileges.
-        checking = restored_database_connection(
-            database.conn_id, restored, used_by=f"restore_request check of {restored}"
-        )
+    # PostgreSQL: as the copy's restore role, so nothing the dump defined runs with the login's privileges.
+    checking = engine_of(database).checking_connection(
+        database.conn_id, restored, used_by=f"restore_request check of {restored}"
+    )
     checks = compare_with_manifest(checking, database.engine, restored, manifest)
     failed = [check.name for check in checks if not check.passed]
     for check in checks:
@@ -432,11 +432,11 @@ def put_in_place(
         requester and the approver); nothing was changed.
     """
     from cloudops.catalog import load_catalog_file
+    from cloudops.engines import engine_of
     from cloudops.errors import CloudOpsError
-    from cloudops.runbooks.restore_drill import engine_for
 
     database = load_catalog_file(request.catalog_file).database(request.database)
-    engine = engine_for(database)
+    engine = engine_of(database)
     staging = restored_into(request, run_id)
     used_by = f"restore into {request.target!r} of database {database.name!r}"
     if not request.overwrite:
@@ -483,11 +483,11 @@ def confirm_in_place(request: RestoreRequest, run_id: str) -> dict[str, Any]:
     :raises CloudOpsError: naming the run, the target and the staging copy.
     """
     from cloudops.catalog import load_catalog_file
+    from cloudops.engines import engine_of
     from cloudops.errors import CloudOpsError
-    from cloudops.runbooks.restore_drill import engine_for
 
     database = load_catalog_file(request.catalog_file).database(request.database)
-    engine = engine_for(database)
+    engine = engine_of(database)
     staging = restored_into(request, run_id)
     used_by = f"restore into {request.target!r} of database {database.name!r}"
     if engine.database_exists(database.conn_id, staging, used_by=used_by) or not engine.database_exists(
@@ -506,12 +506,12 @@ def drop_staging(request: RestoreRequest, run_id: str) -> bool:
     """Drop this run's staging copy (one that did not go into place: failed, refused, rejected); safe
     to repeat."""
     from cloudops.catalog import load_catalog_file
-    from cloudops.runbooks.restore_drill import engine_for
+    from cloudops.engines import engine_of
 
     database = load_catalog_file(request.catalog_file).database(request.database)
     staging = restored_into(request, run_id)
     return bool(
-        engine_for(database).drop_database(
+        engine_of(database).drop_database(
             database.conn_id, staging, used_by=f"staging copy of {database.name!r}"
         )
     )

@@ -1,25 +1,38 @@
-"""PostgreSQL: replication state, backup sources (pg_dump, pg_basebackup) with their manifest facts, and
-restores of logical dumps into new (scratch) databases.
-
-Later runbooks add promote and rewind.
+"""PostgreSQL restores: a logical dump into a new (scratch) database as a restore role of its own, the
+rename into place (a new name, or over an existing database keeping the old one), and the drops.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import re
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cloudops.connections import get_connection
-from cloudops.engines import BackupSource, DatabaseState, DumpCommand, RestoreResult
-from cloudops.engines.client_tools import locate_tool, private_file, run_restore_tool, version_output
+from cloudops.engines import RestoreResult
+from cloudops.engines.client_tools import run_restore_tool
+from cloudops.engines.lifecycle import (
+    DEFAULT_RESTORE_TIMEOUT,
+    check_rename,
+    check_swap,
+    check_target_name,
+)
+from cloudops.engines.postgres.session import (
+    MAINTENANCE_DATABASE,
+    _address,
+    _admin_session,
+    _admin_step,
+    _backup_session,
+    _client,
+    _credentials,
+    _refuse_older_client,
+    _server_version,
+    _target_args,
+)
 from cloudops.engines.scratch import (
     MARKER_MAX_LENGTH,
     check_scratch,
@@ -29,13 +42,8 @@ from cloudops.engines.scratch import (
     leftover_scratch,
 )
 from cloudops.errors import (
-    BackupSourceError,
-    DatabaseUnavailableError,
     RestoreError,
     RestoreRefused,
-    ToolMissingError,
-    ToolVersionError,
-    first_line,
 )
 
 if TYPE_CHECKING:
@@ -43,579 +51,6 @@ if TYPE_CHECKING:
     from airflow.sdk import Connection
 
 log = logging.getLogger(__name__)
-
-_PRIMARY_QUERY = """
-SELECT current_setting('server_version'),
-       (SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming')
-"""
-# A replica with nothing left to replay is caught up, however long ago the last commit was:
-# measuring "now - last replayed commit" alone would report an idle primary as lag.
-_REPLICA_QUERY = """
-SELECT current_setting('server_version'),
-       CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
-            ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0)
-       END,
-       EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming')
-"""
-
-
-def probe(conn_id: str, database: str, *, used_by: str, timeout_seconds: int = 5) -> DatabaseState:
-    """Connect and report role, version and replication state; never raises for a down server.
-
-    :raises ConnectionMissingError: when the Airflow connection does not exist.
-    """
-    import psycopg
-
-    conn = get_connection(conn_id, used_by)
-    try:
-        with psycopg.connect(
-            host=conn.host,
-            port=conn.port or 5432,
-            user=conn.login,
-            password=conn.password,
-            dbname=conn.schema or database,
-            connect_timeout=timeout_seconds,
-            application_name="cloudops",
-            options=f"-c statement_timeout={timeout_seconds * 1000}",
-        ) as session:
-            (in_recovery,) = session.execute("SELECT pg_is_in_recovery()").fetchone() or (False,)
-            if in_recovery:
-                version, lag, streaming = session.execute(_REPLICA_QUERY).fetchone() or (None, None, False)
-                return DatabaseState(
-                    True, "replica", version, replication_lag_seconds=float(lag), streaming=bool(streaming)
-                )
-            version, replicas = session.execute(_PRIMARY_QUERY).fetchone() or (None, 0)
-            return DatabaseState(True, "primary", version, replicas_connected=int(replicas))
-    except psycopg.Error as error:
-        return DatabaseState(False, error=first_line(error))
-
-
-# -- backups -------------------------------------------------------------------------------------------
-
-CLIENT_PACKAGE = "postgresql-client"
-FINGERPRINT_VERSION = 1  # part of what is hashed: a change of the algorithm changes every fingerprint
-
-# Schemas starting with pg_ are reserved (catalog, toast, temp); extension members come with
-# CREATE EXTENSION on a restore, so they are the extension's, not the database's own tables.
-_USER_TABLES = """
-SELECT c.oid, n.nspname, c.relname, c.relkind
-FROM pg_class AS c
-JOIN pg_namespace AS n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p')
-  AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
-  AND NOT EXISTS (
-      SELECT 1 FROM pg_depend AS d
-      WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e'
-  )
-ORDER BY n.nspname, c.relname
-"""
-_TABLE_OPTIONS = """
-SELECT c.oid, c.relpersistence,
-       CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END,
-       CASE WHEN c.relispartition THEN pg_get_expr(c.relpartbound, c.oid) END
-FROM pg_class AS c WHERE c.oid = ANY(%s::oid[])
-"""
-_COLUMNS = """
-SELECT a.attrelid, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
-       pg_get_expr(d.adbin, d.adrelid), a.attidentity, a.attgenerated
-FROM pg_attribute AS a
-LEFT JOIN pg_attrdef AS d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-WHERE a.attrelid = ANY(%s::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
-ORDER BY a.attrelid, a.attnum
-"""
-_CONSTRAINTS = """
-SELECT conrelid, conname, contype, pg_get_constraintdef(oid)
-FROM pg_constraint WHERE conrelid = ANY(%s::oid[])
-"""
-_INDEXES = "SELECT indrelid, pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = ANY(%s::oid[])"
-# pg_current_wal_lsn() fails on a standby: there, the position is how far replay has come.
-_WAL_POSITION = """
-SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text,
-       CASE WHEN pg_is_in_recovery() THEN NULL
-            ELSE pg_walfile_name(pg_current_wal_lsn()) END
-"""
-
-
-def table_row_counts(session: psycopg.Connection[Any]) -> dict[str, int]:
-    """Count the rows of every user table exactly, keyed ``schema.table``, in the session's snapshot.
-
-    Partitioned parents are left out: their rows are their partitions' rows, which are counted.
-    Run it inside a REPEATABLE READ transaction so that all the counts come from one snapshot.
-    """
-    from psycopg import sql
-
-    counts: dict[str, int] = {}
-    for _oid, schema, table, kind in session.execute(_USER_TABLES).fetchall():
-        if kind != "r":
-            continue
-        query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
-        row = session.execute(query).fetchone()
-        counts[f"{schema}.{table}"] = int(row[0]) if row else 0
-    return counts
-
-
-def schema_fingerprint(session: psycopg.Connection[Any]) -> str:
-    """Return a SHA-256 of the user tables' definitions that a restored copy of the database reproduces.
-
-    What is hashed: per table (sorted by schema and name), its kind, persistence and partitioning, its
-    columns in order (name, type, NOT NULL, default, identity, generated), its constraints (primary key,
-    unique, check, foreign key, exclusion) and its indexes. Nothing a restore changes is in it: no OIDs,
-    no database name, no owners, no tablespaces, no statistics. Definitions are rendered with a search
-    path of pg_catalog only, so every user name is schema-qualified whatever the session's settings.
-    """
-    with _qualified_names(session):
-        tables = session.execute(_USER_TABLES).fetchall()
-        oids = [oid for oid, *_ in tables]
-        described: dict[int, dict[str, Any]] = {
-            oid: {
-                "schema": schema,
-                "table": table,
-                "kind": kind,
-                "columns": [],
-                "constraints": [],
-                "indexes": [],
-            }
-            for oid, schema, table, kind in tables
-        }
-        for oid, persistence, partition_key, partition_bound in session.execute(
-            _TABLE_OPTIONS, [oids]
-        ).fetchall():
-            described[oid].update(
-                persistence=persistence, partition_key=partition_key, partition_bound=partition_bound
-            )
-        for oid, *column in session.execute(_COLUMNS, [oids]).fetchall():
-            described[oid]["columns"].append(column)
-        for oid, *constraint in session.execute(_CONSTRAINTS, [oids]).fetchall():
-            described[oid]["constraints"].append(constraint)
-        for oid, definition in session.execute(_INDEXES, [oids]).fetchall():
-            described[oid]["indexes"].append(definition)
-    for table in described.values():
-        table["constraints"].sort()
-        table["indexes"].sort()
-    document = {
-        "fingerprint": f"cloudops-postgres-{FINGERPRINT_VERSION}",
-        "tables": sorted(described.values(), key=lambda t: (t["schema"], t["table"])),
-    }
-    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-@contextmanager
-def _qualified_names(session: psycopg.Connection[Any]) -> Iterator[None]:
-    """Render names schema-qualified for the duration, then give the session its search path back."""
-    from psycopg import pq
-
-    row = session.execute("SELECT current_setting('search_path')").fetchone()
-    saved = row[0] if row else ""
-    session.execute("SELECT set_config('search_path', 'pg_catalog', false)")
-    try:
-        yield
-    finally:
-        # In a failed transaction the SET is undone by the rollback anyway; do not mask the error.
-        if session.info.transaction_status != pq.TransactionStatus.INERROR:
-            session.execute("SELECT set_config('search_path', %s, false)", [saved])
-
-
-def client_major(version_text: str) -> tuple[int, ...]:
-    """The major version in ``pg_dump --version`` output: ``(15,)``, or ``(9, 6)`` before PostgreSQL 10.
-
-    :raises ValueError: when the text holds no PostgreSQL version.
-    """
-    found = re.search(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?", version_text)
-    if not found:
-        raise ValueError(f"not a PostgreSQL client version: {version_text!r}")
-    major, minor = int(found.group(1)), int(found.group(2) or 0)
-    return (major,) if major >= 10 else (major, minor)
-
-
-def server_major(version_num: int) -> tuple[int, ...]:
-    """The major version of ``server_version_num`` (150020 → ``(15,)``, 90624 → ``(9, 6)``)."""
-    major = version_num // 10000
-    return (major,) if major >= 10 else (major, version_num // 100 % 100)
-
-
-def _client(tool: str) -> tuple[str, str, tuple[int, ...]]:
-    """Locate a PostgreSQL client program and read its version: ``(path, "15.20", (15,))``."""
-    path = locate_tool(tool, CLIENT_PACKAGE)
-    text = version_output(path, CLIENT_PACKAGE)
-    found = re.search(r"\(PostgreSQL\)\s+(\S+)", text)
-    try:
-        major = client_major(text)
-    except ValueError:
-        raise ToolMissingError(
-            path, CLIENT_PACKAGE, f"is not a PostgreSQL client (its --version said {text[:80]!r})"
-        ) from None
-    return path, found.group(1) if found else text, major
-
-
-def _refuse_older_client(
-    name: str, version: str, major: tuple[int, ...], server_version: str, server_num: int, used_by: str
-) -> None:
-    """pg_dump and pg_basebackup cannot be trusted with a newer server's catalogs or protocol."""
-    if major < server_major(server_num):
-        wanted = ".".join(str(part) for part in server_major(server_num))
-        raise ToolVersionError(
-            name, version, f"PostgreSQL {server_version}", used_by, f"{CLIENT_PACKAGE}-{wanted} (or newer)"
-        )
-
-
-def _address(conn: Connection) -> str:
-    return f"{conn.host or 'local socket'}:{conn.port or 5432}"
-
-
-@contextmanager
-def _backup_session(
-    conn: Connection,
-    database: str,
-    *,
-    used_by: str,
-    connect_timeout_seconds: int,
-    query_timeout_seconds: int,
-    application_name: str = "cloudops-backup",
-) -> Iterator[psycopg.Connection[Any]]:
-    """A session to prepare a backup (or a restore) from; a server that cannot be reached is a clear error.
-
-    ``idle_in_transaction_session_timeout`` is off for this session because it stays idle in its
-    snapshot transaction while the dump runs; ``statement_timeout`` bounds each of its own queries.
-    """
-    import psycopg
-
-    try:
-        session = psycopg.connect(
-            host=conn.host,
-            port=conn.port or 5432,
-            user=conn.login,
-            password=conn.password,
-            dbname=database,
-            connect_timeout=connect_timeout_seconds,
-            application_name=application_name,
-            autocommit=True,
-            options=(
-                f"-c statement_timeout={query_timeout_seconds * 1000} "
-                "-c idle_in_transaction_session_timeout=0"
-                # A connection built at run time may carry startup options of its own (a physical
-                # drill's scratch cluster: over the restored cluster's per-role settings).
-                + (f" {conn.extra_dejson['options']}" if conn.extra_dejson.get("options") else "")
-            ),
-        )
-    except psycopg.Error as error:
-        raise DatabaseUnavailableError(used_by, _address(conn), first_line(error)) from error
-    try:
-        yield session
-    finally:
-        session.close()
-
-
-@contextmanager
-def _prepared(session: psycopg.Connection[Any], conn: Connection, used_by: str) -> Iterator[None]:
-    """Turn driver errors while preparing a backup into errors that name the database.
-
-    A lost connection means the server is unavailable; anything else (a timeout, a missing privilege)
-    is the backup that cannot be prepared.
-    """
-    import psycopg
-
-    try:
-        yield
-    except psycopg.Error as error:
-        if session.closed:
-            raise DatabaseUnavailableError(used_by, _address(conn), first_line(error)) from error
-        raise BackupSourceError(f"{used_by}: cannot prepare the backup: {first_line(error)}") from error
-
-
-def _server_version(session: psycopg.Connection[Any]) -> tuple[str, int]:
-    row = session.execute(
-        "SELECT current_setting('server_version'), current_setting('server_version_num')::int"
-    ).fetchone()
-    assert row is not None
-    return str(row[0]).split()[0], int(row[1])
-
-
-def _pgpass_line(conn: Connection) -> str:
-    """One pgpass line for the connection's role; ``*`` for host, port and database: the file serves one
-    command, which names its server in argv, and ``*`` also matches pg_basebackup's replication
-    connections."""
-
-    def escape(value: str) -> str:
-        return value.replace("\\", "\\\\").replace(":", "\\:")
-
-    return f"*:*:*:{escape(conn.login or '')}:{escape(conn.password or '')}\n"
-
-
-@contextmanager
-def _credentials(
-    conn: Connection, workdir: Path, *, application_name: str = "cloudops-backup"
-) -> Iterator[dict[str, str]]:
-    """The environment that gives libpq the password (through a 0600 pgpass file) and bounds its connect."""
-    env = {"PGCONNECT_TIMEOUT": "30", "PGAPPNAME": application_name}
-    sslmode = conn.extra_dejson.get("sslmode")
-    if sslmode:
-        env["PGSSLMODE"] = str(sslmode)
-    if not conn.password:
-        yield env
-        return
-    with private_file(workdir, ".cloudops-pgpass-", _pgpass_line(conn)) as pgpass:
-        yield {**env, "PGPASSFILE": str(pgpass)}
-
-
-def _target_args(conn: Connection) -> list[str]:
-    args = ["-h", conn.host] if conn.host else []
-    return [*args, "-p", str(conn.port or 5432), *(["-U", conn.login] if conn.login else [])]
-
-
-@contextmanager
-def logical_backup_source(
-    conn_id: str,
-    database: str,
-    *,
-    used_by: str,
-    workdir: Path,
-    pg_dump: str = "pg_dump",
-    connect_timeout_seconds: int = 10,
-    query_timeout_seconds: int = 3600,
-    lock_wait_timeout_seconds: int = 300,
-) -> Iterator[BackupSource]:
-    """Prepare a ``pg_dump -Fc`` of ``database`` whose manifest facts come from the dump's own snapshot.
-
-    A REPEATABLE READ transaction exports its snapshot; ``pg_dump --snapshot`` imports it, so the dump sees
-    exactly the data that the row counts and the schema fingerprint were taken from. The transaction
-    must stay open until pg_dump has imported the snapshot, hence a context manager: keep it open while
-    the dump runs. The password reaches pg_dump through a 0600 pgpass file in ``workdir``, removed on exit.
-
-    :param used_by: what is backed up (``database 'orders_pg'``), named in errors.
-    :param pg_dump: the program to run (name on PATH or path).
-    :param lock_wait_timeout_seconds: how long pg_dump may wait for a table lock before failing, rather
-        than queueing forever behind a DDL statement.
-    :raises ConnectionMissingError: when the Airflow connection does not exist.
-    :raises ToolMissingError, ToolVersionError: when pg_dump is missing or older than the server.
-    :raises DatabaseUnavailableError: when the server cannot be reached; nothing was started.
-    """
-    tool, tool_version, major = _client(pg_dump)
-    conn = get_connection(conn_id, used_by)
-    with _backup_session(
-        conn,
-        database,
-        used_by=used_by,
-        connect_timeout_seconds=connect_timeout_seconds,
-        query_timeout_seconds=query_timeout_seconds,
-    ) as session:
-        with _prepared(session, conn, used_by):
-            server_version, server_num = _server_version(session)
-            _refuse_older_client("pg_dump", tool_version, major, server_version, server_num, used_by)
-            # Read just before the snapshot: what the dump lacks was all written after it (a lower bound).
-            wal = session.execute(_WAL_POSITION).fetchone()
-            assert wal is not None
-            session.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            row = session.execute("SELECT pg_export_snapshot()").fetchone()
-            assert row is not None
-            snapshot = str(row[0])
-            facts: dict[str, Any] = {
-                "engine": "postgres",
-                "engine_version": server_version,
-                "tool_versions": {"pg_dump": tool_version},
-                "database": database,
-                "row_counts": table_row_counts(session),
-                "schema_fingerprint": schema_fingerprint(session),
-                "position": {"lsn_start": wal[0]},
-            }
-        with _credentials(conn, workdir) as env:
-            command = DumpCommand(
-                argv=[
-                    tool,
-                    "-Fc",
-                    "-Z0",  # the pipeline compresses with zstd
-                    f"--snapshot={snapshot}",
-                    f"--lock-wait-timeout={lock_wait_timeout_seconds}s",
-                    "--no-password",
-                    *_target_args(conn),
-                    "-d",
-                    database,
-                ],
-                env=env,
-                object_name=f"{database}.pgdump.zst",
-                format="pg_dump-custom",
-                description=(
-                    f"pg_dump {tool_version} (custom format) of database {database!r} on {_address(conn)} "
-                    f"as {conn.login}, snapshot {snapshot}"
-                ),
-            )
-            log.info("backup source for %s: %s", used_by, command.description)
-            yield BackupSource(command=command, facts=facts)
-
-
-@contextmanager
-def physical_backup_source(
-    conn_id: str,
-    *,
-    used_by: str,
-    workdir: Path,
-    pg_basebackup: str = "pg_basebackup",
-    connect_timeout_seconds: int = 10,
-    query_timeout_seconds: int = 300,
-) -> Iterator[BackupSource]:
-    """Prepare a ``pg_basebackup`` of the whole cluster as one tar stream, with the WAL it needs inside.
-
-    ``-D - -Ft`` writes one tar to stdout; that works only without extra tablespaces and with
-    ``-X fetch`` (``-X stream`` needs a directory), so WAL is fetched at the end of the backup: the
-    server must keep it meanwhile (``wal_keep_size`` or archiving). ``lsn_start`` is read before the
-    backup starts and ``finish()`` reads ``lsn_end`` after it ended, so together they bracket the WAL the
-    backup needs. The schema fingerprint of the connection's database is recorded (it is cheap); row counts
-    are not, since no snapshot matches a physical copy that is only consistent at its end.
-
-    :raises ConnectionMissingError, ToolMissingError, ToolVersionError, DatabaseUnavailableError: as for
-        :func:`logical_backup_source`.
-    :raises BackupSourceError: when the role lacks REPLICATION, the server has no WAL senders, or the
-        cluster has tablespaces that a tar on stdout cannot hold.
-    """
-    tool, tool_version, major = _client(pg_basebackup)
-    conn = get_connection(conn_id, used_by)
-    database = fingerprinted_database(conn)
-
-    def session() -> AbstractContextManager[psycopg.Connection[Any]]:
-        return _backup_session(
-            conn,
-            database,
-            used_by=used_by,
-            connect_timeout_seconds=connect_timeout_seconds,
-            query_timeout_seconds=query_timeout_seconds,
-        )
-
-    with session() as check, _prepared(check, conn, used_by):
-        server_version, server_num = _server_version(check)
-        _refuse_older_client("pg_basebackup", tool_version, major, server_version, server_num, used_by)
-        _check_physical_preconditions(check, conn, used_by)
-        fingerprint = schema_fingerprint(check)
-        wal = check.execute(_WAL_POSITION).fetchone()
-        assert wal is not None
-    facts: dict[str, Any] = {
-        "engine": "postgres",
-        "engine_version": server_version,
-        "tool_versions": {"pg_basebackup": tool_version},
-        "database": None,  # the whole cluster
-        "schema_fingerprint": fingerprint,
-        "fingerprint_database": database,
-        "position": {"lsn_start": wal[0], **({"wal_file_start": wal[1]} if wal[1] else {})},
-    }
-
-    def finish() -> dict[str, Any]:
-        """The whole position, start and end, so that merging it over ``facts`` keeps both."""
-        with session() as after, _prepared(after, conn, used_by):
-            end = after.execute(_WAL_POSITION).fetchone()
-        assert end is not None
-        ended = {"lsn_end": end[0], **({"wal_file_end": end[1]} if end[1] else {})}
-        return {"position": {**facts["position"], **ended}}
-
-    with _credentials(conn, workdir) as env:
-        command = DumpCommand(
-            argv=[
-                tool,
-                "-D",
-                "-",
-                "-Ft",
-                "-X",
-                "fetch",
-                "--checkpoint=fast",
-                "--no-password",
-                "--label=cloudops",
-                *_target_args(conn),
-            ],
-            env=env,
-            object_name="base.tar.zst",
-            format="pg_basebackup-tar",
-            description=(
-                f"pg_basebackup {tool_version} (tar on stdout, WAL fetched) of the cluster on "
-                f"{_address(conn)} as {conn.login}"
-            ),
-        )
-        log.info("backup source for %s: %s", used_by, command.description)
-        yield BackupSource(command=command, facts=facts, on_finish=finish)
-
-
-def fingerprinted_database(conn: Connection) -> str:
-    """The database whose schema fingerprint a physical backup of ``conn``'s cluster records."""
-    return conn.schema or "postgres"
-
-
-def _check_physical_preconditions(session: psycopg.Connection[Any], conn: Connection, used_by: str) -> None:
-    """Refuse before starting what pg_basebackup would refuse after a checkpoint and a partial stream."""
-    row = session.execute(
-        """
-        SELECT (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user),
-               current_setting('max_wal_senders')::int,
-               (SELECT count(*) FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global'))
-        """
-    ).fetchone()
-    assert row is not None
-    may_replicate, wal_senders, tablespaces = row
-    if not may_replicate:
-        raise BackupSourceError(
-            f"{used_by}: role {conn.login!r} cannot take a base backup: grant it REPLICATION "
-            f"(ALTER ROLE {conn.login} REPLICATION)"
-        )
-    if wal_senders < 1:
-        raise BackupSourceError(f"{used_by}: max_wal_senders is 0, so the server accepts no base backup")
-    if tablespaces:
-        raise BackupSourceError(
-            f"{used_by}: the cluster has {tablespaces} tablespace(s) besides pg_default, and a base backup "
-            "written as one tar on stdout cannot hold them"
-        )
-
-
-# -- restores ------------------------------------------------------------------------------------------
-
-# Where CREATE and DROP DATABASE run from: a session cannot drop the database it is connected to.
-MAINTENANCE_DATABASE = "postgres"
-DEFAULT_RESTORE_TIMEOUT = timedelta(hours=6)
-# A new database's name: the catalog's database names, without a leading "-" that argv could misread.
-_TARGET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_$-]{0,62}$")  # never a leading - or $
-
-
-def _check_target_name(name: str) -> None:
-    if not _TARGET_NAME.match(name):
-        raise RestoreRefused(
-            f"{name!r} is not a database name a restore may create "
-            "(letters, digits, _ $ -, at most 63, not starting with - or $)"
-        )
-
-
-@contextmanager
-def _admin_step(
-    session: psycopg.Connection[Any], conn: Connection, used_by: str, what: str
-) -> Iterator[None]:
-    """Turn driver errors into errors naming the database and the step; a lost server is unavailable."""
-    import psycopg
-
-    try:
-        yield
-    except psycopg.Error as error:
-        if session.closed:
-            raise DatabaseUnavailableError(used_by, _address(conn), first_line(error)) from error
-        raise RestoreError(f"{used_by}: {what} on {_address(conn)}: {first_line(error)}") from error
-
-
-@contextmanager
-def _admin_session(
-    conn: Connection,
-    maintenance_database: str,
-    *,
-    used_by: str,
-    what: str,
-    connect_timeout_seconds: int,
-    query_timeout_seconds: int = 600,
-) -> Iterator[psycopg.Connection[Any]]:
-    """A session on the maintenance database for CREATE, DROP or RENAME DATABASE; errors name ``what``."""
-    with (
-        _backup_session(
-            conn,
-            maintenance_database,
-            used_by=used_by,
-            connect_timeout_seconds=connect_timeout_seconds,
-            query_timeout_seconds=query_timeout_seconds,
-            application_name="cloudops-restore",
-        ) as admin,
-        _admin_step(admin, conn, used_by, what),
-    ):
-        yield admin
 
 
 def _database_exists(session: psycopg.Connection[Any], name: str) -> bool:
@@ -881,7 +316,7 @@ def restore_logical(
     :raises DatabaseUnavailableError: the server cannot be reached.
     :raises RestoreError: the database could not be created, or pg_restore failed (its first lines).
     """
-    _check_target_name(target_database)
+    check_target_name(target_database)
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     if not dump_file.is_file():
@@ -1044,8 +479,8 @@ def replace_database(
     from psycopg import sql
 
     check_scratch(staging, action="rename into place")
-    _check_target_name(target)
-    _check_target_name(keep_as)
+    check_target_name(target)
+    check_target_name(keep_as)
     conn = get_connection(conn_id, used_by)
     what = f"cannot put {staging!r} in the place of {target!r}"
 
@@ -1059,15 +494,9 @@ def replace_database(
         )
 
     with admin_session() as admin:
-        if not _database_exists(admin, staging):
-            raise RestoreRefused(
-                f"{used_by}: the restored database {staging!r} does not exist on {_address(conn)}"
-            )
-        if _database_exists(admin, keep_as):
-            raise RestoreRefused(
-                f"{used_by}: database {keep_as!r} exists on {_address(conn)}: refusing to overwrite it"
-            )
-        existed = _database_exists(admin, target)
+        existed = check_swap(
+            _ScratchOnPostgres(admin, conn), staging, target, keep_as=keep_as, used_by=used_by
+        )
     _retire_restore_role(
         conn,
         staging,
@@ -1237,7 +666,7 @@ def rename_into_new(
     from psycopg import sql
 
     check_scratch(staging, action="rename into place")
-    _check_target_name(target)
+    check_target_name(target)
     conn = get_connection(conn_id, used_by)
     with _admin_session(
         conn,
@@ -1246,15 +675,7 @@ def rename_into_new(
         what=f"cannot rename {staging!r} to {target!r}",
         connect_timeout_seconds=connect_timeout_seconds,
     ) as admin:
-        if not _database_exists(admin, staging):
-            raise RestoreRefused(
-                f"{used_by}: the restored database {staging!r} does not exist on {_address(conn)}"
-            )
-        if _database_exists(admin, target):
-            raise RestoreRefused(
-                f"{used_by}: database {target!r} exists on {_address(conn)}: a restore into a new database "
-                f"never replaces one (the restored copy stays {staging!r} until the teardown drops it)"
-            )
+        check_rename(_ScratchOnPostgres(admin, conn), staging, target, used_by=used_by)
         log.info("plan on %s: rename %r to %r (a new database)", _address(conn), staging, target)
     # The copy goes into use: it must not stay owned by the restore's own role (dropped with it).
     _retire_restore_role(
@@ -1307,65 +728,14 @@ def leftover_scratch_databases(
         return leftover_scratch(_ScratchOnPostgres(admin, conn), database)
 
 
-def newest_timestamp(session: psycopg.Connection[Any], table: str, column: str) -> datetime | None:
-    """Return the greatest value of a date or time column as an aware datetime (None: no rows).
-
-    ``table`` is ``schema.table`` or a bare name (schema ``public``). A column without a time zone is
-    read in the session's time zone.
-    """
-    from psycopg import sql
-
-    schema, _, name = table.rpartition(".")
-    query = sql.SQL("SELECT max({})::timestamptz FROM {}.{}").format(
-        sql.Identifier(column), sql.Identifier(schema or "public"), sql.Identifier(name)
-    )
-    row = session.execute(query).fetchone()
-    value = row[0] if row else None
-    return value.astimezone(UTC) if isinstance(value, datetime) else None
-
-
-@contextmanager
-def snapshot_session(
-    conn_id: str | Connection,
-    database: str,
-    *,
-    used_by: str,
-    connect_timeout_seconds: int = 10,
-    query_timeout_seconds: int = 3600,
-) -> Iterator[psycopg.Connection[Any]]:
-    """A session on ``database`` inside a REPEATABLE READ, READ ONLY transaction: every query sees one
-    snapshot (for counting a restored copy and checking it).
-
-    :raises ConnectionMissingError, DatabaseUnavailableError: as for the backup sources.
-    """
-    conn = get_connection(conn_id, used_by)
-    with _backup_session(
-        conn,
-        database,
-        used_by=used_by,
-        connect_timeout_seconds=connect_timeout_seconds,
-        query_timeout_seconds=query_timeout_seconds,
-        application_name="cloudops-validate",
-    ) as session:
-        with _admin_step(session, conn, used_by, f"cannot open a snapshot of {database!r}"):
-            session.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        yield session
-
-
 __all__ = [
-    "DEFAULT_RESTORE_TIMEOUT",
-    "MAINTENANCE_DATABASE",
+    "RESTORE_ROLE_VALIDITY",
     "database_exists",
     "drop_database",
-    "fingerprinted_database",
     "leftover_scratch_databases",
-    "logical_backup_source",
-    "newest_timestamp",
-    "physical_backup_source",
-    "probe",
     "rename_into_new",
+    "replace_database",
     "restore_logical",
-    "schema_fingerprint",
-    "snapshot_session",
-    "table_row_counts",
+    "restore_role_name",
+    "restored_database_connection",
 ]
