@@ -35,6 +35,7 @@ pytestmark = pytest.mark.integration
 
 REGION = "eu-west-1"
 SIGNING_CONN_ID = "cloudops_evidence_signing"
+# Every "now" below is this moment, never the wall clock: a run that crosses midnight must not move days.
 TODAY = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
 DAYS = [(TODAY - timedelta(days=back)).date().isoformat() for back in (3, 2, 1)]
 D1, D2, D3 = DAYS
@@ -74,13 +75,15 @@ def settings(bucket: str) -> ShippingSettings:
 def ledger(tmp_path: Path) -> Ledger:
     ledger = Ledger(tmp_path / "ledger", fsync=False)
     fill(ledger)
-    ledger.append("step.try", dag_id="backup__orders_pg", run_id="today", task_id="t", data={})
+    ledger.append(
+        "step.try", at=TODAY, dag_id="backup__orders_pg", run_id="today", task_id="t", data={}
+    )
     return ledger
 
 
 @pytest.fixture
 def shipped(ledger: Ledger, settings: ShippingSettings) -> Ledger:
-    result = ship_closed_segments(ledger, settings)
+    result = ship_closed_segments(ledger, settings, now=TODAY)
     assert result.shipped == DAYS
     return ledger
 
@@ -126,10 +129,10 @@ def test_closed_days_ship_locked_with_signed_chained_digests_and_verify(
         recorded = json.loads((shipped.directory / "shipped" / f"{day}.json").read_text())
         assert recorded["digest_sha256"] == previous_sha
     # Today is open: it waits. A second attempt uploads nothing again.
-    again = ship_closed_segments(shipped, settings)
+    again = ship_closed_segments(shipped, settings, now=TODAY)
     assert (again.shipped, again.already, again.waiting) == ([], 3, [TODAY.date().isoformat()])
     assert versions(s3, settings.bucket, settings.segment_key(ledger_id, D1)) == 1
-    verdict = verify_shipped(shipped, settings)
+    verdict = verify_shipped(shipped, settings, now=TODAY)
     assert verdict.ok, verdict.problem
     assert (verdict.days, verdict.records, verdict.last_seq) == (3, 12, 12)
     assert verdict.pending == ()
@@ -158,7 +161,7 @@ def test_a_record_edited_deleted_or_reordered_in_s3_is_named(
 ) -> None:
     replace_segment(s3, settings, D2, change)
     segment = settings.segment_key(str(settings.ledger_id), D2)
-    verdict = verify_shipped(None, settings, ledger_id=settings.ledger_id)
+    verdict = verify_shipped(None, settings, ledger_id=settings.ledger_id, now=TODAY)
     assert verdict.problem == f"in s3://{settings.bucket}: " + problem.format(segment=segment)
     assert (verdict.days, verdict.last_seq) == (1, 4)  # the first day held
 
@@ -169,19 +172,19 @@ def test_an_edited_digest_or_a_wrong_key_is_named(
     digest_key = settings.digest_key(str(settings.ledger_id), D2)
     digest = json.loads(s3.get_object(Bucket=settings.bucket, Key=digest_key)["Body"].read())
     wrong_key = SigningKey(b"not-the-sandbox-signing-key-0000")
-    verdict = verify_shipped(shipped, settings, signing_key=wrong_key)
+    verdict = verify_shipped(shipped, settings, signing_key=wrong_key, now=TODAY)
     assert f"digest {D1} (s3://{settings.bucket}/" in str(verdict.problem)
     assert "signed with another key" in str(verdict.problem)
 
     s3.put_object(Bucket=settings.bucket, Key=digest_key, Body=json.dumps({**digest, "records": 3}).encode())
     # Read as S3 holds it now (no local record of what shipped), the signature gives it away...
-    verdict = verify_shipped(None, settings, ledger_id=settings.ledger_id)
+    verdict = verify_shipped(None, settings, ledger_id=settings.ledger_id, now=TODAY)
     assert verdict.problem == (
         f"digest {D2} (s3://{settings.bucket}/{digest_key}): its signature does not match its content: "
         "the digest was altered"
     )
     # ...and with the local ledger, which recorded the version shipped, the new version itself does.
-    verdict = verify_shipped(shipped, settings)
+    verdict = verify_shipped(shipped, settings, now=TODAY)
     assert verdict.problem is not None
     assert verdict.problem.startswith(f"digest {D2} (s3://{settings.bucket}/{digest_key}): its current S3 ")
     assert "is not the one shipped" in verdict.problem
@@ -201,7 +204,7 @@ def test_verification_reads_the_versions_shipped_and_caps_what_it_reads(
     # The shipped version is what verification reads: a version written over it later is named, and
     # the shipped one still verifies as it was shipped (its records are all there).
     replace_segment(s3, settings, D2, lambda lines: lines[:1])
-    verdict = verify_shipped(shipped, settings)
+    verdict = verify_shipped(shipped, settings, now=TODAY)
     assert verdict.problem is not None
     assert f"segment {D2}" in verdict.problem
     assert recorded["segment_version_id"] in verdict.problem
@@ -211,11 +214,11 @@ def test_verification_reads_the_versions_shipped_and_caps_what_it_reads(
         Key=segment_key,
         VersionId=s3.head_object(Bucket=settings.bucket, Key=segment_key)["VersionId"],
     )
-    assert verify_shipped(shipped, settings).ok
+    assert verify_shipped(shipped, settings, now=TODAY).ok
     # A digest larger than any digest is refused by its size, unread.
     digest_key = settings.digest_key(ledger_id, D3)
     s3.put_object(Bucket=settings.bucket, Key=digest_key, Body=b" " * (MAX_DIGEST_BYTES + 1))
-    alone = verify_shipped(None, settings, ledger_id=ledger_id)
+    alone = verify_shipped(None, settings, ledger_id=ledger_id, now=TODAY)
     assert alone.problem == (
         f"digest {D3}: s3://{settings.bucket}/{digest_key} is {MAX_DIGEST_BYTES + 1} bytes, more than the "
         f"{MAX_DIGEST_BYTES} it may hold: not read"
@@ -227,14 +230,14 @@ def test_a_day_deleted_from_s3_is_named(shipped: Ledger, settings: ShippingSetti
     for key in (settings.segment_key(ledger_id, D2), settings.digest_key(ledger_id, D2)):
         s3.delete_object(Bucket=settings.bucket, Key=key)  # a delete marker: Object Lock keeps the version
     # Without the local ledger, the digest chain tells that a day is missing...
-    alone = verify_shipped(None, settings, ledger_id=ledger_id)
+    alone = verify_shipped(None, settings, ledger_id=ledger_id, now=TODAY)
     assert (
         f"digest {D3} (s3://{settings.bucket}/{settings.digest_key(ledger_id, D3)}) follows digest {D2}"
         in str(alone.problem)
     )
     assert f"not in S3 after digest {D1}: a day is missing" in str(alone.problem)
     # ...and with it, which one was shipped from here.
-    local = verify_shipped(shipped, settings)
+    local = verify_shipped(shipped, settings, now=TODAY)
     assert f"day {D2} was shipped" in str(local.problem)
     assert "is not in S3: deleted?" in str(local.problem)
 
@@ -249,13 +252,13 @@ def test_a_local_segment_changed_after_shipping_is_named_and_not_shipped_again(
     lines = segment.read_bytes().splitlines(keepends=True)
     segment.write_bytes(b"".join(lines[:-1]))
     assert verify_ledger(shipped).ok
-    verdict = verify_shipped(shipped, settings)
+    verdict = verify_shipped(shipped, settings, now=TODAY)
     assert verdict.problem == (
         f"local segment {segment} ends at line 3; the shipped one goes on with record seq 12: "
         "records were removed locally after shipping"
     )
     with pytest.raises(EvidenceShippingError, match=f"{D3}.jsonl changed after it was shipped"):
-        ship_closed_segments(shipped, settings)
+        ship_closed_segments(shipped, settings, now=TODAY)
 
 
 def test_an_interrupted_attempt_is_resumed_without_uploading_again(
@@ -273,11 +276,11 @@ def test_an_interrupted_attempt_is_resumed_without_uploading_again(
             VersionId=item["VersionId"],
             BypassGovernanceRetention=True,
         )
-    result = ship_closed_segments(shipped, settings)
+    result = ship_closed_segments(shipped, settings, now=TODAY)
     assert (result.resumed, result.shipped, result.already) == ([D2], [D3], 1)
     for day in (D2, D3):
         assert versions(s3, settings.bucket, settings.segment_key(ledger_id, day)) == 1
-    assert verify_shipped(shipped, settings).ok
+    assert verify_shipped(shipped, settings, now=TODAY).ok
 
 
 def test_cli_ship_and_verify_exit_codes(
@@ -349,7 +352,7 @@ def test_endpoint_down_records_wait_locally_and_ship_later_none_lost(
 
         started = time.monotonic()
         with pytest.raises(EvidenceShippingError) as failed:
-            ship_closed_segments(ledger, settings)
+            ship_closed_segments(ledger, settings, now=TODAY)
         assert time.monotonic() - started < 30, "a dead endpoint must fail an attempt in seconds"
         assert f"day {D1} not shipped" in str(failed.value)
         assert endpoint in str(failed.value) or "Could not connect" in str(failed.value)
@@ -358,7 +361,7 @@ def test_endpoint_down_records_wait_locally_and_ship_later_none_lost(
 
         # The listener goes on writing while the endpoint is down: the records wait locally.
         late = ledger.append(
-            "step.try", dag_id="backup__orders_pg", run_id="during-outage", task_id="t", data={}
+            "step.try", at=TODAY, dag_id="backup__orders_pg", run_id="during-outage", task_id="t", data={}
         )
         assert late is not None
         assert late.seq == 13

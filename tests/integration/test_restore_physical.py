@@ -166,7 +166,7 @@ def test_physical_drill_restores_validates_and_removes_the_scratch_cluster(estat
     cluster = seen["cluster"]
     assert seen["running"]
     assert seen["orders"][0] > 0
-    assert cluster.port not in (55432, 55433)
+    assert cluster.port not in (15432, 15433)
     assert Path(cluster.data_dir).is_relative_to(estate["scratch"])
     (local,) = (estate["evidence"] / "drills").rglob("*.json")
     record = json.loads(local.read_text())

@@ -338,7 +338,7 @@ def _processes_naming(path: Path) -> list[str]:
 
 
 def test_port_in_use_is_refused_before_anything_starts(second_sandbox: Path) -> None:
-    port = 55432 + 3000
+    port = 15432 + 3000
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
@@ -404,7 +404,7 @@ def test_a_second_sandbox_comes_up_goes_down_and_comes_back(
         env = {
             k: json.loads(v) for k, v in read_env_file(layout.env_file).items() if k.startswith("AIRFLOW_")
         }
-        assert env[f"AIRFLOW_CONN_{plan.postgres_primary.conn_id.upper()}"]["port"] == 55432 + 3000
+        assert env[f"AIRFLOW_CONN_{plan.postgres_primary.conn_id.upper()}"]["port"] == 15432 + 3000
         with smtplib.SMTP("127.0.0.1", layout.port("smtp"), timeout=5) as smtp:
             smtp.sendmail(
                 "runbook@sandbox.example", ["oncall@sandbox.example"], b"Subject: drill\r\n\r\nok\r\n"

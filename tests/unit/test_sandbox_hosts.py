@@ -12,7 +12,7 @@ from cloudops.sandbox import debian_root
 from cloudops.sandbox.debian_root import RootRecipe, apt_mirror, cached_root_dir, ensure_base_root
 from cloudops.sandbox.extra_hosts import add_fleet, catalog_file, extra_hosts, remove_fleet
 from cloudops.sandbox.host_boot import HostConfig, HostPaths, namespace_command
-from cloudops.sandbox.layout import SandboxLayout
+from cloudops.sandbox.layout import BASE_PORTS, EPHEMERAL_PORTS_START, SandboxLayout
 
 pytestmark = pytest.mark.unit
 
@@ -207,3 +207,17 @@ def test_a_supervisors_pid_file_matches_its_own_host_only(tmp_path: Path) -> Non
     finally:
         stand_in.kill()
         stand_in.wait()
+
+
+@pytest.mark.parametrize("offset", [0, 1000, 3000, 9000])
+def test_no_sandbox_port_falls_in_the_ephemeral_range(
+    offset: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # An outgoing connection may hold any ephemeral port at any moment; a sandbox port there would
+    # make `up` refuse it now and then (CI saw 58434, the scratch server at offset 3000, once).
+    monkeypatch.setenv("CLOUDOPS_SANDBOX_DIR", str(tmp_path / "sandbox"))
+    monkeypatch.setenv("CLOUDOPS_SANDBOX_PORT_OFFSET", str(offset))
+    layout = SandboxLayout.from_environment()
+    assert {service: layout.port(service) < EPHEMERAL_PORTS_START for service in BASE_PORTS} == {
+        service: True for service in BASE_PORTS
+    }

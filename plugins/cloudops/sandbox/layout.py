@@ -25,16 +25,19 @@ CATALOG_RELPATH = Path("runbooks") / "sandbox.yaml"
 LOOPBACK = "127.0.0.1"
 SSH_FIRST_ADDRESS = 11  # hosts get 127.0.0.11, 127.0.0.12, ... so each has an address of its own
 
+# Every port, at every allowed offset (0..9000), stays below Linux's ephemeral range (32768-60999): a port
+# in it can be held at any moment by some process's outgoing connection, and `up` would then refuse it.
+EPHEMERAL_PORTS_START = 32768
 BASE_PORTS = {
-    "postgres_primary": 55432,
-    "postgres_replica": 55433,
+    "postgres_primary": 15432,
+    "postgres_replica": 15433,
     # Servers of their own for restore drills' scratch copies: never the primaries'.
-    "postgres_scratch": 55434,
-    "mariadb": 53306,
-    "mariadb_scratch": 53307,
-    "moto": 55000,
+    "postgres_scratch": 15434,
+    "mariadb": 13306,
+    "mariadb_scratch": 13307,
+    "moto": 15000,
     "ssh": 2222,
-    "smtp": 55025,
+    "smtp": 15025,
 }
 
 DEFAULT_PG_BINDIR = "/usr/lib/postgresql/15/bin"
