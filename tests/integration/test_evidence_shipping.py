@@ -75,9 +75,7 @@ def settings(bucket: str) -> ShippingSettings:
 def ledger(tmp_path: Path) -> Ledger:
     ledger = Ledger(tmp_path / "ledger", fsync=False)
     fill(ledger)
-    ledger.append(
-        "step.try", at=TODAY, dag_id="backup__orders_pg", run_id="today", task_id="t", data={}
-    )
+    ledger.append("step.try", at=TODAY, dag_id="backup__orders_pg", run_id="today", task_id="t", data={})
     return ledger
 
 
