@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import re
 import zoneinfo
-from datetime import timedelta
+from datetime import datetime, timedelta
+from decimal import Decimal
 from functools import lru_cache
 from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
     StringConstraints,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -580,14 +583,288 @@ class Fleet(CatalogModel):
     )
 
 
-class Slo(CatalogModel):
-    """A service level objective reported monthly."""
+# --- Service levels, HTTP(S) endpoints, cost and report settings (the monthly report reads these) ---
+
+_EMAIL = r"^[^@\s]+@[^@\s]+$"
+Percent = Annotated[float, Field(gt=0, lt=100)]
+
+
+def _check_time_zone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Europe/Paris)") from None
+    return value
+
+
+TimeZoneName = Annotated[str, AfterValidator(_check_time_zone)]
+
+
+class HttpEndpoint(CatalogModel):
+    """An HTTP(S) endpoint an SLO can cover: probed once a minute with one request.
+
+    A sample is good when the answer comes within ``timeout`` with a status in ``expect_status`` and,
+    when set, a body containing ``expect_body``. Credentials never go in the URL.
+    """
 
     name: TargetName
-    database: TargetName | None = None
-    objective: Literal["availability", "backup_success", "restore_drill_success"]
-    target_percent: Annotated[float, Field(gt=0, le=100)]
-    window: Duration = timedelta(days=30)
+    url: (
+        Annotated[str, StringConstraints(pattern=r"^https?://[A-Za-z0-9.\[\]:-]+(/\S*)?$", max_length=2000)]
+        | None
+    ) = Field(
+        default=None,
+        description="http:// or https:// URL, without user or password (no '@' before the host).",
+    )
+    http_conn_id: ConnId | None = Field(
+        default=None,
+        description="Instead of url: an Airflow HTTP connection (schema, host, port, any auth) plus path.",
+    )
+    path: Annotated[str, StringConstraints(pattern=r"^/\S*$")] = "/"
+    method: Literal["GET", "HEAD"] = "GET"
+    expect_status: Annotated[list[Annotated[int, Field(ge=100, le=599)]], Field(min_length=1)] = Field(
+        default_factory=lambda: [200], description="Statuses that count as up."
+    )
+    expect_body: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = Field(
+        default=None, description="A substring the first 64 KiB of the body must contain."
+    )
+    timeout: Duration = Field(default=timedelta(seconds=10), description="Bound of one request, 1s to 50s.")
+    verify_tls: bool = Field(default=True, description="Check the server's certificate (https).")
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout_inside_the_minute(cls, value: timedelta) -> timedelta:
+        if not timedelta(seconds=1) <= value <= timedelta(seconds=50):
+            raise ValueError("must be between 1s and 50s: one sample a minute, answered within it")
+        return value
+
+    @model_validator(mode="after")
+    def _url_or_connection(self) -> HttpEndpoint:
+        if (self.url is None) == (self.http_conn_id is None):
+            raise ValueError("set exactly one of url and http_conn_id")
+        if self.url is not None and self.path != "/":
+            raise ValueError("path goes with http_conn_id; put it in the url instead")
+        return self
+
+
+class SloTarget(CatalogModel):
+    """One thing an SLO measures: a database, a host or an endpoint, by its catalog name."""
+
+    kind: Literal["database", "host", "endpoint"]
+    name: HostName = Field(description="databases[].name, a host name of a fleet, or endpoints[].name.")
+
+    @property
+    def key(self) -> str:
+        """The id its samples are stored under, e.g. ``database:orders_pg``."""
+        return f"{self.kind}:{self.name}"
+
+
+class SloCalendar(CatalogModel):
+    """OpenSLO ``calendar``: the month is the calendar month in this time zone."""
+
+    time_zone: TimeZoneName | None = Field(default=None, description="IANA name; default: the estate's.")
+
+
+class SloTimeWindow(CatalogModel):
+    """OpenSLO ``timeWindow``: a calendar-aligned month (the only window a monthly contract uses)."""
+
+    duration: Literal["1M"] = "1M"
+    is_rolling: Literal[False] = False
+    calendar: SloCalendar = Field(default_factory=SloCalendar)
+
+
+class SloObjective(CatalogModel):
+    """One OpenSLO objective: the internal objective or the contractual SLA target.
+
+    A one-minute slice is good when the share of good samples of its targets is at least
+    ``time_slice_target`` (1.0: every target up).
+    """
+
+    role: Literal["internal", "sla"] = Field(
+        description="internal: what the team aims for; sla: what the contract promises (credits)."
+    )
+    display_name: str = ""
+    target_percent: Percent
+    time_slice_target: Annotated[float, Field(gt=0, le=1)] = 1.0
+    time_slice_window: Literal["1m"] = Field(default="1m", description="One-minute slices, as probed.")
+
+
+class CreditTier(CatalogModel):
+    """Credit owed when the month's availability is below ``below`` (and at least ``at_least``)."""
+
+    below: Annotated[float, Field(gt=0, le=100)]
+    at_least: Annotated[float, Field(ge=0, lt=100)] | None = Field(
+        default=None, description="Lower bound of the tier; default: the next tier's `below`, or 0."
+    )
+    credit_pct: Annotated[float, Field(gt=0, le=100)] = Field(description="Percent of the monthly fee.")
+
+
+class MaintenanceWindow(CatalogModel):
+    """A one-off maintenance window announced to the customer: excluded from availability in full.
+
+    Times carry their UTC offset (``2026-11-08T01:00:00+01:00``); quote them in YAML.
+    """
+
+    change_id: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    start: AwareDatetime
+    end: AwareDatetime
+    announced_at: AwareDatetime = Field(description="When the customer was told.")
+    description: str = ""
+
+    @field_validator("end")
+    @classmethod
+    def _end_after_start(cls, value: datetime, info: ValidationInfo) -> datetime:
+        start = info.data.get("start")
+        if start is not None and value <= start:
+            raise ValueError(f"end {value.isoformat()} is not after start {start.isoformat()}")
+        return value
+
+
+class StandingWindow(CatalogModel):
+    """A recurring window (e.g. the weekly patch night), in the SLO's time zone.
+
+    Unlike a one-off window it is excluded only while the ledger shows a patch wave or failover drill
+    running inside it; an idle standing window counts like any other time.
+    """
+
+    days: Annotated[list[Weekday], Field(min_length=1)]
+    start: Annotated[str, StringConstraints(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
+    duration: Duration
+
+    @field_validator("duration")
+    @classmethod
+    def _duration_in_a_day(cls, value: timedelta) -> timedelta:
+        if not timedelta(minutes=1) <= value <= timedelta(hours=24):
+            raise ValueError(f"duration {render_duration(value)} must be between 1m and 24h")
+        return value
+
+
+class Slo(CatalogModel):
+    """An availability SLO shaped like OpenSLO v1 (budgeting Timeslices, a calendar month), with the
+    contract's extensions: a no-data policy, credit tiers and maintenance windows."""
+
+    name: TargetName
+    description: str = ""
+    budgeting_method: Literal["Timeslices"] = "Timeslices"
+    time_window: SloTimeWindow = Field(default_factory=SloTimeWindow)
+    targets: Annotated[list[SloTarget], Field(min_length=1)]
+    objectives: Annotated[list[SloObjective], Field(min_length=2, max_length=2)] = Field(
+        description="Two objectives: role internal and role sla."
+    )
+    no_data_policy: Literal["good", "bad", "excluded"] = Field(
+        description="A minute with no sample: good (benefit of the doubt), bad, or excluded from the month."
+    )
+    credit_tiers: list[CreditTier] = Field(
+        default_factory=list, description="Highest `below` first, e.g. [{below: 99.9, credit_pct: 10}, ...]."
+    )
+    monthly_fee: Annotated[Decimal, Field(ge=0, decimal_places=2)] | None = Field(
+        default=None, description="The monthly fee credits are a share of."
+    )
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] = "EUR"
+    maintenance_notice: Duration = Field(
+        default=timedelta(0), description="Least notice before a one-off window for it to be excluded."
+    )
+    maintenance_windows: list[MaintenanceWindow] = Field(default_factory=list)
+    standing_windows: list[StandingWindow] = Field(default_factory=list)
+
+    @field_validator("objectives")
+    @classmethod
+    def _internal_and_sla(cls, value: list[SloObjective]) -> list[SloObjective]:
+        roles = sorted(objective.role for objective in value)
+        if roles != ["internal", "sla"]:
+            raise ValueError(f"needs one objective of role internal and one of role sla, got {roles}")
+        internal, sla = sorted(value, key=lambda objective: objective.role)
+        if internal.target_percent < sla.target_percent:
+            raise ValueError(
+                f"the internal objective {internal.target_percent} is below the SLA target "
+                f"{sla.target_percent}: the team would aim under what the contract promises"
+            )
+        if internal.time_slice_target != sla.time_slice_target:
+            raise ValueError("both objectives must share time_slice_target: the month has one set of minutes")
+        return value
+
+    @field_validator("credit_tiers")
+    @classmethod
+    def _tiers_do_not_overlap(cls, value: list[CreditTier], info: ValidationInfo) -> list[CreditTier]:
+        for index, tier in enumerate(value):
+            lower = value[index + 1].below if index + 1 < len(value) else 0.0
+            if index + 1 < len(value) and value[index + 1].below >= tier.below:
+                raise ValueError(
+                    f"credit_tiers[{index + 1}] (below {value[index + 1].below}) overlaps "
+                    f"credit_tiers[{index}] (below {tier.below}): list tiers from the highest `below` "
+                    "down, each below the last"
+                )
+            if tier.at_least is not None and tier.at_least >= tier.below:
+                raise ValueError(f"credit_tiers[{index}]: at_least {tier.at_least} is not below {tier.below}")
+            if tier.at_least is not None and tier.at_least < lower:
+                raise ValueError(
+                    f"credit_tiers[{index}] (from {tier.at_least} below {tier.below}) overlaps "
+                    f"credit_tiers[{index + 1}] (below {lower})"
+                )
+            if tier.at_least is not None and tier.at_least > lower:
+                raise ValueError(
+                    f"credit_tiers[{index}] starts at {tier.at_least} but the next tier ends at {lower}: "
+                    "availability in between would earn no credit; add a tier or widen one"
+                )
+            if index and tier.credit_pct < value[index - 1].credit_pct:
+                raise ValueError(
+                    f"credit_tiers[{index}] gives {tier.credit_pct}% for a worse month than "
+                    f"credit_tiers[{index - 1}] ({value[index - 1].credit_pct}%)"
+                )
+        objectives = info.data.get("objectives") or []
+        sla = [objective.target_percent for objective in objectives if objective.role == "sla"]
+        if value and sla and value[0].below > sla[0]:
+            raise ValueError(
+                f"credit_tiers[0] starts below {value[0].below}, above the SLA target {sla[0]}: "
+                "credit would be owed in a month that met the contract"
+            )
+        return value
+
+    def objective(self, role: Literal["internal", "sla"]) -> SloObjective:
+        """The objective of ``role`` (both exist, checked on load)."""
+        return next(objective for objective in self.objectives if objective.role == role)
+
+
+class FocusExport(CatalogModel):
+    """Where the FOCUS 1.x billing export lands: ``s3://bucket/prefix/data/BILLING_PERIOD=YYYY-MM/``."""
+
+    cloud: TargetName = Field(description="clouds[].name whose connection reads the bucket.")
+    bucket: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
+    prefix: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_./-]*$")] = ""
+    format: Literal["parquet", "csv"] = "parquet"
+
+
+CostTagKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:/=+@ -]{1,128}$")]
+
+
+class CostSettings(CatalogModel):
+    """How the monthly report reads the estate's cloud cost (Cost Explorer, and a FOCUS export)."""
+
+    cloud: TargetName = Field(description="clouds[].name of the payer account Cost Explorer is asked in.")
+    metric: Literal[
+        "NetUnblendedCost", "UnblendedCost", "NetAmortizedCost", "AmortizedCost", "BlendedCost"
+    ] = Field(default="NetUnblendedCost", description="Cost Explorer metric: invoice basis by default.")
+    tag_keys: list[CostTagKey] = Field(
+        default_factory=list,
+        description="Activated cost allocation tag keys to break the month down by (case-sensitive), "
+        "e.g. customer, requested_by.",
+    )
+    linked_accounts: list[Annotated[str, StringConstraints(pattern=r"^\d{12}$")]] = Field(
+        default_factory=list, description="Only these linked accounts; empty: every account of the payer."
+    )
+    focus_export: FocusExport | None = None
+
+
+class ReportSettings(CatalogModel):
+    """Who receives the estate's monthly report, and through which SMTP notification."""
+
+    recipients: Annotated[list[Annotated[str, StringConstraints(pattern=_EMAIL)]], Field(min_length=1)]
+    smtp_notification: TargetName | None = Field(
+        default=None,
+        description="notifications[].name (kind smtp) that sends it; default: the first smtp one.",
+    )
+
+
+# --- end of service levels, endpoints, cost and report settings ---
 
 
 class SmtpNotification(CatalogModel):
@@ -644,6 +921,9 @@ class Catalog(CatalogModel):
         default_factory=Approvals,
         description="Who may approve restores over existing databases; never the requester.",
     )
+    endpoints: list[HttpEndpoint] = Field(default_factory=list, description="HTTP(S) endpoints SLOs cover.")
+    cost: CostSettings | None = None
+    reports: ReportSettings | None = None
 
     @field_validator("timezone")
     @classmethod
@@ -680,16 +960,21 @@ __all__ = [
     "BackupPolicy",
     "Catalog",
     "Cloud",
+    "CostSettings",
+    "CreditTier",
     "Database",
     "DrillPolicy",
     "Duration",
     "Encryption",
     "Fleet",
     "FleetSnapshotPolicy",
+    "FocusExport",
     "HealthCommand",
     "HealthGate",
     "HookCommand",
     "Host",
+    "HttpEndpoint",
+    "MaintenanceWindow",
     "Notification",
     "ObjectLock",
     "PatchBaseline",
@@ -697,11 +982,16 @@ __all__ = [
     "PatchWindow",
     "PatchingPolicy",
     "RebootPolicy",
+    "ReportSettings",
     "Repository",
     "RetentionPolicy",
     "Slo",
+    "SloObjective",
+    "SloTarget",
+    "SloTimeWindow",
     "SmtpNotification",
     "SnsNotification",
+    "StandingWindow",
     "check_share_or_count",
     "parse_duration",
     "render_duration",

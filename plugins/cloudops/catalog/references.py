@@ -50,7 +50,7 @@ def _missing(path: Path, section: str, what: str, name: str, known: Iterable[str
 def check_references(catalog: Catalog) -> list[ReferenceProblem]:
     """Check that every name used is defined once and that clusters have one primary."""
     problems: list[ReferenceProblem] = []
-    for section in ("clouds", "repositories", "databases", "fleets", "slos", "notifications"):
+    for section in ("clouds", "repositories", "databases", "fleets", "slos", "notifications", "endpoints"):
         problems += _duplicates(section, [item.name for item in getattr(catalog, section)])
     host_names = [host.name for _, host in catalog.hosts]
     for index, (fleet, host) in enumerate(catalog.hosts):
@@ -82,7 +82,6 @@ def check_references(catalog: Catalog) -> list[ReferenceProblem]:
         problems += _patching_references(index, fleet)
 
     repositories = {repository.name for repository in catalog.repositories}
-    databases = {database.name for database in catalog.databases}
     for index, database in enumerate(catalog.databases):
         if database.backup and database.backup.repository not in repositories:
             problems.append(
@@ -101,11 +100,7 @@ def check_references(catalog: Catalog) -> list[ReferenceProblem]:
                     "a replica needs a cluster: name the cluster it shares with its primary",
                 )
             )
-    for index, slo in enumerate(catalog.slos):
-        if slo.database and slo.database not in databases:
-            problems.append(
-                _missing(("slos", index, "database"), "databases", "database", slo.database, databases)
-            )
+    problems += service_level_references(catalog)
 
     primaries = Counter(d.cluster for d in catalog.databases if d.cluster and d.role == "primary")
     for index, database in enumerate(catalog.databases):
@@ -151,6 +146,45 @@ def _patching_references(index: int, fleet: Fleet) -> list[ReferenceProblem]:
                 group,
                 groups,
             )
+        )
+    return problems
+
+
+def service_level_references(catalog: Catalog) -> list[ReferenceProblem]:
+    """SLO targets, the cost settings' clouds and the report's SMTP notification exist."""
+    problems: list[ReferenceProblem] = []
+    known = {
+        "database": ("databases", {database.name for database in catalog.databases}),
+        "host": ("hosts of the fleets", {host.name for _, host in catalog.hosts}),
+        "endpoint": ("endpoints", {endpoint.name for endpoint in catalog.endpoints}),
+    }
+    for index, slo in enumerate(catalog.slos):
+        seen: set[str] = set()
+        for at, target in enumerate(slo.targets):
+            section, names = known[target.kind]
+            if target.name not in names:
+                problems.append(
+                    _missing(("slos", index, "targets", at, "name"), section, target.kind, target.name, names)
+                )
+            if target.key in seen:
+                problems.append(
+                    ReferenceProblem(("slos", index, "targets", at), f"target {target.key} is listed twice")
+                )
+            seen.add(target.key)
+    clouds = {cloud.name for cloud in catalog.clouds}
+    if catalog.cost is not None:
+        if catalog.cost.cloud not in clouds:
+            problems.append(_missing(("cost", "cloud"), "clouds", "cloud", catalog.cost.cloud, clouds))
+        export = catalog.cost.focus_export
+        if export is not None and export.cloud not in clouds:
+            problems.append(
+                _missing(("cost", "focus_export", "cloud"), "clouds", "cloud", export.cloud, clouds)
+            )
+    smtp = {n.name for n in catalog.notifications if n.kind == "smtp"}
+    wanted = catalog.reports.smtp_notification if catalog.reports else None
+    if wanted is not None and wanted not in smtp:
+        problems.append(
+            _missing(("reports", "smtp_notification"), "smtp notifications", "notification", wanted, smtp)
         )
     return problems
 
@@ -248,4 +282,5 @@ __all__ = [
     "cross_catalog_duplicates",
     "primaries_by_conn",
     "primary_scratch_servers",
+    "service_level_references",
 ]
