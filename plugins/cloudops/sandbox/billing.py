@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from cloudops.catalog.models import CostSettings
+from cloudops.errors import SandboxError
 from cloudops.reports.cost import cost_explorer_requests, month_bounds
 
 ACCOUNTS = ("123456789012", "210987654321")
@@ -160,4 +161,67 @@ def focus_parquet(lines: Sequence[BillLine]) -> bytes:
     return buffer.getvalue()
 
 
-__all__ = ["BillLine", "explorer_answers", "focus_parquet", "sandbox_bill"]
+def seeded_month(now: datetime) -> str:
+    """The billing month the sandbox seeds: the last complete UTC month before ``now``."""
+    first = now.astimezone(UTC).date().replace(day=1) - timedelta(days=1)
+    return f"{first.year:04d}-{first.month:02d}"
+
+
+def seed_billing(settings: CostSettings, endpoint: str, region: str, *, now: datetime) -> list[str]:
+    """Put the last complete month's bill in moto: its FOCUS file in S3 and its Cost Explorer answers.
+
+    Idempotent: the FOCUS file marks the month as seeded (moto loses both on restart). The answers are
+    queued only with the file, since moto hands queued answers to whichever new request comes next; an
+    estate without a focus_export is not seeded (nothing would mark it).
+    """
+    import urllib.request
+
+    import boto3
+    from botocore.exceptions import ClientError
+
+    from cloudops.clouds.aws.cost_explorer import focus_prefix
+
+    month = seeded_month(now)
+    previous = f"{(month_bounds(month)[0] - timedelta(days=1)):%Y-%m}"
+    done: list[str] = []
+    export = settings.focus_export
+    if export is None:
+        return done
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=region,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    key = f"{focus_prefix(export, month)}sandbox-focus-00001.parquet"
+    try:
+        s3.head_bucket(Bucket=export.bucket)
+    except ClientError:
+        s3.create_bucket(Bucket=export.bucket, CreateBucketConfiguration={"LocationConstraint": region})
+        done.append(f"bucket {export.bucket} (FOCUS billing export)")
+    try:
+        s3.head_object(Bucket=export.bucket, Key=key)
+        return done
+    except ClientError:
+        pass
+    lines, before = sandbox_bill(month), sandbox_bill(previous)
+    body = json.dumps({"results": explorer_answers(settings, month, lines, before)}).encode()
+    request = urllib.request.Request(
+        f"{endpoint}/moto-api/static/ce/cost-and-usage-results",
+        data=body,
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        if response.status != 201:
+            raise SandboxError(f"moto refused the Cost Explorer results: HTTP {response.status}")
+    done.append(
+        f"Cost Explorer answers for {month} ({len(cost_explorer_requests(settings, month))} requests)"
+    )
+    s3.put_object(Bucket=export.bucket, Key=key, Body=focus_parquet(lines))
+    done.append(f"FOCUS export s3://{export.bucket}/{key} ({len(lines)} line items)")
+    return done
+
+
+__all__ = ["BillLine", "explorer_answers", "focus_parquet", "sandbox_bill", "seed_billing", "seeded_month"]

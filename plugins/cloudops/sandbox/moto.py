@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +87,12 @@ class MotoServer:
             self.daemon.record(proc.pid)
             say(f"{self.name}: started (pid {proc.pid}) on {self.address}")
         created = seed.seed_aws(self.plan, self.endpoint)
+        if self.plan.cost is not None:
+            from cloudops.sandbox.billing import seed_billing
+
+            created += seed_billing(
+                self.plan.cost, self.endpoint, self.plan.aws.region, now=datetime.now(UTC)
+            )
         for line in created:
             say(f"{self.name}: created {line}")
         if not created:

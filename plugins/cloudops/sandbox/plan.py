@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cloudops.catalog import Catalog, load_catalog_file
-from cloudops.catalog.models import SmtpNotification, SnsNotification
+from cloudops.catalog.models import CostSettings, SmtpNotification, SnsNotification
 from cloudops.errors import SandboxError
 
 
@@ -56,6 +56,7 @@ class EstatePlan:
     aws: AwsPlan
     hosts: tuple[HostPlan, ...]
     smtp_conn_ids: tuple[str, ...]
+    cost: CostSettings | None = None
 
 
 def plan_from_catalog(catalog: Catalog) -> EstatePlan:
@@ -114,6 +115,7 @@ def plan_from_catalog(catalog: Catalog) -> EstatePlan:
         aws=aws,
         hosts=hosts,
         smtp_conn_ids=smtp,
+        cost=catalog.cost,
     )
 
 

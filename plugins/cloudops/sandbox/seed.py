@@ -8,9 +8,6 @@ object is missing; the AWS seed checks each resource, because moto forgets every
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import urllib.request
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -208,7 +205,6 @@ def seed_aws(plan: EstatePlan, endpoint: str) -> list[str]:
 
     done += _seed_rds(plan, client("rds"))
     done += _seed_ec2(plan, client("ec2"))
-    done += _seed_cost_explorer(plan, endpoint, client("ssm"))
     return done
 
 
@@ -297,69 +293,6 @@ def _seed_ec2(plan: EstatePlan, ec2: Any) -> list[str]:
         ec2.attach_volume(VolumeId=volume["VolumeId"], InstanceId=instance["InstanceId"], Device="/dev/sdf")
         done.append(f"EC2 instance {host.name} ({instance['InstanceId']}) with volume {volume['VolumeId']}")
     return done
-
-
-CE_MARKER_PARAMETER = "/cloudops/sandbox/cost-explorer-seeded"
-CE_QUEUED_RESULTS = 10  # moto hands one queued result to each distinct get_cost_and_usage request
-CE_SERVICES = {
-    "Amazon Relational Database Service": 41.5,
-    "Amazon Elastic Compute Cloud - Compute": 28.2,
-    "EC2 - Other": 6.1,
-    "Amazon Simple Storage Service": 3.4,
-    "Amazon Simple Notification Service": 0.2,
-}
-
-
-def _cost_result(days: int = 30) -> dict[str, Any]:
-    """Daily unblended costs per service for the last `days` days, with a weekly rhythm."""
-    today = dt.datetime.now(dt.UTC).date()
-    by_time = []
-    for back in range(days, 0, -1):
-        start = today - dt.timedelta(days=back)
-        factor = 1.0 + 0.08 * (start.weekday() < 5) + 0.01 * (back % 7)
-        groups = [
-            {
-                "Keys": [service],
-                "Metrics": {"UnblendedCost": {"Amount": f"{base * factor:.4f}", "Unit": "USD"}},
-            }
-            for service, base in CE_SERVICES.items()
-        ]
-        total = sum(base * factor for base in CE_SERVICES.values())
-        by_time.append(
-            {
-                "TimePeriod": {"Start": start.isoformat(), "End": (start + dt.timedelta(days=1)).isoformat()},
-                "Total": {"UnblendedCost": {"Amount": f"{total:.4f}", "Unit": "USD"}},
-                "Groups": groups,
-                "Estimated": back <= 1,
-            }
-        )
-    return {
-        "ResultsByTime": by_time,
-        "DimensionValueAttributes": [],
-        "GroupDefinitions": [{"Type": "DIMENSION", "Key": "SERVICE"}],
-    }
-
-
-def _seed_cost_explorer(plan: EstatePlan, endpoint: str, ssm: Any) -> list[str]:
-    # moto's queue cannot be read back, so an SSM parameter records that this moto process has it.
-    from botocore.exceptions import ClientError
-
-    try:
-        ssm.get_parameter(Name=CE_MARKER_PARAMETER)
-        return []
-    except ClientError:
-        pass
-    body = json.dumps({"results": [_cost_result() for _ in range(CE_QUEUED_RESULTS)]}).encode()
-    request = urllib.request.Request(
-        f"{endpoint}/moto-api/static/ce/cost-and-usage-results",
-        data=body,
-        method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        response.read()
-    ssm.put_parameter(Name=CE_MARKER_PARAMETER, Value=dt.datetime.now(dt.UTC).isoformat(), Type="String")
-    return [f"Cost Explorer: {CE_QUEUED_RESULTS} queued get_cost_and_usage results (30 days by SERVICE)"]
 
 
 __all__ = [
