@@ -43,8 +43,16 @@ def run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
 def bench_fleet(size: int) -> str:
     """A fleet of `size` extra sandbox hosts (bench<size>-1..N), added once."""
     name = f"bench{size}"
-    if not (SANDBOX / "catalog" / f"{name}.yaml").exists():
-        run([*CLOUDOPS, "sandbox", "hosts", "add", "--fleet", name, "--count", str(size)])
+    catalog = SANDBOX / "catalog" / f"{name}.yaml"
+    run([*CLOUDOPS, "sandbox", "hosts", "add", "--fleet", name, "--count", str(size)])
+    # The new hosts' connections were just written to the env file this process was started with.
+    from cloudops.sandbox.layout import SandboxLayout, read_env_file
+
+    os.environ.update(read_env_file(SandboxLayout.from_environment().env_file))
+    # The added fleet's catalog file sits beside the sandbox's, not in runbooks/: load both.
+    known = os.environ.get("CLOUDOPS_CATALOG") or str(REPO / "runbooks")
+    if str(catalog) not in known.split(os.pathsep):
+        os.environ["CLOUDOPS_CATALOG"] = os.pathsep.join([known, str(catalog)])
     return name
 
 
@@ -107,7 +115,9 @@ def write_ansible_side(fleet: Any, policy: Any, plan: Any, work: Path) -> Path:
         f"[ssh_connection]\nssh_args = -o UserKnownHostsFile={SANDBOX / 'ssh' / 'known_hosts'}"
         " -o StrictHostKeyChecking=yes -o ControlMaster=auto -o ControlPersist=60s\npipelining = true\n"
     )
-    health = policy.health.checks[0]
+    health = policy.health.commands[0]
+    soak = int(policy.health.soak.total_seconds())
+    stable = int(policy.reboot.stable_for.total_seconds())
     pins = {h: [f"{p.package}={p.version}" for p in pins] for h, pins in plan.snapshot.pins.items()}
     play = [
         {
@@ -132,16 +142,27 @@ def write_ansible_side(fleet: Any, policy: Any, plan: Any, work: Path) -> Path:
                 },
                 {
                     "name": "reboot",
-                    "ansible.builtin.reboot": {"reboot_timeout": 120},
+                    # Our wave waits the policy's stability window after a host is back; so does this.
+                    "ansible.builtin.reboot": {"reboot_timeout": 120, "post_reboot_delay": stable},
                     "when": "reboot_flag.stat.exists",
                 },
-                {
-                    "name": "health",
-                    "ansible.builtin.command": health.command,
-                    "register": "health",
-                    "changed_when": False,
-                    "failed_when": f"'{health.expect_output}' not in health.stdout",
-                },
+                *[
+                    # Our health gate: the command, the soak, the command again.
+                    step
+                    for again in (False, True)
+                    for step in (
+                        [{"name": "soak", "ansible.builtin.pause": {"seconds": soak}}] if again and soak else []
+                    )
+                    + [
+                        {
+                            "name": "health" + (" after the soak" if again else ""),
+                            "ansible.builtin.command": health.command,
+                            "register": "health",
+                            "changed_when": False,
+                            "failed_when": f"'{health.expect_output}' not in health.stdout",
+                        }
+                    ]
+                ],
             ],
         }
     ]
@@ -245,6 +266,12 @@ def bench_size(size: int, rounds: int, venv: Path) -> dict[str, Any]:
 
 def main() -> None:
     """Run every size and print the summary."""
+    import logging
+
+    # The SSH hook logs every command at INFO; the benchmark's output is its summary.
+    logging.basicConfig(level=logging.WARNING, force=True)
+    for name in ("paramiko", "airflow", "cloudops"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     sizes = [int(s) for s in os.environ.get("BENCH_PATCH_SIZES", "6 30").split()]
     rounds = int(os.environ.get("BENCH_PATCH_ROUNDS", "3"))
     venv = ansible_venv()
@@ -252,9 +279,19 @@ def main() -> None:
         "date": datetime.now(UTC).isoformat(),
         "cores": os.cpu_count(),
         "loadavg": os.getloadavg(),
-        "sizes": [bench_size(size, rounds, venv) for size in sizes],
+        "sizes": [],
     }
-    print(json.dumps(out, indent=1, default=str))
+    for size in sizes:
+        out["sizes"].append(bench_size(size, rounds, venv))
+        # Each size's figures are kept as soon as they exist: a later size that fails loses nothing.
+        partial = SANDBOX / "bench-patch" / f"result-{size}.json"
+        partial.write_text(json.dumps(out["sizes"][-1], indent=1, default=str) + "\n")
+    text = json.dumps(out, indent=1, default=str)
+    result = SANDBOX / "bench-patch" / "result.json"
+    result.parent.mkdir(parents=True, exist_ok=True)
+    result.write_text(text + "\n")
+    print(text)
+    print(f"written to {result}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,18 @@ def _catalog_text(fleet: str, hosts: tuple[HostPlan, ...]) -> str:
         "fleets:",
         f"  - name: {fleet}",
         "    os_family: debian",
+        # The benchmark's policy: the sandbox fleets' baseline, health and reboot, serial [1, 2, 100%].
+        "    patching:",
+        '      window: {days: [mon, tue, wed, thu, fri, sat, sun], start: "00:00", duration: 24h}',
+        "      baseline: {classifications: [security], approve_after_days: 0}",
+        '      waves: {canary_group: canary, batches: [1, 2, "100%"], max_failed_per_batch: 0, failure_budget: 0}',
+        "      reboot: {when: if_needed, timeout: 2m, stable_for: 3s}",
+        "      health:",
+        "        commands:",
+        "          - {command: cat /var/lib/demo-web/health, expect_output: OK, timeout: 10s}",
+        "        soak: 2s",
+        "      privilege: sudo",
+        "      unreachable: exclude_and_report",
         "    hosts:",
     ]
     for host in hosts:
