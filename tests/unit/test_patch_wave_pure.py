@@ -18,7 +18,6 @@ from cloudops.patching.wave_run import (
     HostOutcome,
     WaveSettings,
     judge_batch,
-    package_compliance,
     resumable_done_hosts,
 )
 
@@ -45,19 +44,6 @@ def test_a_batch_halts_when_its_failures_exceed_the_limit_not_when_they_equal_it
     assert "web-4: FAILED at health gate: FAIL: 2.1 regression" in reason
     decision, reason = judge_batch(2, [_failed("web-4")], 2, settings)
     assert (decision, "more than its budget of 1" in reason) == ("halt", True)
-
-
-def test_compliance_per_package_attributes_pending_reboots_and_holds() -> None:
-    installed = {"demo-openssl": "1.1", "demo-kernel": "6.1.0-2-demo", "demo-web": "2.0"}
-    states = package_compliance([OPENSSL, KERNEL, WEB], installed, {"demo-web"}, {"demo-kernel"})
-    assert states == {
-        "demo-openssl": "INSTALLED",
-        "demo-kernel": "INSTALLED_PENDING_REBOOT",
-        "demo-web": "HELD",
-    }
-    failed = package_compliance([OPENSSL, WEB], {"demo-openssl": "1.0"}, set(), set(), failed=True)
-    assert failed == {"demo-openssl": "FAILED", "demo-web": "FAILED"}
-    assert package_compliance([OPENSSL], {"demo-openssl": "1.0"}, set(), set()) == {"demo-openssl": "MISSING"}
 
 
 def test_a_resume_skips_done_hosts_and_a_rolled_back_canary_only_once_its_bad_package_is_rejected() -> None:

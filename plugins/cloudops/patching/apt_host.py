@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from cloudops.errors import CloudOpsError
 from cloudops.fleet.ssh import CommandResult
 from cloudops.patching import apt_output
-from cloudops.patching.model import HostScan, PackagePin
+from cloudops.patching.model import KERNEL_PREFIXES, HostScan, PackagePin
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,6 @@ SCAN_TIMEOUT = 120
 DEFAULT_LOCK_TIMEOUT = 60
 HOOK_TIMEOUT = 300
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
-KERNEL_PREFIXES = ("linux-image", "demo-kernel")  # packages that put a new kernel in /boot
 
 
 class HostActionError(CloudOpsError):
@@ -197,8 +196,12 @@ class AptHost:
         return boot_id
 
     def installed_versions(self, step: str = "read installed versions") -> dict[str, str]:
+        return self.package_states(step)[0]
+
+    def package_states(self, step: str = "read installed versions") -> tuple[dict[str, str], frozenset[str]]:
+        """Installed versions, and the packages dpkg left unpacked or half-configured."""
         result = self.run(step, "dpkg-query -W -f='${Package}\\t${Version}\\t${db:Status-Abbrev}\\n'", 60)
-        return apt_output.parse_installed(result.stdout)
+        return apt_output.parse_installed(result.stdout), apt_output.parse_unfinished(result.stdout)
 
     def holds(self) -> frozenset[str]:
         return apt_output.parse_holds(self.run("read holds", "apt-mark showhold", 30).stdout)
@@ -243,6 +246,7 @@ class AptHost:
             host=self.name,
             pending=pending,
             installed=apt_output.parse_installed(sections.get("installed", "")),
+            unfinished=apt_output.parse_unfinished(sections.get("installed", "")),
             held=apt_output.parse_holds(sections.get("holds", "")),
             boot_id=sections["boot_id"].strip()[:64],
             reboot_required=sections.get("reboot", "").strip() == "yes",
