@@ -3,7 +3,7 @@ and the evidence report's patch waves (CC7.1, CC8.1)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,9 @@ from cloudops.patching import wave_lock
 from cloudops.patching.model import Classification, PackagePin
 from cloudops.patching.wave_run import (
     FAILED,
+    NOT_STARTED,
+    STOP_NOW,
+    STOPPED,
     HostOutcome,
     WaveSettings,
     judge_batch,
@@ -177,3 +180,53 @@ def test_a_resume_reads_the_recorded_snapshot_back_minus_the_rejected_package() 
         plan_wave(
             target, catalog, now=today, resume={"run_id": "manual__w1", "planned": planned, "wave": wave}
         )
+
+
+def test_stop_now_asks_hosts_to_stop_only_once_the_cutoff_passed() -> None:
+    from cloudops.patching.wave_run import _stop_check
+
+    cutoff = datetime(2026, 12, 5, 3, 0, tzinfo=UTC)
+    clock = [cutoff - timedelta(seconds=1)]
+    stop = _stop_check(WaveSettings(cutoff=cutoff, cutoff_behaviour=STOP_NOW), lambda: clock[0])
+    assert stop() is None
+    clock[0] = cutoff
+    assert f"the window's cutoff {cutoff.isoformat()} passed" in (stop() or "")
+    # finish_batch, or no cutoff: a running batch is never stopped.
+    assert _stop_check(WaveSettings(cutoff=cutoff), lambda: clock[0])() is None
+    assert _stop_check(WaveSettings(cutoff_behaviour=STOP_NOW), lambda: clock[0])() is None
+    with pytest.raises(ValueError, match="cutoff_behaviour 'cancel' is neither"):
+        WaveSettings(cutoff_behaviour="cancel")
+
+
+def test_a_stopped_host_says_the_step_it_stopped_before_and_what_it_was_left_in() -> None:
+    stopped = HostOutcome(
+        "app-2",
+        0,
+        status=STOPPED,
+        step="reboot",
+        changed=True,
+        compliance={"demo-kernel": "INSTALLED_PENDING_REBOOT", "demo-slow": "INSTALLED"},
+        pre_hook_ran=True,
+    )
+    assert stopped.summary() == (
+        "app-2: STOPPED before reboot (packages changed: demo-kernel INSTALLED_PENDING_REBOOT, "
+        "demo-slow INSTALLED; its pre hook ran and its post hook did not)"
+    )
+    early = HostOutcome("app-3", 0, status=STOPPED, step="install")
+    assert early.summary() == "app-3: STOPPED before install (nothing changed)"
+    assert HostOutcome("app-1", 1, status=NOT_STARTED).summary() == "app-1: not started (untouched)"
+
+
+def test_the_runbook_passes_the_windows_cutoff_behaviour_to_the_wave() -> None:
+    from cloudops.catalog.models import PatchingPolicy
+    from cloudops.patching.snapshot import Snapshot
+    from cloudops.runbooks.patch_wave import WavePlan, settings_for
+
+    window = {"days": ["mon"], "start": "02:00", "duration": "3h", "cutoff": "1h"}
+    cutoff = datetime(2026, 12, 7, 4, 0, tzinfo=UTC)
+    plan = WavePlan(Snapshot("app", date(2026, 12, 7), {}, (), ()), (), 1, {}, (), None, "", cutoff)
+    for behaviour in ("stop_now", "finish_batch"):
+        policy = PatchingPolicy.model_validate({"window": window | {"cutoff_behaviour": behaviour}})
+        settings = settings_for(policy, plan)
+        assert (settings.cutoff, settings.cutoff_behaviour) == (cutoff, behaviour)
+    assert settings_for(PatchingPolicy.model_validate({}), plan).cutoff_behaviour == "finish_batch"

@@ -18,14 +18,19 @@ Triggered by hand (Trigger DAG, with the form below); nothing is scheduled.
    gate with soak, post hook. After each batch: go or halt, with the reason, against the batch limit
    and the wave's failure budget. A canary whose health broke has the bad update rolled back (the
    previous version reinstalled and held) when the repository still has it. No batch starts past the
-   window's cutoff. Every host's outcome is recorded (`patch.host`), then the wave (`patch.wave`)
-   with the compliance per host and package.
+   window's cutoff; with the window's `cutoff_behaviour: stop_now`, a batch still running at the
+   cutoff stops too: each host at its next step boundary (before install, reboot, health gate, ...),
+   reported `stopped` with the step it stopped before, whether packages changed and each package's
+   state (e.g. INSTALLED_PENDING_REBOOT when it stopped before its reboot). Every host's outcome is
+   recorded (`patch.host`), then the wave (`patch.wave`) with the compliance per host and package.
 3. `release` (always runs) releases the wave lock.
 
 **What a failure means.** `plan`: refused before anything changed (another wave running, outside the
 window, an unreachable host under `refuse`, an unknown package in the baseline): read the message.
-`wave`: a batch failed or the budget ran out; the message names each failed host, the step and the
-cause, and whether packages were changed on it. A halted wave leaves later batches untouched.
+`wave`: a batch failed, the budget ran out or the cutoff stopped it (stop_now); the message names each
+failed or stopped host, the step and the cause, and the state it was left in (packages changed or
+not, each package's compliance, a pre hook that ran without its post hook). A halted wave leaves
+later batches untouched.
 
 **What to do next.** Read the failed hosts in the log or with `cloudops patch status <fleet>`. Fix
 the cause (or reject the bad package: form field `reject`), then trigger again with `resume_run_id`
@@ -269,6 +274,7 @@ def settings_for(policy: PatchingPolicy, plan: WavePlan) -> WaveSettings:
         post_hook=tuple(Hook(h.command, seconds(h.timeout)) for h in policy.post_hook),
         canary_batches=plan.canary_batches,
         cutoff=plan.cutoff_at,
+        cutoff_behaviour=policy.window.cutoff_behaviour if policy.window else "finish_batch",
     )
 
 
@@ -331,7 +337,8 @@ def compliance_table(result: WaveResult) -> str:
         kernel = o.running_kernel + (
             "" if o.running_kernel == o.installed_kernel else f" (installed {o.installed_kernel})"
         )
-        rows.append((name, o.status, packages, "yes" if o.rebooted else "no", kernel or "-"))
+        status = f"{o.status} before {o.step}" if o.status == "stopped" else o.status
+        rows.append((name, status, packages, "yes" if o.rebooted else "no", kernel or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -471,6 +478,8 @@ def _wave_act(context: dict[str, Any], approval: Approval | None) -> dict[str, A
                 "error",
                 "changed",
                 "compliance",
+                "pre_hook_ran",
+                "post_hook_ran",
                 "rolled_back",
                 "healthy_after_rollback",
             )
@@ -482,7 +491,10 @@ def _wave_act(context: dict[str, Any], approval: Approval | None) -> dict[str, A
     for cause in plan.unreachable.values():
         log.warning("not patched, unreachable before the wave: %s", cause)
     if result.halted:
-        raise CloudOpsError(f"fleet {target.fleet}: the wave halted: {result.reason}")
+        left = "\n".join(f"  {line}" for line in result.left_behind())
+        raise CloudOpsError(
+            f"fleet {target.fleet}: the wave halted: {result.reason}\nhosts left behind:\n{left}"
+        )
     return {"succeeded": True, "reason": result.reason, "seconds": result.seconds}
 
 
