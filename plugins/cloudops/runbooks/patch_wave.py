@@ -23,10 +23,11 @@ Triggered by hand (Trigger DAG, with the form below); nothing is scheduled.
    reported `stopped` with the step it stopped before, whether packages changed and each package's
    state (e.g. INSTALLED_PENDING_REBOOT when it stopped before its reboot). Every host's outcome is
    recorded (`patch.host`), then the wave (`patch.wave`) with the compliance per host and package.
-3. `release` (always runs) releases the wave lock.
+3. `release` (always runs) releases the wave lock (only when this run holds it).
 
 **What a failure means.** `plan`: refused before anything changed (another wave running, outside the
 window, an unreachable host under `refuse`, an unknown package in the baseline): read the message.
+A refusal is never retried: trigger again once its cause is gone.
 `wave`: a batch failed, the budget ran out or the cutoff stopped it (stop_now); the message names each
 failed or stopped host, the step and the cause, and the state it was left in (packages changed or
 not, each package's compliance, a pre hook that ran without its post hook). A halted wave leaves
@@ -389,20 +390,27 @@ def plan_task(**context: Any) -> dict[str, Any]:
     from cloudops.patching import wave_lock
     from cloudops.runbooks.common import load_estate
 
+    from airflow.sdk.exceptions import AirflowFailException
+
     target = _target(context)
     params = context["params"]
-    wave_lock.acquire(target.fleet, context["run_id"])
-    catalog = load_estate(target.catalog_file, target.estate)
-    resume_id = params.get("resume_run_id") or None
-    resume = _earlier_run(target, resume_id) if resume_id else None
-    plan = plan_wave(
-        target,
-        catalog,
-        now=datetime.now(UTC),
-        resume=resume,
-        reject=_form_list(params.get("reject")),
-        limit_hosts=_form_list(params.get("hosts")),
-    )
+    try:
+        # A refusal is final, never retried: a retry a minute later could start this wave unasked,
+        # once the other one is over, or once the window opened.
+        wave_lock.acquire(target.fleet, context["run_id"])
+        catalog = load_estate(target.catalog_file, target.estate)
+        resume_id = params.get("resume_run_id") or None
+        resume = _earlier_run(target, resume_id) if resume_id else None
+        plan = plan_wave(
+            target,
+            catalog,
+            now=datetime.now(UTC),
+            resume=resume,
+            reject=_form_list(params.get("reject")),
+            limit_hosts=_form_list(params.get("hosts")),
+        )
+    except (wave_lock.WaveAlreadyRunning, InvalidInputError) as refused:
+        raise AirflowFailException(f"refused, nothing was changed: {refused}") from None
     log.info("%s", plan.snapshot.summary())
     for left in plan.snapshot.left_out:
         log.info("left out on %s: %s %s (%s)", left.host, left.package, left.version, left.reason)
