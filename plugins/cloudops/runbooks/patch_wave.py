@@ -385,12 +385,12 @@ def _earlier_run(target: FleetTarget, run_id: str) -> dict[str, Any]:
 
 
 def plan_task(**context: Any) -> dict[str, Any]:
+    from airflow.sdk.exceptions import AirflowFailException
+
     from cloudops.evidence.recorder import record_fact
     from cloudops.evidence.runs import PATCH_PLANNED
     from cloudops.patching import wave_lock
     from cloudops.runbooks.common import load_estate
-
-    from airflow.sdk.exceptions import AirflowFailException
 
     target = _target(context)
     params = context["params"]
