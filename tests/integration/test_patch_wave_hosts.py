@@ -16,6 +16,7 @@ import pytest
 
 from cloudops.catalog import load_catalog_file
 from cloudops.errors import InvalidInputError
+from cloudops.fleet.ssh import CommandResult
 from cloudops.patching.apt_host import (
     AptHost,
     HealthCheck,
@@ -23,6 +24,7 @@ from cloudops.patching.apt_host import (
     HostUnreachable,
     RebootBounds,
     StepLog,
+    ssh_runner,
 )
 from cloudops.patching.model import PackagePin
 from cloudops.patching.wave_run import (
@@ -321,3 +323,39 @@ def test_stop_now_stops_a_running_batch_before_its_reboot_and_reports_what_each_
         assert outcome.rebooted
         assert outcome.compliance == {"demo-kernel": "INSTALLED", "demo-slow": "INSTALLED"}
         assert "install: nothing to install on this host" in outcome.notes
+
+
+def test_an_unexpected_error_on_one_host_fails_that_host_and_the_batch_is_still_reported(
+    fleet: list[WaveHost],
+) -> None:
+    # app-2's connection answers the reboot-flag read (after its install) with an error nobody
+    # foresaw; without a record of it the wave would lose app-3's outcome too and app-2 would be
+    # left with new packages and no word of it.
+    def flaky(wave_host: WaveHost, privilege: str) -> AptHost:
+        real = ssh_runner(wave_host.ssh_conn_id, used_by=wave_host.name)
+        if wave_host.name != "app-2":
+            return AptHost(wave_host.name, real, privilege=privilege)
+
+        def run(command: str, timeout: int) -> CommandResult:
+            if "reboot-required" in command:
+                raise RuntimeError("the channel answered nonsense")
+            return real(command, timeout)
+
+        return AptHost(wave_host.name, run, privilege=privilege)
+
+    result = run_wave([HOSTS[1:]], {h.name: SECURITY for h in fleet}, SETTINGS, host_factory=flaky)
+
+    broken = result.hosts["app-2"]
+    assert broken.status == FAILED
+    assert broken.step == "reboot"
+    assert broken.error == "unexpected RuntimeError: the channel answered nonsense"
+    assert broken.changed
+    # Read back from the host: installed, and the kernel it runs is older than the one installed.
+    assert broken.compliance == {"demo-openssl": "INSTALLED", "demo-kernel": "INSTALLED_PENDING_REBOOT"}
+    assert "6.1.0-2-demo is installed but 6.1.0-1-demo is running" in broken.compliance_reasons["demo-kernel"]
+    assert result.hosts["app-3"].status == DONE
+    assert result.halted
+    assert (
+        "app-2: FAILED at reboot: unexpected RuntimeError: the channel answered nonsense (packages changed: "
+        "demo-kernel INSTALLED_PENDING_REBOOT, demo-openssl INSTALLED)"
+    ) in result.reason

@@ -149,3 +149,8 @@ def test_output_is_bounded() -> None:
     big = "x" * (apt_output.MAX_OUTPUT_CHARS + 10)
     assert apt_output.bounded(big).endswith("[... 10 more characters dropped]")
     assert apt_output.excerpt("a" * 5000, 100).startswith("[... 4900 earlier characters dropped]")
+
+
+def test_holds_read_from_dpkg_status_are_the_hold_selections() -> None:
+    listing = "demo-web\t2.0\thi \ndemo-tools\t1.0\tii \ndemo-kernel\t6.1.0-1-demo\thF \nbad\n"
+    assert apt_output.parse_selection_holds(listing) == frozenset({"demo-web", "demo-kernel"})

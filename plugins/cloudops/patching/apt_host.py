@@ -124,6 +124,15 @@ class RebootOutcome:
 
 
 @dataclass(frozen=True)
+class DpkgState:
+    """What dpkg says of the host's packages: versions on disk, unfinished ones, held ones."""
+
+    versions: dict[str, str]
+    unfinished: frozenset[str]
+    held: frozenset[str]
+
+
+@dataclass(frozen=True)
 class HealthOutcome:
     healthy: bool
     output: str
@@ -196,12 +205,16 @@ class AptHost:
         return boot_id
 
     def installed_versions(self, step: str = "read installed versions") -> dict[str, str]:
-        return self.package_states(step)[0]
+        return self.package_states(step).versions
 
-    def package_states(self, step: str = "read installed versions") -> tuple[dict[str, str], frozenset[str]]:
-        """Installed versions, and the packages dpkg left unpacked or half-configured."""
+    def package_states(self, step: str = "read installed versions") -> DpkgState:
+        """Installed versions, the packages dpkg left unpacked or half-configured, and the held ones."""
         result = self.run(step, "dpkg-query -W -f='${Package}\\t${Version}\\t${db:Status-Abbrev}\\n'", 60)
-        return apt_output.parse_installed(result.stdout), apt_output.parse_unfinished(result.stdout)
+        return DpkgState(
+            apt_output.parse_installed(result.stdout),
+            apt_output.parse_unfinished(result.stdout),
+            apt_output.parse_selection_holds(result.stdout),
+        )
 
     def holds(self) -> frozenset[str]:
         return apt_output.parse_holds(self.run("read holds", "apt-mark showhold", 30).stdout)
@@ -680,6 +693,7 @@ __all__ = [
     "ROOT",
     "SUDO",
     "AptHost",
+    "DpkgState",
     "HealthCheck",
     "HealthGate",
     "HealthOutcome",

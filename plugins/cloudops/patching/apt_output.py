@@ -158,6 +158,19 @@ def parse_unfinished(output: str) -> frozenset[str]:
     return frozenset(unfinished)
 
 
+def parse_selection_holds(output: str) -> frozenset[str]:
+    """The same ``dpkg-query`` output: packages whose selection is ``hold`` (what ``apt-mark hold`` sets)."""
+    held = set()
+    for line in bounded(output).splitlines():
+        fields = line.rstrip("\n").split("\t")
+        if len(fields) != 3:
+            continue
+        name, status = fields[0].strip().split(":", 1)[0], fields[2].strip()
+        if status.startswith("h") and is_package_name(name):
+            held.add(name)
+    return frozenset(held)
+
+
 def parse_reboot_packages(output: str) -> frozenset[str]:
     """``/run/reboot-required.pkgs``: the packages that asked for a reboot, one per line."""
     return frozenset(line.strip() for line in bounded(output).splitlines() if is_package_name(line.strip()))

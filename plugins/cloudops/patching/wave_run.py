@@ -511,13 +511,19 @@ def patch_host(
         if error.step == "install (simulate)":
             outcome.changed = False  # refused before apt touched anything
         log.error("host %s failed at %s: %s", host.name, error.step or step, error.cause)
+    except Exception as error:  # a bug or an error nobody foresaw: this host fails, the batch is recorded
+        outcome.status, outcome.step = FAILED, step
+        outcome.error = f"unexpected {type(error).__name__}: {str(error)[:300]}"
+        log.exception("host %s failed at %s with an unexpected error", host.name, step)
     failure = f"{outcome.step}: {outcome.error}" if outcome.status == FAILED else None
     unfinished: frozenset[str] = frozenset()
     try:
-        after, unfinished = host.package_states("read versions after the wave")
+        dpkg = host.package_states("read versions after the wave")
+        after, unfinished = dpkg.versions, dpkg.unfinished
+        held = held | dpkg.held  # a rollback cut short may have held a package
         outcome.versions_after = {name: after.get(name, "") for name in wanted}
         outcome.running_kernel, outcome.installed_kernel = host.kernels()
-    except HostActionError:
+    except Exception:  # unreachable now (or answering nonsense): report what is known
         after = known
         outcome.versions_after = {name: known.get(name, "") for name in wanted}
         steps.note(
