@@ -3,8 +3,8 @@ triggers that carry the requester's name, and Human-in-the-loop answers.
 
 api-server, scheduler and dag-processor (LocalExecutor on SQLite; no triggerer: in Airflow 3.3 a
 Human-in-the-loop step parks in AWAITING_INPUT and the API's response resumes it), with a catalog
-directory, an evidence ledger and SimpleAuthManager users (role USER) of the test's own. The same
-shape as tests/e2e/test_restore_approval.py's module fixture, for other runbooks.
+directory, an evidence ledger and SimpleAuthManager users (role USER) of the test's own. Its process
+helpers (start, stop, wait_for) also serve tests/e2e/test_restore_approval.py's own stack.
 """
 
 from __future__ import annotations
