@@ -17,17 +17,13 @@ with the USER role (the least role that may trigger a DAG and answer a Human-in-
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +32,7 @@ import pytest
 
 from cloudops.evidence.ledger import Ledger, verify_ledger
 from cloudops.evidence.runs import APPROVAL, RESTORE_PERFORMED, STEP_TRY, Run, fold_runs
+from tests.e2e.airflow_stack import Process, free_port, start, stop, wait_for
 from tests.integration.estates import private_estate
 
 pytestmark = pytest.mark.e2e
@@ -51,42 +48,9 @@ READY_TIMEOUT = 90  # api-server healthy, scheduler and dag-processor heartbeati
 PARSED_TIMEOUT = 90  # restore_request serialized by the dag-processor
 AWAITING_INPUT_TIMEOUT = 120  # check_request, restore and verify done, put_in_place parked
 RUN_END_TIMEOUT = 90  # after the answer: the run reaches success or failed
-STOP_TIMEOUT = 20
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-def wait_for(
-    what: str,
-    probe: Callable[[], Any],
-    *,
-    timeout: float,
-    done: Callable[[Any], bool] = bool,
-    interval: float = 1.0,
-) -> Any:
-    """Poll ``probe`` until ``done`` of what it returns; fail naming what was awaited and last seen."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = probe()
-        except AssertionError:  # a verdict, not a server still starting
-            raise
-        except Exception as error:  # a server still starting: keep waiting, report it if it lasts
-            last = f"{type(error).__name__}: {error}"
-        else:
-            if done(last):
-                return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def maria_admin() -> Any:
     import pymysql
 
@@ -120,17 +84,6 @@ def tables_of(database: str) -> list[str]:
         row[0]
         for row in query("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", database)
     )
-
-
-@dataclass
-class Process:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    def tail(self, lines: int = 40) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return f"--- {self.name} ({self.log}) ---\n" + "\n".join(text.splitlines()[-lines:])
 
 
 @dataclass
@@ -176,44 +129,6 @@ class Stack:
         runs = [run for run in fold_runs(Ledger(self.evidence / "ledger").records()) if run.run_id == run_id]
         assert len(runs) == 1, f"expected the ledger to hold run {run_id} once, found {len(runs)}"
         return runs[0]
-
-
-def stop(process: Process) -> None:
-    """Stop a process, its process group and every descendant (task supervisors set their own group)."""
-    import psutil
-
-    try:
-        tree = [
-            psutil.Process(process.popen.pid),
-            *psutil.Process(process.popen.pid).children(recursive=True),
-        ]
-    except psutil.NoSuchProcess:
-        tree = []
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.popen.pid, sig)
-        for member in tree:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                member.send_signal(sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.popen.wait(timeout=STOP_TIMEOUT if sig == signal.SIGTERM else 5)
-        _, alive = psutil.wait_procs(tree, timeout=5)
-        if not alive and process.popen.poll() is not None:
-            return
-
-
-def start(env: dict[str, str], home: Path, name: str, *args: str) -> Process:
-    log = home / f"{name}.log"
-    with log.open("wb") as handle:
-        popen = subprocess.Popen(
-            ["airflow", *args],
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group: stop() ends it with all its workers
-        )
-    return Process(name, popen, log)
 
 
 # -- the estate and the running Airflow -----------------------------------------------------------------

@@ -16,6 +16,7 @@ import pytest
 
 from cloudops.catalog import load_catalog_file
 from cloudops.errors import InvalidInputError
+from cloudops.fleet.ssh import CommandResult
 from cloudops.patching.apt_host import (
     AptHost,
     HealthCheck,
@@ -23,6 +24,7 @@ from cloudops.patching.apt_host import (
     HostUnreachable,
     RebootBounds,
     StepLog,
+    ssh_runner,
 )
 from cloudops.patching.model import PackagePin
 from cloudops.patching.wave_run import (
@@ -30,6 +32,8 @@ from cloudops.patching.wave_run import (
     FAILED,
     NOT_STARTED,
     SKIPPED,
+    STOP_NOW,
+    STOPPED,
     WaveHost,
     WaveSettings,
     resumable_done_hosts,
@@ -56,6 +60,9 @@ SECURITY = (
     PackagePin("demo-kernel", "6.1.0-2-demo", "6.1.0-1-demo", "security"),  # type: ignore[arg-type]
 )
 BREAKING = PackagePin("demo-web", "2.1", "2.0", "updates")  # type: ignore[arg-type]
+SLOW = PackagePin("demo-slow", "1.1", "1.0", "updates")  # type: ignore[arg-type]
+SLOW_SECONDS = 12  # demo-slow's postinst: long enough for the cutoff to pass during the install
+CUTOFF_AHEAD = timedelta(seconds=6)  # reading state and pre-flight take about 1 s here
 
 
 def _quiet(_: str) -> None:
@@ -253,3 +260,102 @@ def test_an_unreachable_host_is_named_and_a_wave_past_its_cutoff_starts_nothing(
     assert result.hosts["app-1"].status == NOT_STARTED
     assert host("app-1").boot_id() == boot
     assert host("app-1").installed_versions()["demo-openssl"] == "1.0"
+
+
+def test_stop_now_stops_a_running_batch_before_its_reboot_and_reports_what_each_host_was_left_in(
+    fleet: list[WaveHost],
+) -> None:
+    # app-2 and app-3 install demo-slow (its postinst sleeps) and the kernel (it asks for a reboot);
+    # the cutoff passes while they install: both must stop before their reboot, app-1 never start.
+    for name in ("app-2", "app-3"):
+        sh(name, f"echo {SLOW_SECONDS} | sudo -n tee /etc/demo-slow.seconds >/dev/null")
+    boots = {h.name: host(h.name).boot_id() for h in fleet}
+    cutoff = datetime.now(UTC) + CUTOFF_AHEAD
+    settings = WaveSettings(
+        health=HEALTH,
+        reboot_bounds=RebootBounds(60, 0.5, 4, 2),
+        lock_timeout=30,
+        cutoff=cutoff,
+        cutoff_behaviour=STOP_NOW,
+    )
+    snapshot = {h.name: (SECURITY[1], SLOW) for h in fleet}
+
+    result = run_wave([HOSTS[1:], HOSTS[:1]], snapshot, settings)
+
+    assert result.halted
+    assert not result.succeeded
+    assert result.batches[0].decision == "stop"
+    assert len(result.batches) == 1, "no batch starts after the cutoff"
+    for name in ("app-2", "app-3"):
+        outcome = result.hosts[name]
+        assert outcome.status == STOPPED, outcome.summary()
+        assert outcome.step == "reboot"
+        assert outcome.timings["install"] >= SLOW_SECONDS  # it was installing when the cutoff passed
+        assert outcome.changed
+        assert not outcome.rebooted
+        assert outcome.compliance == {"demo-kernel": "INSTALLED_PENDING_REBOOT", "demo-slow": "INSTALLED"}
+        assert "/run/reboot-required.pkgs names it" in outcome.compliance_reasons["demo-kernel"]
+        assert f"stopped before reboot: the window's cutoff {cutoff.isoformat()} passed" in outcome.error
+        assert host(name).boot_id() == boots[name], "it did not reboot"
+        assert host(name).installed_versions()["demo-kernel"] == "6.1.0-2-demo"
+        line = (
+            f"{name}: STOPPED before reboot (packages changed: demo-kernel INSTALLED_PENDING_REBOOT, "
+            "demo-slow INSTALLED)"
+        )
+        assert line in result.reason
+        assert line in result.left_behind()
+    assert "cutoff_behaviour stop_now" in result.reason
+    assert "1 host(s) of later batches not started" in result.reason
+    assert result.hosts["app-1"].status == NOT_STARTED
+    assert "app-1: not started (untouched)" in result.left_behind()
+    assert host("app-1").boot_id() == boots["app-1"]
+    assert host("app-1").installed_versions()["demo-slow"] == "1.0"
+
+    # The next window: a resume retries the stopped hosts; nothing is left to install, so they
+    # take the reboot they stopped before, and pass health.
+    assert resumable_done_hosts(result.as_record()) == frozenset()
+    resumed = run_wave(
+        [HOSTS[1:]], snapshot, WaveSettings(health=HEALTH, reboot_bounds=RebootBounds(60, 0.5, 4, 2))
+    )
+    assert resumed.succeeded, resumed.reason
+    for name in ("app-2", "app-3"):
+        outcome = resumed.hosts[name]
+        assert outcome.rebooted
+        assert outcome.compliance == {"demo-kernel": "INSTALLED", "demo-slow": "INSTALLED"}
+        assert "install: nothing to install on this host" in outcome.notes
+
+
+def test_an_unexpected_error_on_one_host_fails_that_host_and_the_batch_is_still_reported(
+    fleet: list[WaveHost],
+) -> None:
+    # app-2's connection answers the reboot-flag read (after its install) with an error nobody
+    # foresaw; without a record of it the wave would lose app-3's outcome too and app-2 would be
+    # left with new packages and no word of it.
+    def flaky(wave_host: WaveHost, privilege: str) -> AptHost:
+        real = ssh_runner(wave_host.ssh_conn_id, used_by=wave_host.name)
+        if wave_host.name != "app-2":
+            return AptHost(wave_host.name, real, privilege=privilege)
+
+        def run(command: str, timeout: int) -> CommandResult:
+            if "reboot-required" in command:
+                raise RuntimeError("the channel answered nonsense")
+            return real(command, timeout)
+
+        return AptHost(wave_host.name, run, privilege=privilege)
+
+    result = run_wave([HOSTS[1:]], {h.name: SECURITY for h in fleet}, SETTINGS, host_factory=flaky)
+
+    broken = result.hosts["app-2"]
+    assert broken.status == FAILED
+    assert broken.step == "reboot"
+    assert broken.error == "unexpected RuntimeError: the channel answered nonsense"
+    assert broken.changed
+    # Read back from the host: installed, and the kernel it runs is older than the one installed.
+    assert broken.compliance == {"demo-openssl": "INSTALLED", "demo-kernel": "INSTALLED_PENDING_REBOOT"}
+    assert "6.1.0-2-demo is installed but 6.1.0-1-demo is running" in broken.compliance_reasons["demo-kernel"]
+    assert result.hosts["app-3"].status == DONE
+    assert result.halted
+    assert (
+        "app-2: FAILED at reboot: unexpected RuntimeError: the channel answered nonsense (packages changed: "
+        "demo-kernel INSTALLED_PENDING_REBOOT, demo-openssl INSTALLED)"
+    ) in result.reason

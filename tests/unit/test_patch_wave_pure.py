@@ -3,7 +3,7 @@ and the evidence report's patch waves (CC7.1, CC8.1)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,10 +15,12 @@ from cloudops.patching import wave_lock
 from cloudops.patching.model import Classification, PackagePin
 from cloudops.patching.wave_run import (
     FAILED,
+    NOT_STARTED,
+    STOP_NOW,
+    STOPPED,
     HostOutcome,
     WaveSettings,
     judge_batch,
-    package_compliance,
     resumable_done_hosts,
 )
 
@@ -45,19 +47,6 @@ def test_a_batch_halts_when_its_failures_exceed_the_limit_not_when_they_equal_it
     assert "web-4: FAILED at health gate: FAIL: 2.1 regression" in reason
     decision, reason = judge_batch(2, [_failed("web-4")], 2, settings)
     assert (decision, "more than its budget of 1" in reason) == ("halt", True)
-
-
-def test_compliance_per_package_attributes_pending_reboots_and_holds() -> None:
-    installed = {"demo-openssl": "1.1", "demo-kernel": "6.1.0-2-demo", "demo-web": "2.0"}
-    states = package_compliance([OPENSSL, KERNEL, WEB], installed, {"demo-web"}, {"demo-kernel"})
-    assert states == {
-        "demo-openssl": "INSTALLED",
-        "demo-kernel": "INSTALLED_PENDING_REBOOT",
-        "demo-web": "HELD",
-    }
-    failed = package_compliance([OPENSSL, WEB], {"demo-openssl": "1.0"}, set(), set(), failed=True)
-    assert failed == {"demo-openssl": "FAILED", "demo-web": "FAILED"}
-    assert package_compliance([OPENSSL], {"demo-openssl": "1.0"}, set(), set()) == {"demo-openssl": "MISSING"}
 
 
 def test_a_resume_skips_done_hosts_and_a_rolled_back_canary_only_once_its_bad_package_is_rejected() -> None:
@@ -191,3 +180,53 @@ def test_a_resume_reads_the_recorded_snapshot_back_minus_the_rejected_package() 
         plan_wave(
             target, catalog, now=today, resume={"run_id": "manual__w1", "planned": planned, "wave": wave}
         )
+
+
+def test_stop_now_asks_hosts_to_stop_only_once_the_cutoff_passed() -> None:
+    from cloudops.patching.wave_run import _stop_check
+
+    cutoff = datetime(2026, 12, 5, 3, 0, tzinfo=UTC)
+    clock = [cutoff - timedelta(seconds=1)]
+    stop = _stop_check(WaveSettings(cutoff=cutoff, cutoff_behaviour=STOP_NOW), lambda: clock[0])
+    assert stop() is None
+    clock[0] = cutoff
+    assert f"the window's cutoff {cutoff.isoformat()} passed" in (stop() or "")
+    # finish_batch, or no cutoff: a running batch is never stopped.
+    assert _stop_check(WaveSettings(cutoff=cutoff), lambda: clock[0])() is None
+    assert _stop_check(WaveSettings(cutoff_behaviour=STOP_NOW), lambda: clock[0])() is None
+    with pytest.raises(ValueError, match="cutoff_behaviour 'cancel' is neither"):
+        WaveSettings(cutoff_behaviour="cancel")
+
+
+def test_a_stopped_host_says_the_step_it_stopped_before_and_what_it_was_left_in() -> None:
+    stopped = HostOutcome(
+        "app-2",
+        0,
+        status=STOPPED,
+        step="reboot",
+        changed=True,
+        compliance={"demo-kernel": "INSTALLED_PENDING_REBOOT", "demo-slow": "INSTALLED"},
+        pre_hook_ran=True,
+    )
+    assert stopped.summary() == (
+        "app-2: STOPPED before reboot (packages changed: demo-kernel INSTALLED_PENDING_REBOOT, "
+        "demo-slow INSTALLED; its pre hook ran and its post hook did not)"
+    )
+    early = HostOutcome("app-3", 0, status=STOPPED, step="install")
+    assert early.summary() == "app-3: STOPPED before install (nothing changed)"
+    assert HostOutcome("app-1", 1, status=NOT_STARTED).summary() == "app-1: not started (untouched)"
+
+
+def test_the_runbook_passes_the_windows_cutoff_behaviour_to_the_wave() -> None:
+    from cloudops.catalog.models import PatchingPolicy
+    from cloudops.patching.snapshot import Snapshot
+    from cloudops.runbooks.patch_wave import WavePlan, settings_for
+
+    window = {"days": ["mon"], "start": "02:00", "duration": "3h", "cutoff": "1h"}
+    cutoff = datetime(2026, 12, 7, 4, 0, tzinfo=UTC)
+    plan = WavePlan(Snapshot("app", date(2026, 12, 7), {}, (), ()), (), 1, {}, (), None, "", cutoff)
+    for behaviour in ("stop_now", "finish_batch"):
+        policy = PatchingPolicy.model_validate({"window": window | {"cutoff_behaviour": behaviour}})
+        settings = settings_for(policy, plan)
+        assert (settings.cutoff, settings.cutoff_behaviour) == (cutoff, behaviour)
+    assert settings_for(PatchingPolicy.model_validate({}), plan).cutoff_behaviour == "finish_batch"

@@ -77,6 +77,17 @@ def test_holds_and_installed_versions() -> None:
     assert installed == {"demo-web": "2.0", "demo-slow": "1.1", "demo-tools": "1.0", "libc6": "2.36-9"}
 
 
+def test_unfinished_packages_are_the_ones_dpkg_left_half_way() -> None:
+    listing = (
+        "demo-web\t2.0\tii \ndemo-slow\t1.1\tiU \ndemo-kernel\t6.1.0-2-demo\tiF \n"
+        "demo-half\t1.0\tiH \ndemo-trig\t1.0\tiW \ndemo-gone\t1.0\trc \n`id`\t1\tiF \n"
+    )
+    assert apt_output.parse_unfinished(listing) == frozenset({"demo-slow", "demo-kernel", "demo-half"})
+    # Half-installed packages are not on disk at any version; the others still show theirs.
+    assert "demo-half" not in apt_output.parse_installed(listing)
+    assert apt_output.parse_installed(listing)["demo-kernel"] == "6.1.0-2-demo"
+
+
 def test_newest_kernel_compares_versions_not_strings() -> None:
     listing = "config-6.1.0-2-demo\nvmlinuz-6.1.0-9-demo\nvmlinuz-6.1.0-10-demo\nSystem.map\n"
     assert apt_output.newest_kernel(listing) == "6.1.0-10-demo"
@@ -138,3 +149,8 @@ def test_output_is_bounded() -> None:
     big = "x" * (apt_output.MAX_OUTPUT_CHARS + 10)
     assert apt_output.bounded(big).endswith("[... 10 more characters dropped]")
     assert apt_output.excerpt("a" * 5000, 100).startswith("[... 4900 earlier characters dropped]")
+
+
+def test_holds_read_from_dpkg_status_are_the_hold_selections() -> None:
+    listing = "demo-web\t2.0\thi \ndemo-tools\t1.0\tii \ndemo-kernel\t6.1.0-1-demo\thF \nbad\n"
+    assert apt_output.parse_selection_holds(listing) == frozenset({"demo-web", "demo-kernel"})

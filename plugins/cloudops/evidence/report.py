@@ -462,7 +462,7 @@ def patch_rows(runs: Iterable[Run]) -> list[PatchRow]:
                 failed_hosts=tuple(
                     f"{h.get('host')}: {h.get('step')}: {h.get('error')}"
                     for h in hosts
-                    if h.get("status") == "failed"
+                    if h.get("status") in ("failed", "stopped")  # stopped: stop_now at the cutoff
                 ),
                 unreachable=tuple(str(v) for v in (plan.get("unreachable") or {}).values()),
             )

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from cloudops.errors import CloudOpsError
 from cloudops.fleet.ssh import CommandResult
 from cloudops.patching import apt_output
-from cloudops.patching.model import HostScan, PackagePin
+from cloudops.patching.model import KERNEL_PREFIXES, HostScan, PackagePin
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,6 @@ SCAN_TIMEOUT = 120
 DEFAULT_LOCK_TIMEOUT = 60
 HOOK_TIMEOUT = 300
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
-KERNEL_PREFIXES = ("linux-image", "demo-kernel")  # packages that put a new kernel in /boot
 
 
 class HostActionError(CloudOpsError):
@@ -125,6 +124,15 @@ class RebootOutcome:
 
 
 @dataclass(frozen=True)
+class DpkgState:
+    """What dpkg says of the host's packages: versions on disk, unfinished ones, held ones."""
+
+    versions: dict[str, str]
+    unfinished: frozenset[str]
+    held: frozenset[str]
+
+
+@dataclass(frozen=True)
 class HealthOutcome:
     healthy: bool
     output: str
@@ -197,8 +205,16 @@ class AptHost:
         return boot_id
 
     def installed_versions(self, step: str = "read installed versions") -> dict[str, str]:
+        return self.package_states(step).versions
+
+    def package_states(self, step: str = "read installed versions") -> DpkgState:
+        """Installed versions, the packages dpkg left unpacked or half-configured, and the held ones."""
         result = self.run(step, "dpkg-query -W -f='${Package}\\t${Version}\\t${db:Status-Abbrev}\\n'", 60)
-        return apt_output.parse_installed(result.stdout)
+        return DpkgState(
+            apt_output.parse_installed(result.stdout),
+            apt_output.parse_unfinished(result.stdout),
+            apt_output.parse_selection_holds(result.stdout),
+        )
 
     def holds(self) -> frozenset[str]:
         return apt_output.parse_holds(self.run("read holds", "apt-mark showhold", 30).stdout)
@@ -243,6 +259,7 @@ class AptHost:
             host=self.name,
             pending=pending,
             installed=apt_output.parse_installed(sections.get("installed", "")),
+            unfinished=apt_output.parse_unfinished(sections.get("installed", "")),
             held=apt_output.parse_holds(sections.get("holds", "")),
             boot_id=sections["boot_id"].strip()[:64],
             reboot_required=sections.get("reboot", "").strip() == "yes",
@@ -676,6 +693,7 @@ __all__ = [
     "ROOT",
     "SUDO",
     "AptHost",
+    "DpkgState",
     "HealthCheck",
     "HealthGate",
     "HealthOutcome",

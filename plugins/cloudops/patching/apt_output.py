@@ -29,6 +29,7 @@ _UNKNOWN_PACKAGE = re.compile(r"^E: Unable to locate package (\S+)", re.MULTILIN
 _UNKNOWN_VERSION = re.compile(r"^E: Version '([^']+)' for '([^']+)' was not found", re.MULTILINE)
 _INTERRUPTED = "dpkg was interrupted"
 _ON_DISK = "iUFWt"  # dpkg status letters of a package whose files are installed
+_UNFINISHED = "UFH"  # unpacked, half-configured, half-installed: dpkg stopped half-way
 
 
 def bounded(text: str, limit: int = MAX_OUTPUT_CHARS) -> str:
@@ -137,6 +138,37 @@ def parse_installed(output: str) -> dict[str, str]:
             continue
         installed[name] = version
     return installed
+
+
+def parse_unfinished(output: str) -> frozenset[str]:
+    """The same ``dpkg-query`` output: packages dpkg left unpacked, half-configured or half-installed.
+
+    Such a package is on disk (possibly at its new version) but not configured: an interrupted dpkg,
+    e.g. a power loss or a stopped run during a maintainer script. Never count it as installed.
+    """
+    unfinished = set()
+    for line in bounded(output).splitlines():
+        fields = line.rstrip("\n").split("\t")
+        if len(fields) != 3:
+            continue
+        name, _, status = (field.strip() for field in fields)
+        name = name.split(":", 1)[0]
+        if len(status) >= 2 and status[1] in _UNFINISHED and is_package_name(name):
+            unfinished.add(name)
+    return frozenset(unfinished)
+
+
+def parse_selection_holds(output: str) -> frozenset[str]:
+    """The same ``dpkg-query`` output: packages whose selection is ``hold`` (what ``apt-mark hold`` sets)."""
+    held = set()
+    for line in bounded(output).splitlines():
+        fields = line.rstrip("\n").split("\t")
+        if len(fields) != 3:
+            continue
+        name, status = fields[0].strip().split(":", 1)[0], fields[2].strip()
+        if status.startswith("h") and is_package_name(name):
+            held.add(name)
+    return frozenset(held)
 
 
 def parse_reboot_packages(output: str) -> frozenset[str]:

@@ -35,6 +35,8 @@ class ComplianceState(StrEnum):
     NOT_APPLICABLE = "NOT_APPLICABLE"
 
 
+KERNEL_PREFIXES = ("linux-image", "demo-kernel")  # packages that put a new kernel in /boot
+
 NON_COMPLIANT = frozenset({ComplianceState.MISSING, ComplianceState.FAILED, ComplianceState.HELD})
 
 
@@ -69,6 +71,7 @@ class HostScan:
     pending: tuple[PendingUpdate, ...]
     installed: dict[str, str] = field(default_factory=dict)  # package -> version, for approved packages
     held: frozenset[str] = frozenset()
+    unfinished: frozenset[str] = frozenset()  # unpacked or half-configured: dpkg was interrupted
     boot_id: str = ""
     reboot_required: bool = False
     reboot_required_packages: frozenset[str] = frozenset()
@@ -91,6 +94,7 @@ class PackagePin:
 
 
 __all__ = [
+    "KERNEL_PREFIXES",
     "NON_COMPLIANT",
     "Advisory",
     "Classification",

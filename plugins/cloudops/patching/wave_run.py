@@ -6,10 +6,16 @@ of exact ``package=version`` pins per host) and for each host runs: pre-flight (
 pre hook, install of exactly the pins, reboot when the policy and the host say so (boot id must change,
 stability window), health gate with soak, post hook. After each batch it decides go or halt and says
 why; a failed canary whose health broke has its bad update rolled back and held. Before each batch it
-checks the window's cutoff: no new batch starts past it.
+checks the window's cutoff: no new batch starts past it. With ``cutoff_behaviour`` ``stop_now`` the
+cutoff also stops a running batch: each of its hosts stops at its next step boundary (before
+pre-flight, pre hook, install, reboot, health gate or post hook; a step already running finishes, and
+a canary's rollback is never interrupted: it restores health) and is reported ``stopped``, with the
+step it stopped before.
 
-Every host's outcome is recorded whether it finished or not: ``changed`` says packages were touched,
-so a host that failed half-way is always in the report as such, never silently half-configured.
+Every host's outcome is recorded whether it finished or not: ``changed`` says packages were touched
+and ``compliance`` (by :func:`cloudops.patching.compliance.package_state`, the one rule) what state
+each package was left in, so a host that failed or stopped half-way is always in the report as such,
+never silently half-configured.
 """
 
 from __future__ import annotations
@@ -32,19 +38,28 @@ from cloudops.patching.apt_host import (
     StepLog,
     ssh_runner,
 )
-from cloudops.patching.model import ComplianceState, PackagePin
+from cloudops.patching.compliance import (
+    PackageFacts,
+    assess_packages,
+    reboot_attribution,
+    states_of,
+)
+from cloudops.patching.model import NON_COMPLIANT, ComplianceState, PackagePin
 
 log = logging.getLogger(__name__)
 
 REBOOT_IF_NEEDED = "if_needed"
 REBOOT_NEVER = "never"
 REBOOT_ALWAYS = "always"
+FINISH_BATCH = "finish_batch"  # at the cutoff the running batch finishes (SSM CONTINUE_TASK)
+STOP_NOW = "stop_now"  # at the cutoff the running batch's hosts stop at their next step (SSM CANCEL_TASK)
 MAX_PARALLEL_HOSTS = 32
 
 # Host outcomes.
 DONE = "done"  # every pin installed (or held, reported), healthy
 FAILED = "failed"  # a step failed: `step` and `error` say which and why
 SKIPPED = "skipped"  # done by the run this one resumes
+STOPPED = "stopped"  # stop_now: the cutoff passed; `step` is the step it stopped before
 NOT_STARTED = "not_started"  # the wave halted or stopped before this host's batch
 
 
@@ -64,6 +79,8 @@ class WaveSettings:
     :param failure_budget: failed hosts the whole wave may have; one more halts it.
     :param canary_batches: how many first batches are canaries: their bad updates are rolled back.
     :param cutoff: no batch starts at or after this moment (the window's end minus its cutoff).
+    :param cutoff_behaviour: ``finish_batch`` (a running batch finishes) or ``stop_now`` (its hosts
+        stop at their next step boundary once the cutoff passes).
     """
 
     privilege: str = SUDO
@@ -78,6 +95,22 @@ class WaveSettings:
     canary_batches: int = 1
     rollback: bool = True
     cutoff: datetime | None = None
+    cutoff_behaviour: str = FINISH_BATCH
+
+    def __post_init__(self) -> None:
+        if self.cutoff_behaviour not in (FINISH_BATCH, STOP_NOW):
+            raise ValueError(
+                f"cutoff_behaviour {self.cutoff_behaviour!r} is neither {FINISH_BATCH!r} nor {STOP_NOW!r}"
+            )
+
+
+class _Stopped(Exception):
+    """The cutoff passed (stop_now): the host stops before ``before``."""
+
+    def __init__(self, before: str, why: str) -> None:
+        super().__init__(f"stopped before {before}: {why}")
+        self.before = before
+        self.why = why
 
 
 @dataclass
@@ -98,6 +131,9 @@ class HostOutcome:
     versions_before: dict[str, str] = field(default_factory=dict)
     versions_after: dict[str, str] = field(default_factory=dict)
     compliance: dict[str, str] = field(default_factory=dict)
+    compliance_reasons: dict[str, str] = field(default_factory=dict)
+    pre_hook_ran: bool = False
+    post_hook_ran: bool = False
     held: list[str] = field(default_factory=list)
     rolled_back: list[str] = field(default_factory=list)
     healthy_after_rollback: bool = False
@@ -108,10 +144,28 @@ class HostOutcome:
     timings: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
+    def left_in(self) -> str:
+        """The state the host was left in: changed or not, each package's state, hooks not run."""
+        if not self.changed:
+            left = "nothing changed"
+        else:
+            states = ", ".join(f"{p} {s}" for p, s in sorted(self.compliance.items())) or "unknown"
+            left = f"packages changed: {states}"
+        if self.pre_hook_ran and not self.post_hook_ran:
+            left += "; its pre hook ran and its post hook did not"
+        return left
+
     def summary(self) -> str:
+        """One line for people: what happened on the host and the state it was left in."""
         if self.status == FAILED:
-            state = " (packages changed: see versions_after)" if self.changed else " (nothing changed)"
-            return f"{self.host}: FAILED at {self.step}: {self.error}{state}"
+            return f"{self.host}: FAILED at {self.step}: {self.error} ({self.left_in()})"
+        if self.status == STOPPED:
+            return f"{self.host}: STOPPED before {self.step} ({self.left_in()})"
+        if self.status == NOT_STARTED:
+            return f"{self.host}: not started (untouched)"
+        if self.status == DONE and any(s in NON_COMPLIANT for s in self.compliance.values()):
+            states = ", ".join(f"{p} {s}" for p, s in sorted(self.compliance.items()))
+            return f"{self.host}: done ({states})"
         return f"{self.host}: {self.status}"
 
 
@@ -151,6 +205,14 @@ class WaveResult:
             times = [self.hosts[name].seconds for name in batch.hosts if name in self.hosts]
             total += max(times, default=0.0)
         return round(total, 3)
+
+    def left_behind(self) -> list[str]:
+        """One line per host the wave did not finish (failed, stopped, not started), batch by batch."""
+        return [
+            o.summary()
+            for o in sorted(self.hosts.values(), key=lambda o: (o.batch, o.host))
+            if o.status in (FAILED, STOPPED, NOT_STARTED)
+        ]
 
     def as_record(self) -> dict[str, Any]:
         return {
@@ -222,6 +284,7 @@ def run_wave(
     """
     wall = time.monotonic()
     started_at = now().isoformat()
+    stop = _stop_check(settings, now)
     hosts: dict[str, HostOutcome] = {}
     for index, batch in enumerate(batches):
         for host in batch:
@@ -264,6 +327,7 @@ def run_wave(
                         settings,
                         hosts[h.name],
                         canary=canary,
+                        stop=stop,
                     ),
                     todo,
                 )
@@ -275,19 +339,35 @@ def run_wave(
             record.decision, record.reason = judge_batch(index, done, failures, settings)
         else:
             record.decision, record.reason = judge(index, done, failures)
+        stopped = [o for o in done if o.status == STOPPED]
+        if stopped:
+            later = sum(len(b) for b in batches[index + 1 :])
+            cutoff = settings.cutoff.isoformat() if settings.cutoff else "?"
+            cut = (
+                f"batch {index}: the window's cutoff {cutoff} "
+                f"passed while it ran (cutoff_behaviour stop_now): "
+                + "; ".join(o.summary() for o in stopped)
+                + (f"; {later} host(s) of later batches not started" if later else "")
+                + "; resume in the next window (resume_run_id)"
+            )
+            if record.decision == "halt":
+                record.reason = f"{record.reason}; and {cut}"
+            else:
+                record.decision, record.reason = "stop", cut
         outcomes.append(record)
         log.info("%s (%.1fs)", record.reason, record.seconds)
         if on_batch is not None:
             on_batch(record, done)
-        if record.decision == "halt":
+        if record.decision in ("halt", "stop"):
             halted, reason = True, record.reason
             break
     if not halted:
         reason = f"all {len(outcomes)} batch(es) done"
     for outcome in hosts.values():
         if outcome.status == NOT_STARTED:
+            # Untouched: its packages are as the plan's scan found them (the pin's previous version).
             pins = snapshot.get(outcome.host, ())
-            outcome.compliance = {pin.package: ComplianceState.MISSING.value for pin in pins}
+            _set_compliance(outcome, pins, {pin.package: PackageFacts(found=pin.previous) for pin in pins})
             outcome.notes.append(f"not started: {reason}")
     return WaveResult(
         outcomes,
@@ -307,16 +387,33 @@ def patch_host(
     outcome: HostOutcome,
     *,
     canary: bool = False,
+    stop: Callable[[], str | None] = lambda: None,
 ) -> HostOutcome:
-    """Patch one host; never raises: a failed step is recorded in ``outcome`` (step, error, changed)."""
+    """Patch one host; never raises: a failed step is recorded in ``outcome`` (step, error, changed).
+
+    :param stop: asked at each step boundary; a reason (the cutoff passed, stop_now) stops the host
+        there: status ``stopped``, ``step`` the step it stopped before.
+    """
     started = time.monotonic()
     steps = StepLog(outcome.notes, outcome.timings)
     step = "start"
     wanted = {pin.package: pin for pin in pins}
+    known: dict[str, str] = {}  # the latest versions known, should the host stop answering
+    held: frozenset[str] = frozenset()
+    todo: list[PackagePin] = list(pins)
+    flag, reboot_pkgs = False, frozenset[str]()
+    since_boot: set[str] = set()  # installed by this run after the host's current boot
+
+    def boundary(before: str) -> None:
+        why = stop()
+        if why:
+            raise _Stopped(before, why)
+
     try:
         step = "read state"
         outcome.boot_id_before = host.boot_id()
         before = host.installed_versions()
+        known = dict(before)
         held = host.holds()
         outcome.versions_before = {name: before.get(name, "") for name in wanted}
         outcome.held = sorted(name for name in wanted if name in held)
@@ -326,14 +423,20 @@ def patch_host(
         already = [p.package for p in pins if p.package not in held and before.get(p.package) == p.version]
         if already:
             steps.note(f"already at the snapshot's version: {', '.join(already)}")
+        boundary("pre-flight")
         step = "pre-flight"
         timed(steps, "preflight", lambda: host.preflight(steps, lock_timeout=settings.lock_timeout))
+        boundary("pre hook")
         step = "pre hook"
+        outcome.pre_hook_ran = bool(settings.pre_hook)
         timed(steps, "pre_hook", lambda: host.run_hook("pre", settings.pre_hook, steps))
+        boundary("install")
         step = "install"
         if todo:
             outcome.changed = True  # from here on, a failure leaves packages touched
         outcome.apt_log = host.install(todo, steps, lock_timeout=settings.lock_timeout)
+        known.update({p.package: p.version for p in todo})
+        since_boot.update(p.package for p in todo)
         step = "reboot"
         flag, reboot_pkgs = host.reboot_flag()
         stale_kernel = ""
@@ -352,11 +455,13 @@ def patch_host(
                 )
             else:
                 why = stale_kernel
+            boundary("reboot")
             steps.note(f"reboot: {why}")
             rebooted = host.reboot(steps, settings.reboot_bounds)
             outcome.rebooted = True
             outcome.boot_id_after = rebooted.after
-            reboot_pkgs = frozenset()
+            flag, reboot_pkgs = False, frozenset()  # a new boot: /run is empty again
+            since_boot.clear()
         else:
             outcome.boot_id_after = outcome.boot_id_before
             if flag:
@@ -366,6 +471,7 @@ def patch_host(
                 )
             else:
                 steps.note("reboot: not needed (no /run/reboot-required)")
+        boundary("health gate")
         step = "health gate"
         verdict = host.health(settings.health, steps)
         outcome.health_output, outcome.health_reason = verdict.output, verdict.reason
@@ -376,6 +482,7 @@ def patch_host(
                     todo, settings.health, steps, lock_timeout=settings.lock_timeout
                 )
                 outcome.rolled_back = [p.package for p in rolled]
+                known.update({p.package: p.previous for p in rolled})
                 if rolled:
                     outcome.healthy_after_rollback = host.health(
                         HealthGate(settings.health.checks, 0.0), StepLog()
@@ -387,35 +494,91 @@ def patch_host(
                         f"{verdict.reason}; rolled back and held {', '.join(outcome.rolled_back)}: {again}",
                     )
             raise HostActionError(host.name, "health gate", verdict.reason)
+        boundary("post hook")
         step = "post hook"
         timed(steps, "post_hook", lambda: host.run_hook("post", settings.post_hook, steps))
+        outcome.post_hook_ran = bool(settings.post_hook)
         outcome.status = DONE
-        step = "read state"
-        after = host.installed_versions()
-        outcome.versions_after = {name: after.get(name, "") for name in wanted}
-        outcome.running_kernel, outcome.installed_kernel = host.kernels()
-        outcome.compliance = package_compliance(pins, after, held, reboot_pkgs, rolled_back=())
+    except _Stopped as stopped:
+        outcome.status, outcome.step = STOPPED, stopped.before
+        outcome.error = f"stopped before {stopped.before}: {stopped.why}"
+        if not outcome.boot_id_after:
+            outcome.boot_id_after = outcome.boot_id_before
+        steps.note(outcome.error)
+        log.warning("host %s: %s", host.name, outcome.error)
     except HostActionError as error:
         outcome.status, outcome.step, outcome.error = FAILED, error.step or step, error.cause
         if error.step == "install (simulate)":
             outcome.changed = False  # refused before apt touched anything
         log.error("host %s failed at %s: %s", host.name, error.step or step, error.cause)
-        try:
-            after = host.installed_versions("read versions after the failure")
-            outcome.versions_after = {name: after.get(name, "") for name in wanted}
-        except HostActionError:
-            after = {}
-            steps.note("could not read the versions after the failure: the host is unreachable")
-        outcome.compliance = package_compliance(
-            pins,
-            after,
-            frozenset(outcome.held) | frozenset(outcome.rolled_back),
-            frozenset(),
-            rolled_back=outcome.rolled_back,
-            failed=True,
+    except Exception as error:  # a bug or an error nobody foresaw: this host fails, the batch is recorded
+        outcome.status, outcome.step = FAILED, step
+        outcome.error = f"unexpected {type(error).__name__}: {str(error)[:300]}"
+        log.exception("host %s failed at %s with an unexpected error", host.name, step)
+    failure = f"{outcome.step}: {outcome.error}" if outcome.status == FAILED else None
+    unfinished: frozenset[str] = frozenset()
+    try:
+        dpkg = host.package_states("read versions after the wave")
+        after, unfinished = dpkg.versions, dpkg.unfinished
+        held = held | dpkg.held  # a rollback cut short may have held a package
+        outcome.versions_after = {name: after.get(name, "") for name in wanted}
+        outcome.running_kernel, outcome.installed_kernel = host.kernels()
+    except Exception:  # unreachable now (or answering nonsense): report what is known
+        after = known
+        outcome.versions_after = {name: known.get(name, "") for name in wanted}
+        steps.note(
+            "could not read the versions after the wave: the host is unreachable; "
+            "the last versions known are reported"
         )
+    for name in sorted(unfinished & set(wanted)):
+        steps.note(f"{name} is left unpacked or half-configured: dpkg --configure -a is due")
+    pending = reboot_attribution(
+        list(wanted),
+        flag=flag,
+        flagged=reboot_pkgs,
+        installed_since_boot=since_boot,
+        running_kernel=outcome.running_kernel,
+        installed_kernel=outcome.installed_kernel,
+    )
+    tried = {p.package for p in todo}
+    facts = {
+        name: PackageFacts(
+            found=after.get(name, ""),
+            held=name in held,
+            rolled_back=name in outcome.rolled_back,
+            failure=failure if name in tried else None,
+            pending_reboot=pending.get(name),
+            unfinished=name in unfinished,
+        )
+        for name in wanted
+    }
+    _set_compliance(outcome, pins, facts)
     outcome.seconds = round(time.monotonic() - started, 3)
     return outcome
+
+
+def _set_compliance(outcome: HostOutcome, pins: Sequence[PackagePin], facts: dict[str, PackageFacts]) -> None:
+    packages = assess_packages(pins, facts)
+    outcome.compliance = states_of(packages)
+    outcome.compliance_reasons = {p.package: p.reason for p in packages}
+
+
+def _stop_check(settings: WaveSettings, now: Callable[[], datetime]) -> Callable[[], str | None]:
+    """What hosts ask at each step boundary: with stop_now, whether the cutoff has passed and why."""
+    cutoff = settings.cutoff
+    if cutoff is None or settings.cutoff_behaviour != STOP_NOW:
+        return lambda: None
+
+    def check() -> str | None:
+        moment = now()
+        if moment < cutoff:
+            return None
+        return (
+            f"the window's cutoff {cutoff.isoformat()} passed (it is {moment.isoformat()}; "
+            "cutoff_behaviour stop_now)"
+        )
+
+    return check
 
 
 def resumable_done_hosts(previous: Mapping[str, Any], rejected: Collection[str] = ()) -> frozenset[str]:
@@ -448,55 +611,23 @@ def timed(steps: StepLog, name: str, action: Callable[[], None]) -> None:
     steps.timings[name] = round(time.monotonic() - started, 3)
 
 
-def package_compliance(
-    pins: Sequence[PackagePin],
-    installed: Mapping[str, str],
-    held: Collection[str],
-    pending_reboot: Collection[str],
-    *,
-    rolled_back: Collection[str] = (),
-    failed: bool = False,
-) -> dict[str, str]:
-    """The compliance state of each pinned package on a host after the wave (pure).
-
-    HELD: held on the host, or rolled back and held by the wave. INSTALLED_PENDING_REBOOT: at the
-    snapshot's version, but the package itself asked for a reboot that has not happened. FAILED: the
-    host failed and the package is not at its version. MISSING: not at its version otherwise.
-    """
-    states = {}
-    for pin in pins:
-        version = installed.get(pin.package, "")
-        if pin.package in rolled_back or (pin.package in held and version != pin.version):
-            state = ComplianceState.HELD
-        elif version == pin.version:
-            state = (
-                ComplianceState.INSTALLED_PENDING_REBOOT
-                if pin.package in pending_reboot
-                else ComplianceState.INSTALLED
-            )
-        elif failed:
-            state = ComplianceState.FAILED
-        else:
-            state = ComplianceState.MISSING
-        states[pin.package] = state.value
-    return states
-
-
 __all__ = [
     "DONE",
     "FAILED",
+    "FINISH_BATCH",
     "NOT_STARTED",
     "REBOOT_ALWAYS",
     "REBOOT_IF_NEEDED",
     "REBOOT_NEVER",
     "SKIPPED",
+    "STOPPED",
+    "STOP_NOW",
     "BatchOutcome",
     "HostOutcome",
     "WaveHost",
     "WaveResult",
     "WaveSettings",
     "judge_batch",
-    "package_compliance",
     "patch_host",
     "resumable_done_hosts",
     "run_wave",

@@ -18,14 +18,20 @@ Triggered by hand (Trigger DAG, with the form below); nothing is scheduled.
    gate with soak, post hook. After each batch: go or halt, with the reason, against the batch limit
    and the wave's failure budget. A canary whose health broke has the bad update rolled back (the
    previous version reinstalled and held) when the repository still has it. No batch starts past the
-   window's cutoff. Every host's outcome is recorded (`patch.host`), then the wave (`patch.wave`)
-   with the compliance per host and package.
-3. `release` (always runs) releases the wave lock.
+   window's cutoff; with the window's `cutoff_behaviour: stop_now`, a batch still running at the
+   cutoff stops too: each host at its next step boundary (before install, reboot, health gate, ...),
+   reported `stopped` with the step it stopped before, whether packages changed and each package's
+   state (e.g. INSTALLED_PENDING_REBOOT when it stopped before its reboot). Every host's outcome is
+   recorded (`patch.host`), then the wave (`patch.wave`) with the compliance per host and package.
+3. `release` (always runs) releases the wave lock (only when this run holds it).
 
 **What a failure means.** `plan`: refused before anything changed (another wave running, outside the
 window, an unreachable host under `refuse`, an unknown package in the baseline): read the message.
-`wave`: a batch failed or the budget ran out; the message names each failed host, the step and the
-cause, and whether packages were changed on it. A halted wave leaves later batches untouched.
+A refusal is never retried: trigger again once its cause is gone.
+`wave`: a batch failed, the budget ran out or the cutoff stopped it (stop_now); the message names each
+failed or stopped host, the step and the cause, and the state it was left in (packages changed or
+not, each package's compliance, a pre hook that ran without its post hook). A halted wave leaves
+later batches untouched.
 
 **What to do next.** Read the failed hosts in the log or with `cloudops patch status <fleet>`. Fix
 the cause (or reject the bad package: form field `reject`), then trigger again with `resume_run_id`
@@ -269,6 +275,7 @@ def settings_for(policy: PatchingPolicy, plan: WavePlan) -> WaveSettings:
         post_hook=tuple(Hook(h.command, seconds(h.timeout)) for h in policy.post_hook),
         canary_batches=plan.canary_batches,
         cutoff=plan.cutoff_at,
+        cutoff_behaviour=policy.window.cutoff_behaviour if policy.window else "finish_batch",
     )
 
 
@@ -331,7 +338,8 @@ def compliance_table(result: WaveResult) -> str:
         kernel = o.running_kernel + (
             "" if o.running_kernel == o.installed_kernel else f" (installed {o.installed_kernel})"
         )
-        rows.append((name, o.status, packages, "yes" if o.rebooted else "no", kernel or "-"))
+        status = f"{o.status} before {o.step}" if o.status == "stopped" else o.status
+        rows.append((name, status, packages, "yes" if o.rebooted else "no", kernel or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -377,6 +385,8 @@ def _earlier_run(target: FleetTarget, run_id: str) -> dict[str, Any]:
 
 
 def plan_task(**context: Any) -> dict[str, Any]:
+    from airflow.sdk.exceptions import AirflowFailException
+
     from cloudops.evidence.recorder import record_fact
     from cloudops.evidence.runs import PATCH_PLANNED
     from cloudops.patching import wave_lock
@@ -384,18 +394,23 @@ def plan_task(**context: Any) -> dict[str, Any]:
 
     target = _target(context)
     params = context["params"]
-    wave_lock.acquire(target.fleet, context["run_id"])
-    catalog = load_estate(target.catalog_file, target.estate)
-    resume_id = params.get("resume_run_id") or None
-    resume = _earlier_run(target, resume_id) if resume_id else None
-    plan = plan_wave(
-        target,
-        catalog,
-        now=datetime.now(UTC),
-        resume=resume,
-        reject=_form_list(params.get("reject")),
-        limit_hosts=_form_list(params.get("hosts")),
-    )
+    try:
+        # A refusal is final, never retried: a retry a minute later could start this wave unasked,
+        # once the other one is over, or once the window opened.
+        wave_lock.acquire(target.fleet, context["run_id"])
+        catalog = load_estate(target.catalog_file, target.estate)
+        resume_id = params.get("resume_run_id") or None
+        resume = _earlier_run(target, resume_id) if resume_id else None
+        plan = plan_wave(
+            target,
+            catalog,
+            now=datetime.now(UTC),
+            resume=resume,
+            reject=_form_list(params.get("reject")),
+            limit_hosts=_form_list(params.get("hosts")),
+        )
+    except (wave_lock.WaveAlreadyRunning, InvalidInputError) as refused:
+        raise AirflowFailException(f"refused, nothing was changed: {refused}") from None
     log.info("%s", plan.snapshot.summary())
     for left in plan.snapshot.left_out:
         log.info("left out on %s: %s %s (%s)", left.host, left.package, left.version, left.reason)
@@ -471,6 +486,8 @@ def _wave_act(context: dict[str, Any], approval: Approval | None) -> dict[str, A
                 "error",
                 "changed",
                 "compliance",
+                "pre_hook_ran",
+                "post_hook_ran",
                 "rolled_back",
                 "healthy_after_rollback",
             )
@@ -482,7 +499,10 @@ def _wave_act(context: dict[str, Any], approval: Approval | None) -> dict[str, A
     for cause in plan.unreachable.values():
         log.warning("not patched, unreachable before the wave: %s", cause)
     if result.halted:
-        raise CloudOpsError(f"fleet {target.fleet}: the wave halted: {result.reason}")
+        left = "\n".join(f"  {line}" for line in result.left_behind())
+        raise CloudOpsError(
+            f"fleet {target.fleet}: the wave halted: {result.reason}\nhosts left behind:\n{left}"
+        )
     return {"succeeded": True, "reason": result.reason, "seconds": result.seconds}
 
 
