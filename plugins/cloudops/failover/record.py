@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from cloudops.engines.replication import Step
 from cloudops.failover.analysis import ProbeAnalysis, ProbeAttempt, Verdict, overall
 from cloudops.failover.guards import GuardDecision
 
@@ -64,20 +65,8 @@ class PreState:
     read_at: float
 
 
-@dataclass(frozen=True)
-class Phase:
-    """One step of the drill: what it did, when, how long it took and what the servers said."""
-
-    name: str
-    started: float
-    ended: float
-    detail: str
-    ok: bool = True
-
-    @property
-    def seconds(self) -> float:
-        """The phase's length."""
-        return self.ended - self.started
+# A drill's phase is a replication verb's step, or one of the drill's own (probe baseline, verify).
+Phase = Step
 
 
 @dataclass
