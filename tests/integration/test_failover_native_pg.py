@@ -27,8 +27,10 @@ import pytest
 from cloudops.engines.postgres import member_state
 from cloudops.engines.postgres.switchover import (
     PostgresNode,
+    RejoinFailed,
     SwitchoverAborted,
     fence,
+    rejoin,
     server_running,
     switchover,
     unfence,
@@ -300,3 +302,53 @@ def test_a_read_only_fence_turns_the_applications_writes_away(pair: Pair) -> Non
     stopped = fence(pair.n1, used_by=USED_BY)
     assert stopped.startswith("fenced n1: stopped (fast); cluster state shut down, shutdown checkpoint ")
     assert fence(pair.n1, used_by=USED_BY) == "no action: n1 is not running (nothing to fence)"
+
+
+def test_a_commit_blocked_on_a_missing_sync_standby_is_a_stall_not_availability(pair: Pair) -> None:
+    _sql(pair.n1, "ALTER SYSTEM SET synchronous_standby_names = 'n2'")
+    _sql(pair.n1, "SELECT pg_reload_conf()")
+    probe = WriteProbe(probe_target(pair.dsn, used_by=USED_BY), run_id="it-stall", used_by=USED_BY)
+    probe.prepare()
+    with probe:
+        assert probe.wait_for_acks(10, within_s=10)
+        _as_postgres([str(BINDIR / "pg_ctl"), "stop", "-w", "-m", "fast", "-D", pair.n2.data_dir])
+        time.sleep(1.0)
+        _as_postgres(
+            [
+                str(BINDIR / "pg_ctl"),
+                "start",
+                "-w",
+                "-t",
+                "60",
+                "-D",
+                pair.n2.data_dir,
+                "-l",
+                f"{pair.n2.data_dir}.log",
+            ]
+        )
+        assert probe.wait_for_acks(10, within_s=20)
+    found = analyse(probe.attempts(), present_ids=probe.read_back()[0])
+    print(f"\nsync standby gone ~1 s: {found.failed} failed, stall window {found.write_downtime_s:.3f} s")
+    assert found.failed == found.in_doubt == 0  # an error-only probe would call this fully available
+    assert found.stalls >= 1
+    assert found.write_downtime_s > 1.0
+    assert found.max_ack_gap_s > 1.0
+    assert found.acked_writes_lost == 0
+
+
+def test_a_rewind_that_cannot_work_is_degraded_redundancy_left_to_a_person(
+    pair: Pair, tmp_path: Path
+) -> None:
+    stranger_dir = Path(pair.n1.data_dir).parent / "stranger"
+    _as_postgres(
+        [str(BINDIR / "initdb"), "-D", str(stranger_dir), "-U", "postgres", "--auth=trust", "--no-sync"]
+    )
+    stranger = PostgresNode("stranger", pair.n2.conn_id, str(stranger_dir), bin_dir=str(BINDIR))
+    with pytest.raises(
+        RejoinFailed, match=r"pg_rewind of stranger from n1 failed: .*degraded redundancy"
+    ) as caught:
+        rejoin(stranger, new_primary=pair.n1, used_by=USED_BY)
+    assert [s.name for s in caught.value.steps] == ["checkpoint", "rewind"]
+    assert not caught.value.steps[-1].ok
+    assert not server_running(stranger)
+    assert member_state(pair.n1.conn_id, name="n1", used_by=USED_BY).role == "primary"
