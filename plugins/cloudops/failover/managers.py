@@ -92,6 +92,7 @@ class NativePostgresManager:
         return replace(found, primary=primary, replica=candidate)
 
     def switchover(self, primary: str, candidate: str, *, catch_up_timeout_s: float) -> SwitchoverResult:
+        # The module function rather than the protocol verb: it also takes the rejoin bound.
         from cloudops.engines.postgres.switchover import switchover
 
         return switchover(
@@ -104,9 +105,9 @@ class NativePostgresManager:
         )
 
     def fence(self, member: str) -> str:
-        from cloudops.engines.postgres.switchover import fence
+        from cloudops.engines.postgres import ENGINE
 
-        return fence(self._node(member), used_by=self.used_by, how=self.fence_how)
+        return ENGINE.fence(self._node(member), used_by=self.used_by, how=self.fence_how)
 
 
 __all__ = ["NativePostgresManager", "SwitchoverManager"]
