@@ -225,3 +225,28 @@ def test_mariadb_lag_across_a_rotation_is_unknown_and_a_stopped_sql_thread_has_n
     )
     assert (found.bytes, found.seconds, found.streaming) == (None, None, False)
     assert found.within(max_bytes=10**9, max_seconds=60) == (False, "r is not streaming from p")
+
+
+def test_postgres_offers_the_switchover_verbs_with_the_protocols_parameters() -> None:
+    from cloudops.engines.protocol import SwitchoverEngine
+
+    implementation = engine("postgres")
+    for verb, member in vars(SwitchoverEngine).items():
+        if not callable(member) or verb.startswith("_"):
+            continue
+        expected = inspect.signature(member)
+        found = inspect.signature(getattr(type(implementation), verb))
+        assert list(found.parameters) == list(expected.parameters), f"postgres.{verb}"
+        for parameter in expected.parameters.values():
+            assert found.parameters[parameter.name].default == parameter.default, f"postgres.{verb}"
+
+
+def test_an_unknown_postgres_fence_is_refused_by_name() -> None:
+    from cloudops.engines.postgres.switchover import PostgresNode
+    from cloudops.errors import ReplicationError
+
+    node = PostgresNode("n1", "conn", "/nonexistent")
+    with pytest.raises(
+        ReplicationError, match=r"^t: a PostgreSQL fence is 'stop' or 'read-only', not 'kill'"
+    ):
+        engine("postgres").fence(node, used_by="t", how="kill")  # type: ignore[attr-defined]

@@ -22,9 +22,12 @@ Replication verbs, for the failover drill built on them:
 - :meth:`Engine.lag` reads a replica and then its primary: bytes of WAL (PostgreSQL) or binlog
   (MariaDB, same file only) not yet replayed, and seconds (0 when nothing is left to replay).
   ``ReplicationLag.within(max_bytes=, max_seconds=)`` is the guard a drill checks twice.
-- Promote is :func:`cloudops.engines.postgres.promote` for now (it joins the protocol with MariaDB's);
-  fence/demote and rewind/rejoin are still to come: docs/design.md ("Engines") gives their intended
-  signatures and what the sandbox must offer to test them.
+- Promote is :func:`cloudops.engines.postgres.promote` for now (it joins the protocol with MariaDB's).
+- Switching over without a manager (planned switchover, fence, rejoin) acts on a node's server
+  programs, not only its SQL: :class:`SwitchoverEngine` holds those verbs, taking the engine's own
+  node type (PostgreSQL: :class:`cloudops.engines.postgres.switchover.PostgresNode`, a data directory
+  on a host). PostgreSQL implements it; MariaDB GTID joins it with the same names
+  (read_only + ``MASTER_GTID_WAIT``, promote, ``CHANGE MASTER ... MASTER_USE_GTID=slave_pos``).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Connection
 
     from cloudops.engines import BackupSource, DatabaseState, RestoreResult
-    from cloudops.engines.replication import MemberState, ReplicationLag, Topology
+    from cloudops.engines.replication import MemberState, ReplicationLag, SwitchoverResult, Topology
 
 EngineName = Literal["postgres", "mariadb"]
 ENGINE_NAMES: tuple[str, ...] = get_args(EngineName)
@@ -198,6 +201,36 @@ class Engine(Protocol):
         ...
 
 
+class SwitchoverEngine(Protocol):
+    """The verbs of an engine that moves the primary itself (no Patroni, no MaxScale).
+
+    ``node`` is the engine's node type: a member's connection plus where its server runs. Each verb
+    reads the servers first, logs its plan before acting, and returns (or raises) with the reason.
+    """
+
+    def switchover(
+        self, old: Any, new: Any, *, cluster: str, used_by: str, catch_up_timeout_s: float = 30
+    ) -> SwitchoverResult:
+        """Planned switchover from primary ``old`` to replica ``new``, ``old`` rejoined as a replica.
+
+        :raises SwitchoverAborted: the candidate did not catch up; ``old`` is primary again.
+        :raises RejoinFailed: ``new`` is primary; ``old`` could not rejoin (degraded redundancy).
+        """
+        ...
+
+    def fence(self, node: Any, *, used_by: str, how: str = "stop") -> str:
+        """Stop ``node`` taking writes (``stop`` it, or make it ``read-only``); return what was done."""
+        ...
+
+    def rejoin(self, node: Any, *, new_primary: Any, used_by: str) -> str:
+        """Bring the stopped old primary back as a replica of ``new_primary``; return the evidence
+        (pg_rewind's message).
+
+        :raises RejoinFailed: it cannot rejoin; fail-back is left to a person.
+        """
+        ...
+
+
 def engine(name: str) -> Engine:
     """The engine of a catalog database (``database.engine``): ``postgres`` or ``mariadb``.
 
@@ -226,4 +259,4 @@ def engine_of(database: _HasEngine) -> Engine:
     return engine(database.engine)
 
 
-__all__ = ["ENGINE_NAMES", "Engine", "EngineName", "engine", "engine_of"]
+__all__ = ["ENGINE_NAMES", "Engine", "EngineName", "SwitchoverEngine", "engine", "engine_of"]

@@ -146,6 +146,55 @@ class ReplicationLag:
         return True, f"{self.replica} is {self.bytes} bytes and {self.seconds:.3f} s behind {self.primary}"
 
 
+@dataclass(frozen=True)
+class Step:
+    """One timed step of a replication verb (stop, catch-up, promote, rewind, rejoin...), for the
+    drill record: ``started``/``ended`` are ``time.time()`` values, ``detail`` what the servers said."""
+
+    name: str
+    started: float
+    ended: float
+    detail: str
+    ok: bool = True
+
+    @property
+    def seconds(self) -> float:
+        """The step's length."""
+        return self.ended - self.started
+
+
+@dataclass(frozen=True)
+class SwitchoverResult:
+    """What a planned switchover did, step by step.
+
+    :param old_primary: the member that was primary; ``new_primary`` the one that is now (equal to
+        ``old_primary`` after an abort that restored it).
+    :param switch_position: where the old primary stopped (PostgreSQL: its shutdown checkpoint LSN;
+        MariaDB: its ``gtid_binlog_pos``), which the candidate replayed past before it was promoted.
+    :param replayed_position: the candidate's replayed position when it was seen past it.
+    :param rejoin: how the old primary came back as a replica (``pg_rewind``'s own message is the
+        evidence that the servers had not diverged), None when it did not.
+    :param aborted: why the switchover was rolled back (the old primary restored), None when it was not.
+    :param degraded: why the cluster is left with less redundancy (the old primary could not rejoin).
+    """
+
+    cluster: str
+    old_primary: str
+    new_primary: str
+    steps: tuple[Step, ...]
+    switch_position: str | None = None
+    replayed_position: str | None = None
+    timeline: int | None = None
+    rejoin: str | None = None
+    aborted: str | None = None
+    degraded: str | None = None
+
+    @property
+    def seconds(self) -> float:
+        """From the first step's start to the last one's end."""
+        return self.steps[-1].ended - self.steps[0].started if self.steps else 0.0
+
+
 _LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
 
@@ -239,6 +288,8 @@ __all__ = [
     "MemberState",
     "ReplicationLag",
     "Role",
+    "Step",
+    "SwitchoverResult",
     "Topology",
     "assemble_topology",
     "discover_topology",

@@ -52,18 +52,19 @@ from cloudops.engines.postgres.session import (
     server_major,
     snapshot_session,
 )
-from cloudops.errors import BackupSourceError
+from cloudops.errors import BackupSourceError, ReplicationError
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
 
     from cloudops.engines import BackupSource, DatabaseState, RestoreResult
-    from cloudops.engines.replication import MemberState, ReplicationLag, Topology
+    from cloudops.engines.replication import MemberState, ReplicationLag, SwitchoverResult, Topology
 
 
 class PostgresEngine:
     """PostgreSQL (15 and later tested): logical and physical backups, restores as a restore role,
-    streaming replication read from ``pg_stat_replication`` / ``pg_stat_wal_receiver``."""
+    streaming replication read from ``pg_stat_replication`` / ``pg_stat_wal_receiver``, and planned
+    switchover, fence and rejoin (:mod:`.switchover`, the :class:`SwitchoverEngine` verbs)."""
 
     name: Literal["postgres"] = "postgres"
     default_port = 5432
@@ -157,6 +158,27 @@ class PostgresEngine:
         self, primary_conn_id: str, replica_conn_id: str, *, used_by: str, timeout_seconds: int = 5
     ) -> ReplicationLag:
         return lag(primary_conn_id, replica_conn_id, used_by=used_by, timeout_seconds=timeout_seconds)
+
+    # -- switching over without a manager (SwitchoverEngine) -----------------------------------------
+
+    def switchover(
+        self, old: Any, new: Any, *, cluster: str, used_by: str, catch_up_timeout_s: float = 30
+    ) -> SwitchoverResult:
+        from cloudops.engines.postgres.switchover import switchover
+
+        return switchover(old, new, cluster=cluster, used_by=used_by, catch_up_timeout_s=catch_up_timeout_s)
+
+    def fence(self, node: Any, *, used_by: str, how: str = "stop") -> str:
+        from cloudops.engines.postgres.switchover import fence
+
+        if how not in ("stop", "read-only"):
+            raise ReplicationError(f"{used_by}: a PostgreSQL fence is 'stop' or 'read-only', not {how!r}")
+        return fence(node, used_by=used_by, how=how)  # type: ignore[arg-type]
+
+    def rejoin(self, node: Any, *, new_primary: Any, used_by: str) -> str:
+        from cloudops.engines.postgres.switchover import rejoin
+
+        return rejoin(node, new_primary=new_primary, used_by=used_by)[1]
 
 
 ENGINE = PostgresEngine()
