@@ -254,17 +254,19 @@ class PatroniCluster:
         self.database = plan.probe_database or DEFAULT_DATABASE
         self.nodes = [PatroniNode(self, index, member) for index, member in enumerate(plan.members)]
         self._stopped = False
+        try:
+            last = self._leader_file().read_text().strip()
+        except OSError:
+            last = ""
+        # Fixed once: settle() rewrites the file while the nodes still ask who is first and last.
+        self._order = sorted(self.nodes, key=lambda node: node.member.name != last)
 
     def _leader_file(self) -> Path:
         return self.layout.run_dir / LEADER_FILE
 
     def start_order(self) -> list[PatroniNode]:
         """The node that led when the cluster was last stopped first (it takes the lead again at once)."""
-        try:
-            last = self._leader_file().read_text().strip()
-        except OSError:
-            last = ""
-        return sorted(self.nodes, key=lambda node: node.member.name != last)
+        return list(self._order)
 
     def is_first(self, node: PatroniNode) -> bool:
         return self.start_order()[0] is node
@@ -315,16 +317,26 @@ class PatroniCluster:
         from psycopg import sql
 
         password = self.store.password(CLOUDOPS_PASSWORD_KEY)
+        try:
+            with psycopg.connect(
+                host=LOOPBACK, port=leader.pg_port, user=CLOUDOPS_ROLE, password=password, dbname="postgres"
+            ):
+                login_works = True
+        except psycopg.OperationalError:
+            login_works = False  # no role yet, or a password from an earlier sandbox: (re)set below
         with psycopg.connect(
             host=str(leader.base), port=leader.pg_port, user="postgres", dbname="postgres", autocommit=True
         ) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [CLOUDOPS_ROLE]).fetchone()
-            verb = "ALTER" if exists else "CREATE"
-            conn.execute(
-                sql.SQL("{} ROLE {} WITH LOGIN SUPERUSER REPLICATION PASSWORD {}").format(
-                    sql.SQL(verb), sql.Identifier(CLOUDOPS_ROLE), sql.Literal(password)
+            if not login_works:
+                exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [CLOUDOPS_ROLE]).fetchone()
+                conn.execute(
+                    sql.SQL("{} ROLE {} WITH LOGIN SUPERUSER REPLICATION PASSWORD {}").format(
+                        sql.SQL("ALTER" if exists else "CREATE"),
+                        sql.Identifier(CLOUDOPS_ROLE),
+                        sql.Literal(password),
+                    )
                 )
-            )
+                say(f"{self.plan.name}: role {CLOUDOPS_ROLE} {'password reset' if exists else 'created'}")
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [self.database]).fetchone():
                 conn.execute(
                     sql.SQL("CREATE DATABASE {} OWNER {}").format(
