@@ -121,9 +121,11 @@ def test_patroni_nodes_get_ports_of_their_own_and_a_settings_file_patroni_accept
     assert settings["postgresql"]["listen"] == "127.0.0.1:17442"
     assert settings["scope"] == "ledger_patroni"
     # A node that led last starts first.
+    assert [n.member.name for n in cluster.start_order()] == ["patroni_a", "patroni_b"]
     layout.run_dir.mkdir(parents=True)
     (layout.run_dir / "patroni-leader").write_text("patroni_b\n")
-    assert [n.member.name for n in cluster.start_order()] == ["patroni_b", "patroni_a"]
+    again = PatroniCluster(layout, plan.patroni, CredentialStore(tmp_path / "c.json"), EtcdServer(layout))
+    assert [n.member.name for n in again.start_order()] == ["patroni_b", "patroni_a"]
 
 
 def test_a_missing_patroni_venv_names_the_make_target(tmp_path: Path, catalog: Catalog) -> None:
