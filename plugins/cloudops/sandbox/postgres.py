@@ -145,10 +145,16 @@ class PostgresServer:
         if state == RUNNING and pid is not None:
             self._configure()
             with self._socket_connect() as conn:
-                conn.execute("SELECT pg_reload_conf()")
+                # pg_file_settings reads the files at query time, so it needs no reload to have happened
+                # first (pg_settings.pending_restart does, and a reload is asynchronous).
                 pending = [
-                    row[0] for row in conn.execute("SELECT name FROM pg_settings WHERE pending_restart")
+                    str(row[0])
+                    for row in conn.execute(
+                        "SELECT DISTINCT name FROM pg_file_settings "
+                        "WHERE error = 'setting could not be applied'"
+                    )
                 ]
+                conn.execute("SELECT pg_reload_conf()")
             self.daemon.record(pid)
             if pending:
                 # A setting that only a restart applies (wal_log_hints on a sandbox made before it).
