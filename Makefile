@@ -28,10 +28,12 @@ WITH_SANDBOX_ENV := set -a; . "$(ENV_FILE)"; set +a;
 # Debian packages the sandbox runs (servers; debootstrap builds its hosts' Debian root once), the
 # runbooks call (ssh, dump tools, zstd) and the auditor view's
 # browser test drives (chromium with its chromedriver).
-DEBIAN_PACKAGES := postgresql postgresql-client mariadb-server mariadb-client openssh-client debootstrap zstd pgbackrest chromium chromium-driver
-REQUIRED_BINARIES := /usr/lib/postgresql/15/bin/initdb /usr/sbin/mariadbd /usr/sbin/debootstrap /usr/bin/ssh /usr/bin/zstd /usr/bin/pg_dump /usr/bin/mariadb-dump /usr/bin/chromium /usr/bin/chromedriver
+# etcd-server is the store of the sandbox's Patroni cluster (the sandbox runs its own etcd on loopback;
+# the package's service never starts in a container, where policy-rc.d refuses it).
+DEBIAN_PACKAGES := postgresql postgresql-client mariadb-server mariadb-client openssh-client debootstrap zstd pgbackrest chromium chromium-driver etcd-server python3-venv
+REQUIRED_BINARIES := /usr/lib/postgresql/15/bin/initdb /usr/sbin/mariadbd /usr/sbin/debootstrap /usr/bin/ssh /usr/bin/zstd /usr/bin/pg_dump /usr/bin/mariadb-dump /usr/bin/chromium /usr/bin/chromedriver /usr/bin/etcd
 
-.PHONY: bench-patch bench-backup bench-evidence bench-pipeline help setup system-packages venv lock sandbox sandbox-down airflow-db demo test test-unit lint schema up down bench clean
+.PHONY: sandbox-prepare bench-patch bench-backup bench-evidence bench-pipeline help setup system-packages venv lock sandbox sandbox-down airflow-db demo test test-unit lint schema up down bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
@@ -61,7 +63,10 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 lock:  ## re-resolve requirements.lock from pyproject.toml
 	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
 
-sandbox: setup  ## start the local sandbox estate (idempotent)
+sandbox-prepare: setup  ## build what the sandbox cannot download at `up`: Patroni's venv on the system Python (cached, include/sandbox/patroni-requirements.txt)
+	CLOUDOPS_SANDBOX_UV="$(UV)" $(BIN)/cloudops sandbox prepare
+
+sandbox: sandbox-prepare  ## start the local sandbox estate (idempotent)
 	$(BIN)/cloudops sandbox up
 
 sandbox-down:  ## stop what the sandbox started

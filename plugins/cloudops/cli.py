@@ -81,6 +81,12 @@ def _sandbox(args: argparse.Namespace) -> int:
     """Start, stop or show the local sandbox estate."""
     from cloudops.sandbox import estate
 
+    if args.action == "prepare":
+        from cloudops.sandbox.layout import SandboxLayout
+        from cloudops.sandbox.patroni import prepare_patroni_venv
+
+        prepare_patroni_venv(SandboxLayout.from_environment(), estate.say)
+        return EXIT_OK
     if args.action == "up":
         estate.up()
     elif args.action == "down":
@@ -678,6 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox = commands.add_parser("sandbox", help="the local sandbox estate")
     sandbox_commands = sandbox.add_subparsers(dest="action", required=True)
     for action, text in (
+        ("prepare", "build what `up` needs and cannot download itself: Patroni's venv (cached)"),
         ("up", "start what runbooks/sandbox.yaml describes (idempotent)"),
         ("down", "stop what up started"),
         ("status", "show what runs where"),

@@ -151,7 +151,9 @@ def write_ansible_side(fleet: Any, policy: Any, plan: Any, work: Path) -> Path:
                     step
                     for again in (False, True)
                     for step in (
-                        [{"name": "soak", "ansible.builtin.pause": {"seconds": soak}}] if again and soak else []
+                        [{"name": "soak", "ansible.builtin.pause": {"seconds": soak}}]
+                        if again and soak
+                        else []
                     )
                     + [
                         {

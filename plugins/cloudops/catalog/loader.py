@@ -285,7 +285,7 @@ def _read_file(file: str) -> bytes:
 # and no one else can write (checked on the open file); anything else is refused with its reason
 # logged, and the catalog is validated from its YAML instead.
 CACHE_ENV = "CLOUDOPS_CACHE_DIR"
-_CODE_FILES = ("models.py", "references.py", "loader.py", "errors.py")
+_CODE_FILES = ("models.py", "references.py", "cluster_references.py", "loader.py", "errors.py")
 _refusals_logged: set[str] = set()
 
 

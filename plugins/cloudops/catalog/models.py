@@ -13,7 +13,7 @@ import zoneinfo
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -902,6 +902,263 @@ class Approvals(CatalogModel):
     )
 
 
+ClusterManager = Literal[
+    "native-pg", "patroni", "mariadb-gtid", "rds-multi-az-instance", "rds-multi-az-cluster", "aurora"
+]
+CLUSTER_MANAGERS: tuple[str, ...] = get_args(ClusterManager)
+# The engine each manager runs; None: RDS managers run either (the members' databases say which).
+MANAGER_ENGINES: dict[str, str | None] = {
+    "native-pg": "postgres",
+    "patroni": "postgres",
+    "mariadb-gtid": "mariadb",
+    "rds-multi-az-instance": None,
+    "rds-multi-az-cluster": None,
+    "aurora": None,
+}
+# Managers whose primary a drill can crash: their servers are processes on hosts we reach. AWS offers no
+# crash of an RDS primary, only the forced failover that is the planned mode here (FIS runs the same call).
+CRASH_MANAGERS: frozenset[str] = frozenset({"native-pg", "patroni", "mariadb-gtid"})
+RDS_MANAGERS: frozenset[str] = frozenset({"rds-multi-az-instance", "rds-multi-az-cluster", "aurora"})
+# Members a cluster needs at least: a primary and a replica to fail over to. A Multi-AZ DB instance has one
+# endpoint; its standby is AWS's and cannot be addressed.
+MIN_MEMBERS: dict[str, int] = {manager: 2 for manager in CLUSTER_MANAGERS} | {"rds-multi-az-instance": 1}
+# How each manager's clients find the primary, as the probe must (see ClusterProbe.routing).
+MANAGER_ROUTINGS: dict[str, frozenset[str]] = {
+    "native-pg": frozenset({"libpq-multihost", "endpoint"}),
+    "patroni": frozenset({"libpq-multihost", "endpoint"}),
+    "mariadb-gtid": frozenset({"first-writable", "endpoint"}),
+    "rds-multi-az-instance": frozenset({"endpoint"}),
+    "rds-multi-az-cluster": frozenset({"endpoint"}),
+    "aurora": frozenset({"endpoint"}),
+}
+HostPort = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}:\d{1,5}$"),
+    Field(description="host:port, e.g. db-1.internal:5432."),
+]
+
+
+class ClusterMember(CatalogModel):
+    """One server of a cluster: a catalog database (``database``), or a server named here (``name`` and
+    ``conn_id``, optionally its ``address``).
+
+    The member's role is never declared: the drill asks every member what it is.
+    """
+
+    database: TargetName | None = Field(
+        default=None, description="A catalog database (databases[].name): its conn_id and engine are used."
+    )
+    name: TargetName | None = Field(
+        default=None, description="The member's name, for a server that is not a catalog database."
+    )
+    conn_id: ConnId | None = Field(
+        default=None, description="Connection to the server (for a member that is not a catalog database)."
+    )
+    address: HostPort | None = Field(
+        default=None,
+        description="host:port the server is expected at, when the catalog knows it: the topology check "
+        "compares it with what the member's connection reaches.",
+    )
+    patroni_api_conn_id: ConnId | None = Field(
+        default=None,
+        description="Patroni only: an HTTP connection to this node's REST API (host, port, and the API's "
+        "login and password when it asks for them).",
+    )
+    rewind_conn_id: ConnId | None = Field(
+        default=None,
+        description="PostgreSQL: a connection to this server as a role allowed to serve pg_rewind (the "
+        "source of a rewind of the other members).",
+    )
+    rds_instance_id: str | None = Field(
+        default=None, description="RDS: the DB instance identifier (else the database's rds_instance_id)."
+    )
+    host: HostName | None = Field(
+        default=None,
+        description="The fleet host (fleets[].hosts[].name) the server runs on, reached over SSH to stop or "
+        "crash it; none: the drill cannot crash it.",
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ClusterMember:
+        if self.database is not None and (self.name is not None or self.conn_id is not None):
+            raise ValueError(
+                "a member is either a catalog database (database: ...) or a server of its own (name: and "
+                "conn_id:), not both"
+            )
+        if self.database is None and (self.name is None or self.conn_id is None):
+            raise ValueError(
+                "a member needs database: <a catalog database>, or both name: and conn_id: for a server "
+                "that is not a catalog database"
+            )
+        return self
+
+    @property
+    def member_name(self) -> str:
+        """The member's name in topologies and drill records."""
+        return self.database or self.name or ""
+
+
+class ClusterProbe(CatalogModel):
+    """How the drill's probe connects: exactly as the application does, so that it sees what it sees."""
+
+    conn_id: ConnId = Field(
+        description="The application's way in, as an Airflow connection (never a password here). "
+        "libpq-multihost: host holds the hosts (h1,h2), extra.port the ports (5432,5432) and "
+        "extra.target_session_attrs read-write; first-writable: the same lists, the probe uses the first "
+        "server with read_only off; endpoint: the manager's endpoint (RDS, a proxy, a virtual IP)."
+    )
+    routing: Literal["libpq-multihost", "first-writable", "endpoint"] = Field(
+        description="How the application finds the primary: libpq multi-host with "
+        "target_session_attrs=read-write (PostgreSQL), the first writable server of a list (MariaDB), or "
+        "the manager's endpoint."
+    )
+    database: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_$-]{0,62}$")] | None = Field(
+        default=None, description="Database the probe writes its numbered rows in (else the connection's)."
+    )
+    interval_ms: Annotated[int, Field(ge=5, le=1000)] = Field(
+        default=15, description="One write every this many milliseconds."
+    )
+
+
+class DrillTargets(CatalogModel):
+    """What a drill must show to pass: each target is PASS, FAIL or ABORTED in the record."""
+
+    max_write_downtime_seconds: Annotated[float, Field(ge=0)] = Field(
+        default=30.0,
+        description="Client-observed write downtime: first failed or stalled write to the next acknowledged.",
+    )
+    max_acknowledged_writes_lost: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="Acknowledged writes missing on the final primary."
+    )
+    max_drill_seconds: Annotated[float, Field(gt=0)] = Field(
+        default=600.0, description="The whole drill, fail-back and verification included."
+    )
+
+
+class DrillWindow(CatalogModel):
+    """When a failover drill may start: on these days, from start (estate time zone) for duration."""
+
+    days: Annotated[list[Weekday], Field(min_length=1)]
+    start: Annotated[str, StringConstraints(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")] = Field(
+        description="Opening time HH:MM, local time of the estate's `timezone`."
+    )
+    duration: Duration = Field(description="How long the window stays open, 1m to 24h.")
+
+    @model_validator(mode="after")
+    def _sane(self) -> DrillWindow:
+        if not timedelta(minutes=1) <= self.duration <= timedelta(hours=24):
+            raise ValueError(f"duration {render_duration(self.duration)} must be between 1m and 24h")
+        if len(set(self.days)) != len(self.days):
+            raise ValueError("days lists a day twice")
+        return self
+
+
+class DrillGuards(CatalogModel):
+    """What must hold before (and again right before) the drill moves the primary."""
+
+    max_lag_bytes: Annotated[int, Field(ge=0)] = Field(
+        default=1048576, description="The candidate's replication lag in bytes, at most."
+    )
+    max_lag_seconds: Annotated[float, Field(ge=0)] = Field(
+        default=5.0, description="The candidate's replication lag in seconds, at most."
+    )
+    min_healthy_replicas: Annotated[int, Field(ge=0)] = Field(
+        default=1,
+        description="Streaming replicas within the lag bounds, at least (members minus one, at most).",
+    )
+    min_interval: Duration = Field(
+        default=timedelta(hours=24), description="Since the cluster's previous drill, at least (e.g. 24h)."
+    )
+    window: DrillWindow | None = Field(default=None, description="When a drill may start; none: any time.")
+
+
+class FailoverDrillPolicy(CatalogModel):
+    """The cluster's failover drills (failover_drill__<cluster>): when, how, and what they must show."""
+
+    schedule: Cron | None = Field(
+        default=None, description="Cron expression or preset; none: only when someone starts it."
+    )
+    paused: bool = Field(default=False, description="Create failover_drill__<cluster> paused.")
+    modes: Annotated[list[Literal["planned", "crash"]], Field(min_length=1)] = Field(
+        default_factory=lambda: list[Literal["planned", "crash"]](["planned"]),
+        description="Modes a drill may run: planned (a switchover) on every manager; crash (the primary "
+        "stops dead) only where the manager can be crashed (native-pg, patroni, mariadb-gtid).",
+    )
+    crash_in_production: bool = Field(
+        default=False,
+        description="Allow the crash mode on a production cluster: an explicit acknowledgement, never the "
+        "default.",
+    )
+    targets: DrillTargets = Field(default_factory=DrillTargets)
+    guards: DrillGuards = Field(default_factory=DrillGuards)
+    failback: Literal["auto", "manual"] = Field(
+        default="auto",
+        description="auto: the drill fails back to the original primary and verifies again; manual: it "
+        "leaves the new primary in place and a person fails back.",
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str | None) -> str | None:
+        return value if value is None else _check_cron(value)
+
+    @field_validator("modes")
+    @classmethod
+    def _modes_once(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("modes lists a mode twice")
+        return value
+
+
+class RdsClusterEndpoint(CatalogModel):
+    """The RDS resource an RDS manager fails over, in a catalog cloud account."""
+
+    cloud: TargetName = Field(description="Name of the cloud account (clouds[].name).")
+    db_instance_identifier: str | None = Field(
+        default=None, description="rds-multi-az-instance: the DB instance."
+    )
+    db_cluster_identifier: str | None = Field(
+        default=None, description="rds-multi-az-cluster, aurora: the DB cluster."
+    )
+
+
+class Cluster(CatalogModel):
+    """A replicated database cluster: its members, the manager that moves its primary, how the
+    application connects, and its failover drill policy.
+
+    The primary is discovered at run time from the members, never declared.
+    """
+
+    name: TargetName
+    manager: ClusterManager = Field(
+        description="What moves the primary: native-pg (PostgreSQL streaming replication, pg_promote and "
+        "pg_rewind), patroni, mariadb-gtid, rds-multi-az-instance, rds-multi-az-cluster or aurora."
+    )
+    members: Annotated[list[ClusterMember], Field(min_length=1)]
+    probe: ClusterProbe
+    rds: RdsClusterEndpoint | None = Field(
+        default=None, description="RDS managers: the instance or cluster to fail over."
+    )
+    production: bool = Field(
+        default=False,
+        description="A drill waits for a second person's approval (the estate's approvals); crash needs "
+        "drill.crash_in_production as well.",
+    )
+    drill: FailoverDrillPolicy | None = Field(
+        default=None, description="Failover drills of this cluster; none: no drill."
+    )
+
+    def member(self, name: str) -> ClusterMember:
+        """The member called ``name`` (its database or its own name).
+
+        :raises KeyError: naming the cluster.
+        """
+        for member in self.members:
+            if member.member_name == name:
+                return member
+        raise KeyError(f"cluster {self.name!r} has no member {name!r}")
+
+
 class Catalog(CatalogModel):
     """One estate (a customer or an environment): everything its runbooks act on."""
 
@@ -914,6 +1171,10 @@ class Catalog(CatalogModel):
     clouds: list[Cloud] = Field(default_factory=list)
     repositories: list[Repository] = Field(default_factory=list)
     databases: list[Database] = Field(default_factory=list)
+    clusters: list[Cluster] = Field(
+        default_factory=list,
+        description="Replicated clusters of databases, with their manager and failover drill policy.",
+    )
     fleets: list[Fleet] = Field(default_factory=list)
     slos: list[Slo] = Field(default_factory=list)
     notifications: list[Notification] = Field(default_factory=list)
@@ -941,6 +1202,13 @@ class Catalog(CatalogModel):
                 return database
         raise KeyError(f"no database {name!r} in estate {self.estate!r}")
 
+    def cluster(self, name: str) -> Cluster:
+        """Return the cluster called ``name``; raise KeyError naming the estate otherwise."""
+        for cluster in self.clusters:
+            if cluster.name == name:
+                return cluster
+        raise KeyError(f"no cluster {name!r} in estate {self.estate!r}")
+
     def repository(self, name: str) -> Repository:
         """Return the repository called ``name``; raise KeyError naming the estate otherwise."""
         for repository in self.repositories:
@@ -955,17 +1223,31 @@ class Catalog(CatalogModel):
 
 
 __all__ = [
+    "CLUSTER_MANAGERS",
+    "CRASH_MANAGERS",
+    "MANAGER_ENGINES",
+    "MANAGER_ROUTINGS",
+    "MIN_MEMBERS",
+    "RDS_MANAGERS",
     "WEEKDAYS",
     "Approvals",
     "BackupPolicy",
     "Catalog",
     "Cloud",
+    "Cluster",
+    "ClusterManager",
+    "ClusterMember",
+    "ClusterProbe",
     "CostSettings",
     "CreditTier",
     "Database",
+    "DrillGuards",
     "DrillPolicy",
+    "DrillTargets",
+    "DrillWindow",
     "Duration",
     "Encryption",
+    "FailoverDrillPolicy",
     "Fleet",
     "FleetSnapshotPolicy",
     "FocusExport",
@@ -981,6 +1263,7 @@ __all__ = [
     "PatchWaves",
     "PatchWindow",
     "PatchingPolicy",
+    "RdsClusterEndpoint",
     "RebootPolicy",
     "ReportSettings",
     "Repository",

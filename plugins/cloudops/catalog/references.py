@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from cloudops.catalog.cluster_references import cluster_problems
 from cloudops.catalog.errors import did_you_mean
 from cloudops.catalog.models import Catalog, Fleet
 
@@ -50,7 +51,16 @@ def _missing(path: Path, section: str, what: str, name: str, known: Iterable[str
 def check_references(catalog: Catalog) -> list[ReferenceProblem]:
     """Check that every name used is defined once and that clusters have one primary."""
     problems: list[ReferenceProblem] = []
-    for section in ("clouds", "repositories", "databases", "fleets", "slos", "notifications", "endpoints"):
+    for section in (
+        "clouds",
+        "repositories",
+        "databases",
+        "clusters",
+        "fleets",
+        "slos",
+        "notifications",
+        "endpoints",
+    ):
         problems += _duplicates(section, [item.name for item in getattr(catalog, section)])
     host_names = [host.name for _, host in catalog.hosts]
     for index, (fleet, host) in enumerate(catalog.hosts):
@@ -112,6 +122,7 @@ def check_references(catalog: Catalog) -> list[ReferenceProblem]:
                     f"cluster {database.cluster!r} has {count} primaries; it needs exactly one",
                 )
             )
+    problems += [ReferenceProblem(path, message, hint) for path, message, hint in cluster_problems(catalog)]
     problems += _missing_scratch_servers(catalog)
     problems += primary_scratch_servers(catalog, primaries_by_conn(catalog, ""))
     return problems
@@ -263,6 +274,7 @@ def cross_catalog_duplicates(
     wanted: list[tuple[tuple[str, str], Path]] = [(("estate", catalog.estate), ("estate",))]
     wanted += [(("database", d.name), ("databases", i, "name")) for i, d in enumerate(catalog.databases)]
     wanted += [(("fleet", f.name), ("fleets", i, "name")) for i, f in enumerate(catalog.fleets)]
+    wanted += [(("cluster", c.name), ("clusters", i, "name")) for i, c in enumerate(catalog.clusters)]
     problems = []
     for key, path in wanted:
         if key in claimed:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 from pathlib import Path
 
 from cloudops.sandbox.process import write_if_changed
@@ -19,6 +20,8 @@ class CredentialStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._cache: dict[str, str] | None = None
+        # `up` starts its chains in threads that share one store: one writer of the file at a time.
+        self._lock = threading.Lock()
 
     def _load(self) -> dict[str, str]:
         if self._cache is None:
@@ -30,11 +33,12 @@ class CredentialStore:
 
     def password(self, name: str) -> str:
         """Return the password called `name`, generating and saving it on first use."""
-        values = self._load()
-        if name not in values:
-            values[name] = secrets.token_urlsafe(24)
-            write_if_changed(self.path, json.dumps(values, indent=2, sort_keys=True) + "\n", mode=0o600)
-        return values[name]
+        with self._lock:
+            values = self._load()
+            if name not in values:
+                values[name] = secrets.token_urlsafe(24)
+                write_if_changed(self.path, json.dumps(values, indent=2, sort_keys=True) + "\n", mode=0o600)
+            return values[name]
 
 
 __all__ = ["CredentialStore"]

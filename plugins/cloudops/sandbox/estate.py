@@ -2,9 +2,11 @@
 
 `up` is idempotent: it checks binaries and ports of everything that is not running before it starts
 anything, then brings the components up in independent chains run side by side (PostgreSQL primary then
-replica; the PostgreSQL scratch server; MariaDB; the MariaDB scratch server; moto; each fleet host, a Debian
-system of its own booted by its supervisor; the SMTP sink), reusing what runs and seeding what is missing,
-and finally writes the Airflow connections to <sandbox>/airflow.env. `down` stops only processes whose pid
+replica; the PostgreSQL scratch server; MariaDB then its GTID replica; the MariaDB scratch server; etcd then
+the two Patroni nodes; moto; each fleet host, a Debian system of its own booted by its supervisor; the SMTP
+sink), reusing what runs and seeding what is missing, and finally writes the Airflow connections to
+<sandbox>/airflow.env: one per server, plus each cluster's probe connection (all its members in one host
+list, as the application connects) and the pg_rewind source connections. `down` stops only processes whose pid
 file and command line say this sandbox started them, and keeps all data on disk.
 """
 
@@ -26,7 +28,8 @@ from cloudops.sandbox.hosts import HostFleet, SandboxHost, unmount_leftovers
 from cloudops.sandbox.layout import SandboxLayout, render_env_file
 from cloudops.sandbox.mariadb import MariadbServer
 from cloudops.sandbox.moto import MotoServer
-from cloudops.sandbox.plan import load_plan
+from cloudops.sandbox.patroni import EtcdServer, PatroniCluster
+from cloudops.sandbox.plan import EstatePlan, load_plan
 from cloudops.sandbox.postgres import PostgresServer
 from cloudops.sandbox.process import (
     POLL_INTERVAL,
@@ -70,8 +73,12 @@ class ComponentStatus:
     detail: str = ""
 
 
-def _say(line: str) -> None:
+def say(line: str) -> None:
+    """Print one progress line of the sandbox."""
     print(f"sandbox: {line}", flush=True)
+
+
+_say = say
 
 
 def _chains(layout: SandboxLayout) -> list[list[Component]]:
@@ -82,6 +89,14 @@ def _chains(layout: SandboxLayout) -> list[list[Component]]:
     postgres: list[Component] = [primary]
     if plan.postgres_replica is not None:
         postgres.append(PostgresServer(layout, plan.postgres_replica, store, primary=primary))
+    mariadb_primary = MariadbServer(layout, plan.mariadb, store)
+    mariadb: list[Component] = [mariadb_primary]
+    if plan.mariadb_replica is not None:
+        mariadb.append(MariadbServer(layout, plan.mariadb_replica, store, primary=mariadb_primary))
+    patroni: list[list[Component]] = []
+    if plan.patroni is not None:
+        etcd = EtcdServer(layout)
+        patroni.append([etcd, *PatroniCluster(layout, plan.patroni, store, etcd).start_order()])
     all_hosts = (*plan.hosts, *extra_hosts(layout))
     fleet = HostFleet(layout, all_hosts)
     hosts: list[list[Component]] = [[SandboxHost(fleet, host, i)] for i, host in enumerate(all_hosts)]
@@ -92,7 +107,8 @@ def _chains(layout: SandboxLayout) -> list[list[Component]]:
         scratch.append([MariadbServer(layout, plan.mariadb_scratch, store)])
     return [
         postgres,
-        [MariadbServer(layout, plan.mariadb, store)],
+        mariadb,
+        *patroni,
         *scratch,
         [MotoServer(layout, plan, store)],
         *hosts,
@@ -178,6 +194,13 @@ def up(say: Say = _say) -> None:
             connections.update(component.connections())
             if isinstance(component, MotoServer):
                 settings.update(component.settings())
+            if isinstance(component, PostgresServer) and component.role != "scratch":
+                connections.update(_rewind_connections(load_plan(layout.catalog_path), component))
+        connections.update(
+            cluster_connections(
+                load_plan(layout.catalog_path), connections, CredentialStore(layout.credentials_file)
+            )
+        )
         changed = write_if_changed(
             layout.env_file, render_env_file(layout.dir, connections, settings), mode=0o600
         )
@@ -185,6 +208,68 @@ def up(say: Say = _say) -> None:
         say(layout.data_note)
     say(f"{'wrote' if changed else 'unchanged:'} {layout.env_file} ({len(connections)} connections)")
     say(f"ready in {time.monotonic() - started:.1f} s")
+
+
+def _rewind_connections(plan: EstatePlan, server: PostgresServer) -> dict[str, dict[str, Any]]:
+    """The pg_rewind source connection of ``server``, under the name its cluster member gives it."""
+    return {
+        member.rewind_conn_id: server.rewind_connection()
+        for cluster in plan.clusters
+        for member in cluster.members
+        if member.rewind_conn_id and member.conn_id == server.plan.conn_id
+    }
+
+
+def cluster_connections(
+    plan: EstatePlan, connections: dict[str, dict[str, Any]], store: CredentialStore
+) -> dict[str, dict[str, Any]]:
+    """Each cluster's probe connection, the application's way in: every member in one host list.
+
+    PostgreSQL (libpq multi-host): ``host`` ``h1,h2``, ``extra.port`` ``p1,p2`` and
+    ``extra.target_session_attrs`` ``read-write``, so libpq itself finds the primary. MariaDB
+    (first-writable): the same lists; the probe takes the first server whose read_only is off, and logs in
+    as an account that read_only refuses.
+
+    :raises SandboxError: a member's connection is not one the sandbox writes.
+    """
+    from cloudops.sandbox.mariadb import PROBE_PASSWORD_KEY, PROBE_USER
+
+    found: dict[str, dict[str, Any]] = {}
+    for cluster in plan.clusters:
+        missing = [m.conn_id for m in cluster.members if m.conn_id not in connections]
+        if missing:
+            raise SandboxError(
+                f"cluster {cluster.name}: the sandbox starts no server for connection(s) {', '.join(missing)}"
+            )
+        members = [connections[m.conn_id] for m in cluster.members]
+        first = members[0]
+        hosts = ",".join(str(c["host"]) for c in members)
+        ports = ",".join(str(c["port"]) for c in members)
+        database = cluster.probe_database or first.get("schema")
+        if cluster.manager == "mariadb-gtid":
+            found[cluster.probe_conn_id] = {
+                "conn_type": "mysql",
+                "host": hosts,
+                "login": PROBE_USER,
+                "password": store.password(PROBE_PASSWORD_KEY),
+                "schema": database,
+                "extra": {
+                    "port": ports,
+                    "routing": "first-writable",
+                    "connect_timeout": 2,
+                    "charset": "utf8mb4",
+                },
+            }
+        else:
+            found[cluster.probe_conn_id] = {
+                "conn_type": "postgres",
+                "host": hosts,
+                "login": first["login"],
+                "password": first["password"],
+                "schema": database,
+                "extra": {"port": ports, "target_session_attrs": "read-write", "connect_timeout": "2"},
+            }
+    return found
 
 
 def down(say: Say = _say) -> None:
@@ -245,7 +330,7 @@ def format_status(rows: list[ComponentStatus]) -> str:
     )
 
 
-__all__ = ["ComponentStatus", "down", "format_status", "status", "up"]
+__all__ = ["ComponentStatus", "cluster_connections", "down", "format_status", "status", "up"]
 
 
 # -- fleet hosts on their own ---------------------------------------------------------------------------

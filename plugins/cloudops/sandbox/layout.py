@@ -35,6 +35,15 @@ BASE_PORTS = {
     "postgres_scratch": 15434,
     "mariadb": 13306,
     "mariadb_scratch": 13307,
+    # The GTID replica of `mariadb` (cluster inventory_mariadb_cluster).
+    "mariadb_replica": 13308,
+    # The Patroni cluster (ledger_patroni): its etcd, and each node's PostgreSQL and REST API.
+    "etcd_client": 12379,
+    "etcd_peer": 12380,
+    "patroni_a_postgres": 15442,
+    "patroni_b_postgres": 15443,
+    "patroni_a_api": 18008,
+    "patroni_b_api": 18009,
     "moto": 15000,
     "ssh": 2222,
     "smtp": 15025,
@@ -43,6 +52,11 @@ BASE_PORTS = {
 DEFAULT_PG_BINDIR = "/usr/lib/postgresql/15/bin"
 DEFAULT_MARIADBD = "/usr/sbin/mariadbd"
 DEFAULT_MARIADB_INSTALL_DB = "/usr/bin/mariadb-install-db"
+DEFAULT_ETCD = "/usr/bin/etcd"
+# Patroni runs as the postgres OS user: its venv is built on the machine's own Python, which that user can
+# execute (an interpreter under a 0700 home directory, such as pyenv's, it cannot).
+DEFAULT_SYSTEM_PYTHON = "/usr/bin/python3"
+PATRONI_REQUIREMENTS = Path("include") / "sandbox" / "patroni-requirements.txt"
 
 
 def find_project_root(start_points: list[Path] | None = None) -> Path:
@@ -102,14 +116,18 @@ class SandboxLayout:
     mariadbd: Path
     mariadb_install_db: Path
     as_root: bool
+    etcd: Path = Path(DEFAULT_ETCD)
+    system_python: Path = Path(DEFAULT_SYSTEM_PYTHON)
+    patroni_venv_override: Path | None = None
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> SandboxLayout:
         """Resolve the layout from the environment.
 
-        CLOUDOPS_SANDBOX_DIR (default <project>/.sandbox), CLOUDOPS_SANDBOX_PORT_OFFSET (default 0) and
-        the binary overrides CLOUDOPS_SANDBOX_PG_BINDIR, CLOUDOPS_SANDBOX_MARIADBD and
-        CLOUDOPS_SANDBOX_MARIADB_INSTALL_DB.
+        CLOUDOPS_SANDBOX_DIR (default <project>/.sandbox), CLOUDOPS_SANDBOX_PORT_OFFSET (default 0), the
+        binary overrides CLOUDOPS_SANDBOX_PG_BINDIR, CLOUDOPS_SANDBOX_MARIADBD,
+        CLOUDOPS_SANDBOX_MARIADB_INSTALL_DB, CLOUDOPS_SANDBOX_ETCD and CLOUDOPS_SANDBOX_SYSTEM_PYTHON, and
+        CLOUDOPS_SANDBOX_PATRONI_VENV (where Patroni's venv is; default: see ``patroni_venv``).
         """
         env = os.environ if environ is None else environ
         root = find_project_root()
@@ -151,6 +169,13 @@ class SandboxLayout:
                 env.get("CLOUDOPS_SANDBOX_MARIADB_INSTALL_DB", DEFAULT_MARIADB_INSTALL_DB)
             ),
             as_root=as_root,
+            etcd=Path(env.get("CLOUDOPS_SANDBOX_ETCD", DEFAULT_ETCD)),
+            system_python=Path(env.get("CLOUDOPS_SANDBOX_SYSTEM_PYTHON", DEFAULT_SYSTEM_PYTHON)),
+            patroni_venv_override=(
+                Path(env["CLOUDOPS_SANDBOX_PATRONI_VENV"])
+                if env.get("CLOUDOPS_SANDBOX_PATRONI_VENV")
+                else None
+            ),
         )
 
     @property
@@ -165,6 +190,31 @@ class SandboxLayout:
     def forget_port_offset(self) -> None:
         """Forget the recorded offset once everything is stopped: the next `up` may choose another."""
         (self.run_dir / PORT_OFFSET_FILE).unlink(missing_ok=True)
+
+    @property
+    def patroni_requirements(self) -> Path:
+        return self.project_root / PATRONI_REQUIREMENTS
+
+    @property
+    def patroni_venv(self) -> Path:
+        """Patroni's venv, shared by every sandbox on the machine and keyed by the pinned requirements:
+        built once by `make sandbox` (``cloudops sandbox prepare``), never at `up`.
+
+        As root it lives under /var/cache/cloudops-sandbox, which the postgres OS user can traverse (root's
+        ~/.cache it cannot); otherwise under ~/.cache/cloudops-sandbox (Patroni then runs as this user).
+        """
+        if self.patroni_venv_override is not None:
+            return self.patroni_venv_override
+        try:
+            digest = hashlib.sha256(self.patroni_requirements.read_bytes()).hexdigest()[:12]
+        except OSError:
+            digest = "missing-requirements"
+        base = (
+            Path("/var/cache/cloudops-sandbox")
+            if self.as_root
+            else Path.home() / ".cache" / "cloudops-sandbox"
+        )
+        return base / f"patroni-{digest}"
 
     @property
     def run_dir(self) -> Path:

@@ -1,5 +1,15 @@
-"""The sandbox's MariaDB servers: the primary with the `inventory` database and the binary log on, and a
-scratch server of its own (no seed, no binary log, events off) for the restore drills' scratch copies.
+"""The sandbox's MariaDB servers: the primary with the `inventory` database and the binary log on, its
+GTID replica (read_only, a port of its own: cluster inventory_mariadb_cluster), and a scratch server of its
+own (no seed, no binary log, events off) for the restore drills' scratch copies.
+
+The primary and the replica are set up alike so that either can be promoted: binary log, ROW format,
+``log_slave_updates``, ``gtid_strict_mode``, ``sync_binlog = 1`` (an acknowledged commit is in the binlog);
+only ``server_id`` and ``read_only`` differ. The replica is cloned from the primary with ``mariadb-dump
+--gtid`` (its databases, not the mysql schema), starts at the dump's GTID position and replicates with
+``MASTER_USE_GTID = slave_pos`` as ``cloudops_repl``. Accounts each server needs of its own are made with
+``sql_log_bin = 0`` on the replica, so that its binlog holds only what it received. The failover probe logs
+in as ``cloudops_probe``, which has no privilege past read_only: a read_only server really refuses its
+writes, as it would the application's.
 
 It reads only its own option file (--defaults-file, so /etc/mysql is ignored), runs as the `mysql` OS user
 when the sandbox runs as root, and logs to stderr, which the sandbox sends to its log file. The binary log
@@ -40,16 +50,28 @@ if TYPE_CHECKING:
 
 USER = "cloudops"
 PASSWORD_KEY = "mariadb_cloudops"
+REPLICATION_USER = "cloudops_repl"
+REPLICATION_PASSWORD_KEY = "mariadb_replication"
+PROBE_USER = "cloudops_probe"
+PROBE_PASSWORD_KEY = "mariadb_probe"
+SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
 
 
 class MariadbServer:
     """A MariaDB server of the sandbox: the primary, or the scratch server (a `plan` with role scratch)."""
 
-    def __init__(self, layout: SandboxLayout, plan: DatabasePlan, store: CredentialStore) -> None:
-        self.layout, self.plan, self.store = layout, plan, store
+    def __init__(
+        self,
+        layout: SandboxLayout,
+        plan: DatabasePlan,
+        store: CredentialStore,
+        primary: MariadbServer | None = None,
+    ) -> None:
+        self.layout, self.plan, self.store, self.primary = layout, plan, store, primary
         self.scratch = plan.role == "scratch"
-        self.name = "mariadb-scratch" if self.scratch else "mariadb"
-        self.port = layout.port("mariadb_scratch" if self.scratch else "mariadb")
+        self.replica = primary is not None
+        self.name = "mariadb-scratch" if self.scratch else "mariadb-replica" if self.replica else "mariadb"
+        self.port = layout.port(self.name.replace("-", "_"))
         self.address = f"{LOOPBACK}:{self.port}"
         self.base = layout.data_root / self.name
         self.data_dir = self.base / "data"
@@ -68,10 +90,16 @@ class MariadbServer:
         self.detail = layout.data_note
 
     def binaries(self) -> list[Binary]:
-        return [
+        found = [
             Binary("mariadbd", self.layout.mariadbd, "mariadb-server"),
             Binary("mariadb-install-db", self.layout.mariadb_install_db, "mariadb-server"),
         ]
+        if self.replica:
+            found += [
+                Binary("mariadb-dump", Path("/usr/bin/mariadb-dump"), "mariadb-client"),
+                Binary("mariadb", Path("/usr/bin/mariadb"), "mariadb-client"),
+            ]
+        return found
 
     def endpoints(self) -> list[tuple[str, int]]:
         return [(LOOPBACK, self.port)]
@@ -93,7 +121,16 @@ class MariadbServer:
             *(
                 ["skip-log-bin", "server_id = 2", "event_scheduler = OFF"]
                 if self.scratch
-                else ["log-bin = mariadb-bin", "binlog_format = ROW", "server_id = 1"]
+                else [
+                    "log-bin = mariadb-bin",
+                    "binlog_format = ROW",
+                    f"server_id = {3 if self.replica else 1}",
+                    "log_slave_updates = ON",
+                    "gtid_strict_mode = ON",
+                    "sync_binlog = 1",
+                    f"read_only = {'ON' if self.replica else 'OFF'}",
+                    "relay-log = mariadb-relay",
+                ]
             ),
             "innodb_buffer_pool_size = 128M",
             "performance_schema = OFF",
@@ -129,15 +166,24 @@ class MariadbServer:
             with self._admin_connect() as conn, conn.cursor() as cur:
                 cur.execute("SELECT 1")
             self.daemon.record(pid)
-            say(f"{self.name}: already running (pid {pid}) on {self.address}")
+            if write_if_changed(self.option_file, self._options()):
+                # Options only a restart applies (the GTID settings, on a sandbox made before them).
+                say(f"{self.name}: options changed: restarting")
+                stop_daemon(self.daemon, what=self.name, say=say, timeout=90)
+                self._start(say)
+            else:
+                say(f"{self.name}: already running (pid {pid}) on {self.address}")
         else:
             if state == STALE:
                 self.daemon.forget()
             self._prepare(say)
             self._start(say)
         self._ensure_account(say)
-        if not self.scratch:
+        if self.replica:
+            self._ensure_replicating(say)
+        elif not self.scratch:
             self._ensure_seed(say)
+            self._ensure_cluster_accounts(say)
 
     def _chown(self, path: Path) -> None:
         if self.os_user:
@@ -193,6 +239,8 @@ class MariadbServer:
         password = self.store.password(PASSWORD_KEY)
         account = f"'{USER}'@'{LOOPBACK}'"
         with self._admin_connect() as conn, conn.cursor() as cur:
+            if self.replica:
+                cur.execute("SET SESSION sql_log_bin = 0")  # the replica's binlog holds only what it received
             cur.execute(f"CREATE USER IF NOT EXISTS {account} IDENTIFIED BY %s", [password])
             cur.execute(f"ALTER USER {account} IDENTIFIED BY %s", [password])
             cur.execute(f"GRANT ALL PRIVILEGES ON *.* TO {account} WITH GRANT OPTION")
@@ -225,6 +273,134 @@ class MariadbServer:
         say(
             f"{self.name}: seeded database {database} ({rows} stock levels) in "
             f"{time.monotonic() - started:.1f} s"
+        )
+
+    def _ensure_cluster_accounts(self, say: Say) -> None:
+        """The replication and probe accounts (on the replica too: either server may become the primary)."""
+        replication = self.store.password(REPLICATION_PASSWORD_KEY)
+        probe = self.store.password(PROBE_PASSWORD_KEY)
+        database = self.plan.database
+        with self._admin_connect() as conn, conn.cursor() as cur:
+            if self.replica:
+                cur.execute("SET SESSION sql_log_bin = 0")
+            for user, password in ((REPLICATION_USER, replication), (PROBE_USER, probe)):
+                account = f"'{user}'@'{LOOPBACK}'"
+                cur.execute(f"CREATE USER IF NOT EXISTS {account} IDENTIFIED BY %s", [password])
+                cur.execute(f"ALTER USER {account} IDENTIFIED BY %s", [password])
+            cur.execute(f"GRANT REPLICATION SLAVE, SLAVE MONITOR ON *.* TO '{REPLICATION_USER}'@'{LOOPBACK}'")
+            # Rows only, no READ ONLY ADMIN: read_only refuses the probe's writes as the application's.
+            rights = "SELECT, INSERT, UPDATE, DELETE, CREATE"
+            cur.execute(f"GRANT {rights} ON `{database}`.* TO '{PROBE_USER}'@'{LOOPBACK}'")
+
+    def _slave_status(self) -> dict[str, Any] | None:
+        import pymysql
+
+        with self._admin_connect() as conn, conn.cursor(pymysql.cursors.DictCursor) as cur:
+            cur.execute("SHOW SLAVE STATUS")
+            row = cur.fetchone()
+        return dict(row) if row else None
+
+    def _ensure_replicating(self, say: Say) -> None:
+        """Clone the primary once (its databases, at the dump's GTID position), then make sure the
+        replication threads run and follow the primary."""
+        from cloudops.errors import SandboxError
+
+        assert self.primary is not None
+        primary = self.primary
+        status = self._slave_status()
+        if status is None:
+            with self._admin_connect() as conn, conn.cursor() as cur:
+                cur.execute("SELECT @@GLOBAL.read_only, @@GLOBAL.gtid_binlog_pos")
+                read_only, own = cur.fetchone() or (1, "")
+            if not int(read_only) or own:
+                raise SandboxError(
+                    f"{self.name} on {self.address} replicates from nothing and has writes of its own "
+                    f"(read_only {read_only}, gtid_binlog_pos {own!r}): was it promoted? Fail back, or stop "
+                    f"the sandbox and delete {self.base} to clone it again"
+                )
+            self._clone(say)
+        elif status.get("Slave_IO_Running") != "Yes" or status.get("Slave_SQL_Running") != "Yes":
+            with self._admin_connect() as conn, conn.cursor() as cur:
+                cur.execute("START SLAVE")
+        self._ensure_cluster_accounts(say)
+
+        def streaming() -> bool:
+            row = self._slave_status() or {}
+            if row.get("Last_SQL_Error") or row.get("Last_IO_Error"):
+                error = row.get("Last_SQL_Error") or row.get("Last_IO_Error")
+                if row.get("Slave_SQL_Running") == "No" or row.get("Slave_IO_Running") == "No":
+                    raise SandboxError(f"{self.name}: replication from {primary.address} stopped: {error}")
+            return row.get("Slave_IO_Running") == "Yes" and row.get("Slave_SQL_Running") == "Yes"
+
+        wait_until(
+            streaming, what=f"{self.name} replicating from {primary.address}", log_path=self.log, timeout=60
+        )
+        say(f"{self.name}: replicating from {primary.address} (GTID, read_only)")
+
+    def _clone(self, say: Say) -> None:
+        """Load the primary's databases with their GTID position and point the replica at the primary."""
+        import re
+        import subprocess
+
+        from cloudops.errors import SandboxError
+
+        assert self.primary is not None
+        primary = self.primary
+        started = time.monotonic()
+        with primary._admin_connect() as conn, conn.cursor() as cur:
+            cur.execute("SELECT schema_name FROM information_schema.schemata")
+            databases = sorted(str(row[0]) for row in cur.fetchall() if row[0] not in SYSTEM_SCHEMAS)
+        admin = "root" if os.geteuid() == 0 else getpass.getuser()
+        dump_argv = [
+            "/usr/bin/mariadb-dump",
+            f"--socket={primary.socket}",
+            f"--user={admin}",
+            "--single-transaction",
+            "--gtid",
+            "--master-data=2",
+            "--routines",
+            "--events",
+            "--triggers",
+            "--databases",
+            *databases,
+        ]
+        dump = subprocess.run(dump_argv, capture_output=True, timeout=300, check=False)
+        if dump.returncode != 0:
+            raise SandboxError(
+                f"{self.name}: mariadb-dump of {primary.name} failed: {dump.stderr.decode()[-500:]}"
+            )
+        found = re.search(rb"gtid_slave_pos\s*=\s*'([^']*)'", dump.stdout)
+        if found is None:
+            raise SandboxError(f"{self.name}: the dump of {primary.name} names no GTID position")
+        position = found.group(1).decode()
+        load = subprocess.run(
+            [
+                "/usr/bin/mariadb",
+                f"--socket={self.socket}",
+                f"--user={admin}",
+                "--init-command=SET sql_log_bin=0",
+            ],
+            input=dump.stdout,
+            capture_output=True,
+            timeout=300,
+            check=False,
+        )
+        if load.returncode != 0:
+            raise SandboxError(
+                f"{self.name}: loading {primary.name}'s dump failed: {load.stderr.decode()[-500:]}"
+            )
+        password = self.store.password(REPLICATION_PASSWORD_KEY)
+        with self._admin_connect() as conn, conn.cursor() as cur:
+            cur.execute("SET GLOBAL gtid_slave_pos = %s", [position])
+            cur.execute(
+                "CHANGE MASTER TO MASTER_HOST = %s, MASTER_PORT = %s, MASTER_USER = %s, "
+                "MASTER_PASSWORD = %s, MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1",
+                [LOOPBACK, primary.port, REPLICATION_USER, password],
+            )
+            cur.execute("START SLAVE")
+        say(
+            f"{self.name}: cloned {', '.join(databases) or 'nothing'} from {primary.name} at GTID "
+            f"{position or '-'} in {time.monotonic() - started:.1f} s"
         )
 
     def connections(self) -> dict[str, dict[str, Any]]:

@@ -24,6 +24,28 @@ class DatabasePlan:
 
 
 @dataclass(frozen=True)
+class MemberPlan:
+    """One member of a sandbox cluster: its name, connection and (Patroni) REST API connection."""
+
+    name: str
+    conn_id: str
+    api_conn_id: str | None = None
+    rewind_conn_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ClusterPlan:
+    """A sandbox cluster: the servers that make it are started by their own components; the probe's
+    connection (the application's way in, every member in one host list) is written from them."""
+
+    name: str
+    manager: str
+    members: tuple[MemberPlan, ...]
+    probe_conn_id: str
+    probe_database: str | None
+
+
+@dataclass(frozen=True)
 class HostPlan:
     name: str
     fleet: str
@@ -49,6 +71,7 @@ class EstatePlan:
     postgres_primary: DatabasePlan
     postgres_replica: DatabasePlan | None
     mariadb: DatabasePlan
+    mariadb_replica: DatabasePlan | None
     # The scratch servers the drills name (drill.scratch_conn_id): no database of their own.
     postgres_scratch: DatabasePlan | None
     mariadb_scratch: DatabasePlan | None
@@ -57,6 +80,12 @@ class EstatePlan:
     hosts: tuple[HostPlan, ...]
     smtp_conn_ids: tuple[str, ...]
     cost: CostSettings | None = None
+    clusters: tuple[ClusterPlan, ...] = ()
+
+    @property
+    def patroni(self) -> ClusterPlan | None:
+        """The Patroni cluster the sandbox runs (at most one, of two nodes), or None."""
+        return next((c for c in self.clusters if c.manager == "patroni"), None)
 
 
 def plan_from_catalog(catalog: Catalog) -> EstatePlan:
@@ -72,7 +101,7 @@ def plan_from_catalog(catalog: Catalog) -> EstatePlan:
         DatabasePlan(d.name, d.engine, d.role, d.conn_id, d.database, d.cluster) for d in catalog.databases
     )
     pg_primary = next((d for d in databases if d.engine == "postgres" and d.role == "primary"), None)
-    mariadb = next((d for d in databases if d.engine == "mariadb"), None)
+    mariadb = next((d for d in databases if d.engine == "mariadb" and d.role == "primary"), None)
     cloud = next((c for c in catalog.clouds if c.provider == "aws"), None)
     repo = next((r for r in catalog.repositories if cloud and r.cloud == cloud.name), None)
     if pg_primary is None or mariadb is None or cloud is None or repo is None:
@@ -85,6 +114,17 @@ def plan_from_catalog(catalog: Catalog) -> EstatePlan:
             d
             for d in databases
             if d.engine == "postgres" and d.role == "replica" and d.cluster == pg_primary.cluster
+        ),
+        None,
+    )
+    mariadb_replica = next(
+        (
+            d
+            for d in databases
+            if d.engine == "mariadb"
+            and d.role == "replica"
+            and mariadb.cluster
+            and d.cluster == mariadb.cluster
         ),
         None,
     )
@@ -109,6 +149,7 @@ def plan_from_catalog(catalog: Catalog) -> EstatePlan:
         postgres_primary=pg_primary,
         postgres_replica=pg_replica,
         mariadb=mariadb,
+        mariadb_replica=mariadb_replica,
         postgres_scratch=_scratch_plan(catalog, "postgres", "postgres"),
         mariadb_scratch=_scratch_plan(catalog, "mariadb", ""),
         databases=databases,
@@ -116,7 +157,40 @@ def plan_from_catalog(catalog: Catalog) -> EstatePlan:
         hosts=hosts,
         smtp_conn_ids=smtp,
         cost=catalog.cost,
+        clusters=_cluster_plans(catalog),
     )
+
+
+def _cluster_plans(catalog: Catalog) -> tuple[ClusterPlan, ...]:
+    """The catalog's clusters as the sandbox starts them.
+
+    :raises SandboxError: a cluster the sandbox cannot run (an RDS manager: moto emulates no failover;
+        more than one Patroni cluster, or one that is not two nodes).
+    """
+    conn_of = {d.name: d.conn_id for d in catalog.databases}
+    plans = []
+    for cluster in catalog.clusters:
+        if cluster.manager not in ("native-pg", "patroni", "mariadb-gtid"):
+            raise SandboxError(
+                f"cluster {cluster.name!r}: the sandbox runs native-pg, patroni and mariadb-gtid clusters, "
+                f"not {cluster.manager}"
+            )
+        members = tuple(
+            MemberPlan(
+                m.member_name,
+                conn_of[m.database] if m.database else (m.conn_id or ""),
+                m.patroni_api_conn_id,
+                m.rewind_conn_id,
+            )
+            for m in cluster.members
+        )
+        plans.append(
+            ClusterPlan(cluster.name, cluster.manager, members, cluster.probe.conn_id, cluster.probe.database)
+        )
+    patroni = [p for p in plans if p.manager == "patroni"]
+    if len(patroni) > 1 or (patroni and len(patroni[0].members) != 2):
+        raise SandboxError("the sandbox runs one Patroni cluster of two nodes: change runbooks/sandbox.yaml")
+    return tuple(plans)
 
 
 def _scratch_plan(catalog: Catalog, engine: str, maintenance_database: str) -> DatabasePlan | None:
@@ -149,4 +223,13 @@ def load_plan(path: Path) -> EstatePlan:
     return plan_from_catalog(load_catalog_file(path))
 
 
-__all__ = ["AwsPlan", "DatabasePlan", "EstatePlan", "HostPlan", "load_plan", "plan_from_catalog"]
+__all__ = [
+    "AwsPlan",
+    "ClusterPlan",
+    "DatabasePlan",
+    "EstatePlan",
+    "HostPlan",
+    "MemberPlan",
+    "load_plan",
+    "plan_from_catalog",
+]

@@ -39,6 +39,17 @@ if TYPE_CHECKING:
 
 ROLE = "cloudops"
 PASSWORD_KEY = "postgres_cloudops"
+# A role that may serve as pg_rewind's source (not a superuser): the functions pg_rewind calls, granted in
+# the maintenance database its connections name. The replica has it too (physical replication).
+REWIND_ROLE = "cloudops_rewind"
+REWIND_PASSWORD_KEY = "postgres_rewind"
+REWIND_DATABASE = "postgres"
+REWIND_GRANTS = (
+    "pg_catalog.pg_ls_dir(text, boolean, boolean)",
+    "pg_catalog.pg_stat_file(text, boolean)",
+    "pg_catalog.pg_read_binary_file(text)",
+    "pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)",
+)
 CONF_NAME = "cloudops_sandbox.conf"
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; PostgreSQL refuses longer socket paths
 
@@ -132,10 +143,25 @@ class PostgresServer:
         """Start the instance if needed, then make sure its role, data or replication are in place."""
         state, pid = self.daemon.state()
         if state == RUNNING and pid is not None:
+            self._configure()
             with self._socket_connect() as conn:
-                conn.execute("SELECT 1")
+                # pg_file_settings reads the files at query time, so it needs no reload to have happened
+                # first (pg_settings.pending_restart does, and a reload is asynchronous).
+                pending = [
+                    str(row[0])
+                    for row in conn.execute(
+                        "SELECT DISTINCT name FROM pg_file_settings "
+                        "WHERE error = 'setting could not be applied'"
+                    )
+                ]
+                conn.execute("SELECT pg_reload_conf()")
             self.daemon.record(pid)
-            say(f"{self.name}: already running (pid {pid}) on {self.address}")
+            if pending:
+                # A setting that only a restart applies (wal_log_hints on a sandbox made before it).
+                say(f"{self.name}: restarting for {', '.join(pending)}")
+                self._restart(say)
+            else:
+                say(f"{self.name}: already running (pid {pid}) on {self.address}")
         else:
             if state == STALE:
                 self.daemon.forget()
@@ -146,6 +172,7 @@ class PostgresServer:
         if self.primary is None:
             self._ensure_role(say)
             if self.role == "primary":
+                self._ensure_rewind_role(say)
                 self._ensure_seed(say)
         else:
             self._wait_streaming(say)
@@ -224,6 +251,8 @@ class PostgresServer:
             "unix_socket_permissions = 0700",
             f"cluster_name = '{self.plan.name}'",  # also the replica's application_name upstream
             "wal_level = replica",
+            # pg_rewind needs hint-bit changes in the WAL: an old primary is rewound to follow the new one.
+            "wal_log_hints = on",
             "max_wal_senders = 10",
             "max_replication_slots = 10",
             "wal_keep_size = '512MB'",
@@ -256,6 +285,71 @@ class PostgresServer:
         pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
         self.daemon.record(pid)
         say(f"{self.name}: started (pid {pid}) on {self.address}")
+
+    def _restart(self, say: Say) -> None:
+        argv = [self._bin("pg_ctl"), "restart", "-w", "-t", "60", "-m", "fast", "-D", str(self.data_dir)]
+        run(
+            as_user(argv, self.user),
+            what=f"{self.name}: pg_ctl restart",
+            log_path=self.log,
+            timeout=90,
+            cwd=self.data_dir.parent,
+        )
+        pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        self.daemon.record(pid)
+        say(f"{self.name}: restarted (pid {pid}) on {self.address}")
+
+    def _ensure_rewind_role(self, say: Say) -> None:
+        """The role pg_rewind connects as to its source; its grants are idempotent."""
+        from psycopg import sql
+
+        password = self.store.password(REWIND_PASSWORD_KEY)
+        with self._socket_connect(REWIND_DATABASE) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [REWIND_ROLE]).fetchone()
+            if exists and self._rewind_login_works(password):
+                return
+            conn.execute(
+                sql.SQL("{} ROLE {} WITH LOGIN PASSWORD {}").format(
+                    sql.SQL("ALTER" if exists else "CREATE"),
+                    sql.Identifier(REWIND_ROLE),
+                    sql.Literal(password),
+                )
+            )
+            for function in REWIND_GRANTS:
+                conn.execute(
+                    sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(
+                        sql.SQL(function), sql.Identifier(REWIND_ROLE)
+                    )
+                )
+        say(f"{self.name}: role {REWIND_ROLE} (pg_rewind source) {'reset' if exists else 'created'}")
+
+    def _rewind_login_works(self, password: str) -> bool:
+        import psycopg
+
+        try:
+            with psycopg.connect(
+                host=LOOPBACK,
+                port=self.port,
+                user=REWIND_ROLE,
+                password=password,
+                dbname=REWIND_DATABASE,
+                connect_timeout=5,
+            ):
+                return True
+        except psycopg.OperationalError:
+            return False
+
+    def rewind_connection(self) -> dict[str, Any]:
+        """The Airflow connection of this server as the pg_rewind source role."""
+        return {
+            "conn_type": "postgres",
+            "host": LOOPBACK,
+            "port": self.port,
+            "login": REWIND_ROLE,
+            "password": self.store.password(REWIND_PASSWORD_KEY),
+            "schema": REWIND_DATABASE,
+            "extra": {},
+        }
 
     def _ensure_role(self, say: Say) -> None:
         import psycopg

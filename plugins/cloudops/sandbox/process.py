@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -37,11 +38,15 @@ class Binary:
     label: str
     path: Path
     package: str
+    # How to get it when it is not a Debian package's (Patroni's venv): replaces the apt advice.
+    remedy: str | None = None
 
     def problem(self) -> str | None:
         """Return why the binary cannot be used, or None when it can."""
         if self.path.is_file() and os.access(self.path, os.X_OK):
             return None
+        if self.remedy:
+            return f"{self.label} not found at {self.path}: {self.remedy}"
         return (
             f"{self.label} not found at {self.path}: install the Debian package {self.package} "
             f"(or run `make setup`)"
@@ -161,13 +166,27 @@ def run(
 
 
 def spawn_detached(
-    argv: Sequence[str], *, log_path: Path, env: Mapping[str, str] | None = None, cwd: Path | None = None
+    argv: Sequence[str],
+    *,
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    user: str | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start a long-running server in its own session so that it outlives this process."""
+    """Start a long-running server in its own session so that it outlives this process.
+
+    :param user: run it as this OS user (and its group only), exec'd directly: the pid returned is the
+        server's own, not a wrapper's (``runuser`` would stand between, and signals would reach it first).
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         log.write(f"\n$ {' '.join(argv)}\n".encode())
         log.flush()
+        uid = gid = None
+        groups: list[int] | None = None
+        if user is not None:
+            entry = pwd.getpwnam(user)
+            uid, gid, groups = entry.pw_uid, entry.pw_gid, []
         return subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
@@ -177,6 +196,9 @@ def spawn_detached(
             cwd=cwd,
             start_new_session=True,
             close_fds=True,
+            user=uid,
+            group=gid,
+            extra_groups=groups,
         )
 
 
