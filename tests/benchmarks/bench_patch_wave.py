@@ -205,10 +205,13 @@ def run_ours(target: Any, catalog: Any, plan: Any) -> dict[str, Any]:
     """One run of our wave through the library entry point."""
     from cloudops.runbooks.patch_wave import execute_wave
 
+    started = time.monotonic()
     result = execute_wave(target, catalog, plan)
     return {
         "ok": not result.halted,
-        "seconds": result.seconds,
+        # Wall time around the whole call, as ansible-playbook's is around its process.
+        "seconds": time.monotonic() - started,
+        "wave_seconds": result.seconds,
         "batches": [b.seconds for b in result.batches],
         "reason": result.reason,
         "phases": {n: h.timings for n, h in result.hosts.items()},

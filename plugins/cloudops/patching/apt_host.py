@@ -99,7 +99,8 @@ class RebootBounds:
 
     timeout_seconds: float = 120.0
     first_delay_seconds: float = 0.5
-    max_delay_seconds: float = 4.0
+    # A poll is one SSH connection attempt; on a host back in ~3 s, a 4 s cap cost up to 4 s per reboot.
+    max_delay_seconds: float = 1.0
     stability_seconds: float = 3.0
 
 

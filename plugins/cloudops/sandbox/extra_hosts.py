@@ -70,11 +70,12 @@ def _catalog_text(fleet: str, hosts: tuple[HostPlan, ...]) -> str:
         "fleets:",
         f"  - name: {fleet}",
         "    os_family: debian",
-        # The benchmark's policy: the sandbox fleets' baseline, health and reboot, serial [1, 2, 100%].
+        # The benchmark's policy: the sandbox fleets' baseline, health and reboot; the canary and then
+        # [2, 100%] make the batches Ansible's serial [1, 2, "100%"] makes (1, 2, the rest).
         "    patching:",
         '      window: {days: [mon, tue, wed, thu, fri, sat, sun], start: "00:00", duration: 24h}',
         "      baseline: {classifications: [security], approve_after_days: 0}",
-        '      waves: {canary_group: canary, batches: [1, 2, "100%"],',
+        '      waves: {canary_group: canary, batches: [2, "100%"],',
         "              max_failed_per_batch: 0, failure_budget: 0}",
         "      reboot: {when: if_needed, timeout: 2m, stable_for: 3s}",
         "      health:",
