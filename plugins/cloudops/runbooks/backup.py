@@ -72,6 +72,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloudops.catalog import Catalog, Database, LoadedCatalog
 from cloudops.catalog.models import RetentionPolicy
+from cloudops.clusters import cluster_of, pick_backup_source
 from cloudops.errors import CloudOpsError
 from cloudops.health import render_table
 from cloudops.runbooks.common import load_estate
@@ -183,7 +184,6 @@ def take_backup(
     :raises TopologyError: the database's cluster has no single primary; nothing was dumped.
     :raises CloudOpsError: naming the step that failed; no manifest exists then.
     """
-    from cloudops.clusters import pick_backup_source
     from cloudops.repository.layout import new_backup_id
     from cloudops.repository.manifest import Compression, Manifest, ManifestEncryption
 
@@ -734,10 +734,17 @@ def _targets_doc(catalog: Catalog, database: Database) -> str:
         else "none"
     )
     retention = ", ".join(f"{k} {v}" for k, v in policy.retention.model_dump(exclude_none=True).items())
+    cluster = cluster_of(catalog, database.name)
+    source = (
+        f"the {policy.source} of cluster `{cluster.name}` when the backup runs (asked, never assumed)"
+        if cluster
+        else "its own connection (in no cluster)"
+    )
     return (
         f"## This database: `{database.name}` ({database.engine}, {database.role})\n\n"
         f"| setting | value |\n|---|---|\n"
         f"| connection | `{database.conn_id}` |\n"
+        f"| reads | {source} |\n"
         f"| method | {policy.method}, zstd level {policy.compression_level} |\n"
         f"| schedule | `{policy.schedule}` ({catalog.timezone}), deadline {policy.deadline} |\n"
         f"| repository | `s3://{repository.bucket}/{repository.prefix}` ({repository.encryption.mode}) |\n"
