@@ -80,19 +80,14 @@ class Server:
         )
 
     def start(self) -> None:
-        _as_postgres(
-            [
-                str(BINDIR / "pg_ctl"),
-                "start",
-                "-w",
-                "-t",
-                "60",
-                "-D",
-                str(self.data_dir),
-                "-l",
-                f"{self.data_dir}.log",
-            ]
-        )
+        log = Path(f"{self.data_dir}.log")
+        try:
+            _as_postgres(
+                [str(BINDIR / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(self.data_dir), "-l", str(log)]
+            )
+        except AssertionError as failed:
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
+            raise AssertionError(f"{failed}\nserver log {log}:\n{tail}") from None
 
     def stop(self, mode: str = "fast") -> None:
         if (self.data_dir / "postmaster.pid").exists():
@@ -110,6 +105,10 @@ class Server:
                 *("-h", "127.0.0.1", "-p", str(source.port), "-U", "postgres"),
             ]
         )
+        # The source's socket lock file (its sockets live in its data directory) came along: a stale
+        # one stops this server starting when a live process holds the PID it names.
+        for stale in self.data_dir.glob(".s.PGSQL.*.lock"):
+            stale.unlink()
         conf = self.data_dir / "postgresql.conf"
         conf.write_text(conf.read_text() + self.settings())
         self.start()
