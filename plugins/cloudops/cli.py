@@ -290,7 +290,11 @@ def _backup_run(args: argparse.Namespace) -> int:
         )
         # take_backup itself records backup.taken (manifest hash and version) under this run's id.
         stored = manifest["compressed_bytes"]
-        print(f"backup {manifest['backup_id']} of {database.name} complete: {stored} bytes stored")
+        source = manifest["source"]
+        print(
+            f"backup {manifest['backup_id']} of {database.name} complete: {stored} bytes stored, read from "
+            f"{source['member']} ({source['role']}): {source['reason']}"
+        )
         verified = verify_backup(
             catalog_file, catalog.estate, database.name, backup_id=manifest["backup_id"], evidence=context
         )

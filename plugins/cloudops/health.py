@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cloudops.catalog.models import Catalog, Database, Fleet, Host, render_duration
+from cloudops.clusters import cluster_of
 from cloudops.engines import DatabaseState
+from cloudops.engines.replication import Topology
 from cloudops.fleet.health import HostState
 
 OK, DEGRADED, DOWN, ERROR, WARNING = "ok", "degraded", "down", "error", "warning"
@@ -50,12 +52,19 @@ def _seconds(value: float) -> str:
 
 
 def assess_database(database: Database, state: DatabaseState, catalog: Catalog) -> Finding:
-    """Compare one database's state with its catalog role and replication policy."""
+    """Compare one database's state with its catalog role and replication policy.
+
+    A member of one of the catalog's clusters is judged as what it is now: which member is the primary
+    is the cluster's finding (:func:`assess_cluster`), so a failover is no role mismatch here.
+    """
     target = f"database {database.name}"
     if not state.reachable:
         return Finding(target, DOWN, "unreachable", f"unreachable: {state.error}")
     detail = f"{state.role}, {database.engine} {state.version}"
-    if state.role != database.role:
+    cluster = cluster_of(catalog, database.name)
+    if cluster is not None and state.role != database.role:
+        detail += f" (catalog: {database.role}; see cluster {cluster.name})"
+    if cluster is None and state.role != database.role:
         return Finding(
             target,
             DEGRADED,
@@ -73,11 +82,14 @@ def assess_database(database: Database, state: DatabaseState, catalog: Catalog) 
             seen = "unknown" if lag is None else _seconds(lag)
             return Finding(target, DEGRADED, detail, f"replication lag {seen} exceeds {_seconds(limit)}")
         return Finding(target, OK, detail)
-    expected_replicas = [
-        other.name
-        for other in catalog.databases
-        if other.cluster and other.cluster == database.cluster and other.role == "replica"
-    ]
+    if cluster is not None:
+        expected_replicas = [m.member_name for m in cluster.members if m.member_name != database.name]
+    else:
+        expected_replicas = [
+            other.name
+            for other in catalog.databases
+            if other.cluster and other.cluster == database.cluster and other.role == "replica"
+        ]
     if state.replicas_connected is not None:
         detail += f", {state.replicas_connected} replica(s) streaming"
         if expected_replicas and state.replicas_connected == 0:
@@ -88,6 +100,110 @@ def assess_database(database: Database, state: DatabaseState, catalog: Catalog) 
                 f"no replica is streaming (expected {', '.join(expected_replicas)})",
             )
     return Finding(target, OK, detail)
+
+
+# A ledger fact is input: its free text is bounded before it reaches a finding.
+_FACT_TEXT_MAX = 200
+
+
+@dataclass(frozen=True)
+class FailoverMove:
+    """The newest ``failover.drill`` fact of a cluster: which drill run left which member primary.
+
+    :param failed_back: the drill put the original primary back.
+    :param at: when it was recorded (ISO 8601), for the message.
+    """
+
+    cluster: str
+    run_id: str | None
+    new_primary: str | None
+    failed_back: bool
+    at: str | None = None
+
+    @classmethod
+    def from_fact(cls, data: Mapping[str, object], at: str | None = None) -> FailoverMove:
+        """Read a fact's ``data`` (``cluster``, ``run_id``, ``new_primary``, ``failed_back``); a field of
+        the wrong type reads as unknown (None, or not failed back)."""
+
+        def text(name: str) -> str | None:
+            value = data.get(name)
+            return value[:_FACT_TEXT_MAX] if isinstance(value, str) and value else None
+
+        return cls(
+            cluster=text("cluster") or "",
+            run_id=text("run_id"),
+            new_primary=text("new_primary"),
+            failed_back=data.get("failed_back") is True,
+            at=at,
+        )
+
+
+def assess_cluster(
+    cluster: str,
+    topology: Topology,
+    *,
+    catalog_primary: str | None,
+    last_move: FailoverMove | None = None,
+    history_problem: str | None = None,
+) -> list[Finding]:
+    """Judge a cluster from its members' answers: one primary, wherever it is.
+
+    Pure. No member, or two members, taking writes is *down* (and fails the check); a member down or a
+    replica not streaming is *degraded*; a primary that is not the catalog's is a *warning* naming what
+    moved it: the newest failover drill whose ``new_primary`` is the primary now and that did not fail
+    back, or "not recorded: investigate" (a real failover, or a move nobody recorded).
+
+    :param catalog_primary: the member the catalog says is primary (None: it states no expectation).
+    :param last_move: the cluster's newest ``failover.drill`` fact, when one was read.
+    :param history_problem: why the ledger could not be read, for the warning.
+    """
+    target = f"cluster {cluster}"
+    problems = "; ".join(topology.problems)
+    if topology.primary is None:
+        writers = [s for s in topology.members if s.reachable and s.role == "primary"]
+        if len(writers) > 1:
+            return [
+                Finding(
+                    target,
+                    DOWN,
+                    f"{len(writers)} primaries: " + ", ".join(s.name for s in writers),
+                    f"{len(writers)} members claim to be the primary: two writers (a split brain); fence all "
+                    f"but one before anything else ({problems})",
+                )
+            ]
+        return [Finding(target, DOWN, "no primary", f"no member claims to be the primary ({problems})")]
+    findings = []
+    if topology.problems:
+        findings.append(Finding(target, DEGRADED, topology.summary, problems))
+    primary = topology.primary
+    if catalog_primary is not None and primary != catalog_primary:
+        if last_move is not None and last_move.new_primary == primary and not last_move.failed_back:
+            how = f"moved by drill run {last_move.run_id or '(no run id)'}"
+            if last_move.at:
+                how += f", recorded {last_move.at}"
+        else:
+            how = "not recorded: investigate"
+            if last_move is not None:
+                ended = (
+                    f"failed back to {catalog_primary}"
+                    if last_move.failed_back
+                    else f"left {last_move.new_primary} primary"
+                )
+                how += f"; the last drill, run {last_move.run_id or '(no run id)'}, {ended}"
+            if history_problem:
+                how += f"; {history_problem}"
+        findings.append(
+            Finding(
+                target,
+                WARNING,
+                f"primary {primary} (catalog: {catalog_primary})",
+                f"the primary of cluster {cluster} is now {primary} ({how}); backups read it; fail back to "
+                f"{catalog_primary}, or make {primary} the catalog's primary",
+            )
+        )
+    if not findings:
+        findings.append(Finding(target, OK, topology.summary))
+    return findings
 
 
 def assess_host(fleet: Fleet, host: Host, state: HostState) -> Finding:
@@ -357,10 +473,12 @@ __all__ = [
     "OK",
     "RUNBOOK_GRACE",
     "WARNING",
+    "FailoverMove",
     "Finding",
     "HealthReport",
     "RunbookExpectation",
     "RunbookState",
+    "assess_cluster",
     "assess_database",
     "assess_host",
     "assess_runbook",

@@ -34,11 +34,12 @@ def test_a_run_and_each_step_try_are_in_the_ledger(dags_test: DagsTest, tmp_path
     steps = {(s.fields["task_id"], s.fields["try_number"], s.fields["data"]["state"]) for s in recorded.steps}
     assert steps == {
         ("check_databases", 1, "success"),
+        ("check_clusters", 1, "success"),
         ("check_hosts", 1, "success"),
         ("check_runbooks", 1, "success"),
         ("report", 1, "success"),
     }
-    assert len(recorded.steps) == 4  # each try once
+    assert len(recorded.steps) == 5  # each try once
 
 
 def test_a_broken_ledger_is_logged_and_counted_but_never_fails_the_runbook(
@@ -50,5 +51,5 @@ def test_a_broken_ledger_is_logged_and_counted_but_never_fails_the_runbook(
     assert run.returncode == 0, output[-3000:]
     assert "EVIDENCE NOT RECORDED" in output
     errors = (tmp_path / "record-errors.jsonl").read_text().splitlines()
-    assert len(errors) >= 5  # four step tries and the run's end, each counted
+    assert len(errors) >= 6  # five step tries and the run's end, each counted
     assert all('"dag_id": "health_check__sandbox"' in line for line in errors)

@@ -24,13 +24,14 @@ def test_sandbox_health_check_succeeds(dags_test: DagsTest) -> None:
     run = dags_test("health_check__sandbox")
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-3000:]
-    assert "estate sandbox: all 9 targets healthy" in output
+    # 4 databases, 3 clusters (each with one primary, the catalog's), 6 hosts.
+    assert "estate sandbox: all 13 targets healthy" in output
     # No api-server to ask under `airflow dags test`: the runbooks' state is a warning, not a failure.
     assert (
         "runbooks of estate sandbox: runbook state unknown: Airflow connection 'cloudops_airflow_api'"
         in output
     )
-    for target in ("database orders_pg_replica", "host web-1", "host app-3"):
+    for target in ("database orders_pg_replica", "cluster ledger_patroni", "host web-1", "host app-3"):
         assert target in output
 
 

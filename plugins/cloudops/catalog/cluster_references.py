@@ -12,6 +12,7 @@ give its line. The rules, and why:
 - ``crash`` is refused on a manager whose primary cannot be crashed (RDS: AWS offers only the forced
   failover, which is the planned mode), and on a production cluster unless it says
   ``crash_in_production``;
+- a backup reads a replica (``backup.source: replica``) only of a database that is a cluster member;
 - the guards can be met (no more healthy replicas asked for than there are replicas) and the targets fit
   (the write downtime within the whole drill, the whole drill within the window).
 """
@@ -62,6 +63,19 @@ def cluster_problems(catalog: Catalog) -> list[tuple[Path, str, str | None]]:
                     f"database {database.name!r} names cluster {database.cluster!r}, but is not among its "
                     "members",
                     f"add `- database: {database.name}` under that cluster's members",
+                )
+            )
+        if (
+            database.backup is not None
+            and database.backup.source == "replica"
+            and database.name not in member_of
+        ):
+            problems.append(
+                _problem(
+                    ("databases", index, "backup", "source"),
+                    f"database {database.name!r} is a member of no cluster: it has no replica to back up "
+                    "from (source: replica reads a replica of the database's cluster)",
+                    "list it under a cluster's members, or use source: primary",
                 )
             )
     return problems

@@ -204,6 +204,13 @@ class BackupPolicy(CatalogModel):
         "health check reports it as long as it stays paused.",
     )
     method: Literal["logical", "physical"] = "logical"
+    source: Literal["primary", "replica"] = Field(
+        default="primary",
+        description="A cluster member's backups read the server the cluster's topology names now, never "
+        "the one the catalog assumed: primary (the member that takes writes now) or replica (a replica "
+        "that streams from it within its max_replication_lag, to spare the primary; the primary when no "
+        "replica is fit, recorded with the reason). Only for a database that is a member of a cluster.",
+    )
     compression_level: Annotated[int, Field(ge=1, le=19)] = 3
     parallel_jobs: Annotated[int, Field(ge=1, le=32)] = 1
     deadline: Duration = Field(

@@ -20,7 +20,10 @@ kinds below, ``dag_id``, ``run_id``, ``runbook`` (the runbook kind: ``backup``, 
   ``manifest_key``, ``manifest_sha256`` (of the exact bytes written), ``manifest_version_id`` (the S3
   version; None in an unversioned bucket), ``size_bytes``, ``raw_bytes``, ``started_at``,
   ``finished_at``, ``objects`` ([{name, key, size, sha256, version_id}]), ``locked_until``,
-  ``lock_mode``. Drills and restores check the manifest they read against it;
+  ``lock_mode``, ``source`` (which server was dumped and why: ``member``, ``conn_id``, ``role``,
+  ``address``, ``cluster``, ``policy``, ``reason``, ``topology``; a cluster member's backup reads the
+  member the cluster's topology says now, :mod:`cloudops.clusters`). Drills and restores check the
+  manifest they read against it;
 - ``repository.trusted``: data ``estate``, ``database``, ``backup_id``, ``manifest_sha256``,
   ``manifest_version_id``, ``trusted_repository`` (True), ``by``: a backup without a ``backup.taken``
   record was drilled or restored because the caller trusted the repository explicitly;
@@ -48,6 +51,10 @@ kinds below, ``dag_id``, ``run_id``, ``runbook`` (the runbook kind: ``backup``, 
   output, ``apt_log`` (bounded excerpt), ``notes``, ``timings``;
 - ``patch.wave``: ``estate``, ``fleet``, ``snapshot_id``, ``halted``, ``succeeded``, ``reason``,
   ``batches`` (hosts, seconds, decision, reason), ``compliance`` (state counts), ``seconds``;
+- ``failover.drill``: one per failover drill (``failover_drill__<cluster>``) that moved a primary:
+  data ``cluster``, ``run_id`` (the drill's run), ``new_primary`` (the member that was primary when
+  the drill ended), ``failed_back`` (True when the original primary is primary again). The health
+  check reads the newest one to say which drill left a cluster's primary where it is;
 - ``approval``: also ``task_id``; data ``subject``, ``decision`` (Approve or Reject), ``approver``,
   ``requested_by``, ``responded_at``, ``accepted`` (False when the approver was the requester).
 """
@@ -74,6 +81,7 @@ REPOSITORY_TRUSTED = "repository.trusted"
 PATCH_PLANNED = "patch.planned"
 PATCH_HOST = "patch.host"
 PATCH_WAVE = "patch.wave"
+FAILOVER_DRILL = "failover.drill"
 FACT_KINDS = (
     BACKUP_TAKEN,
     DRILL_RECORDED,
@@ -85,6 +93,7 @@ FACT_KINDS = (
     PATCH_PLANNED,
     PATCH_HOST,
     PATCH_WAVE,
+    FAILOVER_DRILL,
 )
 
 # The runbook kinds cloudops builds DAGs for: ``<kind>__<target>``, or the kind alone for one-off
@@ -219,6 +228,7 @@ __all__ = [
     "BACKUP_VERIFIED",
     "DRILL_RECORDED",
     "FACT_KINDS",
+    "FAILOVER_DRILL",
     "PATCH_HOST",
     "PATCH_PLANNED",
     "PATCH_WAVE",

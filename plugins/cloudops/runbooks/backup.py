@@ -17,9 +17,17 @@ drill-passed one are always kept; one run deletes at most `max_delete_share` of 
 are due for cleanup. Every deletion is a ledger fact (`retention.deleted`).
 A successful backup updates the database's backup Asset, which schedules its restore drill.
 
+**Which server it reads.** A database that is a member of a cluster is backed up from the member that
+is the primary *now*, as the members themselves say (after a failover that was not failed back, that
+is not the one the catalog calls primary), or, with `backup.source: replica`, from a replica that
+streams from it within its `max_replication_lag` (the primary when none is fit). The task log and
+the `backup.taken` record's `source` say which member was read and why.
+
 **What a failure means.**
 - `take_backup` failed: **no new backup exists** (nothing without a manifest is ever used); the
   earlier backups are untouched. The message names the step (dump, upload, lock, manifest).
+  "has no single primary": no member of the database's cluster takes writes, or two do (a split
+  brain); nothing was read. Fix the cluster first (`health_check__<estate>` names each member).
 - `verify_backup` failed: the new backup's objects differ from its manifest (or could not be read):
   it does not count as a backup, retention did not run, and the backup is held for review.
 - `apply_retention` failed: the new backup is safe; old backups may not have been pruned yet.
@@ -64,6 +72,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloudops.catalog import Catalog, Database, LoadedCatalog
 from cloudops.catalog.models import RetentionPolicy
+from cloudops.clusters import cluster_of, pick_backup_source
 from cloudops.errors import CloudOpsError
 from cloudops.health import render_table
 from cloudops.runbooks.common import load_estate
@@ -125,13 +134,19 @@ def open_repository(catalog: Catalog, database: Database) -> BackupRepository:
     return BackupRepository(repository, aws_conn_id=aws_conn_id_of(catalog, database), estate=catalog.estate)
 
 
-def backup_source(database: Database, workdir: Path) -> AbstractContextManager[BackupSource]:
-    """What to run to dump ``database`` with its policy's method, and the facts to record."""
+def backup_source(
+    database: Database, workdir: Path, *, conn_id: str | None = None
+) -> AbstractContextManager[BackupSource]:
+    """What to run to dump ``database`` with its policy's method, and the facts to record.
+
+    :param conn_id: the server to read (the cluster member :func:`cloudops.clusters.pick_backup_source`
+        chose); the database's own connection when None.
+    """
     from cloudops.engines import engine
 
     assert database.backup is not None
     return engine(database.engine).backup_source(
-        database.conn_id,
+        conn_id or database.conn_id,
         database.database,
         method=database.backup.method,
         used_by=f"database {database.name!r}",
@@ -161,7 +176,12 @@ def take_backup(
     :param run_id: the Airflow run (None outside Airflow); ``task_id`` likewise, for the record.
     :param triggered_by: who ran it when no Airflow run did (``triggered_by``, ``triggered_by_user`` of
         a ``cloudops`` command), carried by the record.
-    :return: the manifest as JSON-ready data (no secrets), for the XCom record.
+    The server it reads is chosen first (:func:`cloudops.clusters.pick_backup_source`): a member of a
+    cluster is backed up from the member that is primary now (or a fit replica, by ``backup.source``),
+    whatever the catalog's ``role`` says; the choice and its reason go into the record's ``source``.
+
+    :return: the manifest as JSON-ready data (no secrets) and the ``source`` chosen, for the XCom record.
+    :raises TopologyError: the database's cluster has no single primary; nothing was dumped.
     :raises CloudOpsError: naming the step that failed; no manifest exists then.
     """
     from cloudops.repository.layout import new_backup_id
@@ -172,20 +192,23 @@ def take_backup(
     assert policy is not None
     repository = catalog.repository(policy.repository)
     store = open_repository(catalog, database)
+    chosen = pick_backup_source(catalog, database, used_by=f"backup of database {database.name!r}")
     started = datetime.now(UTC)
     backup_id = new_backup_id(started)
     log.info(
-        "backup %s of database %s (%s, %s) into s3://%s/%s",
+        "backup %s of database %s (%s, %s) from %s (%s) into s3://%s/%s",
         backup_id,
         database.name,
         database.engine,
         policy.method,
+        chosen.member,
+        chosen.role,
         repository.bucket,
         repository.prefix,
     )
     with (
         tempfile.TemporaryDirectory(prefix="cloudops-backup-") as workdir,
-        backup_source(database, Path(workdir)) as source,
+        backup_source(database, Path(workdir), conn_id=chosen.conn_id) as source,
     ):
         log.info("running %s", source.command.description)
         stored = store.store_object(
@@ -233,7 +256,7 @@ def take_backup(
         stored.size,
         stored.sha256,
     )
-    result = manifest.model_dump(mode="json")
+    result = {**manifest.model_dump(mode="json"), "source": chosen.to_evidence()}
     _record_backup_taken(
         backup_evidence(
             result,
@@ -651,6 +674,8 @@ def backup_evidence(
 
     ``manifest_sha256`` (of the exact bytes written) and ``manifest_version_id`` are what drills and
     restores check the manifest they read against; each object's ``version_id`` is in ``objects``.
+    ``source`` is the server dumped and why (:meth:`cloudops.clusters.BackupSourceChoice.to_evidence`),
+    None for a manifest read back without it.
     """
     lock = manifest.get("object_lock") or {}
     return {
@@ -673,6 +698,7 @@ def backup_evidence(
         "manifest_key": manifest_key,
         "manifest_sha256": manifest_sha256,
         "manifest_version_id": manifest_version_id,
+        "source": manifest.get("source"),
     }
 
 
@@ -708,10 +734,17 @@ def _targets_doc(catalog: Catalog, database: Database) -> str:
         else "none"
     )
     retention = ", ".join(f"{k} {v}" for k, v in policy.retention.model_dump(exclude_none=True).items())
+    cluster = cluster_of(catalog, database.name)
+    source = (
+        f"the {policy.source} of cluster `{cluster.name}` when the backup runs (asked, never assumed)"
+        if cluster
+        else "its own connection (in no cluster)"
+    )
     return (
         f"## This database: `{database.name}` ({database.engine}, {database.role})\n\n"
         f"| setting | value |\n|---|---|\n"
         f"| connection | `{database.conn_id}` |\n"
+        f"| reads | {source} |\n"
         f"| method | {policy.method}, zstd level {policy.compression_level} |\n"
         f"| schedule | `{policy.schedule}` ({catalog.timezone}), deadline {policy.deadline} |\n"
         f"| repository | `s3://{repository.bucket}/{repository.prefix}` ({repository.encryption.mode}) |\n"

@@ -1,7 +1,9 @@
 """# Health check: `health_check__<estate>`
 
 **What it does.** Every 30 minutes, for every database of the estate: can we connect, is it the
-primary or a replica as the catalog says, and how far behind is each replica. For every host of every
+primary or a replica as the catalog says, and how far behind is each replica. For every cluster: ask
+each member what it is now (the primary is discovered, never assumed), and when the primary is not
+the one the catalog names, read the ledger for the failover drill that moved it. For every host of every
 fleet: can we reach it over SSH with its verified host key, how long has it been up, and how full are
 its disks. The result is a table in the `report` task's log and a record in its XCom.
 
@@ -10,12 +12,23 @@ names each one and why: *down* (cannot connect), *degraded* (up, but outside pol
 replica not streaming or lagging, disk over the fleet's limit) or *error* (could not be checked,
 usually an Airflow connection that does not exist).
 
+A cluster's findings: *down* when no member takes writes, or two do (a split brain); *degraded*
+when a member is unreachable or a replica does not stream; a **warning** "the primary of cluster X is
+now Y (moved by drill run R)" when a failover drill left it there without failing back, or "(not
+recorded: investigate)" when no drill explains it (a real failover, or a move nobody recorded).
+A warning does not fail the check: backups already read the new primary. A member database whose
+role differs from the catalog's is judged as what it is now, never as a role mismatch.
+
 **What to do next.**
+- *cluster warning, moved by a drill*: fail back (`failover_drill__<cluster>`, or by hand), or make
+  the new primary the catalog's (`role: primary` on it, `role: replica` on the old one).
+- *cluster warning, not recorded*: find out what moved it (the manager's log: Patroni's `/history`,
+  the servers' logs), then as above. *Cluster down*: with two writers, fence all but one now.
 - *down*: check the server or host is running and reachable from the Airflow workers; look at its
   own logs. A host key error means the host's key changed: confirm why before updating the
   connection's `host_key`; never turn host key checking off.
-- *degraded, role*: the catalog and the cluster disagree, typically after a failover. Confirm which
-  node is primary, then update the catalog or fail back.
+- *degraded, role* (a database in no cluster): the catalog and the server disagree, typically after
+  a failover. Confirm which node is primary, then update the catalog or fail back.
 - *degraded, lag or not streaming*: look at the replica's log and `pg_stat_wal_receiver`
   (PostgreSQL) or `SHOW SLAVE STATUS` (MariaDB).
 - *degraded, disk*: free space before the fleet's limit becomes an outage.
@@ -53,9 +66,11 @@ from cloudops.catalog import Catalog, LoadedCatalog
 from cloudops.errors import CloudOpsError, ConnectionMissingError
 from cloudops.health import (
     ERROR,
+    FailoverMove,
     Finding,
     HealthReport,
     RunbookState,
+    assess_cluster,
     assess_database,
     assess_host,
     assess_runbook,
@@ -107,6 +122,55 @@ def check_databases(catalog_file: str, estate: str) -> list[dict[str, Any]]:
 
     findings = _in_parallel(catalog.databases, check)
     return [asdict(finding) for finding in findings]
+
+
+def last_failover_move(cluster: str) -> tuple[FailoverMove | None, str | None]:
+    """The cluster's newest ``failover.drill`` fact in the ledger, and why it could not be read (None
+    when it could: then a None move means no drill of the cluster was recorded)."""
+    from cloudops.evidence.facts import latest_fact
+    from cloudops.evidence.runs import FAILOVER_DRILL
+
+    try:
+        found = latest_fact(FAILOVER_DRILL, {"cluster": cluster})
+    except (CloudOpsError, OSError, ValueError) as error:
+        log.warning("the ledger could not be read for cluster %s's failover drills: %s", cluster, error)
+        return None, f"the ledger could not be read: {error}"
+    if found is None:
+        return None, None
+    data = found.fields.get("data") or {}
+    return FailoverMove.from_fact(data, at=found.at or None), None
+
+
+def check_clusters(catalog_file: str, estate: str) -> list[dict[str, Any]]:
+    """Ask every member of every cluster what it is now; judge each cluster (one primary, wherever it
+    moved); read the ledger's drill facts only for a cluster whose primary is not the catalog's."""
+    from cloudops.clusters import catalog_primary, read_topology
+
+    catalog = load_estate(catalog_file, estate)
+
+    def check(cluster: Any) -> list[Finding]:
+        used_by = f"the health check of cluster {cluster.name!r}"
+        try:
+            topology = read_topology(catalog, cluster, used_by=used_by, timeout_seconds=PROBE_TIMEOUT_SECONDS)
+        except CloudOpsError as error:
+            return [Finding(f"cluster {cluster.name}", ERROR, "not checked", str(error))]
+        expected = catalog_primary(catalog, cluster)
+        move, history_problem = None, None
+        if topology.primary is not None and expected is not None and topology.primary != expected:
+            move, history_problem = last_failover_move(cluster.name)
+        return assess_cluster(
+            cluster.name,
+            topology,
+            catalog_primary=expected,
+            last_move=move,
+            history_problem=history_problem,
+        )
+
+    if not catalog.clusters:
+        return []
+    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_PROBES, len(catalog.clusters))) as pool:
+        per_cluster = list(pool.map(check, catalog.clusters))
+    return [asdict(finding) for findings in per_cluster for finding in findings]
 
 
 def check_hosts(catalog_file: str, estate: str) -> list[dict[str, Any]]:
@@ -239,6 +303,7 @@ def report_health(
     database_findings: Iterable[dict[str, Any]] | None,
     host_findings: Iterable[dict[str, Any]] | None,
     runbook_findings: Iterable[dict[str, Any]] | None = (),
+    cluster_findings: Iterable[dict[str, Any]] | None = (),
 ) -> dict[str, Any]:
     """Log the table and return the record; raise with a readable summary when anything is unhealthy.
 
@@ -248,6 +313,7 @@ def report_health(
     findings: list[Finding] = []
     for name, delivered in (
         ("database checks", database_findings),
+        ("cluster checks", cluster_findings),
         ("host checks", host_findings),
         ("runbook checks", runbook_findings),
     ):
@@ -276,6 +342,7 @@ def _report_task(estate: str, **context: Any) -> dict[str, Any]:
         ti.xcom_pull(task_ids="check_databases"),
         ti.xcom_pull(task_ids="check_hosts"),
         ti.xcom_pull(task_ids="check_runbooks"),
+        ti.xcom_pull(task_ids="check_clusters"),
     )
 
 
@@ -330,6 +397,9 @@ def build_health_check_dag(loaded: LoadedCatalog) -> list[DAG]:
         check_databases_task = PythonOperator(  # noqa: AIR001
             task_id="check_databases", python_callable=check_databases, op_kwargs=op_kwargs
         )
+        check_clusters_task = PythonOperator(  # noqa: AIR001
+            task_id="check_clusters", python_callable=check_clusters, op_kwargs=op_kwargs
+        )
         check_hosts_task = PythonOperator(  # noqa: AIR001
             task_id="check_hosts", python_callable=check_hosts, op_kwargs=op_kwargs
         )
@@ -344,16 +414,18 @@ def build_health_check_dag(loaded: LoadedCatalog) -> list[DAG]:
             # The verdict is a fact about now; retrying it would only repeat the same failure.
             retries=0,
         )
-        [check_databases_task, check_hosts_task, check_runbooks_task] >> report
+        [check_databases_task, check_clusters_task, check_hosts_task, check_runbooks_task] >> report
     return [dag]
 
 
 __all__ = [
     "AirflowApiError",
     "build_health_check_dag",
+    "check_clusters",
     "check_databases",
     "check_hosts",
     "check_runbooks",
+    "last_failover_move",
     "read_runbook_states",
     "report_health",
 ]
