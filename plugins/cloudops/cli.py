@@ -601,6 +601,62 @@ def _evidence_ship(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _probe_run(args: argparse.Namespace) -> int:
+    """Sample every SLO target once a minute until stopped (SIGTERM or Ctrl-C)."""
+    from datetime import timedelta
+
+    from cloudops.probes.process import build_runner, run_forever
+
+    runner = build_runner(
+        args.catalog or None,
+        samples=args.samples,
+        interval=timedelta(seconds=args.interval),
+        database_timeout=timedelta(seconds=args.database_timeout),
+        host_timeout=timedelta(seconds=args.host_timeout),
+        estates=args.estate or (),
+    )
+    for target in runner.targets:
+        log.info(
+            "will probe %s at +%.1fs (bound %gs)",
+            target.used_by,
+            target.offset,
+            target.timeout.total_seconds(),
+        )
+    run_forever(runner)
+    return EXIT_OK
+
+
+def _probe_coverage(args: argparse.Namespace) -> int:
+    """Expected vs recorded samples per SLO target of one estate over the last hours."""
+    from datetime import UTC, datetime, timedelta
+
+    from cloudops.catalog import load_catalogs
+    from cloudops.probes.coverage import coverage, estate_store, minute_floor
+
+    loaded = load_catalogs(args.catalog or None)
+    catalog = next((item.catalog for item in loaded.catalogs if item.catalog.estate == args.estate), None)
+    if catalog is None:
+        raise InvalidInputError(f"no estate {args.estate!r} in the catalogs")
+    keys = list(dict.fromkeys(target.key for slo in catalog.slos for target in slo.targets))
+    end = minute_floor(datetime.now(UTC))
+    start = end - timedelta(hours=args.hours)
+    rows = coverage(estate_store(catalog.estate, args.samples), keys, start, end)
+    if args.json:
+        document = [
+            {**vars(row), "percent": float(row.percent), "start": start.isoformat(), "end": end.isoformat()}
+            for row in rows
+        ]
+        print(json.dumps(document, indent=1))
+        return EXIT_OK
+    print(f"{'TARGET':<32} {'EXPECTED':>8} {'RECORDED':>8} {'FAILED':>6} {'COVERAGE':>8}")
+    for row in rows:
+        print(
+            f"{row.target:<32} {row.expected:>8} {row.recorded:>8} {row.failed:>6} "
+            f"{float(row.percent):>7.2f}%"
+        )
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="cloudops", description=__doc__.splitlines()[0])
@@ -759,6 +815,31 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--json", action="store_true", help="print a JSON list (and nothing else on stdout)")
     runs.add_argument("--ledger", default=None, help="default: $CLOUDOPS_EVIDENCE_DIR/ledger")
     runs.set_defaults(handler=_evidence_runs)
+
+    probe = commands.add_parser("probe", help="minute-level availability probes of the SLO targets")
+    probe_commands = probe.add_subparsers(dest="probe_command", required=True)
+    probe_run = probe_commands.add_parser("run", help="sample every SLO target once a minute until stopped")
+    probe_cov = probe_commands.add_parser("coverage", help="expected vs recorded samples per target")
+    for sub in (probe_run, probe_cov):
+        sub.add_argument(
+            "--catalog",
+            action="append",
+            help="catalog file or directory (repeatable; default $CLOUDOPS_CATALOG)",
+        )
+        sub.add_argument("--samples", default=None, help="sample directory (default $CLOUDOPS_PROBE_SAMPLES)")
+    probe_run.add_argument("--estate", action="append", help="only this estate (repeatable; default: all)")
+    probe_run.add_argument(
+        "--interval", type=float, default=60.0, help="seconds between samples (default 60)"
+    )
+    probe_run.add_argument(
+        "--database-timeout", type=float, default=10.0, help="bound of a database probe (s)"
+    )
+    probe_run.add_argument("--host-timeout", type=float, default=15.0, help="bound of a host probe (s)")
+    probe_run.set_defaults(handler=_probe_run)
+    probe_cov.add_argument("estate")
+    probe_cov.add_argument("--hours", type=float, default=24.0, help="how far back from now (default 24)")
+    probe_cov.add_argument("--json", action="store_true")
+    probe_cov.set_defaults(handler=_probe_coverage)
     return parser
 
 
