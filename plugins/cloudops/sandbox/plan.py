@@ -57,6 +57,8 @@ class EstatePlan:
     hosts: tuple[HostPlan, ...]
     smtp_conn_ids: tuple[str, ...]
     cost: CostSettings | None = None
+    # HTTP connections of the catalog's endpoints: the sandbox serves them all from its first host.
+    http_conn_ids: tuple[str, ...] = ()
 
 
 def plan_from_catalog(catalog: Catalog) -> EstatePlan:
@@ -104,6 +106,9 @@ def plan_from_catalog(catalog: Catalog) -> EstatePlan:
         for fleet, host in catalog.hosts
     )
     smtp = tuple(n.smtp_conn_id for n in catalog.notifications if isinstance(n, SmtpNotification))
+    http = tuple(dict.fromkeys(e.http_conn_id for e in catalog.endpoints if e.http_conn_id))
+    if http and not hosts:
+        raise SandboxError("the sandbox catalog has endpoints but no host to serve them from")
     return EstatePlan(
         estate=catalog.estate,
         postgres_primary=pg_primary,
@@ -116,6 +121,7 @@ def plan_from_catalog(catalog: Catalog) -> EstatePlan:
         hosts=hosts,
         smtp_conn_ids=smtp,
         cost=catalog.cost,
+        http_conn_ids=http,
     )
 
 
