@@ -1,7 +1,7 @@
 """The probes themselves: one bounded attempt at a database, a host or an HTTP(S) endpoint.
 
 Every probe returns an :class:`Outcome` and never raises for a target that is down: "down" is its
-answer. Its detail is short and scrubbed: the connection's password and login never appear in it, and
+answer. Its detail is short and scrubbed: the connection's password never appears in it, and
 anything else that looks like a secret is masked, because details are stored with the samples.
 
 - database: connect through the database's own connection (the application's), write one row of the
@@ -71,7 +71,7 @@ def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
 def _secrets_of(conn: Connection | None) -> tuple[str, ...]:
     if conn is None:
         return ()
-    return tuple(value for value in (conn.password, conn.login) if value)
+    return (conn.password,) if conn.password else ()
 
 
 def _millis(started: float) -> int:

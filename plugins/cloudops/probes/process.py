@@ -15,6 +15,14 @@ from cloudops.probes.runner import STATE_FILE, ProbeRunner
 from cloudops.probes.targets import DATABASE_TIMEOUT, HOST_TIMEOUT, plan_targets
 
 log = logging.getLogger(__name__)
+# Libraries that log every connection and command: a line per target per minute would bury what matters
+# (a target going down or coming back, said once by the runner).
+QUIET_LOGGERS = (
+    "paramiko",
+    "airflow.task.hooks",
+    "airflow.providers.ssh",
+    "airflow.sdk._shared.secrets_masker",
+)
 
 
 def build_runner(
@@ -63,6 +71,10 @@ def run_forever(runner: ProbeRunner) -> None:
         log.info("%s: writing the samples taken and stopping", signal.Signals(signum).name)
         runner.stop()
 
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # "Skipping masking for a secret as it's too short", at every connection lookup: noise here.
+    logging.getLogger("airflow.sdk._shared.secrets_masker").setLevel(logging.ERROR)
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         runner.run()

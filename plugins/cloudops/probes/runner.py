@@ -151,6 +151,7 @@ class ProbeRunner:
             self.interval,
             datetime.fromtimestamp(start, UTC).isoformat(),
         )
+        self.warm_up()
         done = 0
         while not self._stop.is_set() and (intervals is None or done < intervals):
             if not self._wait_until(start):
@@ -160,6 +161,27 @@ class ProbeRunner:
             done += 1
         self._collect(final=True)
         self._flush(self._clock())
+
+    def warm_up(self) -> None:
+        """Import the drivers and look the connections up before the first interval.
+
+        A first probe would otherwise spend seconds of its bound importing psycopg, pymysql or
+        paramiko (under the import lock, on every thread at once) and record a healthy target as down.
+        """
+        import http.client  # noqa: F401
+        import ssl  # noqa: F401
+
+        kinds = {(target.kind, target.engine) for target in self.targets}
+        if ("database", "postgres") in kinds:
+            import psycopg  # noqa: F401
+        if ("database", "mariadb") in kinds:
+            import pymysql  # noqa: F401
+        if any(kind == "host" for kind, _ in kinds):
+            import paramiko  # noqa: F401
+            from airflow.providers.ssh.hooks.ssh import SSHHook  # noqa: F401
+
+            from cloudops.patching.apt_host import HealthCheck  # noqa: F401
+        self._resolve_connections()
 
     # -- one interval -------------------------------------------------------------------------------
     def _interval(self, start: float) -> None:
