@@ -626,6 +626,26 @@ def _probe_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _probe_status(args: argparse.Namespace) -> int:
+    """What the probe process last said; exit 1 when it said nothing for longer than --max-age."""
+    from datetime import UTC, datetime
+
+    from cloudops.probes.coverage import samples_root
+    from cloudops.probes.runner import STATE_FILE, read_state
+
+    path = samples_root(args.samples) / STATE_FILE
+    state = read_state(path)
+    if state is None:
+        print(f"no probe process has written {path} yet", file=sys.stderr)
+        return EXIT_FAILED
+    age = (datetime.now(UTC) - datetime.fromisoformat(str(state["at"]))).total_seconds()
+    print(json.dumps({**state, "age_seconds": round(age, 1)}, indent=1))
+    if age > args.max_age:
+        print(f"the probe process last wrote {age:.0f} s ago (more than {args.max_age:g} s)", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def _probe_coverage(args: argparse.Namespace) -> int:
     """Expected vs recorded samples per SLO target of one estate over the last hours."""
     from datetime import UTC, datetime, timedelta
@@ -836,6 +856,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     probe_run.add_argument("--host-timeout", type=float, default=15.0, help="bound of a host probe (s)")
     probe_run.set_defaults(handler=_probe_run)
+    probe_status = probe_commands.add_parser(
+        "status", help="what the probe process last wrote (a health check)"
+    )
+    probe_status.add_argument(
+        "--samples", default=None, help="sample directory (default $CLOUDOPS_PROBE_SAMPLES)"
+    )
+    probe_status.add_argument(
+        "--max-age", type=float, default=150.0, help="exit 1 when its last batch is older (s; default 150)"
+    )
+    probe_status.set_defaults(handler=_probe_status)
     probe_cov.add_argument("estate")
     probe_cov.add_argument("--hours", type=float, default=24.0, help="how far back from now (default 24)")
     probe_cov.add_argument("--json", action="store_true")
