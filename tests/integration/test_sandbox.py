@@ -41,6 +41,7 @@ EXPECTED_COMPONENTS = {
     "mariadb-scratch",
     "moto",
     "smtp-sink",
+    "probes",  # `cloudops probe run`, started last (docs/probes.md)
 }
 
 
