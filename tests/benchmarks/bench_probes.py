@@ -175,9 +175,11 @@ def main() -> None:
     print(f"samples per minute: {sorted(per_minute.values())}")
     print(f"failed samples: {failed} ({failed_answering} of them of answering targets)")
     if late:
+        # The store keeps whole seconds, so each figure is the lateness rounded down to a second (-1..0 is
+        # "on time").
         print(
-            f"start lateness vs planned offset: median {statistics.median(late) * 1000:.0f} ms, "
-            f"max {max(late) * 1000:.0f} ms"
+            f"sample time minus planned offset (whole seconds): min {min(late):.2f} s, "
+            f"median {statistics.median(late):.2f} s, max {max(late):.2f} s"
         )
 
 

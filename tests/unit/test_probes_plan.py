@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -184,3 +185,91 @@ def test_each_estate_has_its_own_store_under_the_samples_root(monkeypatch: pytes
     monkeypatch.delenv("CLOUDOPS_PROBE_SAMPLES")
     with pytest.raises(InvalidInputError, match="CLOUDOPS_PROBE_SAMPLES"):
         samples_root()
+
+
+@pytest.fixture
+def https_server(tmp_path: Path) -> Iterator[int]:
+    """A local HTTPS server with a self-signed certificate for 127.0.0.1, answering 200 "OK"."""
+    import http.server
+    import ipaddress
+    import ssl
+    import threading
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "cert.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "3")
+            self.end_headers()
+            self.wfile.write(b"OK\n")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def test_https_is_verified_unless_the_catalog_says_not_to(catalog: Catalog, https_server: int) -> None:
+    from cloudops.catalog.models import HttpEndpoint
+    from cloudops.probes.checks import probe_endpoint
+    from cloudops.probes.targets import ProbeTarget
+
+    def target(verify: bool) -> ProbeTarget:
+        endpoint = HttpEndpoint(
+            name="self_signed",
+            url=f"https://127.0.0.1:{https_server}/health",
+            expect_body="OK",
+            timeout=timedelta(seconds=3),
+            verify_tls=verify,
+        )
+        return ProbeTarget(
+            estate="acme",
+            kind="endpoint",
+            name="self_signed",
+            key="endpoint:self_signed",
+            used_by="endpoint 'self_signed'",
+            conn_id=None,
+            timeout=endpoint.timeout,
+            endpoint=endpoint,
+        )
+
+    checked = probe_endpoint(target(True), http_request(target(True), None))
+    assert checked.ok is False
+    assert "CERTIFICATE_VERIFY_FAILED" in checked.detail
+    unchecked = probe_endpoint(target(False), http_request(target(False), None))
+    assert (unchecked.ok, unchecked.detail) == (True, "status 200")

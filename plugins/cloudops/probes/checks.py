@@ -16,6 +16,7 @@ anything else that looks like a secret is masked, because details are stored wit
 from __future__ import annotations
 
 import base64
+import functools
 import socket
 import ssl
 import time
@@ -310,8 +311,13 @@ def _settimeout(connection: Any, seconds: float) -> None:
         connection.sock.settimeout(seconds)
 
 
+@functools.lru_cache(maxsize=2)
 def tls_context(*, verify: bool) -> ssl.SSLContext:
-    """The system's trust store with hostname checks; no verification only when the catalog says so."""
+    """The system's trust store with hostname checks; no verification only when the catalog says so.
+
+    One context per setting for the process: loading the trust store costs milliseconds, every minute
+    for every HTTPS target otherwise (contexts are safe to share between threads).
+    """
     context = ssl.create_default_context()
     if not verify:
         context.check_hostname = False

@@ -159,6 +159,14 @@ class ProbeRunner:
             self._interval(start)
             start += self.interval
             done += 1
+            now = self._clock()
+            if now >= start + self.interval:
+                # Suspended, or the clock jumped: never replay missed minutes in a burst.
+                log.warning(
+                    "skipping %d interval(s): the process was paused or the clock jumped",
+                    int((now - start) // self.interval),
+                )
+                start = (now // self.interval + 1) * self.interval
         self._collect(final=True)
         self._flush(self._clock())
 
