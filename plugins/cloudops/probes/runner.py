@@ -152,6 +152,8 @@ class ProbeRunner:
             datetime.fromtimestamp(start, UTC).isoformat(),
         )
         self.warm_up()
+        if self._clock() >= start + self.interval:  # a warm-up slower than a whole interval
+            start = (self._clock() // self.interval + 1) * self.interval
         done = 0
         while not self._stop.is_set() and (intervals is None or done < intervals):
             if not self._wait_until(start):
