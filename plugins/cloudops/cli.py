@@ -605,8 +605,9 @@ def _probe_run(args: argparse.Namespace) -> int:
     """Sample every SLO target once a minute until stopped (SIGTERM or Ctrl-C)."""
     from datetime import timedelta
 
-    from cloudops.probes.process import build_runner, run_forever
+    from cloudops.probes.process import build_runner, quiet_library_logs, run_forever
 
+    quiet_library_logs()
     runner = build_runner(
         args.catalog or None,
         samples=args.samples,

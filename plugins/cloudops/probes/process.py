@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from collections.abc import Sequence
 from datetime import timedelta
@@ -16,13 +17,23 @@ from cloudops.probes.targets import DATABASE_TIMEOUT, HOST_TIMEOUT, plan_targets
 
 log = logging.getLogger(__name__)
 # Libraries that log every connection and command: a line per target per minute would bury what matters
-# (a target going down or coming back, said once by the runner).
-QUIET_LOGGERS = (
-    "paramiko",
-    "airflow.task.hooks",
-    "airflow.providers.ssh",
-    "airflow.sdk._shared.secrets_masker",
-)
+# (a target going down or coming back, said once by the runner). Airflow's logging (structlog) takes
+# per-logger levels from [logging] namespace_levels, read when Airflow first configures its logging.
+QUIET_LOGGERS = {
+    "paramiko": "WARNING",
+    "airflow.task.hooks.airflow.providers.ssh.hooks.ssh.SSHHook": "WARNING",
+    # "Skipping masking for a secret as it's too short", at every connection lookup.
+    "airflow.sdk._shared.secrets_masker": "ERROR",
+}
+
+
+def quiet_library_logs() -> None:
+    """Quiet the per-connection chatter of the drivers; call before Airflow is first imported."""
+    wanted = " ".join(f"{name}={level}" for name, level in QUIET_LOGGERS.items())
+    current = os.environ.get("AIRFLOW__LOGGING__NAMESPACE_LEVELS", "")
+    os.environ["AIRFLOW__LOGGING__NAMESPACE_LEVELS"] = f"{current} {wanted}".strip()
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def build_runner(
@@ -71,10 +82,6 @@ def run_forever(runner: ProbeRunner) -> None:
         log.info("%s: writing the samples taken and stopping", signal.Signals(signum).name)
         runner.stop()
 
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    # "Skipping masking for a secret as it's too short", at every connection lookup: noise here.
-    logging.getLogger("airflow.sdk._shared.secrets_masker").setLevel(logging.ERROR)
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         runner.run()
@@ -84,4 +91,4 @@ def run_forever(runner: ProbeRunner) -> None:
     log.info("stopped after %d sample(s) in %d batch(es)", runner.samples_written, runner.batches_written)
 
 
-__all__ = ["build_runner", "run_forever"]
+__all__ = ["build_runner", "quiet_library_logs", "run_forever"]
