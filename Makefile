@@ -33,7 +33,7 @@ WITH_SANDBOX_ENV := set -a; . "$(ENV_FILE)"; set +a;
 DEBIAN_PACKAGES := postgresql postgresql-client mariadb-server mariadb-client openssh-client debootstrap zstd pgbackrest chromium chromium-driver etcd-server python3-venv
 REQUIRED_BINARIES := /usr/lib/postgresql/15/bin/initdb /usr/sbin/mariadbd /usr/sbin/debootstrap /usr/bin/ssh /usr/bin/zstd /usr/bin/pg_dump /usr/bin/mariadb-dump /usr/bin/chromium /usr/bin/chromedriver /usr/bin/etcd
 
-.PHONY: sandbox-prepare bench-patch bench-backup bench-evidence bench-pipeline help setup system-packages venv lock sandbox sandbox-down airflow-db demo test test-unit lint schema up down bench clean
+.PHONY: sandbox-prepare bench-patch bench-backup bench-evidence bench-pipeline help setup system-packages venv lock sandbox sandbox-down airflow-db demo test test-unit lint schema up down bench clean probes bench-probes
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
@@ -92,13 +92,21 @@ lint: venv  ## ruff and mypy
 schema: venv  ## regenerate runbooks/schema/ from the catalog models
 	$(BIN)/cloudops schema --output runbooks/schema/catalog.schema.json
 
-up: airflow-db  ## run Airflow (standalone) against the sandbox: http://localhost:8080, admin / admin (+ approver, auditor)
+up: airflow-db  ## run Airflow (standalone) against the sandbox, its probe process alongside: http://localhost:8080, admin / admin (+ approver, auditor)
 	@echo '{"admin": "admin", "approver": "approver", "auditor": "auditor"}' > "$(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated"
+	@# `cloudops sandbox up` (the sandbox target) started the probe process; it keeps sampling when Airflow stops.
+	@$(BIN)/cloudops sandbox status | grep -E "^(COMPONENT|probes) "
 	@echo "Airflow UI: http://localhost:8080  logins: admin/admin, approver/approver (approves), auditor/auditor (reads)  (Ctrl-C stops it)"
 	@# The health check reads the runbook DAGs' state through the REST API, as the read-only auditor.
 	@$(WITH_SANDBOX_ENV) AIRFLOW_CONN_CLOUDOPS_AIRFLOW_API='{"conn_type": "http", "host": "http://localhost:8080", "login": "auditor", "password": "auditor"}' exec airflow standalone
 
-down: sandbox-down  ## stop the sandbox (Airflow standalone stops with Ctrl-C)
+down: sandbox-down  ## stop the sandbox and its probe process (Airflow standalone stops with Ctrl-C)
+
+probes: venv  ## run the probe process in the foreground on $$CLOUDOPS_CATALOG (the sandbox runs its own)
+	$(BIN)/cloudops probe run --samples "$${CLOUDOPS_PROBE_SAMPLES:-$(CLOUDOPS_SANDBOX_DIR)/samples}"
+
+bench-probes: venv  ## one probe process, 500 local HTTP targets, 3 minutes: CPU in % of a core (~5 min)
+	$(BIN)/python tests/benchmarks/bench_probes.py
 
 bench: sandbox  ## DAG parsing and evidence ledger benchmarks (tests/benchmarks; by hand, asserts nothing)
 	@$(WITH_SANDBOX_ENV) $(BIN)/python tests/benchmarks/bench_dag_parsing.py

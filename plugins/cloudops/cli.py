@@ -611,6 +611,83 @@ def _evidence_ship(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _probe_run(args: argparse.Namespace) -> int:
+    """Sample every SLO target once a minute until stopped (SIGTERM or Ctrl-C)."""
+    from datetime import timedelta
+
+    from cloudops.probes.process import build_runner, quiet_library_logs, run_forever
+
+    quiet_library_logs()
+    runner = build_runner(
+        args.catalog or None,
+        samples=args.samples,
+        interval=timedelta(seconds=args.interval),
+        database_timeout=timedelta(seconds=args.database_timeout),
+        host_timeout=timedelta(seconds=args.host_timeout),
+        estates=args.estate or (),
+    )
+    for target in runner.targets:
+        log.info(
+            "will probe %s at +%.1fs (bound %gs)",
+            target.used_by,
+            target.offset,
+            target.timeout.total_seconds(),
+        )
+    run_forever(runner)
+    return EXIT_OK
+
+
+def _probe_status(args: argparse.Namespace) -> int:
+    """What the probe process last said; exit 1 when it said nothing for longer than --max-age."""
+    from datetime import UTC, datetime
+
+    from cloudops.probes.coverage import samples_root
+    from cloudops.probes.runner import STATE_FILE, read_state
+
+    path = samples_root(args.samples) / STATE_FILE
+    state = read_state(path)
+    if state is None:
+        print(f"no probe process has written {path} yet", file=sys.stderr)
+        return EXIT_FAILED
+    age = (datetime.now(UTC) - datetime.fromisoformat(str(state["at"]))).total_seconds()
+    print(json.dumps({**state, "age_seconds": round(age, 1)}, indent=1))
+    if age > args.max_age:
+        print(f"the probe process last wrote {age:.0f} s ago (more than {args.max_age:g} s)", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _probe_coverage(args: argparse.Namespace) -> int:
+    """Expected vs recorded samples per SLO target of one estate over the last hours."""
+    from datetime import UTC, datetime, timedelta
+
+    from cloudops.catalog import load_catalogs
+    from cloudops.probes.coverage import coverage, estate_store, minute_floor
+
+    loaded = load_catalogs(args.catalog or None)
+    catalog = next((item.catalog for item in loaded.catalogs if item.catalog.estate == args.estate), None)
+    if catalog is None:
+        raise InvalidInputError(f"no estate {args.estate!r} in the catalogs")
+    keys = list(dict.fromkeys(target.key for slo in catalog.slos for target in slo.targets))
+    end = minute_floor(datetime.now(UTC))
+    start = end - timedelta(hours=args.hours)
+    rows = coverage(estate_store(catalog.estate, args.samples), keys, start, end)
+    if args.json:
+        document = [
+            {**vars(row), "percent": float(row.percent), "start": start.isoformat(), "end": end.isoformat()}
+            for row in rows
+        ]
+        print(json.dumps(document, indent=1))
+        return EXIT_OK
+    print(f"{'TARGET':<32} {'EXPECTED':>8} {'RECORDED':>8} {'FAILED':>6} {'COVERAGE':>8}")
+    for row in rows:
+        print(
+            f"{row.target:<32} {row.expected:>8} {row.recorded:>8} {row.failed:>6} "
+            f"{float(row.percent):>7.2f}%"
+        )
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="cloudops", description=__doc__.splitlines()[0])
@@ -770,6 +847,41 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--json", action="store_true", help="print a JSON list (and nothing else on stdout)")
     runs.add_argument("--ledger", default=None, help="default: $CLOUDOPS_EVIDENCE_DIR/ledger")
     runs.set_defaults(handler=_evidence_runs)
+
+    probe = commands.add_parser("probe", help="minute-level availability probes of the SLO targets")
+    probe_commands = probe.add_subparsers(dest="probe_command", required=True)
+    probe_run = probe_commands.add_parser("run", help="sample every SLO target once a minute until stopped")
+    probe_cov = probe_commands.add_parser("coverage", help="expected vs recorded samples per target")
+    for sub in (probe_run, probe_cov):
+        sub.add_argument(
+            "--catalog",
+            action="append",
+            help="catalog file or directory (repeatable; default $CLOUDOPS_CATALOG)",
+        )
+        sub.add_argument("--samples", default=None, help="sample directory (default $CLOUDOPS_PROBE_SAMPLES)")
+    probe_run.add_argument("--estate", action="append", help="only this estate (repeatable; default: all)")
+    probe_run.add_argument(
+        "--interval", type=float, default=60.0, help="seconds between samples (default 60)"
+    )
+    probe_run.add_argument(
+        "--database-timeout", type=float, default=10.0, help="bound of a database probe (s)"
+    )
+    probe_run.add_argument("--host-timeout", type=float, default=15.0, help="bound of a host probe (s)")
+    probe_run.set_defaults(handler=_probe_run)
+    probe_status = probe_commands.add_parser(
+        "status", help="what the probe process last wrote (a health check)"
+    )
+    probe_status.add_argument(
+        "--samples", default=None, help="sample directory (default $CLOUDOPS_PROBE_SAMPLES)"
+    )
+    probe_status.add_argument(
+        "--max-age", type=float, default=150.0, help="exit 1 when its last batch is older (s; default 150)"
+    )
+    probe_status.set_defaults(handler=_probe_status)
+    probe_cov.add_argument("estate")
+    probe_cov.add_argument("--hours", type=float, default=24.0, help="how far back from now (default 24)")
+    probe_cov.add_argument("--json", action="store_true")
+    probe_cov.set_defaults(handler=_probe_coverage)
     return parser
 
 

@@ -32,6 +32,7 @@ WORKER = "airflow-worker"
 INIT = "airflow-init"
 POSTGRES = "postgres"
 REDIS = "redis"
+PROBES = "cloudops-probes"
 
 # The long-running Airflow services: the airflow subcommand each runs, and what its healthcheck
 # must probe (any one of the fragments).
@@ -43,7 +44,11 @@ AIRFLOW_DAEMONS: dict[str, tuple[list[str], tuple[str, ...]]] = {
     WORKER: (["celery", "worker"], ("inspect ping",)),
 }
 AIRFLOW_SERVICES = [*AIRFLOW_DAEMONS, INIT]
-EXPECTED_SERVICES = [*AIRFLOW_SERVICES, POSTGRES, REDIS]
+EXPECTED_SERVICES = [*AIRFLOW_SERVICES, POSTGRES, REDIS, PROBES]
+# The probe process (docs/probes.md) writes the samples volume; the monthly report reads it in a worker.
+SAMPLES_VOLUME = "cloudops-samples"
+SAMPLES_READERS = [WORKER, API_SERVER]
+PROBE_COMMAND = ["python", "-m", "cloudops.cli", "probe", "run"]
 
 # Every long-running Airflow service reads or writes the evidence ledger: the listener records in
 # the scheduler, the workers (and wherever a hook fires), and the api-server serves the auditor view.
@@ -391,6 +396,48 @@ def check_evidence_mounts(compose: ComposeFile) -> list[str]:
     return problems
 
 
+def check_probe_service(compose: ComposeFile) -> list[str]:
+    """One probe process: `cloudops probe run` with the workers' connections, writing the samples volume
+    the report reads; restarted when it dies, and unhealthy when its minutes stop coming."""
+    service = compose.services.get(PROBES)
+    if service is None:
+        return []  # check_services says it
+    problems = []
+    if command(service) != PROBE_COMMAND:
+        problems.append(f"{PROBES}: command is {command(service)}, expected {PROBE_COMMAND}")
+    if "probe status" not in healthcheck_test(service):
+        problems.append(
+            f"{PROBES}: healthcheck must run `cloudops probe status` (its last minute must be recent)"
+        )
+    if service.get("restart") not in RESTART_POLICIES:
+        problems.append(
+            f"{PROBES}: restart is {service.get('restart')!r}: a dead probe loses every minute after"
+        )
+    replicas = (service.get("deploy") or {}).get("replicas", 1)
+    if replicas != 1:
+        problems.append(f"{PROBES}: deploy.replicas is {replicas}: run exactly one probe process")
+    if CONNECTIONS_ENV_FILE not in env_files(service):
+        problems.append(f"{PROBES}: env_file: {CONNECTIONS_ENV_FILE} missing: it would have no connections")
+    worker_env = environment(compose.services.get(WORKER, {}))
+    for key in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__FERNET_KEY"):
+        if environment(service).get(key) != worker_env.get(key):
+            problems.append(
+                f"{PROBES}: environment.{key} differs from {WORKER}'s: connections must resolve alike"
+            )
+    for name in [PROBES, *SAMPLES_READERS]:
+        other = compose.services.get(name, {})
+        directory = environment(other).get("CLOUDOPS_PROBE_SAMPLES")
+        if not directory:
+            problems.append(f"{name}: environment.CLOUDOPS_PROBE_SAMPLES is not set")
+            continue
+        found = [m for m in mounts(other) if m.target == directory]
+        if not found or found[0].bind or found[0].source != SAMPLES_VOLUME:
+            problems.append(f"{name}: volumes: {SAMPLES_VOLUME}:{directory} missing (CLOUDOPS_PROBE_SAMPLES)")
+        elif name == PROBES and found[0].read_only:
+            problems.append(f"{name}: volumes: {SAMPLES_VOLUME} is read-only: it writes the samples")
+    return problems
+
+
 def _arg_default(dockerfile: Path, name: str) -> str | None:
     match = re.search(
         rf'^ARG {name}=(?P<q>"?)(?P<value>[^"\n]*)(?P=q)\s*$', dockerfile.read_text(), re.MULTILINE
@@ -523,6 +570,7 @@ ALL_CHECKS: list[Callable[[ComposeFile], list[str]]] = [
     check_dependencies_and_restart,
     check_mounts,
     check_evidence_mounts,
+    check_probe_service,
     check_build,
     check_postgres_for_drills,
     check_airflow_version,
@@ -662,6 +710,26 @@ BREAKAGES: dict[str, tuple[Callable[[dict[str, Any], Path], None], list[str]]] =
     "postgres-14-only": (
         _rewrite("Dockerfile", 'ARG PG_MAJORS="15 16 17"', 'ARG PG_MAJORS="14"'),
         [WORKER, "PG_MAJORS", "must start at 15"],
+    ),
+    "no-probe-service": (lambda data, root: data["services"].pop(PROBES), [PROBES, "service missing"]),
+    "probe-runs-airflow": (
+        lambda data, root: data["services"][PROBES].__setitem__("command", ["airflow", "scheduler"]),
+        [PROBES, "command"],
+    ),
+    "probe-without-samples-volume": (
+        lambda data, root: data["services"][PROBES].__setitem__(
+            "volumes",
+            [v for v in data["services"][PROBES]["volumes"] if not v.startswith(f"{SAMPLES_VOLUME}:")],
+        ),
+        [PROBES, "cloudops-samples", "missing"],
+    ),
+    "two-probe-processes": (
+        lambda data, root: data["services"][PROBES].__setitem__("deploy", {"replicas": 2}),
+        [PROBES, "deploy.replicas"],
+    ),
+    "probe-without-connections": (
+        lambda data, root: data["services"][PROBES].pop("env_file"),
+        [PROBES, "env_file"],
     ),
     "lock-disagrees": (
         _rewrite("requirements.lock", "apache-airflow==3.3.2\n", "apache-airflow==3.3.1\n"),

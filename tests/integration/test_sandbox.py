@@ -46,6 +46,7 @@ EXPECTED_COMPONENTS = {
     "patroni-b",
     "moto",
     "smtp-sink",
+    "probes",  # `cloudops probe run`, started last (docs/probes.md)
 }
 
 
@@ -293,12 +294,20 @@ def test_env_file_is_private_complete_and_shell_sourceable(
     for cluster in plan.clusters:  # each member, its REST API or rewind source, and the probe's way in
         expected |= {cluster.probe_conn_id}
         expected |= {c for m in cluster.members for c in (m.conn_id, m.api_conn_id, m.rewind_conn_id) if c}
+    expected |= set(plan.http_conn_ids)  # the endpoints the first host's health page serves
     assert set(connections) == expected
+    assert connections["sandbox_http_web"] == {
+        "conn_type": "http",
+        "host": "127.0.0.11",
+        "port": layout.port("http"),
+        "schema": "http",
+    }
     assert len(connections[EVIDENCE_SIGNING_CONN_ID]["password"]) >= 32
     assert connections[plan.postgres_primary.conn_id]["conn_type"] == "postgres"
     assert connections[plan.aws.conn_id]["extra"]["endpoint_url"].startswith("http://127.0.0.1:")
     parsed = read_env_file(layout.env_file)
     assert parsed["CLOUDOPS_SANDBOX_DIR"] == str(layout.dir)
+    assert parsed["CLOUDOPS_PROBE_SAMPLES"] == str(layout.dir / "samples")
     script = f'set -a; . "{layout.env_file}"; set +a; env -0'
     out = subprocess.run(
         ["bash", "-c", script], capture_output=True, check=True, env={"PATH": "/usr/bin:/bin"}

@@ -108,7 +108,11 @@ def test_an_slo_loads_with_its_objectives_windows_and_tiers(tmp_path: Path) -> N
 
 def test_sandbox_slos_load(project_root: Path) -> None:
     catalog = load_catalog_file(project_root / "runbooks" / "sandbox.yaml")
-    assert {slo.name for slo in catalog.slos} == {"orders_availability", "web_availability"}
+    assert {slo.name for slo in catalog.slos} == {
+        "orders_availability",
+        "web_availability",
+        "web_health_availability",
+    }
 
 
 def test_an_slo_naming_an_unknown_target_is_refused_at_the_name(tmp_path: Path) -> None:

@@ -6,8 +6,9 @@ replica; the PostgreSQL scratch server; MariaDB then its GTID replica; the Maria
 the two Patroni nodes; moto; each fleet host, a Debian system of its own booted by its supervisor; the SMTP
 sink), reusing what runs and seeding what is missing, and finally writes the Airflow connections to
 <sandbox>/airflow.env: one per server, plus each cluster's probe connection (all its members in one host
-list, as the application connects) and the pg_rewind source connections. `down` stops only processes whose pid
-file and command line say this sandbox started them, and keeps all data on disk.
+list, as the application connects) and the pg_rewind source connections; then it starts the probe process
+(`cloudops probe run`, one sample per SLO target per minute) with them. `down` stops only processes whose
+pid file and command line say this sandbox started them, the probes first, and keeps all data on disk.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from cloudops.sandbox.moto import MotoServer
 from cloudops.sandbox.patroni import EtcdServer, PatroniCluster
 from cloudops.sandbox.plan import EstatePlan, load_plan
 from cloudops.sandbox.postgres import PostgresServer
+from cloudops.sandbox.probes import ProbeProcess
 from cloudops.sandbox.process import (
     POLL_INTERVAL,
     RUNNING,
@@ -99,7 +101,11 @@ def _chains(layout: SandboxLayout) -> list[list[Component]]:
         patroni.append([etcd, *PatroniCluster(layout, plan.patroni, store, etcd).start_order()])
     all_hosts = (*plan.hosts, *extra_hosts(layout))
     fleet = HostFleet(layout, all_hosts)
-    hosts: list[list[Component]] = [[SandboxHost(fleet, host, i)] for i, host in enumerate(all_hosts)]
+    # The first host also serves the catalog's HTTP endpoints (its health page).
+    hosts: list[list[Component]] = [
+        [SandboxHost(fleet, host, i, plan.http_conn_ids if i == 0 else ())]
+        for i, host in enumerate(all_hosts)
+    ]
     scratch: list[list[Component]] = []
     if plan.postgres_scratch is not None:
         scratch.append([PostgresServer(layout, plan.postgres_scratch, store)])
@@ -189,7 +195,8 @@ def up(say: Say = _say) -> None:
         if errors:
             raise SandboxError("\n".join(str(e) for e in errors)) from errors[0]
         connections: dict[str, dict[str, Any]] = {}
-        settings: dict[str, str] = {}
+        probes = ProbeProcess(layout)
+        settings: dict[str, str] = probes.settings()
         for component in components:
             connections.update(component.connections())
             if isinstance(component, MotoServer):
@@ -204,6 +211,8 @@ def up(say: Say = _say) -> None:
         changed = write_if_changed(
             layout.env_file, render_env_file(layout.dir, connections, settings), mode=0o600
         )
+        # Last: it reads the connections just written (and again whenever they change).
+        probes.ensure(say, restart=changed)
     if layout.data_root_is_fallback:
         say(layout.data_note)
     say(f"{'wrote' if changed else 'unchanged:'} {layout.env_file} ({len(connections)} connections)")
@@ -281,7 +290,12 @@ def down(say: Say = _say) -> None:
     chains = _chains(layout)
     errors: list[str] = []
     with _locked(layout):
-        # Hosts first and side by side: each waits for its own PID 1 to exit (30 hosts would take long).
+        # The probes first: stopping the estate is not an outage to record.
+        try:
+            ProbeProcess(layout).stop(say)
+        except SandboxError as exc:
+            errors.append(str(exc))
+        # Hosts next and side by side: each waits for its own PID 1 to exit (30 hosts would take long).
         hosts = [c for chain in chains for c in chain if isinstance(c, SandboxHost)]
         if hosts:
             with ThreadPoolExecutor(max_workers=min(len(hosts), 8), thread_name_prefix="down") as pool:
@@ -314,6 +328,9 @@ def status() -> list[ComponentStatus]:
             state, pid = component.daemon.state()
             detail = component.status_detail if isinstance(component, SandboxHost) else component.detail
             rows.append(ComponentStatus(component.name, component.address, pid, state, detail))
+    probes = ProbeProcess(layout)
+    state, pid = probes.daemon.state()
+    rows.append(ComponentStatus(probes.name, probes.address, pid, state, probes.detail))
     return rows
 
 

@@ -64,6 +64,46 @@ MIN_KERNEL = (5, 6)  # time namespaces
 CAP_SYS_ADMIN = 21
 UNSHARE = Path("/usr/bin/unshare")
 
+HTTP_LISTEN = "/etc/cloudops-sandbox/http-listen"
+HEALTH_PAGE = "/usr/local/sbin/sandbox-health-page"
+HEALTH_STATUS = "/var/lib/sandbox-http/status"
+HTTP_HEALTH_PATH = "/health"
+# The health page: GET /health answers 200 "OK", or what HEALTH_STATUS says: a status code (e.g. 500),
+# or "hang" (accept and never answer), so that tests can break the endpoint from inside the host.
+HEALTH_PAGE_SCRIPT = f'''#!/usr/bin/python3
+"""Health page of this cloudops sandbox host: GET {HTTP_HEALTH_PATH} -> 200 OK, or as {HEALTH_STATUS} says."""
+import http.server
+import pathlib
+import sys
+import time
+
+STATUS = pathlib.Path("{HEALTH_STATUS}")
+
+
+class Page(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path != "{HTTP_HEALTH_PATH}":
+            self.send_error(404)
+            return
+        try:
+            mode = STATUS.read_text().split()[0]
+        except (OSError, IndexError):
+            mode = "200"
+        if mode == "hang":
+            time.sleep(3600)
+            return
+        code = int(mode) if mode.isdigit() and 100 <= int(mode) <= 599 else 500
+        body = b"OK\\n" if code == 200 else b"FAIL\\n"
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), Page).serve_forever()
+'''
+
 SANDBOX_INIT = f"""#!/bin/bash
 # PID 1 of this cloudops sandbox host (it has no init system). Started at every boot by the host's
 # supervisor outside; when it exits, every process of the host dies and the supervisor decides whether
@@ -72,6 +112,10 @@ trap 'kill -TERM "$sshd" 2>/dev/null; wait "$sshd"; exit 0' TERM INT
 mkdir -p -m 0755 /run/sshd /run/lock
 /usr/sbin/sshd -D -E /var/log/sshd.log &
 sshd=$!
+# The health page, on the one host that serves the sandbox's HTTP endpoints (it has this file).
+if [ -f {HTTP_LISTEN} ]; then
+    /usr/bin/python3 {HEALTH_PAGE} $(cat {HTTP_LISTEN}) >> /var/log/sandbox-http.log 2>&1 &
+fi
 while kill -0 "$sshd" 2>/dev/null; do wait "$sshd"; done
 echo "$(date -u +%FT%TZ) sshd exited: the host goes down" >> /var/log/sandbox-init.log
 exit 1
@@ -295,7 +339,9 @@ class SupervisorDaemon(Daemon):
 class SandboxHost:
     """One fleet host: its supervisor daemon, its files, its Airflow connection."""
 
-    def __init__(self, fleet: HostFleet, host: HostPlan, index: int) -> None:
+    def __init__(
+        self, fleet: HostFleet, host: HostPlan, index: int, http_conn_ids: tuple[str, ...] = ()
+    ) -> None:
         self.fleet, self.layout, self.host = fleet, fleet.layout, host
         self.name = f"host-{host.name}"
         self.paths = fleet.paths(host)
@@ -309,6 +355,11 @@ class SandboxHost:
         )
         self.detail = f"host {host.name} (fleet {host.fleet})"
         self.login = GUEST_USER
+        # The catalog's HTTP endpoints, served by this host's health page (the first host only).
+        self.http_conn_ids = http_conn_ids
+        self.http_port = self.layout.port("http") if http_conn_ids else None
+        if self.http_port is not None:
+            self.detail += f", health page http://{self.ip}:{self.http_port}{HTTP_HEALTH_PATH}"
 
     @property
     def keyring(self) -> SshKeyring:
@@ -318,7 +369,7 @@ class SandboxHost:
         return []
 
     def endpoints(self) -> list[tuple[str, int]]:
-        return [(self.ip, self.port)]
+        return [(self.ip, self.port)] + ([(self.ip, self.http_port)] if self.http_port else [])
 
     # -- what goes into the host ---------------------------------------------------------------------
 
@@ -345,7 +396,10 @@ class SandboxHost:
             (GUEST_INIT.lstrip("/"), SANDBOX_INIT, 0o755, 0),
             ("usr/local/sbin/reboot", REBOOT, 0o755, 0),
             ("usr/local/sbin/shutdown", SHUTDOWN, 0o755, 0),
+            (HEALTH_PAGE.lstrip("/"), HEALTH_PAGE_SCRIPT, 0o755, 0),
         ]
+        if self.http_port is not None:
+            files.append((HTTP_LISTEN.lstrip("/"), f"{self.ip} {self.http_port}\n", 0o644, 0))
         # Directories as the guest has them (tar keeps existing ones as they are; these are for new ones).
         for relative, mode, uid in (
             ("root", 0o700, 0),
@@ -459,6 +513,33 @@ class SandboxHost:
         finally:
             client.close()
 
+    def health_page_answers(self) -> bool:
+        """Whether the health page answers at all (any status: tests set it to 500 on purpose)."""
+        import http.client
+
+        if self.http_port is None:
+            return True
+        connection = http.client.HTTPConnection(self.ip, self.http_port, timeout=2)
+        try:
+            connection.request("GET", HTTP_HEALTH_PATH)
+            return connection.getresponse().status > 0
+        finally:
+            connection.close()
+
+    def _wait_for_health_page(self, say: Say) -> None:
+        if self.http_port is None:
+            return
+        try:
+            wait_until(
+                self.health_page_answers, what=f"{self.name} health page", log_path=self.log, timeout=20
+            )
+        except SandboxError:
+            # A host booted before it had a health page: it gets one at its next boot.
+            say(
+                f"{self.name}: its health page on {self.ip}:{self.http_port} does not answer; "
+                f"`cloudops sandbox hosts stop {self.host.name}` and `start` it to boot it with one"
+            )
+
     def ensure(self, say: Say) -> None:
         """Start this host's supervisor if needed (creating the host first) and prove a pinned-key login."""
         state, pid = self.daemon.state()
@@ -473,6 +554,7 @@ class SandboxHost:
                 timeout=BOOT_TIMEOUT,
                 alive=lambda: self.daemon.state()[0] == RUNNING,
             )
+            self._wait_for_health_page(say)
             say(f"{self.name}: already running (supervisor pid {pid}) on {self.address}")
             return
         if state == STALE:
@@ -492,13 +574,18 @@ class SandboxHost:
             # The child itself, not its pid file: right after the fork its command line is still ours.
             alive=lambda: proc.poll() is None,
         )
+        self._wait_for_health_page(say)
         say(
             f"{self.name}: booted in {time.monotonic() - started:.1f} s "
             f"(supervisor pid {proc.pid}) on {self.address}"
         )
 
     def connections(self) -> dict[str, dict[str, Any]]:
-        return {
+        http = {
+            conn_id: {"conn_type": "http", "host": self.ip, "port": self.http_port, "schema": "http"}
+            for conn_id in self.http_conn_ids
+        }
+        return http | {
             self.host.ssh_conn_id: {
                 "conn_type": "ssh",
                 "host": self.ip,

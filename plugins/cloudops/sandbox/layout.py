@@ -47,6 +47,8 @@ BASE_PORTS = {
     "moto": 15000,
     "ssh": 2222,
     "smtp": 15025,
+    # The health page the first fleet host serves (the catalog's endpoints), on that host's address.
+    "http": 18080,
 }
 
 DEFAULT_PG_BINDIR = "/usr/lib/postgresql/15/bin"

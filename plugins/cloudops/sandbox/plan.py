@@ -87,6 +87,9 @@ class EstatePlan:
         """The Patroni cluster the sandbox runs (at most one, of two nodes), or None."""
         return next((c for c in self.clusters if c.manager == "patroni"), None)
 
+    # HTTP connections of the catalog's endpoints: the sandbox serves them all from its first host.
+    http_conn_ids: tuple[str, ...] = ()
+
 
 def plan_from_catalog(catalog: Catalog) -> EstatePlan:
     """Map the validated sandbox catalog to the components to start.
@@ -144,6 +147,9 @@ def plan_from_catalog(catalog: Catalog) -> EstatePlan:
         for fleet, host in catalog.hosts
     )
     smtp = tuple(n.smtp_conn_id for n in catalog.notifications if isinstance(n, SmtpNotification))
+    http = tuple(dict.fromkeys(e.http_conn_id for e in catalog.endpoints if e.http_conn_id))
+    if http and not hosts:
+        raise SandboxError("the sandbox catalog has endpoints but no host to serve them from")
     return EstatePlan(
         estate=catalog.estate,
         postgres_primary=pg_primary,
@@ -158,6 +164,7 @@ def plan_from_catalog(catalog: Catalog) -> EstatePlan:
         smtp_conn_ids=smtp,
         cost=catalog.cost,
         clusters=_cluster_plans(catalog),
+        http_conn_ids=http,
     )
 
 
