@@ -26,10 +26,11 @@ ENV_FILE := $(CLOUDOPS_SANDBOX_DIR)/airflow.env
 WITH_SANDBOX_ENV := set -a; . "$(ENV_FILE)"; set +a;
 
 # Debian packages the sandbox runs (servers; debootstrap builds its hosts' Debian root once), the
-# runbooks call (ssh, dump tools, zstd) and the auditor view's
-# browser test drives (chromium with its chromedriver).
-DEBIAN_PACKAGES := postgresql postgresql-client mariadb-server mariadb-client openssh-client debootstrap zstd pgbackrest chromium chromium-driver
-REQUIRED_BINARIES := /usr/lib/postgresql/15/bin/initdb /usr/sbin/mariadbd /usr/sbin/debootstrap /usr/bin/ssh /usr/bin/zstd /usr/bin/pg_dump /usr/bin/mariadb-dump /usr/bin/chromium /usr/bin/chromedriver
+# runbooks call (ssh, dump tools, zstd), the auditor view's browser test drives (chromium with its
+# chromedriver), the monthly report's PDF needs (WeasyPrint: Pango and its fonts) and its visual check
+# reads (pdftoppm, in poppler-utils).
+DEBIAN_PACKAGES := postgresql postgresql-client mariadb-server mariadb-client openssh-client debootstrap zstd pgbackrest chromium chromium-driver libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core poppler-utils
+REQUIRED_BINARIES := /usr/lib/postgresql/15/bin/initdb /usr/sbin/mariadbd /usr/sbin/debootstrap /usr/bin/ssh /usr/bin/zstd /usr/bin/pg_dump /usr/bin/mariadb-dump /usr/bin/chromium /usr/bin/chromedriver /usr/bin/pdftoppm
 
 .PHONY: bench-patch bench-backup bench-evidence bench-pipeline help setup system-packages venv lock sandbox sandbox-down airflow-db demo test test-unit lint schema up down bench clean
 
