@@ -48,6 +48,9 @@ kinds below, ``dag_id``, ``run_id``, ``runbook`` (the runbook kind: ``backup``, 
   output, ``apt_log`` (bounded excerpt), ``notes``, ``timings``;
 - ``patch.wave``: ``estate``, ``fleet``, ``snapshot_id``, ``halted``, ``succeeded``, ``reason``,
   ``batches`` (hosts, seconds, decision, reason), ``compliance`` (state counts), ``seconds``;
+- ``report.stored``: one per monthly report stored: ``estate``, ``month``, ``time_zone``, ``files``
+  ([{kind (html or pdf), name, bucket, key, version_id, sha256, size, lock_mode, locked_until}]),
+  ``summary`` (availability and credit per SLO, cost total), ``generated_at``;
 - ``approval``: also ``task_id``; data ``subject``, ``decision`` (Approve or Reject), ``approver``,
   ``requested_by``, ``responded_at``, ``accepted`` (False when the approver was the requester).
 """
@@ -74,6 +77,7 @@ REPOSITORY_TRUSTED = "repository.trusted"
 PATCH_PLANNED = "patch.planned"
 PATCH_HOST = "patch.host"
 PATCH_WAVE = "patch.wave"
+REPORT_STORED = "report.stored"
 FACT_KINDS = (
     BACKUP_TAKEN,
     DRILL_RECORDED,
@@ -85,6 +89,7 @@ FACT_KINDS = (
     PATCH_PLANNED,
     PATCH_HOST,
     PATCH_WAVE,
+    REPORT_STORED,
 )
 
 # The runbook kinds cloudops builds DAGs for: ``<kind>__<target>``, or the kind alone for one-off
@@ -100,6 +105,7 @@ RUNBOOK_KINDS = frozenset(
         "health_check",
         "evidence_ship",
         "patch_wave",
+        "monthly_report",
     }
 )
 # Every cloudops runbook DAG carries this tag (runbooks/common.py tags()).
@@ -222,6 +228,7 @@ __all__ = [
     "PATCH_HOST",
     "PATCH_PLANNED",
     "PATCH_WAVE",
+    "REPORT_STORED",
     "REPOSITORY_TRUSTED",
     "RESTORE_PERFORMED",
     "RETENTION_DELETED",
