@@ -213,8 +213,9 @@ def render_pdf(html: str) -> bytes:
 
     import weasyprint
 
-    # fontTools logs every subset table at INFO: thousands of lines in a task log.
-    logging.getLogger("fontTools").setLevel(logging.WARNING)
+    # fontTools and WeasyPrint log every subset table and layout step at INFO: noise in a task log.
+    for name in ("fontTools", "weasyprint", "weasyprint.progress"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     pdf: bytes = weasyprint.HTML(string=html, url_fetcher=_refuse, base_url=None).write_pdf()
     return pdf
 
