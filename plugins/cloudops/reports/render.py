@@ -76,9 +76,10 @@ def local(report: MonthlyReport, moment: datetime | str | None) -> str:
         return NO_FIGURE
     if isinstance(moment, str):
         try:
-            moment = datetime.fromisoformat(moment.replace("Z", "+00:00"))
+            parsed = datetime.fromisoformat(moment.replace("Z", "+00:00"))
         except ValueError:
             return moment
+        return report.period.local(parsed).strftime("%Y-%m-%d %H:%M %Z")
     return report.period.local(moment).strftime("%Y-%m-%d %H:%M %Z")
 
 
