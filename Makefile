@@ -26,14 +26,15 @@ ENV_FILE := $(CLOUDOPS_SANDBOX_DIR)/airflow.env
 WITH_SANDBOX_ENV := set -a; . "$(ENV_FILE)"; set +a;
 
 # Debian packages the sandbox runs (servers; debootstrap builds its hosts' Debian root once), the
-# runbooks call (ssh, dump tools, zstd) and the auditor view's
-# browser test drives (chromium with its chromedriver).
+# runbooks call (ssh, dump tools, zstd), the auditor view's browser test drives (chromium with its
+# chromedriver), the monthly report's PDF needs (WeasyPrint: Pango and its fonts) and its visual check
+# reads (pdftoppm, in poppler-utils).
 # etcd-server is the store of the sandbox's Patroni cluster (the sandbox runs its own etcd on loopback;
 # the package's service never starts in a container, where policy-rc.d refuses it).
-DEBIAN_PACKAGES := postgresql postgresql-client mariadb-server mariadb-client openssh-client debootstrap zstd pgbackrest chromium chromium-driver etcd-server python3-venv
-REQUIRED_BINARIES := /usr/lib/postgresql/15/bin/initdb /usr/sbin/mariadbd /usr/sbin/debootstrap /usr/bin/ssh /usr/bin/zstd /usr/bin/pg_dump /usr/bin/mariadb-dump /usr/bin/chromium /usr/bin/chromedriver /usr/bin/etcd
+DEBIAN_PACKAGES := postgresql postgresql-client mariadb-server mariadb-client openssh-client debootstrap zstd pgbackrest chromium chromium-driver etcd-server python3-venv libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core poppler-utils
+REQUIRED_BINARIES := /usr/lib/postgresql/15/bin/initdb /usr/sbin/mariadbd /usr/sbin/debootstrap /usr/bin/ssh /usr/bin/zstd /usr/bin/pg_dump /usr/bin/mariadb-dump /usr/bin/chromium /usr/bin/chromedriver /usr/bin/etcd /usr/bin/pdftoppm
 
-.PHONY: sandbox-prepare bench-patch bench-backup bench-evidence bench-pipeline help setup system-packages venv lock sandbox sandbox-down airflow-db demo test test-unit lint schema up down bench clean probes bench-probes
+.PHONY: sandbox-prepare bench-report bench-patch bench-backup bench-evidence bench-pipeline help setup system-packages venv lock sandbox sandbox-down airflow-db demo test test-unit lint schema up down bench clean probes bench-probes
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
@@ -120,6 +121,9 @@ bench-evidence: venv  ## evidence ledger: append 100k, verify, export a month (~
 
 bench-patch: sandbox  ## patch wave vs ansible-playbook and the ideal, 6 and 30 hosts (ansible-core in its own venv under the sandbox dir)
 	@$(WITH_SANDBOX_ENV) nice -n 10 $(BIN)/python tests/benchmarks/bench_patch_wave.py
+
+bench-report: venv  ## monthly report of 50 targets x a month of 1-minute samples + 10k runs: time and peak memory
+	$(BIN)/python tests/benchmarks/bench_report.py
 
 bench-pipeline: sandbox  ## peak memory of the streaming upload pipeline
 	@$(WITH_SANDBOX_ENV) $(BIN)/python tests/benchmarks/bench_pipeline_memory.py

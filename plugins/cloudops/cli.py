@@ -268,6 +268,36 @@ def _backups_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _report_monthly(args: argparse.Namespace) -> int:
+    """Make an estate's monthly report without Airflow: what monthly_report__<estate> does (store under
+    Object Lock, record in the ledger, e-mail the PDF), with the two files also written to --out."""
+    from datetime import UTC, datetime
+
+    from cloudops.catalog import load_catalogs
+    from cloudops.catalog.errors import did_you_mean
+    from cloudops.evidence.recorder import cli_run
+    from cloudops.runbooks import monthly_report
+
+    estates = {loaded.catalog.estate: loaded.catalog for loaded in load_catalogs().catalogs}
+    if args.estate not in estates:
+        hint = did_you_mean(args.estate, estates) or "estates: " + ", ".join(sorted(estates))
+        raise InvalidInputError(f"no estate {args.estate!r} in the catalog ({hint})")
+    catalog = estates[args.estate]
+    now = datetime.now(UTC)
+    month = monthly_report.report_month(args.month, catalog, now)
+    out = Path(args.out)
+    conf = {"month": month, "out": str(out), "send": not args.no_email}
+    with cli_run(f"{monthly_report.KIND}__{catalog.estate}", conf=conf) as context:
+        result = monthly_report.produce(catalog, month, context, now=now, out_dir=out)
+        for item in result["files"]:
+            print(f"{out / item['name']}  sha256 {item['sha256']}  s3://{item['bucket']}/{item['key']}")
+        if not args.no_email:
+            stored = next(item for item in result["files"] if item["kind"] == "pdf")
+            sent = monthly_report.email_report(catalog, result, monthly_report.fetch_stored(catalog, stored))
+            print(f"sent to {', '.join(sent)}")
+    return EXIT_OK
+
+
 def _backup_run(args: argparse.Namespace) -> int:
     """Take one backup now, outside Airflow: backup__<database>'s steps, recorded in the ledger as a run
     of that runbook by this OS user (take_backup, verify_backup, then apply_retention if asked)."""
@@ -761,6 +791,17 @@ def build_parser() -> argparse.ArgumentParser:
         "another machine) as the bucket holds it; refused without this, and recorded in the ledger",
     )
     restore.set_defaults(handler=_restore)
+
+    report = commands.add_parser("report", help="the monthly report of an estate")
+    report_commands = report.add_subparsers(dest="report_command", required=True)
+    monthly = report_commands.add_parser(
+        "monthly", help="make, store (Object Lock), record and e-mail a month's report, without Airflow"
+    )
+    monthly.add_argument("estate", help="the catalog's estate name")
+    monthly.add_argument("--month", help="YYYY-MM, a month that is over (default: the month before)")
+    monthly.add_argument("--out", required=True, help="folder the HTML and PDF are written to")
+    monthly.add_argument("--no-email", action="store_true", help="store and record, but send no e-mail")
+    monthly.set_defaults(handler=_report_monthly)
 
     sandbox = commands.add_parser("sandbox", help="the local sandbox estate")
     sandbox_commands = sandbox.add_subparsers(dest="action", required=True)

@@ -869,6 +869,14 @@ class ReportSettings(CatalogModel):
         default=None,
         description="notifications[].name (kind smtp) that sends it; default: the first smtp one.",
     )
+    repository: TargetName | None = Field(
+        default=None,
+        description="repositories[].name whose bucket keeps the reports under its Object Lock "
+        "(mode and days); required to store them.",
+    )
+    prefix: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+$")] = Field(
+        default="reports", description="Key prefix of the reports: <prefix>/<estate>/<YYYY-MM>/."
+    )
 
 
 # --- end of service levels, endpoints, cost and report settings ---

@@ -197,6 +197,20 @@ def service_level_references(catalog: Catalog) -> list[ReferenceProblem]:
         problems.append(
             _missing(("reports", "smtp_notification"), "smtp notifications", "notification", wanted, smtp)
         )
+    repositories = {repository.name: repository for repository in catalog.repositories}
+    keeper = catalog.reports.repository if catalog.reports else None
+    if keeper is not None:
+        if keeper not in repositories:
+            problems.append(
+                _missing(("reports", "repository"), "repositories", "repository", keeper, repositories)
+            )
+        elif repositories[keeper].object_lock is None:
+            problems.append(
+                ReferenceProblem(
+                    ("reports", "repository"),
+                    f"repository {keeper!r} has no object_lock: reports are kept under Object Lock",
+                )
+            )
     return problems
 
 

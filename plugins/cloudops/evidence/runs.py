@@ -55,6 +55,9 @@ kinds below, ``dag_id``, ``run_id``, ``runbook`` (the runbook kind: ``backup``, 
   data ``cluster``, ``run_id`` (the drill's run), ``new_primary`` (the member that was primary when
   the drill ended), ``failed_back`` (True when the original primary is primary again). The health
   check reads the newest one to say which drill left a cluster's primary where it is;
+- ``report.stored``: one per monthly report stored: ``estate``, ``month``, ``time_zone``, ``files``
+  ([{kind (html or pdf), name, bucket, key, version_id, sha256, size, lock_mode, locked_until}]),
+  ``summary`` (availability and credit per SLO, cost total), ``generated_at``;
 - ``approval``: also ``task_id``; data ``subject``, ``decision`` (Approve or Reject), ``approver``,
   ``requested_by``, ``responded_at``, ``accepted`` (False when the approver was the requester).
 """
@@ -82,6 +85,7 @@ PATCH_PLANNED = "patch.planned"
 PATCH_HOST = "patch.host"
 PATCH_WAVE = "patch.wave"
 FAILOVER_DRILL = "failover.drill"
+REPORT_STORED = "report.stored"
 FACT_KINDS = (
     BACKUP_TAKEN,
     DRILL_RECORDED,
@@ -94,6 +98,7 @@ FACT_KINDS = (
     PATCH_HOST,
     PATCH_WAVE,
     FAILOVER_DRILL,
+    REPORT_STORED,
 )
 
 # The runbook kinds cloudops builds DAGs for: ``<kind>__<target>``, or the kind alone for one-off
@@ -109,6 +114,7 @@ RUNBOOK_KINDS = frozenset(
         "health_check",
         "evidence_ship",
         "patch_wave",
+        "monthly_report",
     }
 )
 # Every cloudops runbook DAG carries this tag (runbooks/common.py tags()).
@@ -232,6 +238,7 @@ __all__ = [
     "PATCH_HOST",
     "PATCH_PLANNED",
     "PATCH_WAVE",
+    "REPORT_STORED",
     "REPOSITORY_TRUSTED",
     "RESTORE_PERFORMED",
     "RETENTION_DELETED",
