@@ -13,6 +13,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from datetime import date
@@ -601,13 +602,14 @@ def _evidence_ship(args: argparse.Namespace) -> int:
 
 def _evidence_migrate(args: argparse.Namespace) -> int:
     """Copy the file ledger into the PostgreSQL ledger and verify the copy record for record."""
-    from cloudops.evidence.backend import db_conn_id
+    from cloudops.evidence.backend import DB_SCHEMA_ENV, db_conn_id
     from cloudops.evidence.ledger import Ledger
     from cloudops.evidence.migration import migrate_to_postgres
     from cloudops.evidence.pg_ledger import PgLedger
 
     source = Ledger(args.ledger)
-    target = PgLedger(args.conn_id or db_conn_id(), schema=args.schema)
+    schema = args.schema or os.environ.get(DB_SCHEMA_ENV) or "cloudops_ledger"
+    target = PgLedger(args.conn_id or db_conn_id(), schema=schema)
     print(migrate_to_postgres(source, target).summary())
     return EXIT_OK
 

@@ -9,6 +9,8 @@ workers and the API server (like the file ledger's folder, ``$CLOUDOPS_EVIDENCE_
   (several workers: CeleryExecutor).
 - ``CLOUDOPS_EVIDENCE_DB_CONN_ID``: the Airflow connection of the PostgreSQL ledger's database
   (default ``cloudops_evidence_db``), only read with ``postgres``.
+- ``CLOUDOPS_EVIDENCE_DB_SCHEMA``: the schema of its tables (default ``cloudops_ledger``): one chain
+  per schema, so deployments can share a database.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from cloudops.evidence.ledger import Ledger, Record, Verdict
 
 BACKEND_ENV = "CLOUDOPS_EVIDENCE_BACKEND"
 DB_CONN_ENV = "CLOUDOPS_EVIDENCE_DB_CONN_ID"
+DB_SCHEMA_ENV = "CLOUDOPS_EVIDENCE_DB_SCHEMA"
 DEFAULT_DB_CONN_ID = "cloudops_evidence_db"
 BACKENDS = ("file", "postgres")
 
@@ -113,6 +116,7 @@ def open_ledger(
     if chosen == "postgres":
         from cloudops.evidence.pg_ledger import PgLedger
 
+        options.setdefault("schema", os.environ.get(DB_SCHEMA_ENV) or "cloudops_ledger")
         return PgLedger(db_conn_id(), **options)
     return Ledger(None, **options)
 
@@ -121,6 +125,7 @@ __all__ = [
     "BACKENDS",
     "BACKEND_ENV",
     "DB_CONN_ENV",
+    "DB_SCHEMA_ENV",
     "DEFAULT_DB_CONN_ID",
     "EvidenceLedger",
     "configured_backend",

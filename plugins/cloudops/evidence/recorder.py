@@ -20,7 +20,13 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from cloudops.evidence.backend import EvidenceLedger, configured_backend, db_conn_id, open_ledger
+from cloudops.evidence.backend import (
+    DB_SCHEMA_ENV,
+    EvidenceLedger,
+    configured_backend,
+    db_conn_id,
+    open_ledger,
+)
 from cloudops.evidence.ledger import Ledger, Record, canonical_json, evidence_dir, utc_stamp
 from cloudops.evidence.runs import RUN_FINISHED, RUN_STARTED, runbook_of
 from cloudops.secrets import mask_evidence
@@ -35,7 +41,7 @@ def ledger() -> EvidenceLedger:
     """The ledger this process records to: the configured backend (``backend.py``), the file ledger of
     its evidence folder by default. One object per ledger: it caches the tail, or the connection."""
     if configured_backend() == "postgres":
-        where = ("postgres", db_conn_id())
+        where = ("postgres", f"{db_conn_id()}/{os.environ.get(DB_SCHEMA_ENV, '')}")
         if where not in _ledgers:
             _ledgers[where] = open_ledger(backend="postgres")
         return _ledgers[where]
