@@ -29,6 +29,7 @@ from cloudops.sandbox.hosts import sandbox_mounts
 from cloudops.sandbox.layout import SandboxLayout, read_env_file
 from cloudops.sandbox.moto import EVIDENCE_SIGNING_CONN_ID
 from cloudops.sandbox.plan import EstatePlan, load_plan
+from cloudops.sandbox.postgres import EVIDENCE_DATABASE, EVIDENCE_DB_CONN_ID
 from cloudops.sandbox.process import RUNNING, STALE, STOPPED
 
 pytestmark = pytest.mark.integration
@@ -246,6 +247,18 @@ def test_drills_restore_on_scratch_servers_of_their_own(
         assert cur.fetchall() == ()
 
 
+def test_the_evidence_ledger_has_a_database_of_its_own_on_the_scratch_server(
+    plan: EstatePlan, connections: dict[str, dict[str, Any]]
+) -> None:
+    assert plan.postgres_scratch is not None
+    ledger_db = connections[EVIDENCE_DB_CONN_ID]
+    assert ledger_db["schema"] == EVIDENCE_DATABASE
+    assert ledger_db["port"] == connections[plan.postgres_scratch.conn_id]["port"]
+    assert ledger_db["port"] != connections[plan.postgres_primary.conn_id]["port"]
+    with _pg(ledger_db) as conn:
+        assert conn.execute("SELECT current_database()").fetchone() == (EVIDENCE_DATABASE,)
+
+
 def test_aws_endpoint_is_seeded(plan: EstatePlan, connections: dict[str, dict[str, Any]]) -> None:
     import boto3
 
@@ -285,6 +298,7 @@ def test_env_file_is_private_complete_and_shell_sourceable(
     expected |= {h.ssh_conn_id for h in (*plan.hosts, *extra_hosts(layout))}
     expected |= {s.conn_id for s in (plan.postgres_scratch, plan.mariadb_scratch) if s}  # the drills' servers
     expected.add(EVIDENCE_SIGNING_CONN_ID)  # the evidence digests' HMAC key
+    expected.add(EVIDENCE_DB_CONN_ID)  # the PostgreSQL evidence ledger's database
     assert set(connections) == expected
     assert len(connections[EVIDENCE_SIGNING_CONN_ID]["password"]) >= 32
     assert connections[plan.postgres_primary.conn_id]["conn_type"] == "postgres"
