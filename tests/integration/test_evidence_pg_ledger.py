@@ -329,3 +329,31 @@ def test_shipping_from_the_postgres_ledger(
     assert not after.ok
     assert "record seq 2" in str(after.problem) or "differs" in str(after.problem)
     assert json.loads(json.dumps(result.to_json()))["shipped"] == days
+
+
+def test_the_recorder_and_the_cli_use_the_postgres_ledger_when_configured(
+    conninfo: str, schema: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cloudops.evidence import recorder
+
+    monkeypatch.setenv("CLOUDOPS_EVIDENCE_BACKEND", "postgres")
+    monkeypatch.setenv("CLOUDOPS_EVIDENCE_DB_SCHEMA", schema)
+    monkeypatch.setattr(recorder, "_ledgers", {})
+    for try_number in (1, 1, 2):  # the first try's hook fires twice
+        recorder.record(
+            "step.try",
+            dag_id="backup__orders_pg",
+            run_id="manual__1",
+            key=f"step.try|backup__orders_pg|manual__1|dump|-1|{try_number}",
+            data={"try_number": try_number, "password": "hunter2"},
+        )
+
+    book = PgLedger(conninfo=conninfo, schema=schema)
+    records = list(book.records())
+    assert [r.fields["data"]["try_number"] for r in records] == [1, 2]
+    assert "hunter2" not in json.dumps([r.fields for r in records])  # masked as with files
+    assert main(["evidence", "verify"]) == 0
+    assert f"PostgreSQL ledger {schema} (connection {CONN_ID}): 2 records" in capsys.readouterr().out
+    tamper(conninfo, schema, "DELETE FROM {schema}.records WHERE seq = 2")
+    assert main(["evidence", "verify"]) == 1
+    assert "chain head says seq 2" in capsys.readouterr().err
