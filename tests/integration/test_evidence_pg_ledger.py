@@ -357,3 +357,24 @@ def test_the_recorder_and_the_cli_use_the_postgres_ledger_when_configured(
     tamper(conninfo, schema, "DELETE FROM {schema}.records WHERE seq = 2")
     assert main(["evidence", "verify"]) == 1
     assert "chain head says seq 2" in capsys.readouterr().err
+
+
+def test_a_forked_child_neither_reuses_nor_ends_the_parents_connection(book: PgLedger) -> None:
+    import os
+
+    book.append("parent", data={"n": 1})
+    child = os.fork()  # as LocalExecutor starts a task: the ledger object comes along
+    if child == 0:
+        code = 1
+        try:
+            code = 0 if book.append("child", data={"pid": os.getpid()}) is not None else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+
+    after = book.append("parent", data={"n": 2})  # the parent's session survived the child's exit
+
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert after is not None
+    assert [r.kind for r in book.records()] == ["parent", "child", "parent"]
+    assert book.verify().ok
