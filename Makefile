@@ -119,6 +119,9 @@ bench-backup: sandbox  ## backups vs pg_dump and pgBackRest, ~10 min (docs/bench
 bench-evidence: venv  ## evidence ledger: append 100k, verify, export a month (~3 min)
 	$(BIN)/python tests/benchmarks/bench_evidence.py
 
+bench-ledger-pg: sandbox  ## PostgreSQL ledger vs file ledger, two writers at once: batches, one by one, verify (~3 min)
+	@$(WITH_SANDBOX_ENV) $(BIN)/python tests/benchmarks/bench_ledger_pg.py
+
 bench-patch: sandbox  ## patch wave vs ansible-playbook and the ideal, 6 and 30 hosts (ansible-core in its own venv under the sandbox dir)
 	@$(WITH_SANDBOX_ENV) nice -n 10 $(BIN)/python tests/benchmarks/bench_patch_wave.py
 

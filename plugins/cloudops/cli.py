@@ -13,6 +13,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from datetime import date
@@ -470,21 +471,19 @@ def _backup_json(backup: Any) -> dict[str, Any]:
 
 
 def _evidence_verify(args: argparse.Namespace) -> int:
-    """Check the local ledger's chain (with --s3 also what was shipped); name the first problem."""
-    from cloudops.evidence.ledger import Ledger, verify_ledger
+    """Check the ledger's chain (with --s3 also what was shipped); name the first problem."""
+    from cloudops.evidence.backend import open_ledger
 
     if args.pack:
         return _evidence_verify_pack(args.pack)
-    ledger = Ledger(args.ledger)
-    verdict = verify_ledger(ledger)
+    ledger = open_ledger(args.ledger)
+    verdict = ledger.verify()
     if not verdict.ok:
-        print(f"local ledger {ledger.directory}: {verdict.problem}", file=sys.stderr)
+        print(f"local ledger {ledger.where}: {verdict.problem}", file=sys.stderr)
         return EXIT_FAILED
-    print(
-        f"local ledger {ledger.directory}: {verdict.records} records, chain intact to seq {verdict.last_seq}"
-    )
+    print(f"local ledger {ledger.where}: {verdict.records} records, chain intact to seq {verdict.last_seq}")
     for repair in verdict.repairs:
-        print(f"local ledger {ledger.directory}: repaired at {repair}")
+        print(f"local ledger {ledger.where}: repaired at {repair}")
     return _evidence_verify_s3(ledger, args.ledger_id) if args.s3 else EXIT_OK
 
 
@@ -513,15 +512,15 @@ def _day(text: str) -> date:
 
 def _evidence_export(args: argparse.Namespace) -> int:
     """Write the evidence pack of a period (records, report by control, manifest of hashes)."""
+    from cloudops.evidence.backend import open_ledger
     from cloudops.evidence.export import export_pack
-    from cloudops.evidence.ledger import Ledger
 
     if args.since > args.until:
         raise InvalidInputError(f"--from {args.since} is after --to {args.until}")
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InvalidInputError(f"--out {out}: not an empty directory (a pack goes into a new or empty one)")
-    pack = export_pack(Ledger(args.ledger), args.since, args.until, out)
+    pack = export_pack(open_ledger(args.ledger), args.since, args.until, out)
     counts = pack.manifest["counts"]
     print(
         f"evidence pack {out}: {pack.anchors.records} records (seq {pack.anchors.first_seq} to "
@@ -534,21 +533,21 @@ def _evidence_export(args: argparse.Namespace) -> int:
 def _evidence_runs(args: argparse.Namespace) -> int:
     """List the ledger's runbook runs (newest first) with their outcome and facts."""
     from cloudops.catalog.errors import did_you_mean
-    from cloudops.evidence.ledger import Ledger, verify_ledger
+    from cloudops.evidence.backend import open_ledger
     from cloudops.evidence.runs import RUNBOOK_KINDS, fold_runs, select_runs
 
     if args.kind and args.kind not in RUNBOOK_KINDS:
         hint = did_you_mean(args.kind, RUNBOOK_KINDS) or "one of " + ", ".join(sorted(RUNBOOK_KINDS))
         raise InvalidInputError(f"--kind {args.kind}: not a runbook kind ({hint})")
-    ledger = Ledger(args.ledger)
-    verdict = verify_ledger(ledger)
+    ledger = open_ledger(args.ledger)
+    verdict = ledger.verify()
     runs = select_runs(fold_runs(ledger.records()), since=args.since, runbook=args.kind, target=args.target)
     runs.sort(key=lambda run: run.started_at or run.day, reverse=True)
     log.info(
         "%d run(s) of %d records in %s match (kind %s, target %s, since %s)",
         len(runs),
         verdict.records,
-        ledger.directory,
+        ledger.where,
         args.kind or "any",
         args.target or "any",
         args.since or "the start",
@@ -574,7 +573,7 @@ def _evidence_runs(args: argparse.Namespace) -> int:
         print(f"{len(runs)} run(s)")
     if not verdict.ok:
         print(
-            f"error: local ledger {ledger.directory}: {verdict.problem}: the runs above come from a chain "
+            f"error: local ledger {ledger.where}: {verdict.problem}: the runs above come from a chain "
             "that does not verify",
             file=sys.stderr,
         )
@@ -634,10 +633,24 @@ def _evidence_verify_s3(ledger: Any, ledger_id: str | None) -> int:
 
 def _evidence_ship(args: argparse.Namespace) -> int:
     """Ship the ledger's closed day segments to S3, each closed by a signed digest."""
-    from cloudops.evidence.ledger import Ledger
+    from cloudops.evidence.backend import open_ledger
     from cloudops.evidence.shipping import ship_closed_segments
 
-    print(ship_closed_segments(Ledger(args.ledger)).summary())
+    print(ship_closed_segments(open_ledger(args.ledger)).summary())
+    return EXIT_OK
+
+
+def _evidence_migrate(args: argparse.Namespace) -> int:
+    """Copy the file ledger into the PostgreSQL ledger and verify the copy record for record."""
+    from cloudops.evidence.backend import DB_SCHEMA_ENV, db_conn_id
+    from cloudops.evidence.ledger import Ledger
+    from cloudops.evidence.migration import migrate_to_postgres
+    from cloudops.evidence.pg_ledger import PgLedger
+
+    source = Ledger(args.ledger)
+    schema = args.schema or os.environ.get(DB_SCHEMA_ENV) or "cloudops_ledger"
+    target = PgLedger(args.conn_id or db_conn_id(), schema=schema)
+    print(migrate_to_postgres(source, target).summary())
     return EXIT_OK
 
 
@@ -855,7 +868,11 @@ def build_parser() -> argparse.ArgumentParser:
     evidence_verify = evidence_commands.add_parser(
         "verify", help="check the ledger's chain and name the first bad record (exit 1)"
     )
-    evidence_verify.add_argument("--ledger", default=None, help="default: $CLOUDOPS_EVIDENCE_DIR/ledger")
+    evidence_verify.add_argument(
+        "--ledger",
+        default=None,
+        help="a file ledger folder; default: the configured backend ($CLOUDOPS_EVIDENCE_BACKEND)",
+    )
     evidence_verify.add_argument(
         "--pack", default=None, metavar="DIR", help="check an evidence pack instead of the ledger"
     )
@@ -867,7 +884,11 @@ def build_parser() -> argparse.ArgumentParser:
     ship = evidence_commands.add_parser(
         "ship", help="ship closed day segments to S3 with signed digests (settings: CLOUDOPS_EVIDENCE_*)"
     )
-    ship.add_argument("--ledger", default=None, help="default: $CLOUDOPS_EVIDENCE_DIR/ledger")
+    ship.add_argument(
+        "--ledger",
+        default=None,
+        help="a file ledger folder; default: the configured backend ($CLOUDOPS_EVIDENCE_BACKEND)",
+    )
     ship.set_defaults(handler=_evidence_ship)
     export = evidence_commands.add_parser(
         "export", help="write an evidence pack of a period: records, report by control, manifest"
@@ -875,7 +896,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--from", dest="since", type=_day, required=True, metavar="DATE", help="first day")
     export.add_argument("--to", dest="until", type=_day, required=True, metavar="DATE", help="last day (UTC)")
     export.add_argument("--out", required=True, metavar="DIR", help="a new or empty directory")
-    export.add_argument("--ledger", default=None, help="default: $CLOUDOPS_EVIDENCE_DIR/ledger")
+    export.add_argument(
+        "--ledger",
+        default=None,
+        help="a file ledger folder; default: the configured backend ($CLOUDOPS_EVIDENCE_BACKEND)",
+    )
     export.set_defaults(handler=_evidence_export)
     runs = evidence_commands.add_parser(
         "runs", help="list runbook runs with their outcome and facts, newest first (exit 1: chain broken)"
@@ -886,8 +911,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--since", type=_day, default=None, metavar="DATE", help="runs started on or after (UTC)"
     )
     runs.add_argument("--json", action="store_true", help="print a JSON list (and nothing else on stdout)")
-    runs.add_argument("--ledger", default=None, help="default: $CLOUDOPS_EVIDENCE_DIR/ledger")
+    runs.add_argument(
+        "--ledger",
+        default=None,
+        help="a file ledger folder; default: the configured backend ($CLOUDOPS_EVIDENCE_BACKEND)",
+    )
     runs.set_defaults(handler=_evidence_runs)
+    migrate = evidence_commands.add_parser(
+        "migrate",
+        help="copy the file ledger into the PostgreSQL ledger and verify the copy (refuses another chain)",
+    )
+    migrate.add_argument("--to", dest="to", required=True, choices=["postgres"], help="the target backend")
+    migrate.add_argument(
+        "--ledger", default=None, help="the file ledger; default: $CLOUDOPS_EVIDENCE_DIR/ledger"
+    )
+    migrate.add_argument(
+        "--conn-id",
+        default=None,
+        help="the target's Airflow connection; default: $CLOUDOPS_EVIDENCE_DB_CONN_ID",
+    )
+    migrate.add_argument(
+        "--schema", default="cloudops_ledger", help="the target schema (default cloudops_ledger)"
+    )
+    migrate.set_defaults(handler=_evidence_migrate)
 
     probe = commands.add_parser("probe", help="minute-level availability probes of the SLO targets")
     probe_commands = probe.add_subparsers(dest="probe_command", required=True)

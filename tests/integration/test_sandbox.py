@@ -29,6 +29,7 @@ from cloudops.sandbox.hosts import sandbox_mounts
 from cloudops.sandbox.layout import SandboxLayout, read_env_file
 from cloudops.sandbox.moto import EVIDENCE_SIGNING_CONN_ID
 from cloudops.sandbox.plan import EstatePlan, load_plan
+from cloudops.sandbox.postgres import EVIDENCE_DATABASE, EVIDENCE_DB_CONN_ID
 from cloudops.sandbox.process import RUNNING, STALE, STOPPED
 
 pytestmark = pytest.mark.integration
@@ -252,6 +253,18 @@ def test_drills_restore_on_scratch_servers_of_their_own(
         assert cur.fetchall() == ()
 
 
+def test_the_evidence_ledger_has_a_database_of_its_own_on_the_scratch_server(
+    plan: EstatePlan, connections: dict[str, dict[str, Any]]
+) -> None:
+    assert plan.postgres_scratch is not None
+    ledger_db = connections[EVIDENCE_DB_CONN_ID]
+    assert ledger_db["schema"] == EVIDENCE_DATABASE
+    assert ledger_db["port"] == connections[plan.postgres_scratch.conn_id]["port"]
+    assert ledger_db["port"] != connections[plan.postgres_primary.conn_id]["port"]
+    with _pg(ledger_db) as conn:
+        assert conn.execute("SELECT current_database()").fetchone() == (EVIDENCE_DATABASE,)
+
+
 def test_aws_endpoint_is_seeded(plan: EstatePlan, connections: dict[str, dict[str, Any]]) -> None:
     import boto3
 
@@ -295,6 +308,7 @@ def test_env_file_is_private_complete_and_shell_sourceable(
         expected |= {cluster.probe_conn_id}
         expected |= {c for m in cluster.members for c in (m.conn_id, m.api_conn_id, m.rewind_conn_id) if c}
     expected |= set(plan.http_conn_ids)  # the endpoints the first host's health page serves
+    expected.add(EVIDENCE_DB_CONN_ID)  # the PostgreSQL evidence ledger's database
     assert set(connections) == expected
     assert connections["sandbox_http_web"] == {
         "conn_type": "http",

@@ -48,15 +48,15 @@ import io
 import json
 import re
 import zipfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 from cloudops.errors import CloudOpsError, InvalidInputError
+from cloudops.evidence.backend import EvidenceLedger
 from cloudops.evidence.ledger import (
-    Ledger,
     LedgerError,
     Verdict,
     read_segment,
@@ -105,7 +105,7 @@ class Pack:
 
 
 def build_pack(
-    ledger: Ledger,
+    ledger: EvidenceLedger,
     since: date,
     until: date,
     *,
@@ -201,7 +201,12 @@ def write_pack(pack: Pack, out_dir: str | Path) -> Path:
 
 
 def export_pack(
-    ledger: Ledger, since: date, until: date, out_dir: str | Path, *, generated_at: datetime | None = None
+    ledger: EvidenceLedger,
+    since: date,
+    until: date,
+    out_dir: str | Path,
+    *,
+    generated_at: datetime | None = None,
 ) -> Pack:
     """Build the pack of a period and write it into ``out_dir`` (see build_pack and write_pack)."""
     out = _check_out_dir(out_dir)  # before the work, not after it
@@ -234,22 +239,23 @@ def pack_zip_bytes(pack: Pack) -> bytes:
 
 
 def _select(
-    ledger: Ledger, since: date, until: date, verified_start: tuple[int, str] | None = None
+    ledger: EvidenceLedger, since: date, until: date, verified_start: tuple[int, str] | None = None
 ) -> tuple[ChainAnchors, bytes, list[Run], frozenset[str]]:
     """Verify the whole chain; return the period's anchors, its records' bytes, its runs and the DAGs
     its records belong to."""
     first, last = since.isoformat(), until.isoformat()
-    segments = ledger.segment_files()
-    before = [p for p in segments if p.name[:10] < first]
-    period = [p for p in segments if first <= p.name[:10] <= last]
-    after = [p for p in segments if p.name[:10] > last]
+    # With a verified start the days before the period are not read again.
+    segments = ledger.read_segments(since=since if verified_start is not None else None)
+    before = [s for s in segments if s[0][:10] < first]
+    period = [s for s in segments if first <= s[0][:10] <= last]
+    after = [s for s in segments if s[0][:10] > last]
 
     if verified_start is None:
-        verdict = _checked(verify_segments(_read(before)))
+        verdict = _checked(verify_segments(before))
     else:
         verdict = Verdict(0, None, *verified_start)
     start_seq, start_prev = verdict.last_seq + 1, verdict.last_hash
-    chunks = [(p.name, p.read_bytes()) for p in period]
+    chunks = list(period)
     verdict = _checked(verify_segments(chunks, start_seq=start_seq, start_prev=start_prev))
     records = [record for name, data in chunks for record in read_segment(data, name)]
     runs = fold_runs(records)
@@ -260,7 +266,7 @@ def _select(
     }
     # Runs started in the period that went on past its last day: take whole days up to their end.
     pending: list[tuple[str, bytes]] = []
-    for name, data in _read(after):
+    for name, data in after:
         verdict = _checked(
             verify_segments([(name, data)], start_seq=verdict.last_seq + 1, start_prev=verdict.last_hash)
         )
@@ -279,6 +285,8 @@ def _select(
             for run in runs
             if (needle := _run_needle(run)) in open_runs and run.finished_at is None
         }
+    # What the backend checks beyond the bytes (the PostgreSQL chain head, a file's repairs).
+    verdict = _checked(ledger.confirm(verdict, records))
     data = b"".join(chunk for _, chunk in chunks)
     anchors = ChainAnchors(
         first_seq=records[0].seq if records else start_seq,
@@ -291,11 +299,6 @@ def _select(
     )
     dag_ids = frozenset(str(r.fields["dag_id"]) for r in records if r.fields.get("dag_id"))
     return anchors, data, runs, dag_ids
-
-
-def _read(paths: Iterable[Path]) -> Iterator[tuple[str, bytes]]:
-    for path in paths:
-        yield path.name, path.read_bytes()
 
 
 def _checked(verdict: Verdict) -> Verdict:

@@ -12,10 +12,11 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import date
 from typing import Any
 
-from cloudops.evidence.ledger import Ledger, Record
+from cloudops.evidence.backend import EvidenceLedger
+from cloudops.evidence.ledger import Record
 
 
-def _ledger(ledger: Ledger | None) -> Ledger:
+def _ledger(ledger: EvidenceLedger | None) -> EvidenceLedger:
     if ledger is not None:
         return ledger
     from cloudops.evidence.recorder import ledger as local_ledger
@@ -33,7 +34,7 @@ def iter_facts(
     *,
     where: Callable[[Mapping[str, Any]], bool] | None = None,
     since: date | None = None,
-    ledger: Ledger | None = None,
+    ledger: EvidenceLedger | None = None,
 ) -> Iterator[Record]:
     """Yield the fact records of `kind`, oldest first, whose ``data`` has every field of `match`.
 
@@ -56,7 +57,7 @@ def latest_fact(
     *,
     where: Callable[[Mapping[str, Any]], bool] | None = None,
     since: date | None = None,
-    ledger: Ledger | None = None,
+    ledger: EvidenceLedger | None = None,
 ) -> Record | None:
     """Return the newest fact record of `kind` matching `match` (see :func:`iter_facts`), or None."""
     found = None

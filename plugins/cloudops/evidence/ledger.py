@@ -326,6 +326,56 @@ class Ledger:
         return days[-1] if days else None
 
     # -- reading -------------------------------------------------------------------------------
+    @property
+    def where(self) -> str:
+        """The ledger as messages name it: its folder."""
+        return str(self.directory)
+
+    def segment_where(self, name: str) -> str:
+        """Where one day segment is, as messages name it."""
+        return str(self.segments_dir / name)
+
+    def clock(self) -> datetime:
+        """The time the ledger stamps records with: this host's clock."""
+        return datetime.now(UTC)
+
+    def read_segments(self, *, since: date | None = None) -> list[tuple[str, bytes]]:
+        """Every day segment's ``(name, bytes)`` from ``since`` on, read under the writers' shared lock so
+        no line is caught half-written."""
+        if not self.segments_dir.is_dir():
+            return []
+        first = since.isoformat() if since else ""
+        with self.locked(shared=True):  # bounded, like the writers' wait
+            return [(p.name, p.read_bytes()) for p in self.segment_files() if p.name[:10] >= first]
+
+    def verify(self) -> Verdict:
+        """Check the whole chain (see :func:`verify_ledger`)."""
+        return verify_ledger(self)
+
+    def confirm(self, verdict: Verdict, records: Iterable[Record]) -> Verdict:
+        """``verdict`` of segments read by :meth:`read_segments`, with what only the folder can check:
+        the bytes each ``ledger.repaired`` record moved aside are still there."""
+        if not verdict.ok or not verdict.repairs:
+            return verdict
+        return check_repairs(self.segments_dir, records, verdict)
+
+    def head(self) -> tuple[Any, ...]:
+        """What identifies the folder's content, for caches: every segment's name, size and mtime, and
+        the last line's bytes. Any append, truncation or rewrite changes it."""
+        stats = []
+        for path in self.segment_files():
+            try:
+                info = path.stat()
+            except FileNotFoundError:
+                continue
+            stats.append((path.name, info.st_size, info.st_mtime_ns))
+        last = b""
+        if stats:
+            with (self.segments_dir / stats[-1][0]).open("rb") as handle:
+                handle.seek(max(stats[-1][1] - 100, 0))
+                last = handle.read()
+        return (tuple(stats), last)
+
     def segment_files(self) -> list[Path]:
         """The day segments in day order."""
         if not self.segments_dir.is_dir():

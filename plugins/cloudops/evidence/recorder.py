@@ -18,9 +18,15 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
+from cloudops.evidence.backend import (
+    DB_SCHEMA_ENV,
+    EvidenceLedger,
+    configured_backend,
+    db_conn_id,
+    open_ledger,
+)
 from cloudops.evidence.ledger import Ledger, Record, canonical_json, evidence_dir, utc_stamp
 from cloudops.evidence.runs import RUN_FINISHED, RUN_STARTED, runbook_of
 from cloudops.secrets import mask_evidence
@@ -28,15 +34,21 @@ from cloudops.secrets import mask_evidence
 log = logging.getLogger("cloudops.evidence")
 
 ERRORS_FILE = "record-errors.jsonl"
-_ledgers: dict[Path, Ledger] = {}
+_ledgers: dict[tuple[str, str], EvidenceLedger] = {}
 
 
-def ledger() -> Ledger:
-    """The local ledger of this process's evidence folder (one object per folder: it caches the tail)."""
+def ledger() -> EvidenceLedger:
+    """The ledger this process records to: the configured backend (``backend.py``), the file ledger of
+    its evidence folder by default. One object per ledger: it caches the tail, or the connection."""
+    if configured_backend() == "postgres":
+        where = ("postgres", f"{db_conn_id()}/{os.environ.get(DB_SCHEMA_ENV, '')}")
+        if where not in _ledgers:
+            _ledgers[where] = open_ledger(backend="postgres")
+        return _ledgers[where]
     directory = evidence_dir() / "ledger"
-    if directory not in _ledgers:
-        _ledgers[directory] = Ledger(directory)
-    return _ledgers[directory]
+    if ("file", str(directory)) not in _ledgers:
+        _ledgers["file", str(directory)] = Ledger(directory)
+    return _ledgers["file", str(directory)]
 
 
 def record(

@@ -45,9 +45,11 @@ from pathlib import Path
 from typing import Any
 
 from cloudops.errors import CloudOpsError, aws_error_code, first_line
+from cloudops.evidence.backend import EvidenceLedger
 from cloudops.evidence.ledger import (
     GENESIS,
     Ledger,
+    LedgerError,
     canonical_json,
     read_segment,
     utc_stamp,
@@ -325,14 +327,19 @@ def signature_problem(digest: Mapping[str, Any], signing_key: SigningKey) -> str
 # -- the local side ----------------------------------------------------------------------------------
 
 
-def ledger_id_of(ledger: Ledger, settings: ShippingSettings | None = None, *, create: bool = True) -> str:
-    """The id under which this ledger ships: the setting, else ``<ledger>/ledger-id`` (made once).
+def ledger_id_of(
+    ledger: EvidenceLedger, settings: ShippingSettings | None = None, *, create: bool = True
+) -> str:
+    """The id under which this ledger ships: the setting, else ``<ledger>/ledger-id`` (made once), or
+    the PostgreSQL ledger's own (``pg-<8 hex digits>``, made with its tables).
 
     A new id is ``<hostname>-<8 hex digits>``: readable, and never shared with a ledger that was
     lost and started again from the genesis record.
     """
     if settings is not None and settings.ledger_id:
         return settings.ledger_id
+    if not isinstance(ledger, Ledger):
+        return _pg(ledger).stored_ledger_id()
     path = ledger.directory / LEDGER_ID_FILE
     if not path.exists():
         if not create:
@@ -349,20 +356,28 @@ def ledger_id_of(ledger: Ledger, settings: ShippingSettings | None = None, *, cr
     return ledger_id
 
 
-def _read_segments(ledger: Ledger) -> list[tuple[str, bytes]]:
-    """Every day segment's bytes, read under the writers' lock so no line is caught half-written."""
-    if not ledger.segments_dir.is_dir():
-        return []
-    with ledger.locked(shared=True):  # bounded, like the writers' wait (ledger.py)
-        return [(path.name, path.read_bytes()) for path in ledger.segment_files()]
+def _pg(ledger: EvidenceLedger) -> Any:
+    """The PostgreSQL ledger, whose shipping state lives in its own tables (``pg_ledger.py``)."""
+    from cloudops.evidence.pg_ledger import PgLedger
+
+    if not isinstance(ledger, PgLedger):
+        raise EvidenceShippingError(f"{ledger.where}: no known ledger backend keeps its shipping state")
+    return ledger
+
+
+def _read_segments(ledger: EvidenceLedger) -> list[tuple[str, bytes]]:
+    """Every day segment's bytes as one consistent reading (no line caught half-written)."""
+    return ledger.read_segments()
 
 
 def _shipped_dir(ledger: Ledger) -> Path:
     return ledger.directory / SHIPPED
 
 
-def read_shipped(ledger: Ledger) -> dict[str, dict[str, Any]]:
+def read_shipped(ledger: EvidenceLedger) -> dict[str, dict[str, Any]]:
     """What this ledger recorded as shipped, by day."""
+    if not isinstance(ledger, Ledger):
+        return dict(_pg(ledger).read_shipped())
     folder = _shipped_dir(ledger)
     if not folder.is_dir():
         return {}
@@ -374,7 +389,10 @@ def read_shipped(ledger: Ledger) -> dict[str, dict[str, Any]]:
     return shipped
 
 
-def _write_shipped(ledger: Ledger, day: str, record: Mapping[str, Any]) -> None:
+def _write_shipped(ledger: EvidenceLedger, day: str, record: Mapping[str, Any]) -> None:
+    if not isinstance(ledger, Ledger):
+        _pg(ledger).write_shipped(day, record)
+        return
     folder = _shipped_dir(ledger)
     folder.mkdir(parents=True, exist_ok=True)
     temporary = folder / f".{day}.json.tmp"
@@ -386,7 +404,14 @@ def _write_shipped(ledger: Ledger, day: str, record: Mapping[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def _shipping_lock(ledger: Ledger) -> Iterator[None]:
+def _shipping_lock(ledger: EvidenceLedger) -> Iterator[None]:
+    if not isinstance(ledger, Ledger):
+        try:
+            with _pg(ledger).shipping_lock():
+                yield
+        except LedgerError as error:
+            raise EvidenceShippingError(str(error)) from None
+        return
     ledger.directory.mkdir(parents=True, exist_ok=True)
     with (ledger.directory / "shipping.lock").open("a+b") as lock:
         try:
@@ -542,7 +567,7 @@ class ShipResult:
 
 
 def ship_closed_segments(
-    ledger: Ledger,
+    ledger: EvidenceLedger,
     settings: ShippingSettings | None = None,
     *,
     now: datetime | None = None,
@@ -551,22 +576,23 @@ def ship_closed_segments(
 ) -> ShipResult:
     """Ship every closed day segment not shipped yet, oldest first, each with its signed digest.
 
-    :param now: the time that decides which days are closed (default: now).
+    :param now: the time that decides which days are closed (default: now by the ledger's clock: the
+        database's for the PostgreSQL ledger, whose records it stamps).
     :param client: an S3 client (default: :func:`shipping_client`); ``signing_key`` likewise.
     :raises EvidenceShippingError: the local chain is broken (naming the record), a shipped segment
         changed locally, S3 holds other bytes for a day, or S3 failed; days not marked shipped wait.
     """
     settings = settings or ShippingSettings.from_environment()
-    moment = now or datetime.now(UTC)
+    moment = now or ledger.clock()
     closed_before = (moment.astimezone(UTC) - CLOSE_GRACE).date().isoformat()
     with _shipping_lock(ledger):
         ledger_id = ledger_id_of(ledger, settings)
         result = ShipResult(ledger_id)
         segments = _read_segments(ledger)
-        verdict = verify_segments(segments)
+        verdict = ledger.confirm(verify_segments(segments), ())
         if not verdict.ok:
             raise EvidenceShippingError(
-                f"not shipping: the local ledger {ledger.directory} is broken: {verdict.problem}. "
+                f"not shipping: the local ledger {ledger.where} is broken: {verdict.problem}. "
                 "Nothing was shipped; find out what changed it before anything else"
             )
         shipped = read_shipped(ledger)
@@ -584,7 +610,7 @@ def ship_closed_segments(
                 sha256 = hashlib.sha256(data).hexdigest()
                 if sha256 != record["segment_sha256"]:
                     raise EvidenceShippingError(
-                        f"local segment {ledger.segments_dir / name} changed after it was shipped "
+                        f"local segment {ledger.segment_where(name)} changed after it was shipped "
                         f"(shipped SHA-256 {record['segment_sha256']}, now {sha256}): it is not shipped "
                         "again; run `cloudops evidence verify --s3` to name the record"
                     )
@@ -754,7 +780,7 @@ class ShippedVerdict:
 
 
 def verify_shipped(
-    ledger: Ledger | None = None,
+    ledger: EvidenceLedger | None = None,
     settings: ShippingSettings | None = None,
     *,
     ledger_id: str | None = None,
@@ -944,9 +970,9 @@ def _digest_days(client: Any, settings: ShippingSettings, ledger_id: str) -> lis
     return sorted(days)
 
 
-def _local_difference(ledger: Ledger | None, day: str, local: bytes, shipped: bytes) -> str:
+def _local_difference(ledger: EvidenceLedger | None, day: str, local: bytes, shipped: bytes) -> str:
     """Name the first line where the local segment and the shipped one part."""
-    where = ledger.segments_dir / f"{day}.jsonl" if ledger else f"{day}.jsonl"
+    where = ledger.segment_where(f"{day}.jsonl") if ledger else f"{day}.jsonl"
     local_lines, shipped_lines = local.splitlines(), shipped.splitlines()
     for number, (mine, theirs) in enumerate(zip(local_lines, shipped_lines, strict=False), start=1):
         if mine != theirs:

@@ -39,6 +39,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cloudops.evidence.backend import EvidenceLedger, configured_backend, open_ledger
 from cloudops.evidence.export import build_pack, pack_zip_bytes, scope_pack
 from cloudops.evidence.ledger import (
     GENESIS,
@@ -46,7 +47,6 @@ from cloudops.evidence.ledger import (
     LedgerError,
     Record,
     Verdict,
-    check_repairs,
     evidence_dir,
     read_segment,
     utc_stamp,
@@ -121,7 +121,7 @@ class LedgerStates:
         self._lock = threading.Lock()
         self._state: LedgerState | None = None
 
-    def current(self, book: Ledger) -> LedgerState:
+    def current(self, book: EvidenceLedger) -> LedgerState:
         head = ledger_head(book)
         with self._lock:  # one verification at a time; a second request for the same head waits for it
             if self._state is None or self._state.head != head:
@@ -129,60 +129,50 @@ class LedgerStates:
             return self._state
 
 
-def ledger_head(book: Ledger) -> tuple[Any, ...]:
-    """What identifies the folder's content for the cache: every segment's name, size and mtime, and
-    the last record's hash (the last line's bytes). Any append, truncation or rewrite changes it."""
-    stats = []
-    for path in book.segment_files():
-        try:
-            info = path.stat()
-        except FileNotFoundError:
-            continue
-        stats.append((path.name, info.st_size, info.st_mtime_ns))
-    last = b""
-    if stats:
-        with (book.segments_dir / stats[-1][0]).open("rb") as handle:
-            handle.seek(max(stats[-1][1] - 100, 0))
-            last = handle.read()
-    return (tuple(stats), last)
+def ledger_head(book: EvidenceLedger) -> tuple[Any, ...]:
+    """What identifies the ledger's content for the cache (a folder's segment sizes and mtimes and its
+    last line; the PostgreSQL chain head and row versions). Any append, truncation or rewrite changes it."""
+    return book.head()
 
 
-def _verify_and_fold(book: Ledger, head: tuple[Any, ...]) -> LedgerState:
-    """One pass over the folder: verify each segment on from the one before, parse its records."""
+def _verify_and_fold(book: EvidenceLedger, head: tuple[Any, ...]) -> LedgerState:
+    """One pass over the ledger: verify each segment on from the one before, parse its records."""
     records: list[Record] = []
     ends: dict[str, tuple[int, str]] = {}
     seq, prev, count, problem = 0, GENESIS, 0, None
     repairs: list[str] = []
-    for path in book.segment_files():
-        data = path.read_bytes()
+    segments = book.read_segments()
+    for name, data in segments:
         if problem is None:
-            verdict = verify_segments([(path.name, data)], start_seq=seq + 1, start_prev=prev)
+            verdict = verify_segments([(name, data)], start_seq=seq + 1, start_prev=prev)
             count += verdict.records
             repairs.extend(verdict.repairs)
             if verdict.ok:
                 seq, prev = verdict.last_seq, verdict.last_hash
-                ends[path.name[:10]] = (seq, prev)
+                ends[name[:10]] = (seq, prev)
             else:
                 problem = verdict.problem
         try:
-            records.extend(read_segment(data, path.name))
+            records.extend(read_segment(data, name))
         except (ValueError, KeyError, TypeError):  # a damaged line: the verdict names it
             continue
     verdict = Verdict(count, problem, seq, prev, tuple(repairs))
-    if verdict.ok and repairs:  # as `cloudops evidence verify` does: the moved-aside bytes must be there
-        verdict = check_repairs(book.segments_dir, records, verdict)
+    # As `cloudops evidence verify` does: a file's moved-aside bytes, the PostgreSQL chain head.
+    verdict = book.confirm(verdict, records)
     return LedgerState(
         head=head,
         verdict=verdict,
         runs=fold_runs(records),
-        days=[p.name[:10] for p in book.segment_files()],
+        days=[name[:10] for name, _ in segments],
         ends=ends,
         checked_at=utc_stamp(datetime.now(UTC)),
     )
 
 
 def create_app(ledger_dir: str | Path | None = None) -> FastAPI:
-    """The auditor view of the ledger in ``ledger_dir`` (default ``<evidence dir>/ledger``, per request)."""
+    """The auditor view of the ledger in ``ledger_dir``; without one, of the configured backend (the
+    file ledger in ``<evidence dir>/ledger``, per request, or the PostgreSQL ledger: one connection per
+    server thread, as a connection carries one transaction at a time)."""
     app = FastAPI(
         title="CloudOps evidence",
         dependencies=[Depends(evidence_reader)],
@@ -192,14 +182,24 @@ def create_app(ledger_dir: str | Path | None = None) -> FastAPI:
         redoc_url=None,
     )
 
-    def ledger() -> Ledger:
+    per_thread = threading.local()
+
+    def ledger() -> EvidenceLedger:
+        if ledger_dir is None and configured_backend() == "postgres":
+            if getattr(per_thread, "book", None) is None:
+                per_thread.book = open_ledger(backend="postgres")
+            book: EvidenceLedger = per_thread.book
+            return book
         return Ledger(ledger_dir or evidence_dir() / "ledger", fsync=False)
 
-    states: dict[Path, LedgerStates] = {}
+    states: dict[str, LedgerStates] = {}
+    states_lock = threading.Lock()
 
     def state() -> LedgerState:
         book = ledger()
-        return states.setdefault(book.directory, LedgerStates()).current(book)
+        with states_lock:
+            found = states.setdefault(book.where, LedgerStates())
+        return found.current(book)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Any) -> Response:

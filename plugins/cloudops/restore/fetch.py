@@ -281,7 +281,7 @@ def prove_backup(
                 "restored"
             )
     fact = recorded(chosen_id)
-    ledger_dir = (ledger or local_ledger()).directory
+    ledger_dir = (ledger or local_ledger()).where
     if fact is None:
         if not trust_repository:
             raise BackupVerificationError(

@@ -74,18 +74,18 @@ class EvidenceVerifyFailed(CloudOpsError):
 
 def ship_evidence() -> dict[str, Any]:
     """Ship the local ledger's closed days; return what was done."""
-    from cloudops.evidence.ledger import Ledger
+    from cloudops.evidence.backend import open_ledger
     from cloudops.evidence.shipping import ship_closed_segments
 
-    return ship_closed_segments(Ledger()).to_json()
+    return ship_closed_segments(open_ledger()).to_json()
 
 
 def verify_evidence() -> dict[str, Any]:
     """Verify what was shipped, and the local ledger against it; raise naming the first problem."""
-    from cloudops.evidence.ledger import Ledger
+    from cloudops.evidence.backend import open_ledger
     from cloudops.evidence.shipping import verify_shipped
 
-    verdict = verify_shipped(Ledger())
+    verdict = verify_shipped(open_ledger())
     if not verdict.ok:
         raise EvidenceVerifyFailed(f"shipped evidence does not verify: {verdict.problem}")
     log.info(

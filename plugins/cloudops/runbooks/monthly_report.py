@@ -51,7 +51,7 @@ from cloudops.errors import CloudOpsError, InvalidInputError
 if TYPE_CHECKING:
     from airflow.sdk import DAG
 
-    from cloudops.evidence.ledger import Ledger
+    from cloudops.evidence.backend import EvidenceLedger
     from cloudops.reports.monthly import MonthlyReport
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ def make_report(
     month: str,
     *,
     now: datetime,
-    ledger: Ledger,
+    ledger: EvidenceLedger,
     cost: Any = None,
     cost_problem: str | None = None,
     store_dir: Path | None = None,

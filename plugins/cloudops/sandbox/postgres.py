@@ -52,6 +52,10 @@ REWIND_GRANTS = (
 )
 CONF_NAME = "cloudops_sandbox.conf"
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; PostgreSQL refuses longer socket paths
+# The evidence ledger's PostgreSQL backend (cloudops.evidence.pg_ledger) gets a database of its own on
+# the scratch server: never the primary, which failover drills promote, fence and rewind.
+EVIDENCE_DATABASE = "cloudops_evidence"
+EVIDENCE_DB_CONN_ID = "cloudops_evidence_db"
 
 PG_HBA = """\
 # Written by `cloudops sandbox up`.
@@ -174,6 +178,8 @@ class PostgresServer:
             if self.role == "primary":
                 self._ensure_rewind_role(say)
                 self._ensure_seed(say)
+            elif self.role == "scratch":
+                self._ensure_evidence_database(say)
         else:
             self._wait_streaming(say)
 
@@ -397,6 +403,20 @@ class PostgresServer:
         summary = ", ".join(f"{row[0] if row else 0} {t}" for t, row in counts.items())
         say(f"{self.name}: seeded database {database} ({summary}) in {time.monotonic() - started:.1f} s")
 
+    def _ensure_evidence_database(self, say: Say) -> None:
+        """Create the evidence ledger's database if missing (its tables are the ledger's to create)."""
+        from psycopg import sql
+
+        with self.tcp_connect() as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [EVIDENCE_DATABASE]).fetchone():
+                return
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                    sql.Identifier(EVIDENCE_DATABASE), sql.Identifier(ROLE)
+                )
+            )
+        say(f"{self.name}: created database {EVIDENCE_DATABASE} for the evidence ledger")
+
     def _wait_streaming(self, say: Say) -> None:
         assert self.primary is not None
         primary = self.primary
@@ -422,16 +442,20 @@ class PostgresServer:
         say(f"{self.name}: streaming from {primary.address}")
 
     def connections(self) -> dict[str, dict[str, Any]]:
+        found = {self.plan.conn_id: self._connection(self.plan.database)}
+        if self.role == "scratch":
+            found[EVIDENCE_DB_CONN_ID] = self._connection(EVIDENCE_DATABASE)
+        return found
+
+    def _connection(self, database: str) -> dict[str, Any]:
         return {
-            self.plan.conn_id: {
-                "conn_type": "postgres",
-                "host": LOOPBACK,
-                "port": self.port,
-                "login": ROLE,
-                "password": self.store.password(PASSWORD_KEY),
-                "schema": self.plan.database,
-                "extra": {},
-            }
+            "conn_type": "postgres",
+            "host": LOOPBACK,
+            "port": self.port,
+            "login": ROLE,
+            "password": self.store.password(PASSWORD_KEY),
+            "schema": database,
+            "extra": {},
         }
 
     def stop(self, say: Say) -> None:
