@@ -48,6 +48,16 @@ kinds below, ``dag_id``, ``run_id``, ``runbook`` (the runbook kind: ``backup``, 
   output, ``apt_log`` (bounded excerpt), ``notes``, ``timings``;
 - ``patch.wave``: ``estate``, ``fleet``, ``snapshot_id``, ``halted``, ``succeeded``, ``reason``,
   ``batches`` (hosts, seconds, decision, reason), ``compliance`` (state counts), ``seconds``;
+- ``failover.drill``: one per failover drill (``failover_drill__<cluster>``) that got past its dry
+  run, refused ones included: data ``cluster``, ``run_id``, ``manager``, ``mode``, ``refused`` (and
+  ``refusal``, ``refusals``), ``moved`` (a switchover was attempted), ``started``, ``finished``,
+  ``original_primary``, ``new_primary`` (the member that was primary when the drill ended),
+  ``failed_back`` (True when the original primary is primary again), ``verdict`` (PASS, FAIL,
+  ABORTED, REFUSED), ``abort_path``, ``page``, ``lag_bytes_at_injection``, ``lag_seconds_at_injection``,
+  ``figures`` (write downtime, acked writes lost, whole drill...), ``lost_ids``, ``targets`` (each
+  target's verdict and reason), ``record_key`` and ``record_sha256`` (the JSON record in S3). The next
+  drill reads the newest one that moved for its minimum interval; the health check for where the
+  primary is;
 - ``approval``: also ``task_id``; data ``subject``, ``decision`` (Approve or Reject), ``approver``,
   ``requested_by``, ``responded_at``, ``accepted`` (False when the approver was the requester).
 """
@@ -74,6 +84,7 @@ REPOSITORY_TRUSTED = "repository.trusted"
 PATCH_PLANNED = "patch.planned"
 PATCH_HOST = "patch.host"
 PATCH_WAVE = "patch.wave"
+FAILOVER_DRILL = "failover.drill"
 FACT_KINDS = (
     BACKUP_TAKEN,
     DRILL_RECORDED,
@@ -85,6 +96,7 @@ FACT_KINDS = (
     PATCH_PLANNED,
     PATCH_HOST,
     PATCH_WAVE,
+    FAILOVER_DRILL,
 )
 
 # The runbook kinds cloudops builds DAGs for: ``<kind>__<target>``, or the kind alone for one-off
@@ -100,6 +112,7 @@ RUNBOOK_KINDS = frozenset(
         "health_check",
         "evidence_ship",
         "patch_wave",
+        "failover_drill",
     }
 )
 # Every cloudops runbook DAG carries this tag (runbooks/common.py tags()).
@@ -219,6 +232,7 @@ __all__ = [
     "BACKUP_VERIFIED",
     "DRILL_RECORDED",
     "FACT_KINDS",
+    "FAILOVER_DRILL",
     "PATCH_HOST",
     "PATCH_PLANNED",
     "PATCH_WAVE",
