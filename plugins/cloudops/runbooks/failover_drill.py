@@ -44,7 +44,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -537,7 +537,7 @@ def alert_of(estate: str, judgement: Judgement, run_id: str, stored: Mapping[str
     return Alert(subject, body)
 
 
-def figures_table(rows: list[Mapping[str, Any]]) -> str:
+def figures_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The demo's and the CLI's table of drills: verdict and the headline figures."""
     from cloudops.health import render_table
 
