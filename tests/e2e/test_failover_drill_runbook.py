@@ -59,7 +59,7 @@ def test_planned_drill_passes_through_airflow_and_is_recorded(
     assert fact["verdict"] == "PASS", fact
     assert fact["failed_back"] is True
     assert fact["figures"]["acked_writes_lost"] == 0
-    assert fact["record_key"].startswith("s3://cloudops-sandbox-backups/backups/sandbox/failover-drills/")
+    assert fact["record_key"].startswith("s3://cloudops-sandbox-backups/backups/sandbox/_failover_drills/")
     finished = [r.fields["data"] for r in records if r.kind == RUN_FINISHED]
     assert finished[-1]["state"] == "success"
     assert not (tmp_path / "leases" / "sandbox.lease").exists()

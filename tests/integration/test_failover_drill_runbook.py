@@ -116,7 +116,7 @@ def test_planned_drill_passes_and_is_recorded_in_the_ledger_and_s3(
     )
     # The JSON record beside the backups, byte for byte what the fact's hash says.
     bucket, key = fact["record_key"].removeprefix("s3://").split("/", 1)
-    assert key.startswith(f"backups/sandbox/failover-drills/{CLUSTER}/")
+    assert key.startswith(f"backups/sandbox/_failover_drills/{CLUSTER}/")
     body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     assert hashlib.sha256(body).hexdigest() == fact["record_sha256"]
     record = json.loads(body)

@@ -110,7 +110,7 @@ def test_record_goes_beside_the_member_databases_backups(catalog: Any) -> None:
     repository, aws_conn_id = where
     assert (repository.name, aws_conn_id) == ("sandbox_backups", "sandbox_aws")
     key = runbook.record_key(repository, "sandbox", cluster.name, "manual__2026-12-03T07:03:31+00:00")
-    assert key == "backups/sandbox/failover-drills/orders_pg_cluster/manual__2026-12-03T07_03_31+00_00.json"
+    assert key == "backups/sandbox/_failover_drills/orders_pg_cluster/manual__2026-12-03T07_03_31+00_00.json"
     # Patroni's members are no catalog databases: the estate's only repository holds its record.
     patroni = runbook.cluster_of(catalog, "ledger_patroni")
     assert runbook.record_location(catalog, patroni) == where

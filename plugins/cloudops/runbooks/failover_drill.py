@@ -20,7 +20,7 @@ again. Runs on the catalog's schedule, or by hand (Trigger DAG, with the form be
    read back every acknowledged id.
 3. `evaluate` judges each target PASS / FAIL / ABORTED with its reason and names the abort path taken.
 4. `record` writes the `failover.drill` fact to the evidence ledger and the JSON record beside the
-   backups in S3 (`<prefix>/<estate>/failover-drills/<cluster>/<run id>.json`, its SHA-256 in the fact).
+   backups in S3 (`<prefix>/<estate>/_failover_drills/<cluster>/<run id>.json`, its SHA-256 in the fact).
 5. `notify` sends the outcome to the estate's notification targets (a page for the abort paths
    that need a person); `outcome` fails the run when the drill did not PASS.
 
@@ -65,7 +65,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KIND = "failover_drill"
-RECORD_FOLDER = "failover-drills"  # beside the databases' folders; no database name has a hyphen
+RECORD_FOLDER = "_failover_drills"  # never a catalog name (they start with a letter), as _drills
 LONG_TRANSACTION_S = 60.0
 NEXT_ACTIONS = {
     "preflight": "refused before anything moved: read the guards that refused (names cluster and node), "
@@ -232,7 +232,7 @@ def record_location(catalog: Catalog, cluster: Cluster) -> tuple[Repository, str
 
 
 def record_key(repository: Repository, estate: str, cluster: str, run_id: str) -> str:
-    """``<prefix>/<estate>/failover-drills/<cluster>/<run id>.json`` (the run id made key-safe)."""
+    """``<prefix>/<estate>/_failover_drills/<cluster>/<run id>.json`` (the run id made key-safe)."""
     from cloudops.repository.layout import normalize_prefix
 
     safe = "".join(ch if ch.isalnum() or ch in "-_.+" else "_" for ch in run_id)
