@@ -8,6 +8,7 @@ while another one of the estate holds the lease. The other faults are tested on 
 
 from __future__ import annotations
 
+import email
 import json
 import subprocess
 from collections.abc import Callable
@@ -43,11 +44,13 @@ def _dags_test_with_conf(
 
 
 def test_planned_drill_passes_through_airflow_and_is_recorded(
-    dags_test: Callable[..., CompletedProcess[str]], tmp_path: Path
+    dags_test: Callable[..., CompletedProcess[str]], tmp_path: Path, airflow_env: dict[str, str]
 ) -> None:
     from cloudops.evidence.runs import FAILOVER_DRILL, RUN_FINISHED
 
     evidence = tmp_path / "evidence"
+    mail_dir = Path(airflow_env["CLOUDOPS_SANDBOX_DIR"]) / "mail"
+    before = set(mail_dir.glob("*.eml"))
     run = dags_test(
         DAG_ID, CLOUDOPS_EVIDENCE_DIR=str(evidence), CLOUDOPS_FAILOVER_STATE_DIR=str(tmp_path / "leases")
     )
@@ -63,6 +66,9 @@ def test_planned_drill_passes_through_airflow_and_is_recorded(
     finished = [r.fields["data"] for r in records if r.kind == RUN_FINISHED]
     assert finished[-1]["state"] == "success"
     assert not (tmp_path / "leases" / "sandbox.lease").exists()
+    # notify: the outcome reached the estate's e-mail target (the sandbox's SMTP sink).
+    messages = [email.message_from_bytes(p.read_bytes()) for p in set(mail_dir.glob("*.eml")) - before]
+    assert "[cloudops][sandbox] failover drill PASS (orders_pg_cluster)" in [m["Subject"] for m in messages]
 
 
 def test_dry_run_moves_nothing_and_records_no_drill(
