@@ -256,6 +256,13 @@ def test_judgement_of_a_refusal_and_a_dry_run() -> None:
         refused["summary"] == "orders: refused, nothing was moved: orders: drill refused: orders: b is down"
     )
     assert runbook.judge({"cluster": "orders"}, dry_run=True)["verdict"] == "DRY RUN"
+    # A dry run whose guards refused ends the run failed, saying what a drill would meet.
+    would = runbook.judge(
+        {"cluster": "orders", "refused": True, "refusal": "orders: b is down"}, dry_run=True
+    )
+    assert would["verdict"] == "REFUSED"
+    assert would["summary"] == "orders: dry run: a drill would be refused: orders: b is down"
+    assert runbook.record_is_dry_run(would)
 
 
 def test_fact_says_where_the_primary_ended_and_holds_the_figures() -> None:

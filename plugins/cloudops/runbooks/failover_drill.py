@@ -10,7 +10,8 @@ again. Runs on the catalog's schedule, or by hand (Trigger DAG, with the form be
    on the primary; not within the cluster's minimum interval since its last drill (read from the
    evidence ledger); inside the drill window; the mode is allowed (`crash` only where the catalog
    allows it) and has a driver; the probe's connection reaches the primary. Each decision is logged
-   with its reason, naming cluster and node. With `dry_run` the run ends here and logs the plan.
+   with its reason, naming cluster and node. With `dry_run` nothing moves: the plan is logged, and the
+   run fails at `outcome` when a drill would be refused.
 2. `drill` asks for **a second person's approval** first when the cluster is `production` (Approve /
    Reject on the task's page; never the person who triggered it). Then one task owns the probe and the
    actions for the whole window, in the pool `failover_drills__<estate>` (one drill per estate at a
@@ -263,6 +264,14 @@ def judge(record: Mapping[str, Any], *, dry_run: bool = False) -> Judgement:
     """The drill's outcome from its record (pure): verdict, abort path, whether to page, one line."""
     cluster = str(record.get("cluster") or "?")
     if dry_run:
+        if record.get("refused"):
+            return Judgement(
+                cluster=cluster,
+                verdict="REFUSED",
+                abort_path=None,
+                page=False,
+                summary=f"{cluster}: dry run: a drill would be refused: {record.get('refusal')}",
+            )
         return Judgement(
             cluster=cluster, verdict="DRY RUN", abort_path=None, page=False, summary=f"{cluster}: dry run"
         )
@@ -633,7 +642,15 @@ def _drill_act(context: dict[str, Any], approval: Approval | None) -> dict[str, 
     mode, candidate, dry_run = _form(context)
     if dry_run:
         log.info("dry run: preflight only; nothing moves")
-        return {"cluster": target.cluster, "run_id": context["run_id"], "dry_run": True}
+        planned = context["ti"].xcom_pull(task_ids="preflight") or {}
+        refusals = [g["reason"] for g in planned.get("guards") or [] if not g.get("passed")]
+        return {
+            "cluster": target.cluster,
+            "run_id": context["run_id"],
+            "dry_run": True,
+            "refused": bool(refusals),
+            "refusal": "; ".join(refusals) or None,
+        }
     catalog = load_estate(target.catalog_file, target.estate)
     try:
         record = run_drill(target, catalog, run_id=context["run_id"], mode=mode, candidate=candidate)
@@ -664,11 +681,16 @@ def record_task(record: dict[str, Any], judgement: Judgement, **context: Any) ->
     return stored
 
 
+def record_is_dry_run(judgement: Judgement) -> bool:
+    """A dry run's judgement (passed or refused): nothing to send."""
+    return judgement["summary"].startswith(f"{judgement['cluster']}: dry run")
+
+
 def notify_task(judgement: Judgement, stored: dict[str, Any], **context: Any) -> None:
     from cloudops.notifications import send_alert
     from cloudops.runbooks.common import load_estate
 
-    if judgement["verdict"] == "DRY RUN":
+    if record_is_dry_run(judgement):
         log.info("dry run: no notification")
         return
     target = _target(context)
@@ -878,6 +900,7 @@ __all__ = [
     "last_drill_at",
     "policy_window",
     "probe_dsn",
+    "record_is_dry_run",
     "record_key",
     "record_location",
     "required_pools",
