@@ -346,3 +346,43 @@ def test_a_manager_not_available_is_refused_naming_cluster_and_manager(
         False,
         "the switchover manager for 'patroni' (cloudops.failover.not_written_yet) is not installed yet",
     )
+
+
+# -- approval for production clusters ----------------------------------------------------------------
+
+
+class _Ti:
+    """The task instance's one call the approval makes: the preflight's result."""
+
+    def __init__(self, planned: dict[str, Any]) -> None:
+        self.planned = planned
+
+    def xcom_pull(self, task_ids: str) -> dict[str, Any]:
+        assert task_ids == "preflight"
+        return self.planned
+
+
+def test_a_production_cluster_waits_for_a_second_person_and_a_dry_run_does_not(
+    tmp_path: Path, project_root: Path
+) -> None:
+    import yaml
+
+    document = yaml.safe_load((project_root / "runbooks" / "sandbox.yaml").read_text())
+    for cluster in document["clusters"]:
+        if cluster["name"] == "orders_pg_cluster":
+            cluster["production"] = True
+            cluster["drill"]["modes"] = ["planned"]  # crash in production needs crash_in_production
+    path = tmp_path / "sandbox.yaml"
+    path.write_text(yaml.safe_dump(document))
+    params = {"_catalog_file": str(path), "_estate": "sandbox", "_cluster": "orders_pg_cluster"}
+    planned = {"dry_run": False, "plan": "orders_pg_cluster (native-pg): planned switchover orders_pg -> b"}
+    body = runbook._approval_body({"params": params, "ti": _Ti(planned), "run_id": "manual__1"})
+    assert body is not None
+    assert body.startswith(
+        "Failover drill of production cluster `orders_pg_cluster` (estate sandbox, manager native-pg)"
+    )
+    assert "planned switchover orders_pg -> b" in body
+    dry = {"params": params, "ti": _Ti({**planned, "dry_run": True}), "run_id": "manual__2"}
+    assert runbook._approval_body(dry) is None
+    sandbox = {**params, "_catalog_file": str(project_root / "runbooks" / "sandbox.yaml")}
+    assert runbook._approval_body({"params": sandbox, "ti": _Ti(planned), "run_id": "manual__3"}) is None
