@@ -237,6 +237,11 @@ def _record(**changes: Any) -> dict[str, Any]:
             "lag at the re-check",
             False,
         ),
+        (
+            {"aborted": "switchover failed: promoting b failed and it is now unknown; a is stopped"},
+            "switchover failed",
+            True,
+        ),
     ],
 )
 def test_abort_paths_are_named_and_the_ones_needing_a_person_page(

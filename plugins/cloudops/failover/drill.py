@@ -149,6 +149,13 @@ def _switch(
         record.degraded_redundancy = f"{label}: {first_line(error)}"
         log.error("%s", error)
         return None
+    except ReplicationError as error:
+        # Neither rolled back nor half done by design (a precondition that no longer held, a stop that
+        # did not end, a promotion in an unknown state): kept in the record, and a person reads the servers.
+        record.aborted = f"{label} failed: {first_line(error)}"
+        record.server_evidence[f"{label}.error"] = first_line(error)
+        log.error("%s", error)
+        return None
     record.phases.extend(_prefixed(label, result.steps))
     record.server_evidence[f"{label}.switch_position"] = result.switch_position or ""
     record.server_evidence[f"{label}.replayed_position"] = result.replayed_position or ""

@@ -77,7 +77,7 @@ NEXT_ACTIONS = {
     "*": "read the task log",
 }
 # Abort paths after which a person must look now: the alert says "page".
-PAGE_PATHS = frozenset({"two writers", "downtime over budget", "rejoin impossible"})
+PAGE_PATHS = frozenset({"two writers", "downtime over budget", "rejoin impossible", "switchover failed"})
 
 
 @dataclass(frozen=True)
@@ -251,6 +251,8 @@ def abort_path(record: Mapping[str, Any]) -> str | None:
         return "two writers"
     if fail_back.startswith("skipped: write downtime"):
         return "downtime over budget"
+    if aborted.startswith(("switchover failed", "fail_back failed")):
+        return "switchover failed"
     if aborted.startswith(("switchover:", "fail_back:")):
         return "catch-up timeout"
     if aborted.startswith(("lag re-check", "the lag re-check")):
