@@ -412,13 +412,26 @@ def run_drill(
     :raises ManagerNotAvailable: the cluster's manager has no driver yet.
     """
     from cloudops.failover import lease
-    from cloudops.failover.drill import DrillRefused, run_planned_drill
+    from cloudops.failover.drill import DrillRefused, preflight_drill, run_planned_drill
 
     lease.acquire(target.estate, target.cluster, run_id)
     try:
         cluster, manager, settings, dsn = prepare(target, catalog, run_id=run_id)
         if mode != "planned":
-            planned = run_preflight(target, catalog, run_id=run_id, mode=mode, candidate=candidate, now=now)
+            # Only planned drills have a driver: the guards say why this one may not run (the mode
+            # not allowed, or no driver for it), and nothing moves.
+            planned = preflight_drill(
+                manager,
+                run_id=run_id,
+                probe_dsn=dsn,
+                guards=settings.guards,
+                mode=mode,
+                candidate=candidate,
+                last_drill_at=last_drill_at(f"{KIND}__{cluster.name}", cluster.name),
+                now=now,
+                expected_members=settings.expected_members,
+                long_transaction_s=LONG_TRANSACTION_S,
+            )
             return _refused(planned.record, planned.checked.explain())
         try:
             record = run_planned_drill(
