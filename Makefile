@@ -76,6 +76,8 @@ sandbox-down:  ## stop what the sandbox started
 airflow-db: sandbox  ## create or upgrade the Airflow metadata database of the sandbox
 	@mkdir -p "$(AIRFLOW_HOME)"
 	@$(WITH_SANDBOX_ENV) airflow db migrate >"$(AIRFLOW_HOME)/db-migrate.log" 2>&1 || { tail -20 "$(AIRFLOW_HOME)/db-migrate.log"; exit 1; }
+	@# One failover drill per estate at a time: the drill tasks run in a one-slot pool per estate.
+	@$(WITH_SANDBOX_ENV) $(BIN)/cloudops failover pools 2>/dev/null >"$(AIRFLOW_HOME)/pools.json" && airflow pools import "$(AIRFLOW_HOME)/pools.json" >>"$(AIRFLOW_HOME)/db-migrate.log" 2>&1 || { tail -20 "$(AIRFLOW_HOME)/db-migrate.log"; exit 1; }
 	@echo "airflow metadata database ready in $(AIRFLOW_HOME)"
 
 demo: airflow-db  ## run every runbook once on the sandbox and print a summary table

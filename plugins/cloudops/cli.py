@@ -195,6 +195,20 @@ def _find_database(name: str) -> tuple[Any, Any]:
     raise InvalidInputError(f"no database {name!r} in the catalog" + (f" ({hint})" if hint else ""))
 
 
+def _failover(args: argparse.Namespace) -> int:
+    """A failover drill without Airflow, or the pools the drills need."""
+    from cloudops.runbooks import failover_drill
+
+    if args.failover_command == "pools":
+        from cloudops.catalog import load_catalogs
+
+        print(json.dumps(failover_drill.required_pools(load_catalogs().catalogs), indent=2))
+        return 0
+    return failover_drill.cli_drill(
+        args.cluster, dry_run=args.dry_run, mode=args.mode, candidate=args.candidate
+    )
+
+
 def _patch(args: argparse.Namespace) -> int:
     """Scan a fleet's hosts for pending updates, or read their compliance (nothing is changed)."""
     from cloudops.health import render_table
@@ -773,6 +787,23 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("fleet", help="a catalog fleet with a patching policy")
         command.add_argument("--json", action="store_true", help="print one JSON document")
         command.set_defaults(handler=_patch)
+
+    failover = commands.add_parser("failover", help="failover drills of the catalog's clusters")
+    failover_commands = failover.add_subparsers(dest="failover_command", required=True)
+    drill = failover_commands.add_parser(
+        "drill", help="run failover_drill__<cluster> without Airflow (recorded in the ledger)"
+    )
+    drill.add_argument("cluster", help="a catalog cluster with a drill policy")
+    drill.add_argument("--dry-run", action="store_true", help="preflight only: log the plan, move nothing")
+    drill.add_argument("--mode", choices=["planned", "crash"], default="planned")
+    drill.add_argument(
+        "--candidate", default=None, help="the replica to promote (default: the first streaming)"
+    )
+    drill.set_defaults(handler=_failover)
+    pools = failover_commands.add_parser(
+        "pools", help="the Airflow pools the drills need, as JSON for `airflow pools import`"
+    )
+    pools.set_defaults(handler=_failover)
 
     backups = commands.add_parser("backups", help="what the backup repositories hold")
     backups_commands = backups.add_subparsers(dest="backups_command", required=True)

@@ -53,6 +53,7 @@ def expected_dag_ids(catalog: Any) -> set[str]:
             if database.drill:
                 dag_ids.add(f"restore_drill__{database.name}")
     dag_ids |= {f"ebs_snapshot__{fleet.name}" for fleet in catalog.fleets if fleet.snapshots}
+    dag_ids |= {f"failover_drill__{cluster.name}" for cluster in catalog.clusters if cluster.drill}
     return dag_ids
 
 
@@ -65,7 +66,7 @@ def test_every_catalog_target_has_its_runbooks(dagbag: Any) -> None:
         assert not missing, f"{loaded.path}: no DAG for {sorted(missing)}"
     # The sandbox estate has every kind: a builder that stopped yielding would show here.
     kinds = {dag_id.split("__")[0] for dag_id in dagbag.dag_ids}
-    assert {"backup", "restore_drill", "ebs_snapshot", "health_check"} <= kinds
+    assert {"backup", "restore_drill", "ebs_snapshot", "health_check", "failover_drill"} <= kinds
     assert {"evidence_ship", "restore_request"} <= set(dagbag.dag_ids)
 
 
@@ -105,6 +106,28 @@ def test_every_dag_follows_the_runbook_policy(dagbag: Any) -> None:
             # An estate's runbook alerts that estate; one serving every estate alerts every estate.
             assert alerts[0].estate == estate, f"{dag_id}.{task.task_id}: alerts estate {alerts[0].estate}"
             assert alerts[0].next_actions.get("*"), f"{dag_id}.{task.task_id}: no fallback next action"
+
+
+def test_failover_drill_task_owns_the_window_in_the_estate_pool(dagbag: Any) -> None:
+    from cloudops.runbooks.approval import SecondPersonApproval
+
+    dag = dagbag.dags["failover_drill__orders_pg_cluster"]
+    assert [t.task_id for t in dag.topological_sort()] == [
+        "preflight",
+        "drill",
+        "evaluate",
+        "record",
+        "notify",
+        "outcome",
+    ]
+    drill = dag.get_task("drill")
+    # One task holds the probe and the actions; never retried blindly; one drill per estate at a time.
+    assert isinstance(drill, SecondPersonApproval)
+    assert drill.pool == "failover_drills__sandbox"
+    assert drill.retries == 0
+    assert dag.get_task("preflight").retries == 0
+    assert set(dag.params.keys()) >= {"mode", "dry_run", "candidate"}
+    assert dag.params["mode"] == "planned"
 
 
 def test_a_runbook_paused_in_the_catalog_is_created_paused(

@@ -279,6 +279,7 @@ def running_airflow(
             ["airflow", "db", "migrate"], env=env, capture_output=True, text=True, timeout=MIGRATE_TIMEOUT
         )
         assert migrated.returncode == 0, (migrated.stdout + migrated.stderr)[-3000:]
+        create_pools(env, home)
         processes.append(start(env, home, "api-server", "api-server", "--workers", "1"))
         processes.append(start(env, home, "scheduler", "scheduler"))
         processes.append(start(env, home, "dag-processor", "dag-processor"))
@@ -292,6 +293,29 @@ def running_airflow(
     finally:
         for process in processes:
             stop(process)
+
+
+def create_pools(env: dict[str, str], home: Path) -> None:
+    """The pools the runbooks need (one failover drill slot per estate), as `make airflow-db` makes them."""
+    listed = subprocess.run(
+        [str(Path(sys.executable).parent / "cloudops"), "failover", "pools"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=MIGRATE_TIMEOUT,
+    )
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    if not json.loads(listed.stdout):
+        return
+    (home / "pools.json").write_text(listed.stdout)
+    imported = subprocess.run(
+        ["airflow", "pools", "import", str(home / "pools.json")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=MIGRATE_TIMEOUT,
+    )
+    assert imported.returncode == 0, (imported.stdout + imported.stderr)[-3000:]
 
 
 def _wait_until_ready(stack: AirflowStack, user: str, dag_id: str) -> None:

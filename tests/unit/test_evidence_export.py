@@ -386,7 +386,8 @@ def test_a_period_without_evidence_says_so_and_still_verifies(ledger: Ledger, tm
     assert pack.records == b""
     assert pack.anchors.first_seq == 1
     assert pack.anchors.last_seq == 0
-    assert pack.report.count("No evidence in this period") == 4  # backups, drills, changes, patch waves
+    # backups, restore drills, failover drills, changes, patch waves
+    assert pack.report.count("No evidence in this period") == 5
     out = tmp_path / "empty"
     export_pack(ledger, date(2026, 9, 1), date(2026, 9, 30), out)
     assert verify_pack(out).ok

@@ -8,7 +8,10 @@ packs (``cloudops.evidence.export``) and the auditor view:
 - recovery tests (SOC 2 A1.3, ISO/IEC 27001 A.8.13, A.5.30): ``drill_rows`` (RTO and RPO against
   their targets, the checks passed and failed; a drill run that recorded no drill is a failed row);
 - changes and recovery actions (SOC 2 CC8.1, CC7.5): ``change_rows`` (manual runs, restores, patch
-  waves, failovers, approved runs: who started them, when, with which parameters, who approved).
+  waves, failovers, approved runs: who started them, when, with which parameters, who approved);
+- failover drills (SOC 2 A1.2, A1.3 availability; ISO/IEC 27001 A.5.30): ``failover_rows`` (per drill:
+  client-observed write downtime, acknowledged writes lost, whole drill time against their targets,
+  the abort path taken, refusals, the record's S3 key and SHA-256).
 
 ``render_report(runs, *, since, until, generated_at, anchors=None, notes=()) -> str`` renders one
 self-contained page (no scripts, no external assets, readable printed). Every value taken from a
@@ -28,6 +31,7 @@ from cloudops.evidence.ledger import Record
 from cloudops.evidence.runs import (
     BACKUP_TAKEN,
     DRILL_RECORDED,
+    FAILOVER_DRILL,
     PATCH_HOST,
     PATCH_PLANNED,
     PATCH_WAVE,
@@ -38,7 +42,7 @@ from cloudops.evidence.runs import (
 BACKUP_RUNBOOKS = ("backup", "ebs_snapshot")
 DRILL_RUNBOOKS = ("restore_drill",)
 # Runbooks whose every run is a change or a recovery action, whoever started it.
-CHANGE_RUNBOOKS = ("restore_request", "patch_wave", "failover")
+CHANGE_RUNBOOKS = ("restore_request", "patch_wave", "failover", "failover_drill")
 
 
 @dataclass(frozen=True)
@@ -368,6 +372,7 @@ def change_rows(runs: Iterable[Run]) -> list[ChangeRow]:
                 f"{data.get('target_database')}" + (" (overwrite)" if data.get("overwrite") else "")
             )
         details.extend(_patch_change_text(run))
+        details.extend(_failover_change_text(run))
         for fact in run.approvals:
             requested_by = requested_by or _data(fact).get("requested_by")
         rows.append(
@@ -505,6 +510,140 @@ def _patches_section(runs: Sequence[Run]) -> str:
     return "".join(parts)
 
 
+# -- failover drills (A1.2 / A1.3 availability, ISO A.5.30) ----------------------------------------
+
+
+@dataclass(frozen=True)
+class FailoverRow:
+    """One failover drill: its figures against its targets, how it ended, and where its record is."""
+
+    at: str | None
+    dag_id: str
+    run_id: str
+    cluster: str
+    manager: str
+    verdict: str
+    abort_path: str | None
+    targets: tuple[dict[str, Any], ...]
+    refusals: tuple[str, ...]
+    original_primary: str | None
+    new_primary: str | None
+    lag_bytes: int | None
+    record_key: str | None
+    record_sha256: str | None
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "PASS"
+
+
+def _failover_change_text(run: Run) -> list[str]:
+    texts = []
+    for fact in run.facts_of(FAILOVER_DRILL):
+        data = _data(fact)
+        if data.get("moved"):
+            texts.append(
+                f"failover drill of {data.get('cluster')}: {data.get('original_primary')} -> "
+                f"{data.get('new_primary')} at the end ({data.get('verdict')})"
+            )
+    return texts
+
+
+def failover_rows(runs: Iterable[Run]) -> list[FailoverRow]:
+    """Every failover drill the ledger recorded (refused ones included); a drill run that recorded no
+    drill is left to the failed-runs tables."""
+    rows = []
+    for run in runs:
+        for fact in run.facts_of(FAILOVER_DRILL):
+            data = _data(fact)
+            targets = data.get("targets")
+            rows.append(
+                FailoverRow(
+                    at=run.started_at or fact.at,
+                    dag_id=run.dag_id,
+                    run_id=run.run_id,
+                    cluster=str(data.get("cluster") or run.target or ""),
+                    manager=str(data.get("manager") or ""),
+                    verdict=str(data.get("verdict") or "unknown"),
+                    abort_path=data.get("abort_path") or None,
+                    targets=tuple(t for t in targets if isinstance(t, dict))
+                    if isinstance(targets, list)
+                    else (),
+                    refusals=tuple(str(r) for r in data.get("refusals") or () if r),
+                    original_primary=data.get("original_primary"),
+                    new_primary=data.get("new_primary"),
+                    lag_bytes=data.get("lag_bytes_at_injection")
+                    if isinstance(data.get("lag_bytes_at_injection"), int)
+                    else None,
+                    record_key=data.get("record_key"),
+                    record_sha256=data.get("record_sha256"),
+                )
+            )
+    return sorted(rows, key=lambda row: row.at or "")
+
+
+def _target_text(target: dict[str, Any]) -> str:
+    status = str(target.get("status") or "?")
+    shown = _e(status) if status == "PASS" else f'<span class="bad">{_e(status)}</span>'
+    measured, limit = target.get("measured"), target.get("limit")
+    figure = (
+        "" if measured is None else f" {_e(round(measured, 3) if isinstance(measured, float) else measured)}"
+    )
+    bound = "" if limit is None else f" / {_e(limit)}"
+    return f"{_e(target.get('target'))}: {shown}{figure}{bound}"
+
+
+def _failovers_section(runs: Sequence[Run]) -> str:
+    rows = failover_rows(runs)
+    parts = [
+        '<h2 id="failovers">Recovery tests: failover drills</h2>',
+        '<p class="controls">SOC 2 A1.2 (availability: recovery infrastructure) · A1.3 (recovery plan '
+        "testing) · ISO/IEC 27001:2022 A.5.30 (ICT readiness for business continuity): client-observed "
+        "write downtime, acknowledged writes lost and the whole drill against each cluster's targets</p>",
+    ]
+    if not rows:
+        parts.append(_none("no failover drill in the period"))
+        return "".join(parts)
+    passed = sum(r.passed for r in rows)
+    parts.append(f"<p>{len(rows)} failover drills, {passed} passed.</p>")
+    body = []
+    for r in rows:
+        verdict = (
+            '<span class="good">PASS</span>' if r.passed else f'<span class="bad">{_e(r.verdict)}</span>'
+        ) + (f"<br>abort path: {_e(r.abort_path)}" if r.abort_path else "")
+        details = (
+            "<br>".join(_target_text(t) for t in r.targets) or "<br>".join(_e(x) for x in r.refusals) or "—"
+        )
+        body.append(
+            [
+                f"{_e(r.cluster)}<br><code>{_e(r.run_id)}</code>",
+                _time(r.at),
+                _e(r.manager),
+                verdict,
+                details,
+                f"{_e(r.original_primary or '—')} → {_e(r.new_primary or '—')}"
+                + ("" if r.lag_bytes is None else f"<br>lag at injection {_e(r.lag_bytes)} B"),
+                f"<code>{_e(r.record_key or 'ledger only')}</code>"
+                f"<br><code>{_e(r.record_sha256 or '')}</code>",
+            ]
+        )
+    parts.append(
+        _table(
+            [
+                "Cluster / run",
+                "Started",
+                "Manager",
+                "Verdict",
+                "Targets (measured / limit)",
+                "Primary",
+                "Record",
+            ],
+            body,
+        )
+    )
+    return "".join(parts)
+
+
 def control_counts(runs: Sequence[Run]) -> dict[str, int]:
     """The figures of the report's summary (and the pack's manifest)."""
     backups = [r for r in runs if r.runbook in BACKUP_RUNBOOKS]
@@ -518,6 +657,8 @@ def control_counts(runs: Sequence[Run]) -> dict[str, int]:
         "drills_passed": sum(d.passed for d in drills),
         "changes": len(changes),
         "changes_approved": sum(c.approved for c in changes),
+        "failover_drills": len(failover_rows(runs)),
+        "failover_drills_passed": sum(r.passed for r in failover_rows(runs)),
     }
 
 
@@ -874,6 +1015,7 @@ def render_report(
         ),
         ("Restore drills", f"{counts['drills']} ({counts['drills_passed']} passed)"),
         ("Changes and recovery actions", f"{counts['changes']} ({counts['changes_approved']} approved)"),
+        ("Failover drills", f"{counts['failover_drills']} ({counts['failover_drills_passed']} passed)"),
     ]
     parts = [
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
@@ -888,6 +1030,7 @@ def render_report(
         "<code>cloudops evidence verify --pack DIR</code>.</p>",
         _backups_section(runs),
         _drills_section(runs),
+        _failovers_section(runs),
         _changes_section(runs),
         _patches_section(runs),
         "</body></html>\n",
@@ -907,6 +1050,7 @@ __all__ = [
     "CheckResult",
     "DrillRow",
     "FailedRun",
+    "FailoverRow",
     "PatchRow",
     "backup_summaries",
     "backups_taken",
@@ -914,6 +1058,7 @@ __all__ = [
     "control_counts",
     "drill_rows",
     "failed_backups",
+    "failover_rows",
     "patch_rows",
     "render_report",
 ]

@@ -51,10 +51,16 @@ kinds below, ``dag_id``, ``run_id``, ``runbook`` (the runbook kind: ``backup``, 
   output, ``apt_log`` (bounded excerpt), ``notes``, ``timings``;
 - ``patch.wave``: ``estate``, ``fleet``, ``snapshot_id``, ``halted``, ``succeeded``, ``reason``,
   ``batches`` (hosts, seconds, decision, reason), ``compliance`` (state counts), ``seconds``;
-- ``failover.drill``: one per failover drill (``failover_drill__<cluster>``) that moved a primary:
-  data ``cluster``, ``run_id`` (the drill's run), ``new_primary`` (the member that was primary when
-  the drill ended), ``failed_back`` (True when the original primary is primary again). The health
-  check reads the newest one to say which drill left a cluster's primary where it is;
+- ``failover.drill``: one per failover drill (``failover_drill__<cluster>``) that got past its dry
+  run, refused ones included: data ``cluster``, ``run_id``, ``manager``, ``mode``, ``refused`` (and
+  ``refusal``, ``refusals``), ``moved`` (a switchover was attempted), ``started``, ``finished``,
+  ``original_primary``, ``new_primary`` (the member that was primary when the drill ended),
+  ``failed_back`` (True when the original primary is primary again), ``verdict`` (PASS, FAIL,
+  ABORTED, REFUSED), ``abort_path``, ``page``, ``lag_bytes_at_injection``, ``lag_seconds_at_injection``,
+  ``figures`` (write downtime, acked writes lost, whole drill...), ``lost_ids``, ``targets`` (each
+  target's verdict and reason), ``record_key`` and ``record_sha256`` (the JSON record in S3). The next
+  drill reads the newest one that moved for its minimum interval; the health check for where the
+  primary is;
 - ``report.stored``: one per monthly report stored: ``estate``, ``month``, ``time_zone``, ``files``
   ([{kind (html or pdf), name, bucket, key, version_id, sha256, size, lock_mode, locked_until}]),
   ``summary`` (availability and credit per SLO, cost total), ``generated_at``;
@@ -115,6 +121,7 @@ RUNBOOK_KINDS = frozenset(
         "evidence_ship",
         "patch_wave",
         "monthly_report",
+        "failover_drill",
     }
 )
 # Every cloudops runbook DAG carries this tag (runbooks/common.py tags()).

@@ -20,13 +20,22 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cloudops.engines.replication import ReplicationLag, Step, SwitchoverResult, Topology
 from cloudops.errors import CloudOpsError, ReplicationError, first_line
 from cloudops.failover.analysis import analyse, verdicts
-from cloudops.failover.guards import Preflight, lag_guard, preflight
+from cloudops.failover.guards import (
+    GuardDecision,
+    Preflight,
+    activity_guard,
+    catalog_topology_guard,
+    lag_guard,
+    preflight,
+    probe_guard,
+)
 from cloudops.failover.managers import SwitchoverManager
 from cloudops.failover.policy import DrillGuards, DrillTargets
 from cloudops.failover.probe import ProbeError, WriteProbe, probe_target
@@ -36,6 +45,8 @@ log = logging.getLogger(__name__)
 
 # Over this many times its target, the downtime is an incident, not a drill: no automatic fail-back.
 DOWNTIME_PAGE_FACTOR = 2.0
+# The candidate's lag is read again at most this long before the action (orchestrator #1482).
+LAG_RECHECK_WITHIN_S = 1.0
 
 
 class DrillRefused(CloudOpsError):
@@ -138,6 +149,13 @@ def _switch(
         record.degraded_redundancy = f"{label}: {first_line(error)}"
         log.error("%s", error)
         return None
+    except ReplicationError as error:
+        # Neither rolled back nor half done by design (a precondition that no longer held, a stop that
+        # did not end, a promotion in an unknown state): kept in the record, and a person reads the servers.
+        record.aborted = f"{label} failed: {first_line(error)}"
+        record.server_evidence[f"{label}.error"] = first_line(error)
+        log.error("%s", error)
+        return None
     record.phases.extend(_prefixed(label, result.steps))
     record.server_evidence[f"{label}.switch_position"] = result.switch_position or ""
     record.server_evidence[f"{label}.replayed_position"] = result.replayed_position or ""
@@ -150,36 +168,62 @@ def _prefixed(label: str, steps: tuple[Step, ...]) -> list[Step]:
     return [Step(f"{label}.{s.name}", s.started, s.ended, s.detail, s.ok) for s in steps]
 
 
-def run_planned_drill(
+@dataclass(frozen=True)
+class PlannedDrill:
+    """What the preflight read and decided: the record so far (every guard's decision), the primary
+    and the candidate. A dry run ends here; :func:`run_planned_drill` goes on from it."""
+
+    record: DrillRecord
+    checked: Preflight
+    topology: Topology
+    primary: str | None
+    candidate: str
+    lag: ReplicationLag | None
+
+    @property
+    def passed(self) -> bool:
+        """Every guard passed."""
+        return self.checked.passed and self.primary is not None
+
+    def plan(self) -> str:
+        """The plan in one line, for the log of a dry run and of the drill itself."""
+        return (
+            f"{self.record.cluster} ({self.record.manager}): planned switchover {self.primary or '?'} -> "
+            f"{self.candidate or '?'}, then fail-back; {self.topology.summary}"
+        )
+
+
+def preflight_drill(
     manager: SwitchoverManager,
     *,
     run_id: str,
     probe_dsn: str,
-    targets: DrillTargets,
     guards: DrillGuards,
+    mode: str = "planned",
     candidate: str | None = None,
     last_drill_at: datetime | None = None,
     now: datetime | None = None,
-    options: DrillOptions | None = None,
-) -> DrillRecord:
-    """Run a planned switchover drill (and the fail-back) under the write probe; return its record.
+    expected_members: Mapping[str, str | None] | None = None,
+    long_transaction_s: float = 60.0,
+) -> PlannedDrill:
+    """Read the cluster and run every guard; move nothing (a dry run is this alone).
 
-    :raises DrillRefused: a guard refused; nothing was moved.
+    Beside :func:`cloudops.failover.guards.preflight`: the topology against the catalog
+    (``expected_members``), no backup or long transaction on the primary (managers that report it),
+    the probe's connection reaching the primary, and a driver for the mode.
+
     :raises InvalidInputError: the probe's connection string is not usable.
-    :raises ProbeError: the probe cannot write before the drill (nothing was moved).
     """
-    options = options or DrillOptions()
     used_by = f"failover drill {run_id} of {manager.cluster}"
     target = probe_target(probe_dsn, used_by=used_by)
     record = DrillRecord(
         run_id=run_id,
         cluster=manager.cluster,
         manager=manager.name,
-        mode="planned",
+        mode=mode,
         started=time.time(),
         probe_target=target.describe(),
     )
-    started_mono = time.monotonic()
     topology = manager.topology()
     chosen = _choose_candidate(topology, candidate)
     primary = topology.primary
@@ -193,20 +237,99 @@ def run_planned_drill(
     checked: Preflight = preflight(
         topology,
         candidate=chosen or "(none)",
-        mode="planned",
+        mode=mode,
         lag=lag,
         last_drill_at=last_drill_at,
         now=now or datetime.now(tz=UTC),
         guards=guards,
         lag_error=lag_error or "no primary or no candidate",
     )
+    extra: list[GuardDecision] = []
+    if mode != "planned" and mode in guards.modes_allowed:
+        extra.append(
+            GuardDecision(
+                "driver",
+                False,
+                f"{manager.cluster}: mode {mode!r} is allowed, but no {mode} driver is built for manager "
+                f"{manager.name} yet: run a planned drill",
+            )
+        )
+    if expected_members is not None:
+        extra.append(catalog_topology_guard(topology, expected_members))
+    if primary:
+        reader = getattr(manager, "running_work", None)
+        found: list[str] | None = None
+        error_text = None
+        if reader is not None:
+            try:
+                found = list(reader(primary, longer_than_s=long_transaction_s))
+            except ReplicationError as error:
+                error_text = first_line(error)
+        extra.append(
+            activity_guard(
+                manager.cluster, primary, found, longer_than_s=long_transaction_s, error=error_text
+            )
+        )
+    probe = WriteProbe(target, run_id=run_id, used_by=used_by)
+    try:
+        reached: str | None = probe.reach()
+        reach_error = None
+    except ProbeError as error:
+        reached, reach_error = None, first_line(error)
+    extra.append(
+        probe_guard(manager.cluster, topology.member(primary) if primary else None, reached, reach_error)
+    )
+    checked = Preflight(checked.cluster, (*checked.decisions, *extra))
     record.preflight = checked.decisions
     for decision in checked.decisions:
         log.info("%s: %s: %s", used_by, "pass" if decision.passed else "REFUSED", decision.reason)
-    if not checked.passed or primary is None:
+    if primary is not None:
+        record.engine_version = topology.member(primary).version
+    if primary and chosen and lag is not None:
+        record.pre_state = _pre_state(topology, chosen, lag)
+    return PlannedDrill(record, checked, topology, primary, chosen, lag)
+
+
+def run_planned_drill(
+    manager: SwitchoverManager,
+    *,
+    run_id: str,
+    probe_dsn: str,
+    targets: DrillTargets,
+    guards: DrillGuards,
+    candidate: str | None = None,
+    last_drill_at: datetime | None = None,
+    now: datetime | None = None,
+    options: DrillOptions | None = None,
+    expected_members: Mapping[str, str | None] | None = None,
+    long_transaction_s: float = 60.0,
+) -> DrillRecord:
+    """Run a planned switchover drill (and the fail-back) under the write probe; return its record.
+
+    :raises DrillRefused: a guard refused; nothing was moved.
+    :raises InvalidInputError: the probe's connection string is not usable.
+    :raises ProbeError: the probe cannot write before the drill (nothing was moved).
+    """
+    options = options or DrillOptions()
+    used_by = f"failover drill {run_id} of {manager.cluster}"
+    started_mono = time.monotonic()
+    planned = preflight_drill(
+        manager,
+        run_id=run_id,
+        probe_dsn=probe_dsn,
+        guards=guards,
+        candidate=candidate,
+        last_drill_at=last_drill_at,
+        now=now,
+        expected_members=expected_members,
+        long_transaction_s=long_transaction_s,
+    )
+    record, primary, chosen = planned.record, planned.primary, planned.candidate
+    target = probe_target(probe_dsn, used_by=used_by)
+    if not planned.passed or primary is None:
         record.finished = time.time()
-        raise DrillRefused(checked.explain(), record)
-    record.engine_version = topology.member(primary).version
+        raise DrillRefused(planned.checked.explain(), record)
+    log.info("%s: plan: %s", used_by, planned.plan())
 
     probe = WriteProbe(
         target,
@@ -234,6 +357,8 @@ def run_planned_drill(
             probe.stop()
             record.finished = time.time()
             raise ProbeError(f"{used_by}: the probe is not healthy before the drill; nothing was moved")
+        # The topology first, the lag last: the re-check is what the action follows at once.
+        before = manager.topology()
         began = time.time()
         try:
             injection = manager.lag(primary, chosen)
@@ -241,17 +366,25 @@ def run_planned_drill(
         except ReplicationError as error:
             injection, second = None, None
             record.aborted = f"lag re-check before the action failed: {first_line(error)}"
+        checked_at = time.monotonic()
         if second is not None:
             record.phases.append(Step("lag_recheck", began, time.time(), second.reason, ok=second.passed))
             record.preflight = (*record.preflight, second)
         if injection is not None:
-            record.pre_state = _pre_state(manager.topology(), chosen, injection)
+            record.pre_state = _pre_state(before, chosen, injection)
         if second is not None and not second.passed:
             record.aborted = f"lag re-check before the action: {second.reason}"
 
         switched = None
         if record.aborted is None:
-            switched = _switch(manager, primary, chosen, guards, record, "switchover")
+            gap = time.monotonic() - checked_at
+            record.server_evidence["lag_recheck_to_action_s"] = f"{gap:.3f}"
+            if gap > LAG_RECHECK_WITHIN_S:
+                record.aborted = (
+                    f"the lag re-check is {gap:.2f} s old, over {LAG_RECHECK_WITHIN_S:g} s: not acting on it"
+                )
+            else:
+                switched = _switch(manager, primary, chosen, guards, record, "switchover")
         if switched is not None:
             problem = _verify_primary(manager, chosen, probe, options, record)
             if problem:
@@ -309,4 +442,12 @@ def run_planned_drill(
     return record
 
 
-__all__ = ["DOWNTIME_PAGE_FACTOR", "DrillOptions", "DrillRefused", "run_planned_drill"]
+__all__ = [
+    "DOWNTIME_PAGE_FACTOR",
+    "LAG_RECHECK_WITHIN_S",
+    "DrillOptions",
+    "DrillRefused",
+    "PlannedDrill",
+    "preflight_drill",
+    "run_planned_drill",
+]

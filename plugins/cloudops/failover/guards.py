@@ -8,6 +8,7 @@ decision, so the record shows what was checked even when the first guard already
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -217,6 +218,97 @@ def sync_standby_guard(topology: Topology, mode: str, candidate: str) -> GuardDe
     )
 
 
+def catalog_topology_guard(topology: Topology, expected: Mapping[str, str | None]) -> GuardDecision:
+    """The servers are what the catalog says: every catalog member answers, at its catalog address
+    when the catalog gives one, and exactly one of them takes writes.
+
+    :param expected: the catalog's members, each with its ``host:port`` or None when not given.
+    """
+    cluster = topology.cluster
+    problems: list[str] = []
+    found = {m.name: m for m in topology.members}
+    for name, address in expected.items():
+        member = found.get(name)
+        if member is None:
+            problems.append(f"{name} is in the catalog but was not asked")
+        elif not member.reachable:
+            problems.append(f"{name} ({member.address}) is down: {member.error}")
+        elif address and not same_server(member.address, address):
+            problems.append(f"{name} answers at {member.address}, the catalog says {address}")
+    extra = sorted(set(found) - set(expected))
+    if extra:
+        problems.append(f"{', '.join(extra)} answered but are not catalog members")
+    writers = [m.name for m in topology.members if m.reachable and m.role == "primary"]
+    if len(writers) != 1:
+        problems.append(
+            f"{len(writers)} members take writes ({', '.join(writers) or 'none'}); exactly one must"
+        )
+    if problems:
+        return GuardDecision(
+            "catalog_topology",
+            False,
+            f"{cluster}: topology does not match the catalog: " + "; ".join(problems),
+        )
+    return GuardDecision(
+        "catalog_topology",
+        True,
+        f"{cluster}: the {len(expected)} catalog members answer; {topology.summary}",
+    )
+
+
+def activity_guard(
+    cluster: str, member: str, found: Sequence[str] | None, *, longer_than_s: float, error: str | None = None
+) -> GuardDecision:
+    """No backup, base backup or transaction older than ``longer_than_s`` runs on the primary: a fast
+    stop would cut it short (and a dump would fail half-way).
+
+    :param found: what runs (one sentence each); None: the manager cannot tell (``error`` says why, or
+        the manager does not report it), which passes with that said.
+    """
+    if found is None:
+        return GuardDecision(
+            "running_work",
+            error is None,
+            f"{cluster}: running work on {member} "
+            + (f"could not be read: {error}" if error else "is not reported by this manager: not checked"),
+        )
+    if found:
+        return GuardDecision(
+            "running_work",
+            False,
+            f"{cluster}: {member} is busy: "
+            + "; ".join(found)
+            + f" (bound {longer_than_s:g} s for transactions)",
+        )
+    return GuardDecision(
+        "running_work",
+        True,
+        f"{cluster}: no backup and no transaction older than {longer_than_s:g} s on {member}",
+    )
+
+
+def probe_guard(
+    cluster: str, primary: MemberState | None, reached: str | None, error: str | None
+) -> GuardDecision:
+    """The probe's connection (the application's) reaches the primary now."""
+    if reached is None:
+        return GuardDecision("probe", False, f"{cluster}: the probe's connection reaches no writer: {error}")
+    if primary is None:
+        return GuardDecision(
+            "probe", False, f"{cluster}: the probe reaches {reached}, but there is no single primary"
+        )
+    if not same_server(reached, primary.address):
+        return GuardDecision(
+            "probe",
+            False,
+            f"{cluster}: the probe's connection reaches {reached}, not the primary {primary.name} "
+            f"({primary.address}): it would not measure this cluster",
+        )
+    return GuardDecision(
+        "probe", True, f"{cluster}: the probe's connection reaches the primary {primary.name} ({reached})"
+    )
+
+
 def preflight(
     topology: Topology,
     *,
@@ -265,12 +357,15 @@ def _duration(value: timedelta) -> str:
 __all__ = [
     "GuardDecision",
     "Preflight",
+    "activity_guard",
     "candidate_guard",
+    "catalog_topology_guard",
     "healthy_replicas_guard",
     "interval_guard",
     "lag_guard",
     "mode_guard",
     "preflight",
+    "probe_guard",
     "sync_standby_guard",
     "window_guard",
 ]

@@ -109,5 +109,14 @@ class NativePostgresManager:
 
         return ENGINE.fence(self._node(member), used_by=self.used_by, how=self.fence_how)
 
+    def running_work(self, member: str, *, longer_than_s: float) -> list[str]:
+        """Backups and transactions older than ``longer_than_s`` on ``member`` (see
+        :func:`cloudops.engines.postgres.switchover.running_work`); a manager without this method
+        is not asked, and the preflight says so."""
+        from cloudops.engines.postgres.switchover import running_work
+
+        node = self._node(member)
+        return running_work(node.conn_id, name=member, longer_than_s=longer_than_s, used_by=self.used_by)
+
 
 __all__ = ["NativePostgresManager", "SwitchoverManager"]

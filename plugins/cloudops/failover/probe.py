@@ -215,6 +215,14 @@ class WriteProbe:
                 f"string (hosts {', '.join(self.target.hosts)}): {scrub(first_line(error))}"
             ) from error
 
+    def reach(self) -> str:
+        """Connect as the application does and return the server reached (``host:port``); write nothing.
+
+        :raises ProbeError: the connection string reaches no writer.
+        """
+        with self._short_session() as session:
+            return f"{session.info.host}:{session.info.port}"
+
     def prepare(self) -> str:
         """Make sure the probe's table exists and this run can write to it; return the server reached.
 

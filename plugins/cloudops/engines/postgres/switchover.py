@@ -36,6 +36,7 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from cloudops.connections import get_connection
@@ -72,6 +73,10 @@ class RejoinFailed(ReplicationError):
     def __init__(self, message: str, steps: Sequence[Step]) -> None:
         super().__init__(message)
         self.steps = tuple(steps)
+
+
+class NodeNotLocal(ReplicationError):
+    """A node's server programs would have to run on another machine, which is not built yet."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,9 @@ class LocalNodeHost:
                 check=False,
                 cwd="/",
                 env={**os.environ, **(env or {})},
+                # A server started here (pg_ctl start) must outlive the task that started it: a task's
+                # process group is signalled when the task ends or is killed.
+                start_new_session=True,
             )
         except subprocess.TimeoutExpired:
             return CommandResult(-1, "", f"{argv[0]} did not finish within {timeout_s:g} s")
@@ -151,6 +159,11 @@ class PostgresNode:
         not given (inside it, pg_rewind would overwrite it with the source's).
     :param keep_files: the node's own configuration files in the data directory, put back after
         pg_rewind (which copies the source's): its port, its listen address, its ALTER SYSTEM settings.
+    :param rewind_conn_id: a connection to this server as a role allowed to be pg_rewind's source when
+        it is the new primary (the catalog's ``rewind_conn_id``); None: ``conn_id``.
+    :param follow_conninfo: how a standby of this server connects to it when it is the primary (no
+        password: the standby's ``~/.pgpass`` or the server's trust gives it); None: built from
+        ``conn_id``'s host, port and user.
     """
 
     name: str
@@ -160,6 +173,13 @@ class PostgresNode:
     host: NodeHost = field(default_factory=LocalNodeHost)
     log_file: str | None = None
     keep_files: tuple[str, ...] = ("postgresql.conf", "postgresql.auto.conf", "pg_hba.conf", "pg_ident.conf")
+    rewind_conn_id: str | None = None
+    follow_conninfo: str | None = None
+
+    @staticmethod
+    def keep_files_default() -> tuple[str, ...]:
+        """The configuration files every node keeps over a pg_rewind."""
+        return ("postgresql.conf", "postgresql.auto.conf", "pg_hba.conf", "pg_ident.conf")
 
     def tool(self, name: str) -> str:
         """The path of server program ``name``."""
@@ -355,6 +375,16 @@ def _conninfo(conn: Connection, *, application_name: str | None = None) -> str:
     return make_conninfo("", **{k: v for k, v in params.items() if v})
 
 
+def _follow_conninfo(primary: PostgresNode, application_name: str, *, used_by: str) -> str:
+    """What a standby of ``primary`` writes in ``primary_conninfo`` (never a password)."""
+    if primary.follow_conninfo:
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+        params = {k: v for k, v in conninfo_to_dict(primary.follow_conninfo).items() if k != "password"}
+        return make_conninfo("", **{**params, "application_name": application_name})
+    return _conninfo(get_connection(primary.conn_id, used_by), application_name=application_name)
+
+
 def _read_file(node: PostgresNode, name: str) -> str | None:
     path = f"{node.data_dir.rstrip('/')}/{name}"
     done = _run(node, ["cat", path], timeout_s=30)
@@ -408,7 +438,7 @@ def rejoin(
         raise RejoinFailed(
             f"{used_by}: refusing to rewind {node.name}: it is running (stop or fence it first)", steps
         )
-    source = get_connection(new_primary.conn_id, used_by)
+    source = get_connection(new_primary.rewind_conn_id or new_primary.conn_id, used_by)
     started = _now()
     _sql(new_primary.conn_id, "CHECKPOINT", used_by=used_by, what=f"CHECKPOINT on {new_primary.name}")
     steps.append(Step("checkpoint", started, _now(), f"CHECKPOINT on {new_primary.name}"))
@@ -446,7 +476,7 @@ def rejoin(
             _write_file(node, name, text, used_by=used_by)
     auto = kept.get("postgresql.auto.conf") or _read_file(node, "postgresql.auto.conf") or ""
     lines = [line for line in auto.splitlines() if not line.strip().startswith("primary_conninfo")]
-    follow = _conninfo(source, application_name=node.name)
+    follow = _follow_conninfo(new_primary, node.name, used_by=used_by)
     lines.append(f"primary_conninfo = {_quote_setting(follow)}")
     _write_file(node, "postgresql.auto.conf", "\n".join(lines) + "\n", used_by=used_by)
     _write_file(node, "standby.signal", "", used_by=used_by)
@@ -619,18 +649,149 @@ def switchover(
     )
 
 
+# What a node's own server says about where it lives: the programs, data and configuration files the
+# drill acts on are read from it, never assumed (superuser, or pg_read_all_settings and pg_monitor).
+_NODE_FACTS = """
+SELECT current_setting('data_directory'),
+       current_setting('server_version_num')::int,
+       split_part(current_setting('unix_socket_directories'), ',', 1),
+       current_setting('port')::int,
+       ARRAY(SELECT DISTINCT sourcefile FROM pg_file_settings WHERE sourcefile IS NOT NULL)
+         || ARRAY[current_setting('hba_file'), current_setting('ident_file')]
+"""
+# Whether a standby may follow over the local socket without a password: the first local rule that
+# covers replication for the role (pg_hba is read top down; this approximates its first match).
+_LOCAL_REPLICATION_RULE = """
+SELECT auth_method FROM pg_hba_file_rules
+WHERE type = 'local' AND error IS NULL
+  AND 'replication' = ANY(database)
+  AND ('all' = ANY(user_name) OR %s = ANY(user_name))
+ORDER BY line_number LIMIT 1
+"""
+_LOCAL_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def _is_local(host: str | None) -> bool:
+    import socket
+
+    if not host or host.startswith("/") or host in _LOCAL_HOSTS or host.startswith("127."):
+        return True
+    try:
+        return socket.gethostbyname(host).startswith("127.")
+    except OSError:
+        return False
+
+
+def discover_node(
+    name: str,
+    conn_id: str,
+    *,
+    used_by: str,
+    rewind_conn_id: str | None = None,
+    node_host: NodeHost | None = None,
+) -> PostgresNode:
+    """A :class:`PostgresNode` read from the running server: its data directory, the programs of its
+    major version, the configuration files it reads from inside its data directory (kept over a
+    pg_rewind), and how a standby follows it (the local socket when ``pg_hba`` trusts replication
+    there, else TCP with the standby's own ``~/.pgpass``).
+
+    :param node_host: where its programs run; None: this machine, which the server must be on.
+    :raises ReplicationError: the server cannot be read, or it is not on this machine and no host
+        says where its programs run.
+    """
+    import psycopg
+
+    conn = get_connection(conn_id, used_by)
+    if node_host is None and not _is_local(conn.host):
+        raise NodeNotLocal(
+            f"{used_by}: member {name} ({conn.host}:{conn.port or 5432}) is not on this machine, and "
+            "running pg_ctl and pg_rewind on another host (over SSH) is not built yet: run the drill on "
+            "the servers' machine"
+        )
+    try:
+        with _replication_session(conn, 10) as session:
+            row = session.execute(_NODE_FACTS).fetchone()
+            assert row is not None
+            data_dir, version_num, socket_dir, port, files = row
+            rule = session.execute(_LOCAL_REPLICATION_RULE, [conn.login or ""]).fetchone()
+    except psycopg.Error as error:
+        raise ReplicationError(
+            f"{used_by}: member {name} ({conn.host}:{conn.port or 5432}) cannot tell where it lives "
+            f"(data directory, version, configuration files): {first_line(error)}"
+        ) from error
+    data_dir = str(data_dir).rstrip("/")
+    inside = {str(f)[len(data_dir) + 1 :] for f in files or () if f and str(f).startswith(data_dir + "/")}
+    keep = tuple(dict.fromkeys([*PostgresNode.keep_files_default(), *sorted(inside)]))
+    host = node_host
+    if host is None:
+        owner = Path(data_dir).owner()
+        host = LocalNodeHost(os_user=owner)
+    follow = None
+    if socket_dir and rule is not None and rule[0] == "trust":
+        follow = f"host={socket_dir} port={int(port)} user={conn.login or 'postgres'}"
+    return PostgresNode(
+        name,
+        conn_id,
+        data_dir,
+        bin_dir=f"/usr/lib/postgresql/{int(version_num) // 10000}/bin",
+        host=host,
+        keep_files=keep,
+        rewind_conn_id=rewind_conn_id,
+        follow_conninfo=follow,
+    )
+
+
+# Work a switchover would cut short: a dump or base backup, or a transaction open longer than the
+# bound (a fast stop ends it). Only what identifies it is read, never the query text.
+_RUNNING_WORK = """
+SELECT pid, backend_type, COALESCE(application_name, ''), COALESCE(usename, ''),
+       COALESCE(EXTRACT(EPOCH FROM now() - COALESCE(xact_start, backend_start)), 0)::float8
+FROM pg_stat_activity
+WHERE pid <> pg_backend_pid()
+  AND (application_name IN ('pg_dump', 'pg_dumpall', 'pg_basebackup', 'cloudops-backup', 'pgbackrest')
+       OR (backend_type = 'client backend' AND xact_start < now() - make_interval(secs => %s)))
+ORDER BY pid
+"""
+
+
+def running_work(conn_id: str, *, name: str, longer_than_s: float, used_by: str) -> list[str]:
+    """Backups and long transactions running on the server now, one sentence each (empty: none).
+
+    :raises ReplicationError: the server cannot be asked.
+    """
+    import psycopg
+
+    conn = get_connection(conn_id, used_by)
+    try:
+        with _replication_session(conn, 10) as session:
+            rows = session.execute(_RUNNING_WORK, [float(longer_than_s)]).fetchall()
+            progress = session.execute("SELECT pid, phase FROM pg_stat_progress_basebackup").fetchall()
+    except psycopg.Error as error:
+        raise ReplicationError(
+            f"{used_by}: the running work on {name} cannot be read: {first_line(error)}"
+        ) from error
+    found = [f"{name}: base backup of pid {pid} in phase {phase!r}" for pid, phase in progress]
+    for pid, backend_type, app, user, age in rows:
+        what = f"{app} ({backend_type})" if app else backend_type
+        found.append(f"{name}: pid {pid} {what} as {user or '?'} running for {float(age):.0f} s")
+    return found
+
+
 __all__ = [
     "DEFAULT_BINDIR",
     "CommandResult",
     "FenceHow",
     "LocalNodeHost",
     "NodeHost",
+    "NodeNotLocal",
     "PostgresNode",
     "RejoinFailed",
     "SwitchoverAborted",
     "controldata",
+    "discover_node",
     "fence",
     "rejoin",
+    "running_work",
     "server_running",
     "shutdown_checkpoint",
     "start_server",
