@@ -23,13 +23,20 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from cloudops.engines.replication import ReplicationLag, Step, SwitchoverResult, Topology
+from cloudops.engines.replication import (
+    RejoinFailed,
+    ReplicationLag,
+    Step,
+    SwitchoverAborted,
+    SwitchoverResult,
+    Topology,
+)
 from cloudops.errors import CloudOpsError, ReplicationError, first_line
 from cloudops.failover.analysis import analyse, verdicts
 from cloudops.failover.guards import Preflight, lag_guard, preflight
 from cloudops.failover.managers import SwitchoverManager
 from cloudops.failover.policy import DrillGuards, DrillTargets
-from cloudops.failover.probe import ProbeError, WriteProbe, probe_target
+from cloudops.failover.probe import ProbeEndpoint, ProbeError, WriteProbe, probe_target
 from cloudops.failover.record import DrillRecord, PreState
 
 log = logging.getLogger(__name__)
@@ -124,8 +131,6 @@ def _switch(
     label: str,
 ) -> SwitchoverResult | None:
     """Run one switchover, its steps into the record; None when it aborted or degraded (recorded)."""
-    from cloudops.engines.postgres.switchover import RejoinFailed, SwitchoverAborted
-
     try:
         result = manager.switchover(primary, candidate, catch_up_timeout_s=guards.catch_up_timeout_s)
     except SwitchoverAborted as error:
@@ -154,7 +159,7 @@ def run_planned_drill(
     manager: SwitchoverManager,
     *,
     run_id: str,
-    probe_dsn: str,
+    probe_dsn: str | ProbeEndpoint,
     targets: DrillTargets,
     guards: DrillGuards,
     candidate: str | None = None,
@@ -164,13 +169,16 @@ def run_planned_drill(
 ) -> DrillRecord:
     """Run a planned switchover drill (and the fail-back) under the write probe; return its record.
 
+    :param probe_dsn: the application's libpq connection string (PostgreSQL), or a probe target built
+        from its connection (:func:`cloudops.failover.probe_mariadb.mariadb_probe_target`).
+
     :raises DrillRefused: a guard refused; nothing was moved.
     :raises InvalidInputError: the probe's connection string is not usable.
     :raises ProbeError: the probe cannot write before the drill (nothing was moved).
     """
     options = options or DrillOptions()
     used_by = f"failover drill {run_id} of {manager.cluster}"
-    target = probe_target(probe_dsn, used_by=used_by)
+    target = probe_target(probe_dsn, used_by=used_by) if isinstance(probe_dsn, str) else probe_dsn
     record = DrillRecord(
         run_id=run_id,
         cluster=manager.cluster,
@@ -208,8 +216,7 @@ def run_planned_drill(
         raise DrillRefused(checked.explain(), record)
     record.engine_version = topology.member(primary).version
 
-    probe = WriteProbe(
-        target,
+    probe = target.writer(
         run_id=run_id,
         used_by=used_by,
         interval_s=options.probe_interval_s,
