@@ -157,7 +157,7 @@ def member_from_patroni(name: str, address: str, answer: ApiAnswer) -> MemberSta
     state = str(body.get("state") or "unknown")
     role_said = str(body.get("role") or "")
     running = state == "running"
-    xlog = body.get("xlog") if isinstance(body.get("xlog"), dict) else {}
+    xlog = _xlog(body)
     version = body.get("server_version")
     version_text = f"{int(version) // 10000}.{int(version) % 10000}" if isinstance(version, int) else None
     if role_said in {"primary", "master", "standby_leader"} and running:
@@ -206,9 +206,14 @@ def _lsn(location: object) -> str | None:
     return f"{location >> 32:X}/{location & 0xFFFFFFFF:X}"
 
 
+def _xlog(body: dict[str, Any]) -> dict[str, Any]:
+    found = body.get("xlog")
+    return found if isinstance(found, dict) else {}
+
+
 def _location(answer: ApiAnswer, key: str) -> int | None:
     body = answer.body if isinstance(answer.body, dict) else {}
-    xlog = body.get("xlog") if isinstance(body.get("xlog"), dict) else {}
+    xlog = _xlog(body)
     value = xlog.get(key)
     return value if isinstance(value, int) else None
 
