@@ -390,6 +390,8 @@ class PatroniManager:
         return lsn, timeline, json.dumps(last)[:300]
 
     def _preconditions(self, primary: str, candidate: str) -> None:
+        for member in (primary, candidate):
+            self.api(member)  # an unknown member is bad input, named before any request
         view = self.cluster_view()
         if not view:
             raise ReplicationError(

@@ -153,6 +153,31 @@ def probe_target(
     )
 
 
+def libpq_probe_target(conn_id: str, *, used_by: str, database: str | None = None) -> ProbeTarget:
+    """The probe's target from the application's Airflow connection routed ``libpq-multihost``: ``host``
+    ``h1,h2``, ``extra.port`` ``p1,p2`` (or the one ``port``), ``extra.target_session_attrs`` and any
+    other libpq ``extra`` keys as they are.
+
+    :raises InvalidInputError: see :func:`probe_target`.
+    """
+    from psycopg.conninfo import make_conninfo
+
+    from cloudops.connections import get_connection
+
+    conn = get_connection(conn_id, used_by)
+    extra = dict(conn.extra_dejson or {})
+    params = {k: str(v) for k, v in extra.items() if k != "port"}
+    params |= {
+        "host": conn.host or "",
+        "port": str(extra.get("port") or conn.port or 5432),
+        "dbname": database or conn.schema or "postgres",
+        "user": conn.login or "",
+    }
+    if conn.password:
+        params["password"] = conn.password
+    return probe_target(make_conninfo("", **{k: v for k, v in params.items() if v}), used_by=used_by)
+
+
 def connect_error_class(error: BaseException) -> str:
     """A short kind for a failed connect (the record counts them): no server takes writes, refused,
     timed out, the server is shutting down or starting."""
@@ -427,6 +452,7 @@ __all__ = [
     "ProbeTarget",
     "WriteProbe",
     "connect_error_class",
+    "libpq_probe_target",
     "probe_target",
     "write_outcome",
 ]
