@@ -86,7 +86,8 @@ def test_a_planned_drill_switches_over_and_back_through_patroni_losing_nothing(
     assert analysis is not None
     print(
         f"\nPatroni planned drill: windows {[round(w.seconds, 3) for w in analysis.windows]} s, "
-        f"max ack gap {analysis.max_ack_gap_s:.3f} s, acked {analysis.acked}, lost {analysis.acked_writes_lost}, "
+        f"max ack gap {analysis.max_ack_gap_s:.3f} s, acked {analysis.acked}, "
+        f"lost {analysis.acked_writes_lost}, "
         f"in doubt {analysis.in_doubt}, errors {analysis.error_classes}, drill {record.drill_seconds:.2f} s"
     )
     assert record.aborted is None, record.aborted
@@ -102,7 +103,9 @@ def test_a_planned_drill_switches_over_and_back_through_patroni_losing_nothing(
     requested = next(p for p in record.phases if p.name == "switchover.request")
     assert requested.detail.startswith("POST /switchover: 200"), requested.detail
     assert "use_pg_rewind" in record.server_evidence["switchover.rejoin"]
-    assert int(record.server_evidence["fail_back.timeline"]) > int(record.server_evidence["switchover.timeline"])
+    assert int(record.server_evidence["fail_back.timeline"]) > int(
+        record.server_evidence["switchover.timeline"]
+    )
     # Back as the catalog's cluster was: the same leader, the other node streaming from it.
     assert _leader(manager) == (primary, replica)
     assert manager.topology().healthy

@@ -408,13 +408,10 @@ class PatroniManager:
                 f"({view.get(candidate, {}).get('role')}, {view.get(candidate, {}).get('state')}); "
                 "nothing was done"
             )
-        for name, member in view.items():
-            tags = member.get("tags") or {}
-            if name == candidate and tags.get("nofailover"):
-                raise ReplicationError(
-                    f"{self.used_by}: {self.cluster}: {candidate} carries the nofailover tag; "
-                    "nothing was done"
-                )
+        if (view[candidate].get("tags") or {}).get("nofailover"):
+            raise ReplicationError(
+                f"{self.used_by}: {self.cluster}: {candidate} carries the nofailover tag; nothing was done"
+            )
 
     def switchover(self, primary: str, candidate: str, *, catch_up_timeout_s: float) -> SwitchoverResult:
         """``POST /switchover`` from ``primary`` to ``candidate``; wait until it leads and ``primary``

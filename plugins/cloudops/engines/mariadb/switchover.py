@@ -23,8 +23,11 @@ The replication password goes to the server in ``CHANGE MASTER`` only (never a l
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,14 +63,43 @@ def _now() -> float:
     return time.time()
 
 
+# Sessions held open for one switchover (conn_id -> session): its steps then cost no new connection,
+# which is most of a step's time on a busy machine.
+_HELD: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("mariadb_held", default=None)
+
+
+@contextmanager
+def _session(node: MariadbNode, *, used_by: str, timeout_s: int) -> Iterator[Any]:
+    held = _HELD.get()
+    if held is not None and node.conn_id in held:
+        yield held[node.conn_id]
+        return
+    with _replication_session(get_connection(node.conn_id, used_by), timeout_s) as session:
+        yield session
+
+
+@contextmanager
+def _holding(nodes: list[MariadbNode], *, used_by: str, timeout_s: int) -> Iterator[None]:
+    """Keep one session per node open while the block runs (a session that breaks is opened again)."""
+    with ExitStack() as stack:
+        held: dict[str, Any] = {}
+        for node in nodes:
+            conn = get_connection(node.conn_id, used_by)
+            held[node.conn_id] = stack.enter_context(_replication_session(conn, timeout_s))
+        token = _HELD.set(held)
+        try:
+            yield
+        finally:
+            _HELD.reset(token)
+
+
 def _execute(
     node: MariadbNode, statements: list[str | tuple[str, list[Any]]], *, used_by: str, what: str
 ) -> None:
     import pymysql
 
-    conn = get_connection(node.conn_id, used_by)
     try:
-        with _replication_session(conn, 30) as session, session.cursor() as cursor:
+        with _session(node, used_by=used_by, timeout_s=30) as session, session.cursor() as cursor:
             for statement in statements:
                 if isinstance(statement, tuple):
                     cursor.execute(statement[0], statement[1])
@@ -80,9 +112,8 @@ def _execute(
 def _query(node: MariadbNode, query: str, *, used_by: str, timeout_s: int = 10) -> dict[str, Any] | None:
     import pymysql
 
-    conn = get_connection(node.conn_id, used_by)
     try:
-        with _replication_session(conn, timeout_s) as session:
+        with _session(node, used_by=used_by, timeout_s=timeout_s) as session:
             return _one(session, query)
     except pymysql.MySQLError as error:
         raise ReplicationError(f"{used_by}: reading {node.name} failed: {first_line(error)}") from error
@@ -144,9 +175,8 @@ def gtid_wait(node: MariadbNode, position: str, *, used_by: str, timeout_s: floa
     time, and its ``@@gtid_slave_pos`` afterwards."""
     import pymysql
 
-    conn = get_connection(node.conn_id, used_by)
     try:
-        with _replication_session(conn, int(timeout_s) + 10) as session:
+        with _session(node, used_by=used_by, timeout_s=int(timeout_s) + 10) as session:
             with session.cursor() as cursor:
                 cursor.execute("SELECT MASTER_GTID_WAIT(%s, %s) AS waited", [position, float(timeout_s)])
                 row = cursor.fetchone()
@@ -342,6 +372,33 @@ def switchover(
             result,
         )
 
+    with _holding([old, new], used_by=used_by, timeout_s=int(max(catch_up_timeout_s, rejoin_timeout_s)) + 30):
+        return _switch(
+            old,
+            new,
+            cluster=cluster,
+            used_by=used_by,
+            steps=steps,
+            abort=abort,
+            catch_up_timeout_s=catch_up_timeout_s,
+            rejoin_timeout_s=rejoin_timeout_s,
+            old_address=old_address,
+        )
+
+
+def _switch(
+    old: MariadbNode,
+    new: MariadbNode,
+    *,
+    cluster: str,
+    used_by: str,
+    steps: list[Step],
+    abort: Callable[[str], SwitchoverAborted],
+    catch_up_timeout_s: float,
+    rejoin_timeout_s: float,
+    old_address: str,
+) -> SwitchoverResult:
+    """The acting part of :func:`switchover`, on held sessions."""
     started = _now()
     _execute(old, ["SET GLOBAL read_only = 1", "FLUSH TABLES"], used_by=used_by, what="making it read_only")
     position = str(
