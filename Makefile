@@ -33,7 +33,7 @@ WITH_SANDBOX_ENV := set -a; . "$(ENV_FILE)"; set +a;
 DEBIAN_PACKAGES := postgresql postgresql-client mariadb-server mariadb-client openssh-client debootstrap zstd pgbackrest chromium chromium-driver etcd-server python3-venv
 REQUIRED_BINARIES := /usr/lib/postgresql/15/bin/initdb /usr/sbin/mariadbd /usr/sbin/debootstrap /usr/bin/ssh /usr/bin/zstd /usr/bin/pg_dump /usr/bin/mariadb-dump /usr/bin/chromium /usr/bin/chromedriver /usr/bin/etcd
 
-.PHONY: sandbox-prepare bench-patch bench-backup bench-evidence bench-pipeline help setup system-packages venv lock sandbox sandbox-down airflow-db demo test test-unit lint schema up down bench clean
+.PHONY: sandbox-prepare bench-failover bench-patch bench-backup bench-evidence bench-pipeline help setup system-packages venv lock sandbox sandbox-down airflow-db demo test test-unit lint schema up down bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
@@ -112,6 +112,9 @@ bench-evidence: venv  ## evidence ledger: append 100k, verify, export a month (~
 
 bench-patch: sandbox  ## patch wave vs ansible-playbook and the ideal, 6 and 30 hosts (ansible-core in its own venv under the sandbox dir)
 	@$(WITH_SANDBOX_ENV) nice -n 10 $(BIN)/python tests/benchmarks/bench_patch_wave.py
+
+bench-failover: sandbox  ## write downtime and drill time: native PG, patronictl alone, our Patroni drill, MariaDB (5 rounds, ~5 min)
+	@$(WITH_SANDBOX_ENV) $(BIN)/python tests/benchmarks/bench_failover.py
 
 bench-pipeline: sandbox  ## peak memory of the streaming upload pipeline
 	@$(WITH_SANDBOX_ENV) $(BIN)/python tests/benchmarks/bench_pipeline_memory.py

@@ -375,6 +375,11 @@ class PatroniManager:
             and found.get("state") == "streaming"
         )
 
+    def wait_streaming(self, member: str, *, timeout_s: float) -> tuple[bool, str]:
+        """Wait (at most ``timeout_s``) until Patroni reports ``member`` streaming; whether it does and
+        the cluster as last seen."""
+        return self._wait(f"{member} streaming", lambda view: self._streams(view, member), timeout_s)
+
     def _history(self, member: str) -> tuple[str | None, int | None, str]:
         """The last entry of ``GET /history``: (switch LSN, new timeline, the entry as text)."""
         try:
