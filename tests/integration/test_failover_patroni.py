@@ -19,7 +19,7 @@ from cloudops.catalog.loader import load_catalog_file
 from cloudops.engines.replication import SwitchoverAborted
 from cloudops.errors import InvalidInputError, ReplicationError
 from cloudops.failover.drill import DrillOptions, run_planned_drill
-from cloudops.failover.managers import manager_for
+from cloudops.failover.managers import ManagerSite, manager_for
 from cloudops.failover.patroni import PatroniManager
 from cloudops.failover.policy import DrillGuards, DrillTargets
 from cloudops.failover.probe import libpq_probe_target
@@ -146,3 +146,64 @@ def test_switchover_aborted_is_what_a_refusal_raises() -> None:
     from cloudops.engines.postgres.switchover import SwitchoverAborted as PostgresAborted
 
     assert PostgresAborted is SwitchoverAborted
+
+
+def test_a_crash_of_the_leader_fails_over_on_the_ttl_and_the_old_leader_rejoins(
+    manager: PatroniManager,
+) -> None:
+    """Patroni and PostgreSQL of the leader killed together: the replica takes the leader key when it
+    expires (ttl 20 s in the sandbox), the old leader is started again and rejoins; then a planned
+    switchover back restores the catalog's leader. The probe counts what the application lost."""
+    from cloudops.failover.analysis import analyse
+    from cloudops.sandbox.patroni import SandboxPatroniControl
+
+    catalog = load_catalog_file(SANDBOX_CATALOG)
+    cluster = catalog.cluster("ledger_patroni")
+    crashing = manager_for(
+        catalog, cluster, used_by=USED_BY, site=ManagerSite(node_control=SandboxPatroniControl())
+    )
+    assert isinstance(crashing, PatroniManager)
+    primary, replica = _leader(crashing)
+    probe = libpq_probe_target(
+        cluster.probe.conn_id, used_by=USED_BY, database=cluster.probe.database
+    ).writer(run_id="it-patroni-crash", used_by=USED_BY, max_seconds=300)
+    probe.prepare()
+    try:
+        with probe:
+            assert probe.wait_for_acks(30, within_s=30)
+            result = crashing.crash(primary, replica, detect_timeout_s=90)
+            assert probe.wait_for_acks(10, within_s=30)
+            attempts = probe.stop()
+        present, _ = probe.read_back()
+        analysis = analyse(attempts, present_ids=present)
+        print(
+            f"\nPatroni crash: windows {[round(w.seconds, 3) for w in analysis.windows]} s, "
+            f"lost {analysis.acked_writes_lost}, "
+            f"steps {[(s.name, round(s.seconds, 2)) for s in result.steps]}"
+        )
+        assert result.new_primary == replica
+        assert [s.name for s in result.steps] == [
+            "crash",
+            "new_leader",
+            "restart_old",
+            "old_leader_streaming",
+        ]
+        assert "SIGKILL" in result.steps[0].detail
+        assert "Patroni (pid" in result.steps[0].detail
+        assert analysis.acked_writes_lost == 0
+        # The key's TTL (20 s) is the detection: writes fail for about that long, never for seconds only.
+        assert analysis.write_downtime_s > 5
+        assert _leader(crashing) == (replica, primary)
+    finally:
+        topology = crashing.topology()
+        if topology.primary == replica and topology.healthy:
+            crashing.switchover(replica, primary, catch_up_timeout_s=30)
+    assert _leader(crashing) == (primary, replica)
+
+
+def test_the_crash_mode_is_refused_where_the_catalog_does_not_allow_it(manager: PatroniManager) -> None:
+    primary, replica = _leader(manager)
+    # The registry gives a node control only to clusters whose drill allows crash; none was given here.
+    with pytest.raises(ReplicationError, match=r"does not allow the crash mode .* nothing was done"):
+        manager.crash(primary, replica)
+    assert _leader(manager) == (primary, replica)

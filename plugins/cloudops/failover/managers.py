@@ -170,7 +170,10 @@ def _patroni(catalog: Catalog, cluster: Cluster, site: ManagerSite, used_by: str
         )
         for m in cluster.members
     }
-    return PatroniManager(cluster.name, members, used_by=used_by, control=site.node_control)
+    # The crash mode only where the catalog allows it: without a control, crash() refuses.
+    crash_allowed = cluster.drill is not None and "crash" in cluster.drill.modes
+    control = site.node_control if crash_allowed else None
+    return PatroniManager(cluster.name, members, used_by=used_by, control=control)
 
 
 def _mariadb_gtid(catalog: Catalog, cluster: Cluster, site: ManagerSite, used_by: str) -> SwitchoverManager:

@@ -518,8 +518,9 @@ class PatroniManager:
         """
         if self.control is None:
             raise ReplicationError(
-                f"{self.used_by}: {self.cluster}: cannot crash {primary}: no control of its host (give the "
-                "member a fleet host); nothing was done"
+                f"{self.used_by}: {self.cluster}: cannot crash {primary}: the catalog does not allow the "
+                "crash mode for this cluster, or nothing controls its host (give the member a fleet host); "
+                "nothing was done"
             )
         self._preconditions(primary, candidate)
         steps: list[Step] = []
