@@ -528,14 +528,16 @@ class PatroniManager:
             "%s: %s: plan: crash %s (Patroni and PostgreSQL together)", self.used_by, self.cluster, primary
         )
         started = time.time()
-        steps.append(Step("crash", started, time.time(), self.control.crash(primary)))
+        said = self.control.crash(primary)
+        steps.append(Step("crash", started, time.time(), said))
         started = time.time()
         led, seen = self._wait(
             f"{candidate} leading", lambda view: self._leads(view, candidate), detect_timeout_s
         )
         steps.append(Step("new_leader", started, time.time(), seen, ok=led))
         started = time.time()
-        steps.append(Step("restart_old", started, time.time(), self.control.start(primary)))
+        said = self.control.start(primary)
+        steps.append(Step("restart_old", started, time.time(), said))
         if not led:
             raise RejoinFailed(
                 f"{self.used_by}: {self.cluster}: no new leader within {detect_timeout_s:g} s of crashing "
