@@ -203,3 +203,29 @@ def test_native_pg_needs_the_data_directories_and_names_the_missing_one(tmp_path
     assert isinstance(built, NativePostgresManager)
     assert built.nodes["shop_replica"].conn_id == "acme_shop_replica"
     assert built.nodes["shop_replica"].data_dir == "/srv/pg/replica"
+
+
+def test_mariadb_write_errors_are_failed_or_in_doubt_as_the_server_could_have_committed() -> None:
+    import pymysql
+
+    from cloudops.failover.probe_mariadb import MariadbProbeTarget, MariadbWriteProbe, NoWritableServer
+
+    probe = MariadbWriteProbe(
+        MariadbProbeTarget(("h",), (3306,), "p", "pw", "db"), run_id="unit", used_by="unit", max_seconds=1
+    )
+    read_only = pymysql.err.OperationalError(
+        1290, "The MariaDB server is running with the --read-only option"
+    )
+    assert probe._write_error(read_only) == ("failed", "read_only (1290)")
+    lost = pymysql.err.OperationalError(2013, "Lost connection to server during query")
+    assert probe._write_error(lost) == ("in_doubt", "connection lost (2013)")
+    duplicate = pymysql.err.IntegrityError(1062, "Duplicate entry")
+    assert probe._write_error(duplicate) == ("failed", "IntegrityError 1062")
+    assert probe._write_error(pymysql.err.InterfaceError(0, "")) == (
+        "in_doubt",
+        "connection lost (InterfaceError)",
+    )
+    assert probe._connect_error(NoWritableServer("no server with read_only off: h:3306 read_only")) == (
+        "connect: no read-write server"
+    )
+    assert probe._connect_error(pymysql.err.OperationalError(2003, "Can't connect")) == "connect: refused"
