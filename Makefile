@@ -34,7 +34,7 @@ WITH_SANDBOX_ENV := set -a; . "$(ENV_FILE)"; set +a;
 DEBIAN_PACKAGES := postgresql postgresql-client mariadb-server mariadb-client openssh-client debootstrap zstd pgbackrest chromium chromium-driver etcd-server python3-venv libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core poppler-utils
 REQUIRED_BINARIES := /usr/lib/postgresql/15/bin/initdb /usr/sbin/mariadbd /usr/sbin/debootstrap /usr/bin/ssh /usr/bin/zstd /usr/bin/pg_dump /usr/bin/mariadb-dump /usr/bin/chromium /usr/bin/chromedriver /usr/bin/etcd /usr/bin/pdftoppm
 
-.PHONY: sandbox-prepare bench-report bench-patch bench-backup bench-evidence bench-pipeline help setup system-packages venv lock sandbox sandbox-down airflow-db demo test test-unit lint schema up down bench clean probes bench-probes
+.PHONY: sandbox-prepare bench-report bench-patch bench-backup bench-evidence bench-pipeline help setup system-packages venv lock sandbox sandbox-down airflow-db demo test test-unit lint schema up down bench clean probes bench-probes bench-failover
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
@@ -129,6 +129,9 @@ bench-patch: sandbox  ## patch wave vs ansible-playbook and the ideal, 6 and 30 
 
 bench-report: venv  ## monthly report of 50 targets x a month of 1-minute samples + 10k runs: time and peak memory
 	$(BIN)/python tests/benchmarks/bench_report.py
+
+bench-failover: sandbox  ## write downtime and drill time: native PG, patronictl alone, our Patroni drill, MariaDB (5 rounds, ~5 min)
+	@$(WITH_SANDBOX_ENV) $(BIN)/python tests/benchmarks/bench_failover.py
 
 bench-pipeline: sandbox  ## peak memory of the streaming upload pipeline
 	@$(WITH_SANDBOX_ENV) $(BIN)/python tests/benchmarks/bench_pipeline_memory.py

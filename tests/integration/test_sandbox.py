@@ -304,9 +304,16 @@ def test_env_file_is_private_complete_and_shell_sourceable(
     expected |= {h.ssh_conn_id for h in (*plan.hosts, *extra_hosts(layout))}
     expected |= {s.conn_id for s in (plan.postgres_scratch, plan.mariadb_scratch) if s}  # the drills' servers
     expected.add(EVIDENCE_SIGNING_CONN_ID)  # the evidence digests' HMAC key
-    for cluster in plan.clusters:  # each member, its REST API or rewind source, and the probe's way in
+    for (
+        cluster
+    ) in plan.clusters:  # each member, its REST API, rewind or replication source, the probe's way in
         expected |= {cluster.probe_conn_id}
-        expected |= {c for m in cluster.members for c in (m.conn_id, m.api_conn_id, m.rewind_conn_id) if c}
+        expected |= {
+            c
+            for m in cluster.members
+            for c in (m.conn_id, m.api_conn_id, m.rewind_conn_id, m.replication_conn_id)
+            if c
+        }
     expected |= set(plan.http_conn_ids)  # the endpoints the first host's health page serves
     expected.add(EVIDENCE_DB_CONN_ID)  # the PostgreSQL evidence ledger's database
     assert set(connections) == expected

@@ -344,3 +344,27 @@ def test_a_cluster_name_is_claimed_once_across_files(tmp_path: Path) -> None:
     (issue,) = result.issues
     assert issue.field == "clusters[0].name"
     assert "cluster name 'shop_pg' is already defined in" in issue.message
+
+
+def test_replication_conn_id_belongs_to_mariadb_gtid_members_only(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        NATIVE.replace("{database: shop_replica}", "{database: shop_replica, replication_conn_id: x}"),
+    )
+    field, message = only_issue(path)
+    assert field == "clusters[0].members[1].replication_conn_id"
+    assert "only a mariadb-gtid cluster repoints replicas with CHANGE MASTER, not native-pg" in message
+    good = write(
+        tmp_path,
+        """\
+        - name: stock_cluster
+          manager: mariadb-gtid
+          members:
+            - {database: stock, replication_conn_id: acme_stock_repl}
+            - {database: stock_replica, replication_conn_id: acme_stock_replica_repl}
+          probe: {conn_id: acme_stock_probe, routing: first-writable}
+        """,
+        name="good.yaml",
+    )
+    cluster = load_catalog_file(good).cluster("stock_cluster")
+    assert [m.replication_conn_id for m in cluster.members] == ["acme_stock_repl", "acme_stock_replica_repl"]

@@ -180,6 +180,13 @@ def _members(
                     f"pg_rewind serves PostgreSQL clusters (native-pg, patroni), not {manager}",
                 )
             )
+        if manager != "mariadb-gtid" and member.replication_conn_id is not None:
+            problems.append(
+                _problem(
+                    (*here, "replication_conn_id"),
+                    f"only a mariadb-gtid cluster repoints replicas with CHANGE MASTER, not {manager}",
+                )
+            )
         rds_id = member.rds_instance_id or (database.rds_instance_id if database else None)
         if manager in RDS_MANAGERS and rds_id is None:
             problems.append(

@@ -984,6 +984,12 @@ class ClusterMember(CatalogModel):
         description="PostgreSQL: a connection to this server as a role allowed to serve pg_rewind (the "
         "source of a rewind of the other members).",
     )
+    replication_conn_id: ConnId | None = Field(
+        default=None,
+        description="mariadb-gtid: the account a replica of this server logs in with, and the address it "
+        "reaches this server at (host, port): the old primary is pointed at the new one with it; none: a "
+        "drill refuses before anything moves.",
+    )
     rds_instance_id: str | None = Field(
         default=None, description="RDS: the DB instance identifier (else the database's rds_instance_id)."
     )

@@ -26,8 +26,9 @@ Replication verbs, for the failover drill built on them:
 - Switching over without a manager (planned switchover, fence, rejoin) acts on a node's server
   programs, not only its SQL: :class:`SwitchoverEngine` holds those verbs, taking the engine's own
   node type (PostgreSQL: :class:`cloudops.engines.postgres.switchover.PostgresNode`, a data directory
-  on a host). PostgreSQL implements it; MariaDB GTID joins it with the same names
-  (read_only + ``MASTER_GTID_WAIT``, promote, ``CHANGE MASTER ... MASTER_USE_GTID=slave_pos``).
+  on a host). PostgreSQL implements it, and MariaDB with the same names
+  (:class:`cloudops.engines.mariadb.switchover.MariadbNode`: read_only + ``MASTER_GTID_WAIT``, promote,
+  ``CHANGE MASTER ... MASTER_USE_GTID=slave_pos``).
 """
 
 from __future__ import annotations

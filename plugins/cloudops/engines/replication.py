@@ -10,9 +10,11 @@ failover drill's preflight and the health check can log and assert the same sent
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
+
+from cloudops.errors import ReplicationError
 
 Role = Literal["primary", "replica"]
 
@@ -195,6 +197,24 @@ class SwitchoverResult:
         return self.steps[-1].ended - self.steps[0].started if self.steps else 0.0
 
 
+class SwitchoverAborted(ReplicationError):
+    """The switchover was rolled back: the old primary is primary again (``result.aborted`` says why).
+    Every engine and manager raises this one, so the drill tells the abort path the same way."""
+
+    def __init__(self, message: str, result: SwitchoverResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class RejoinFailed(ReplicationError):
+    """The old primary could not come back as a replica: the new primary serves alone (degraded
+    redundancy) and fail-back is left to a person; ``steps`` says how far it got."""
+
+    def __init__(self, message: str, steps: Sequence[Step]) -> None:
+        super().__init__(message)
+        self.steps = tuple(steps)
+
+
 _LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
 
@@ -286,9 +306,11 @@ def discover_topology(
 __all__ = [
     "Downstream",
     "MemberState",
+    "RejoinFailed",
     "ReplicationLag",
     "Role",
     "Step",
+    "SwitchoverAborted",
     "SwitchoverResult",
     "Topology",
     "assemble_topology",

@@ -24,7 +24,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from cloudops.engines.replication import ReplicationLag, Step, SwitchoverResult, Topology
+from cloudops.engines.replication import (
+    RejoinFailed,
+    ReplicationLag,
+    Step,
+    SwitchoverAborted,
+    SwitchoverResult,
+    Topology,
+)
 from cloudops.errors import CloudOpsError, ReplicationError, first_line
 from cloudops.failover.analysis import analyse, verdicts
 from cloudops.failover.guards import (
@@ -38,7 +45,7 @@ from cloudops.failover.guards import (
 )
 from cloudops.failover.managers import SwitchoverManager
 from cloudops.failover.policy import DrillGuards, DrillTargets
-from cloudops.failover.probe import ProbeError, WriteProbe, probe_target
+from cloudops.failover.probe import ProbeEndpoint, ProbeError, WriteProbe, probe_target
 from cloudops.failover.record import DrillRecord, PreState
 
 log = logging.getLogger(__name__)
@@ -135,8 +142,6 @@ def _switch(
     label: str,
 ) -> SwitchoverResult | None:
     """Run one switchover, its steps into the record; None when it aborted or degraded (recorded)."""
-    from cloudops.engines.postgres.switchover import RejoinFailed, SwitchoverAborted
-
     try:
         result = manager.switchover(primary, candidate, catch_up_timeout_s=guards.catch_up_timeout_s)
     except SwitchoverAborted as error:
@@ -197,7 +202,7 @@ def preflight_drill(
     manager: SwitchoverManager,
     *,
     run_id: str,
-    probe_dsn: str,
+    probe_dsn: str | ProbeEndpoint,
     guards: DrillGuards,
     mode: str = "planned",
     candidate: str | None = None,
@@ -212,10 +217,12 @@ def preflight_drill(
     (``expected_members``), no backup or long transaction on the primary (managers that report it),
     the probe's connection reaching the primary, and a driver for the mode.
 
+    :param probe_dsn: the application's libpq connection string (PostgreSQL), or a probe target built
+        from its connection (:func:`cloudops.failover.probe_mariadb.mariadb_probe_target`).
     :raises InvalidInputError: the probe's connection string is not usable.
     """
     used_by = f"failover drill {run_id} of {manager.cluster}"
-    target = probe_target(probe_dsn, used_by=used_by)
+    target = probe_target(probe_dsn, used_by=used_by) if isinstance(probe_dsn, str) else probe_dsn
     record = DrillRecord(
         run_id=run_id,
         cluster=manager.cluster,
@@ -270,7 +277,7 @@ def preflight_drill(
                 manager.cluster, primary, found, longer_than_s=long_transaction_s, error=error_text
             )
         )
-    probe = WriteProbe(target, run_id=run_id, used_by=used_by)
+    probe = target.writer(run_id=run_id, used_by=used_by)
     try:
         reached: str | None = probe.reach()
         reach_error = None
@@ -294,7 +301,7 @@ def run_planned_drill(
     manager: SwitchoverManager,
     *,
     run_id: str,
-    probe_dsn: str,
+    probe_dsn: str | ProbeEndpoint,
     targets: DrillTargets,
     guards: DrillGuards,
     candidate: str | None = None,
@@ -306,6 +313,8 @@ def run_planned_drill(
 ) -> DrillRecord:
     """Run a planned switchover drill (and the fail-back) under the write probe; return its record.
 
+    :param probe_dsn: the application's libpq connection string (PostgreSQL), or a probe target built
+        from its connection (:func:`cloudops.failover.probe_mariadb.mariadb_probe_target`).
     :raises DrillRefused: a guard refused; nothing was moved.
     :raises InvalidInputError: the probe's connection string is not usable.
     :raises ProbeError: the probe cannot write before the drill (nothing was moved).
@@ -325,14 +334,13 @@ def run_planned_drill(
         long_transaction_s=long_transaction_s,
     )
     record, primary, chosen = planned.record, planned.primary, planned.candidate
-    target = probe_target(probe_dsn, used_by=used_by)
+    target = probe_target(probe_dsn, used_by=used_by) if isinstance(probe_dsn, str) else probe_dsn
     if not planned.passed or primary is None:
         record.finished = time.time()
         raise DrillRefused(planned.checked.explain(), record)
     log.info("%s: plan: %s", used_by, planned.plan())
 
-    probe = WriteProbe(
-        target,
+    probe = target.writer(
         run_id=run_id,
         used_by=used_by,
         interval_s=options.probe_interval_s,

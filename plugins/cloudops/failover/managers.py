@@ -1,22 +1,30 @@
 """The cluster managers a drill drives, behind one protocol: each knows how to read its cluster,
 how far a candidate is behind, how to switch over (and back) and how to fence a node.
 
-:class:`NativePostgresManager` (``native-pg``) switches over itself with
-:mod:`cloudops.engines.postgres.switchover`. Patroni (``POST /switchover``, poll ``/cluster``),
-MariaDB GTID (read_only, ``MASTER_GTID_WAIT``, promote, repoint) and RDS (forced failover, failover
-events) implement the same :class:`SwitchoverManager`; the drill (:mod:`cloudops.failover.drill`)
-does not change for them.
+One module per manager, chosen by the catalog's manager name through :data:`MANAGERS` and
+:func:`manager_for`:
+
+- ``native-pg``: :class:`NativePostgresManager` (here), switching over itself with
+  :mod:`cloudops.engines.postgres.switchover`;
+- ``patroni``: :class:`cloudops.failover.patroni.PatroniManager` (REST ``POST /switchover``, ``/cluster``);
+- ``mariadb-gtid``: :class:`cloudops.failover.mariadb_gtid.MariadbGtidManager` (read_only,
+  ``MASTER_GTID_WAIT``, promote, repoint);
+- ``rds-multi-az-instance``, ``rds-multi-az-cluster``, ``aurora``: :mod:`cloudops.failover.rds`
+  (forced failover, failover events).
+
+The drill (:mod:`cloudops.failover.drill`) does not change for any of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cloudops.errors import InvalidInputError
 
 if TYPE_CHECKING:
+    from cloudops.catalog.models import Catalog, Cluster
     from cloudops.engines.postgres.switchover import FenceHow, PostgresNode
     from cloudops.engines.replication import ReplicationLag, SwitchoverResult, Topology
 
@@ -119,4 +127,172 @@ class NativePostgresManager:
         return running_work(node.conn_id, name=member, longer_than_s=longer_than_s, used_by=self.used_by)
 
 
-__all__ = ["NativePostgresManager", "SwitchoverManager"]
+@dataclass(frozen=True)
+class ManagerSite:
+    """What the catalog does not hold and a manager needs where it runs.
+
+    :param data_dirs: native-pg: each member's data directory on its host (member name → path).
+    :param node_control: patroni: where the nodes' processes run, for the crash mode.
+    :param rds_api: RDS managers: the client to use instead of ``RdsHook(aws_conn_id).conn`` (the tests'
+        scripted stand-in; None in production).
+    :param rds_lag_seconds: RDS cluster managers: a reader's replica lag (default: CloudWatch).
+    """
+
+    data_dirs: Mapping[str, str] = field(default_factory=dict)
+    node_control: Any = None
+    rds_api: Any = None
+    rds_lag_seconds: Callable[[str], float | None] | None = None
+
+
+def member_conn_id(catalog: Catalog, cluster: Cluster, member: str) -> str:
+    """The connection of a cluster member: its catalog database's, or its own."""
+    found = cluster.member(member)
+    if found.database:
+        return catalog.database(found.database).conn_id
+    return found.conn_id or ""
+
+
+def _native_pg(catalog: Catalog, cluster: Cluster, site: ManagerSite, used_by: str) -> SwitchoverManager:
+    from cloudops.engines.postgres.switchover import PostgresNode
+
+    missing = [m.member_name for m in cluster.members if m.member_name not in site.data_dirs]
+    if missing:
+        raise InvalidInputError(
+            f"{used_by}: cluster {cluster.name!r} (native-pg): the data directory of {', '.join(missing)} is "
+            "unknown: the switchover stops, rewinds and starts the servers, so it needs them"
+        )
+    nodes = {
+        m.member_name: PostgresNode(
+            m.member_name, member_conn_id(catalog, cluster, m.member_name), site.data_dirs[m.member_name]
+        )
+        for m in cluster.members
+    }
+    return NativePostgresManager(cluster.name, nodes, used_by=used_by)
+
+
+def _patroni(catalog: Catalog, cluster: Cluster, site: ManagerSite, used_by: str) -> SwitchoverManager:
+    from cloudops.failover.patroni import PatroniManager, PatroniMember
+
+    members = {
+        m.member_name: PatroniMember(
+            m.member_name, member_conn_id(catalog, cluster, m.member_name), m.patroni_api_conn_id or ""
+        )
+        for m in cluster.members
+    }
+    # The crash mode only where the catalog allows it: without a control, crash() refuses.
+    crash_allowed = cluster.drill is not None and "crash" in cluster.drill.modes
+    control = site.node_control if crash_allowed else None
+    return PatroniManager(cluster.name, members, used_by=used_by, control=control)
+
+
+def _mariadb_gtid(catalog: Catalog, cluster: Cluster, site: ManagerSite, used_by: str) -> SwitchoverManager:
+    from cloudops.engines.mariadb.switchover import MariadbNode
+    from cloudops.failover.mariadb_gtid import MariadbGtidManager
+
+    nodes = {
+        m.member_name: MariadbNode(
+            m.member_name, member_conn_id(catalog, cluster, m.member_name), m.replication_conn_id
+        )
+        for m in cluster.members
+    }
+    return MariadbGtidManager(cluster.name, nodes, used_by=used_by)
+
+
+def _rds_api(catalog: Catalog, cluster: Cluster, site: ManagerSite) -> Any:
+    if site.rds_api is not None:
+        return site.rds_api
+    from cloudops.failover.rds import rds_client
+
+    if cluster.rds is None:  # the catalog refuses an RDS cluster without rds: (a model built by hand)
+        raise InvalidInputError(f"cluster {cluster.name!r} ({cluster.manager}) names no rds: resource")
+    cloud = next(c for c in catalog.clouds if c.name == cluster.rds.cloud)
+    return rds_client(cloud.aws_conn_id)
+
+
+def _rds_identifier(cluster: Cluster, field_name: str, used_by: str) -> str:
+    value = getattr(cluster.rds, field_name, None) if cluster.rds is not None else None
+    if not value:
+        raise InvalidInputError(
+            f"{used_by}: cluster {cluster.name!r} ({cluster.manager}) needs rds.{field_name}"
+        )
+    return str(value)
+
+
+def _rds_instance(catalog: Catalog, cluster: Cluster, site: ManagerSite, used_by: str) -> SwitchoverManager:
+    from cloudops.failover.rds import RdsMultiAzInstanceManager
+
+    instance = _rds_identifier(cluster, "db_instance_identifier", used_by)
+    return RdsMultiAzInstanceManager(cluster.name, instance, _rds_api(catalog, cluster, site), used_by)
+
+
+def _rds_cluster(catalog: Catalog, cluster: Cluster, site: ManagerSite, used_by: str) -> SwitchoverManager:
+    from cloudops.failover.rds import RdsClusterManager, cloudwatch_lag_seconds
+
+    cluster_id = _rds_identifier(cluster, "db_cluster_identifier", used_by)
+    members = {
+        m.member_name: m.rds_instance_id
+        or (catalog.database(m.database).rds_instance_id if m.database else None)
+        or ""
+        for m in cluster.members
+    }
+    lag = site.rds_lag_seconds
+    if lag is None and site.rds_api is None and cluster.rds is not None:
+        cloud = next(c for c in catalog.clouds if c.name == cluster.rds.cloud)
+        metric = "AuroraReplicaLag" if cluster.manager == "aurora" else "ReplicaLag"
+        lag = cloudwatch_lag_seconds(cloud.aws_conn_id, metric=metric)
+    return RdsClusterManager(
+        cluster.name,
+        cluster_id,
+        members,
+        _rds_api(catalog, cluster, site),
+        used_by,
+        kind="aurora" if cluster.manager == "aurora" else "rds-multi-az-cluster",
+        lag_seconds=lag,
+    )
+
+
+ManagerBuilder = Callable[["Catalog", "Cluster", ManagerSite, str], SwitchoverManager]
+# The catalog's manager name → its builder. One line per manager; the builders import their module
+# only when called, so choosing a manager imports no driver.
+MANAGERS: dict[str, ManagerBuilder] = {
+    "native-pg": _native_pg,
+    "patroni": _patroni,
+    "mariadb-gtid": _mariadb_gtid,
+    "rds-multi-az-instance": _rds_instance,
+    "rds-multi-az-cluster": _rds_cluster,
+    "aurora": _rds_cluster,
+}
+
+
+def manager_for(
+    catalog: Catalog, cluster: Cluster, *, used_by: str, site: ManagerSite | None = None
+) -> SwitchoverManager:
+    """The manager of ``cluster``, chosen by its catalog manager name.
+
+    :raises InvalidInputError: a manager no builder is registered for, or what it needs is missing.
+    """
+    builder = MANAGERS.get(cluster.manager)
+    if builder is None:
+        raise InvalidInputError(
+            f"{used_by}: cluster {cluster.name!r}: no manager is registered for {cluster.manager!r} "
+            f"(registered: {', '.join(sorted(MANAGERS))})"
+        )
+    return builder(catalog, cluster, site or ManagerSite(), used_by)
+
+
+def build_from_catalog(cluster: Cluster, catalog: Catalog, *, used_by: str) -> SwitchoverManager:
+    """The runbook's builder (:data:`cloudops.failover.registry.MANAGER_BUILDERS`) for the managers
+    that need nothing beyond the catalog: Patroni, MariaDB GTID, RDS."""
+    return manager_for(catalog, cluster, used_by=used_by)
+
+
+__all__ = [
+    "MANAGERS",
+    "ManagerBuilder",
+    "ManagerSite",
+    "NativePostgresManager",
+    "SwitchoverManager",
+    "build_from_catalog",
+    "manager_for",
+    "member_conn_id",
+]

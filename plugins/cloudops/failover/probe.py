@@ -22,14 +22,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from cloudops.errors import CloudOpsError, InvalidInputError, first_line
 from cloudops.failover.analysis import Outcome, ProbeAttempt
 from cloudops.failover.record import scrub
-
-if TYPE_CHECKING:
-    import psycopg
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +77,22 @@ class ProbeTarget:
             "target_session_attrs": self.target_session_attrs,
             "connect_timeout_s": self.connect_timeout_s,
         }
+
+    def writer(self, **kwargs: Any) -> WriteProbe:
+        """The write probe for this target (``run_id``, ``used_by``, ``interval_s``, ``max_seconds``)."""
+        return WriteProbe(self, **kwargs)
+
+
+class ProbeEndpoint(Protocol):
+    """What the drill needs of a probe's target, whatever the engine: the hosts it tries, a description
+    without secrets for the record, and the probe that writes through it."""
+
+    @property
+    def hosts(self) -> tuple[str, ...]: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def writer(self, **kwargs: Any) -> WriteProbe: ...
 
 
 def probe_target(
@@ -140,6 +153,31 @@ def probe_target(
     )
 
 
+def libpq_probe_target(conn_id: str, *, used_by: str, database: str | None = None) -> ProbeTarget:
+    """The probe's target from the application's Airflow connection routed ``libpq-multihost``: ``host``
+    ``h1,h2``, ``extra.port`` ``p1,p2`` (or the one ``port``), ``extra.target_session_attrs`` and any
+    other libpq ``extra`` keys as they are.
+
+    :raises InvalidInputError: see :func:`probe_target`.
+    """
+    from psycopg.conninfo import make_conninfo
+
+    from cloudops.connections import get_connection
+
+    conn = get_connection(conn_id, used_by)
+    extra = dict(conn.extra_dejson or {})
+    params = {k: str(v) for k, v in extra.items() if k != "port"}
+    params |= {
+        "host": conn.host or "",
+        "port": str(extra.get("port") or conn.port or 5432),
+        "dbname": database or conn.schema or "postgres",
+        "user": conn.login or "",
+    }
+    if conn.password:
+        params["password"] = conn.password
+    return probe_target(make_conninfo("", **{k: v for k, v in params.items() if v}), used_by=used_by)
+
+
 def connect_error_class(error: BaseException) -> str:
     """A short kind for a failed connect (the record counts them): no server takes writes, refused,
     timed out, the server is shutting down or starting."""
@@ -197,23 +235,67 @@ class WriteProbe:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._session: psycopg.Connection[Any] | None = None
+        self._session: Any = None
         self.cancelled_at_stop = False
 
     # -- set-up and read-back ------------------------------------------------------------------------
 
-    @contextmanager
-    def _short_session(self) -> Iterator[psycopg.Connection[Any]]:
+    # -- the driver: PostgreSQL here, overridden by other engines' probes -------------------------------
+
+    def _open(self) -> Any:
+        """A new autocommit session on the server that takes writes (raises the driver's error)."""
         import psycopg
 
+        return psycopg.connect(self.target.conninfo, autocommit=True)
+
+    def _driver_errors(self) -> tuple[type[BaseException], ...]:
+        import psycopg
+
+        return (psycopg.Error,)
+
+    def _where(self, session: Any) -> str:
+        """The ``host:port`` the session reached."""
+        return f"{session.info.host}:{session.info.port}"
+
+    def _exec(self, session: Any, statement: str, args: list[Any] | None = None) -> list[tuple[Any, ...]]:
+        """Run one statement; its rows (empty when it returns none)."""
+        cursor = session.execute(statement, args)
+        return list(cursor.fetchall()) if cursor.description else []
+
+    def _statements(self) -> tuple[str, str, str, str]:
+        """CREATE, INSERT, read-back and forget statements of the probe's table."""
+        return _CREATE, _INSERT, _READ_BACK, _FORGET
+
+    def _connect_error(self, error: BaseException) -> str:
+        return connect_error_class(error)
+
+    def _write_error(self, error: BaseException) -> tuple[Outcome, str]:
+        return write_outcome(error)
+
+    def _cancel(self, session: Any) -> None:
+        session.cancel_safe(timeout=5)
+
+    @contextmanager
+    def _short_session(self) -> Iterator[Any]:
         try:
-            with psycopg.connect(self.target.conninfo, autocommit=True) as session:
-                yield session
-        except psycopg.Error as error:
+            session = self._open()
+        except self._driver_errors() as error:
             raise ProbeError(
                 f"{self.used_by}: the probe cannot reach a read-write server through its connection "
                 f"string (hosts {', '.join(self.target.hosts)}): {scrub(first_line(error))}"
             ) from error
+        try:
+            yield session
+        except self._driver_errors() as error:
+            raise ProbeError(
+                f"{self.used_by}: the probe's statement failed on {self._where(session)}: "
+                f"{scrub(first_line(error))}"
+            ) from error
+        finally:
+            try:
+                session.close()
+            except Exception as error:  # a broken session closes with an error; it is gone either way
+                log.debug("closing the probe's session: %s", first_line(error))
 
     def reach(self) -> str:
         """Connect as the application does and return the server reached (``host:port``); write nothing.
@@ -228,10 +310,11 @@ class WriteProbe:
 
         :raises ProbeError: the connection string reaches no writer, or the table cannot be written.
         """
+        create, _, _, forget = self._statements()
         with self._short_session() as session:
-            session.execute(_CREATE)
-            session.execute(_FORGET, [self.run_id])
-            return f"{session.info.host}:{session.info.port}"
+            self._exec(session, create)
+            self._exec(session, forget, [self.run_id])
+            return self._where(session)
 
     def read_back(self, *, within_s: float = 30.0) -> tuple[set[int], str]:
         """The ids of this run found on the server that takes writes now, and that server.
@@ -244,8 +327,8 @@ class WriteProbe:
         while True:
             try:
                 with self._short_session() as session:
-                    rows = session.execute(_READ_BACK, [self.run_id]).fetchall()
-                    return {int(r[0]) for r in rows}, f"{session.info.host}:{session.info.port}"
+                    rows = self._exec(session, self._statements()[2], [self.run_id])
+                    return {int(r[0]) for r in rows}, self._where(session)
             except ProbeError:
                 if time.monotonic() >= deadline:
                     raise
@@ -255,7 +338,7 @@ class WriteProbe:
         """Delete this run's rows (the record keeps what mattered); a role that may not is logged."""
         try:
             with self._short_session() as session:
-                session.execute(_FORGET, [self.run_id])
+                self._exec(session, self._statements()[3], [self.run_id])
         except (ProbeError, Exception) as error:  # a probe role with INSERT and SELECT only
             log.warning(
                 "%s: the probe's rows of run %s stay: %s", self.used_by, self.run_id, first_line(error)
@@ -283,7 +366,7 @@ class WriteProbe:
                     "%s: the probe's write is still blocked after %s s: cancelling it", self.used_by, within_s
                 )
                 try:
-                    self._session.cancel_safe(timeout=5)
+                    self._cancel(self._session)
                 except Exception as error:  # the session may be gone already
                     log.warning("%s: cancelling the probe's write: %s", self.used_by, first_line(error))
                 thread.join(within_s)
@@ -319,8 +402,8 @@ class WriteProbe:
             self._attempts.append(attempt)
 
     def _run(self) -> None:
-        import psycopg
-
+        errors = self._driver_errors()
+        insert = self._statements()[1]
         deadline = time.monotonic() + self.max_seconds
         tick = time.monotonic()
         number = 0
@@ -330,23 +413,23 @@ class WriteProbe:
                 sent, wall = time.monotonic(), time.time()
                 if self._session is None:
                     try:
-                        self._session = psycopg.connect(self.target.conninfo, autocommit=True)
-                    except psycopg.Error as error:
+                        self._session = self._open()
+                    except errors as error:
                         self._record(
                             ProbeAttempt(
-                                number, sent, time.monotonic(), wall, "failed", connect_error_class(error)
+                                number, sent, time.monotonic(), wall, "failed", self._connect_error(error)
                             )
                         )
                         self._session = None
                 if self._session is not None:
-                    server = f"{self._session.info.host}:{self._session.info.port}"
+                    server = self._where(self._session)
                     try:
-                        self._session.execute(_INSERT, [self.run_id, number])
+                        self._exec(self._session, insert, [self.run_id, number])
                         self._record(
                             ProbeAttempt(number, sent, time.monotonic(), wall, "acked", None, server)
                         )
-                    except psycopg.Error as error:
-                        outcome, kind = write_outcome(error)
+                    except errors as error:
+                        outcome, kind = self._write_error(error)
                         self._record(
                             ProbeAttempt(number, sent, time.monotonic(), wall, outcome, kind, server)
                         )
@@ -372,10 +455,12 @@ class WriteProbe:
 __all__ = [
     "DEFAULT_INTERVAL_S",
     "PROBE_TABLE",
+    "ProbeEndpoint",
     "ProbeError",
     "ProbeTarget",
     "WriteProbe",
     "connect_error_class",
+    "libpq_probe_target",
     "probe_target",
     "write_outcome",
 ]

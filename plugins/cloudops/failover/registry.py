@@ -27,11 +27,12 @@ if TYPE_CHECKING:
 # while none is written. The builders of the other managers plug in here.
 MANAGER_BUILDERS: dict[str, str | None] = {
     "native-pg": "cloudops.failover.native_pg:build_manager",
-    "patroni": None,
-    "mariadb-gtid": None,
-    "rds-multi-az-instance": None,
-    "rds-multi-az-cluster": None,
-    "aurora": None,
+    # The managers that need nothing the catalog does not hold, built by cloudops.failover.managers.
+    "patroni": "cloudops.failover.managers:build_from_catalog",
+    "mariadb-gtid": "cloudops.failover.managers:build_from_catalog",
+    "rds-multi-az-instance": "cloudops.failover.managers:build_from_catalog",
+    "rds-multi-az-cluster": "cloudops.failover.managers:build_from_catalog",
+    "aurora": "cloudops.failover.managers:build_from_catalog",
 }
 
 

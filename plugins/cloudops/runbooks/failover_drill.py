@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from cloudops.failover.drill import DrillOptions, PlannedDrill
     from cloudops.failover.managers import SwitchoverManager
     from cloudops.failover.policy import DrillGuards, DrillTargets
+    from cloudops.failover.probe import ProbeEndpoint
     from cloudops.failover.record import DrillRecord
     from cloudops.runbooks.approval import Approval
 
@@ -181,20 +182,19 @@ def settings_of(catalog: Catalog, cluster: Cluster) -> DrillSettings:
     return DrillSettings(targets, guards, options, expected)
 
 
-def probe_dsn(cluster: Cluster, *, used_by: str) -> str:
-    """The probe's libpq connection string from the cluster's probe connection (host and port lists).
-
-    :raises InvalidInputError: a routing the PostgreSQL write probe does not speak.
+def probe_dsn(cluster: Cluster, *, used_by: str) -> str | ProbeEndpoint:
+    """The probe's way in, as the application connects: a libpq connection string from the cluster's
+    probe connection (host and port lists, ``target_session_attrs=read-write``), or for MariaDB's
+    first-writable routing the MariaDB write probe's target (the first server with read_only off).
     """
     from psycopg.conninfo import make_conninfo
 
     from cloudops.connections import get_connection
 
     if cluster.probe.routing == "first-writable":
-        raise InvalidInputError(
-            f"cluster {cluster.name}: the probe's routing first-writable (MariaDB) needs the MariaDB write "
-            "probe, which comes with the mariadb-gtid manager"
-        )
+        from cloudops.failover.probe_mariadb import mariadb_probe_target
+
+        return mariadb_probe_target(cluster.probe.conn_id, used_by=used_by)
     conn = get_connection(cluster.probe.conn_id, used_by)
     extra = dict(conn.extra_dejson or {})
     params: dict[str, str] = {
@@ -354,7 +354,7 @@ def last_drill_at(dag_id: str, cluster: str) -> datetime | None:
 
 def prepare(
     target: ClusterTarget, catalog: Catalog, *, run_id: str
-) -> tuple[Cluster, SwitchoverManager, DrillSettings, str]:
+) -> tuple[Cluster, SwitchoverManager, DrillSettings, str | ProbeEndpoint]:
     """The cluster, its manager, its settings and the probe's connection string.
 
     :raises ManagerNotAvailable: the cluster's manager has no driver yet.

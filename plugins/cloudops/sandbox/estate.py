@@ -203,6 +203,8 @@ def up(say: Say = _say) -> None:
                 settings.update(component.settings())
             if isinstance(component, PostgresServer) and component.role != "scratch":
                 connections.update(_rewind_connections(load_plan(layout.catalog_path), component))
+            if isinstance(component, MariadbServer) and not component.scratch:
+                connections.update(_replication_connections(load_plan(layout.catalog_path), component))
         connections.update(
             cluster_connections(
                 load_plan(layout.catalog_path), connections, CredentialStore(layout.credentials_file)
@@ -217,6 +219,17 @@ def up(say: Say = _say) -> None:
         say(layout.data_note)
     say(f"{'wrote' if changed else 'unchanged:'} {layout.env_file} ({len(connections)} connections)")
     say(f"ready in {time.monotonic() - started:.1f} s")
+
+
+def _replication_connections(plan: EstatePlan, server: MariadbServer) -> dict[str, dict[str, Any]]:
+    """The replication source connection of ``server`` (the account its replicas log in with), under
+    the name its cluster member gives it."""
+    return {
+        member.replication_conn_id: server.replication_connection()
+        for cluster in plan.clusters
+        for member in cluster.members
+        if member.replication_conn_id and member.conn_id == server.plan.conn_id
+    }
 
 
 def _rewind_connections(plan: EstatePlan, server: PostgresServer) -> dict[str, dict[str, Any]]:

@@ -416,6 +416,17 @@ class MariadbServer:
             }
         }
 
+    def replication_connection(self) -> dict[str, Any]:
+        """This server as a replication source: the account its replicas log in with, and its address."""
+        return {
+            "conn_type": "mysql",
+            "host": LOOPBACK,
+            "port": self.port,
+            "login": REPLICATION_USER,
+            "password": self.store.password(REPLICATION_PASSWORD_KEY),
+            "extra": {},
+        }
+
     def stop(self, say: Say) -> None:
         """Shut the server down cleanly (SIGTERM), if this sandbox started it."""
         stop_daemon(self.daemon, what=self.name, say=say, timeout=90)

@@ -614,9 +614,64 @@ class PatroniNode:
             say(f"{self.name}: stopped the PostgreSQL Patroni left running (pid {leftover})")
 
 
+class SandboxPatroniControl:
+    """The crash mode's :class:`~cloudops.failover.patroni.NodeControl` for the sandbox's Patroni nodes:
+    ``crash`` kills a node's Patroni and its PostgreSQL together (SIGKILL, Patroni first so that it
+    cannot restart the server), ``start`` starts the node's Patroni again as ``up`` does (it rewinds or
+    clones its PostgreSQL and rejoins). Only processes this sandbox recorded are signalled."""
+
+    def __init__(self, layout: SandboxLayout | None = None) -> None:
+        from cloudops.sandbox.credentials import CredentialStore
+        from cloudops.sandbox.plan import load_plan
+
+        self.layout = layout or SandboxLayout.from_environment()
+        plan = load_plan(self.layout.catalog_path)
+        if plan.patroni is None:
+            raise SandboxError("the sandbox catalog has no Patroni cluster: nothing to crash")
+        self.cluster = PatroniCluster(
+            self.layout, plan.patroni, CredentialStore(self.layout.credentials_file), EtcdServer(self.layout)
+        )
+
+    def _node(self, member: str) -> PatroniNode:
+        for node in self.cluster.nodes:
+            if node.member.name == member:
+                return node
+        raise SandboxError(f"the sandbox's Patroni cluster has no node {member!r}")
+
+    def crash(self, member: str) -> str:
+        node = self._node(member)
+        state, patroni_pid = node.daemon.state()
+        try:
+            postmaster: int | None = int((node.data_dir / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            postmaster = None
+        if postmaster is not None and str(node.data_dir) not in (command_line(postmaster) or ""):
+            postmaster = None
+        killed = []
+        for pid, what in ((patroni_pid if state == RUNNING else None, "Patroni"), (postmaster, "PostgreSQL")):
+            if pid is not None:
+                terminate(pid, what=f"{node.name} ({what})", timeout=30, sig=signal.SIGKILL)
+                killed.append(f"{what} (pid {pid})")
+        node.daemon.forget()
+        return f"{member}: killed {' and '.join(killed) or 'nothing (not running)'} with SIGKILL"
+
+    def start(self, member: str) -> str:
+        node = self._node(member)
+        said: list[str] = []
+        node.ensure(said.append)
+        return f"{member}: " + "; ".join(said)
+
+
 def api_answer(url: str) -> tuple[int, Any]:
     """What a Patroni REST API (or etcd) answers to a GET, for status lines and tests."""
     return _http_json(url)
 
 
-__all__ = ["EtcdServer", "PatroniCluster", "PatroniNode", "api_answer", "prepare_patroni_venv"]
+__all__ = [
+    "EtcdServer",
+    "PatroniCluster",
+    "PatroniNode",
+    "SandboxPatroniControl",
+    "api_answer",
+    "prepare_patroni_venv",
+]

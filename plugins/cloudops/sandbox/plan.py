@@ -31,6 +31,7 @@ class MemberPlan:
     conn_id: str
     api_conn_id: str | None = None
     rewind_conn_id: str | None = None
+    replication_conn_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,7 @@ def _cluster_plans(catalog: Catalog) -> tuple[ClusterPlan, ...]:
                 conn_of[m.database] if m.database else (m.conn_id or ""),
                 m.patroni_api_conn_id,
                 m.rewind_conn_id,
+                m.replication_conn_id,
             )
             for m in cluster.members
         )

@@ -4,7 +4,8 @@
 The modules: :mod:`.session` (connecting, error translation, client programs and ``--sandbox``),
 :mod:`.facts` (row counts, schema fingerprint, newest timestamp), :mod:`.backup` (the ``mariadb-dump``
 source and its brief read lock), :mod:`.dump_scan` (the check of a dump before it is loaded),
-:mod:`.restore` (restore, drop, rename, swap) and :mod:`.replication` (probe, member state, lag). The
+:mod:`.restore` (restore, drop, rename, swap), :mod:`.replication` (probe, member state, lag) and
+:mod:`.switchover` (GTID switchover, rejoin, fence: the :class:`SwitchoverEngine` verbs). The
 module-level functions stay importable from here for callers (and tests) that need an option the
 protocol does not carry.
 """
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Connection
 
     from cloudops.engines import BackupSource, DatabaseState, RestoreResult
-    from cloudops.engines.replication import MemberState, ReplicationLag, Topology
+    from cloudops.engines.replication import MemberState, ReplicationLag, SwitchoverResult, Topology
 
 
 class MariadbEngine:
@@ -148,6 +149,25 @@ class MariadbEngine:
         self, primary_conn_id: str, replica_conn_id: str, *, used_by: str, timeout_seconds: int = 5
     ) -> ReplicationLag:
         return lag(primary_conn_id, replica_conn_id, used_by=used_by, timeout_seconds=timeout_seconds)
+
+    # -- switching over without a manager (SwitchoverEngine) -----------------------------------------
+
+    def switchover(
+        self, old: Any, new: Any, *, cluster: str, used_by: str, catch_up_timeout_s: float = 30
+    ) -> SwitchoverResult:
+        from cloudops.engines.mariadb.switchover import switchover
+
+        return switchover(old, new, cluster=cluster, used_by=used_by, catch_up_timeout_s=catch_up_timeout_s)
+
+    def fence(self, node: Any, *, used_by: str, how: str = "read-only") -> str:
+        from cloudops.engines.mariadb.switchover import fence
+
+        return fence(node, used_by=used_by, how=how)
+
+    def rejoin(self, node: Any, *, new_primary: Any, used_by: str) -> str:
+        from cloudops.engines.mariadb.switchover import rejoin
+
+        return rejoin(node, new_primary=new_primary, used_by=used_by)[1]
 
 
 ENGINE = MariadbEngine()

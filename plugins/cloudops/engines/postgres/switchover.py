@@ -46,7 +46,7 @@ from cloudops.engines.postgres.replication import (
     member_state,
     promote,
 )
-from cloudops.engines.replication import Step, SwitchoverResult
+from cloudops.engines.replication import RejoinFailed, Step, SwitchoverAborted, SwitchoverResult
 from cloudops.errors import ReplicationError, first_line
 
 if TYPE_CHECKING:
@@ -56,23 +56,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BINDIR = "/usr/lib/postgresql/15/bin"
 _POLL_S = 0.02
-
-
-class SwitchoverAborted(ReplicationError):
-    """The switchover was rolled back: the old primary is primary again (``result.aborted`` says why)."""
-
-    def __init__(self, message: str, result: SwitchoverResult) -> None:
-        super().__init__(message)
-        self.result = result
-
-
-class RejoinFailed(ReplicationError):
-    """The old primary could not come back as a replica: the new primary serves alone (degraded
-    redundancy) and fail-back is left to a person; ``steps`` says how far it got."""
-
-    def __init__(self, message: str, steps: Sequence[Step]) -> None:
-        super().__init__(message)
-        self.steps = tuple(steps)
 
 
 class NodeNotLocal(ReplicationError):

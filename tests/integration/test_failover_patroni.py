@@ -1,0 +1,209 @@
+"""The Patroni manager on the sandbox's ``ledger_patroni`` cluster (Patroni 4.1.5, etcd, two PostgreSQL
+15 nodes): a planned drill with fail-back under the write probe, chosen through the managers registry
+from the sandbox catalog, and the refusals that move nothing. Every test leaves the cluster as it found
+it: the same leader, the other node streaming.
+
+The figures are printed for the report and compared with the note's Patroni switchover (2.36-2.46 s of
+write downtime, ``../shared/notes/failover.md``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import timedelta
+
+import pytest
+
+from cloudops.catalog.loader import load_catalog_file
+from cloudops.engines.replication import SwitchoverAborted
+from cloudops.errors import InvalidInputError, ReplicationError
+from cloudops.failover.drill import DrillOptions, run_planned_drill
+from cloudops.failover.managers import ManagerSite, manager_for
+from cloudops.failover.patroni import PatroniManager
+from cloudops.failover.policy import DrillGuards, DrillTargets
+from cloudops.failover.probe import libpq_probe_target
+from tests.conftest import SANDBOX_CATALOG
+
+pytestmark = pytest.mark.integration
+
+USED_BY = "patroni drill test"
+
+
+@pytest.fixture
+def manager(sandbox_env: dict[str, str]) -> PatroniManager:
+    catalog = load_catalog_file(SANDBOX_CATALOG)
+    found = manager_for(catalog, catalog.cluster("ledger_patroni"), used_by=USED_BY)
+    assert isinstance(found, PatroniManager)
+    topology = found.topology()
+    assert topology.healthy, f"the sandbox's Patroni cluster is not whole: {topology.problems}"
+    return found
+
+
+def _leader(manager: PatroniManager) -> tuple[str, str]:
+    topology = manager.topology()
+    assert topology.primary is not None
+    return topology.primary, topology.replicas[0]
+
+
+def test_topology_and_lag_come_from_every_node_s_rest_api(manager: PatroniManager) -> None:
+    primary, replica = _leader(manager)
+    topology = manager.topology()
+    leader = topology.member(primary)
+    assert leader.downstream[0].name == replica
+    assert leader.downstream[0].state == "streaming"
+    assert leader.version is not None
+    assert leader.version.startswith("15.")
+    lag = manager.lag(primary, replica)
+    assert lag.streaming
+    assert lag.bytes is not None
+    assert lag.bytes < 1_048_576
+    assert "Patroni REST" in lag.how
+    assert manager.cluster_view()[primary]["role"] == "leader"
+
+
+def test_a_planned_drill_switches_over_and_back_through_patroni_losing_nothing(
+    manager: PatroniManager,
+) -> None:
+    catalog = load_catalog_file(SANDBOX_CATALOG)
+    cluster = catalog.cluster("ledger_patroni")
+    primary, replica = _leader(manager)
+    assert cluster.drill is not None
+    targets = cluster.drill.targets
+    record = run_planned_drill(
+        manager,
+        run_id="it-patroni-1",
+        probe_dsn=libpq_probe_target(cluster.probe.conn_id, used_by=USED_BY, database=cluster.probe.database),
+        targets=DrillTargets(
+            max_write_downtime_s=targets.max_write_downtime_seconds,
+            max_acked_writes_lost=targets.max_acknowledged_writes_lost,
+            max_drill_s=targets.max_drill_seconds,
+        ),
+        guards=DrillGuards(min_interval=timedelta(0), catch_up_timeout_s=30),
+        options=DrillOptions(baseline_acks=30, settle_s=1.0),
+    )
+    analysis = record.analysis
+    assert analysis is not None
+    print(
+        f"\nPatroni planned drill: windows {[round(w.seconds, 3) for w in analysis.windows]} s, "
+        f"max ack gap {analysis.max_ack_gap_s:.3f} s, acked {analysis.acked}, "
+        f"lost {analysis.acked_writes_lost}, "
+        f"in doubt {analysis.in_doubt}, errors {analysis.error_classes}, drill {record.drill_seconds:.2f} s"
+    )
+    assert record.aborted is None, record.aborted
+    assert record.degraded_redundancy is None
+    assert [v.status for v in record.verdicts] == ["PASS", "PASS", "PASS"], record.verdicts
+    assert analysis.acked_writes_lost == 0
+    assert len(analysis.windows) >= 2  # the switchover and the fail-back at least
+    assert all(w.closed for w in analysis.windows)
+    names = [p.name for p in record.phases]
+    for step in ("switchover.request", "switchover.new_leader", "switchover.old_leader_streaming"):
+        assert step in names
+        assert step.replace("switchover", "fail_back") in names
+    requested = next(p for p in record.phases if p.name == "switchover.request")
+    assert requested.detail.startswith("POST /switchover: 200"), requested.detail
+    assert "use_pg_rewind" in record.server_evidence["switchover.rejoin"]
+    assert int(record.server_evidence["fail_back.timeline"]) > int(
+        record.server_evidence["switchover.timeline"]
+    )
+    # Back as the catalog's cluster was: the same leader, the other node streaming from it.
+    assert _leader(manager) == (primary, replica)
+    assert manager.topology().healthy
+    document = json.loads(record.to_json())
+    assert document["manager"] == "patroni"
+    api_password = json.loads(os.environ["AIRFLOW_CONN_SANDBOX_PATRONI_A_API"])["password"]
+    assert api_password not in record.to_json()
+
+
+def test_a_wrong_api_login_is_refused_and_moves_nothing(
+    manager: PatroniManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    primary, replica = _leader(manager)
+    name = f"AIRFLOW_CONN_{manager.members[primary].api_conn_id.upper()}"
+    conn = json.loads(os.environ[name])
+    monkeypatch.setenv(name, json.dumps({**conn, "password": "not-the-password"}))
+    wrong = PatroniManager(manager.cluster, manager.members, used_by=USED_BY)
+    with pytest.raises(ReplicationError, match=r"refused the login .*\(401\); nothing was done"):
+        wrong.switchover(primary, replica, catch_up_timeout_s=10)
+    assert _leader(manager) == (primary, replica)
+
+
+def test_a_candidate_patroni_refuses_is_an_abort_with_the_leader_kept(manager: PatroniManager) -> None:
+    primary, replica = _leader(manager)
+    # Patroni refuses a switchover whose leader is not the leader (400/412); we ask with the wrong one
+    # by skipping our own precondition (it would refuse first) and calling the API as an operator would.
+    answer = manager.api(replica).call("POST", "/switchover", {"leader": replica, "candidate": primary})
+    assert answer.status in (400, 412, 500), answer
+    assert _leader(manager) == (primary, replica)
+    with pytest.raises(ReplicationError, match=f"{replica} is not the running leader"):
+        manager.switchover(replica, primary, catch_up_timeout_s=10)
+    with pytest.raises(InvalidInputError, match="has no member 'patroni_z'"):
+        manager.switchover(primary, "patroni_z", catch_up_timeout_s=10)
+
+
+def test_switchover_aborted_is_what_a_refusal_raises() -> None:
+    # The drill tells abort paths apart by this class, whoever raised it.
+    from cloudops.engines.postgres.switchover import SwitchoverAborted as PostgresAborted
+
+    assert PostgresAborted is SwitchoverAborted
+
+
+def test_a_crash_of_the_leader_fails_over_on_the_ttl_and_the_old_leader_rejoins(
+    manager: PatroniManager,
+) -> None:
+    """Patroni and PostgreSQL of the leader killed together: the replica takes the leader key when it
+    expires (ttl 20 s in the sandbox), the old leader is started again and rejoins; then a planned
+    switchover back restores the catalog's leader. The probe counts what the application lost."""
+    from cloudops.failover.analysis import analyse
+    from cloudops.sandbox.patroni import SandboxPatroniControl
+
+    catalog = load_catalog_file(SANDBOX_CATALOG)
+    cluster = catalog.cluster("ledger_patroni")
+    crashing = manager_for(
+        catalog, cluster, used_by=USED_BY, site=ManagerSite(node_control=SandboxPatroniControl())
+    )
+    assert isinstance(crashing, PatroniManager)
+    primary, replica = _leader(crashing)
+    probe = libpq_probe_target(
+        cluster.probe.conn_id, used_by=USED_BY, database=cluster.probe.database
+    ).writer(run_id="it-patroni-crash", used_by=USED_BY, max_seconds=300)
+    probe.prepare()
+    try:
+        with probe:
+            assert probe.wait_for_acks(30, within_s=30)
+            result = crashing.crash(primary, replica, detect_timeout_s=90)
+            assert probe.wait_for_acks(10, within_s=30)
+            attempts = probe.stop()
+        present, _ = probe.read_back()
+        analysis = analyse(attempts, present_ids=present)
+        print(
+            f"\nPatroni crash: windows {[round(w.seconds, 3) for w in analysis.windows]} s, "
+            f"lost {analysis.acked_writes_lost}, "
+            f"steps {[(s.name, round(s.seconds, 2)) for s in result.steps]}"
+        )
+        assert result.new_primary == replica
+        assert [s.name for s in result.steps] == [
+            "crash",
+            "new_leader",
+            "restart_old",
+            "old_leader_streaming",
+        ]
+        assert "SIGKILL" in result.steps[0].detail
+        assert "Patroni (pid" in result.steps[0].detail
+        assert analysis.acked_writes_lost == 0
+        # The key's TTL (20 s) is the detection: writes fail for about that long, never for seconds only.
+        assert analysis.write_downtime_s > 5
+        assert _leader(crashing) == (replica, primary)
+    finally:
+        topology = crashing.topology()
+        if topology.primary == replica and topology.healthy:
+            crashing.switchover(replica, primary, catch_up_timeout_s=30)
+    assert _leader(crashing) == (primary, replica)
+
+
+def test_the_crash_mode_is_refused_where_the_catalog_does_not_allow_it(manager: PatroniManager) -> None:
+    primary, replica = _leader(manager)
+    # The registry gives a node control only to clusters whose drill allows crash; none was given here.
+    with pytest.raises(ReplicationError, match=r"does not allow the crash mode .* nothing was done"):
+        manager.crash(primary, replica)
+    assert _leader(manager) == (primary, replica)
