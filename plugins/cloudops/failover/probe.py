@@ -303,7 +303,7 @@ class WriteProbe:
         :raises ProbeError: the connection string reaches no writer.
         """
         with self._short_session() as session:
-            return f"{session.info.host}:{session.info.port}"
+            return self._where(session)
 
     def prepare(self) -> str:
         """Make sure the probe's table exists and this run can write to it; return the server reached.
