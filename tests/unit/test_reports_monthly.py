@@ -203,7 +203,15 @@ def test_failover_drills_and_cost_with_a_linear_projection(catalog: Any) -> None
             [
                 (
                     "failover.drill",
-                    {"cluster": "orders_pg_cluster", "downtime_seconds": 4.2, "downtime_target_seconds": 30},
+                    {
+                        # As failover_drill records it (runbooks/failover_drill.py: fact_of).
+                        "cluster": "orders_pg_cluster",
+                        "figures": {"write_downtime_s": 4.2, "acked_writes_lost": 0},
+                        "targets": [
+                            {"target": "write_downtime_s", "status": "PASS", "measured": 4.2, "limit": 30.0},
+                            {"target": "drill_s", "status": "PASS", "measured": 9.0, "limit": 60.0},
+                        ],
+                    },
                 )
             ],
         ),

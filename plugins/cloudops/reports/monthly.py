@@ -21,8 +21,8 @@ Sections and their rules:
 - **patch compliance** per host: after the fleet's latest planned wave up to the month's end, the
   security updates still not installed (left out of the snapshot, or not installed by the wave), and
   the oldest advisory among them;
-- **failover drills**: downtime measured against the target, from ``failover.*`` facts carrying
-  ``downtime_seconds``; none recorded says so;
+- **failover drills**: write downtime measured against its target, from the ``failover.drill`` facts
+  the drill runbook records; none recorded says so;
 - **cost**: the month's bill, month over month, and the next month projected.
 """
 
@@ -38,7 +38,7 @@ from typing import Any
 
 from cloudops.catalog.models import Catalog
 from cloudops.evidence.report import DrillRow, drill_rows
-from cloudops.evidence.runs import BACKUP_TAKEN, PATCH_HOST, PATCH_PLANNED, PATCH_WAVE, Run
+from cloudops.evidence.runs import BACKUP_TAKEN, FAILOVER_DRILL, PATCH_HOST, PATCH_PLANNED, PATCH_WAVE, Run
 from cloudops.reports.availability import Incident, SloMonth, TargetSamples, slo_month
 from cloudops.reports.cost import CENT, CostMonth, month_bounds
 from cloudops.reports.maintenance import MaintenanceWork
@@ -371,27 +371,37 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+def _drill_downtime(data: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    """(measured write downtime, its target) of a ``failover.drill`` fact, as the drill records them:
+    ``figures.write_downtime_s`` and the ``write_downtime_s`` entry of ``targets`` (its ``limit``)."""
+    figures = data.get("figures") if isinstance(data.get("figures"), Mapping) else {}
+    measured = _number(figures.get("write_downtime_s"))
+    limit = None
+    for verdict in data.get("targets") or ():
+        if isinstance(verdict, Mapping) and verdict.get("target") == "write_downtime_s":
+            limit = _number(verdict.get("limit"))
+            if measured is None:
+                measured = _number(verdict.get("measured"))
+    return measured, limit
+
+
 def failover_rows(runs: Sequence[Run]) -> list[FailoverRow]:
-    """Failover drills with the downtime they measured (``failover.*`` facts with ``downtime_seconds``)."""
+    """Failover drills with the write downtime they measured against its target (``failover.drill``
+    facts: ``figures.write_downtime_s`` and the target's ``limit``). A drill run with no fact is
+    listed with its state and unknown figures, never dropped."""
     rows = []
     for run in runs:
-        facts = [
-            record
-            for record in run.records
-            if record.kind.startswith("failover") and "downtime_seconds" in _data(record)
-        ]
+        facts = [record for record in run.records if record.kind == FAILOVER_DRILL]
         if not facts and run.runbook != "failover_drill":
             continue
         data = _data(facts[-1]) if facts else {}
-        target = _number(data.get("downtime_target_seconds"))
-        if target is None:
-            target = _number(data.get("target_seconds"))
+        measured, target = _drill_downtime(data)
         rows.append(
             FailoverRow(
                 target=str(data.get("cluster") or run.target or run.dag_id),
                 run_id=run.run_id,
                 at=run.started_at,
-                downtime_seconds=_number(data.get("downtime_seconds")),
+                downtime_seconds=measured,
                 target_seconds=target,
                 state=run.state,
             )
