@@ -374,7 +374,8 @@ def _number(value: Any) -> float | None:
 def _drill_downtime(data: Mapping[str, Any]) -> tuple[float | None, float | None]:
     """(measured write downtime, its target) of a ``failover.drill`` fact, as the drill records them:
     ``figures.write_downtime_s`` and the ``write_downtime_s`` entry of ``targets`` (its ``limit``)."""
-    figures = data.get("figures") if isinstance(data.get("figures"), Mapping) else {}
+    raw = data.get("figures")
+    figures: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
     measured = _number(figures.get("write_downtime_s"))
     limit = None
     for verdict in data.get("targets") or ():
