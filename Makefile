@@ -84,7 +84,7 @@ demo: airflow-db  ## run every runbook once on the sandbox and print a summary t
 	@$(WITH_SANDBOX_ENV) $(BIN)/python -m cloudops.sandbox.demo
 
 test: sandbox  ## run every test layer: unit, dags, integration, e2e
-	@$(WITH_SANDBOX_ENV) $(BIN)/python -m pytest -m "unit or dags or integration or e2e" $(PYTEST_ARGS)
+	@$(WITH_SANDBOX_ENV) $(BIN)/python -m pytest -m "unit or dags or integration or e2e" --durations=25 $(PYTEST_ARGS)
 
 test-unit: venv  ## only the tests that need no service
 	$(BIN)/python -m pytest -m "unit or dags" $(PYTEST_ARGS)
