@@ -632,6 +632,145 @@ def switchover(
     )
 
 
+def kill_server(node: PostgresNode, *, used_by: str, timeout_s: float = 30) -> Step:
+    """Crash the node's server: SIGKILL to its postmaster and every child at once, as a host that
+    loses power would leave it (no shutdown checkpoint, no walsender flushing), then wait, bounded,
+    until none of those processes is left.
+
+    The postmaster is the process ``postmaster.pid`` names, and only when its working directory is the
+    node's data directory (a stale pid file never gets another process killed).
+
+    :raises ReplicationError: no server runs there, or its processes outlive ``timeout_s``.
+    """
+    started = _now()
+    text = _read_file(node, "postmaster.pid") or ""
+    first = text.split("\n", 1)[0].strip()
+    if not first.isdigit():
+        raise ReplicationError(
+            f"{used_by}: cannot crash {node.name}: no postmaster.pid in {node.data_dir}; nothing was done"
+        )
+    postmaster = first
+    cwd = _run(node, ["readlink", f"/proc/{postmaster}/cwd"], timeout_s=10).stdout.strip()
+    if cwd.rstrip("/") != node.data_dir.rstrip("/"):
+        raise ReplicationError(
+            f"{used_by}: cannot crash {node.name}: pid {postmaster} from postmaster.pid is not the server "
+            f"of {node.data_dir} (its directory: {cwd or 'gone'}); nothing was done"
+        )
+    log.info("%s: plan: SIGKILL the postmaster %s of %s and its children", used_by, postmaster, node.name)
+    # Children first read, then all killed in one call: once the postmaster dies they are reparented.
+    script = 'pm=$1; kids=$(ps -o pid= --ppid "$pm"); kill -KILL "$pm" $kids; echo "$pm" $kids'
+    done = _run(node, ["sh", "-c", script, "sh", postmaster], timeout_s=10)
+    pids = done.stdout.split()
+    if done.returncode != 0 or not pids:
+        raise ReplicationError(f"{used_by}: SIGKILL of {node.name}'s server failed: {done.output[:300]}")
+    alive = 'for p; do kill -0 "$p" 2>/dev/null && exit 0; done; exit 1'
+    deadline = time.monotonic() + timeout_s
+    while _run(node, ["sh", "-c", alive, "sh", *pids], timeout_s=10).returncode == 0:
+        if time.monotonic() >= deadline:
+            raise ReplicationError(
+                f"{used_by}: {node.name}: processes {' '.join(pids)} still exist {timeout_s:g} s "
+                "after SIGKILL"
+            )
+        time.sleep(_POLL_S)
+    return Step(
+        "kill",
+        started,
+        _now(),
+        f"SIGKILL to {node.name}'s postmaster {postmaster} and {len(pids) - 1} children",
+    )
+
+
+def crash_failover(
+    old: PostgresNode,
+    new: PostgresNode,
+    *,
+    cluster: str,
+    used_by: str,
+    detect_timeout_s: float = 10,
+    promote_wait_s: int = 60,
+    rejoin_timeout_s: float = 60,
+) -> SwitchoverResult:
+    """Unplanned failover drill: crash the primary ``old`` (:func:`kill_server`), act as the detector
+    (the old primary no longer answers), promote ``new``, then ``pg_rewind`` the crashed node (which
+    runs its crash recovery first, and says what diverged) and rejoin it as a standby of ``new``.
+
+    What the old primary had written and not yet sent is lost; the drill measures that with its
+    probe, this function does not assume it.
+
+    :raises ReplicationError: a precondition failed (nothing was done), the old server is still
+        answering after the kill, or the promotion failed (the old server is NOT restarted: read both).
+    :raises RejoinFailed: promoted, but the old primary could not rejoin (degraded redundancy).
+    """
+    steps: list[Step] = []
+    before_old = member_state(old.conn_id, name=old.name, used_by=used_by)
+    before_new = member_state(new.conn_id, name=new.name, used_by=used_by)
+    if not (before_old.reachable and before_old.role == "primary"):
+        raise ReplicationError(
+            f"{used_by}: {cluster}: {old.name} is not a reachable primary "
+            f"({before_old.error or before_old.role}); nothing was done"
+        )
+    if not (before_new.reachable and before_new.role == "replica" and before_new.streaming):
+        raise ReplicationError(
+            f"{used_by}: {cluster}: {new.name} is not a streaming replica "
+            f"({before_new.error or before_new.role}, streaming {before_new.streaming}); nothing was done"
+        )
+    log.info(
+        "%s: %s: plan: crash %s (timeline %s, %s), promote %s (replayed %s), rewind and rejoin %s",
+        used_by,
+        cluster,
+        old.name,
+        before_old.timeline,
+        before_old.position,
+        new.name,
+        before_new.position,
+        old.name,
+    )
+    steps.append(kill_server(old, used_by=used_by))
+    started = _now()
+    deadline = time.monotonic() + detect_timeout_s
+    seen = member_state(old.conn_id, name=old.name, used_by=used_by, timeout_seconds=1)
+    while seen.reachable:
+        if time.monotonic() >= deadline:
+            steps.append(Step("detect", started, _now(), f"{old.name} still answers", ok=False))
+            raise ReplicationError(
+                f"{used_by}: {cluster}: {old.name} still answers {detect_timeout_s:g} s after SIGKILL; "
+                f"{new.name} was NOT promoted"
+            )
+        time.sleep(_POLL_S)
+        seen = member_state(old.conn_id, name=old.name, used_by=used_by, timeout_seconds=1)
+    steps.append(Step("detect", started, _now(), f"{old.name} down: {seen.error}"))
+    started = _now()
+    replayed_before = member_state(new.conn_id, name=new.name, used_by=used_by).position
+    try:
+        decision = promote(
+            new.conn_id, used_by=used_by, old_primary_conn_id=old.conn_id, wait_seconds=promote_wait_s
+        )
+    except ReplicationError as error:
+        steps.append(Step("promote", started, _now(), first_line(error), ok=False))
+        raise ReplicationError(
+            f"{used_by}: {cluster}: promoting {new.name} after crashing {old.name} failed: "
+            f"{first_line(error)}; {old.name} is down and was NOT restarted: read both servers before acting"
+        ) from error
+    after = member_state(new.conn_id, name=new.name, used_by=used_by)
+    steps.append(Step("promote", started, _now(), decision))
+    try:
+        rejoin_steps, message = rejoin(old, new_primary=new, used_by=used_by, timeout_s=rejoin_timeout_s)
+    except RejoinFailed as error:
+        error.steps = (*steps, *error.steps)
+        raise
+    steps.extend(rejoin_steps)
+    return SwitchoverResult(
+        cluster,
+        old.name,
+        new.name,
+        tuple(steps),
+        switch_position=before_old.position,
+        replayed_position=replayed_before,
+        timeline=after.timeline,
+        rejoin=message,
+    )
+
+
 # What a node's own server says about where it lives: the programs, data and configuration files the
 # drill acts on are read from it, never assumed (superuser, or pg_read_all_settings and pg_monitor).
 _NODE_FACTS = """
@@ -771,8 +910,10 @@ __all__ = [
     "RejoinFailed",
     "SwitchoverAborted",
     "controldata",
+    "crash_failover",
     "discover_node",
     "fence",
+    "kill_server",
     "rejoin",
     "running_work",
     "server_running",
