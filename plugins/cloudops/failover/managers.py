@@ -114,10 +114,20 @@ class NativePostgresManager:
 
     def crash_unavailable(self) -> str | None:
         """Why this cluster cannot be crashed by a drill, or None: every node's data directory is
-        known (the crash kills its postmaster, pg_rewind and pg_ctl run on it)."""
+        known (the crash kills its postmaster, pg_rewind and pg_ctl run on it) and holds no socket."""
         unknown = [name for name, node in self.nodes.items() if not node.data_dir]
         if unknown:
             return f"the data directory of {', '.join(unknown)} is unknown (its server was not readable)"
+        inside = [
+            f"{n} ({node.socket_dir})" for n, node in self.nodes.items() if node.socket_inside_data_dir()
+        ]
+        if inside:
+            # After a crash pg_rewind copies files from the new primary's data directory, its live
+            # socket too, and fails: the old primary would be left for a person to rebuild.
+            return (
+                f"the unix socket of {', '.join(inside)} is inside its data directory, which pg_rewind "
+                "cannot copy after a crash: move unix_socket_directories out of the data directory"
+            )
         return None
 
     def crash(self, primary: str, candidate: str, *, detect_timeout_s: float = 10.0) -> SwitchoverResult:

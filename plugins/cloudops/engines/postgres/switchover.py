@@ -147,7 +147,15 @@ class PostgresNode:
     :param follow_conninfo: how a standby of this server connects to it when it is the primary (no
         password: the standby's ``~/.pgpass`` or the server's trust gives it); None: built from
         ``conn_id``'s host, port and user.
+    :param socket_dir: the server's first unix socket directory, as it said (None: not read).
     """
+
+    def socket_inside_data_dir(self) -> bool:
+        """Whether the server's unix socket lives in its data directory: pg_rewind after a crash copies
+        the source's changed files and fails on the socket there ("No such device or address")."""
+        if not self.socket_dir:
+            return False
+        return f"{self.socket_dir.rstrip('/')}/".startswith(f"{self.data_dir.rstrip('/')}/")
 
     name: str
     conn_id: str
@@ -158,6 +166,7 @@ class PostgresNode:
     keep_files: tuple[str, ...] = ("postgresql.conf", "postgresql.auto.conf", "pg_hba.conf", "pg_ident.conf")
     rewind_conn_id: str | None = None
     follow_conninfo: str | None = None
+    socket_dir: str | None = None
 
     @staticmethod
     def keep_files_default() -> tuple[str, ...]:
@@ -444,9 +453,11 @@ def rejoin(
     )
     message = " / ".join(line.removeprefix("pg_rewind: ") for line in done.output.splitlines() if line)
     if done.returncode != 0:
-        steps.append(Step("rewind", started, _now(), message[:500], ok=False))
+        # The end of its output says why (after a crash, the stand-alone recovery's log comes first).
+        why = message if len(message) <= 500 else "..." + message[-500:]
+        steps.append(Step("rewind", started, _now(), why, ok=False))
         raise RejoinFailed(
-            f"{used_by}: pg_rewind of {node.name} from {new_primary.name} failed: {message[:500]}; "
+            f"{used_by}: pg_rewind of {node.name} from {new_primary.name} failed: {why}; "
             f"{new_primary.name} serves alone (degraded redundancy): rebuild {node.name} as a replica "
             "(pg_basebackup) or fail back by hand",
             steps,
@@ -860,6 +871,7 @@ def discover_node(
         keep_files=keep,
         rewind_conn_id=rewind_conn_id,
         follow_conninfo=follow,
+        socket_dir=str(socket_dir) if socket_dir else None,
     )
 
 
