@@ -389,7 +389,8 @@ def test_a_crash_drill_kills_the_primary_promotes_rewinds_and_fails_back(pair: P
     assert len(analysis.windows) == 2  # the crash and the planned fail-back
     assert all(w.closed for w in analysis.windows)
     names = [p.name for p in record.phases]
-    for step in ("crash.kill", "crash.detect", "crash.promote", "crash.rewind", "crash.streaming"):
+    crash_steps = ("kill", "detect", "promote", "gone", "rewind", "streaming")
+    for step in (f"crash.{name}" for name in crash_steps):
         assert step in names
     for step in ("fail_back.stop", "fail_back.catch_up", "fail_back.promote", "fail_back.streaming"):
         assert step in names
@@ -435,7 +436,7 @@ def test_a_crash_with_replication_stalled_loses_acknowledged_writes_and_the_read
     assert found.acked_writes_lost >= 20
     assert found.lost_ids is not None
     assert all(i not in present for i in found.lost_ids)
-    assert [s.name for s in result.steps][:3] == ["kill", "detect", "promote"]
+    assert [s.name for s in result.steps][:4] == ["kill", "detect", "promote", "gone"]
     assert member_state(pair.n1.conn_id, name="n1", used_by=USED_BY).role == "replica"
 
 

@@ -643,15 +643,15 @@ def switchover(
     )
 
 
-def kill_server(node: PostgresNode, *, used_by: str, timeout_s: float = 30) -> Step:
+def kill_server(node: PostgresNode, *, used_by: str) -> tuple[Step, tuple[str, ...]]:
     """Crash the node's server: SIGKILL to its postmaster and every child at once, as a host that
-    loses power would leave it (no shutdown checkpoint, no walsender flushing), then wait, bounded,
-    until none of those processes is left.
+    loses power would leave it (no shutdown checkpoint, no walsender flushing); return the step and
+    the pids signalled (:func:`wait_gone` waits for them).
 
     The postmaster is the process ``postmaster.pid`` names, and only when its working directory is the
     node's data directory (a stale pid file never gets another process killed).
 
-    :raises ReplicationError: no server runs there, or its processes outlive ``timeout_s``.
+    :raises ReplicationError: no server runs there, or the signal could not be sent.
     """
     started = _now()
     text = _read_file(node, "postmaster.pid") or ""
@@ -674,6 +674,24 @@ def kill_server(node: PostgresNode, *, used_by: str, timeout_s: float = 30) -> S
     pids = done.stdout.split()
     if done.returncode != 0 or not pids:
         raise ReplicationError(f"{used_by}: SIGKILL of {node.name}'s server failed: {done.output[:300]}")
+    # A killed process stays a zombie until its parent (often init, in a container slow to reap) waits
+    # for it: dead all the same, it holds no shared memory and no file.
+    step = Step(
+        "kill",
+        started,
+        _now(),
+        f"SIGKILL to {node.name}'s postmaster {postmaster} and {len(pids) - 1} children",
+    )
+    return step, tuple(pids)
+
+
+def wait_gone(node: PostgresNode, pids: Sequence[str], *, used_by: str, timeout_s: float = 60) -> Step:
+    """Wait, bounded, until every killed process of the node is gone (reaped: the server's lock file
+    names the postmaster's pid, and a zombie still counts there, so pg_rewind's recovery waits too).
+
+    :raises ReplicationError: some are still there after ``timeout_s``.
+    """
+    started = _now()
     alive = 'for p; do kill -0 "$p" 2>/dev/null && exit 0; done; exit 1'
     deadline = time.monotonic() + timeout_s
     while _run(node, ["sh", "-c", alive, "sh", *pids], timeout_s=10).returncode == 0:
@@ -682,13 +700,8 @@ def kill_server(node: PostgresNode, *, used_by: str, timeout_s: float = 30) -> S
                 f"{used_by}: {node.name}: processes {' '.join(pids)} still exist {timeout_s:g} s "
                 "after SIGKILL"
             )
-        time.sleep(_POLL_S)
-    return Step(
-        "kill",
-        started,
-        _now(),
-        f"SIGKILL to {node.name}'s postmaster {postmaster} and {len(pids) - 1} children",
-    )
+        time.sleep(_POLL_S * 5)
+    return Step("gone", started, _now(), f"{len(pids)} processes of {node.name} gone")
 
 
 def crash_failover(
@@ -736,7 +749,8 @@ def crash_failover(
         before_new.position,
         old.name,
     )
-    steps.append(kill_server(old, used_by=used_by))
+    killed, pids = kill_server(old, used_by=used_by)
+    steps.append(killed)
     started = _now()
     deadline = time.monotonic() + detect_timeout_s
     seen = member_state(old.conn_id, name=old.name, used_by=used_by, timeout_seconds=1)
@@ -764,6 +778,11 @@ def crash_failover(
         ) from error
     after = member_state(new.conn_id, name=new.name, used_by=used_by)
     steps.append(Step("promote", started, _now(), decision))
+    try:
+        # Only now: the writes move as soon as the old server stops answering, not once it is reaped.
+        steps.append(wait_gone(old, pids, used_by=used_by, timeout_s=rejoin_timeout_s))
+    except ReplicationError as error:
+        raise RejoinFailed(f"{error}; {new.name} serves alone (degraded redundancy)", steps) from error
     try:
         rejoin_steps, message = rejoin(old, new_primary=new, used_by=used_by, timeout_s=rejoin_timeout_s)
     except RejoinFailed as error:
@@ -934,5 +953,6 @@ __all__ = [
     "stop_fast",
     "switchover",
     "unfence",
+    "wait_gone",
     "wait_replayed_past",
 ]
