@@ -387,7 +387,7 @@ def run_preflight(
     """Read the cluster and run every guard (a dry run is this alone); move nothing."""
     from cloudops.failover.drill import preflight_drill
 
-    cluster, manager, settings, dsn = prepare(target, catalog, run_id=run_id)
+    cluster, manager, settings, dsn = prepare(target, catalog, run_id=run_id, mode=mode)
     planned = preflight_drill(
         manager,
         run_id=run_id,
