@@ -298,8 +298,6 @@ def _drill(at: Path, cluster: Cluster) -> list[tuple[Path, str, str | None]]:
         problems.append(
             _problem((*at, "drill", "crash_in_production"), "set, but modes does not allow crash")
         )
-    if drill.crash_targets is not None and "crash" not in drill.modes:
-        problems.append(_problem((*at, "drill", "crash_targets"), "set, but modes does not allow crash"))
     replicas = len(cluster.members) - 1
     guards = drill.guards
     if manager != "rds-multi-az-instance" and guards.min_healthy_replicas > replicas:
