@@ -222,7 +222,7 @@ def test_a_catch_up_timeout_restores_the_old_primary_and_leaves_the_replica(pair
     _sql(pair.n2, "SELECT pg_wal_replay_resume()")
     # Writes go to n1 again, through the application's routing.
     probe = WriteProbe(probe_target(pair.dsn, used_by=USED_BY), run_id="it-abort", used_by=USED_BY)
-    assert probe.prepare() == "127.0.0.1:24401"
+    assert probe.prepare() == f"127.0.0.1:{PORTS[0]}"
 
 
 def test_a_lagging_replica_is_refused_before_anything_moves(pair: Pair) -> None:
@@ -256,7 +256,7 @@ def test_a_drill_inside_the_minimum_interval_or_with_the_candidate_down_is_refus
             now=now,
         )
     _as_postgres([str(BINDIR / "pg_ctl"), "stop", "-w", "-m", "fast", "-D", pair.n2.data_dir])
-    with pytest.raises(DrillRefused, match=r"candidate n2 \(127.0.0.1:24402\) is down"):
+    with pytest.raises(DrillRefused, match=rf"candidate n2 \(127.0.0.1:{PORTS[1]}\) is down"):
         run_planned_drill(
             pair.manager,
             run_id="it-down",
@@ -273,7 +273,7 @@ def test_a_wrong_probe_connection_is_refused_by_name(pair: Pair) -> None:
     with pytest.raises(InvalidInputError, match=r"target_session_attrs=read-only; it must reach the server"):
         probe_target(pair.dsn.replace("read-write", "read-only"), used_by=USED_BY)
     wrong = WriteProbe(
-        probe_target("host=127.0.0.1 port=24402 user=postgres dbname=postgres", used_by=USED_BY),
+        probe_target(f"host=127.0.0.1 port={PORTS[1]} user=postgres dbname=postgres", used_by=USED_BY),
         run_id="it-wrong",
         used_by=USED_BY,
     )
