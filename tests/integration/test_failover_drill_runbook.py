@@ -3,7 +3,8 @@ call) on the sandbox's native PostgreSQL pair, orders_pg_cluster: a planned dril
 its record in the ledger and in S3 beside the backups; and the faults, each refused before anything
 moves with a message naming cluster, node and cause: a replica lagging past the bound (its replay
 paused), the candidate down, a drill started twice, the crash mode where the catalog does not allow
-it (and where it does: no crash driver yet), the probe's connection wrong, a manager not available.
+it (and where it does, the sandbox pair's socket in its data directory), the probe's connection
+wrong, a manager not available.
 
 The sandbox's pair is switched over and failed back by the passing drill: it ends as it began
 (orders_pg primary, orders_pg_replica streaming), which the test checks.
@@ -252,13 +253,18 @@ def test_crash_mode_is_refused_where_the_catalog_does_not_allow_it(
     assert record["refused"] is True
     reasons = [d["reason"] for d in record["preflight"] if not d["passed"]]
     assert f"{CLUSTER}: mode 'crash' is not allowed for this cluster (allowed: planned)" in reasons
-    # Where the catalog allows it, there is no crash driver yet: refused too, and said so.
+    # Where the catalog allows it, the native-pg crash driver is there, but the sandbox's servers keep
+    # their socket in the (0700) data directory, which pg_rewind cannot copy after a crash: refused
+    # before anything moves, and said so (a throwaway pair runs the crash drill itself).
     target, catalog = _target(_catalog_file(tmp_path, project_root))
     allowed = runbook.run_preflight(target, catalog, run_id="crash-allowed", mode="crash")
-    assert (
-        f"{CLUSTER}: mode 'crash' is allowed, but no crash driver is built for manager native-pg yet: run a "
-        "planned drill" in _refusals(allowed)
-    )
+    refusals = _refusals(allowed)
+    assert any(
+        r.startswith(f"{CLUSTER}: mode 'crash' cannot run on native-pg: the unix socket of orders_pg (")
+        and "is inside its data directory, which pg_rewind cannot copy after a crash" in r
+        for r in refusals
+    ), refusals
+    assert "allowed" not in " ".join(r for r in refusals if "mode 'crash' is not allowed" in r)
 
 
 def test_a_wrong_probe_connection_is_refused_naming_hosts_and_cause(

@@ -1,7 +1,8 @@
 """Native PostgreSQL planned switchover, fail-back, abort and fence on a throw-away pair of this test's
 own (the sandbox is left alone): a primary initialised with ``wal_log_hints=on`` (pg_rewind needs it)
-and a ``pg_basebackup -R`` replica on loopback ports 24401/24402, in a temporary folder, stopped and
-removed at the end of each test.
+and a ``pg_basebackup -R`` replica on loopback ports 24401/24402 (moved by
+``CLOUDOPS_SANDBOX_PORT_OFFSET``, so that two runs side by side do not collide), in a temporary folder,
+stopped and removed at the end of each test. The crash drills kill the primary's postmaster (SIGKILL).
 
 The write probe connects as an application would: both hosts, ``target_session_attrs=read-write``.
 The figures (write downtime, acknowledged writes lost) are printed for the report and compared with
@@ -36,7 +37,7 @@ from cloudops.engines.postgres.switchover import (
     unfence,
 )
 from cloudops.failover.analysis import analyse
-from cloudops.failover.drill import DrillOptions, DrillRefused, run_planned_drill
+from cloudops.failover.drill import DrillOptions, DrillRefused, run_drill, run_planned_drill
 from cloudops.failover.managers import NativePostgresManager
 from cloudops.failover.policy import DrillGuards, DrillTargets
 from cloudops.failover.probe import ProbeError, WriteProbe, probe_target
@@ -44,7 +45,8 @@ from cloudops.failover.probe import ProbeError, WriteProbe, probe_target
 pytestmark = pytest.mark.integration
 
 BINDIR = Path("/usr/lib/postgresql/15/bin")
-PORTS = (24401, 24402)
+_OFFSET = int(os.environ.get("CLOUDOPS_SANDBOX_PORT_OFFSET") or 0)
+PORTS = (24401 + _OFFSET, 24402 + _OFFSET)
 CLUSTER = "drill_pair"
 USED_BY = "failover drill test"
 # The servers trust loopback; the password is there to prove it never reaches the record.
@@ -72,7 +74,8 @@ class Pair:
 
 def _settings(name: str, port: int, data_dir: Path) -> str:
     return (
-        f"\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{data_dir}'\n"
+        # The socket beside the data directory: pg_rewind after a crash cannot copy one inside it.
+        f"\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{data_dir.parent}'\n"
         f"cluster_name = '{name}'\nwal_level = replica\nwal_log_hints = on\nmax_wal_senders = 5\n"
         "wal_keep_size = 64MB\nfsync = off\nlogging_collector = off\nwal_receiver_status_interval = 1s\n"
     )
@@ -174,7 +177,7 @@ def test_a_planned_drill_switches_over_and_back_losing_no_acknowledged_write(pai
     assert len(analysis.windows) == 2  # switchover and fail-back
     assert all(w.closed for w in analysis.windows)
     assert analysis.write_downtime_s < 5
-    assert set(analysis.servers) == {"127.0.0.1:24401", "127.0.0.1:24402"}
+    assert set(analysis.servers) == {f"127.0.0.1:{PORTS[0]}", f"127.0.0.1:{PORTS[1]}"}
     evidence = record.server_evidence
     assert "no rewind required" in evidence["switchover.rejoin"]
     assert "no rewind required" in evidence["fail_back.rejoin"]
@@ -219,7 +222,7 @@ def test_a_catch_up_timeout_restores_the_old_primary_and_leaves_the_replica(pair
     _sql(pair.n2, "SELECT pg_wal_replay_resume()")
     # Writes go to n1 again, through the application's routing.
     probe = WriteProbe(probe_target(pair.dsn, used_by=USED_BY), run_id="it-abort", used_by=USED_BY)
-    assert probe.prepare() == "127.0.0.1:24401"
+    assert probe.prepare() == f"127.0.0.1:{PORTS[0]}"
 
 
 def test_a_lagging_replica_is_refused_before_anything_moves(pair: Pair) -> None:
@@ -253,7 +256,7 @@ def test_a_drill_inside_the_minimum_interval_or_with_the_candidate_down_is_refus
             now=now,
         )
     _as_postgres([str(BINDIR / "pg_ctl"), "stop", "-w", "-m", "fast", "-D", pair.n2.data_dir])
-    with pytest.raises(DrillRefused, match=r"candidate n2 \(127.0.0.1:24402\) is down"):
+    with pytest.raises(DrillRefused, match=rf"candidate n2 \(127.0.0.1:{PORTS[1]}\) is down"):
         run_planned_drill(
             pair.manager,
             run_id="it-down",
@@ -270,7 +273,7 @@ def test_a_wrong_probe_connection_is_refused_by_name(pair: Pair) -> None:
     with pytest.raises(InvalidInputError, match=r"target_session_attrs=read-only; it must reach the server"):
         probe_target(pair.dsn.replace("read-write", "read-only"), used_by=USED_BY)
     wrong = WriteProbe(
-        probe_target("host=127.0.0.1 port=24402 user=postgres dbname=postgres", used_by=USED_BY),
+        probe_target(f"host=127.0.0.1 port={PORTS[1]} user=postgres dbname=postgres", used_by=USED_BY),
         run_id="it-wrong",
         used_by=USED_BY,
     )
@@ -352,3 +355,102 @@ def test_a_rewind_that_cannot_work_is_degraded_redundancy_left_to_a_person(
     assert not caught.value.steps[-1].ok
     assert not server_running(stranger)
     assert member_state(pair.n1.conn_id, name="n1", used_by=USED_BY).role == "primary"
+
+
+CRASH_GUARDS = DrillGuards(catch_up_timeout_s=10, modes_allowed=frozenset({"planned", "crash"}))
+
+
+def test_a_crash_drill_kills_the_primary_promotes_rewinds_and_fails_back(pair: Pair) -> None:
+    record = run_drill(
+        pair.manager,
+        run_id="it-crash-1",
+        probe_dsn=pair.dsn,
+        targets=DrillTargets(max_write_downtime_s=3, max_drill_s=90),
+        guards=CRASH_GUARDS,
+        options=DrillOptions(baseline_acks=30, settle_s=1.0),
+        mode="crash",
+    )
+    analysis = record.analysis
+    assert analysis is not None
+    print(
+        f"\nnative PG crash drill: windows {[round(w.seconds, 3) for w in analysis.windows]} s, "
+        f"max ack gap {analysis.max_ack_gap_s:.3f} s, acked {analysis.acked}, "
+        f"lost {analysis.acked_writes_lost}, in doubt {analysis.in_doubt}, errors {analysis.error_classes}, "
+        f"drill {record.drill_seconds:.2f} s; phases "
+        + ", ".join(f"{p.name} {p.ended - p.started:.2f}" for p in record.phases)
+    )
+    assert record.mode == "crash"
+    assert record.aborted is None, record.aborted
+    assert record.degraded_redundancy is None
+    assert [v.status for v in record.verdicts] == ["PASS", "PASS", "PASS"], record.verdicts
+    # Measured, not assumed: every acknowledged id was read back from the new primary and the final one.
+    assert analysis.lost_ids == ()
+    assert record.server_evidence["crash.read_back_from"] == f"127.0.0.1:{PORTS[1]}"
+    assert len(analysis.windows) == 2  # the crash and the planned fail-back
+    assert all(w.closed for w in analysis.windows)
+    names = [p.name for p in record.phases]
+    crash_steps = ("kill", "detect", "promote", "gone", "rewind", "streaming")
+    for step in (f"crash.{name}" for name in crash_steps):
+        assert step in names
+    for step in ("fail_back.stop", "fail_back.catch_up", "fail_back.promote", "fail_back.streaming"):
+        assert step in names
+    kill = next(p for p in record.phases if p.name == "crash.kill")
+    assert kill.detail.startswith("SIGKILL to n1's postmaster "), kill.detail
+    # pg_rewind ran the crashed node's recovery and says what it did (its message is the evidence).
+    assert record.server_evidence["crash.rejoin"]
+    assert record.server_evidence["crash.timeline"] == "2"
+    assert record.server_evidence["fail_back.timeline"] == "3"
+    topology = pair.manager.topology()
+    assert topology.primary == "n1"
+    assert topology.healthy, topology.problems
+    assert json.loads(record.to_json())["mode"] == "crash"
+    assert SECRET not in record.to_json()
+
+
+def test_a_crash_with_replication_stalled_loses_acknowledged_writes_and_the_read_back_names_them(
+    pair: Pair,
+) -> None:
+    import signal
+
+    probe = WriteProbe(probe_target(pair.dsn, used_by=USED_BY), run_id="it-crash-lag", used_by=USED_BY)
+    probe.prepare()
+    with probe:
+        assert probe.wait_for_acks(20, within_s=10)
+        walsender = int(
+            _sql(pair.n1, "SELECT pid FROM pg_stat_replication WHERE application_name = 'n2'")[0][0]
+        )
+        # The walsender stops sending (as a congested link would); the primary goes on acknowledging.
+        os.kill(walsender, signal.SIGSTOP)
+        try:
+            assert probe.wait_for_acks(30, within_s=10)
+            result = pair.manager.crash("n1", "n2")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(walsender, signal.SIGCONT)
+        assert probe.wait_for_acks(10, within_s=20)
+    present, server = probe.read_back()
+    found = analyse(probe.attempts(), present_ids=present)
+    print(f"\nnative PG crash, walsender stopped: {found.acked_writes_lost} acknowledged writes lost")
+    assert server == f"127.0.0.1:{PORTS[1]}"
+    assert found.acked_writes_lost is not None
+    assert found.acked_writes_lost >= 20
+    assert found.lost_ids is not None
+    assert all(i not in present for i in found.lost_ids)
+    assert [s.name for s in result.steps][:4] == ["kill", "detect", "promote", "gone"]
+    assert member_state(pair.n1.conn_id, name="n1", used_by=USED_BY).role == "replica"
+
+
+def test_a_crash_drill_is_refused_where_crash_is_not_allowed_and_moves_nothing(pair: Pair) -> None:
+    with pytest.raises(DrillRefused) as refused:
+        run_drill(
+            pair.manager,
+            run_id="it-crash-refused",
+            probe_dsn=pair.dsn,
+            targets=DrillTargets(max_write_downtime_s=3, max_drill_s=90),
+            guards=DrillGuards(catch_up_timeout_s=10),
+            mode="crash",
+        )
+    assert f"{CLUSTER}: mode 'crash' is not allowed for this cluster (allowed: planned)" in str(refused.value)
+    assert refused.value.record.mode == "crash"
+    assert server_running(pair.n1)
+    assert pair.manager.topology().primary == "n1"

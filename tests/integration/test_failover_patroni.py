@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -202,8 +203,67 @@ def test_a_crash_of_the_leader_fails_over_on_the_ttl_and_the_old_leader_rejoins(
 
 
 def test_the_crash_mode_is_refused_where_the_catalog_does_not_allow_it(manager: PatroniManager) -> None:
+    catalog = load_catalog_file(SANDBOX_CATALOG)
+    cluster = catalog.cluster("ledger_patroni")
+    assert cluster.drill is not None
+    planned_only = cluster.model_copy(
+        update={"drill": cluster.drill.model_copy(update={"modes": ["planned"]})}
+    )
+    # The registry gives a node control only to clusters whose drill allows crash: none here, even with
+    # the sandbox running this very cluster.
+    refusing = manager_for(catalog, planned_only, used_by=USED_BY)
+    assert isinstance(refusing, PatroniManager)
+    assert refusing.crash_unavailable() is not None
     primary, replica = _leader(manager)
-    # The registry gives a node control only to clusters whose drill allows crash; none was given here.
     with pytest.raises(ReplicationError, match=r"does not allow the crash mode .* nothing was done"):
-        manager.crash(primary, replica)
+        refusing.crash(primary, replica)
     assert _leader(manager) == (primary, replica)
+
+
+def test_a_crash_drill_through_the_runbook_passes_its_crash_targets_and_fails_back(
+    manager: PatroniManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runbook's own path with mode crash: the sandbox's node control found for the cluster it
+    runs, the leader crashed under the write probe, the TTL failover measured, the old leader rejoined,
+    a planned switchover back, and the record judged against the catalog's crash_targets."""
+    from cloudops.failover import lease
+    from cloudops.runbooks import failover_drill as runbook
+
+    monkeypatch.setenv("CLOUDOPS_EVIDENCE_DIR", str(tmp_path / "evidence"))
+    monkeypatch.setenv(lease.STATE_DIR_ENV, str(tmp_path / "leases"))
+    catalog = load_catalog_file(SANDBOX_CATALOG)
+    primary, replica = _leader(manager)
+    target = runbook.ClusterTarget(str(SANDBOX_CATALOG), catalog.estate, "ledger_patroni")
+    try:
+        record = runbook.run_drill(target, catalog, run_id="it-patroni-crash-drill", mode="crash")
+    finally:
+        topology = manager.topology()
+        if topology.primary == replica and topology.healthy:
+            manager.switchover(replica, primary, catch_up_timeout_s=30)
+    judgement = runbook.judge(record)
+    figures = runbook.drill_figures(record)
+    print(
+        f"\nPatroni crash drill (runbook): write downtime {figures.get('write_downtime_s')} s, "
+        f"acked lost {figures.get('acked_writes_lost')} of {figures.get('acked')}, "
+        f"drill {figures.get('drill_seconds')} s; verdict {judgement['verdict']}; phases "
+        + ", ".join(f"{p['name']} {p.get('seconds')}" for p in record["phases"])
+    )
+    assert record["refused"] is False, record.get("refusal")
+    assert record["mode"] == "crash"
+    assert judgement["verdict"] == "PASS", judgement
+    assert [v["status"] for v in record["verdicts"]] == ["PASS", "PASS", "PASS"], record["verdicts"]
+    names = [p["name"] for p in record["phases"]]
+    for step in ("crash.crash", "crash.new_leader", "crash.restart_old", "crash.old_leader_streaming"):
+        assert step in names
+    assert "fail_back.request" in names
+    assert "SIGKILL" in next(p for p in record["phases"] if p["name"] == "crash.crash")["detail"]
+    # Measured by read-back on the new leader, then on the final one.
+    assert figures["acked_writes_lost"] == 0
+    assert record["server_evidence"]["crash.read_back_from"]
+    # The leader key's ttl (20 s) is the detection: far over a switchover, within the crash target (30 s).
+    assert 5 < figures["write_downtime_s"] <= 30
+    assert figures["drill_seconds"] <= 180
+    # Back as the catalog says: the same leader, the other node streaming from it.
+    assert record["final_primary"] == primary
+    assert _leader(manager) == (primary, replica)
+    assert manager.topology().healthy

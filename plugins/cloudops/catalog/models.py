@@ -1111,6 +1111,11 @@ class FailoverDrillPolicy(CatalogModel):
         "default.",
     )
     targets: DrillTargets = Field(default_factory=DrillTargets)
+    crash_targets: DrillTargets | None = Field(
+        default=None,
+        description="What a crash drill must show, where it differs from a planned one (a manager that "
+        "detects the crash itself waits for its leader key to expire: Patroni's ttl); none: targets.",
+    )
     guards: DrillGuards = Field(default_factory=DrillGuards)
     failback: Literal["auto", "manual"] = Field(
         default="auto",

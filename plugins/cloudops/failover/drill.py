@@ -169,6 +169,58 @@ def _switch(
     return result
 
 
+def crash_driver_guard(manager: SwitchoverManager) -> GuardDecision:
+    """Whether ``manager`` can crash its primary here: it has a crash driver (native-pg, Patroni) and
+    says nothing is missing for it (Patroni: a node control; native-pg: every data directory)."""
+    crash = getattr(manager, "crash", None)
+    if crash is None:
+        return GuardDecision(
+            "driver",
+            False,
+            f"{manager.cluster}: mode 'crash' is allowed, but no crash driver is built for manager "
+            f"{manager.name} yet: run a planned drill",
+        )
+    unavailable = getattr(manager, "crash_unavailable", lambda: None)()
+    if unavailable:
+        return GuardDecision(
+            "driver", False, f"{manager.cluster}: mode 'crash' cannot run on {manager.name}: {unavailable}"
+        )
+    return GuardDecision("driver", True, f"{manager.cluster}: {manager.name} crashes its primary itself")
+
+
+def _crash(
+    manager: SwitchoverManager,
+    primary: str,
+    candidate: str,
+    guards: DrillGuards,
+    record: DrillRecord,
+) -> SwitchoverResult | None:
+    """Crash the primary and fail over to ``candidate`` (the manager's crash driver), its steps into the
+    record under ``crash.``; None when the new primary serves alone or the failover failed (recorded)."""
+    crash = getattr(manager, "crash", None)
+    if crash is None:  # the preflight's driver guard refuses this before anything moves
+        record.aborted = f"{manager.name} has no crash driver"
+        return None
+    try:
+        result: SwitchoverResult = crash(primary, candidate, detect_timeout_s=guards.crash_detect_timeout_s)
+    except RejoinFailed as error:
+        record.phases.extend(_prefixed("crash", error.steps))
+        record.degraded_redundancy = f"crash: {first_line(error)}"
+        log.error("%s", error)
+        return None
+    except ReplicationError as error:
+        record.aborted = f"crash failed: {first_line(error)}"
+        record.server_evidence["crash.error"] = first_line(error)
+        log.error("%s", error)
+        return None
+    record.phases.extend(_prefixed("crash", result.steps))
+    record.server_evidence["crash.old_primary_position"] = result.switch_position or ""
+    record.server_evidence["crash.candidate_replayed"] = result.replayed_position or ""
+    record.server_evidence["crash.timeline"] = str(result.timeline)
+    record.server_evidence["crash.rejoin"] = result.rejoin or ""
+    return result
+
+
 def _prefixed(label: str, steps: tuple[Step, ...]) -> list[Step]:
     return [Step(f"{label}.{s.name}", s.started, s.ended, s.detail, s.ok) for s in steps]
 
@@ -193,8 +245,9 @@ class PlannedDrill:
     def plan(self) -> str:
         """The plan in one line, for the log of a dry run and of the drill itself."""
         return (
-            f"{self.record.cluster} ({self.record.manager}): planned switchover {self.primary or '?'} -> "
-            f"{self.candidate or '?'}, then fail-back; {self.topology.summary}"
+            f"{self.record.cluster} ({self.record.manager}): "
+            f"{'crash of' if self.record.mode == 'crash' else 'planned switchover'} {self.primary or '?'} -> "
+            f"{self.candidate or '?'}, then fail-back (planned); {self.topology.summary}"
         )
 
 
@@ -252,15 +305,8 @@ def preflight_drill(
         lag_error=lag_error or "no primary or no candidate",
     )
     extra: list[GuardDecision] = []
-    if mode != "planned" and mode in guards.modes_allowed:
-        extra.append(
-            GuardDecision(
-                "driver",
-                False,
-                f"{manager.cluster}: mode {mode!r} is allowed, but no {mode} driver is built for manager "
-                f"{manager.name} yet: run a planned drill",
-            )
-        )
+    if mode == "crash" and mode in guards.modes_allowed:
+        extra.append(crash_driver_guard(manager))
     if expected_members is not None:
         extra.append(catalog_topology_guard(topology, expected_members))
     if primary:
@@ -310,8 +356,15 @@ def run_planned_drill(
     options: DrillOptions | None = None,
     expected_members: Mapping[str, str | None] | None = None,
     long_transaction_s: float = 60.0,
+    mode: str = "planned",
 ) -> DrillRecord:
-    """Run a planned switchover drill (and the fail-back) under the write probe; return its record.
+    """Run a drill (and the fail-back) under the write probe; return its record.
+
+    ``mode="planned"``: the manager's switchover. ``mode="crash"`` (where the guards allow it): the
+    manager's crash driver kills the primary (Patroni: Patroni and PostgreSQL of the leader together;
+    native-pg: SIGKILL of the postmaster, the drill then acts as the detector), waits for the candidate
+    to lead and the crashed node to rejoin; the fail-back is always a planned switchover. Either way
+    the acknowledged writes lost are read back from the new primary, never assumed.
 
     :param probe_dsn: the application's libpq connection string (PostgreSQL), or a probe target built
         from its connection (:func:`cloudops.failover.probe_mariadb.mariadb_probe_target`).
@@ -327,6 +380,7 @@ def run_planned_drill(
         run_id=run_id,
         probe_dsn=probe_dsn,
         guards=guards,
+        mode=mode,
         candidate=candidate,
         last_drill_at=last_drill_at,
         now=now,
@@ -391,6 +445,8 @@ def run_planned_drill(
                 record.aborted = (
                     f"the lag re-check is {gap:.2f} s old, over {LAG_RECHECK_WITHIN_S:g} s: not acting on it"
                 )
+            elif mode == "crash":
+                switched = _crash(manager, primary, chosen, guards, record)
             else:
                 switched = _switch(manager, primary, chosen, guards, record, "switchover")
         if switched is not None:
@@ -401,7 +457,8 @@ def run_planned_drill(
                 acked_before_switched_read = {a.id for a in probe.attempts() if a.outcome == "acked"}
                 try:
                     present_switched, server = probe.read_back()
-                    record.server_evidence["switchover.read_back_from"] = server
+                    label = "crash" if mode == "crash" else "switchover"
+                    record.server_evidence[f"{label}.read_back_from"] = server
                 except ProbeError as error:
                     record.aborted = f"reading back from the new primary: {first_line(error)}"
         interim = analyse(probe.attempts(), present_ids=None, stall_threshold_s=options.stall_threshold_s)
@@ -456,6 +513,11 @@ __all__ = [
     "DrillOptions",
     "DrillRefused",
     "PlannedDrill",
+    "crash_driver_guard",
     "preflight_drill",
+    "run_drill",
     "run_planned_drill",
 ]
+
+# The same drill for every mode: the name the crash mode reads better under.
+run_drill = run_planned_drill

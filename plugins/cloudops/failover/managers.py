@@ -112,6 +112,39 @@ class NativePostgresManager:
             rejoin_timeout_s=self.rejoin_timeout_s,
         )
 
+    def crash_unavailable(self) -> str | None:
+        """Why this cluster cannot be crashed by a drill, or None: every node's data directory is
+        known (the crash kills its postmaster, pg_rewind and pg_ctl run on it) and holds no socket."""
+        unknown = [name for name, node in self.nodes.items() if not node.data_dir]
+        if unknown:
+            return f"the data directory of {', '.join(unknown)} is unknown (its server was not readable)"
+        inside = [
+            f"{n} ({node.socket_dir})" for n, node in self.nodes.items() if node.socket_inside_data_dir()
+        ]
+        if inside:
+            # After a crash pg_rewind copies files from the new primary's data directory, its live
+            # socket too, and fails: the old primary would be left for a person to rebuild.
+            return (
+                f"the unix socket of {', '.join(inside)} is inside its data directory, which pg_rewind "
+                "cannot copy after a crash: move unix_socket_directories out of the data directory"
+            )
+        return None
+
+    def crash(self, primary: str, candidate: str, *, detect_timeout_s: float = 10.0) -> SwitchoverResult:
+        """Crash ``primary`` (SIGKILL of its postmaster and children), promote ``candidate`` as the
+        detector would, rewind and rejoin the crashed node as a standby
+        (:func:`cloudops.engines.postgres.switchover.crash_failover`)."""
+        from cloudops.engines.postgres.switchover import crash_failover
+
+        return crash_failover(
+            self._node(primary),
+            self._node(candidate),
+            cluster=self.cluster,
+            used_by=self.used_by,
+            detect_timeout_s=detect_timeout_s,
+            rejoin_timeout_s=self.rejoin_timeout_s,
+        )
+
     def fence(self, member: str) -> str:
         from cloudops.engines.postgres import ENGINE
 
@@ -179,9 +212,16 @@ def _patroni(catalog: Catalog, cluster: Cluster, site: ManagerSite, used_by: str
         )
         for m in cluster.members
     }
-    # The crash mode only where the catalog allows it: without a control, crash() refuses.
+    # The crash mode only where the catalog allows it: without a control, crash() refuses. Where the
+    # site names none, the sandbox's own when the sandbox runs this very cluster (its name and API ports).
     crash_allowed = cluster.drill is not None and "crash" in cluster.drill.modes
     control = site.node_control if crash_allowed else None
+    if crash_allowed and control is None:
+        from cloudops.connections import get_connection
+        from cloudops.sandbox.patroni import sandbox_node_control
+
+        ports = {name: get_connection(m.api_conn_id, used_by).port for name, m in members.items()}
+        control = sandbox_node_control(cluster.name, ports)
     return PatroniManager(cluster.name, members, used_by=used_by, control=control)
 
 

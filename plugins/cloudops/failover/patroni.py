@@ -508,6 +508,15 @@ class PatroniManager:
             rejoin=f"Patroni rewound and restarted {primary} itself (use_pg_rewind); /history: {entry}",
         )
 
+    def crash_unavailable(self) -> str | None:
+        """Why a drill cannot crash this cluster's leader, or None: a :class:`NodeControl` is there."""
+        if self.control is None:
+            return (
+                "nothing controls its nodes' processes (the catalog does not allow crash, or no node "
+                "control is known for its hosts)"
+            )
+        return None
+
     def crash(self, primary: str, candidate: str, *, detect_timeout_s: float = 60.0) -> SwitchoverResult:
         """Crash the leader (Patroni and PostgreSQL together), wait for ``candidate`` to lead (the TTL
         path), start the old leader again and wait until it streams.

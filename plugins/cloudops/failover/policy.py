@@ -131,6 +131,8 @@ class DrillGuards:
     :param modes_allowed: ``planned`` everywhere; ``crash`` only where the catalog allows it.
     :param catch_up_timeout_s: how long a planned switchover waits for the candidate to replay the old
         primary's shutdown checkpoint before it aborts and restarts the old primary.
+    :param crash_detect_timeout_s: how long a crash drill waits for the failover to be seen (Patroni:
+        the candidate leading, after the leader key's ttl; native-pg: the crashed server gone).
     """
 
     max_lag_bytes: int = 1_048_576
@@ -140,6 +142,7 @@ class DrillGuards:
     window: DrillWindow | None = None
     modes_allowed: frozenset[str] = field(default=frozenset({"planned"}))
     catch_up_timeout_s: float = 30.0
+    crash_detect_timeout_s: float = 90.0
 
     def __post_init__(self) -> None:
         if self.max_lag_bytes < 0:
@@ -154,6 +157,7 @@ class DrillGuards:
         if self.min_interval < timedelta(0):
             raise InvalidInputError(f"guards.min_interval must not be negative, not {self.min_interval}")
         _positive("guards.catch_up_timeout_s", self.catch_up_timeout_s)
+        _positive("guards.crash_detect_timeout_s", self.crash_detect_timeout_s)
         unknown = set(self.modes_allowed) - set(DRILL_MODES)
         if unknown:
             raise InvalidInputError(

@@ -17,8 +17,14 @@ again. Runs on the catalog's schedule, or by hand (Trigger DAG, with the form be
    actions for the whole window, in the pool `failover_drills__<estate>` (one drill per estate at a
    time; a lease refuses one started another way): the probe writes a numbered row every ~15 ms; the
    candidate's lag is read again within a second of the action; planned switchover (the manager's
-   way); verify one writer and that probe writes land; fail back as the policy says; verify again;
-   read back every acknowledged id.
+   way), or with mode `crash` (only where the catalog's `drill.modes` allows it) the primary crashed:
+   Patroni's leader loses Patroni and PostgreSQL together and the drill waits for the candidate to
+   lead (the leader key's ttl) and the old node to rejoin; a native PostgreSQL primary's postmaster is
+   killed (SIGKILL) and the drill acts as the detector: promote the candidate, `pg_rewind` the
+   crashed node and rejoin it as a standby. Verify one writer and that probe writes land; read back
+   every acknowledged id (lost writes are counted, never assumed); fail back as the policy says
+   (always a planned switchover); verify again. A crash drill is judged against
+   `drill.crash_targets` where the catalog sets them.
 3. `evaluate` judges each target PASS / FAIL / ABORTED with its reason and names the abort path taken.
 4. `record` writes the `failover.drill` fact to the evidence ledger and the JSON record beside the
    backups in S3 (`<prefix>/<estate>/_failover_drills/<cluster>/<run id>.json`, its SHA-256 in the fact).
@@ -154,17 +160,19 @@ def policy_window(cluster: Cluster, timezone: str) -> Any:
     return DrillWindow(days, start.time(), (start + duration).time(), timezone, text)
 
 
-def settings_of(catalog: Catalog, cluster: Cluster) -> DrillSettings:
-    """Targets, guards and options of the cluster's drill policy (one catalog field each)."""
+def settings_of(catalog: Catalog, cluster: Cluster, mode: str = "planned") -> DrillSettings:
+    """Targets, guards and options of the cluster's drill policy (one catalog field each); a crash
+    drill is judged against ``crash_targets`` where the catalog sets them."""
     from cloudops.failover.drill import DrillOptions
     from cloudops.failover.policy import DrillGuards, DrillTargets
 
     policy = cluster.drill
     assert policy is not None
+    declared = policy.crash_targets if mode == "crash" and policy.crash_targets else policy.targets
     targets = DrillTargets(
-        max_write_downtime_s=max(policy.targets.max_write_downtime_seconds, 0.001),
-        max_acked_writes_lost=policy.targets.max_acknowledged_writes_lost,
-        max_drill_s=policy.targets.max_drill_seconds,
+        max_write_downtime_s=max(declared.max_write_downtime_seconds, 0.001),
+        max_acked_writes_lost=declared.max_acknowledged_writes_lost,
+        max_drill_s=declared.max_drill_seconds,
     )
     guards = DrillGuards(
         max_lag_bytes=policy.guards.max_lag_bytes,
@@ -353,7 +361,7 @@ def last_drill_at(dag_id: str, cluster: str) -> datetime | None:
 
 
 def prepare(
-    target: ClusterTarget, catalog: Catalog, *, run_id: str
+    target: ClusterTarget, catalog: Catalog, *, run_id: str, mode: str = "planned"
 ) -> tuple[Cluster, SwitchoverManager, DrillSettings, str | ProbeEndpoint]:
     """The cluster, its manager, its settings and the probe's connection string.
 
@@ -364,7 +372,7 @@ def prepare(
     cluster = cluster_of(catalog, target.cluster)
     used_by = f"failover drill {run_id} of {cluster.name}"
     manager = manager_for(cluster, catalog, used_by=used_by)
-    return cluster, manager, settings_of(catalog, cluster), probe_dsn(cluster, used_by=used_by)
+    return cluster, manager, settings_of(catalog, cluster, mode), probe_dsn(cluster, used_by=used_by)
 
 
 def run_preflight(
@@ -379,7 +387,7 @@ def run_preflight(
     """Read the cluster and run every guard (a dry run is this alone); move nothing."""
     from cloudops.failover.drill import preflight_drill
 
-    cluster, manager, settings, dsn = prepare(target, catalog, run_id=run_id)
+    cluster, manager, settings, dsn = prepare(target, catalog, run_id=run_id, mode=mode)
     planned = preflight_drill(
         manager,
         run_id=run_id,
@@ -412,34 +420,22 @@ def run_drill(
     :raises ManagerNotAvailable: the cluster's manager has no driver yet.
     """
     from cloudops.failover import lease
-    from cloudops.failover.drill import DrillRefused, preflight_drill, run_planned_drill
+    from cloudops.failover.drill import DrillRefused
+    from cloudops.failover.drill import run_drill as drive
 
     lease.acquire(target.estate, target.cluster, run_id)
     try:
-        cluster, manager, settings, dsn = prepare(target, catalog, run_id=run_id)
-        if mode != "planned":
-            # Only planned drills have a driver: the guards say why this one may not run (the mode
-            # not allowed, or no driver for it), and nothing moves.
-            planned = preflight_drill(
-                manager,
-                run_id=run_id,
-                probe_dsn=dsn,
-                guards=settings.guards,
-                mode=mode,
-                candidate=candidate,
-                last_drill_at=last_drill_at(f"{KIND}__{cluster.name}", cluster.name),
-                now=now,
-                expected_members=settings.expected_members,
-                long_transaction_s=LONG_TRANSACTION_S,
-            )
-            return _refused(planned.record, planned.checked.explain())
+        cluster, manager, settings, dsn = prepare(target, catalog, run_id=run_id, mode=mode)
+        # Any mode goes through the same preflight: a mode the catalog does not allow, or one the
+        # manager has no driver for, is refused there and nothing moves.
         try:
-            record = run_planned_drill(
+            record = drive(
                 manager,
                 run_id=run_id,
                 probe_dsn=dsn,
                 targets=settings.targets,
                 guards=settings.guards,
+                mode=mode,
                 candidate=candidate,
                 last_drill_at=last_drill_at(f"{KIND}__{cluster.name}", cluster.name),
                 now=now,
@@ -451,7 +447,7 @@ def run_drill(
             return _refused(refused.record, str(refused))
         body = record.to_dict()
         body["refused"] = False
-        body["moved"] = any(p.name.startswith("switchover.") for p in record.phases)
+        body["moved"] = any(p.name.startswith(("switchover.", "crash.")) for p in record.phases)
         body["final_primary"] = _final_primary(manager)
         return body
     finally:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import pwd
 import shlex
@@ -30,7 +31,7 @@ import signal
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -170,6 +171,9 @@ def _http_json(url: str, timeout: float = 2.0) -> tuple[int, Any]:
             return response.status, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"null")
+
+
+log = logging.getLogger(__name__)
 
 
 class EtcdServer:
@@ -662,6 +666,30 @@ class SandboxPatroniControl:
         return f"{member}: " + "; ".join(said)
 
 
+def sandbox_node_control(cluster: str, api_ports: Mapping[str, int | None]) -> SandboxPatroniControl | None:
+    """The sandbox's node control when the sandbox runs ``cluster`` itself: the same cluster name and
+    every member's REST API on the port the sandbox gave that node; None otherwise (no sandbox here,
+    or another cluster), so that a production cluster is never signalled through the sandbox.
+
+    :param api_ports: member name → the port of its REST API connection.
+    """
+    try:
+        control = SandboxPatroniControl()
+    except (SandboxError, OSError) as error:
+        log.info("no sandbox node control for %s: %s", cluster, error)
+        return None
+    nodes = {node.member.name: node.api_port for node in control.cluster.nodes}
+    if control.cluster.plan.name != cluster or nodes != dict(api_ports):
+        log.info(
+            "no sandbox node control for %s: the sandbox runs %s %s",
+            cluster,
+            control.cluster.plan.name,
+            nodes,
+        )
+        return None
+    return control
+
+
 def api_answer(url: str) -> tuple[int, Any]:
     """What a Patroni REST API (or etcd) answers to a GET, for status lines and tests."""
     return _http_json(url)
@@ -674,4 +702,5 @@ __all__ = [
     "SandboxPatroniControl",
     "api_answer",
     "prepare_patroni_venv",
+    "sandbox_node_control",
 ]

@@ -147,7 +147,15 @@ class PostgresNode:
     :param follow_conninfo: how a standby of this server connects to it when it is the primary (no
         password: the standby's ``~/.pgpass`` or the server's trust gives it); None: built from
         ``conn_id``'s host, port and user.
+    :param socket_dir: the server's first unix socket directory, as it said (None: not read).
     """
+
+    def socket_inside_data_dir(self) -> bool:
+        """Whether the server's unix socket lives in its data directory: pg_rewind after a crash copies
+        the source's changed files and fails on the socket there ("No such device or address")."""
+        if not self.socket_dir:
+            return False
+        return f"{self.socket_dir.rstrip('/')}/".startswith(f"{self.data_dir.rstrip('/')}/")
 
     name: str
     conn_id: str
@@ -158,6 +166,7 @@ class PostgresNode:
     keep_files: tuple[str, ...] = ("postgresql.conf", "postgresql.auto.conf", "pg_hba.conf", "pg_ident.conf")
     rewind_conn_id: str | None = None
     follow_conninfo: str | None = None
+    socket_dir: str | None = None
 
     @staticmethod
     def keep_files_default() -> tuple[str, ...]:
@@ -444,9 +453,11 @@ def rejoin(
     )
     message = " / ".join(line.removeprefix("pg_rewind: ") for line in done.output.splitlines() if line)
     if done.returncode != 0:
-        steps.append(Step("rewind", started, _now(), message[:500], ok=False))
+        # The end of its output says why (after a crash, the stand-alone recovery's log comes first).
+        why = message if len(message) <= 500 else "..." + message[-500:]
+        steps.append(Step("rewind", started, _now(), why, ok=False))
         raise RejoinFailed(
-            f"{used_by}: pg_rewind of {node.name} from {new_primary.name} failed: {message[:500]}; "
+            f"{used_by}: pg_rewind of {node.name} from {new_primary.name} failed: {why}; "
             f"{new_primary.name} serves alone (degraded redundancy): rebuild {node.name} as a replica "
             "(pg_basebackup) or fail back by hand",
             steps,
@@ -632,6 +643,164 @@ def switchover(
     )
 
 
+def kill_server(node: PostgresNode, *, used_by: str) -> tuple[Step, tuple[str, ...]]:
+    """Crash the node's server: SIGKILL to its postmaster and every child at once, as a host that
+    loses power would leave it (no shutdown checkpoint, no walsender flushing); return the step and
+    the pids signalled (:func:`wait_gone` waits for them).
+
+    The postmaster is the process ``postmaster.pid`` names, and only when its working directory is the
+    node's data directory (a stale pid file never gets another process killed).
+
+    :raises ReplicationError: no server runs there, or the signal could not be sent.
+    """
+    started = _now()
+    text = _read_file(node, "postmaster.pid") or ""
+    first = text.split("\n", 1)[0].strip()
+    if not first.isdigit():
+        raise ReplicationError(
+            f"{used_by}: cannot crash {node.name}: no postmaster.pid in {node.data_dir}; nothing was done"
+        )
+    postmaster = first
+    cwd = _run(node, ["readlink", f"/proc/{postmaster}/cwd"], timeout_s=10).stdout.strip()
+    if cwd.rstrip("/") != node.data_dir.rstrip("/"):
+        raise ReplicationError(
+            f"{used_by}: cannot crash {node.name}: pid {postmaster} from postmaster.pid is not the server "
+            f"of {node.data_dir} (its directory: {cwd or 'gone'}); nothing was done"
+        )
+    log.info("%s: plan: SIGKILL the postmaster %s of %s and its children", used_by, postmaster, node.name)
+    # Children first read, then all killed in one call: once the postmaster dies they are reparented.
+    script = 'pm=$1; kids=$(ps -o pid= --ppid "$pm"); kill -KILL "$pm" $kids; echo "$pm" $kids'
+    done = _run(node, ["sh", "-c", script, "sh", postmaster], timeout_s=10)
+    pids = done.stdout.split()
+    if done.returncode != 0 or not pids:
+        raise ReplicationError(f"{used_by}: SIGKILL of {node.name}'s server failed: {done.output[:300]}")
+    # A killed process stays a zombie until its parent (often init, in a container slow to reap) waits
+    # for it: dead all the same, it holds no shared memory and no file.
+    step = Step(
+        "kill",
+        started,
+        _now(),
+        f"SIGKILL to {node.name}'s postmaster {postmaster} and {len(pids) - 1} children",
+    )
+    return step, tuple(pids)
+
+
+def wait_gone(node: PostgresNode, pids: Sequence[str], *, used_by: str, timeout_s: float = 60) -> Step:
+    """Wait, bounded, until every killed process of the node is gone (reaped: the server's lock file
+    names the postmaster's pid, and a zombie still counts there, so pg_rewind's recovery waits too).
+
+    :raises ReplicationError: some are still there after ``timeout_s``.
+    """
+    started = _now()
+    alive = 'for p; do kill -0 "$p" 2>/dev/null && exit 0; done; exit 1'
+    deadline = time.monotonic() + timeout_s
+    while _run(node, ["sh", "-c", alive, "sh", *pids], timeout_s=10).returncode == 0:
+        if time.monotonic() >= deadline:
+            raise ReplicationError(
+                f"{used_by}: {node.name}: processes {' '.join(pids)} still exist {timeout_s:g} s "
+                "after SIGKILL"
+            )
+        time.sleep(_POLL_S * 5)
+    return Step("gone", started, _now(), f"{len(pids)} processes of {node.name} gone")
+
+
+def crash_failover(
+    old: PostgresNode,
+    new: PostgresNode,
+    *,
+    cluster: str,
+    used_by: str,
+    detect_timeout_s: float = 10,
+    promote_wait_s: int = 60,
+    rejoin_timeout_s: float = 60,
+) -> SwitchoverResult:
+    """Unplanned failover drill: crash the primary ``old`` (:func:`kill_server`), act as the detector
+    (the old primary no longer answers), promote ``new``, then ``pg_rewind`` the crashed node (which
+    runs its crash recovery first, and says what diverged) and rejoin it as a standby of ``new``.
+
+    What the old primary had written and not yet sent is lost; the drill measures that with its
+    probe, this function does not assume it.
+
+    :raises ReplicationError: a precondition failed (nothing was done), the old server is still
+        answering after the kill, or the promotion failed (the old server is NOT restarted: read both).
+    :raises RejoinFailed: promoted, but the old primary could not rejoin (degraded redundancy).
+    """
+    steps: list[Step] = []
+    before_old = member_state(old.conn_id, name=old.name, used_by=used_by)
+    before_new = member_state(new.conn_id, name=new.name, used_by=used_by)
+    if not (before_old.reachable and before_old.role == "primary"):
+        raise ReplicationError(
+            f"{used_by}: {cluster}: {old.name} is not a reachable primary "
+            f"({before_old.error or before_old.role}); nothing was done"
+        )
+    if not (before_new.reachable and before_new.role == "replica" and before_new.streaming):
+        raise ReplicationError(
+            f"{used_by}: {cluster}: {new.name} is not a streaming replica "
+            f"({before_new.error or before_new.role}, streaming {before_new.streaming}); nothing was done"
+        )
+    log.info(
+        "%s: %s: plan: crash %s (timeline %s, %s), promote %s (replayed %s), rewind and rejoin %s",
+        used_by,
+        cluster,
+        old.name,
+        before_old.timeline,
+        before_old.position,
+        new.name,
+        before_new.position,
+        old.name,
+    )
+    killed, pids = kill_server(old, used_by=used_by)
+    steps.append(killed)
+    started = _now()
+    deadline = time.monotonic() + detect_timeout_s
+    seen = member_state(old.conn_id, name=old.name, used_by=used_by, timeout_seconds=1)
+    while seen.reachable:
+        if time.monotonic() >= deadline:
+            steps.append(Step("detect", started, _now(), f"{old.name} still answers", ok=False))
+            raise ReplicationError(
+                f"{used_by}: {cluster}: {old.name} still answers {detect_timeout_s:g} s after SIGKILL; "
+                f"{new.name} was NOT promoted"
+            )
+        time.sleep(_POLL_S)
+        seen = member_state(old.conn_id, name=old.name, used_by=used_by, timeout_seconds=1)
+    steps.append(Step("detect", started, _now(), f"{old.name} down: {seen.error}"))
+    started = _now()
+    replayed_before = member_state(new.conn_id, name=new.name, used_by=used_by).position
+    try:
+        decision = promote(
+            new.conn_id, used_by=used_by, old_primary_conn_id=old.conn_id, wait_seconds=promote_wait_s
+        )
+    except ReplicationError as error:
+        steps.append(Step("promote", started, _now(), first_line(error), ok=False))
+        raise ReplicationError(
+            f"{used_by}: {cluster}: promoting {new.name} after crashing {old.name} failed: "
+            f"{first_line(error)}; {old.name} is down and was NOT restarted: read both servers before acting"
+        ) from error
+    after = member_state(new.conn_id, name=new.name, used_by=used_by)
+    steps.append(Step("promote", started, _now(), decision))
+    try:
+        # Only now: the writes move as soon as the old server stops answering, not once it is reaped.
+        steps.append(wait_gone(old, pids, used_by=used_by, timeout_s=rejoin_timeout_s))
+    except ReplicationError as error:
+        raise RejoinFailed(f"{error}; {new.name} serves alone (degraded redundancy)", steps) from error
+    try:
+        rejoin_steps, message = rejoin(old, new_primary=new, used_by=used_by, timeout_s=rejoin_timeout_s)
+    except RejoinFailed as error:
+        error.steps = (*steps, *error.steps)
+        raise
+    steps.extend(rejoin_steps)
+    return SwitchoverResult(
+        cluster,
+        old.name,
+        new.name,
+        tuple(steps),
+        switch_position=before_old.position,
+        replayed_position=replayed_before,
+        timeline=after.timeline,
+        rejoin=message,
+    )
+
+
 # What a node's own server says about where it lives: the programs, data and configuration files the
 # drill acts on are read from it, never assumed (superuser, or pg_read_all_settings and pg_monitor).
 _NODE_FACTS = """
@@ -721,6 +890,7 @@ def discover_node(
         keep_files=keep,
         rewind_conn_id=rewind_conn_id,
         follow_conninfo=follow,
+        socket_dir=str(socket_dir) if socket_dir else None,
     )
 
 
@@ -771,8 +941,10 @@ __all__ = [
     "RejoinFailed",
     "SwitchoverAborted",
     "controldata",
+    "crash_failover",
     "discover_node",
     "fence",
+    "kill_server",
     "rejoin",
     "running_work",
     "server_running",
@@ -781,5 +953,6 @@ __all__ = [
     "stop_fast",
     "switchover",
     "unfence",
+    "wait_gone",
     "wait_replayed_past",
 ]
