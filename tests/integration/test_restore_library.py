@@ -41,7 +41,7 @@ from cloudops.restore.validation import (
     run_expectation_suite,
     suite_path,
 )
-from cloudops.runbooks.backup import open_repository, take_backup
+from cloudops.runbooks.backup import manifest_of, open_repository, take_backup
 from tests.integration.estates import private_estate, sandbox_s3
 
 pytestmark = pytest.mark.integration
@@ -67,7 +67,7 @@ class Estate:
         return open_repository(catalog, catalog.database(database))
 
     def backup(self, database: str) -> Manifest:
-        return Manifest.model_validate(take_backup(self.file, self.estate, database, run_id="restore-test"))
+        return manifest_of(take_backup(self.file, self.estate, database, run_id="restore-test"))
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,6 @@ from cloudops.catalog import load_catalog_file
 from cloudops.connections import get_connection
 from cloudops.engines.scratch import scratch_name
 from cloudops.errors import CloudOpsError, RestoreError
-from cloudops.repository.manifest import Manifest
 from cloudops.restore.fetch import BackupVerificationError
 from cloudops.restore.physical import (
     ScratchCluster,
@@ -39,7 +38,7 @@ from cloudops.restore.physical import (
     stop_and_remove,
 )
 from cloudops.restore.physical_plan import cluster_paths
-from cloudops.runbooks.backup import open_repository, take_backup
+from cloudops.runbooks.backup import manifest_of, open_repository, take_backup
 from cloudops.runbooks.restore_drill import prepare, record_drill, restore, teardown, validate
 from cloudops.sandbox.process import command_line
 from tests.integration.estates import private_estate, sandbox_s3
@@ -235,7 +234,7 @@ def test_stop_and_remove_works_on_a_half_started_cluster(estate: dict[str, Any])
     with pytest.raises(RestoreError, match="not ready after 0 s"):
         restore_scratch_cluster(
             store,
-            Manifest.model_validate(manifest),
+            manifest_of(manifest),
             scratch=scratch,
             source=get_connection("sandbox_pg_primary", "test"),
             used_by="test",

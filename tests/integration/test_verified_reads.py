@@ -33,7 +33,7 @@ from cloudops.evidence.facts import latest_fact
 from cloudops.repository import layout
 from cloudops.repository.manifest import MAX_MANIFEST_BYTES, Manifest, ManifestError
 from cloudops.restore.fetch import BackupVerificationError, choose_backup, fetch_backup, prove_backup
-from cloudops.runbooks.backup import open_repository, take_backup
+from cloudops.runbooks.backup import manifest_of, open_repository, take_backup
 from cloudops.runbooks.restore_drill import prepare
 from cloudops.runbooks.restore_request import (
     check_request,
@@ -151,7 +151,7 @@ def pg_target() -> Iterator[str]:
 def test_a_new_version_of_a_dump_and_its_manifest_is_refused_by_the_drill_and_not_restored(
     locked: PrivateEstate, pg_target: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    original = Manifest.model_validate(take_backup(locked.file, locked.estate, PG))
+    original = manifest_of(take_backup(locked.file, locked.estate, PG))
     fact = recorded(locked, PG, original.backup_id)
     assert fact["manifest_sha256"]
     assert fact["manifest_version_id"]
@@ -193,7 +193,7 @@ def test_a_new_version_of_a_dump_and_its_manifest_is_refused_by_the_drill_and_no
 def test_a_rewritten_dump_and_manifest_in_a_bucket_without_versions_are_refused(
     unversioned: PrivateEstate, pg_target: str
 ) -> None:
-    original = Manifest.model_validate(take_backup(unversioned.file, unversioned.estate, PG))
+    original = manifest_of(take_backup(unversioned.file, unversioned.estate, PG))
     fact = recorded(unversioned, PG, original.backup_id)
     assert fact["manifest_version_id"] is None  # nothing to pin: the hash is what decides
     forged = plant(unversioned, original, b"-- not the orders database\n")
@@ -315,7 +315,7 @@ def test_a_backup_planted_with_a_future_date_never_becomes_latest(
     unversioned: PrivateEstate, caplog: pytest.LogCaptureFixture
 ) -> None:
     real = take_backup(unversioned.file, unversioned.estate, MARIA)
-    original = Manifest.model_validate(real)
+    original = manifest_of(real)
     store = store_of(unversioned, MARIA)
     s3 = sandbox_s3()
 
@@ -422,7 +422,7 @@ def mariadb_admin() -> Any:
 def test_a_restore_reads_the_recorded_versions_of_a_backup_whose_current_manifest_was_spoilt(
     locked: PrivateEstate, tmp_path: Path
 ) -> None:
-    original = Manifest.model_validate(take_backup(locked.file, locked.estate, MARIA))
+    original = manifest_of(take_backup(locked.file, locked.estate, MARIA))
     store = store_of(locked, MARIA)
     key = store.manifest_key(MARIA, original.backup_id)
     sandbox_s3().put_object(Bucket=locked.bucket, Key=key, Body=b"not a manifest")

@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -81,6 +81,7 @@ if TYPE_CHECKING:
     from airflow.sdk import DAG, Asset
 
     from cloudops.engines import BackupSource
+    from cloudops.repository.manifest import Manifest
     from cloudops.repository.s3 import BackupRepository
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,13 @@ def backup_source(
         workdir=workdir,
         max_lock_wait_seconds=int(database.backup.max_lock_wait.total_seconds()),
     )
+
+
+def manifest_of(result: Mapping[str, Any]) -> Manifest:
+    """The manifest part of what :func:`take_backup` returns (it adds the ``source`` it chose)."""
+    from cloudops.repository.manifest import Manifest
+
+    return Manifest.model_validate({key: value for key, value in result.items() if key != "source"})
 
 
 def take_backup(
