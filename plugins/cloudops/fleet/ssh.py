@@ -210,11 +210,12 @@ class SshSession:
             with contextlib.suppress(Exception):
                 client.close()
 
-    def _transport(self, *, fresh: bool) -> Any:
-        """The open transport; connects when there is none or it is gone (or ``fresh`` asks for it)."""
+    def _transport(self, *, fresh: bool) -> tuple[Any, bool]:
+        """The open transport and whether it is new; connects when there is none, it is gone, or ``fresh``."""
         client = self._hook.client
         transport = client.get_transport() if client is not None else None
-        if fresh or transport is None or not transport.is_active():
+        new = fresh or transport is None or not transport.is_active()
+        if new:
             self._drop()
             with _host_key_errors(self._where, self.used_by):
                 client = self._hook.get_conn()
@@ -222,7 +223,7 @@ class SshSession:
             if self.connects > 1:
                 log.info("%s (%s): connected again (connection %d)", self._where, self.used_by, self.connects)
             transport = client.get_transport()
-        return transport
+        return transport, new
 
     def run(self, command: str, *, cmd_timeout: int = 30) -> CommandResult:
         """Run ``command``; fail with :class:`SshCommandTimeout` when it prints nothing for ``cmd_timeout`` s.
@@ -232,23 +233,23 @@ class SshSession:
         import paramiko
 
         with self._lock:
-            reconnected = False
-            transport = self._transport(fresh=False)
+            transport, new = self._transport(fresh=False)
             try:
                 channel = transport.open_session(timeout=self.conn_timeout)
             except (paramiko.SSHException, EOFError, OSError) as error:
+                if new:  # a connection just made that gives no channel: no second connection this call
+                    self._drop()
+                    raise
                 # The transport looked alive but is not (the host went down in between): the command was
                 # not sent, so connecting again and sending it once is safe.
                 log.info("%s (%s): no channel (%s): connecting again", self._where, self.used_by, error)
-                reconnected = True
-                channel = self._transport(fresh=True).open_session(timeout=self.conn_timeout)
+                channel = self._transport(fresh=True)[0].open_session(timeout=self.conn_timeout)
             try:
                 return self._exchange(channel, command, cmd_timeout)
-            except SshCommandTimeout:
-                raise
-            except (paramiko.SSHException, EOFError, OSError):
-                if not reconnected:
-                    self._drop()  # the next command connects again rather than trusting this transport
+            except Exception:
+                # A timeout or a broken exchange may mean a dead transport: the next command connects
+                # again rather than trust it (one handshake, against a command hanging on a dead link).
+                self._drop()
                 raise
             finally:
                 with contextlib.suppress(Exception):
