@@ -12,6 +12,11 @@ Other extras (``look_for_keys``, ``compress``, ``ciphers``, ...) do not touch ho
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import selectors
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,8 @@ WEAKENING_EXTRAS = ("no_host_key_check", "ignore_hostkey_verification", "allow_h
 _FALSE = ("false", "0", "no", "off", "")
 # paramiko's SSHClient.load_system_host_keys() reads this file of the worker's user.
 SYSTEM_KNOWN_HOSTS = "~/.ssh/known_hosts"
+
+log = logging.getLogger(__name__)
 
 
 class HostKeyError(CloudOpsError):
@@ -75,23 +82,8 @@ class CommandResult:
     stderr: str
 
 
-def run_command(
-    ssh_conn_id: str,
-    command: str,
-    *,
-    used_by: str,
-    conn_timeout: int = 10,
-    cmd_timeout: int = 30,
-    attempts: int = 1,
-) -> CommandResult:
-    """Run ``command`` on the host of ``ssh_conn_id`` and return its result.
-
-    :raises HostKeyError: when the host key is unknown or changed (possible interception).
-    :raises ConnectionMissingError: when the Airflow connection does not exist.
-    :raises InsecureConnectionError: when the connection weakens host key checking.
-    :raises SshConnectionError: when the provider refuses the connection's settings.
-    """
-    import paramiko
+def _hook(ssh_conn_id: str, *, used_by: str, conn_timeout: int, cmd_timeout: int, attempts: int) -> Any:
+    """The provider's SSHHook for ``ssh_conn_id``, after our host key policy passed; and the connection."""
     from airflow.providers.ssh.hooks.ssh import SSHHook
     from airflow.sdk.exceptions import AirflowException
 
@@ -108,30 +100,198 @@ def run_command(
         )
     except (ValueError, AirflowException) as error:  # a malformed host_key, no host: the hook says why
         raise SshConnectionError(f"connection {ssh_conn_id!r} ({used_by}) cannot be used: {error}") from None
+    return hook, conn
+
+
+@contextlib.contextmanager
+def _host_key_errors(where: str, used_by: str) -> Iterator[None]:
+    """Turn paramiko's host key refusals into :class:`HostKeyError` naming the host; the rest passes."""
+    import paramiko
+
     try:
-        with hook.get_conn() as client:
-            try:
-                status, stdout, stderr = hook.exec_ssh_client_command(
-                    client, command, get_pty=False, environment=None, timeout=cmd_timeout
-                )
-            except AirflowException as error:  # the provider's only one here: "SSH command timed out"
-                raise SshCommandTimeout(
-                    f"command on {conn.host}:{conn.port} ({used_by}) gave no answer within {cmd_timeout}s: "
-                    f"{error}"
-                ) from None
+        yield
     except paramiko.BadHostKeyException as error:
         raise HostKeyError(
-            f"host key of {conn.host}:{conn.port} ({used_by}) does not match the one on record "
+            f"host key of {where} ({used_by}) does not match the one on record "
             f"(got {error.key.get_name()}): refusing to connect"
         ) from None
     except paramiko.SSHException as error:
         if "not found in known_hosts" in str(error):
             raise HostKeyError(
-                f"host key of {conn.host}:{conn.port} ({used_by}) is unknown: add it to the "
+                f"host key of {where} ({used_by}) is unknown: add it to the "
                 "connection's host_key extra or to known_hosts"
             ) from None
         raise
+
+
+def run_command(
+    ssh_conn_id: str,
+    command: str,
+    *,
+    used_by: str,
+    conn_timeout: int = 10,
+    cmd_timeout: int = 30,
+    attempts: int = 1,
+) -> CommandResult:
+    """Run ``command`` on the host of ``ssh_conn_id`` over a connection of its own and return its result.
+
+    Several commands on one host: use :class:`SshSession` (one handshake instead of one per command).
+
+    :raises HostKeyError: when the host key is unknown or changed (possible interception).
+    :raises ConnectionMissingError: when the Airflow connection does not exist.
+    :raises InsecureConnectionError: when the connection weakens host key checking.
+    :raises SshConnectionError: when the provider refuses the connection's settings.
+    """
+    from airflow.sdk.exceptions import AirflowException
+
+    hook, conn = _hook(
+        ssh_conn_id, used_by=used_by, conn_timeout=conn_timeout, cmd_timeout=cmd_timeout, attempts=attempts
+    )
+    with _host_key_errors(f"{conn.host}:{conn.port}", used_by), hook.get_conn() as client:
+        try:
+            status, stdout, stderr = hook.exec_ssh_client_command(
+                client, command, get_pty=False, environment=None, timeout=cmd_timeout
+            )
+        except AirflowException as error:  # the provider's only one here: "SSH command timed out"
+            raise SshCommandTimeout(
+                f"command on {conn.host}:{conn.port} ({used_by}) gave no answer within {cmd_timeout}s: "
+                f"{error}"
+            ) from None
     return CommandResult(status, stdout.decode(errors="replace"), stderr.decode(errors="replace"))
+
+
+class SshSession:
+    """One SSH connection to one host, kept open for many commands; each command runs on a new channel.
+
+    A patch wave runs ~15 commands per host: one handshake (key exchange and authentication) each cost
+    about 1 s per host on a loaded worker. The session connects on its first command, through the
+    provider's SSHHook with the same host key checks and error mapping as :func:`run_command`.
+    When the connection is gone (the host rebooted, sshd restarted), the next command connects again,
+    at most once per command, with the host key checked again: a host that comes back with another
+    key is refused (:class:`HostKeyError`), and a host that does not come back fails that command
+    within ``conn_timeout`` (the caller's wait, e.g. the reboot's polling, stays bounded by its own
+    deadline). A command that was sent is never sent again: only opening its channel is retried.
+
+    Use it as a context manager, or call :meth:`close`. One thread at a time per session.
+
+    :raises HostKeyError, ConnectionMissingError, InsecureConnectionError, SshConnectionError: as
+        :func:`run_command` (the last three when the session is made).
+    """
+
+    def __init__(self, ssh_conn_id: str, *, used_by: str, conn_timeout: int = 10) -> None:
+        self.ssh_conn_id = ssh_conn_id
+        self.used_by = used_by
+        self.conn_timeout = conn_timeout
+        self._hook, conn = _hook(
+            ssh_conn_id, used_by=used_by, conn_timeout=conn_timeout, cmd_timeout=30, attempts=1
+        )
+        self._where = f"{conn.host}:{conn.port}"
+        self._lock = threading.Lock()
+        self.connects = 0  # how many times the session connected (tests and logs read it)
+
+    def __enter__(self) -> SshSession:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def __call__(self, command: str, timeout: int) -> CommandResult:
+        """Run ``command`` (the ``Runner`` shape of :mod:`cloudops.patching.apt_host`)."""
+        return self.run(command, cmd_timeout=timeout)
+
+    def close(self) -> None:
+        """Close the connection (a later command would connect again)."""
+        with self._lock:
+            self._drop()
+
+    def _drop(self) -> None:
+        client, self._hook.client = self._hook.client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    def _transport(self, *, fresh: bool) -> tuple[Any, bool]:
+        """The open transport and whether it is new; connects when there is none, it is gone, or ``fresh``."""
+        client = self._hook.client
+        transport = client.get_transport() if client is not None else None
+        new = fresh or transport is None or not transport.is_active()
+        if new:
+            self._drop()
+            with _host_key_errors(self._where, self.used_by):
+                client = self._hook.get_conn()
+            self.connects += 1
+            if self.connects > 1:
+                log.info("%s (%s): connected again (connection %d)", self._where, self.used_by, self.connects)
+            transport = client.get_transport()
+        return transport, new
+
+    def run(self, command: str, *, cmd_timeout: int = 30) -> CommandResult:
+        """Run ``command``; fail with :class:`SshCommandTimeout` when it prints nothing for ``cmd_timeout`` s.
+
+        :raises HostKeyError: when (re)connecting meets an unknown or changed host key.
+        """
+        import paramiko
+
+        with self._lock:
+            transport, new = self._transport(fresh=False)
+            try:
+                channel = transport.open_session(timeout=self.conn_timeout)
+            except (paramiko.SSHException, EOFError, OSError) as error:
+                if new:  # a connection just made that gives no channel: no second connection this call
+                    self._drop()
+                    raise
+                # The transport looked alive but is not (the host went down in between): the command was
+                # not sent, so connecting again and sending it once is safe.
+                log.info("%s (%s): no channel (%s): connecting again", self._where, self.used_by, error)
+                channel = self._transport(fresh=True)[0].open_session(timeout=self.conn_timeout)
+            try:
+                return self._exchange(channel, command, cmd_timeout)
+            except Exception:
+                # A timeout or a broken exchange may mean a dead transport: the next command connects
+                # again rather than trust it (one handshake, against a command hanging on a dead link).
+                self._drop()
+                raise
+            finally:
+                with contextlib.suppress(Exception):
+                    channel.close()
+
+    def _exchange(self, channel: Any, command: str, cmd_timeout: int) -> CommandResult:
+        channel.exec_command(command)
+        channel.shutdown_write()
+        out, err = bytearray(), bytearray()
+
+        def drain() -> None:
+            while channel.recv_ready():
+                _bounded_append(out, channel.recv(65536))
+            while channel.recv_stderr_ready():
+                _bounded_append(err, channel.recv_stderr(65536))
+
+        timed_out = SshCommandTimeout(
+            f"command on {self._where} ({self.used_by}) gave no answer within {cmd_timeout}s"
+        )
+        with selectors.DefaultSelector() as selector:  # select() breaks on descriptors >= 1024
+            selector.register(channel, selectors.EVENT_READ)
+            while not (channel.eof_received or channel.closed or channel.exit_status_ready()):
+                drain()
+                if not selector.select(cmd_timeout):
+                    raise timed_out
+        drain()
+        # The exit status follows the output's end; a channel closed without one reads -1.
+        if not channel.status_event.wait(cmd_timeout):
+            raise timed_out
+        drain()
+        status = channel.exit_status
+        return CommandResult(status, out.decode(errors="replace"), err.decode(errors="replace"))
+
+
+# What a session keeps of one command's output stream; the callers bound it further before reading.
+MAX_OUTPUT_BYTES = 8 * 1024 * 1024
+
+
+def _bounded_append(buffer: bytearray, data: bytes) -> None:
+    room = MAX_OUTPUT_BYTES - len(buffer)
+    if room > 0:
+        buffer += data[:room]
 
 
 __all__ = [
@@ -141,6 +301,7 @@ __all__ = [
     "InsecureConnectionError",
     "SshCommandTimeout",
     "SshConnectionError",
+    "SshSession",
     "check_host_key_policy",
     "run_command",
 ]

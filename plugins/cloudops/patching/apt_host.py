@@ -1,10 +1,11 @@
 """Act on one Debian host over SSH for a patch wave: scan, pre-flight, install, reboot, health, rollback.
 
-Every command goes through one ``Runner`` (in the runbook: :func:`cloudops.fleet.ssh.run_command`, host
-keys always checked) and is built here from constants and values that passed
-:mod:`cloudops.patching.apt_output`'s checks, quoted with :func:`shlex.quote`: nothing a host prints
-ever chooses a command. Output is bounded before it is read. With privilege ``sudo`` every command that
-needs root runs under ``sudo -n``: a host that asks for a password is a clear error, never a hang.
+Every command goes through one ``Runner`` (in the runbook: one :class:`cloudops.fleet.ssh.SshSession` per
+host for the whole wave, host keys always checked, connected again after a reboot) and is built here
+from constants and values that passed :mod:`cloudops.patching.apt_output`'s checks, quoted with
+:func:`shlex.quote`: nothing a host prints ever chooses a command. Output is bounded before it is read.
+With privilege ``sudo`` every command that needs root runs under ``sudo -n``: a host that asks for a
+password is a clear error, never a hang.
 
 Each step says what it did and why it did nothing (``notes``), so the wave's record of a host reads as
 the runbook text: "dpkg was interrupted (demo-slow half configured): repaired with dpkg --configure -a".
@@ -22,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from cloudops.errors import CloudOpsError
-from cloudops.fleet.ssh import CommandResult
+from cloudops.fleet.ssh import CommandResult, SshSession
 from cloudops.patching import apt_output
 from cloudops.patching.model import KERNEL_PREFIXES, HostScan, PackagePin
 
@@ -154,6 +155,18 @@ class AptHost:
         self.name = name
         self._runner = runner
         self._privilege = privilege
+
+    def __enter__(self) -> AptHost:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the runner's connection when it keeps one (an :class:`~cloudops.fleet.ssh.SshSession`)."""
+        close = getattr(self._runner, "close", None)
+        if callable(close):
+            close()
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -676,18 +689,18 @@ def _dpkg_force() -> str:
     return "--force-confdef --force-confold"
 
 
-def ssh_runner(ssh_conn_id: str, *, used_by: str) -> Runner:
-    """A ``Runner`` over :func:`cloudops.fleet.ssh.run_command` (host key always verified)."""
-    from cloudops.fleet.ssh import run_command
+def ssh_runner(ssh_conn_id: str, *, used_by: str) -> SshSession:
+    """A ``Runner`` over one :class:`cloudops.fleet.ssh.SshSession` (host key always verified).
+
+    One connection serves every command of the host (one handshake, not one per command); it connects
+    again when the host rebooted. Close it when the host is done (:meth:`AptHost.close`).
+    """
+    from cloudops.fleet.ssh import SshSession
 
     # The provider's hook logs every line a command prints at INFO: a host's whole package list in the
     # task log. What the wave keeps of host output is bounded and goes into its own record instead.
     logging.getLogger("airflow.task.hooks.airflow.providers.ssh.hooks.ssh.SSHHook").setLevel(logging.WARNING)
-
-    def run(command: str, timeout: int) -> CommandResult:
-        return run_command(ssh_conn_id, command, used_by=used_by, conn_timeout=10, cmd_timeout=timeout)
-
-    return run
+    return SshSession(ssh_conn_id, used_by=used_by, conn_timeout=10)
 
 
 __all__ = [

@@ -321,7 +321,7 @@ def run_wave(
         with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_HOSTS, len(todo))) as pool:
             done = list(
                 pool.map(
-                    lambda h, canary=canary: patch_host(  # type: ignore[misc]
+                    lambda h, canary=canary: _patch_and_close(  # type: ignore[misc]
                         host_factory(h, settings.privilege),
                         snapshot.get(h.name, ()),
                         settings,
@@ -378,6 +378,20 @@ def run_wave(
         started_at,
         now().isoformat(),
     )
+
+
+def _patch_and_close(
+    host: AptHost,
+    pins: Sequence[PackagePin],
+    settings: WaveSettings,
+    outcome: HostOutcome,
+    *,
+    canary: bool,
+    stop: Callable[[], str | None],
+) -> HostOutcome:
+    """:func:`patch_host`, then close the host's SSH session (the wave is done with that host)."""
+    with host:
+        return patch_host(host, pins, settings, outcome, canary=canary, stop=stop)
 
 
 def patch_host(

@@ -129,10 +129,11 @@ def scan_fleet(
     chosen = [hosts[n] for n in (names or list(hosts))]
 
     def scan(host: AptHost) -> HostScan | str:
-        try:
-            return host.scan()
-        except HostActionError as error:
-            return str(error)
+        with host:  # the scan's commands share one SSH session, closed when the host is scanned
+            try:
+                return host.scan()
+            except HostActionError as error:
+                return str(error)
 
     with ThreadPoolExecutor(max_workers=min(MAX_SCAN_THREADS, max(1, len(chosen)))) as pool:
         results = list(pool.map(scan, chosen))
@@ -145,7 +146,8 @@ def read_advisories(host: AptHost) -> list[Any]:
     """The repository's advisories as one host sees them (none when the repository publishes none)."""
     from cloudops.patching.advisories import parse_advisories
 
-    result = host.run("read advisories", f"cat {ADVISORIES_PATH}", 30)
+    with host:
+        result = host.run("read advisories", f"cat {ADVISORIES_PATH}", 30)
     if result.exit_status != 0:
         log.info(
             "no advisories file at %s on %s: updates are approved by classification only",
