@@ -120,14 +120,13 @@ def test_pools_one_slot_per_estate_with_drills(catalog: Any, project_root: Path)
     from cloudops.catalog import load_catalogs
 
     pools = runbook.required_pools(load_catalogs([project_root / "runbooks"]).catalogs)
-    assert pools == [
-        {
-            "name": "failover_drills__sandbox",
+    assert pools == {
+        "failover_drills__sandbox": {
             "slots": 1,
             "description": "one failover drill at a time in estate sandbox",
             "include_deferred": False,
         }
-    ]
+    }
 
 
 # -- guards ------------------------------------------------------------------------------------------

@@ -814,20 +814,20 @@ def build_failover_drill_dags(loaded: LoadedCatalog) -> list[DAG]:
     return dags
 
 
-def required_pools(catalogs: list[LoadedCatalog]) -> list[dict[str, Any]]:
-    """The Airflow pools the drills need (one slot per estate), as ``airflow pools import`` reads them."""
+def required_pools(catalogs: list[LoadedCatalog]) -> dict[str, dict[str, Any]]:
+    """The Airflow pools the drills need (one slot per estate), as ``airflow pools import`` reads them:
+    ``{name: {slots, description, include_deferred}}`` (a list is refused by the import)."""
     from cloudops.failover.lease import pool_name
 
     estates = sorted({c.catalog.estate for c in catalogs if any(cl.drill for cl in c.catalog.clusters)})
-    return [
-        {
-            "name": pool_name(estate),
+    return {
+        pool_name(estate): {
             "slots": 1,
             "description": f"one failover drill at a time in estate {estate}",
             "include_deferred": False,
         }
         for estate in estates
-    ]
+    }
 
 
 # -- Command line (cloudops failover drill) -----------------------------------------------------------
