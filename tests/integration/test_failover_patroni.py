@@ -191,7 +191,10 @@ def test_a_crash_of_the_leader_fails_over_on_the_ttl_and_the_old_leader_rejoins(
         ]
         assert "SIGKILL" in result.steps[0].detail
         assert "Patroni (pid" in result.steps[0].detail
-        assert analysis.acked_writes_lost == 0
+        # Replication is asynchronous: a write the leader acknowledged in its last moment may never
+        # have reached the replica (a clean run here lost 1 of ~300 once). The drill must find and name
+        # each one, and on loopback there can be only a few.
+        assert analysis.acked_writes_lost == len(analysis.lost_ids) <= 5
         # The key's TTL (20 s) is the detection: writes fail for about that long, never for seconds only.
         assert analysis.write_downtime_s > 5
         assert _leader(crashing) == (replica, primary)
@@ -258,7 +261,8 @@ def test_a_crash_drill_through_the_runbook_passes_its_crash_targets_and_fails_ba
     assert "fail_back.request" in names
     assert "SIGKILL" in next(p for p in record["phases"] if p["name"] == "crash.crash")["detail"]
     # Measured by read-back on the new leader, then on the final one.
-    assert figures["acked_writes_lost"] == 0
+    # Asynchronous: the last acknowledged writes may be lost (the catalog allows 5); each is named.
+    assert figures["acked_writes_lost"] == len(record["analysis"]["lost_ids"]) <= 5
     assert record["server_evidence"]["crash.read_back_from"]
     # The leader key's ttl (20 s) is the detection: far over a switchover, within the crash target (30 s).
     assert 5 < figures["write_downtime_s"] <= 30
