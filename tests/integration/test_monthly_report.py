@@ -70,3 +70,63 @@ def test_a_month_is_stored_locked_recorded_and_mailed(
     assert f"Monthly service report sandbox {month}" in str(message["Subject"])
     (attached,) = [part for part in message.walk() if part.get_filename() == pdf_item["name"]]
     assert hashlib.sha256(attached.get_payload(decode=True)).hexdigest() == pdf_item["sha256"]
+
+
+def test_the_auditor_view_lists_the_report_and_serves_only_what_the_ledger_recorded(
+    sandbox_env: dict[str, str], project_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stored through the runbook's own code, listed in the view, downloaded from S3 and checked; a
+    version an attacker put under the same key (Object Lock does not stop new versions) is refused."""
+    from airflow.api_fastapi.app import _AuthManagerState
+    from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+    from airflow.api_fastapi.core_api.security import get_user
+    from fastapi.testclient import TestClient
+
+    from cloudops.evidence.recorder import record_fact
+    from cloudops.evidence.view import create_app
+
+    monkeypatch.setenv("CLOUDOPS_EVIDENCE_DIR", str(tmp_path / "evidence"))
+    monkeypatch.setenv(monthly_report.SAMPLES_ENV, str(tmp_path / "samples"))
+    monkeypatch.setenv("CLOUDOPS_CATALOG", str(project_root / "runbooks" / "sandbox.yaml"))
+    monkeypatch.setattr(_AuthManagerState, "instance", SimpleAuthManager())
+    catalog = load_catalog_file(project_root / "runbooks" / "sandbox.yaml")
+    now = datetime.now(UTC)
+    month = monthly_report.report_month(None, catalog, now)
+    context = {"dag_id": "monthly_report__sandbox", "run_id": "view-itest", "task_id": "build"}
+    result = monthly_report.produce(catalog, month, context, now=now)
+    pdf_item = next(item for item in result["files"] if item["kind"] == "pdf")
+
+    app = create_app(tmp_path / "evidence" / "ledger")
+    app.dependency_overrides[get_user] = lambda: SimpleAuthManagerUser(username="auditor", role="viewer")
+    with TestClient(app) as auditor:
+        page = auditor.get("/reports", headers={"Accept": "text/html"})
+        assert page.status_code == 200
+        assert f"<td>sandbox</td><td>{month}</td>" in page.text
+        assert pdf_item["sha256"] in page.text
+        (link,) = [href for href in _links(page.text) if "kind=pdf" in href]
+        download = auditor.get("/" + link)
+        assert download.status_code == 200, download.text
+        assert download.headers["content-type"] == "application/pdf"
+        assert f'filename="{pdf_item["name"]}"' in download.headers["content-disposition"]
+        assert hashlib.sha256(download.content).hexdigest() == pdf_item["sha256"]
+
+        # A record that names the key without a version gets whatever S3 holds now: an attacker's new
+        # version under the lock's key is read back, fails the SHA-256 and is refused.
+        s3 = monthly_report._s3(catalog, catalog.repository("sandbox_backups"))
+        s3.put_object(Bucket=pdf_item["bucket"], Key=pdf_item["key"], Body=b"%PDF-1.7 forged")
+        unversioned = dict(pdf_item, version_id=None)
+        forged = {"dag_id": "monthly_report__sandbox", "run_id": "view-forged", "task_id": "build"}
+        record_fact(REPORT_STORED, forged, {"estate": "sandbox", "month": month, "files": [unversioned]})
+        page = auditor.get("/reports", headers={"Accept": "text/html"})
+        (link,) = [href for href in _links(page.text) if "view-forged" in href and "kind=pdf" in href]
+        refused = auditor.get("/" + link)
+        assert refused.status_code == 409
+        assert "changed since it was stored" in refused.json()["detail"]
+
+
+def _links(page: str) -> list[str]:
+    import html
+    import re
+
+    return [html.unescape(href) for href in re.findall(r'class=download href="([^"]+)"', page)]

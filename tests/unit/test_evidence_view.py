@@ -227,7 +227,7 @@ def test_the_view_has_only_get_routes_and_no_unguarded_schema(ledger: Ledger) ->
     app = create_app(ledger.directory)
     routes = [route for route in app.routes if isinstance(route, APIRoute)]
 
-    assert {route.path for route in routes} == {"/", "/runs", "/run", "/pack"}
+    assert {route.path for route in routes} == {"/", "/runs", "/run", "/pack", "/reports", "/report"}
     assert all(route.methods == {"GET"} for route in routes)
     assert len(routes) == len(app.routes)  # no docs, no openapi.json: nothing outside the login
     with TestClient(app) as client:
@@ -252,7 +252,8 @@ def test_the_plugin_links_the_view_and_mounts_it_on_a_free_prefix() -> None:
     [link] = plugin.external_views
 
     assert not any(mounted["url_prefix"].startswith(prefix) for prefix in RESERVED_URL_PREFIXES)
-    assert {route.path for route in mounted["app"].routes} == {"/", "/runs", "/run", "/pack"}
+    paths = {route.path for route in mounted["app"].routes}
+    assert paths == {"/", "/runs", "/run", "/pack", "/reports", "/report"}
     assert link["name"] == "Evidence"
     assert link["href"] == f"{mounted['url_prefix']}/runs"
     assert link["destination"] == "nav"
@@ -396,3 +397,91 @@ def test_every_page_says_what_the_chain_check_proves_and_what_not(auditor: TestC
 
     assert "does not prove that nobody who can write that folder rewrote and re-sealed the chain" in page
     assert "cloudops evidence verify --s3" in page
+
+
+# -- monthly reports -----------------------------------------------------------------------------------
+REPORT_RUN = {"dag_id": "monthly_report__sandbox", "run_id": "scheduled__2026-11-01T05:00:00+00:00"}
+
+
+def _add_report(ledger: Ledger, estate: str = "sandbox") -> None:
+    pdf = {
+        "kind": "pdf",
+        "name": "sandbox-2026-10.pdf",
+        "bucket": "reports",
+        "key": "reports/sandbox/2026-10/sandbox-2026-10.pdf",
+        "version_id": "v1",
+        "sha256": "a" * 64,
+        "size": 1234,
+        "lock_mode": "GOVERNANCE",
+        "locked_until": "2027-11-01T05:00:00+00:00",
+    }
+    summary = {
+        "slos": {
+            "orders_availability": {
+                "availability_percent": 99.9,
+                "sla_met": False,
+                "credit_owed": "120.00",
+                "currency": "USD",
+            },
+        },
+        "incidents": 2,
+        "cost_total": "412.37",
+        "cost_currency": "USD",
+    }
+    at = datetime(2026, 11, 23, 5, 0, tzinfo=UTC)
+    ledger.append("run.started", at=at, **REPORT_RUN, data={"triggered_by": "timetable"})
+    ledger.append(
+        "report.stored",
+        at=at,
+        task_id="build",
+        **REPORT_RUN,
+        data={"estate": estate, "month": "2026-10", "files": [pdf], "summary": summary},
+    )
+
+
+def test_the_reports_page_lists_each_stored_report_with_its_figures_and_files(
+    auditor: TestClient, ledger: Ledger
+) -> None:
+    _add_report(ledger, estate=HOSTILE)
+
+    page = auditor.get("/reports", headers=HTML).text
+
+    assert "1 report(s)." in page
+    assert "<td>2026-10</td>" in page
+    assert '<span class="bad">99.900 %</span> (credit 120.00 USD)' in page
+    assert "412.37 USD" in page
+    assert "a" * 64 in page
+    assert HOSTILE not in page  # escaped like everything else read from the ledger
+    assert 'href="report?dag_id=monthly_report__sandbox&amp;' in page
+    assert 'id=all-reports href="reports"' in auditor.get("/runs").text
+
+
+def test_a_report_download_is_refused_for_an_unknown_record_or_a_broken_chain(
+    auditor: TestClient, ledger: Ledger
+) -> None:
+    _add_report(ledger)
+    (seq,) = [r.seq for r in ledger.records() if r.kind == "report.stored"]
+
+    unknown = auditor.get("/report", params={**REPORT_RUN, "seq": seq + 1, "kind": "pdf"})
+    no_html = auditor.get("/report", params={**REPORT_RUN, "seq": seq, "kind": "html"})
+    segment = ledger.segment_files()[0]
+    segment.write_bytes(segment.read_bytes().replace(b'"size_bytes":1048576', b'"size_bytes":1048577'))
+    broken = auditor.get("/report", params={**REPORT_RUN, "seq": seq, "kind": "pdf"})
+
+    assert unknown.status_code == 404
+    assert no_html.status_code == 404
+    assert "has no 'html' file" in no_html.json()["detail"]
+    assert broken.status_code == 409
+    assert "not serving a report it vouches for" in broken.json()["detail"]
+
+
+def test_a_fab_role_for_one_estate_sees_no_other_estates_report(
+    fab_orders_reader: TestClient, ledger: Ledger
+) -> None:
+    _add_report(ledger)
+
+    page = fab_orders_reader.get("/reports", headers=HTML).text
+    download = fab_orders_reader.get("/report", params={**REPORT_RUN, "seq": 1, "kind": "pdf"})
+
+    assert "id=no-reports" in page
+    assert download.status_code == 403

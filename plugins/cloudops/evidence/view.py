@@ -52,9 +52,12 @@ from cloudops.evidence.ledger import (
     utc_stamp,
     verify_segments,
 )
-from cloudops.evidence.runs import DRILL_RECORDED, Run, fold_runs, select_runs
+from cloudops.evidence.runs import DRILL_RECORDED, REPORT_STORED, Run, fold_runs, select_runs
 
 RUNS_PATH = "/runs"
+REPORTS_PATH = "/reports"
+# What a stored report file is served as: a download, never rendered inside the view's origin.
+_REPORT_MEDIA = {"pdf": "application/pdf", "html": "text/html; charset=utf-8"}
 # No scripts, no outside assets, forms only to this app, framed only by Airflow's own UI.
 _SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -287,7 +290,138 @@ def create_app(ledger_dir: str | Path | None = None) -> FastAPI:
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
 
+    @app.get(REPORTS_PATH, name="reports", response_class=HTMLResponse)
+    def reports_page(user: ReaderDep) -> HTMLResponse:
+        current, may_read = state(), dag_reader(user)
+        stored = [
+            (run, fact)
+            for run in current.runs
+            if may_read(run.dag_id)
+            for fact in run.facts
+            if fact.kind == REPORT_STORED
+        ]
+        stored.sort(key=lambda item: (_data(item[1]).get("month") or "", item[1].seq), reverse=True)
+        return _page("Monthly reports", _user_line(user) + _chain_line(current) + _reports_table(stored))
+
+    @app.get("/report", name="report_file")
+    def report_file(user: ReaderDep, dag_id: str, run_id: str, seq: int, kind: str) -> Response:
+        """One stored report file, read from S3 by the version the ledger recorded and served only when
+        its SHA-256 is the recorded one (what S3 returns is untrusted: a changed object is refused)."""
+        if not dag_reader(user)(dag_id):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, f"you may not read the runs of {dag_id}")
+        current = state()
+        found = [
+            fact
+            for run in current.runs
+            if run.dag_id == dag_id and run.run_id == run_id
+            for fact in run.facts
+            if fact.kind == REPORT_STORED and fact.seq == seq
+        ]
+        if not found:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no report stored by run {run_id} of {dag_id}")
+        if not current.verdict.ok:  # the recorded SHA-256 itself cannot be trusted
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                f"the ledger's chain is broken: {current.verdict.problem}; "
+                "not serving a report it vouches for",
+            )
+        data = _data(found[0])
+        files = [
+            item for item in data.get("files") or [] if isinstance(item, dict) and item.get("kind") == kind
+        ]
+        if not files or kind not in _REPORT_MEDIA:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"report seq {seq} has no {kind!r} file")
+        body = _fetch_report(str(data.get("estate")), files[0])
+        name = str(files[0].get("name") or f"report.{kind}").replace('"', "")
+        return Response(
+            body,
+            media_type=_REPORT_MEDIA[kind],
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
+
     return app
+
+
+def _fetch_report(estate: str, stored: dict[str, Any]) -> bytes:
+    """The file from S3 through the estate's catalog (its repository and cloud connection), checked."""
+    from cloudops.catalog import load_catalogs
+    from cloudops.runbooks.monthly_report import ReportStoreError, fetch_stored
+
+    catalogs = [loaded.catalog for loaded in load_catalogs().catalogs if loaded.catalog.estate == estate]
+    if not catalogs:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"estate {estate!r} is not in this server's catalog: its S3 is unknown"
+        )
+    try:
+        return fetch_stored(catalogs[0], stored)  # type: ignore[arg-type]
+    except ReportStoreError as error:
+        changed = "changed since it was stored" in str(error)
+        code = status.HTTP_409_CONFLICT if changed else status.HTTP_502_BAD_GATEWAY
+        raise HTTPException(code, str(error)) from None
+
+
+def _data(fact: Record) -> dict[str, Any]:
+    data = fact.fields.get("data")
+    return data if isinstance(data, dict) else {}
+
+
+def _reports_table(stored: list[tuple[Run, Record]]) -> str:
+    if not stored:
+        return "<p id=no-reports>No monthly report is recorded in the ledger (or none you may read).</p>"
+    rows = []
+    for run, fact in stored:
+        data = _data(fact)
+        summary: dict[str, Any] = data["summary"] if isinstance(data.get("summary"), dict) else {}
+        slos: dict[str, Any] = summary["slos"] if isinstance(summary.get("slos"), dict) else {}
+        availability = "<br>".join(
+            f'{_e(name)}: <span class="{"ok" if figures.get("sla_met") else "bad"}">'
+            f"{_e(_percent(figures.get('availability_percent')))}</span>"
+            + (
+                f" (credit {_e(figures.get('credit_owed'))} {_e(figures.get('currency'))})"
+                if figures.get("credit_owed") not in (None, "0", "0.00")
+                else ""
+            )
+            for name, figures in sorted(slos.items())
+            if isinstance(figures, dict)
+        )
+        cost = (
+            f"{_e(summary.get('cost_total'))} {_e(summary.get('cost_currency'))}"
+            if summary.get("cost_total")
+            else f"<span class=bad>{_e(summary.get('cost_problem') or 'no cost')}</span>"
+        )
+        links = []
+        for item in data.get("files") or []:
+            if not isinstance(item, dict) or item.get("kind") not in _REPORT_MEDIA:
+                continue
+            query = urlencode(
+                {"dag_id": run.dag_id, "run_id": run.run_id, "seq": fact.seq, "kind": item["kind"]}
+            )
+            links.append(
+                f'<a class=download href="report?{_e(query)}">{_e(item.get("name"))}</a> '
+                f"<span class=muted>{_e(item.get('size'))} bytes, SHA-256 "
+                f"<code class=hash>{_e(item.get('sha256'))}</code>, {_e(item.get('lock_mode'))} lock until "
+                f"{_e(item.get('locked_until'))}</span>"
+            )
+        run_link = "run?" + urlencode({"dag_id": run.dag_id, "run_id": run.run_id})
+        rows.append(
+            f"<tr><td>{_e(data.get('estate'))}</td><td>{_e(data.get('month'))}</td>"
+            f"<td>{_e(data.get('generated_at'))}</td>"
+            f'<td><a href="{_e(run_link)}">{_e(run.run_id)}</a>'
+            f"<br><span class=muted>{_e(_triggerer(run))}</span></td>"
+            f"<td>{availability or '<span class=muted>no SLO</span>'}</td>"
+            f"<td>{_e(summary.get('incidents'))}</td><td>{cost}</td><td>{'<br>'.join(links)}</td></tr>"
+        )
+    return (
+        f"<p>{len(stored)} report(s). Each download is read from S3 by the version the ledger recorded "
+        "and served only if its SHA-256 is the recorded one.</p>"
+        "<table id=reports><thead><tr><th>Estate</th><th>Month</th><th>Generated</th><th>Run</th>"
+        "<th>Availability (SLA met / missed)</th><th>Incidents</th><th>Cost</th><th>Files</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _percent(value: Any) -> str:
+    return "no data" if value is None else f"{float(value):.3f} %"
 
 
 def _login_url() -> str:
@@ -343,7 +477,7 @@ def _user_line(user: BaseUser) -> str:
     # Links are relative: every page sits at the app's root, so they hold under any url_prefix.
     return (
         f"<p class=muted>Read-only evidence from the ledger; you are <b id=user>{_e(user.get_name())}</b>. "
-        '<a id=all-runs href="runs">All runs</a></p>'
+        '<a id=all-runs href="runs">All runs</a> · <a id=all-reports href="reports">Monthly reports</a></p>'
     )
 
 

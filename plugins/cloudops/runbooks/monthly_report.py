@@ -12,7 +12,8 @@ from the form for any complete month (`month`, `YYYY-MM`):
    with each file's SHA-256 and S3 version.
 2. `send` reads the PDF back from S3 by that version, checks its SHA-256 against the ledger, and
    e-mails it to the estate's report recipients (`reports.recipients`).
-The auditor view lists every stored report with a download link (`/cloudops-evidence/reports`).
+The auditor view lists every stored report with its figures and a download link (`/cloudops/reports`):
+each download is read from S3 by the recorded version and served only if its SHA-256 is the recorded one.
 
 **What a failure means.**
 - `build`, *month ...: it is in the future / has not ended yet*: the form's `month` names a month
