@@ -15,7 +15,7 @@ import pytest
 
 from cloudops.catalog import load_catalog_file
 from cloudops.clouds.aws.cost_explorer import CostSourceError, explorer_cost_month, focus_cost_month
-from cloudops.reports.cost import UNTAGGED, previous_billing_month
+from cloudops.reports.cost import UNTAGGED, month_bounds, previous_billing_month
 from cloudops.sandbox.billing import sandbox_bill, seeded_month
 
 pytestmark = pytest.mark.integration
@@ -59,3 +59,30 @@ def test_a_month_without_a_focus_export_file_is_named(
         r"focus/sandbox-focus/data/BILLING_PERIOD=1999-01/",
     ):
         focus_cost_month(AWS_CONN_ID, catalog.cost, "1999-01")
+
+
+def test_without_moto_s_forecast_the_report_states_a_linear_projection_and_why(
+    sandbox_env: dict[str, str], project_root: Path
+) -> None:
+    """moto does not implement GetCostForecast (it answers 500): botocore validated the request, the
+    refusal is the stated reason, and the report's projection is the linear one saying so."""
+    from cloudops.reports.monthly import linear_projection
+    from cloudops.runbooks.monthly_report import read_forecast
+
+    catalog = load_catalog_file(project_root / "runbooks" / "sandbox.yaml")
+    assert catalog.cost is not None
+    month = seeded_month(datetime.now(UTC))
+    cost = explorer_cost_month(AWS_CONN_ID, catalog.cost, month)
+    _, following = month_bounds(month)  # the first day of the month after
+    first_of_next = datetime(following.year, following.month, 1, 6, tzinfo=UTC)
+
+    forecast, why = read_forecast(catalog, month, cost, first_of_next)
+    later, later_why = read_forecast(catalog, month, cost, first_of_next.replace(day=3))
+
+    assert forecast is None
+    assert why.startswith("Cost Explorer refused the forecast: 500")
+    assert later is None
+    assert "has begun (Cost Explorer forecasts only from today" in later_why
+    projection = linear_projection(cost, why=why)
+    assert projection is not None
+    assert projection.method.endswith(f"({why})")

@@ -22,6 +22,8 @@ from cloudops.reports.cost import (
     cost_month_from_explorer,
     cost_month_from_focus,
     focus_rows,
+    forecast_amount,
+    forecast_request,
 )
 from cloudops.sandbox.billing import explorer_answers, focus_parquet, sandbox_bill
 
@@ -250,3 +252,51 @@ def test_a_focus_file_without_its_columns_is_refused_by_name() -> None:
         )
     with pytest.raises(InvalidInputError, match=r"FOCUS file k\.parquet is not valid parquet"):
         focus_rows(b"not parquet", "k.parquet", "parquet")
+
+
+# -- next month's forecast -------------------------------------------------------------------------------
+def test_the_forecast_of_next_month_is_asked_on_its_first_day_and_is_a_valid_request() -> None:
+    settings = CostSettings(cloud="acme_aws", tag_keys=["customer"], linked_accounts=["111122223333"])
+    params, what = forecast_request(settings, "2026-11", date(2026, 12, 1))
+
+    assert params == {
+        "TimePeriod": {"Start": "2026-12-01", "End": "2027-01-01"},
+        "Metric": "NET_UNBLENDED_COST",
+        "Granularity": "MONTHLY",
+        "Filter": {"Dimensions": {"Key": "LINKED_ACCOUNT", "Values": ["111122223333"]}},
+    }
+    assert what == "Cost Explorer's forecast of 2026-12"
+    # botocore's Stubber checks the request and the answer against the service model.
+    client = boto3.client("ce", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
+    with Stubber(client) as stub:
+        stub.add_response(
+            "get_cost_forecast",
+            {"Total": {"Amount": "1234.5678", "Unit": "USD"}, "ForecastResultsByTime": []},
+            expected_params=params,
+        )
+        assert forecast_amount(client.get_cost_forecast(**params), "USD") == Decimal("1234.5678")
+
+
+def test_no_forecast_is_asked_once_next_month_has_begun_and_the_reason_is_stated() -> None:
+    params, why = forecast_request(SETTINGS, "2026-11", date(2026, 12, 2))
+
+    assert params is None
+    assert why == "2026-12 has begun (Cost Explorer forecasts only from today, 2026-12-02)"
+    assert forecast_request(SETTINGS, "2026-10", date(2026, 10, 20))[0] is not None  # before it begins
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        ({}, "has no Total"),
+        ({"Total": {"Amount": "NaN", "Unit": "USD"}}, "is not an amount"),
+        ({"Total": {"Amount": "-5", "Unit": "USD"}}, "is not an amount"),
+        ({"Total": {"Amount": "12", "Unit": "EUR"}}, "is in EUR, the bill in USD"),
+        ({"Total": {"Amount": "twelve", "Unit": "USD"}}, "no valid forecast amount"),
+    ],
+)
+def test_a_forecast_answer_that_is_not_an_amount_in_the_bill_s_currency_is_refused(
+    answer: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(InvalidInputError, match=problem):
+        forecast_amount(answer, "USD")

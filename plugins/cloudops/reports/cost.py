@@ -62,6 +62,53 @@ class CostRequest:
     params: dict[str, Any]
 
 
+# GetCostForecast names the metrics in another spelling than GetCostAndUsage.
+FORECAST_METRICS = {
+    "NetUnblendedCost": "NET_UNBLENDED_COST",
+    "UnblendedCost": "UNBLENDED_COST",
+    "BlendedCost": "BLENDED_COST",
+    "AmortizedCost": "AMORTIZED_COST",
+    "NetAmortizedCost": "NET_AMORTIZED_COST",
+}
+
+
+def forecast_request(settings: CostSettings, month: str, today: date) -> tuple[dict[str, Any] | None, str]:
+    """The GetCostForecast request for the month after ``month``, or None and why it cannot be asked.
+
+    Cost Explorer forecasts only from today on: the whole next month can be forecast on its first day
+    (when the scheduled report runs) or before; later in that month the report states a linear
+    projection instead, rather than a forecast of part of it.
+    """
+    _, following = month_bounds(month)
+    after, end = month_bounds(f"{following:%Y-%m}")
+    metric = FORECAST_METRICS.get(settings.metric)
+    if metric is None:
+        return None, f"Cost Explorer cannot forecast the metric {settings.metric}"
+    if today > after:
+        return None, f"{after:%Y-%m} has begun (Cost Explorer forecasts only from today, {today.isoformat()})"
+    params: dict[str, Any] = {
+        "TimePeriod": {"Start": after.isoformat(), "End": end.isoformat()},
+        "Metric": metric,
+        "Granularity": "MONTHLY",
+    }
+    if settings.linked_accounts:
+        params["Filter"] = {"Dimensions": {"Key": "LINKED_ACCOUNT", "Values": list(settings.linked_accounts)}}
+    return params, f"Cost Explorer's forecast of {after:%Y-%m}"
+
+
+def forecast_amount(answer: Mapping[str, Any], currency: str) -> Decimal:
+    """The forecast total from a GetCostForecast answer (untrusted: checked, in the bill's currency)."""
+    total = answer.get("Total")
+    if not isinstance(total, Mapping):
+        raise InvalidInputError("Cost Explorer's forecast has no Total")
+    amount, unit = _amount({"forecast": total}, "forecast", "the forecast")
+    if not amount.is_finite() or amount < 0:
+        raise InvalidInputError(f"Cost Explorer's forecast total {amount} is not an amount")
+    if unit != currency:
+        raise InvalidInputError(f"Cost Explorer's forecast is in {unit}, the bill in {currency}")
+    return amount
+
+
 def cost_explorer_requests(settings: CostSettings, month: str) -> list[CostRequest]:
     """The requests a month's cost takes, in the order they are sent.
 

@@ -410,8 +410,11 @@ def failover_rows(runs: Sequence[Run]) -> list[FailoverRow]:
     return sorted(rows, key=lambda row: (row.target, row.at or ""))
 
 
-def linear_projection(cost: CostMonth, *, days: int = PROJECTION_DAYS) -> CostProjection | None:
-    """The month after ``cost.month``: the mean of its last ``days`` days, times that month's days."""
+def linear_projection(
+    cost: CostMonth, *, days: int = PROJECTION_DAYS, why: str = "Cost Explorer's forecast was not available"
+) -> CostProjection | None:
+    """The month after ``cost.month``: the mean of its last ``days`` days, times that month's days;
+    ``why`` says why it is not Cost Explorer's forecast."""
     if not cost.daily:
         return None
     last = sorted(cost.daily)[-days:]
@@ -423,7 +426,7 @@ def linear_projection(cost: CostMonth, *, days: int = PROJECTION_DAYS) -> CostPr
         f"{following:%Y-%m}",
         (mean * length).quantize(CENT),
         f"linear projection: mean of the last {len(last)} days ({mean.quantize(CENT)} {cost.currency}/day) "
-        f"x {length} days (Cost Explorer's forecast was not available)",
+        f"x {length} days ({why})",
     )
 
 
@@ -437,13 +440,15 @@ def build_monthly_report(
     cost: CostMonth | None = None,
     cost_problem: str | None = None,
     forecast: CostProjection | None = None,
+    no_forecast: str = "Cost Explorer's forecast was not available",
     ledger_anchor: Mapping[str, Any] | None = None,
 ) -> MonthlyReport:
     """Compute every section of ``catalog``'s report for ``period``.
 
     :param grids: slice grid per SLO target key (every target of every SLO).
     :param runs: the ledger's runs up to the month's end (earlier ones only count for backup gaps).
-    :param forecast: Cost Explorer's forecast of the next month; without it a linear projection.
+    :param forecast: Cost Explorer's forecast of the next month; without it a linear projection
+        that states ``no_forecast``, why there is none.
     """
     in_month = [
         run
@@ -470,7 +475,7 @@ def build_monthly_report(
     report.patches, report.patch_runs = patch_host_rows([run for run in runs if _before(run, period)])
     report.failovers = failover_rows(in_month)
     if cost is not None:
-        report.projection = forecast or linear_projection(cost)
+        report.projection = forecast or linear_projection(cost, why=no_forecast)
     return report
 
 

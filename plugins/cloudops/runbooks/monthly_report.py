@@ -154,6 +154,24 @@ def read_cost(catalog: Catalog, month: str) -> tuple[Any, str | None]:
     return cost, None
 
 
+def read_forecast(catalog: Catalog, month: str, cost: Any, now: datetime) -> tuple[Any, str]:
+    """Cost Explorer's forecast of the month after ``month`` as a projection, or None and why not."""
+    from cloudops.clouds.aws.cost_explorer import explorer_forecast
+    from cloudops.reports.cost import month_bounds
+    from cloudops.reports.monthly import CostProjection
+
+    settings = catalog.cost
+    if settings is None or cost is None:
+        return None, "no bill was read"
+    conn_id = next(cloud.aws_conn_id for cloud in catalog.clouds if cloud.name == settings.cloud)
+    amount, what = explorer_forecast(conn_id, settings, month, now.astimezone(UTC).date(), cost.currency)
+    if amount is None:
+        log.info("next month's cost: no Cost Explorer forecast (%s); a linear projection is stated", what)
+        return None, what
+    _, following = month_bounds(month)
+    return CostProjection(f"{following:%Y-%m}", amount, what), what
+
+
 def make_report(
     catalog: Catalog,
     month: str,
@@ -162,6 +180,8 @@ def make_report(
     ledger: EvidenceLedger,
     cost: Any = None,
     cost_problem: str | None = None,
+    forecast: Any = None,
+    no_forecast: str = "Cost Explorer's forecast was not available",
     store_dir: Path | None = None,
 ) -> Rendered:
     """Read samples and ledger, compute the report of ``month`` and render both files."""
@@ -186,6 +206,8 @@ def make_report(
         generated_at=now,
         cost=cost,
         cost_problem=cost_problem,
+        forecast=forecast,
+        no_forecast=no_forecast,
         ledger_anchor=anchor,
     )
     html = render_html(report)
@@ -371,7 +393,17 @@ def produce(
 
     _repository(catalog)  # refuse before an hour of work when it cannot be kept
     cost, problem = read_cost(catalog, month)
-    rendered = make_report(catalog, month, now=now, ledger=ledger(), cost=cost, cost_problem=problem)
+    forecast, why = read_forecast(catalog, month, cost, now)
+    rendered = make_report(
+        catalog,
+        month,
+        now=now,
+        ledger=ledger(),
+        cost=cost,
+        cost_problem=problem,
+        forecast=forecast,
+        no_forecast=why,
+    )
     files = {"html": rendered.html, "pdf": rendered.pdf}
     if out_dir is not None:
         from cloudops.reports.render import report_names

@@ -13,11 +13,13 @@ AWS's grouping; botocore still validates every request against the service model
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import date
+from decimal import Decimal
 from typing import Any
 
 from cloudops.catalog.models import CostSettings, FocusExport
 from cloudops.clouds.aws.snapshots import client_config
-from cloudops.errors import CloudOpsError
+from cloudops.errors import CloudOpsError, InvalidInputError
 from cloudops.reports.cost import (
     CostMonth,
     CostRequest,
@@ -25,6 +27,8 @@ from cloudops.reports.cost import (
     cost_month_from_explorer,
     cost_month_from_focus,
     focus_rows,
+    forecast_amount,
+    forecast_request,
 )
 
 MAX_PAGES = 50
@@ -77,6 +81,41 @@ def explorer_cost_month(aws_conn_id: str, settings: CostSettings, month: str) ->
     """The month ``YYYY-MM`` from Cost Explorer: by service and account, by tag, daily, month over month."""
     requests = cost_explorer_requests(settings, month)
     return cost_month_from_explorer(settings, month, send_cost_requests(_ce_client(aws_conn_id), requests))
+
+
+def explorer_forecast(
+    aws_conn_id: str, settings: CostSettings, month: str, today: date, currency: str
+) -> tuple[Decimal | None, str]:
+    """Cost Explorer's forecast of the month after ``month``, or None and why (the report then states a
+    linear projection and this reason). moto does not implement GetCostForecast: in the sandbox the
+    reason is moto's refusal; botocore has validated the request against the service model first."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    params, what = forecast_request(settings, month, today)
+    if params is None:
+        return None, what
+    try:
+        answer = _ce_client(aws_conn_id).get_cost_forecast(**params)
+    except (BotoCoreError, ClientError) as error:
+        return None, f"Cost Explorer refused the forecast: {_short(error)}"
+    try:
+        return forecast_amount(answer, currency), what
+    except InvalidInputError as error:
+        return None, str(error)
+
+
+def _short(error: Exception) -> str:
+    """An error for a report line: its code and the start of its message, without markup."""
+    import re
+
+    response = getattr(error, "response", None)
+    if isinstance(response, Mapping) and isinstance(response.get("Error"), Mapping):
+        code = response["Error"].get("Code", "")
+        text = f"{code} {response['Error'].get('Message', '')}"
+    else:
+        text = str(error)
+    text = " ".join(re.sub(r"<[^>]*>", " ", text).split())
+    return text[:160] + ("..." if len(text) > 160 else "")
 
 
 def focus_prefix(export: FocusExport, month: str) -> str:
