@@ -261,3 +261,18 @@ def test_a_month_not_over_is_refused_naming_the_form_field(catalog: Any, month: 
     with pytest.raises(InvalidInputError, match=f"form field month: month .*{field}"):
         report_month(month, catalog, NOW)
     assert report_month(None, catalog, NOW) == "2026-11"
+
+
+@pytest.mark.parametrize(
+    ("low", "ticks"),
+    [
+        (99.5, [99.5, 99.6, 99.7, 99.8, 99.9, 100.0]),
+        (99.8, [99.8, 99.85, 99.9, 99.95, 100.0]),
+        (98.7, [99.0, 99.5, 100.0]),
+        (0.0, [0.0, 20.0, 40.0, 60.0, 80.0, 100.0]),
+    ],
+)
+def test_the_availability_axis_has_round_ticks_a_reader_can_place(low: float, ticks: list[float]) -> None:
+    from cloudops.reports.charts import _percent_ticks
+
+    assert _percent_ticks(low, 100.0)[0] == ticks

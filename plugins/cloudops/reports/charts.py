@@ -81,6 +81,35 @@ def _nice_ticks(high: float, count: int = 4) -> list[float]:
     return ticks
 
 
+# Tick steps of a percent axis and the decimals each needs.
+_PERCENT_STEPS = (
+    (0.01, 2),
+    (0.02, 2),
+    (0.05, 2),
+    (0.1, 1),
+    (0.2, 1),
+    (0.5, 1),
+    (1, 0),
+    (2, 0),
+    (5, 0),
+    (10, 0),
+)
+
+
+def _percent_ticks(low: float, high: float) -> tuple[list[float], int]:
+    """Round ticks (0.1, 0.2, 0.5 ... apart, at most six) from ``low`` to ``high``, and their decimals."""
+    step, places = next(
+        ((step, places) for step, places in _PERCENT_STEPS if (high - low) / step <= 5.0001), (20, 0)
+    )
+    first = -(-round(low / step, 6) // 1) * step  # the first multiple of step at or above low
+    ticks = []
+    value = first
+    while value <= high + step / 1000:
+        ticks.append(round(value, places))
+        value += step
+    return ticks, places
+
+
 def availability_chart(
     days: Sequence[tuple[date, Fraction | None]], objective: Fraction, sla: Fraction, title: str
 ) -> str:
@@ -96,8 +125,8 @@ def availability_chart(
     high = 100.0
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     step = plot_w / max(1, len(days))
-    span = [low + (high - low) * share for share in (0, 0.25, 0.5, 0.75, 1)]
-    body = _y_axis(low, high, span, "availability %", "{:.2f}")
+    span, places = _percent_ticks(low, high)
+    body = _y_axis(low, high, span, "availability %", f"{{:.{places}f}}")
 
     def y_of(value: float) -> float:
         return TOP + plot_h * (1 - (value - low) / (high - low))
