@@ -39,9 +39,9 @@ def airflow_env(
 def dags_test(airflow_env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run `airflow dags test <dag_id>` as an engineer would; return the finished process."""
 
-    def run(dag_id: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    def run(dag_id: str, *options: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["airflow", "dags", "test", dag_id],
+            ["airflow", "dags", "test", dag_id, *options],
             env={**airflow_env, **extra_env},
             capture_output=True,
             text=True,
