@@ -114,3 +114,42 @@ def test_failed_backup_alerts_on_call_naming_the_step(
     )
     assert f"database '{estate}_db' is unavailable at 127.0.0.1:{closed_port}" in body
     assert "Next action: check the database is up" in body
+
+
+def test_what_a_backup_creates_in_the_cloud_carries_its_cost_tags(
+    dags_test: DagsTest, airflow_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The RDS snapshot a scheduled backup takes is tagged runbook, run_id and requested_by, so the
+    monthly report's cost by tag shows what each runbook and each requester cost."""
+    import boto3
+
+    from cloudops.evidence.ledger import Ledger
+
+    run = dags_test("backup__orders_pg", CLOUDOPS_EVIDENCE_DIR=str(tmp_path / "evidence"))
+
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-3000:]
+    records = list(Ledger(tmp_path / "evidence" / "ledger").records())
+    (taken,) = [r for r in records if r.kind == "backup.taken"]
+    run_id = taken.fields["run_id"]
+    aws = json.loads(airflow_env["AIRFLOW_CONN_SANDBOX_AWS"])
+    rds = boto3.client(
+        "rds",
+        region_name="eu-west-1",
+        endpoint_url=aws["extra"]["endpoint_url"],
+        aws_access_key_id=aws["login"],
+        aws_secret_access_key=aws["password"],
+    )
+    snapshots = rds.describe_db_snapshots(SnapshotType="manual")["DBSnapshots"]
+    tagged = [
+        {t["Key"]: t["Value"] for t in s.get("TagList", [])}
+        for s in snapshots
+        if {"Key": "cloudops:backup-id", "Value": taken.fields["data"]["backup_id"]} in s.get("TagList", [])
+    ]
+    assert len(tagged) == 1, snapshots
+    # Who asked: `airflow dags test` sets its run's triggering user to "dag_test" (a schedule: "schedule").
+    assert (tagged[0]["runbook"], tagged[0]["run_id"], tagged[0]["requested_by"]) == (
+        "backup",
+        run_id,
+        "dag_test",
+    )

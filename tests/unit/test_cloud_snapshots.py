@@ -186,3 +186,21 @@ def test_two_snapshots_of_one_backup_in_one_group_are_refused() -> None:
     twins = [snapshot("b1", timedelta(days=1)), snapshot("b1", timedelta(days=2))]
     with pytest.raises(RetentionInputError, match="b1"):
         plan_cloud_snapshot_retention(twins, RetentionPolicy(keep_last=5), now=NOW)
+
+
+def test_cost_tags_name_the_runbook_the_run_and_who_asked_in_values_aws_accepts() -> None:
+    from cloudops.clouds.aws.snapshots import cost_tags, current_cost_tags
+
+    assert cost_tags(
+        dag_id="backup__orders_pg", run_id="scheduled__2026-12-01T02:15:00+00:00", requested_by=None
+    ) == {
+        "runbook": "backup",
+        "run_id": "scheduled__2026-12-01T02:15:00+00:00",
+        "requested_by": "schedule",
+    }
+    odd = cost_tags(
+        dag_id="restore_request__orders_pg", run_id="manual__x", requested_by='ana "<b>" ' + "x" * 300
+    )
+    assert odd["requested_by"].startswith("ana __b__ x")
+    assert len(odd["requested_by"]) == 256
+    assert current_cost_tags() == {}  # outside a running task: no cost tags, the cloudops tags only

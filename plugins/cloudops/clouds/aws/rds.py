@@ -36,6 +36,7 @@ from cloudops.clouds.aws.snapshots import (
     check_ownership,
     client_config,
     created_at_or_now,
+    current_cost_tags,
     rds_snapshot_identifier,
     tags_from_aws,
     wait_for_snapshots,
@@ -321,6 +322,7 @@ def is_rds_drill_instance_of(identifier: str, database: str) -> bool:
 def rds_drill_tags(*, database: str, estate: str, run_id: str, snapshot_id: str) -> dict[str, str]:
     """Return the tags of a scratch instance: what marks it as a drill's, and where it came from."""
     return {
+        **current_cost_tags(),
         TAG_DRILL: database,
         TAG_ESTATE: estate,
         TAG_RUN_ID: run_id[:_TAG_VALUE_MAX],

@@ -184,8 +184,51 @@ class CloudSnapshotRetention:
 
 
 def base_tags(*, kind: SnapshotKind, backup_id: str, estate: str) -> dict[str, str]:
-    """Return the tags every cloudops snapshot carries."""
-    return {TAG_BACKUP_ID: backup_id, TAG_ESTATE: estate, TAG_KIND: kind}
+    """Return the tags every cloudops snapshot carries (with the running runbook's cost tags)."""
+    return {**current_cost_tags(), TAG_BACKUP_ID: backup_id, TAG_ESTATE: estate, TAG_KIND: kind}
+
+
+# Cost allocation: what a runbook creates in the cloud carries these, so the monthly report's cost by
+# tag (the catalog's cost.tag_keys, e.g. requested_by) shows what each runbook and each requester cost.
+COST_TAG_RUNBOOK = "runbook"
+COST_TAG_RUN_ID = "run_id"
+COST_TAG_REQUESTED_BY = "requested_by"
+SCHEDULED = "schedule"
+_TAG_VALUE_LIMIT = 256
+_TAG_VALUE_UNSAFE = re.compile(r"[^\w .:/=+\-@]")
+
+
+def cost_tags(*, dag_id: str, run_id: str, requested_by: str | None) -> dict[str, str]:
+    """The cost-allocation tags of a run: the runbook kind, the run id, and who asked for it
+    (``schedule`` when nobody did). Characters AWS refuses in a tag value become ``_``."""
+
+    def value(text: str) -> str:
+        return _TAG_VALUE_UNSAFE.sub("_", text)[:_TAG_VALUE_LIMIT]
+
+    return {
+        COST_TAG_RUNBOOK: value(dag_id.partition("__")[0]),
+        COST_TAG_RUN_ID: value(run_id),
+        COST_TAG_REQUESTED_BY: value(requested_by or SCHEDULED),
+    }
+
+
+def current_cost_tags() -> dict[str, str]:
+    """The cost tags of the task running now, read from Airflow's task context; none outside a task
+    (the CLI, tests): the resource then carries only its cloudops tags."""
+    try:
+        from airflow.sdk import get_current_context
+
+        context = get_current_context()
+    except Exception:  # not inside a running task
+        return {}
+    dag_run = context.get("dag_run")
+    if dag_run is None:
+        return {}
+    return cost_tags(
+        dag_id=str(dag_run.dag_id),
+        run_id=str(dag_run.run_id),
+        requested_by=getattr(dag_run, "triggering_user_name", None),
+    )
 
 
 def aws_tags(tags: Mapping[str, str]) -> list[dict[str, str]]:
