@@ -372,6 +372,29 @@ def pick_backup_source(
     return chosen
 
 
+def refuse_unless_primary_now(
+    catalog: Catalog, database: Database, *, used_by: str, timeout_seconds: int = DISCOVERY_TIMEOUT_SECONDS
+) -> None:
+    """Refuse a write to ``database``'s own server (a restore) unless, in its cluster, that member is the
+    primary now. Outside any cluster there is nothing to ask.
+
+    :raises TopologyError: the cluster has no single primary, or the primary moved to another member
+        (a drill that did not fail back): the message says who is primary and what to do.
+    """
+    cluster = cluster_of(catalog, database.name)
+    if cluster is None:
+        return
+    roles = discover_roles(catalog, cluster.name, used_by=used_by, timeout_seconds=timeout_seconds)
+    if roles.primary != database.name:
+        raise TopologyError(
+            f"{used_by}: {database.name} ({database.conn_id}) is not the primary of cluster {cluster.name} "
+            f"now, {roles.primary} is ({roles.describe()}); a restore writes to {database.conn_id}'s server, "
+            f"a replica now: nothing was written. Fail back to {database.name} (failover_drill__"
+            f"{cluster.name}), or restore the backup through {roles.primary}'s catalog entry"
+        )
+    log.info("%s: %s is the primary of cluster %s now", used_by, database.name, cluster.name)
+
+
 __all__ = [
     "DISCOVERY_TIMEOUT_SECONDS",
     "BackupSourceChoice",
@@ -387,4 +410,5 @@ __all__ = [
     "pick_backup_source",
     "plan_backup_source",
     "read_topology",
+    "refuse_unless_primary_now",
 ]

@@ -396,3 +396,30 @@ def test_two_writers_refuse_the_backup_and_fail_the_health_check(estate: Estate)
     estate.old.stop()
     roles = discover_roles(load_catalog_file(estate.file), CLUSTER, used_by=USED_BY)
     assert (roles.primary, roles.moved) == (NEW, True)
+
+
+def test_a_restore_is_refused_while_its_database_is_not_the_primary_of_its_cluster(
+    estate: Estate,
+) -> None:
+    """A restore writes to the database's own server: after a failover that was not failed back that
+    server is a replica, so the restore is refused naming the primary, before anything is written."""
+    from cloudops.catalog import load_catalog_file, load_catalogs
+    from cloudops.runbooks.backup import take_backup
+    from cloudops.runbooks.restore_request import check_request, restore_backup
+
+    take_backup(estate.file, estate.estate, OLD, run_id="backup-before-failover")
+    request = check_request(load_catalogs([estate.file]), database=OLD, target="shop_restored")
+    _fail_over(estate)
+    estate.old.clone_from(estate.new)
+    _until(_healthy, "the old primary streams from the new one")
+
+    with pytest.raises(TopologyError) as refused:
+        restore_backup(request, run_id="manual__restore-1")
+    assert str(refused.value).startswith(
+        f"restore of database {OLD!r}: {OLD} ({OLD}) is not the primary of cluster {CLUSTER} now, {NEW} is"
+    )
+    assert "nothing was written. Fail back to topo_old (failover_drill__topo_pg)" in str(refused.value)
+    databases = estate.old.execute("SELECT datname FROM pg_database", database="postgres")
+    assert not [name for (name,) in databases if "restore" in name]
+    # The topology the guard read is the servers', not the catalog's: the catalog still says OLD.
+    assert load_catalog_file(estate.file).database(OLD).role == "primary"

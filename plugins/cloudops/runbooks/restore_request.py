@@ -262,6 +262,7 @@ def _refuse_parallel(database: Database, request: RestoreRequest, others: list[s
 def restore_backup(request: RestoreRequest, *, run_id: str) -> dict[str, Any]:
     """Download, verify and restore the requested backup into this run's staging database."""
     from cloudops.catalog import load_catalog_file
+    from cloudops.clusters import refuse_unless_primary_now
     from cloudops.engines import engine_of
     from cloudops.restore.fetch import fetch_backup
     from cloudops.runbooks.backup import open_repository
@@ -269,6 +270,7 @@ def restore_backup(request: RestoreRequest, *, run_id: str) -> dict[str, Any]:
 
     catalog = load_catalog_file(request.catalog_file)
     database = catalog.database(request.database)
+    refuse_unless_primary_now(catalog, database, used_by=f"restore of database {database.name!r}")
     engine = engine_of(database)
     into = restored_into(request, run_id)
     _refuse_parallel(database, request, _others_staging(engine, database, request, into))
@@ -432,10 +434,14 @@ def put_in_place(
         requester and the approver); nothing was changed.
     """
     from cloudops.catalog import load_catalog_file
+    from cloudops.clusters import refuse_unless_primary_now
     from cloudops.engines import engine_of
     from cloudops.errors import CloudOpsError
 
-    database = load_catalog_file(request.catalog_file).database(request.database)
+    catalog = load_catalog_file(request.catalog_file)
+    database = catalog.database(request.database)
+    # Re-checked right before the rename: a failover since the restore would rename on a replica.
+    refuse_unless_primary_now(catalog, database, used_by=f"putting {request.target!r} in place")
     engine = engine_of(database)
     staging = restored_into(request, run_id)
     used_by = f"restore into {request.target!r} of database {database.name!r}"
