@@ -253,18 +253,34 @@ def test_crash_mode_is_refused_where_the_catalog_does_not_allow_it(
     assert record["refused"] is True
     reasons = [d["reason"] for d in record["preflight"] if not d["passed"]]
     assert f"{CLUSTER}: mode 'crash' is not allowed for this cluster (allowed: planned)" in reasons
-    # Where the catalog allows it, the native-pg crash driver is there, but the sandbox's servers keep
-    # their socket in the (0700) data directory, which pg_rewind cannot copy after a crash: refused
-    # before anything moves, and said so (a throwaway pair runs the crash drill itself).
+    assert record["moved"] is False
+
+
+def test_a_crash_drill_of_the_sandbox_pair_kills_the_primary_rewinds_it_and_fails_back(
+    evidence: Path, tmp_path: Path, project_root: Path, sandbox_pair: None
+) -> None:
+    """Where the catalog allows it: the primary's postmaster is killed (-9), the replica promoted, the
+    crashed node rewound (its socket lives beside its data directory, so pg_rewind can copy) and
+    rejoined, then failed back; the crash targets of the catalog judge it."""
     target, catalog = _target(_catalog_file(tmp_path, project_root))
-    allowed = runbook.run_preflight(target, catalog, run_id="crash-allowed", mode="crash")
-    refusals = _refusals(allowed)
-    assert any(
-        r.startswith(f"{CLUSTER}: mode 'crash' cannot run on native-pg: the unix socket of orders_pg (")
-        and "is inside its data directory, which pg_rewind cannot copy after a crash" in r
-        for r in refusals
-    ), refusals
-    assert "allowed" not in " ".join(r for r in refusals if "mode 'crash' is not allowed" in r)
+    record = runbook.run_drill(target, catalog, run_id="crash-sandbox", mode="crash")
+
+    assert record["refused"] is False, [d for d in record["preflight"] if not d["passed"]]
+    assert record["verdict"] == "PASS", record.get("verdicts")
+    assert (record["mode"], record["pre_state"]["primary"], record["moved"], record["final_primary"]) == (
+        "crash",
+        "orders_pg",
+        True,
+        "orders_pg",  # failed back
+    )
+    figures = runbook.drill_figures(record)
+    assert figures["acked_writes_lost"] == 0
+    assert figures["write_downtime_s"] <= 3.0  # the catalog's crash target
+    print(
+        f"\ncrash drill on the sandbox pair: write downtime {figures['write_downtime_s']:.3f} s, "
+        f"{figures['acked_writes_lost']} acked lost of {figures['acked']}, "
+        f"drill {figures['drill_seconds']:.2f} s"
+    )
 
 
 def test_a_wrong_probe_connection_is_refused_naming_hosts_and_cause(

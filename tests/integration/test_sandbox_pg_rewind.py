@@ -131,7 +131,8 @@ def test_replica_promoted_then_old_primary_rewound_and_streaming(
         shutil.chown(old.data_dir / "standby.signal", old.user, old.user)
     with (old.data_dir / "postgresql.auto.conf").open("a") as conf:
         conf.write(
-            f"\nprimary_conninfo = 'host={new.data_dir} port={new.port} user={ROLE} application_name={OLD}'\n"
+            f"\nprimary_conninfo = 'host={new.socket_dir} port={new.port} user={ROLE} "
+            f"application_name={OLD}'\n"
         )
     log = old.data_dir.parent / "rejoin.log"  # the postgres OS user writes it (the sandbox log is root's)
     _pg(old, "pg_ctl", "start", "-w", "-t", "60", "-D", str(old.data_dir), "-l", str(log))

@@ -86,6 +86,9 @@ class PostgresServer:
         self.port = layout.port(f"postgres_{self.role}")
         self.address = f"{LOOPBACK}:{self.port}"
         self.data_dir = layout.data_root / "postgres" / self.role
+        # The unix socket lives beside the data directory, never in it: after a crash pg_rewind copies the
+        # new primary's data directory, and a live socket there makes it fail (a crash drill needs it).
+        self.socket_dir = layout.data_root / "postgres" / f"{self.role}.socket"
         self.log = layout.log_file(self.key)
         self.daemon = Daemon(
             layout.pid_file(self.key),
@@ -119,7 +122,7 @@ class PostgresServer:
         import psycopg
 
         return psycopg.connect(
-            host=str(self.data_dir),
+            host=str(self.socket_dir),
             port=self.port,
             user="postgres",
             dbname=dbname,
@@ -146,6 +149,13 @@ class PostgresServer:
     def ensure(self, say: Say) -> None:
         """Start the instance if needed, then make sure its role, data or replication are in place."""
         state, pid = self.daemon.state()
+        self._ensure_socket_dir()
+        if state == RUNNING and pid is not None and not (self.socket_dir / f".s.PGSQL.{self.port}").exists():
+            # A sandbox made before the socket moved out of the data directory: restart it there.
+            say(f"{self.name}: restarting to move its unix socket to {self.socket_dir}")
+            self._configure()
+            self._restart(say)
+            state, pid = self.daemon.state()
         if state == RUNNING and pid is not None:
             self._configure()
             with self._socket_connect() as conn:
@@ -188,11 +198,17 @@ class PostgresServer:
             entry = pwd.getpwnam(self.user)
             os.chown(path, entry.pw_uid, entry.pw_gid)
 
+    def _ensure_socket_dir(self) -> None:
+        self.socket_dir.parent.mkdir(parents=True, exist_ok=True)
+        self._chown(self.socket_dir.parent)
+        self.socket_dir.mkdir(mode=0o700, exist_ok=True)
+        self._chown(self.socket_dir)
+
     def _create(self, say: Say) -> None:
         parent = self.data_dir.parent
         parent.mkdir(parents=True, exist_ok=True)
         self._chown(parent)
-        socket_path = self.data_dir / f".s.PGSQL.{self.port}"
+        socket_path = self.socket_dir / f".s.PGSQL.{self.port}"
         if len(str(socket_path)) > SOCKET_PATH_MAX:
             raise SandboxError(
                 f"{self.name}: socket path {socket_path} is too long for a unix socket: "
@@ -230,7 +246,7 @@ class PostgresServer:
                 *("-D", str(self.data_dir), "-R", "-X", "stream", "-c", "fast"),
                 *(
                     "-h",
-                    str(self.primary.data_dir),
+                    str(self.primary.socket_dir),
                     "-p",
                     str(self.primary.port),
                     "-U",
@@ -253,7 +269,7 @@ class PostgresServer:
             "# Written by `cloudops sandbox up`: the settings of this sandbox instance.",
             f"listen_addresses = '{LOOPBACK}'",
             f"port = {self.port}",
-            f"unix_socket_directories = '{self.data_dir}'",
+            f"unix_socket_directories = '{self.socket_dir}'",
             "unix_socket_permissions = 0700",
             f"cluster_name = '{self.plan.name}'",  # also the replica's application_name upstream
             "wal_level = replica",
@@ -273,6 +289,14 @@ class PostgresServer:
         for name, text in ((CONF_NAME, "\n".join(conf) + "\n"), ("pg_hba.conf", PG_HBA)):
             if write_if_changed(self.data_dir / name, text, mode=0o600):
                 self._chown(self.data_dir / name)
+        auto_conf = self.data_dir / "postgresql.auto.conf"
+        if self.primary is not None and auto_conf.exists():
+            # pg_basebackup -R wrote where the primary's socket was; a sandbox made before the socket moved
+            # out of the data directory streams again once its primary_conninfo names the new place.
+            before = f"host=''{self.primary.data_dir}''"
+            text = auto_conf.read_text()
+            if before in text:
+                auto_conf.write_text(text.replace(before, f"host=''{self.primary.socket_dir}''"))
         main_conf = self.data_dir / "postgresql.conf"
         include = f"include_if_exists = '{CONF_NAME}'"
         if include not in main_conf.read_text():
