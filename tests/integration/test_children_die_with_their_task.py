@@ -397,3 +397,100 @@ def test_a_drill_killed_on_another_host_is_reported_by_the_retry_and_never_torn_
         assert verdict.ok, verdict.problem
     finally:
         stop_and_remove(paths)
+
+
+def _open_uploads(s3: Any, bucket: str) -> list[dict[str, Any]]:
+    return list(s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
+
+
+def test_a_backup_killed_mid_upload_leaves_an_upload_its_retry_aborts_and_records(
+    physical: dict[str, Any], tmp_path: Path
+) -> None:
+    from cloudops.catalog import load_catalog_file
+    from cloudops.evidence.facts import iter_facts
+    from cloudops.evidence.recorder import ledger
+    from cloudops.evidence.runs import BACKUP_ORPHAN_UPLOAD, BACKUP_STARTED, BACKUP_TAKEN
+    from tests.integration.estates import sandbox_s3
+
+    s3, run_id = sandbox_s3(), "manual__killed-backup"
+    bucket = load_catalog_file(physical["file"]).repositories[0].bucket
+    args = (physical["file"], physical["estate"], DRILLED)
+    task, _ = start_task(
+        tmp_path,
+        "cloudops.runbooks.backup",
+        "_take_backup_task",
+        "take_backup",
+        args,
+        run_id=run_id,
+        try_number=1,
+    )
+    try:
+        # A physical backup of the sandbox primary streams for seconds: kill it once a part is in.
+        def a_part_is_in() -> bool:
+            uploads = _open_uploads(s3, bucket)
+            return task.poll() is not None or any(
+                s3.list_parts(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"]).get("Parts")
+                for u in uploads
+            )
+
+        _wait(a_part_is_in, "the backup's first part was not uploaded")
+        assert task.poll() is None, (tmp_path / "take_backup-try1.log").read_text()[-3000:]
+        kill_task(task)
+    finally:
+        if task.poll() is None:
+            kill_task(task)
+    (orphan,) = _open_uploads(s3, bucket)
+
+    task, out = start_task(
+        tmp_path,
+        "cloudops.runbooks.backup",
+        "_take_backup_task",
+        "take_backup",
+        args,
+        run_id=run_id,
+        try_number=2,
+    )
+    result = run_to_end(task, out, tmp_path / "take_backup-try2.log")
+
+    (reported,) = result["orphan_uploads"]
+    assert reported["upload_id"] == orphan["UploadId"]
+    assert reported["key"] == orphan["Key"]
+    assert reported["action"] == "aborted", reported
+    assert f"an earlier try of run {run_id}" in reported["reason"]
+    assert orphan["UploadId"] in (tmp_path / "take_backup-try2.log").read_text()
+    assert _open_uploads(s3, bucket) == [], "no multipart upload is left open"
+    recorded = [f.fields["data"] for f in iter_facts(BACKUP_ORPHAN_UPLOAD, {"estate": physical["estate"]})]
+    assert [(r["upload_id"], r["action"]) for r in recorded] == [(orphan["UploadId"], "aborted")]
+    started = [
+        f for f in iter_facts(BACKUP_STARTED, {"estate": physical["estate"]}) if f.fields["run_id"] == run_id
+    ]
+    assert [f.fields["try_number"] for f in started] == [1, 2], "each try recorded once"
+    taken = [
+        f for f in iter_facts(BACKUP_TAKEN, {"estate": physical["estate"]}) if f.fields["run_id"] == run_id
+    ]
+    assert [f.fields["data"]["backup_id"] for f in taken] == [result["backup_id"]], "one backup, of try 2"
+    verdict = ledger().verify()
+    assert verdict.ok, verdict.problem
+
+
+def test_an_open_upload_that_may_still_be_running_is_reported_not_aborted(
+    physical: dict[str, Any], tmp_path: Path
+) -> None:
+    from cloudops.catalog import load_catalog_file
+    from cloudops.repository.layout import new_backup_id
+    from cloudops.runbooks.backup import open_repository, orphan_uploads
+    from tests.integration.estates import sandbox_s3
+
+    catalog = load_catalog_file(physical["file"])
+    store = open_repository(catalog, catalog.database(DRILLED))
+    s3 = sandbox_s3()
+    from datetime import UTC, datetime
+
+    key = store.object_key(DRILLED, new_backup_id(datetime.now(UTC)), "base.tar.zst")
+    upload = s3.create_multipart_upload(Bucket=store.bucket, Key=key)["UploadId"]
+    try:
+        (found,) = orphan_uploads(store, DRILLED, run_id="manual__another-run", now=datetime.now(UTC))
+        assert (found["upload_id"], found["action"]) == (upload, "reported")
+        assert [u["UploadId"] for u in _open_uploads(s3, store.bucket)] == [upload], "left alone"
+    finally:
+        s3.abort_multipart_upload(Bucket=store.bucket, Key=key, UploadId=upload)

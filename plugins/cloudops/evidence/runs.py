@@ -24,6 +24,13 @@ kinds below, ``dag_id``, ``run_id``, ``runbook`` (the runbook kind: ``backup``, 
   ``address``, ``cluster``, ``policy``, ``reason``, ``topology``; a cluster member's backup reads the
   member the cluster's topology says now, :mod:`cloudops.clusters`). Drills and restores check the
   manifest they read against it;
+- ``backup.started``: also ``try_number``; data ``estate``, ``database``, ``backup_id``, ``key`` (the
+  object the dump streams into), ``try_number``, ``host``, ``pid``: recorded before the multipart
+  upload is created, so that a retry knows which upload an earlier try of its run left;
+- ``backup.orphan_upload``: one per multipart upload a backup found open under its database's folder
+  with no manifest beside it: data ``estate``, ``database``, ``backup_id``, ``key``, ``upload_id``,
+  ``initiated``, ``action`` (``aborted`` or ``reported``: left alone, as it may belong to a backup still
+  running) and ``reason``;
 - ``repository.trusted``: data ``estate``, ``database``, ``backup_id``, ``manifest_sha256``,
   ``manifest_version_id``, ``trusted_repository`` (True), ``by``: a backup without a ``backup.taken``
   record was drilled or restored because the caller trusted the repository explicitly;
@@ -99,6 +106,8 @@ PATCH_WAVE = "patch.wave"
 FAILOVER_DRILL = "failover.drill"
 REPORT_STORED = "report.stored"
 DRILL_SCRATCH = "drill.scratch"
+BACKUP_STARTED = "backup.started"
+BACKUP_ORPHAN_UPLOAD = "backup.orphan_upload"
 FACT_KINDS = (
     BACKUP_TAKEN,
     DRILL_RECORDED,
@@ -113,6 +122,8 @@ FACT_KINDS = (
     FAILOVER_DRILL,
     REPORT_STORED,
     DRILL_SCRATCH,
+    BACKUP_STARTED,
+    BACKUP_ORPHAN_UPLOAD,
 )
 
 # The runbook kinds cloudops builds DAGs for: ``<kind>__<target>``, or the kind alone for one-off
