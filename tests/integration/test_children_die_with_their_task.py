@@ -425,15 +425,12 @@ def test_a_backup_killed_mid_upload_leaves_an_upload_its_retry_aborts_and_record
         try_number=1,
     )
     try:
-        # A physical backup of the sandbox primary streams for seconds: kill it once a part is in.
+        # A physical backup of the sandbox primary streams for seconds: kill it once its upload is
+        # open (created before the dump starts; the first part follows within the second).
         def a_part_is_in() -> bool:
-            uploads = _open_uploads(s3, bucket)
-            return task.poll() is not None or any(
-                s3.list_parts(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"]).get("Parts")
-                for u in uploads
-            )
+            return task.poll() is not None or bool(_open_uploads(s3, bucket))
 
-        _wait(a_part_is_in, "the backup's first part was not uploaded")
+        _wait(a_part_is_in, "the backup's multipart upload was not created")
         assert task.poll() is None, (tmp_path / "take_backup-try1.log").read_text()[-3000:]
         kill_task(task)
     finally:
