@@ -358,9 +358,13 @@ def test_the_backups_per_role_settings_never_reach_the_drills_sessions(estate: d
 
 
 def test_teardown_stops_only_its_own_server_and_only_on_its_worker(estate: dict[str, Any]) -> None:
-    """On another worker, teardown fails naming the one holding the cluster and stops nothing; on its
-    own, it signals the postmaster of postmaster.pid, not an operator's ``tail -f`` of server.log."""
+    """On another worker (another host name, or this one after a reboot), teardown fails naming the
+    one holding the cluster and stops nothing; on its own, it signals the postmaster of
+    postmaster.pid, not an operator's ``tail -f`` of server.log."""
     import subprocess
+
+    from cloudops.errors import RestoreRefused
+    from cloudops.restore.physical import ScratchOwner
 
     backup(estate)
     args = (estate["file"], estate["estate"], DATABASE)
@@ -371,13 +375,18 @@ def test_teardown_stops_only_its_own_server_and_only_on_its_worker(estate: dict[
     paths = cluster_paths(scratch_root(), estate["estate"], cluster.name)
     reader = subprocess.Popen(["tail", "-f", cluster.log_file], stdout=subprocess.DEVNULL)
     try:
-        with pytest.raises(RestoreError, match=r"started on worker 'worker-7'.*may still run there"):
-            teardown(*args, scratch=prepared["scratch"], method="physical", worker="worker-7")
+        elsewhere = ScratchOwner(host="worker-7", boot_id=cluster.boot_id, pid=4242)
+        refused = rf"{cluster.name} belongs to host 'worker-7'.*may still run"
+        with pytest.raises(RestoreRefused, match=refused):
+            teardown(*args, scratch=prepared["scratch"], method="physical", owner=elsewhere.to_data())
+        rebooted = ScratchOwner(host=cluster.worker, boot_id="0" * 32, pid=cluster.owner_pid)
+        with pytest.raises(RestoreRefused, match="rebooted since"):
+            teardown(*args, scratch=prepared["scratch"], method="physical", owner=rebooted)
         assert alive(cluster.pid), "a teardown elsewhere stops nothing here"
         assert cluster_processes(paths)[0] == cluster.pid, "the postmaster of postmaster.pid comes first"
         assert reader.pid not in cluster_processes(paths)
 
-        teardown(*args, scratch=prepared["scratch"], method="physical", worker=cluster.worker)
+        teardown(*args, scratch=prepared["scratch"], method="physical", owner=cluster.owner)
 
         assert not alive(cluster.pid)
         assert not Path(cluster.folder).exists()

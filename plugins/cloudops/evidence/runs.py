@@ -24,6 +24,13 @@ kinds below, ``dag_id``, ``run_id``, ``runbook`` (the runbook kind: ``backup``, 
   ``address``, ``cluster``, ``policy``, ``reason``, ``topology``; a cluster member's backup reads the
   member the cluster's topology says now, :mod:`cloudops.clusters`). Drills and restores check the
   manifest they read against it;
+- ``backup.started``: also ``try_number``; data ``estate``, ``database``, ``backup_id``, ``key`` (the
+  object the dump streams into), ``try_number``, ``host``, ``pid``: recorded before the multipart
+  upload is created, so that a retry knows which upload an earlier try of its run left;
+- ``backup.orphan_upload``: one per multipart upload a backup found open under its database's folder
+  with no manifest beside it: data ``estate``, ``database``, ``backup_id``, ``key``, ``upload_id``,
+  ``initiated``, ``action`` (``aborted`` or ``reported``: left alone, as it may belong to a backup still
+  running) and ``reason``;
 - ``repository.trusted``: data ``estate``, ``database``, ``backup_id``, ``manifest_sha256``,
   ``manifest_version_id``, ``trusted_repository`` (True), ``by``: a backup without a ``backup.taken``
   record was drilled or restored because the caller trusted the repository explicitly;
@@ -33,6 +40,12 @@ kinds below, ``dag_id``, ``run_id``, ``runbook`` (the runbook kind: ``backup``, 
   ([{name, passed, expected, observed, detail}]), ``rds``...) plus ``record_uri``,
   ``checksums_verified`` (every object re-hashed and matching; None when none was reached),
   ``manifest_sha256`` (the manifest drilled) and ``trusted_repository``;
+- ``drill.scratch``: also ``task_id`` (``restore``) and ``try_number``; data ``estate``, ``database``,
+  ``scratch`` (the scratch cluster's name), ``state`` (``owned``: that try of a physical drill took
+  the cluster, recorded before its folder is made; ``removed``: it was stopped and removed, ``by``
+  that try, a later one, or the teardown), ``try_number`` (the try that owned it), ``owner`` (``host``,
+  ``boot_id``, ``pid`` of the task that started it). An ``owned`` without its ``removed`` is a
+  scratch server that may still run on that host: the retry and the teardown report it;
 - ``backup.verified``: data ``estate``, ``database``, ``backup_id``, ``ok`` (every object read back
   and matching the manifest's size and SHA-256), ``reason``, ``object_name`` (the first that did not),
   ``objects_checked``, ``bytes_checked``; retention counts a backup toward ``keep_*`` only after it;
@@ -92,6 +105,9 @@ PATCH_HOST = "patch.host"
 PATCH_WAVE = "patch.wave"
 FAILOVER_DRILL = "failover.drill"
 REPORT_STORED = "report.stored"
+DRILL_SCRATCH = "drill.scratch"
+BACKUP_STARTED = "backup.started"
+BACKUP_ORPHAN_UPLOAD = "backup.orphan_upload"
 FACT_KINDS = (
     BACKUP_TAKEN,
     DRILL_RECORDED,
@@ -105,6 +121,9 @@ FACT_KINDS = (
     PATCH_WAVE,
     FAILOVER_DRILL,
     REPORT_STORED,
+    DRILL_SCRATCH,
+    BACKUP_STARTED,
+    BACKUP_ORPHAN_UPLOAD,
 )
 
 # The runbook kinds cloudops builds DAGs for: ``<kind>__<target>``, or the kind alone for one-off

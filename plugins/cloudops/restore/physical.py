@@ -10,10 +10,16 @@ backup's consistent point, the server has promoted and accepts the backup's role
 :class:`ScratchCluster` (data directory, port, pid). Paths and settings are planned by
 :mod:`cloudops.restore.physical_plan`.
 
-The server outlives the task that started it (the drill's ``validate`` and ``teardown`` steps reach it
-later), so those steps must run on the same machine: :class:`ScratchCluster` names the worker, and
-:func:`scratch_connection` refuses another. As root, initdb-era rules apply: the data directory is
-given to, and the server run as, the ``postgres`` OS user (the sandbox's helpers do the same).
+A scratch cluster belongs to one machine: the one whose task started it. :class:`ScratchOwner` names it
+(host name, boot id, the task's pid); it is written into the cluster's folder, carried by
+:class:`ScratchCluster`, and recorded in the ledger by the drill. :func:`scratch_connection`,
+:func:`check_scratch_cluster` and the drill's teardown refuse to act from another machine, naming the
+owner and the server, rather than report a server they never reached as checked or stopped. The drill
+runs restore, validate and stop in one task (see :mod:`cloudops.runbooks.restore_drill`), which starts
+the server with ``die_with_task``: the kernel SIGKILLs the postmaster when the task's process dies
+(``setpriv --pdeathsig``, set after the switch to the server's OS user, so it survives it), and the
+task's ``on_kill`` stops it (:func:`stop_clusters_started_here`). As root, initdb-era rules apply: the
+data directory is given to, and the server run as, the ``postgres`` OS user.
 
 :func:`stop_and_remove` always works: on a running, half-started or never-started cluster it stops
 every process started from the cluster's folder (immediate shutdown, then SIGKILL) and deletes the
@@ -91,6 +97,75 @@ SERVER_USER = "postgres"  # initdb and postgres refuse to run as root
 _DISK_MARGIN = 256 * 1024 * 1024
 
 
+BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+# Clusters this process created and has not removed yet: what the task's on_kill stops.
+_STARTED_HERE: dict[str, ClusterPaths] = {}
+
+
+def boot_id() -> str:
+    """This machine's boot id (changes at every boot; each sandbox host has its own)."""
+    try:
+        return BOOT_ID_FILE.read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class ScratchOwner:
+    """The machine (and task process) that started a scratch cluster: the only one that may stop it.
+
+    Two machines are the same when their host name and boot id are: a reboot ends every server the
+    machine ran, and two workers with distinct host names never share a scratch cluster, even when
+    they share a file system.
+    """
+
+    host: str
+    boot_id: str
+    pid: int
+
+    @classmethod
+    def here(cls) -> ScratchOwner:
+        return cls(host=socket.gethostname(), boot_id=boot_id(), pid=os.getpid())
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> ScratchOwner:
+        return cls(
+            host=str(data["host"]), boot_id=str(data.get("boot_id") or ""), pid=int(data.get("pid") or 0)
+        )
+
+    def to_data(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def is_here(self) -> bool:
+        """True on the machine that started the cluster, in the boot that started it."""
+        here = ScratchOwner.here()
+        return self.host == here.host and (not self.boot_id or self.boot_id == here.boot_id)
+
+    def __str__(self) -> str:
+        return f"host {self.host!r} (boot id {self.boot_id[:8] or 'unknown'}, task pid {self.pid})"
+
+    def refuse_elsewhere(self, server: str, doing: str) -> None:
+        """Refuse to ``doing`` scratch cluster ``server`` from any machine but its owner.
+
+        :raises RestoreRefused: naming the owner, this machine and the server.
+        """
+        if self.is_here():
+            return
+        here = ScratchOwner.here()
+        rebooted = self.host == here.host
+        raise RestoreRefused(
+            f"scratch cluster {server} belongs to {self}; this task runs on {here}: refusing to {doing} it "
+            + (
+                "(the machine rebooted since: the server stopped with it; the next drill's prepare there "
+                "removes its folder)"
+                if rebooted
+                else f"from here, it may still run on {self.host!r}. Stop it there (kill -QUIT the postgres "
+                f"whose -D is under cloudops-scratch-clusters/, then delete the folder), or let the next "
+                f"drill's prepare on {self.host!r} remove it"
+            )
+        )
+
+
 @dataclass(frozen=True)
 class ScratchCluster:
     """A scratch cluster that runs: what later steps need to reach, check and remove it (XCom-ready)."""
@@ -105,6 +180,8 @@ class ScratchCluster:
     worker: str
     log_file: str
     backup_label: dict[str, Any]
+    boot_id: str = ""  # with ``worker``, the machine that owns it (empty in XComs of older versions)
+    owner_pid: int = 0
 
     def to_xcom(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,17 +194,16 @@ class ScratchCluster:
     def label(self) -> BackupLabel:
         return BackupLabel(**self.backup_label)
 
+    @property
+    def owner(self) -> ScratchOwner:
+        return ScratchOwner(host=self.worker, boot_id=self.boot_id, pid=self.owner_pid)
+
     def check_here(self) -> None:
         """Refuse to work on a cluster that runs on another machine than this one.
 
-        :raises RestoreError: naming both machines.
+        :raises RestoreRefused: naming both machines and the cluster.
         """
-        if socket.gethostname() != self.worker:
-            raise RestoreError(
-                f"scratch cluster {self.name} runs on worker {self.worker!r}, this task runs on "
-                f"{socket.gethostname()!r}: the drill's restore, validate and teardown must run on one "
-                "worker (pin them with a queue or pool)"
-            )
+        self.owner.refuse_elsewhere(self.name, "reach")
 
 
 def scratch_root() -> Path:
@@ -150,11 +226,16 @@ def restore_scratch_cluster(
     root: Path | None = None,
     start_timeout: timedelta = DEFAULT_START_TIMEOUT,
     verify_timeout: timedelta = DEFAULT_VERIFY_TIMEOUT,
+    die_with_task: bool = False,
 ) -> tuple[ScratchCluster, list[Check]]:
     """Restore physical backup ``manifest`` into scratch cluster ``scratch`` and start it.
 
-    A folder of the same name (an earlier try of the same run) is stopped and removed first. On any
+    A folder of the same name (an earlier try of the same run) is stopped and removed first, unless
+    its folder names another machine as its owner (a shared file system): that is refused. On any
     failure the folder is left for :func:`stop_and_remove` (the drill's teardown), with ``server.log``.
+
+    :param die_with_task: the kernel SIGKILLs the server when the thread calling this dies (keep it
+        alive while the server is used, as the drill's one task does); False: the server outlives it.
 
     :param source: the connection of the backed-up server: its role and password (restored with the
         cluster) are how the scratch server is reached.
@@ -169,9 +250,17 @@ def restore_scratch_cluster(
     check_restorable(manifest)
     paths = cluster_paths(root or scratch_root(), manifest.estate, scratch)
     if paths.folder.exists():
-        log.warning("scratch cluster %s exists, left by an earlier try: removing it first", paths.folder)
+        owner = folder_owner(paths)
+        if owner is not None:
+            owner.refuse_elsewhere(paths.name, "replace")
+        log.warning(
+            "scratch cluster %s exists, left by an earlier try (%s): removing it first",
+            paths.folder,
+            owner or "owner unknown",
+        )
         stop_and_remove(paths)
     user = server_user()
+    _STARTED_HERE[str(paths.folder)] = paths
     _create_folder(paths, user)
     tar = fetch_backup(store, manifest, paths.fetch_dir)
     tar.chmod(0o600)
@@ -213,8 +302,9 @@ def restore_scratch_cluster(
         f"config_file={paths.config_file}",
         *command_line_settings(),
     ]
+    argv = _dying_with_this_thread(argv, user) if die_with_task else as_user(argv, user)
     log.info("starting scratch server %s on %s:%d: %s", paths.name, LOOPBACK, port, " ".join(argv))
-    launcher = spawn_detached(as_user(argv, user), log_path=paths.log_file, cwd=paths.folder)
+    launcher = spawn_detached(argv, log_path=paths.log_file, cwd=paths.folder)
     _describe(paths, port=port, launcher_pid=launcher.pid)
     started = time.monotonic()
     try:
@@ -229,6 +319,7 @@ def restore_scratch_cluster(
         raise RestoreError(f"{used_by}: {error}") from None
     pid = int((paths.data_dir / "postmaster.pid").read_text().split()[0])
     _describe(paths, port=port, launcher_pid=launcher.pid, pid=pid)
+    owner = ScratchOwner.here()
     cluster = ScratchCluster(
         name=paths.name,
         estate=manifest.estate,
@@ -237,9 +328,11 @@ def restore_scratch_cluster(
         host=LOOPBACK,
         port=port,
         pid=pid,
-        worker=socket.gethostname(),
+        worker=owner.host,
         log_file=str(paths.log_file),
         backup_label=asdict(label),
+        boot_id=owner.boot_id,
+        owner_pid=owner.pid,
     )
     with _session(cluster, source, source.schema or "postgres", used_by) as session:
         row = session.execute("SELECT pg_is_in_recovery()").fetchone()
@@ -333,6 +426,7 @@ def stop_and_remove(paths: ClusterPaths, *, timeout: float = STOP_TIMEOUT_SECOND
     pids = cluster_processes(paths)
     if not pids and not paths.folder.exists():
         log.info("scratch cluster %s does not exist: nothing to stop or remove", paths.folder)
+        _STARTED_HERE.pop(str(paths.folder), None)
         return False
     children = _children_of(pids)
     for pid in pids:  # the server first: the launcher (runuser) exits with it
@@ -344,7 +438,36 @@ def stop_and_remove(paths: ClusterPaths, *, timeout: float = STOP_TIMEOUT_SECOND
     if paths.folder.exists():
         log.info("removing scratch cluster folder %s", paths.folder)
         shutil.rmtree(paths.folder)
+    _STARTED_HERE.pop(str(paths.folder), None)
     return True
+
+
+def stop_clusters_started_here() -> list[str]:
+    """Stop and remove every scratch cluster this process created and has not removed (the task's
+    ``on_kill``: Airflow stops the task with SIGTERM and runs none of its ``finally`` blocks).
+
+    :return: the names of the clusters stopped.
+    """
+    stopped = []
+    for paths in list(_STARTED_HERE.values()):
+        log.warning("the task is being killed: stopping scratch cluster %s it started", paths.name)
+        try:
+            stop_and_remove(paths)
+            stopped.append(paths.name)
+        except CloudOpsError as error:
+            log.error("could not stop scratch cluster %s: %s", paths.name, error)
+    return stopped
+
+
+def folder_owner(paths: ClusterPaths) -> ScratchOwner | None:
+    """The owner written in the cluster's folder (``cluster.json``), or None (no folder, an older one)."""
+    try:
+        document = json.loads(paths.description_file.read_text())
+        return ScratchOwner.from_data(
+            {"host": document["worker"], "boot_id": document.get("boot_id"), "pid": document.get("owner_pid")}
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def leftover_clusters(estate: str, database: str, *, root: Path | None = None) -> list[ClusterPaths]:
@@ -443,6 +566,8 @@ def _describe(paths: ClusterPaths, **facts: Any) -> None:
         "name": paths.name,
         "data_dir": str(paths.data_dir),
         "worker": socket.gethostname(),
+        "boot_id": boot_id(),
+        "owner_pid": os.getpid(),
         "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **facts,
     }
@@ -526,6 +651,22 @@ def _verify_backup(paths: ClusterPaths, bindir: Path, user: str | None, timeout:
     )
 
 
+def _dying_with_this_thread(argv: list[str], user: str | None) -> list[str]:
+    """``argv`` run (as ``user``) under ``setpriv --pdeathsig KILL``: the parent-death signal is set
+    after the switch of user (a change of credentials clears one set before), and ``setpriv`` execs
+    the server, so the postmaster itself dies when this thread does; its backends follow it."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        log.warning(
+            "setpriv (util-linux) not found: scratch server %s will outlive a killed task (the retry, the "
+            "teardown or the next drill's prepare stops it)",
+            argv,
+        )
+        return as_user(argv, user)
+    who = ["--reuid", user, "--regid", user, "--clear-groups"] if user else []
+    return [setpriv, *who, "--pdeathsig", "KILL", "--", *argv]
+
+
 def _free_port() -> int:
     """A TCP port free on the loopback address right now (the server binds it moments later)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -598,12 +739,16 @@ def _stop(pid: int, *, what: str, timeout: float) -> None:
 __all__ = [
     "DEFAULT_START_TIMEOUT",
     "ScratchCluster",
+    "ScratchOwner",
+    "boot_id",
     "check_scratch_cluster",
     "cluster_processes",
+    "folder_owner",
     "leftover_clusters",
     "restore_scratch_cluster",
     "scratch_connection",
     "scratch_root",
     "server_user",
     "stop_and_remove",
+    "stop_clusters_started_here",
 ]

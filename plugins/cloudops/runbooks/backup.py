@@ -42,6 +42,10 @@ the `backup.taken` record's `source` say which member was read and why.
   tool at least as new as the server? Then clear `take_backup` to retry.
 - Upload errors: is the S3 endpoint reachable, does the bucket exist, do the credentials allow
   multipart uploads and object retention? Retrying is safe: a failed attempt leaves no manifest.
+  A worker killed mid-upload leaves an open multipart upload (its parts are billed storage): the
+  retry aborts it, and names it with its upload id in the log and the ledger
+  (`backup.orphan_upload`); one it cannot prove dead (not this run's, younger than the dump's bound)
+  is only reported: abort it by hand (`aws s3api abort-multipart-upload`) once no backup runs.
 - Verification failure: take a new backup (trigger the DAG again) and find out what altered or lost
   the stored objects; the failed backup stays until someone deletes it by hand.
 - Retention refusal: check the policy and the listing (`cloudops backups list <database>`), then
@@ -171,8 +175,12 @@ def take_backup(
     run_id: str | None = None,
     task_id: str | None = None,
     triggered_by: dict[str, str] | None = None,
+    try_number: int | None = None,
 ) -> dict[str, Any]:
     """Dump, compress, hash and upload one backup; lock it; write its manifest last; record it.
+
+    First, the multipart uploads a killed earlier backup left open (:func:`orphan_uploads`) are
+    aborted or reported; the result's ``orphan_uploads`` and the ledger say which.
 
     The ledger's ``backup.taken`` record (:func:`backup_evidence`) holds the manifest's SHA-256 and S3
     version and each object's: drills and restores refuse a manifest that is not the recorded one. It
@@ -203,6 +211,8 @@ def take_backup(
     chosen = pick_backup_source(catalog, database, used_by=f"backup of database {database.name!r}")
     started = datetime.now(UTC)
     backup_id = new_backup_id(started)
+    orphans = orphan_uploads(store, database.name, run_id=run_id, now=started)
+    _record_backup_started(store, database.name, backup_id, run_id=run_id, try_number=try_number)
     log.info(
         "backup %s of database %s (%s, %s) from %s (%s) into s3://%s/%s",
         backup_id,
@@ -264,7 +274,11 @@ def take_backup(
         stored.size,
         stored.sha256,
     )
-    result = {**manifest.model_dump(mode="json"), "source": chosen.to_evidence()}
+    result = {
+        **manifest.model_dump(mode="json"),
+        "source": chosen.to_evidence(),
+        "orphan_uploads": orphans,
+    }
     _record_backup_taken(
         backup_evidence(
             result,
@@ -278,6 +292,122 @@ def take_backup(
         triggered_by=triggered_by,
     )
     return result
+
+
+def _record_backup_started(
+    store: BackupRepository, database: str, backup_id: str, *, run_id: str | None, try_number: int | None
+) -> None:
+    """Record which try of which run streams into which backup, before its upload is created."""
+    import os
+    import socket
+
+    from cloudops.evidence.recorder import record
+    from cloudops.evidence.runs import BACKUP_STARTED
+
+    record(
+        BACKUP_STARTED,
+        dag_id=f"{KIND}__{database}",
+        run_id=run_id,
+        key=f"{BACKUP_STARTED}|{store.estate}|{database}|{backup_id}",
+        task_id="take_backup",
+        try_number=try_number,
+        data={
+            "estate": store.estate,
+            "database": database,
+            "backup_id": backup_id,
+            "key": store.backup_prefix(database, backup_id),
+            "try_number": try_number,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        },
+    )
+
+
+def orphan_uploads(
+    store: BackupRepository, database: str, *, run_id: str | None, now: datetime
+) -> list[dict[str, Any]]:
+    """Abort or report the multipart uploads open under ``database``'s folder with no manifest beside.
+
+    One is aborted when it cannot belong to a backup still running: an earlier try of this run
+    started it (the ledger's ``backup.started``; Airflow starts a retry only once the try before has
+    ended), or its backup id (the time its backup started) is older than the dump's bound
+    (:data:`DUMP_TIMEOUT`: a dump that long is killed and its upload aborted by its own watchdog).
+    Any other is reported only (a ``cloudops backups run`` may be streaming into it right now). Each
+    is logged with its upload id and recorded (``backup.orphan_upload``); nothing here fails the backup.
+
+    :return: ``[{key, upload_id, initiated, backup_id, action, reason}]``.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from cloudops.evidence.facts import iter_facts
+    from cloudops.evidence.recorder import record
+    from cloudops.evidence.runs import BACKUP_ORPHAN_UPLOAD, BACKUP_STARTED
+    from cloudops.repository import layout
+
+    folder = layout.database_prefix(store.prefix, store.estate, database)
+    found: list[dict[str, Any]] = []
+    try:
+        pages = store.client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=store.bucket, Prefix=folder, PaginationConfig={"MaxItems": 1000}
+        )
+        for page in pages:
+            found += [u for u in page.get("Uploads", []) if str(u.get("Key", "")).startswith(folder)]
+    except (BotoCoreError, ClientError) as error:
+        log.warning("open multipart uploads under s3://%s/%s not listed: %s", store.bucket, folder, error)
+        return []
+    if not found:
+        return []
+    ours = {
+        str((f.fields.get("data") or {}).get("backup_id"))
+        for f in iter_facts(BACKUP_STARTED, {"estate": store.estate, "database": database})
+        if run_id is not None and f.fields.get("run_id") == run_id
+    }
+    outcome = []
+    for upload in found:
+        key, upload_id = str(upload["Key"]), str(upload["UploadId"])
+        backup_id = key[len(folder) :].split("/", 1)[0]
+        if store.head_object_version(store.manifest_key(database, backup_id), None) is not None:
+            continue  # a complete backup's stray upload is not this check's business
+        initiated = upload.get("Initiated")
+        # The backup id says when its backup started (moto's Initiated is a fixed date in 2010).
+        age = now - layout.backup_time(backup_id) if layout.is_backup_id(backup_id) else None
+        if backup_id in ours:
+            action, reason = "aborted", f"an earlier try of run {run_id} started it and was killed"
+        elif age is not None and age > DUMP_TIMEOUT:
+            action, reason = "aborted", f"started {age} ago, longer than any backup may run ({DUMP_TIMEOUT})"
+        else:
+            action, reason = "reported", "may belong to a backup still running: left alone"
+        if action == "aborted":
+            try:
+                store.client.abort_multipart_upload(Bucket=store.bucket, Key=key, UploadId=upload_id)
+            except (BotoCoreError, ClientError) as error:
+                action, reason = "reported", f"{reason}; the abort failed: {error}"
+        (log.warning if action == "aborted" else log.error)(
+            "open multipart upload %s of s3://%s/%s (backup %s, no manifest): %s, %s",
+            upload_id,
+            store.bucket,
+            key,
+            backup_id,
+            action,
+            reason,
+        )
+        item = {
+            "key": key,
+            "upload_id": upload_id,
+            "initiated": initiated.isoformat() if isinstance(initiated, datetime) else None,
+            "backup_id": backup_id,
+            "action": action,
+            "reason": reason,
+        }
+        outcome.append(item)
+        record(
+            BACKUP_ORPHAN_UPLOAD,
+            dag_id=f"{KIND}__{database}",
+            run_id=run_id,
+            key=f"{BACKUP_ORPHAN_UPLOAD}|{upload_id}|{action}",
+            data={"estate": store.estate, "database": database, **item},
+        )
+    return outcome
 
 
 def _record_backup_taken(
@@ -666,7 +796,14 @@ def _apply_rds_snapshot_retention(
 
 def _take_backup_task(catalog_file: str, estate: str, database_name: str, **context: Any) -> dict[str, Any]:
     # take_backup records the backup.taken fact itself (the CLI's backups run too).
-    return take_backup(catalog_file, estate, database_name, run_id=context["run_id"], task_id="take_backup")
+    return take_backup(
+        catalog_file,
+        estate,
+        database_name,
+        run_id=context["run_id"],
+        task_id="take_backup",
+        try_number=getattr(context.get("ti"), "try_number", None),
+    )
 
 
 def backup_evidence(

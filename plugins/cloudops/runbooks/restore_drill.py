@@ -26,16 +26,26 @@ backup (on the backup's Asset) or on the catalog's cron:
    `cloudops-scratch-clusters/<estate>/<name>/` on the worker), checked with `pg_verifybackup`, and
    started on a free 127.0.0.1 port with the backup's major version (`/usr/lib/postgresql/<major>/bin`);
    it recovers to the backup's consistent point (`recovery_target = 'immediate'`) and promotes (bounded
-   wait, 30 minutes; `server.log` in the folder);
+   wait, 30 minutes; `server.log` in the folder). **A physical drill's scratch server lives in this one
+   task**: `restore` starts it, runs every check of step 3 on it and stops and removes it (in a
+   `finally`, and in the task's `on_kill` when Airflow stops the task; a SIGKILLed task's server is
+   SIGKILLed by the kernel with it, `setpriv --pdeathsig`). So restore, validation and stop always
+   happen on the worker that started the server, whatever executor and however many workers run the
+   tasks. The task records in the ledger which machine owns the server (`drill.scratch`: host name,
+   boot id, task pid) before it makes the folder, and that it removed it. A retry finds what an
+   earlier try of the run left: on the same machine it stops and removes it; on another, it says so
+   in its log (`left_elsewhere`), and the teardown fails naming that host;
 3. `validate` compares the restored schema fingerprint and per-table row counts with the manifest and
    runs the database's expectation suite (`include/expectations/<database>.json`, with Great
    Expectations): keys not null and unique, newest rows within the RPO, whatever the owner declares.
    For a physical backup (no row counts recorded): server version, backup position within the
    manifest's WAL range, pg_verifybackup, recovery ended, every database readable, the schema
-   fingerprint, then the suite, on the scratch cluster (same worker as `restore`);
-4. `teardown` always drops the scratch database (and the role the restore ran as), or stops and
-   removes the scratch cluster (a half-started one too), whatever happened before; run on another
-   worker than `restore`'s, it fails naming the worker that holds the cluster;
+   fingerprint, then the suite; these run inside `restore` (above), and `validate` reports them
+   (failing when the validation did);
+4. `teardown` always drops the scratch database (and the role the restore ran as), or, for a
+   physical drill, stops and removes any scratch cluster of the run the ledger (or `restore`'s XCom)
+   says is still owned on this machine. One owned by **another machine** is never reported removed:
+   teardown fails, naming that host (and boot id) and the cluster;
 5. for a database on RDS (`rds_instance_id` in the catalog), a branch beside 2-4 proves the backup's
    RDS snapshot: `restore_rds` restores the snapshot tagged with the backup's id (waiting up to an hour
    while the backup is still taking it; else the newest available snapshot of the instance, with a
@@ -68,15 +78,25 @@ the backup was not taken by this deployment; set the drill policy's `trust_repos
 know where it came from. Read the record table in the `record` task's log. Damaged backup: take a new
 backup now (trigger `backup__<database>`) and find out what altered the stored objects. Failed
 checks: compare the failing tables with the source. A physical restore that did not start or recover:
-read the quoted `server.log` in `restore`'s log. A scratch cluster left running (teardown failed):
-the next drill's `prepare` removes it, or stop it yourself (`kill -QUIT <pid>` of the `postgres` whose
-`-D` is under `cloudops-scratch-clusters/`) and delete its folder. Missed targets: raise them with the
+read the quoted `server.log` in `restore`'s log. A scratch cluster left running (teardown failed,
+naming the host that owns it): the next drill's `prepare` on that host removes it, or stop it yourself
+there (`kill -QUIT <pid>` of the `postgres` whose `-D` is under `cloudops-scratch-clusters/`) and
+delete its folder. Missed targets: raise them with the
 owner, or speed up the restore path. RDS: read `restore_rds`'s log (the snapshot chosen, the instance's last
 status); if `teardown_rds` failed, delete the instance it names (`cloudops-drill-...`, tagged
 `cloudops:drill`) or let the next drill's `prepare` do it. A scratch database left with no marker (the
 log says "never dropped"): cloudops did not create it, or was killed between creating and marking it;
 drop it yourself once you know what it is. The drill never touches the source database or its server
 (the copy goes to the scratch server); re-running is safe.
+
+**Why one task owns the scratch server.** On the CeleryExecutor the next task of a run may start on
+any worker. Pinning `validate` and `teardown` to the worker of `restore` would need a queue per worker
+(every worker started with its own queue), a queue chosen per run after `restore` ran (Airflow fixes
+a task's queue when the DAG is parsed), and a dead worker's queue would hold the rest of the run
+forever. One task that starts, checks and stops the server needs none of that, and its lifetime is
+the task's: stopped in `finally`, in `on_kill`, and by the kernel when the task's process is
+SIGKILLed. What remains is the rare folder (and, without `setpriv`, server) a killed try leaves,
+which the ledger's ownership record lets a retry or teardown on any worker find and report.
 """
 
 from __future__ import annotations
@@ -104,12 +124,14 @@ if TYPE_CHECKING:
     from airflow.sdk import DAG
 
     from cloudops.engines import Engine
+    from cloudops.restore.physical import ScratchOwner
 
 log = logging.getLogger(__name__)
 
 KIND = "restore_drill"
 RDS_RESTORE_WAIT = timedelta(minutes=90)
-WORKER_XCOM = "worker"  # restore's: the machine a physical drill's scratch cluster runs on
+OWNER_XCOM = "scratch_owner"  # restore's: the machine (and task) a physical drill's scratch cluster runs on
+SCRATCH_OWNED, SCRATCH_REMOVED = "owned", "removed"  # the states of a drill.scratch ledger record
 DRILLS_FOLDER = "_drills"  # never a catalog name (they start with a letter), so never a backup folder
 NEXT_ACTIONS = {
     "prepare": "check the repository and the backup listing (cloudops backups list <database>)",
@@ -256,9 +278,24 @@ def prepare(
             log.info("dropping %s, left by an earlier drill that did not finish", leftover)
             engine.drop_database(conn_id, leftover, used_by=used_by)
     if engine_for(database).physical_backups:
-        from cloudops.restore.physical import leftover_clusters, stop_and_remove
+        from cloudops.restore.physical import (
+            ScratchOwner,
+            folder_owner,
+            leftover_clusters,
+            stop_and_remove,
+        )
 
         for cluster in leftover_clusters(estate, database.name):
+            owner = folder_owner(cluster)
+            # Another host's (a shared file system): never stopped from here. Ours from before a
+            # reboot: its server stopped with the boot, only the folder is left.
+            if owner is not None and owner.host != ScratchOwner.here().host:
+                log.warning(
+                    "scratch cluster %s belongs to %s, not this machine: left for that host to remove",
+                    cluster.folder,
+                    owner,
+                )
+                continue
             log.info(
                 "removing scratch cluster %s, left by an earlier drill that did not finish", cluster.folder
             )
@@ -341,12 +378,15 @@ def restore(
     scratch: str,
     proven: dict[str, Any] | None = None,
     run_id: str | None = None,
+    die_with_task: bool = False,
 ) -> dict[str, Any]:
     """Download and verify every object, then restore into the scratch database (a logical backup) or
     a scratch cluster started on this worker (a physical one); return the timings (and the cluster).
 
     :param proven: what ``prepare`` returned: the manifest it proved is read again by version and hash.
     :param run_id: the run ``scratch`` is named after: the scratch database's marker records it.
+    :param die_with_task: a physical backup's server dies with the calling thread (see
+        :func:`drill_physical`, which owns it); False leaves it running for the caller to stop.
     """
     from cloudops.restore.fetch import fetch_backup
     from cloudops.runbooks.backup import open_repository
@@ -369,6 +409,7 @@ def restore(
             scratch=scratch,
             source=get_connection(database.conn_id, used_by),
             used_by=used_by,
+            die_with_task=die_with_task,
         )
         return {
             "restore_seconds": time.monotonic() - started,
@@ -495,35 +536,56 @@ def teardown(
     *,
     scratch: str | None,
     method: str | None = None,
-    worker: str | None = None,
+    owner: ScratchOwner | dict[str, Any] | None = None,
+    run_id: str | None = None,
 ) -> None:
     """Drop the scratch database, or stop and remove the scratch cluster (``method`` physical, from
     ``prepare``: also a half-started one); the drill's checks are already recorded.
 
-    :param worker: the machine whose ``restore`` step started the scratch cluster (None: it never
-        started). A scratch cluster lives on that machine only: teardown elsewhere fails, naming it,
-        rather than find nothing here and report a server that still runs there as removed.
-    :raises RestoreError: the scratch cluster is on another worker, or could not be stopped.
+    A scratch cluster lives on the machine whose task started it. Its owners are the tries the ledger
+    says took it (``drill.scratch`` ``owned``) and have no ``removed`` record, and ``owner`` (the
+    restore step's XCom). Each owned here is stopped and removed (and that recorded); one owned by
+    another machine is refused, naming it and the server, rather than find nothing here and report
+    a server that still runs there as removed.
+
+    :param owner: the machine the restore step ran on (:class:`ScratchOwner` or its data; None: the
+        step never started).
+    :raises RestoreRefused: a scratch cluster belongs to another machine (after those here were removed).
+    :raises RestoreError: the scratch database or cluster could not be removed.
     """
     if not scratch:
         log.info("no scratch database was named: nothing to drop")
         return
     _, database = backed_up_database(catalog_file, estate, database_name)
     if method == "physical":
-        import socket
-
-        from cloudops.restore.physical import scratch_root, stop_and_remove
+        from cloudops.restore.physical import ScratchOwner, scratch_root, stop_and_remove
         from cloudops.restore.physical_plan import cluster_paths
 
-        if worker is not None and worker != socket.gethostname():
-            raise RestoreError(
-                f"scratch cluster {scratch} was started on worker {worker!r}; this teardown runs on "
-                f"{socket.gethostname()!r} and cannot stop it: it may still run there. Stop it on "
-                f"{worker!r} (its folder is under cloudops-scratch-clusters/{estate}/ there), or let the "
-                "next drill's prepare on that worker remove it; pin the drill's tasks to one worker (a queue)"
-            )
-        removed = stop_and_remove(cluster_paths(scratch_root(), estate, scratch))
-        log.info("scratch cluster %s %s", scratch, "stopped and removed" if removed else "did not exist")
+        owners = scratch_tries_left(estate, database_name, scratch)
+        given = ScratchOwner.from_data(owner) if isinstance(owner, dict) else owner
+        if given is not None and given not in owners.values():
+            owners[0] = given
+        paths = cluster_paths(scratch_root(), estate, scratch)
+        elsewhere = [(t, o) for t, o in sorted(owners.items()) if not o.is_here()]
+        if any(o.is_here() for o in owners.values()) or not owners:
+            removed = stop_and_remove(paths)
+            log.info("scratch cluster %s %s", scratch, "stopped and removed" if removed else "did not exist")
+            for tried, found in sorted(owners.items()):
+                if found.is_here() and tried:
+                    record_scratch(
+                        SCRATCH_REMOVED,
+                        estate,
+                        database_name,
+                        scratch,
+                        run_id=run_id,
+                        try_number=tried,
+                        owner=found,
+                        by="teardown",
+                    )
+        for tried, found in elsewhere:
+            log.error("scratch cluster %s of try %s belongs to %s", scratch, tried or "?", found)
+        if elsewhere:
+            elsewhere[0][1].refuse_elsewhere(scratch, "stop")
         return
     try:
         dropped = engine_for(database).drop_database(
@@ -538,6 +600,170 @@ def teardown(
             "drops it once the server is reachable"
         ) from error
     log.info("scratch database %s %s", scratch, "dropped" if dropped else "did not exist")
+
+
+def record_scratch(
+    state: str,
+    estate: str,
+    database_name: str,
+    scratch: str,
+    *,
+    run_id: str | None,
+    try_number: int,
+    owner: ScratchOwner,
+    by: str,
+) -> None:
+    """Record in the ledger that try ``try_number`` took (``owned``) or that ``by`` removed
+    (``removed``) scratch cluster ``scratch``: what a retry or a teardown on any worker reads back.
+    One record per try and state (a repeated call records nothing)."""
+    from cloudops.evidence.recorder import record as record_evidence
+    from cloudops.evidence.runs import DRILL_SCRATCH
+
+    dag_id = f"{KIND}__{database_name}"
+    written = record_evidence(
+        DRILL_SCRATCH,
+        dag_id=dag_id,
+        run_id=run_id,
+        key=f"{DRILL_SCRATCH}|{estate}|{scratch}|try {try_number}|{state}",
+        task_id="restore",
+        try_number=try_number,
+        data={
+            "estate": estate,
+            "database": database_name,
+            "scratch": scratch,
+            "state": state,
+            "try_number": try_number,
+            "owner": owner.to_data(),
+            "by": by,
+        },
+    )
+    if written is None and state == SCRATCH_OWNED:
+        log.warning(
+            "the ledger did not record that %s owns scratch cluster %s: a retry on another worker will not "
+            "know of it (the teardown still does, from the restore step's XCom)",
+            owner,
+            scratch,
+        )
+
+
+def scratch_tries_left(estate: str, database_name: str, scratch: str) -> dict[int, ScratchOwner]:
+    """The tries whose scratch cluster ``scratch`` the ledger says was owned and never removed."""
+    from cloudops.evidence.facts import iter_facts
+    from cloudops.evidence.runs import DRILL_SCRATCH
+    from cloudops.restore.physical import ScratchOwner
+
+    owned: dict[int, ScratchOwner] = {}
+    removed: set[int] = set()
+    match = {"estate": estate, "database": database_name, "scratch": scratch}
+    for fact in iter_facts(DRILL_SCRATCH, match):
+        data = fact.fields.get("data") or {}
+        if data.get("state") == SCRATCH_OWNED:
+            owned[int(data["try_number"])] = ScratchOwner.from_data(data["owner"])
+        elif data.get("state") == SCRATCH_REMOVED:
+            removed.add(int(data["try_number"]))
+    return {tried: found for tried, found in owned.items() if tried not in removed}
+
+
+def drill_physical(
+    catalog_file: str,
+    estate: str,
+    database_name: str,
+    *,
+    backup_id: str,
+    scratch: str,
+    proven: dict[str, Any] | None = None,
+    run_id: str | None = None,
+    try_number: int = 1,
+) -> dict[str, Any]:
+    """Restore a physical backup into a scratch cluster, validate it and stop it, in this one step.
+
+    The server lives from here to the ``finally`` below, on this machine only: nothing has to find
+    it later on another worker. First, what earlier tries of the same run left (the ledger's
+    ``drill.scratch`` records): stopped and removed when here, named in the log and the result
+    (``left_elsewhere``) when on another machine, where this step cannot reach it (the teardown then
+    refuses, naming it, and the run fails). The ownership is recorded before the folder is made.
+
+    :return: what :func:`restore` returns, without a live cluster to reach, plus ``validated`` (what
+        :func:`validate` returned, None when it failed), ``validate_error``, ``left_elsewhere``.
+    :raises CloudOpsError: the restore failed (the cluster was stopped and removed all the same).
+    """
+    from cloudops.restore.physical import ScratchOwner, scratch_root, stop_and_remove
+    from cloudops.restore.physical_plan import cluster_paths
+
+    here = ScratchOwner.here()
+    paths = cluster_paths(scratch_root(), estate, scratch)
+    left_elsewhere = []
+    for tried, found in sorted(scratch_tries_left(estate, database_name, scratch).items()):
+        if tried == try_number:
+            continue
+        if found.is_here():
+            log.warning(
+                "try %d (%s) left scratch cluster %s: stopping and removing it", tried, found, scratch
+            )
+            stop_and_remove(paths)
+            record_scratch(
+                SCRATCH_REMOVED,
+                estate,
+                database_name,
+                scratch,
+                run_id=run_id,
+                try_number=tried,
+                owner=found,
+                by=f"try {try_number}",
+            )
+        else:
+            log.error(
+                "try %d left scratch cluster %s on %s: this try (on %s) cannot stop it; it may still run "
+                "there, and the teardown will say so",
+                tried,
+                scratch,
+                found,
+                here,
+            )
+            left_elsewhere.append({"try_number": tried, "owner": found.to_data(), "scratch": scratch})
+    record_scratch(
+        SCRATCH_OWNED,
+        estate,
+        database_name,
+        scratch,
+        run_id=run_id,
+        try_number=try_number,
+        owner=here,
+        by=f"try {try_number}",
+    )
+    args = (catalog_file, estate, database_name)
+    try:
+        restored = restore(
+            *args, backup_id=backup_id, scratch=scratch, proven=proven, run_id=run_id, die_with_task=True
+        )
+        validated, validate_error = None, None
+        try:
+            validated = validate(
+                *args, backup_id=backup_id, scratch=scratch, restored=restored, proven=proven
+            )
+        except CloudOpsError as error:
+            log.error("validation of scratch cluster %s failed: %s", scratch, error)
+            validate_error = str(error)
+    finally:
+        removed = stop_and_remove(paths)
+        log.info("scratch cluster %s %s", scratch, "stopped and removed" if removed else "did not exist")
+        record_scratch(
+            SCRATCH_REMOVED,
+            estate,
+            database_name,
+            scratch,
+            run_id=run_id,
+            try_number=try_number,
+            owner=here,
+            by=f"try {try_number}",
+        )
+    return {
+        **restored,
+        "validated": validated,
+        "validate_error": validate_error,
+        "left_elsewhere": left_elsewhere,
+        "stopped": True,
+    }
 
 
 def restore_rds(
@@ -775,32 +1001,43 @@ def _prepare_task(catalog_file: str, estate: str, database_name: str, **context:
 
 
 def _restore_task(catalog_file: str, estate: str, database_name: str, **context: Any) -> dict[str, Any]:
-    import socket
-
     prepared = _ti_pull(context, "prepare")
+    common = {
+        "backup_id": prepared["backup_id"],
+        "scratch": prepared["scratch"],
+        "proven": prepared,
+        "run_id": context["run_id"],
+    }
+    if prepared.get("method") != "physical":
+        return restore(catalog_file, estate, database_name, **common)
+    from cloudops.restore.physical import ScratchOwner
+
     # Before anything is started: teardown must know where a (half-)started scratch cluster lives,
-    # even when this step fails and returns nothing.
-    context["ti"].xcom_push(key=WORKER_XCOM, value=socket.gethostname())
-    return restore(
-        catalog_file,
-        estate,
-        database_name,
-        backup_id=prepared["backup_id"],
-        scratch=prepared["scratch"],
-        proven=prepared,
-        run_id=context["run_id"],
+    # even when this step is killed and returns nothing.
+    context["ti"].xcom_push(key=OWNER_XCOM, value=ScratchOwner.here().to_data())
+    return drill_physical(
+        catalog_file, estate, database_name, try_number=int(context["ti"].try_number or 1), **common
     )
 
 
 def _validate_task(catalog_file: str, estate: str, database_name: str, **context: Any) -> dict[str, Any]:
     prepared = _ti_pull(context, "prepare")
+    restored = _ti_pull(context, "restore")
+    if prepared.get("method") == "physical":
+        # Validated inside restore, on the machine that ran the scratch server (now stopped).
+        if (restored or {}).get("validated") is None:
+            raise CloudOpsError(
+                f"validation of scratch cluster {prepared['scratch']} failed in the restore step: "
+                f"{(restored or {}).get('validate_error') or 'see its log'}"
+            )
+        return dict(restored["validated"])
     return validate(
         catalog_file,
         estate,
         database_name,
         backup_id=prepared["backup_id"],
         scratch=prepared["scratch"],
-        restored=_ti_pull(context, "restore"),
+        restored=restored,
         proven=prepared,
     )
 
@@ -813,7 +1050,8 @@ def _teardown_task(catalog_file: str, estate: str, database_name: str, **context
         database_name,
         scratch=(prepared or {}).get("scratch"),
         method=(prepared or {}).get("method"),
-        worker=context["ti"].xcom_pull(task_ids="restore", key=WORKER_XCOM),
+        owner=context["ti"].xcom_pull(task_ids="restore", key=OWNER_XCOM),
+        run_id=context["run_id"],
     )
     # record reads this: no XCom means teardown failed, which must fail the run (record is the leaf).
     return {"scratch": (prepared or {}).get("scratch"), "torn_down": True}
@@ -864,6 +1102,7 @@ def build_restore_drill_dags(loaded: LoadedCatalog) -> list[DAG]:
         start_date,
         tags,
     )
+    from cloudops.runbooks.scratch_operator import PostgresRestoreScratchClusterOperator
 
     catalog, dags = loaded.catalog, []
     for database in catalog.databases:
@@ -917,7 +1156,10 @@ def build_restore_drill_dags(loaded: LoadedCatalog) -> list[DAG]:
                 return PythonOperator(task_id=task_id, python_callable=callable_, op_kwargs=kwargs, **extra)
 
             prepare_task = task("prepare", _prepare_task)
-            restore_task = task("restore", _restore_task)
+            # Its on_kill stops a physical drill's scratch server, which lives in this task only.
+            restore_task = PostgresRestoreScratchClusterOperator(
+                task_id="restore", python_callable=_restore_task, op_kwargs=op_kwargs
+            )
             validate_task = task("validate", _validate_task)
             # Scratch databases never leak, and the verdict is recorded whatever failed before.
             teardown_task = task("teardown", _teardown_task, trigger_rule="all_done", retries=2)
@@ -938,12 +1180,15 @@ def build_restore_drill_dags(loaded: LoadedCatalog) -> list[DAG]:
 __all__ = [
     "build_restore_drill_dags",
     "check_rds",
+    "drill_physical",
     "engine_for",
     "prepare",
     "record_drill",
+    "record_scratch",
     "restore",
     "restore_rds",
     "restore_role_options",
+    "scratch_tries_left",
     "teardown",
     "teardown_rds",
     "validate",
