@@ -214,6 +214,19 @@ class LocalDeployment:
         env.update(self.settings)
         return env
 
+    def argv(self, service: Service) -> list[str]:
+        """The command of ``service`` here: the topology's, plus where it listens and its pid file."""
+        argv = [*service.command(), "--pid", str(self.daemon(service).pid_file)]
+        if service.name == "api-server":
+            argv += ["--host", LOOPBACK, "--port", str(self.api_port), "--workers", "1"]
+        if service.is_worker:
+            argv += ["--concurrency", str(WORKER_CONCURRENCY)]
+        if service.is_worker or service.name == "triggerer":
+            # One machine, one log folder: the api-server reads every task's log from it. A log
+            # server would listen on every interface (Airflow binds it so), for nothing.
+            argv += ["--skip-serve-logs"]
+        return argv
+
     def service_environment(self, service: Service, base: Mapping[str, str]) -> dict[str, str]:
         return {**base, **service.settings}
 
@@ -323,17 +336,8 @@ class LocalDeployment:
                 daemon.forget()
             log = self.log(service)
             offsets[service.name] = log.stat().st_size if log.exists() else 0
-            argv = [*service.command(), "--pid", str(daemon.pid_file)]
-            if service.name == "api-server":
-                argv += ["--host", LOOPBACK, "--port", str(self.api_port), "--workers", "1"]
-            if service.is_worker:
-                argv += ["--concurrency", str(WORKER_CONCURRENCY)]
-            if service.is_worker or service.name == "triggerer":
-                # One machine, one log folder: the api-server reads every task's log from it. A log
-                # server would listen on every interface (Airflow binds it so), for nothing.
-                argv += ["--skip-serve-logs"]
             proc = spawn_detached(
-                argv, log_path=log, env=self.service_environment(service, base), cwd=self.home
+                self.argv(service), log_path=log, env=self.service_environment(service, base), cwd=self.home
             )
             daemon.record(proc.pid)
             procs[service.name] = proc

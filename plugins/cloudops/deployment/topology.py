@@ -44,13 +44,15 @@ LOCATION_SETTINGS: dict[str, str] = {
     "AIRFLOW__API_AUTH__JWT_SECRET": "signs task and API tokens: one value for every service",
     "AIRFLOW__API__SECRET_KEY": "signs the api-server's log requests: one value for every service",
     "CLOUDOPS_CATALOG": "the runbook catalog folder",
+    "AIRFLOW__LOGGING__BASE_LOG_FOLDER": "the task logs every service shares",
     "CLOUDOPS_EVIDENCE_DIR": "the evidence folder (lost-record reports beside the PostgreSQL ledger)",
     "CLOUDOPS_PROBE_SAMPLES": "the probe samples the monthly report reads",
 }
 
-# Volumes (name -> what it holds); each service lists the ones it mounts.
+# Volumes every Airflow service shares (name -> the setting that names where it is mounted): Compose
+# mounts each named volume there; locally every service gets the same folder.
 VOLUMES: dict[str, str] = {
-    "airflow-logs": "task logs, written by the workers and triggerer, read by the api-server",
+    "airflow-logs": "AIRFLOW__LOGGING__BASE_LOG_FOLDER",  # written by workers, read by the api-server
     "cloudops-evidence": "CLOUDOPS_EVIDENCE_DIR",
     "cloudops-samples": "CLOUDOPS_PROBE_SAMPLES",
 }
