@@ -31,10 +31,11 @@ WITH_SANDBOX_ENV := set -a; . "$(ENV_FILE)"; set +a;
 # reads (pdftoppm, in poppler-utils).
 # etcd-server is the store of the sandbox's Patroni cluster (the sandbox runs its own etcd on loopback;
 # the package's service never starts in a container, where policy-rc.d refuses it).
-DEBIAN_PACKAGES := postgresql postgresql-client mariadb-server mariadb-client openssh-client debootstrap zstd pgbackrest chromium chromium-driver etcd-server python3-venv libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core poppler-utils
-REQUIRED_BINARIES := /usr/lib/postgresql/15/bin/initdb /usr/sbin/mariadbd /usr/sbin/debootstrap /usr/bin/ssh /usr/bin/zstd /usr/bin/pg_dump /usr/bin/mariadb-dump /usr/bin/chromium /usr/bin/chromedriver /usr/bin/etcd /usr/bin/pdftoppm
+# redis-server is the broker of `make up-celery`: the sandbox runs its own on a sandbox port, never 6379.
+DEBIAN_PACKAGES := postgresql postgresql-client mariadb-server mariadb-client openssh-client debootstrap zstd pgbackrest chromium chromium-driver etcd-server python3-venv libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core poppler-utils redis-server
+REQUIRED_BINARIES := /usr/lib/postgresql/15/bin/initdb /usr/sbin/mariadbd /usr/sbin/debootstrap /usr/bin/ssh /usr/bin/zstd /usr/bin/pg_dump /usr/bin/mariadb-dump /usr/bin/chromium /usr/bin/chromedriver /usr/bin/etcd /usr/bin/pdftoppm /usr/bin/redis-server
 
-.PHONY: sandbox-prepare bench-report bench-patch bench-backup bench-evidence bench-pipeline help setup system-packages venv lock sandbox sandbox-down airflow-db demo test test-unit lint schema up down bench clean probes bench-probes bench-failover
+.PHONY: up-celery sandbox-prepare bench-report bench-patch bench-backup bench-evidence bench-pipeline help setup system-packages venv lock sandbox sandbox-down airflow-db demo test test-unit lint schema up down bench clean probes bench-probes bench-failover
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
@@ -103,7 +104,10 @@ up: airflow-db  ## run Airflow (standalone) against the sandbox, its probe proce
 	@# The health check reads the runbook DAGs' state through the REST API, as the read-only auditor.
 	@$(WITH_SANDBOX_ENV) AIRFLOW_CONN_CLOUDOPS_AIRFLOW_API='{"conn_type": "http", "host": "http://localhost:8080", "login": "auditor", "password": "auditor"}' exec airflow standalone
 
-down: sandbox-down  ## stop the sandbox and its probe process (Airflow standalone stops with Ctrl-C)
+up-celery: sandbox  ## run Airflow on the CeleryExecutor against the sandbox: Redis broker, PostgreSQL metadata DB, api-server, scheduler, dag-processor, triggerer, two workers (in the background; make down stops them)
+	@$(BIN)/cloudops deployment up
+
+down: sandbox-down  ## stop the Celery deployment (make up-celery), the sandbox and its probe process (Airflow standalone stops with Ctrl-C)
 
 probes: venv  ## run the probe process in the foreground on $$CLOUDOPS_CATALOG (the sandbox runs its own)
 	$(BIN)/cloudops probe run --samples "$${CLOUDOPS_PROBE_SAMPLES:-$(CLOUDOPS_SANDBOX_DIR)/samples}"

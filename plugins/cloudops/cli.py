@@ -97,6 +97,26 @@ def _sandbox(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _deployment(args: argparse.Namespace) -> int:
+    """Start, stop or show the local CeleryExecutor deployment on the sandbox (`make up-celery`)."""
+    from cloudops.deployment.local import LocalDeployment, instance
+    from cloudops.sandbox import estate
+    from cloudops.sandbox.layout import SandboxLayout
+
+    deployment = LocalDeployment(SandboxLayout.from_environment(), instance(args.instance))
+    if args.action == "up":
+        deployment.up(estate.say)
+    elif args.action == "down":
+        deployment.down(estate.say)
+    rows = [
+        estate.ComponentStatus(name, address, pid, state) for name, address, pid, state in deployment.status()
+    ]
+    print(estate.format_status(rows))
+    if args.action == "up":
+        print(deployment.banner())
+    return EXIT_OK
+
+
 def _sandbox_hosts(args: argparse.Namespace) -> int:
     """More hosts for benchmarks, their reset to first-boot state, and stopping/starting single hosts."""
     from cloudops.sandbox import estate
@@ -893,6 +913,19 @@ def build_parser() -> argparse.ArgumentParser:
         one.add_argument("names", nargs="+", help="host names")
     for sub in hosts_commands.choices.values():
         sub.set_defaults(handler=_sandbox_hosts)
+
+    deployment = commands.add_parser(
+        "deployment", help="the local CeleryExecutor deployment on the sandbox (make up-celery)"
+    )
+    deployment_commands = deployment.add_subparsers(dest="action", required=True)
+    for action, text in (
+        ("up", "start api-server, scheduler, dag-processor, triggerer and two Celery workers (idempotent)"),
+        ("down", "stop them (the metadata database stays)"),
+        ("status", "show what runs where"),
+    ):
+        sub = deployment_commands.add_parser(action, help=text)
+        sub.add_argument("--instance", default="celery", help="celery (make up-celery) or celery-e2e (tests)")
+        sub.set_defaults(handler=_deployment)
 
     evidence = commands.add_parser("evidence", help="the evidence ledger")
     evidence_commands = evidence.add_subparsers(dest="evidence_command", required=True)

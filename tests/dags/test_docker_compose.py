@@ -20,15 +20,21 @@ from urllib.parse import SplitResult, urlsplit
 import pytest
 import yaml
 
+from cloudops.deployment.topology import LOCATION_SETTINGS, SERVICES, SHARED_SETTINGS, VOLUMES, WORKERS
+from cloudops.deployment.topology import service as topology_service
+
 pytestmark = pytest.mark.dags
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-API_SERVER = "airflow-apiserver"
-SCHEDULER = "airflow-scheduler"
-DAG_PROCESSOR = "airflow-dag-processor"
-TRIGGERER = "airflow-triggerer"
-WORKER = "airflow-worker"
+# The Airflow services are the topology's (cloudops.deployment.topology): the local launcher of
+# `make up-celery` reads the same description, so compose and the local deployment agree.
+API_SERVER = topology_service("api-server").compose_name
+SCHEDULER = topology_service("scheduler").compose_name
+DAG_PROCESSOR = topology_service("dag-processor").compose_name
+TRIGGERER = topology_service("triggerer").compose_name
+WORKER_SERVICES = [worker.compose_name for worker in WORKERS]
+WORKER = WORKER_SERVICES[0]
 INIT = "airflow-init"
 POSTGRES = "postgres"
 REDIS = "redis"
@@ -36,18 +42,21 @@ PROBES = "cloudops-probes"
 
 # The long-running Airflow services: the airflow subcommand each runs, and what its healthcheck
 # must probe (any one of the fragments).
+HEALTH_PROBES: dict[str, tuple[str, ...]] = {
+    "api-server": ("localhost:8080/api/v2/",),
+    "scheduler": ("localhost:8974/health", "--job-type SchedulerJob"),
+    "dag-processor": ("--job-type DagProcessorJob",),
+    "triggerer": ("--job-type TriggererJob",),
+    "worker": ("inspect ping",),
+}
 AIRFLOW_DAEMONS: dict[str, tuple[list[str], tuple[str, ...]]] = {
-    API_SERVER: (["api-server"], ("localhost:8080/api/v2/",)),
-    SCHEDULER: (["scheduler"], ("localhost:8974/health", "--job-type SchedulerJob")),
-    DAG_PROCESSOR: (["dag-processor"], ("--job-type DagProcessorJob",)),
-    TRIGGERER: (["triggerer"], ("--job-type TriggererJob",)),
-    WORKER: (["celery", "worker"], ("inspect ping",)),
+    s.compose_name: (list(s.argv), HEALTH_PROBES["worker" if s.is_worker else s.name]) for s in SERVICES
 }
 AIRFLOW_SERVICES = [*AIRFLOW_DAEMONS, INIT]
 EXPECTED_SERVICES = [*AIRFLOW_SERVICES, POSTGRES, REDIS, PROBES]
 # The probe process (docs/probes.md) writes the samples volume; the monthly report reads it in a worker.
 SAMPLES_VOLUME = "cloudops-samples"
-SAMPLES_READERS = [WORKER, API_SERVER]
+SAMPLES_READERS = [*WORKER_SERVICES, API_SERVER]
 PROBE_COMMAND = ["python", "-m", "cloudops.cli", "probe", "run"]
 
 # Every long-running Airflow service reads or writes the evidence ledger: the listener records in
@@ -562,7 +571,48 @@ def check_no_literal_secrets(compose: ComposeFile) -> list[str]:
     return problems
 
 
+def check_topology(compose: ComposeFile) -> list[str]:
+    """Compose runs the topology's services (cloudops.deployment.topology), as the local deployment
+    does: the same commands and queues, shared settings and volumes, and each worker's hostname."""
+    problems = []
+    for spec in SERVICES:
+        service = compose.services.get(spec.compose_name)
+        if service is None:
+            continue  # check_services says it
+        name = spec.compose_name
+        raw = service.get("command") or []
+        argv = shlex.split(raw) if isinstance(raw, str) else [str(arg) for arg in raw]
+        if argv != spec.command():
+            problems.append(f"{name}: command is {argv!r}, the topology runs {spec.command()!r}")
+        env = environment(service)
+        for key, value in {**SHARED_SETTINGS, **spec.settings}.items():
+            if env.get(key) != value:
+                problems.append(f"{name}: environment.{key} is {env.get(key)!r}, the topology says {value!r}")
+        for key, what in LOCATION_SETTINGS.items():
+            if not env.get(key):
+                problems.append(f"{name}: environment.{key} is not set ({what})")
+        by_target = {m.target: m for m in mounts(service)}
+        for volume, key in VOLUMES.items():
+            found = by_target.get(env.get(key) or "")
+            if found is None or found.bind or found.source != volume:
+                problems.append(f"{name}: volumes: {volume} is not mounted at {key} ({env.get(key)!r})")
+        if spec.is_worker and service.get("hostname") != spec.name:
+            problems.append(
+                f"{name}: hostname is {service.get('hostname')!r}, expected {spec.name!r} (what task "
+                "instances record as their hostname)"
+            )
+    known = {spec.compose_name for spec in SERVICES}
+    for name, service in compose.services.items():
+        if command(service)[:2] == ["celery", "worker"] and name not in known:
+            problems.append(
+                f"{name}: a Celery worker the topology does not list: add it to "
+                "cloudops/deployment/topology.py (the local deployment runs the same workers)"
+            )
+    return problems
+
+
 ALL_CHECKS: list[Callable[[ComposeFile], list[str]]] = [
+    check_topology,
     check_services,
     check_commands,
     check_healthchecks,
@@ -731,6 +781,34 @@ BREAKAGES: dict[str, tuple[Callable[[dict[str, Any], Path], None], list[str]]] =
         lambda data, root: data["services"][PROBES].pop("env_file"),
         [PROBES, "env_file"],
     ),
+    "worker-without-default-queue": (
+        lambda data, root: data["services"][WORKER_SERVICES[1]].__setitem__(
+            "command",
+            ["airflow", "celery", "worker", "--queues", "worker-b", "--celery-hostname", "worker-b@%h"],
+        ),
+        [WORKER_SERVICES[1], "command", "the topology runs"],
+    ),
+    "evidence-on-files": (
+        _set_env(SCHEDULER, "CLOUDOPS_EVIDENCE_BACKEND", "file"),
+        [SCHEDULER, "CLOUDOPS_EVIDENCE_BACKEND"],
+    ),
+    "worker-not-in-topology": (
+        lambda data, root: data["services"].__setitem__(
+            "airflow-worker-c", json.loads(json.dumps(data["services"][WORKER_SERVICES[1]]))
+        ),
+        ["airflow-worker-c", "topology does not list"],
+    ),
+    "worker-hostname": (
+        lambda data, root: data["services"][WORKER].__setitem__("hostname", "some-container"),
+        [WORKER, "hostname", "some-container"],
+    ),
+    "logs-not-shared": (
+        lambda data, root: data["services"][TRIGGERER].__setitem__(
+            "volumes",
+            [v for v in data["services"][TRIGGERER]["volumes"] if not v.startswith("airflow-logs:")],
+        ),
+        [TRIGGERER, "airflow-logs is not mounted"],
+    ),
     "lock-disagrees": (
         _rewrite("requirements.lock", "apache-airflow==3.3.2\n", "apache-airflow==3.3.1\n"),
         [WORKER, "build", "requirements.lock", "apache-airflow==3.3.1"],
@@ -768,3 +846,58 @@ def test_checks_catch_a_broken_copy(compose_copy: Path, breakage: str) -> None:
     assert any(all(fragment in problem for fragment in expected) for problem in problems), (
         f"{breakage}: no problem names all of {expected!r}; found {problems!r}"
     )
+
+
+# --- The local deployment (make up-celery) runs the same topology ------------------------------------
+
+
+def test_local_deployment_runs_the_topology(tmp_path: Path) -> None:
+    """What `cloudops deployment up` would start, read without starting it: the topology's commands,
+    its shared settings, one folder per shared volume for every service, and each worker's hostname."""
+    from cloudops.deployment.local import LocalDeployment
+    from cloudops.sandbox.layout import SandboxLayout
+
+    sandbox = tmp_path / "sandbox"
+    sandbox.mkdir()
+    (sandbox / "airflow.env").write_text(f"CLOUDOPS_PROBE_SAMPLES='{sandbox / 'samples'}'\n")
+    layout = SandboxLayout(
+        project_root=REPO_ROOT,
+        dir=sandbox,
+        data_root=sandbox,
+        data_root_is_fallback=False,
+        port_offset=0,
+        pg_bindir=Path("/usr/lib/postgresql/15/bin"),
+        mariadbd=Path("/usr/sbin/mariadbd"),
+        mariadb_install_db=Path("/usr/bin/mariadb-install-db"),
+        as_root=False,
+    )
+    deployment = LocalDeployment(layout)
+    base = deployment.environment()
+    folders: dict[str, set[str]] = {volume: set() for volume in VOLUMES}
+    for spec in SERVICES:
+        argv = deployment.argv(spec)
+        assert argv[: len(spec.command())] == spec.command(), spec.name
+        env = deployment.service_environment(spec, base)
+        for key, value in {**SHARED_SETTINGS, **spec.settings}.items():
+            assert env.get(key) == value, f"{spec.name}: {key}"
+        assert not [key for key in LOCATION_SETTINGS if not env.get(key)], spec.name
+        for volume, key in VOLUMES.items():
+            folders[volume].add(env[key])
+        if spec.is_worker:
+            assert env["CLOUDOPS_WORKER_HOSTNAME"] == spec.name
+            assert env["AIRFLOW__CORE__HOSTNAME_CALLABLE"] == "cloudops.deployment.topology.worker_hostname"
+    assert {volume: len(paths) for volume, paths in folders.items()} == dict.fromkeys(VOLUMES, 1), folders
+    assert [w.queues for w in WORKERS] == [("default", "worker-a"), ("default", "worker-b")]
+    assert base["AIRFLOW__CELERY__BROKER_URL"].endswith(f"@127.0.0.1:{layout.port('redis')}/0")
+    assert base["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith(f":{layout.port('postgres_scratch')}/airflow")
+
+
+def test_worker_hostname_is_the_workers_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from cloudops.deployment.topology import worker_hostname
+
+    monkeypatch.setenv("CLOUDOPS_WORKER_HOSTNAME", "worker-b")
+    assert worker_hostname() == "worker-b"
+    monkeypatch.delenv("CLOUDOPS_WORKER_HOSTNAME")
+    assert worker_hostname() == socket.getfqdn()

@@ -2,13 +2,15 @@
 
 `up` is idempotent: it checks binaries and ports of everything that is not running before it starts
 anything, then brings the components up in independent chains run side by side (PostgreSQL primary then
-replica; the PostgreSQL scratch server; MariaDB then its GTID replica; the MariaDB scratch server; etcd then
-the two Patroni nodes; moto; each fleet host, a Debian system of its own booted by its supervisor; the SMTP
-sink), reusing what runs and seeding what is missing, and finally writes the Airflow connections to
-<sandbox>/airflow.env: one per server, plus each cluster's probe connection (all its members in one host
-list, as the application connects) and the pg_rewind source connections; then it starts the probe process
-(`cloudops probe run`, one sample per SLO target per minute) with them. `down` stops only processes whose
-pid file and command line say this sandbox started them, the probes first, and keeps all data on disk.
+replica; the PostgreSQL scratch server; MariaDB then its GTID replica; the MariaDB scratch server; etcd
+then the two Patroni nodes; moto; each fleet host, a Debian system of its own booted by its supervisor; the
+SMTP sink; Redis, the broker of the local Celery deployments), reusing what runs and seeding what is
+missing, and finally writes the Airflow connections to <sandbox>/airflow.env: one per server, plus each
+cluster's probe connection (all its members in one host list, as the application connects) and the
+pg_rewind source connections; then it starts the probe process (`cloudops probe run`, one sample per SLO
+target per minute) with them. `down` stops only processes whose pid file and command line say this sandbox
+started them, the Celery deployments (cloudops.deployment.local) and the probes first, and keeps all data
+on disk.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from cloudops.sandbox.process import (
     port_in_use,
     write_if_changed,
 )
+from cloudops.sandbox.redis import RedisServer
 from cloudops.sandbox.smtp import SmtpSink
 
 LOCK_TIMEOUT = 600.0  # a cold `up` by another process may hold the lock this long
@@ -119,6 +122,7 @@ def _chains(layout: SandboxLayout) -> list[list[Component]]:
         [MotoServer(layout, plan, store)],
         *hosts,
         [SmtpSink(layout, plan.smtp_conn_ids)],
+        [RedisServer(layout, store)],
     ]
 
 
@@ -303,7 +307,11 @@ def down(say: Say = _say) -> None:
     chains = _chains(layout)
     errors: list[str] = []
     with _locked(layout):
-        # The probes first: stopping the estate is not an outage to record.
+        # The Celery deployments first: their services need the broker and databases stopped below.
+        from cloudops.deployment.local import stop_all
+
+        errors += stop_all(layout, say)
+        # The probes next: stopping the estate is not an outage to record.
         try:
             ProbeProcess(layout).stop(say)
         except SandboxError as exc:
@@ -344,6 +352,12 @@ def status() -> list[ComponentStatus]:
     probes = ProbeProcess(layout)
     state, pid = probes.daemon.state()
     rows.append(ComponentStatus(probes.name, probes.address, pid, state, probes.detail))
+    from cloudops.deployment.local import INSTANCES, LocalDeployment
+
+    for known in INSTANCES.values():
+        deployment = LocalDeployment(layout, known)
+        if deployment.started():
+            rows += [ComponentStatus(*row) for row in deployment.status()]
     return rows
 
 

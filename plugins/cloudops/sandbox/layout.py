@@ -49,6 +49,12 @@ BASE_PORTS = {
     "smtp": 15025,
     # The health page the first fleet host serves (the catalog's endpoints), on that host's address.
     "http": 18080,
+    # The Celery broker of the local CeleryExecutor deployments (cloudops.deployment.local).
+    "redis": 16379,
+    # The api-server of each local deployment: `make up-celery`'s ("celery") and the e2e tests'
+    # ("celery_e2e"), so both can run side by side.
+    "celery_api": 18090,
+    "celery_e2e_api": 18094,
 }
 
 DEFAULT_PG_BINDIR = "/usr/lib/postgresql/15/bin"
