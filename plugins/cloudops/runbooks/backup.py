@@ -160,11 +160,16 @@ def backup_source(
     )
 
 
+# What take_backup's result carries beside the manifest's own fields.
+RESULT_EXTRAS = frozenset({"source", "orphan_uploads"})
+
+
 def manifest_of(result: Mapping[str, Any]) -> Manifest:
-    """The manifest part of what :func:`take_backup` returns (it adds the ``source`` it chose)."""
+    """The manifest part of what :func:`take_backup` returns (it adds the ``source`` it chose and the
+    ``orphan_uploads`` it found)."""
     from cloudops.repository.manifest import Manifest
 
-    return Manifest.model_validate({key: value for key, value in result.items() if key != "source"})
+    return Manifest.model_validate({key: value for key, value in result.items() if key not in RESULT_EXTRAS})
 
 
 def take_backup(
