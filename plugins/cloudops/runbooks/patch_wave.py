@@ -23,6 +23,11 @@ Triggered by hand (Trigger DAG, with the form below); nothing is scheduled.
    reported `stopped` with the step it stopped before, whether packages changed and each package's
    state (e.g. INSTALLED_PENDING_REBOOT when it stopped before its reboot). Every host's outcome is
    recorded (`patch.host`), then the wave (`patch.wave`) with the compliance per host and package.
+   If the `wave` task is lost mid-batch (worker killed), its one retry reads that batch's hosts again
+   (waiting for the apt the killed try left running), logs and records each host's state (untouched,
+   patched, half-done: dpkg interrupted, part of the pins, reboot pending) and finishes the batch from
+   there, or halts naming the hosts when a state is unknown, still changing or changed by someone else.
+   Batches the killed try finished are not run again. Any error fails `wave` for good (no retry).
 3. `release` (always runs) releases the wave lock (only when this run holds it).
 
 **What a failure means.** `plan`: refused before anything changed (another wave running, outside the
