@@ -130,6 +130,20 @@ def test_failover_drill_task_owns_the_window_in_the_estate_pool(dagbag: Any) -> 
     assert dag.params["mode"] == "planned"
 
 
+def test_a_patch_wave_is_retried_once_when_its_task_is_lost_and_never_on_an_error(dagbag: Any) -> None:
+    from airflow.sdk import RetryAction
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    dag = dagbag.dags["patch_wave__app"]
+    wave = dag.get_task("wave")
+    # A lost task (SIGKILL, worker gone) raises nothing: the supervisor or the scheduler retries it, and
+    # the retry recovers the batch it left. Any exception (a halt, a refusal, a reject) fails for good.
+    assert wave.retries == 1
+    for error in (RuntimeError("halted"), ValueError("bad input")):
+        assert wave.retry_policy.evaluate(error, 1, 2).action == RetryAction.FAIL
+    assert DagSerialization.to_dict(dag)["dag"]["tasks"], "the DAG with its retry policy serializes"
+
+
 def test_a_runbook_paused_in_the_catalog_is_created_paused(
     tmp_path: Path, project_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

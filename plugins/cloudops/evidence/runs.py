@@ -64,6 +64,15 @@ kinds below, ``dag_id``, ``run_id``, ``runbook`` (the runbook kind: ``backup``, 
   output, ``apt_log`` (bounded excerpt), ``notes``, ``timings``;
 - ``patch.wave``: ``estate``, ``fleet``, ``snapshot_id``, ``halted``, ``succeeded``, ``reason``,
   ``batches`` (hosts, seconds, decision, reason), ``compliance`` (state counts), ``seconds``;
+- ``patch.batch_started``: before a batch's hosts start: ``estate``, ``fleet``, ``snapshot_id``,
+  ``batch``, ``hosts``, ``pins`` (host -> ``package=version``), ``try_number``;
+- ``patch.batch_finished``: once the batch's ``patch.host`` records are written: ``estate``,
+  ``fleet``, ``snapshot_id``, ``batch``, ``try_number``, ``decision``, ``reason``, ``failed``,
+  ``seconds``, ``statuses`` (host -> status); a started batch without one was interrupted;
+- ``patch.batch_recovered``: a retry's finding on a batch an earlier try started and never finished:
+  ``estate``, ``fleet``, ``snapshot_id``, ``try_number``, ``batch``, ``started_by`` (tries),
+  ``action`` (finish or halt), ``reason``, ``hosts`` (host -> state and detail), ``found`` (what was
+  read on each host: versions of the pins, unfinished packages, reboot flag, kernels, lock holders);
 - ``failover.drill``: one per failover drill (``failover_drill__<cluster>``) that got past its dry
   run, refused ones included: data ``cluster``, ``run_id``, ``manager``, ``mode``, ``refused`` (and
   ``refusal``, ``refusals``), ``moved`` (a switchover was attempted), ``started``, ``finished``,
@@ -108,6 +117,9 @@ REPORT_STORED = "report.stored"
 DRILL_SCRATCH = "drill.scratch"
 BACKUP_STARTED = "backup.started"
 BACKUP_ORPHAN_UPLOAD = "backup.orphan_upload"
+PATCH_BATCH_STARTED = "patch.batch_started"
+PATCH_BATCH_FINISHED = "patch.batch_finished"
+PATCH_BATCH_RECOVERED = "patch.batch_recovered"
 FACT_KINDS = (
     BACKUP_TAKEN,
     DRILL_RECORDED,
@@ -124,6 +136,9 @@ FACT_KINDS = (
     DRILL_SCRATCH,
     BACKUP_STARTED,
     BACKUP_ORPHAN_UPLOAD,
+    PATCH_BATCH_STARTED,
+    PATCH_BATCH_FINISHED,
+    PATCH_BATCH_RECOVERED,
 )
 
 # The runbook kinds cloudops builds DAGs for: ``<kind>__<target>``, or the kind alone for one-off
@@ -261,6 +276,9 @@ __all__ = [
     "DRILL_RECORDED",
     "FACT_KINDS",
     "FAILOVER_DRILL",
+    "PATCH_BATCH_FINISHED",
+    "PATCH_BATCH_RECOVERED",
+    "PATCH_BATCH_STARTED",
     "PATCH_HOST",
     "PATCH_PLANNED",
     "PATCH_WAVE",

@@ -26,6 +26,7 @@ from cloudops.errors import CloudOpsError
 from cloudops.fleet.ssh import CommandResult, SshSession
 from cloudops.patching import apt_output
 from cloudops.patching.model import KERNEL_PREFIXES, HostScan, PackagePin
+from cloudops.patching.recovery import FoundHost
 
 log = logging.getLogger(__name__)
 
@@ -290,6 +291,53 @@ class AptHost:
             scan.reboot_required,
         )
         return scan
+
+    def dpkg_lock_holders(self) -> tuple[str, ...]:
+        """Processes holding dpkg's locks now (``pid 63 (apt-get)``), read from /proc/locks: takes no lock."""
+        files = " ".join(apt_output.DPKG_LOCK_FILES)
+        sections = self._sections(
+            "read the dpkg lock",
+            [("stat", f"stat -c '%d %i %n' {files} 2>/dev/null"), ("locks", "cat /proc/locks")],
+            15,
+        )
+        pids = apt_output.parse_lock_pids(sections.get("stat", ""), sections.get("locks", ""))
+        return tuple(
+            f"pid {pid}" + (f" ({name})" if (name := self._process_name(pid)) else "") for pid in pids
+        )
+
+    def found_after_kill(
+        self, *, wait_seconds: float, sleep: Callable[[float], None] = time.sleep
+    ) -> FoundHost:
+        """Read the host as a killed wave task left it (never raises: an unreadable host says why).
+
+        An apt the killed try started may still run (sshd sends a session without a terminal no
+        hangup): wait for dpkg's lock to be free, within ``wait_seconds``, before reading the state
+        it leaves, so that a retry never acts on a state that is still changing.
+        """
+        started = time.monotonic()
+        try:
+            first = holders = self.dpkg_lock_holders()
+            while holders and time.monotonic() - started < wait_seconds:
+                sleep(1.0)
+                holders = self.dpkg_lock_holders()
+            waited = round(time.monotonic() - started, 1) if first else 0.0
+            dpkg = self.package_states("read versions after a killed try")
+            flag, flagged = self.reboot_flag()
+            running, newest = self.kernels()
+        except HostActionError as error:
+            return FoundHost(self.name, error=f"{error.step}: {error.cause}")
+        return FoundHost(
+            self.name,
+            versions=dpkg.versions,
+            unfinished=dpkg.unfinished,
+            reboot_required=flag,
+            reboot_packages=flagged,
+            running_kernel=running,
+            installed_kernel=newest,
+            lock_holders=holders,
+            waited_for=first,
+            waited_seconds=waited,
+        )
 
     # -- pre-flight -------------------------------------------------------------------------------
 

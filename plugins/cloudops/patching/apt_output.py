@@ -221,6 +221,40 @@ def parse_lock_holder(output: str) -> LockHolder | None:
     return None
 
 
+DPKG_LOCK_FILES = ("/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock")
+
+
+def parse_lock_pids(stat_output: str, proc_locks: str) -> tuple[int, ...]:
+    """The pids holding a POSIX lock on dpkg's lock files, from ``stat -c '%d %i %n'`` and /proc/locks.
+
+    apt and dpkg lock with fcntl, so ``/proc/locks`` names the holder (``1: POSIX ADVISORY WRITE 63
+    00:9b:16158082 0 EOF``: pid, then major:minor in hex and the inode) without taking the lock.
+    Only locks on the files ``stat`` printed count; OFD locks (pid -1) have no holder to name.
+    """
+    files = set()
+    for line in bounded(stat_output, 4096).splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[2] in DPKG_LOCK_FILES and parts[0].isdigit() and parts[1].isdigit():
+            dev = int(parts[0])
+            major, minor = (dev >> 8) & 0xFFF, (dev & 0xFF) | ((dev >> 12) & 0xFFF00)
+            files.add((major, minor, int(parts[1])))
+    pids = []
+    for line in bounded(proc_locks, 64 * 1024).splitlines():
+        parts = line.split()
+        if len(parts) < 6 or parts[1] != "POSIX" or not parts[4].isdigit():
+            continue
+        where = parts[5].split(":")
+        if len(where) != 3 or not where[2].isdigit():
+            continue
+        try:
+            key = (int(where[0], 16), int(where[1], 16), int(where[2]))
+        except ValueError:
+            continue
+        if key in files:
+            pids.append(int(parts[4]))
+    return tuple(dict.fromkeys(pids))
+
+
 def _printable(text: str) -> bool:
     return all(ch.isprintable() for ch in text)
 
@@ -253,6 +287,7 @@ def unknown_pins(output: str) -> tuple[str, ...]:
 
 
 __all__ = [
+    "DPKG_LOCK_FILES",
     "MAX_EXCERPT_CHARS",
     "MAX_OUTPUT_CHARS",
     "LockHolder",
@@ -267,6 +302,7 @@ __all__ = [
     "parse_holds",
     "parse_installed",
     "parse_lock_holder",
+    "parse_lock_pids",
     "parse_reboot_packages",
     "parse_removals",
     "parse_simulation",

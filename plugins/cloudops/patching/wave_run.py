@@ -45,6 +45,7 @@ from cloudops.patching.compliance import (
     states_of,
 )
 from cloudops.patching.model import NON_COMPLIANT, ComplianceState, PackagePin
+from cloudops.patching.recovery import UNTOUCHED, FoundHost, HostRecovery
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +273,9 @@ def run_wave(
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     on_batch: Callable[[BatchOutcome, Sequence[HostOutcome]], None] | None = None,
     judge: Callable[[int, Sequence[HostOutcome], int], tuple[str, str]] | None = None,
+    before_batch: Callable[[int, Sequence[WaveHost]], None] | None = None,
+    earlier: Mapping[int, tuple[BatchOutcome, Sequence[HostOutcome]]] | None = None,
+    host_notes: Mapping[str, Sequence[str]] | None = None,
 ) -> WaveResult:
     """Run the batches in order; return every host's outcome and every batch's decision.
 
@@ -281,6 +285,11 @@ def run_wave(
     :param on_batch: called after each batch (the runbook records evidence there).
     :param judge: go/no-go after a batch: (batch index, its outcomes, failures so far) -> (decision,
         reason); default :func:`judge_batch` with the settings' limits.
+    :param before_batch: called just before a batch's hosts start (the runbook records
+        ``patch.batch_started`` there, so a task killed mid-batch leaves a trace its retry finds).
+    :param earlier: batches an earlier try of the same run finished (a retry): their outcomes are
+        taken as recorded, never run again, and their failures count against the budget.
+    :param host_notes: notes put first in a host's outcome (a retry's finding on an interrupted batch).
     """
     wall = time.monotonic()
     started_at = now().isoformat()
@@ -293,7 +302,23 @@ def run_wave(
     halted = False
     reason = ""
     failures = 0
+    for name, notes in (host_notes or {}).items():
+        if name in hosts:
+            hosts[name].notes.extend(notes)
     for index, batch in enumerate(batches):
+        if earlier and index in earlier:
+            record, recorded = earlier[index]
+            for outcome in recorded:
+                hosts[outcome.host] = outcome
+            failures += len(record.failed)
+            outcomes.append(record)
+            log.info(
+                "batch %s: finished by an earlier try of this run (%s): not run again", index, record.reason
+            )
+            if record.decision in ("halt", "stop"):
+                halted, reason = True, record.reason
+                break
+            continue
         todo = [h for h in batch if h.name not in done_hosts]
         record = BatchOutcome(index, [h.name for h in batch])
         for host in batch:
@@ -316,6 +341,8 @@ def run_wave(
             halted, reason = True, record.reason
             log.warning(record.reason)
             break
+        if before_batch is not None:
+            before_batch(index, todo)
         batch_started = time.monotonic()
         canary = index < settings.canary_batches
         with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_HOSTS, len(todo))) as pool:
@@ -571,6 +598,47 @@ def patch_host(
     return outcome
 
 
+def found_outcome(
+    pins: Sequence[PackagePin], found: FoundHost, recovery: HostRecovery, *, batch: int, step: str
+) -> HostOutcome:
+    """The outcome of a host a retry found after a killed try and did not act on (its batch halts).
+
+    Untouched: not started. Any other state: failed at ``step``, the state and its detail as the
+    error, packages counted as changed unless it was untouched (an unreadable host may have been).
+    """
+    untouched = recovery.state == UNTOUCHED
+    outcome = HostOutcome(
+        found.host,
+        batch,
+        status=NOT_STARTED if untouched else FAILED,
+        step="" if untouched else step,
+        error="" if untouched else f"{recovery.state}: {recovery.detail}",
+        changed=not untouched,
+        running_kernel=found.running_kernel,
+        installed_kernel=found.installed_kernel,
+        versions_after={p.package: found.versions.get(p.package, "") for p in pins},
+        notes=[f"found after a killed try: {recovery.describe()}"],
+    )
+    pending = reboot_attribution(
+        [p.package for p in pins],
+        flag=found.reboot_required,
+        flagged=found.reboot_packages,
+        running_kernel=found.running_kernel,
+        installed_kernel=found.installed_kernel,
+    )
+    facts = {
+        p.package: PackageFacts(
+            found=found.versions.get(p.package, "") if not found.error else p.previous,
+            pending_reboot=pending.get(p.package),
+            unfinished=p.package in found.unfinished,
+            failure=None if untouched else outcome.error,
+        )
+        for p in pins
+    }
+    _set_compliance(outcome, pins, facts)
+    return outcome
+
+
 def _set_compliance(outcome: HostOutcome, pins: Sequence[PackagePin], facts: dict[str, PackageFacts]) -> None:
     packages = assess_packages(pins, facts)
     outcome.compliance = states_of(packages)
@@ -641,6 +709,7 @@ __all__ = [
     "WaveHost",
     "WaveResult",
     "WaveSettings",
+    "found_outcome",
     "judge_batch",
     "patch_host",
     "resumable_done_hosts",

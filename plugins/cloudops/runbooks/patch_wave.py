@@ -23,6 +23,11 @@ Triggered by hand (Trigger DAG, with the form below); nothing is scheduled.
    reported `stopped` with the step it stopped before, whether packages changed and each package's
    state (e.g. INSTALLED_PENDING_REBOOT when it stopped before its reboot). Every host's outcome is
    recorded (`patch.host`), then the wave (`patch.wave`) with the compliance per host and package.
+   If the `wave` task is lost mid-batch (worker killed), its one retry reads that batch's hosts again
+   (waiting for the apt the killed try left running), logs and records each host's state (untouched,
+   patched, half-done: dpkg interrupted, part of the pins, reboot pending) and finishes the batch from
+   there, or halts naming the hosts when a state is unknown, still changing or changed by someone else.
+   Batches the killed try finished are not run again. Any error fails `wave` for good (no retry).
 3. `release` (always runs) releases the wave lock (only when this run holds it).
 
 **What a failure means.** `plan`: refused before anything changed (another wave running, outside the
@@ -57,6 +62,7 @@ if TYPE_CHECKING:
 
     from cloudops.patching.apt_host import AptHost
     from cloudops.patching.model import HostScan
+    from cloudops.patching.recovery import RecoveryDecision
     from cloudops.patching.snapshot import Snapshot
     from cloudops.patching.wave_run import WaveResult, WaveSettings
     from cloudops.runbooks.approval import Approval
@@ -287,12 +293,18 @@ def execute_wave(
     plan: WavePlan,
     *,
     record: Any = None,
+    try_number: int = 1,
+    retry: Retry | None = None,
 ) -> WaveResult:
     """Run the planned wave (library entry point: the runbook, the CLI and the benchmark call it).
 
-    :param record: ``record(kind, data)`` for evidence (None: record nothing).
+    :param record: ``record(kind, data)`` for evidence (None: record nothing). Each batch is recorded
+        as started (``patch.batch_started``) before its hosts start, and as finished
+        (``patch.batch_finished``) after their ``patch.host`` records.
+    :param try_number: the task's try (recorded with each batch).
+    :param retry: what :func:`prepare_retry` found of earlier tries of this run (a retry only).
     """
-    from cloudops.evidence.runs import PATCH_HOST
+    from cloudops.evidence.runs import PATCH_BATCH_FINISHED, PATCH_BATCH_STARTED, PATCH_HOST
     from cloudops.patching.wave_run import FAILED, WaveHost, run_wave
     from cloudops.patching.waves import Batch, decide_after_batch
 
@@ -310,18 +322,201 @@ def execute_wave(
         details = "; ".join(o.summary() for o in outcomes if o.status == FAILED)
         return ("halt" if halted else "go"), decision.reason + (f": {details}" if details else "")
 
+    ids = {"estate": target.estate, "fleet": target.fleet, "snapshot_id": plan.snapshot.snapshot_id}
+
+    def before_batch(index: int, hosts: Sequence[WaveHost]) -> None:
+        if record is None:
+            return
+        pins = {h.name: [p.apt_spec for p in plan.snapshot.pins.get(h.name, ())] for h in hosts}
+        record(
+            PATCH_BATCH_STARTED,
+            ids | {"batch": index, "hosts": [h.name for h in hosts], "pins": pins, "try_number": try_number},
+        )
+
     def on_batch(batch: Any, outcomes: Sequence[Any]) -> None:
         if record is None:
             return
         for outcome in outcomes:
-            record(
-                PATCH_HOST,
-                {"estate": target.estate, "fleet": target.fleet, "snapshot_id": plan.snapshot.snapshot_id}
-                | asdict(outcome),
-            )
+            record(PATCH_HOST, ids | asdict(outcome))
+        record(
+            PATCH_BATCH_FINISHED,
+            ids
+            | asdict(batch)
+            | {
+                "batch": batch.index,
+                "try_number": try_number,
+                "statuses": {o.host: o.status for o in outcomes},
+            },
+        )
 
     snapshot = {host: tuple(pins) for host, pins in plan.snapshot.pins.items()}
-    return run_wave(batches, snapshot, settings, done_hosts=plan.done_hosts, on_batch=on_batch, judge=judge)
+    return run_wave(
+        batches,
+        snapshot,
+        settings,
+        done_hosts=plan.done_hosts,
+        on_batch=on_batch,
+        judge=judge,
+        before_batch=before_batch,
+        earlier=retry.earlier if retry else None,
+        host_notes=retry.host_notes if retry else None,
+    )
+
+
+RECOVERY_LOCK_WAIT_SECONDS = 60.0  # how long a retry waits for the apt a killed try left running
+
+
+@dataclass(frozen=True)
+class Retry:
+    """What a retry of ``wave`` found of its earlier tries: batches they finished, and the interrupted one.
+
+    :param earlier: batch index -> (its outcome, its hosts' outcomes) as recorded, never run again;
+        when the recovery halts, the interrupted batch too, with each host as found.
+    :param host_notes: host -> what the retry found on it (the interrupted batch, when it is finished).
+    :param decision: the recovery's decision on the interrupted batch (None: none was interrupted).
+    """
+
+    earlier: dict[int, tuple[Any, list[Any]]]
+    host_notes: dict[str, list[str]]
+    decision: RecoveryDecision | None
+
+
+def prepare_retry(
+    target: FleetTarget,
+    catalog: Catalog,
+    plan: WavePlan,
+    *,
+    dag_id: str,
+    run_id: str,
+    try_number: int,
+    record: Any = None,
+    lock_wait_seconds: float = RECOVERY_LOCK_WAIT_SECONDS,
+) -> Retry:
+    """Read what earlier tries of this run recorded, and recover the batch one left unfinished.
+
+    Batches they finished are taken as recorded. A batch started and never finished (the task was
+    killed) has each of its hosts read again (:meth:`AptHost.found_after_kill`), and
+    :func:`cloudops.patching.recovery.decide_recovery` decides: finish it from each host's state, or
+    halt naming every host. The finding is logged with its reason and recorded
+    (``patch.batch_recovered``); on a halt each host's state is recorded as its ``patch.host``.
+    """
+    from cloudops.evidence.recorder import ledger
+    from cloudops.evidence.runs import (
+        PATCH_BATCH_FINISHED,
+        PATCH_BATCH_RECOVERED,
+        PATCH_BATCH_STARTED,
+        PATCH_HOST,
+    )
+    from cloudops.patching.recovery import HALT, decide_recovery, retry_state
+    from cloudops.patching.wave_run import BatchOutcome, HostOutcome, found_outcome
+
+    ids = {"estate": target.estate, "fleet": target.fleet, "snapshot_id": plan.snapshot.snapshot_id}
+    started, finished, host_records = [], [], []
+    for rec in ledger().records():
+        data = rec.fields.get("data") or {}
+        if rec.fields.get("dag_id") != dag_id or rec.fields.get("run_id") != run_id:
+            continue
+        if data.get("snapshot_id") != plan.snapshot.snapshot_id:
+            continue
+        if rec.kind == PATCH_BATCH_STARTED:
+            started.append(data)
+        elif rec.kind == PATCH_BATCH_FINISHED:
+            finished.append(data)
+        elif rec.kind == PATCH_HOST:
+            host_records.append(data)
+    state = retry_state(started, finished)
+    fields = {f for f in HostOutcome.__dataclass_fields__}
+    batch_fields = {f for f in BatchOutcome.__dataclass_fields__}
+    earlier: dict[int, tuple[Any, list[Any]]] = {}
+    for index, data in state.finished.items():
+        latest = {h["host"]: h for h in host_records if h.get("batch") == index}
+        outcomes = []
+        for name, status in (data.get("statuses") or {}).items():
+            if name in latest:
+                outcomes.append(HostOutcome(**{k: v for k, v in latest[name].items() if k in fields}))
+            else:
+                outcomes.append(
+                    HostOutcome(name, index, status=status, notes=["only its status was recorded"])
+                )
+        batch = BatchOutcome(**{k: v for k, v in data.items() if k in batch_fields})
+        earlier[index] = (batch, outcomes)
+        log.info(
+            "try %s: batch %s was finished by try %s: %s",
+            try_number,
+            index,
+            data.get("try_number"),
+            batch.reason,
+        )
+    if state.interrupted is None:
+        log.info("try %s: no earlier try of run %s left a batch unfinished", try_number, run_id)
+        return Retry(earlier, {}, None)
+    index = state.interrupted
+    fleet, policy = fleet_of(catalog, target.fleet)
+    names = list(plan.batches[index])
+    hosts = host_actions(fleet, policy)
+
+    def read(name: str) -> Any:
+        with hosts[name] as host:
+            return host.found_after_kill(wait_seconds=lock_wait_seconds)
+
+    log.warning(
+        "try %s: batch %s (%s) was started by try %s and never finished: reading its hosts again",
+        try_number,
+        index,
+        ", ".join(names),
+        ", ".join(map(str, state.started_by)),
+    )
+    with ThreadPoolExecutor(max_workers=min(MAX_SCAN_THREADS, max(1, len(names)))) as pool:
+        found = list(pool.map(read, names))
+    decision = decide_recovery(
+        index, found, plan.snapshot.pins, started_by=state.started_by, try_number=try_number
+    )
+    (log.error if decision.action == HALT else log.warning)("%s: %s", decision.action, decision.reason)
+    if record is not None:
+        record(
+            PATCH_BATCH_RECOVERED,
+            ids
+            | {"try_number": try_number}
+            | decision.as_record()
+            | {"found": {f.host: _found_record(f, plan.snapshot.pins.get(f.host, ())) for f in found}},
+        )
+    if decision.action != HALT:
+        notes = {
+            h.host: [
+                f"try {try_number} found this host as try {', '.join(map(str, decision.started_by))} "
+                f"left it when killed mid-batch: {h.state} ({h.detail}); patched from there"
+            ]
+            for h in decision.hosts
+        }
+        return Retry(earlier, notes, decision)
+    outcomes = [
+        found_outcome(
+            plan.snapshot.pins.get(f.host, ()), f, h, batch=index, step="recovery after a killed try"
+        )
+        for f, h in zip(found, decision.hosts, strict=True)
+    ]
+    for outcome in outcomes:
+        if record is not None:
+            record(PATCH_HOST, ids | asdict(outcome))
+    failed = [o.host for o in outcomes if o.status == "failed"]
+    earlier[index] = (BatchOutcome(index, names, 0.0, failed, "halt", decision.reason), outcomes)
+    return Retry(earlier, {}, decision)
+
+
+def _found_record(found: Any, pins: Sequence[Any]) -> dict[str, Any]:
+    """What the retry read on a host, bounded to the snapshot's packages (the ledger's record)."""
+    return {
+        "error": found.error,
+        "versions": {p.package: found.versions.get(p.package, "") for p in pins},
+        "unfinished": sorted(found.unfinished),
+        "reboot_required": found.reboot_required,
+        "reboot_packages": sorted(found.reboot_packages),
+        "running_kernel": found.running_kernel,
+        "installed_kernel": found.installed_kernel,
+        "lock_holders": list(found.lock_holders),
+        "waited_for": list(found.waited_for),
+        "waited_seconds": found.waited_seconds,
+    }
 
 
 def compliance_counts(result: WaveResult) -> dict[str, int]:
@@ -470,7 +665,23 @@ def _wave_act(context: dict[str, Any], approval: Approval | None) -> dict[str, A
         str(planned.get("window", "")),
         datetime.fromisoformat(planned["cutoff_at"]) if planned.get("cutoff_at") else None,
     )
-    result = execute_wave(target, catalog, plan, record=lambda kind, data: record_fact(kind, context, data))
+
+    def record(kind: str, data: dict[str, Any]) -> None:
+        record_fact(kind, context, data)
+
+    try_number = int(getattr(context["ti"], "try_number", 1) or 1)
+    retry = None
+    if try_number > 1:
+        retry = prepare_retry(
+            target,
+            catalog,
+            plan,
+            dag_id=f"{KIND}__{target.fleet}",
+            run_id=context["run_id"],
+            try_number=try_number,
+            record=record,
+        )
+    result = execute_wave(target, catalog, plan, record=record, try_number=try_number, retry=retry)
     summary = {
         "estate": target.estate,
         "fleet": target.fleet,
@@ -505,7 +716,12 @@ def _wave_act(context: dict[str, Any], approval: Approval | None) -> dict[str, A
         raise CloudOpsError(
             f"fleet {target.fleet}: the wave halted: {result.reason}\nhosts left behind:\n{left}"
         )
-    return {"succeeded": True, "reason": result.reason, "seconds": result.seconds}
+    return {
+        "succeeded": True,
+        "reason": result.reason,
+        "seconds": result.seconds,
+        "recovered": retry.decision.as_record() if retry and retry.decision else None,
+    }
 
 
 def release_task(**context: Any) -> None:
@@ -521,7 +737,7 @@ def release_task(**context: Any) -> None:
 def build_patch_wave_dags(loaded: LoadedCatalog) -> list[DAG]:
     """Build ``patch_wave__<fleet>`` for every fleet with a patching policy."""
     from airflow.providers.standard.operators.python import PythonOperator
-    from airflow.sdk import DAG, Param
+    from airflow.sdk import DAG, ExceptionRetryPolicy, Param, RetryAction
 
     from cloudops.runbooks.approval import SecondPersonApproval
     from cloudops.runbooks.common import (
@@ -588,7 +804,11 @@ def build_patch_wave_dags(loaded: LoadedCatalog) -> list[DAG]:
                 needed=_approval_body,
                 act=_wave_act,
                 response_timeout=timedelta(hours=4),
-                retries=0,  # a wave is never re-run blindly: resume it from the form
+                # A lost task (worker killed, SIGKILL) is retried once: the retry recovers the batch it
+                # left (cloudops.patching.recovery). An error is a decision, never retried: resume it
+                # from the form.
+                retries=1,
+                retry_policy=ExceptionRetryPolicy(rules=[], default=RetryAction.FAIL),
             )
             release = PythonOperator(task_id="release", python_callable=release_task).as_teardown(setups=plan)
             plan >> wave >> release
