@@ -440,12 +440,16 @@ def put_in_place(
 
     catalog = load_catalog_file(request.catalog_file)
     database = catalog.database(request.database)
-    # Re-checked right before the rename: a failover since the restore would rename on a replica.
-    refuse_unless_primary_now(catalog, database, used_by=f"putting {request.target!r} in place")
     engine = engine_of(database)
     staging = restored_into(request, run_id)
     used_by = f"restore into {request.target!r} of database {database.name!r}"
+
+    def refuse_unless_primary() -> None:
+        # Re-checked right before the rename: a failover since the restore would rename on a replica.
+        refuse_unless_primary_now(catalog, database, used_by=f"putting {request.target!r} in place")
+
     if not request.overwrite:
+        refuse_unless_primary()
         _refuse_parallel(database, request, _others_staging(engine, database, request, staging))
         announce(staging)
         engine.rename_into_new(database.conn_id, staging, request.target, used_by=used_by)
@@ -465,6 +469,7 @@ def put_in_place(
         raise CloudOpsError(
             f"approval refused at the swap: {approval.describe()}: {refusal}; nothing was changed"
         )
+    refuse_unless_primary()
     _refuse_parallel(database, request, _others_staging(engine, database, request, staging))
     keep_as = kept_name(request.target, datetime.now(UTC))
     log.info(
