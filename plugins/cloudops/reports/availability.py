@@ -240,11 +240,12 @@ def _slice_states(codes: Any, skip: Any, policy: str, slice_target: Fraction) ->
     any_counted = counted.any(axis=0)
     has_data = answered.any(axis=0)
     # The share test in exact integers, once per distinct (good, counted) pair of the month.
-    pairs, where = np.unique(np.stack([good, total]), axis=1, return_inverse=True)
+    width = codes.shape[0] + 1
+    pairs, where = np.unique(good * width + total, return_inverse=True)
     meets = np.array(
         [
-            int(g) * slice_target.denominator >= slice_target.numerator * int(c)
-            for g, c in zip(pairs[0], pairs[1], strict=True)
+            (pair // width) * slice_target.denominator >= slice_target.numerator * (pair % width)
+            for pair in pairs.tolist()
         ],
         dtype=bool,
     )[where.reshape(-1)]

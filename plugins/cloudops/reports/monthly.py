@@ -228,9 +228,9 @@ def incident_rows(slo: str, incidents: Sequence[Incident], runs: Sequence[Run]) 
     times (sorted once) and a heap of the runs that started earlier and are still going, so a month
     of a thousand incidents and ten thousand runs is not a thousand passes over every run.
     """
+    # By start (ties in any order: the runs' own order comes back from their positions below).
     spans = sorted(
-        ((span[0], span[1], position, run) for position, run in enumerate(runs) if (span := _run_span(run))),
-        key=lambda item: (item[0], item[2]),
+        (span[0], span[1], position, run) for position, run in enumerate(runs) if (span := _run_span(run))
     )
     starts = [item[0] for item in spans]
     going: list[tuple[datetime, int, Run]] = []  # (end, position, run) of runs started before the hour
