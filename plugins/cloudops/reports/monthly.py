@@ -228,10 +228,21 @@ def incident_rows(slo: str, incidents: Sequence[Incident], runs: Sequence[Run]) 
     times (sorted once) and a heap of the runs that started earlier and are still going, so a month
     of a thousand incidents and ten thousand runs is not a thousand passes over every run.
     """
-    # By start (ties in any order: the runs' own order comes back from their positions below).
-    spans = sorted(
+    return _incident_rows(slo, incidents, _sorted_spans(runs))
+
+
+_Span = tuple[datetime, datetime, int, Run]
+
+
+def _sorted_spans(runs: Sequence[Run]) -> list[_Span]:
+    """(start, end, position, run) of every run with a span, by start (ties in any order: the runs'
+    own order comes back from their positions)."""
+    return sorted(
         (span[0], span[1], position, run) for position, run in enumerate(runs) if (span := _run_span(run))
     )
+
+
+def _incident_rows(slo: str, incidents: Sequence[Incident], spans: list[_Span]) -> list[IncidentRow]:
     starts = [item[0] for item in spans]
     going: list[tuple[datetime, int, Run]] = []  # (end, position, run) of runs started before the hour
     pushed = 0
@@ -484,10 +495,11 @@ def build_monthly_report(
         runs_in_month=len(in_month),
         ledger_anchor=dict(ledger_anchor or {}),
     )
+    spans = _sorted_spans(in_month)  # once for every SLO's incidents
     for slo in catalog.slos:
         month = slo_month(slo, period, grids, work)
         report.slos.append(month)
-        report.incidents += incident_rows(slo.name, month.incidents, in_month)
+        report.incidents += _incident_rows(slo.name, month.incidents, spans)
     report.backups = backup_rows(catalog, period, runs)
     report.drills = drill_rows(in_month)
     report.patches, report.patch_runs = patch_host_rows([run for run in runs if _before(run, period)])
