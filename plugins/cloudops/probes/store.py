@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudops.errors import CloudOpsError, InvalidInputError
-from cloudops.reports.availability import TargetSamples
+from cloudops.reports.availability import BAD, GOOD, TargetSamples
 from cloudops.reports.period import MonthPeriod
 
 DETAIL_MAX = 200
@@ -185,20 +185,32 @@ class SampleStore:
             files.insert(0, day_file)
         return files
 
-    def _read_file(self, path: Path) -> Any:
+    def _read_file(self, path: Path, columns: Sequence[str] | None = None) -> Any:
+        """One sample file as a table of ``columns`` (all by default), refused unless it is ours.
+
+        The schema is checked from the file's footer before any data is read, so a report reads only
+        the columns it needs (``detail`` strings are never turned into objects for a grid).
+        """
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
+        expected = _schema()
         try:
-            table = pq.read_table(path)
+            # ParquetFile, not read_table: read_table loads pyarrow.dataset and pandas (~55 MB here).
+            with pq.ParquetFile(path) as file:
+                names = file.schema_arrow.names
+                if names != expected.names:
+                    raise SampleStoreError(
+                        f"sample file {path} has columns {names}, expected {expected.names}"
+                    )
+                wanted = list(columns) if columns is not None else expected.names
+                table = file.read(columns=wanted)
+        except SampleStoreError:
+            raise
         except Exception as error:  # pyarrow raises several types for a damaged file
             raise SampleStoreError(f"sample file {path} is unreadable: {error}") from error
-        expected = _schema()
-        if table.schema.names != expected.names:
-            raise SampleStoreError(
-                f"sample file {path} has columns {table.schema.names}, expected {expected.names}"
-            )
         try:
-            return table.cast(expected)
+            return table.cast(pa.schema([expected.field(name) for name in wanted]))
         except Exception as error:
             raise SampleStoreError(f"sample file {path} has wrong column types: {error}") from error
 
@@ -207,13 +219,7 @@ class SampleStore:
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        tables = []
-        day = start.astimezone(UTC).date()
-        while day <= (end - timedelta(microseconds=1)).astimezone(UTC).date():
-            directory = self._day_dir(day)
-            if directory.is_dir():
-                tables += [self._read_file(path) for path in self._day_files(directory)]
-            day += timedelta(days=1)
+        tables = [self._read_file(path) for path in self._files_between(start, end)]
         if not tables:
             return _schema().empty_table()
         table = pa.concat_tables(tables).unify_dictionaries()
@@ -228,32 +234,68 @@ class SampleStore:
         return table.filter(keep)
 
     def grid(self, period: MonthPeriod, targets: Sequence[str]) -> dict[str, TargetSamples]:
-        """Lay the month's samples (and the minute on either side) on slices, as ``samples_grid`` does."""
+        """Lay the month's samples (and the minute on either side) on slices, as ``samples_grid`` does.
+
+        Reads one file at a time and only its ``target``, ``at`` and ``ok`` columns, so memory stays
+        at one day's samples plus the grid (one byte per target and minute), whatever the month holds.
+        """
         import numpy as np
-        import pyarrow as pa
 
         size = period.minutes
         keys = list(dict.fromkeys(targets))
+        positions = {key: index for index, key in enumerate(keys)}
         cells = np.zeros((len(keys), size + 2), dtype=np.uint8)  # column 0: minute before; size+1: after
-        table = self.read(period.start - timedelta(minutes=1), period.end + timedelta(minutes=1), keys)
-        if table.num_rows:
-            target = table.column("target").combine_chunks()
-            if not isinstance(target, pa.DictionaryArray):
-                target = target.dictionary_encode()
-            positions = {key: index for index, key in enumerate(keys)}
-            dictionary = target.dictionary.to_pylist()
-            mapping = np.array([positions.get(name, -1) for name in dictionary], dtype=np.int64)
-            rows = mapping[target.indices.to_numpy(zero_copy_only=False)]
-            seconds = table.column("at").combine_chunks().cast(pa.int64()).to_numpy()
-            slot = (seconds - int(period.start.timestamp())) // 60 + 1
-            code = np.where(table.column("ok").to_numpy(zero_copy_only=False), 1, 2).astype(np.uint8)
-            np.maximum.at(cells, (rows, slot), code)
+        flat = cells.reshape(-1)
+        first = int(period.start.timestamp())
+        low, high = first - 60, int(period.end.timestamp()) + 60
+        for path in self._files_between(
+            period.start - timedelta(minutes=1), period.end + timedelta(minutes=1)
+        ):
+            table = self._read_file(path, ("target", "at", "ok"))
+            if not table.num_rows:
+                continue
+            seconds, ok, rows = _grid_columns(table, positions)
+            keep = (rows >= 0) & (seconds >= low) & (seconds < high)
+            slot = (seconds[keep] - first) // 60 + 1
+            index = rows[keep] * (size + 2) + slot
+            failed = ~ok[keep]
+            # A failed sample wins its minute: mark the answered minutes first, then the failed ones.
+            flat[index[~failed]] = np.maximum(flat[index[~failed]], GOOD)
+            flat[index[failed]] = BAD
         return {
             key: TargetSamples(
                 cells[index, 1 : size + 1].tobytes(), int(cells[index, 0]), int(cells[index, size + 1])
             )
             for index, key in enumerate(keys)
         }
+
+    def _files_between(self, start: datetime, end: datetime) -> list[Path]:
+        """The files of every UTC day from ``start``'s to the day holding the instant before ``end``."""
+        files = []
+        day = start.astimezone(UTC).date()
+        while day <= (end - timedelta(microseconds=1)).astimezone(UTC).date():
+            directory = self._day_dir(day)
+            if directory.is_dir():
+                files += self._day_files(directory)
+            day += timedelta(days=1)
+        return files
+
+
+def _grid_columns(table: Any, positions: dict[str, int]) -> tuple[Any, Any, Any]:
+    """A file's (epoch seconds, ok, grid row or -1 for a target not asked for) as numpy arrays."""
+    import numpy as np
+    import pyarrow as pa
+
+    target = table.column("target").combine_chunks()
+    if not isinstance(target, pa.DictionaryArray):
+        target = target.dictionary_encode()
+    mapping = np.array([positions.get(name, -1) for name in target.dictionary.to_pylist()], dtype=np.int64)
+    rows = (
+        mapping[target.indices.to_numpy(zero_copy_only=False)] if len(mapping) else np.full(len(target), -1)
+    )
+    seconds = table.column("at").combine_chunks().cast(pa.int64()).to_numpy()
+    ok = table.column("ok").combine_chunks().to_numpy(zero_copy_only=False)
+    return seconds, ok, rows
 
 
 __all__ = ["DETAIL_MAX", "ProbeSample", "SampleStore", "SampleStoreError"]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
+from typing import Any
 
 from cloudops.catalog.models import Slo
 from cloudops.errors import InvalidInputError
@@ -190,23 +191,69 @@ def credit_for(slo: Slo, availability: Fraction | None) -> Credit:
     )
 
 
-def _worst_burn(states: bytes, window: int, budget: Fraction) -> tuple[Fraction | None, int | None]:
-    """The highest bad ÷ valid share over any ``window`` consecutive slices, divided by the budget."""
-    bad_sum, valid_sum = [0], [0]
-    for state in states:
-        is_valid = state in (_SLICE_GOOD, _SLICE_BAD)
-        bad_sum.append(bad_sum[-1] + (state == _SLICE_BAD))
-        valid_sum.append(valid_sum[-1] + is_valid)
-    best: tuple[int, int] | None = None
-    best_at = None
-    for start in range(max(1, len(states) - window + 1)):
-        stop = min(len(states), start + window)
-        bad, valid = bad_sum[stop] - bad_sum[start], valid_sum[stop] - valid_sum[start]
-        if valid and (best is None or bad * best[1] > best[0] * valid):
-            best, best_at = (bad, valid), start
-    if best is None or not budget:
+def _worst_burn(states: Any, window: int, budget: Fraction) -> tuple[Fraction | None, int | None]:
+    """The highest bad ÷ valid share over any ``window`` consecutive slices, divided by the budget.
+
+    The first window with the highest share wins. Shares are compared as floats: two different
+    fractions of at most a month's minutes differ by more than 1/44,640², far above a float's error,
+    so the float order is the exact order; the figure returned is the exact fraction.
+    """
+    import numpy as np
+
+    size = len(states)
+    bad_sum = np.concatenate(([0], np.cumsum(states == _SLICE_BAD, dtype=np.int64)))
+    valid_sum = np.concatenate(
+        ([0], np.cumsum((states == _SLICE_GOOD) | (states == _SLICE_BAD), dtype=np.int64))
+    )
+    starts = np.arange(max(1, size - window + 1))
+    stops = np.minimum(size, starts + window)
+    bad, valid = bad_sum[stops] - bad_sum[starts], valid_sum[stops] - valid_sum[starts]
+    if not valid.any() or not budget:
         return None, None
-    return Fraction(best[0], best[1]) / budget, best_at
+    share = np.where(valid > 0, bad / np.maximum(valid, 1), -1.0)
+    best = int(np.argmax(share))
+    return Fraction(int(bad[best]), int(valid[best])) / budget, best
+
+
+def _slice_states(codes: Any, skip: Any, policy: str, slice_target: Fraction) -> tuple[Any, Any, int, int]:
+    """Judge every slice at once from the targets' ``codes`` and the ``skip`` mask (both targets x slices).
+
+    :return: the state of each slice, which targets count as failed in each slice, the unknown
+        minutes, and the samples present (maintenance or not).
+    """
+    import numpy as np
+
+    counted = ~skip
+    missing = codes == MISSING
+    answered = counted & ~missing
+    good_cells = counted & (codes == GOOD)
+    failing = counted & (codes == BAD)
+    counted_cells = answered
+    if policy == "good":
+        good_cells = good_cells | (counted & missing)
+        counted_cells = counted
+    elif policy == "bad":
+        failing = failing | (counted & missing)
+        counted_cells = counted
+    good = good_cells.sum(axis=0, dtype=np.int64)
+    total = counted_cells.sum(axis=0, dtype=np.int64)
+    any_counted = counted.any(axis=0)
+    has_data = answered.any(axis=0)
+    # The share test in exact integers, once per distinct (good, counted) pair of the month.
+    width = codes.shape[0] + 1
+    pairs, where = np.unique(good * width + total, return_inverse=True)
+    meets = np.array(
+        [
+            (pair // width) * slice_target.denominator >= slice_target.numerator * (pair % width)
+            for pair in pairs.tolist()
+        ],
+        dtype=bool,
+    )[where.reshape(-1)]
+    states = np.where(meets, _SLICE_GOOD, _SLICE_BAD).astype(np.uint8)
+    states[total == 0] = _SLICE_DROPPED
+    states[~any_counted] = _SLICE_MAINTENANCE
+    unknown = int(np.count_nonzero(any_counted & ~has_data))
+    return states, failing, unknown, int(np.count_nonzero(~missing))
 
 
 def slo_month(
@@ -219,8 +266,13 @@ def slo_month(
 ) -> SloMonth:
     """Compute ``slo``'s month from the samples ``grid`` (from :func:`samples_grid`) and ledger ``work``.
 
+    The slices are judged all at once (numpy arrays of targets x slices), by the rules of this
+    module's docstring; only the share test runs in Python, exactly, once per distinct figure pair.
+
     :raises InvalidInputError: a target of the SLO has no row in the grid, or a row of the wrong length.
     """
+    import numpy as np
+
     keys = [target.key for target in slo.targets]
     for key in keys:
         if key not in grid:
@@ -230,61 +282,26 @@ def slo_month(
                 f"slo {slo.name}: target {key} has {len(grid[key].codes)} slices, the month {period.minutes}"
             )
     excluded: Exclusions = exclusions(slo, period, work)
+    codes = np.zeros((len(keys), period.minutes), dtype=np.uint8)
+    skip = np.zeros((len(keys), period.minutes), dtype=bool)
+    for position, key in enumerate(keys):
+        codes[position] = np.frombuffer(grid[key].codes, dtype=np.uint8)
+        if excluded.slices[key]:
+            skip[position, np.fromiter(excluded.slices[key], dtype=np.int64)] = True
     slice_target = _exact(slo.objective("sla").time_slice_target)
-    policy = slo.no_data_policy
-    rows = [(key, grid[key].codes, excluded.slices[key]) for key in keys]
-    states = bytearray(period.minutes)
-    failed_targets: list[tuple[int, ...]] = []
-    unknown = 0
-    present = 0
-    for index in range(period.minutes):
-        good = counted = 0
-        has_data = False
-        any_counted = False
-        failing: list[int] = []
-        for position, (_key, codes, skip) in enumerate(rows):
-            code = codes[index]
-            if code != MISSING:
-                present += 1
-            if index in skip:
-                continue
-            any_counted = True
-            if code == GOOD:
-                good += 1
-                counted += 1
-                has_data = True
-            elif code == BAD:
-                counted += 1
-                has_data = True
-                failing.append(position)
-            elif policy == "good":
-                good += 1
-                counted += 1
-            elif policy == "bad":
-                counted += 1
-                failing.append(position)
-        if not any_counted:
-            states[index] = _SLICE_MAINTENANCE
-            continue
-        if not has_data:
-            unknown += 1
-        if not counted:
-            states[index] = _SLICE_DROPPED
-        elif good * slice_target.denominator >= slice_target.numerator * counted:
-            states[index] = _SLICE_GOOD
-        else:
-            states[index] = _SLICE_BAD
-            failed_targets.append(tuple(failing))
+    states, failing, unknown, present = _slice_states(codes, skip, slo.no_data_policy, slice_target)
 
-    good_minutes = states.count(_SLICE_GOOD)
-    bad_minutes = states.count(_SLICE_BAD)
-    maintenance = states.count(_SLICE_MAINTENANCE)
+    tally = np.bincount(states, minlength=_SLICE_DROPPED + 1)
+    good_minutes, bad_minutes = int(tally[_SLICE_GOOD]), int(tally[_SLICE_BAD])
+    maintenance = int(tally[_SLICE_MAINTENANCE])
     valid = good_minutes + bad_minutes
     availability = Fraction(100 * good_minutes, valid) if valid else None
     internal_target = _exact(slo.objective("internal").target_percent)
     sla_target = _exact(slo.objective("sla").target_percent)
     window = max(1, int(burn_window.total_seconds() // 60))
-    burn, burn_at = _worst_burn(bytes(states), window, (100 - internal_target) / 100)
+    burn, burn_at = _worst_burn(states, window, (100 - internal_target) / 100)
+    good_sum = np.concatenate(([0], np.cumsum(states == _SLICE_GOOD, dtype=np.int64)))
+    bad_sum = np.concatenate(([0], np.cumsum(states == _SLICE_BAD, dtype=np.int64)))
     return SloMonth(
         slo=slo.name,
         period=period,
@@ -301,14 +318,14 @@ def slo_month(
         worst_burn_rate=burn,
         worst_burn_start=period.slice_start(burn_at) if burn_at is not None else None,
         credit=credit_for(slo, availability),
-        incidents=_incidents(period, bytes(states), failed_targets, keys, grid),
+        incidents=_incidents(period, states, failing, keys, grid),
         windows=excluded.windows,
         work=excluded.work,
         days=tuple(
             DayResult(
                 day,
-                states.count(_SLICE_GOOD, first, stop),
-                states.count(_SLICE_GOOD, first, stop) + states.count(_SLICE_BAD, first, stop),
+                int(good_sum[stop] - good_sum[first]),
+                int(good_sum[stop] - good_sum[first] + bad_sum[stop] - bad_sum[first]),
             )
             for day, first, stop in period.day_bounds()
         ),
@@ -317,35 +334,33 @@ def slo_month(
 
 def _incidents(
     period: MonthPeriod,
-    states: bytes,
-    failed_targets: list[tuple[int, ...]],
+    states: Any,
+    failing: Any,
     keys: list[str],
     grid: Mapping[str, TargetSamples],
 ) -> tuple[Incident, ...]:
-    """Merge runs of failed slices into incidents; one touching a month edge says if it goes beyond."""
-    found = []
-    bad_seen = 0
-    index = 0
+    """Merge runs of failed slices into incidents; one touching a month edge says if it goes beyond.
+
+    ``failing`` (targets x slices) marks the targets that counted as failed in each slice; an
+    incident names every target failed in any of its slices.
+    """
+    import numpy as np
+
     size = len(states)
-    while index < size:
-        if states[index] != _SLICE_BAD:
-            index += 1
-            continue
-        start = index
-        targets: set[int] = set()
-        while index < size and states[index] == _SLICE_BAD:
-            targets.update(failed_targets[bad_seen])
-            bad_seen += 1
-            index += 1
-        names = tuple(keys[position] for position in sorted(targets))
+    edges = np.diff(np.concatenate(([0], (states == _SLICE_BAD).astype(np.int8), [0])))
+    found = []
+    runs = zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist(), strict=True)
+    for start, stop in runs:
+        failed = np.flatnonzero(failing[:, start:stop].any(axis=1))
+        names = tuple(keys[int(position)] for position in failed)
         found.append(
             Incident(
                 start=period.slice_start(start),
-                end=period.slice_start(index),
-                minutes=index - start,
+                end=period.slice_start(stop),
+                minutes=stop - start,
                 targets=names,
                 began_before_period=start == 0 and any(grid[key].before == BAD for key in names),
-                continues_after_period=index == size and any(grid[key].after == BAD for key in names),
+                continues_after_period=stop == size and any(grid[key].after == BAD for key in names),
             )
         )
     return tuple(found)

@@ -8,6 +8,7 @@ PDF shows is what the HTML shows.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -18,12 +19,18 @@ from cloudops.errors import CloudOpsError
 from cloudops.reports import charts
 from cloudops.reports.availability import SloMonth
 from cloudops.reports.cost import CENT, UNTAGGED
-from cloudops.reports.monthly import MonthlyReport
+from cloudops.reports.monthly import IncidentRow, MonthlyReport, NearbyRun
 
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATE = "monthly_report.html.j2"
 TOP_RESOURCES = 10
 NO_FIGURE = "\u2013"
+# What a person reads of a month with a thousand one-minute incidents and ten thousand runs: the
+# longest incidents, and per incident the runs around it grouped by runbook and outcome. The model
+# (and every figure) keeps them all; the report says what it left out.
+INCIDENTS_SHOWN = 25
+RUN_LINES_SHOWN = 5
+_RELATIONS = ("during", "before", "after")
 
 
 class NetworkRefused(CloudOpsError):
@@ -90,6 +97,65 @@ def _burn_down(month: SloMonth) -> list[tuple[date, float]]:
         left -= day.valid_minutes - day.good_minutes
         points.append((day.day, left))
     return points
+
+
+def _started(run: NearbyRun) -> float:
+    """A run's start as a POSIX time (infinite when unknown: listed last)."""
+    try:
+        return datetime.fromisoformat((run.started_at or "").replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return float("inf")
+
+
+def nearby_lines(
+    runs: Sequence[NearbyRun], show: Callable[[str | None], str], *, limit: int = RUN_LINES_SHOWN
+) -> list[str]:
+    """The runs around one incident as at most ``limit`` lines: during it first, then before, then after.
+
+    Runs of the same DAG, relation and outcome share one line (``before: backup__orders_pg success
+    x6, nearest 2026-10-16 20:58 CEST``) naming the one nearest the incident: the last to start of
+    those before it, the first of the others. A last line counts the runs not shown.
+    """
+    groups: dict[tuple[str, str, str], list[NearbyRun]] = {}
+    for run in runs:
+        groups.setdefault((run.relation, run.dag_id, run.state), []).append(run)
+    lines = []
+    for (relation, dag_id, state), members in groups.items():
+        before = relation == "before"
+        near = max(members, key=_started) if before else min(members, key=_started)
+        rank = _RELATIONS.index(relation) if relation in _RELATIONS else len(_RELATIONS)
+        distance = -_started(near) if before else _started(near)
+        if len(members) == 1:
+            text = f"{relation}: {dag_id} {state} ({show(near.started_at)})"
+        else:
+            text = f"{relation}: {dag_id} {state} \u00d7{len(members)}, nearest {show(near.started_at)}"
+        lines.append(((rank, distance, dag_id), len(members), text))
+    lines.sort(key=lambda line: line[0])
+    shown = lines[:limit]
+    left = len(runs) - sum(count for _, count, _ in shown)
+    return [text for _, _, text in shown] + ([f"and {left} more run(s)"] if left else [])
+
+
+def incidents_view(
+    incidents: Sequence[IncidentRow], show: Callable[[str | None], str], *, limit: int = INCIDENTS_SHOWN
+) -> dict[str, Any]:
+    """The incidents a person reads: the ``limit`` longest (the earliest first among equals), each
+    with its :func:`nearby_lines`; and what was left out, counted (incidents, minutes, the longest)."""
+    longest = sorted(incidents, key=lambda row: (-row.incident.minutes, row.incident.start, row.slo))[:limit]
+    chosen = {id(row) for row in longest}
+    left_out = [row.incident.minutes for row in incidents if id(row) not in chosen]
+    per_slo: dict[str, tuple[int, int]] = {}
+    for row in incidents:
+        count, minutes_so_far = per_slo.get(row.slo, (0, 0))
+        per_slo[row.slo] = (count + 1, minutes_so_far + row.incident.minutes)
+    return {
+        "rows": [(row, nearby_lines(row.runs, show)) for row in longest],
+        "total": len(incidents),
+        "left_out": len(left_out),
+        "left_out_minutes": sum(left_out),
+        "left_out_longest": max(left_out, default=0),
+        "per_slo": per_slo,
+    }
 
 
 def _slo_view(report: MonthlyReport, month: SloMonth) -> dict[str, Any]:
@@ -199,6 +265,7 @@ def render_html(report: MonthlyReport) -> str:
             gaps_breached=[row for row in report.backups if row.gap_met is False],
             drills_missed=[row for row in report.drills if row.targets_met is False or not row.passed],
             hosts_pending=[row for row in report.patches if row.pending],
+            incidents=incidents_view(report.incidents, lambda moment: local(report, moment)),
             credit=report.credit_owed,
         )
     )
@@ -228,10 +295,14 @@ def report_names(month: str, estate: str) -> dict[str, str]:
 
 
 __all__ = [
+    "INCIDENTS_SHOWN",
+    "RUN_LINES_SHOWN",
     "NetworkRefused",
     "duration",
+    "incidents_view",
     "minutes",
     "money",
+    "nearby_lines",
     "percent",
     "render_html",
     "render_pdf",

@@ -185,11 +185,31 @@ def make_report(
     store_dir: Path | None = None,
 ) -> Rendered:
     """Read samples and ledger, compute the report of ``month`` and render both files."""
+    from cloudops.reports.render import render_html, render_pdf
+
+    report = _month_report(
+        catalog, month, now=now, ledger=ledger, cost=cost, cost_problem=cost_problem, store_dir=store_dir
+    )
+    # The ledger's records and the sample grids are gone by now: WeasyPrint reuses their memory.
+    html = render_html(report)
+    return Rendered(report, html.encode(), render_pdf(html))
+
+
+def _month_report(
+    catalog: Catalog,
+    month: str,
+    *,
+    now: datetime,
+    ledger: EvidenceLedger,
+    cost: Any,
+    cost_problem: str | None,
+    store_dir: Path | None,
+) -> MonthlyReport:
+    """The report's model: the month's sample grids and the ledger's runs, read and folded."""
     from cloudops.evidence.runs import fold_runs
     from cloudops.probes.store import SampleStore
     from cloudops.reports.monthly import build_monthly_report
     from cloudops.reports.period import month_period
-    from cloudops.reports.render import render_html, render_pdf
 
     period = month_period(month, catalog.timezone, now=now)
     keys = list(dict.fromkeys(target.key for slo in catalog.slos for target in slo.targets))
@@ -198,7 +218,7 @@ def make_report(
     grids = store.grid(period, keys)
     records = list(ledger.records(until=(period.end + timedelta(days=1)).date()))
     anchor = {"last_seq": records[-1].seq, "last_hash": records[-1].hash} if records else {}
-    report = build_monthly_report(
+    return build_monthly_report(
         catalog,
         period,
         grids,
@@ -210,8 +230,6 @@ def make_report(
         no_forecast=no_forecast,
         ledger_anchor=anchor,
     )
-    html = render_html(report)
-    return Rendered(report, html.encode(), render_pdf(html))
 
 
 def summary_of(report: MonthlyReport) -> dict[str, Any]:
