@@ -188,7 +188,15 @@ def make_report(
     from cloudops.reports.render import render_html, render_pdf
 
     report = _month_report(
-        catalog, month, now=now, ledger=ledger, cost=cost, cost_problem=cost_problem, store_dir=store_dir
+        catalog,
+        month,
+        now=now,
+        ledger=ledger,
+        cost=cost,
+        cost_problem=cost_problem,
+        forecast=forecast,
+        no_forecast=no_forecast,
+        store_dir=store_dir,
     )
     # The ledger's records and the sample grids are gone by now: WeasyPrint reuses their memory.
     html = render_html(report)
@@ -203,6 +211,8 @@ def _month_report(
     ledger: EvidenceLedger,
     cost: Any,
     cost_problem: str | None,
+    forecast: Any,
+    no_forecast: str,
     store_dir: Path | None,
 ) -> MonthlyReport:
     """The report's model: the month's sample grids and the ledger's runs, read and folded."""
