@@ -1,9 +1,11 @@
 """Availability probes against the real sandbox targets: what a broken target records, and what it does not
 do to the others.
 
-Each test runs its own probe loop (10 s intervals instead of minutes, bounds shortened to fit) over a
-copy of the sandbox catalog, into a sample store of its own; the sandbox's own probe process keeps
-running beside it and is not looked at.
+Each test runs its own probe loop (5 s intervals instead of minutes, bounds shortened to fit: 2 s for a
+database and the endpoint, 3 s for a host, each still over ten times what a healthy probe here takes)
+over a copy of the sandbox catalog, into a sample store of its own; the sandbox's own probe process
+keeps running beside it and is not looked at. The restart test runs the real command, whose start-up
+(Airflow's imports) must fit in an interval: it keeps 10 s intervals.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 import pytest
 
 from cloudops.catalog import load_catalog_file
-from cloudops.catalog.models import Catalog, Slo
+from cloudops.catalog.models import Catalog, HttpEndpoint, Slo
 from cloudops.fleet.ssh import run_command
 from cloudops.probes.runner import ProbeRunner
 from cloudops.probes.store import SampleStore
@@ -30,10 +32,12 @@ from cloudops.probes.targets import plan_targets
 
 pytestmark = pytest.mark.integration
 
-INTERVAL = timedelta(seconds=10)
-DATABASE_TIMEOUT = timedelta(seconds=3)
-HOST_TIMEOUT = timedelta(seconds=5)
-ENDPOINT = "endpoint:web_health"  # its catalog bound is 5 s
+INTERVAL = timedelta(seconds=5)
+DATABASE_TIMEOUT = timedelta(seconds=2)
+HOST_TIMEOUT = timedelta(seconds=3)
+# The catalog's bound of the endpoint is 5 s; the test catalog gives it 2 s to fit the interval.
+ENDPOINT_TIMEOUT = timedelta(seconds=2)
+ENDPOINT = "endpoint:web_health"
 HEALTH_STATUS = "/var/lib/sandbox-http/status"
 
 
@@ -61,7 +65,11 @@ def catalog(sandbox_env: dict[str, str], project_root: Path) -> Catalog:
             "no_data_policy": "excluded",
         }
     )
-    return base.model_copy(update={"slos": [slo]})
+    endpoints = [
+        HttpEndpoint.model_validate({**endpoint.model_dump(), "timeout": ENDPOINT_TIMEOUT})
+        for endpoint in base.endpoints
+    ]
+    return base.model_copy(update={"slos": [slo], "endpoints": endpoints})
 
 
 def _runner(catalog: Catalog, root: Path, **kwargs: Any) -> ProbeRunner:
@@ -180,16 +188,17 @@ def test_a_hung_endpoint_times_out_within_its_bound_while_the_others_keep_their_
     elapsed = time.monotonic() - started
 
     # Three intervals plus the wait for the first boundary: the hang delayed nothing.
-    assert elapsed < 4 * INTERVAL.total_seconds() + 2
+    seconds = INTERVAL.total_seconds()
+    assert elapsed < 4 * seconds + 2
     rows = _samples(tmp_path)
-    first = min(row["at"] for row in rows).timestamp() // 10 * 10
+    first = min(row["at"] for row in rows).timestamp() // seconds * seconds
     by_interval: dict[int, set[str]] = {}
     for row in rows:
-        index = int((row["at"].timestamp() - first) // 10)
+        index = int((row["at"].timestamp() - first) // seconds)
         by_interval.setdefault(index, set()).add(row["target"])
-        # Each sample is stamped inside its interval, at the target's own offset.
+        # Each sample is stamped inside its interval, at the target's own offset (stored to the second).
         target = next(t for t in runner.targets if t.key == row["target"])
-        assert row["at"].timestamp() - (first + 10 * index) == pytest.approx(target.offset, abs=1.0)
+        assert row["at"].timestamp() - (first + seconds * index) == pytest.approx(target.offset, abs=1.0)
     every = {"database:orders_pg", "database:inventory_mariadb", "host:web-2", ENDPOINT}
     assert by_interval == {0: every, 1: every, 2: every}
     hung = [row for row in rows if row["target"] == ENDPOINT]
@@ -227,14 +236,16 @@ def test_no_secret_reaches_a_sample_or_the_log(
 
 
 def test_a_restart_loses_at_most_the_interval_in_progress(tmp_path: Path, project_root: Path) -> None:
-    """The probe process is killed (SIGKILL: no chance to write) 2 s into an interval and started again."""
+    """The probe process is killed (SIGKILL: no chance to write) 2 s into the interval after its first
+    batch and started again; it is stopped (SIGTERM) once the new process has written a batch."""
     from cloudops.probes.runner import read_state
 
+    interval = 10  # the real command's start-up and warm-up must fit in one
     state_file = tmp_path / "probe-state.json"
     argv = [
         *(sys.executable, "-m", "cloudops.cli", "probe", "run"),
         *("--catalog", str(project_root / "runbooks" / "sandbox.yaml"), "--samples", str(tmp_path)),
-        *("--interval", "10", "--database-timeout", "3", "--host-timeout", "5"),
+        *("--interval", str(interval), "--database-timeout", "3", "--host-timeout", "5"),
     ]
 
     def wait_for_batch(pid: int) -> None:
@@ -246,24 +257,29 @@ def test_a_restart_loses_at_most_the_interval_in_progress(tmp_path: Path, projec
             assert time.monotonic() < deadline, f"process {pid} wrote no batch in 40 s: {state}"
             threading.Event().wait(0.2)
 
-    def into_next_interval(seconds: float) -> float:
-        """Sleep until ``seconds`` into the next interval; return that interval's start."""
-        boundary = (time.time() // 10 + 1) * 10
-        threading.Event().wait(boundary + seconds - time.time())
-        return boundary
+    def into_interval(seconds: float) -> float:
+        """Sleep until ``seconds`` into the interval in progress (the next one when that moment is
+        past); return that interval's start."""
+        now = time.time()
+        start = now // interval * interval
+        if now > start + seconds:
+            start += interval
+        threading.Event().wait(start + seconds - time.time())
+        return start
 
     processes = []
     try:
         first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         processes.append(first)
         wait_for_batch(first.pid)
-        killed_in = into_next_interval(2.0)
+        killed_in = into_interval(2.0)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
         second = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         processes.append(second)
         wait_for_batch(second.pid)
-        end = into_next_interval(0.2)  # stop right at a boundary: that interval is not counted
+        # Stop in the interval after the new process's first batch: that interval is not counted.
+        end = time.time() // interval * interval
         second.send_signal(signal.SIGTERM)
         assert second.wait(timeout=20) == 0
     finally:
@@ -272,19 +288,21 @@ def test_a_restart_loses_at_most_the_interval_in_progress(tmp_path: Path, projec
                 process.kill()
 
     rows = _samples(tmp_path / "sandbox")
-    begin = min(row["at"].timestamp() for row in rows) // 10 * 10
+    begin = min(row["at"].timestamp() for row in rows) // interval * interval
     keys = {
         target.key
         for slo in load_catalog_file(project_root / "runbooks" / "sandbox.yaml").slos
         for target in slo.targets
     }
     assert {row["target"] for row in rows} == keys
+    expected = {begin + interval * i for i in range(int((end - begin) // interval))}
+    # The first process's batch, the interval the kill hit, the new process's batch.
+    assert len(expected) >= 3
+    assert killed_in in expected
     for key in sorted(keys):
-        seen = {row["at"].timestamp() // 10 * 10 for row in rows if row["target"] == key}
-        expected = {begin + 10 * i for i in range(int((end - begin) // 10))}
+        seen = {row["at"].timestamp() // interval * interval for row in rows if row["target"] == key}
         # Only the interval the kill hit is missing (its samples taken before the kill included).
         assert expected - seen <= {killed_in}, (key, sorted(expected - seen), killed_in)
-        assert len(expected) >= 3
 
 
 def test_the_sandbox_runs_the_probe_process_and_it_writes_minutes(sandbox_env: dict[str, str]) -> None:
