@@ -221,3 +221,22 @@ def test_no_sandbox_port_falls_in_the_ephemeral_range(
     assert {service: layout.port(service) < EPHEMERAL_PORTS_START for service in BASE_PORTS} == {
         service: True for service in BASE_PORTS
     }
+
+
+def test_sandboxes_at_different_offsets_share_no_port(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Two sandboxes run side by side (make test's second sandbox at offset 3000, a demo at 1000, helpers'
+    # worktrees): one's port must never be another's (Redis at 16379 was etcd's 12379 at +4000).
+    monkeypatch.setenv("CLOUDOPS_SANDBOX_DIR", str(tmp_path / "sandbox"))
+    taken: dict[int, tuple[int, str]] = {}
+    clashes = []
+    for offset in range(0, 10_000, 1000):
+        monkeypatch.setenv("CLOUDOPS_SANDBOX_PORT_OFFSET", str(offset))
+        layout = SandboxLayout.from_environment()
+        for service in BASE_PORTS:
+            port = layout.port(service)
+            if port in taken:
+                clashes.append((port, taken[port], (offset, service)))
+            taken[port] = (offset, service)
+    assert clashes == []

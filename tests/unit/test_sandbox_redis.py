@@ -23,7 +23,7 @@ def redis(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> RedisServer:
 
 def test_redis_listens_on_loopback_with_a_password_and_persists_nothing(redis: RedisServer) -> None:
     settings = dict(line.split(" ", 1) for line in redis._config_text().splitlines() if " " in line)
-    assert (settings["bind"], settings["port"]) == ("127.0.0.1", str(16379 + 7000))
+    assert (settings["bind"], settings["port"]) == ("127.0.0.1", str(16390 + 7000))
     assert len(settings["requirepass"]) >= 24
     assert (settings["save"], settings["appendonly"]) == ('""', "no")
     # The config path stays in the process title: the pid file's marker.

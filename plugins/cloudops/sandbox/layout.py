@@ -50,7 +50,7 @@ BASE_PORTS = {
     # The health page the first fleet host serves (the catalog's endpoints), on that host's address.
     "http": 18080,
     # The Celery broker of the local CeleryExecutor deployments (cloudops.deployment.local).
-    "redis": 16379,
+    "redis": 16390,
     # The api-server of each local deployment: `make up-celery`'s ("celery") and the e2e tests'
     # ("celery_e2e"), so both can run side by side.
     "celery_api": 18090,
