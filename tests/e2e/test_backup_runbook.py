@@ -119,13 +119,46 @@ def test_failed_backup_alerts_on_call_naming_the_step(
 def test_what_a_backup_creates_in_the_cloud_carries_its_cost_tags(
     dags_test: DagsTest, airflow_env: dict[str, str], tmp_path: Path
 ) -> None:
-    """The RDS snapshot a scheduled backup takes is tagged runbook, run_id and requested_by, so the
-    monthly report's cost by tag shows what each runbook and each requester cost."""
+    """The RDS snapshot a backup takes is tagged runbook, run_id and requested_by, so the monthly
+    report's cost by tag shows what each runbook and each requester cost. A small database of the
+    sandbox's PostgreSQL stands for an RDS instance (moto's orders-pg), as orders_pg does."""
     import boto3
 
     from cloudops.evidence.ledger import Ledger
 
-    run = dags_test("backup__orders_pg", CLOUDOPS_EVIDENCE_DIR=str(tmp_path / "evidence"))
+    estate = f"tags_{uuid.uuid4().hex[:6]}"
+    catalogs = tmp_path / "runbooks"
+    catalogs.mkdir()
+    (catalogs / "tags.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "estate": estate,
+                "owner": "tests",
+                "clouds": [
+                    {"name": "aws", "provider": "aws", "aws_conn_id": "sandbox_aws", "region": "eu-west-1"}
+                ],
+                "repositories": [
+                    {"name": "r", "cloud": "aws", "bucket": "cloudops-sandbox-backups", "region": "eu-west-1"}
+                ],
+                "databases": [
+                    {
+                        "name": f"{estate}_db",
+                        "engine": "postgres",
+                        "conn_id": "sandbox_pg_primary",
+                        "database": "postgres",
+                        "rds_instance_id": "orders-pg",
+                        "backup": {"repository": "r", "retention": {"keep_last": 3}, "retries": 0},
+                    }
+                ],
+            }
+        )
+    )
+
+    run = dags_test(
+        f"backup__{estate}_db",
+        CLOUDOPS_CATALOG=str(catalogs),
+        CLOUDOPS_EVIDENCE_DIR=str(tmp_path / "evidence"),
+    )
 
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-3000:]
@@ -153,3 +186,4 @@ def test_what_a_backup_creates_in_the_cloud_carries_its_cost_tags(
         run_id,
         "dag_test",
     )
+    assert tagged[0]["cloudops:estate"] == estate
