@@ -144,9 +144,11 @@ def test_a_patch_wave_is_retried_once_when_its_task_is_lost_and_never_on_an_erro
     assert DagSerialization.to_dict(dag)["dag"]["tasks"], "the DAG with its retry policy serializes"
 
 
-def test_a_runbook_paused_in_the_catalog_is_created_paused(
+def test_a_runbook_paused_in_the_catalog_is_created_paused_and_retried_as_it_says(
     tmp_path: Path, project_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from datetime import timedelta
+
     import yaml
 
     catalogs = tmp_path / "runbooks"
@@ -154,6 +156,7 @@ def test_a_runbook_paused_in_the_catalog_is_created_paused(
     document = yaml.safe_load((project_root / "runbooks" / "sandbox.yaml").read_text())
     orders = next(d for d in document["databases"] if d["name"] == "orders_pg")
     orders["backup"]["paused"] = True
+    orders["backup"]["retry_delay"] = "5s"
     web = next(f for f in document["fleets"] if f["name"] == "web")
     web["snapshots"]["paused"] = True
     (catalogs / "sandbox.yaml").write_text(yaml.safe_dump(document))
@@ -163,6 +166,9 @@ def test_a_runbook_paused_in_the_catalog_is_created_paused(
 
     paused = {dag_id for dag_id, dag in bag.dags.items() if dag.is_paused_upon_creation}
     assert paused == {"backup__orders_pg", "ebs_snapshot__web"}
+    # A lost take_backup (its worker killed) is retried: the retry aborts the upload it left open.
+    assert bag.dags["backup__orders_pg"].get_task("take_backup").retry_delay == timedelta(seconds=5)
+    assert bag.dags["backup__inventory_mariadb"].get_task("take_backup").retry_delay == timedelta(minutes=1)
 
 
 def test_parsing_imports_no_heavy_module(project_root: Path) -> None:

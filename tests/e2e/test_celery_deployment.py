@@ -9,6 +9,11 @@ drill of orders_pg_cluster at once; once the backup is in, a restore drill and a
 an existing database, which the requester cannot approve and the approver does. Then: every run
 succeeded, their tasks ran on both workers (TaskInstance.hostname), and the PostgreSQL ledger verifies
 with each task try recorded exactly once.
+
+Last (it leaves one worker dead): a backup of orders_pg whose worker is SIGKILLed, with every process
+below it, while take_backup streams the dump into S3. The scheduler notices the missing heartbeats
+(``task_instance_heartbeat_timeout``, test-sized here), the try fails and is retried on the other
+worker, and that retry aborts the multipart upload the killed try left open.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +46,16 @@ USERS = {
     "approver": ("user", f"ap-{secrets.token_hex(6)}"),
 }
 TARGET = f"celery_target_{uuid.uuid4().hex[:6]}"
+KILLED = "backup__orders_pg"
+KILLED_COMPRESSION = 12
+# A killed worker's task stops heartbeating: the scheduler fails the try after this many seconds
+# (Airflow's default is 300), looking every DETECTION seconds; its retry waits RETRY_DELAY (5 to 10 s
+# with Airflow's jitter). Not lower: six services share two cores, and a live task's heartbeat may wait
+# on a busy api-server.
+HEARTBEAT_TIMEOUT = 20
+DETECTION = 5
+RETRY_DELAY = "5s"
+UPLOAD_TIMEOUT = 60
 PARSED_TIMEOUT = 90
 RUN_TIMEOUT = 300  # a bound, not an expectation: each run took well under a minute here
 AWAITING_INPUT_TIMEOUT = 180
@@ -67,6 +82,8 @@ class Deployment:
 
     stack: AirflowStack
     schema: str
+    catalog_file: Path
+    launcher: Any
     runs: dict[str, str] = field(default_factory=dict)  # dag_id -> run_id
     states: dict[str, str] = field(default_factory=dict)  # dag_id -> final state
     refused_approval: tuple[int, str] = (0, "")
@@ -91,6 +108,12 @@ def _catalog(folder: Path, project_root: Path) -> Path:
             "allow_restore_over": True,
         }
     )
+    for database in document["databases"]:
+        if f"backup__{database['name']}" == KILLED:
+            database["backup"]["retry_delay"] = RETRY_DELAY  # the module's killed try retries soon
+            # zstd at level 12 streams orders_pg's ~45 MB dump for a few seconds (level 3: about one),
+            # long enough to find its upload open and kill the worker then.
+            database["backup"]["compression_level"] = KILLED_COMPRESSION
     folder.mkdir()
     (folder / "sandbox.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
     return folder
@@ -118,6 +141,8 @@ def deployment(
             "CLOUDOPS_PAUSED_AT_CREATION": "true",
             "CLOUDOPS_FAILOVER_STATE_DIR": str(base / "leases"),
             "CLOUDOPS_PATCH_STATE_DIR": str(base / "patch-state"),
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT),
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": str(DETECTION),
         },
     )
     _maria(f"CREATE DATABASE `{TARGET}`")
@@ -132,7 +157,13 @@ def deployment(
         stack = AirflowStack(
             launcher.url, launcher.environment(), {u: p for u, (_, p) in USERS.items()}, base, processes
         )
-        running = Deployment(stack, schema, seconds={"up": time.monotonic() - started})
+        running = Deployment(
+            stack,
+            schema,
+            base / "catalog" / "sandbox.yaml",
+            launcher,
+            seconds={"up": time.monotonic() - started},
+        )
 
         def parsed() -> bool:
             errors = stack.api("oncall", "GET", "/importErrors")["import_errors"]
@@ -261,3 +292,105 @@ def test_the_postgres_ledger_verifies_with_each_try_once(deployment: Deployment)
         if ti["state"] in ("success", "failed", "skipped")
     }
     assert expected <= set(tries), sorted(expected - set(tries))
+
+
+def _uploads_of(catalog_file: Path, database: str) -> Callable[[], list[dict[str, Any]]]:
+    """A reader of the multipart uploads open under ``database``'s backup folder in S3 (moto's server)."""
+    from cloudops.repository import layout
+    from cloudops.runbooks.backup import backed_up_database, open_repository
+
+    catalog, target = backed_up_database(str(catalog_file), "sandbox", database)
+    store = open_repository(catalog, target)
+    folder = layout.database_prefix(store.prefix, store.estate, database)
+    client = store.client
+
+    def listed() -> list[dict[str, Any]]:
+        found = client.list_multipart_uploads(Bucket=store.bucket, Prefix=folder).get("Uploads", [])
+        return [{"key": u["Key"], "upload_id": u["UploadId"]} for u in found]
+
+    return listed
+
+
+def test_a_worker_killed_mid_upload_loses_nothing(deployment: Deployment) -> None:
+    """Runs last: the killed worker stays down (the fixture's teardown stops the rest)."""
+    from cloudops.deployment.topology import WORKERS
+    from cloudops.evidence.backend import open_ledger
+    from cloudops.evidence.runs import BACKUP_ORPHAN_UPLOAD, BACKUP_STARTED, STEP_TRY
+
+    stack = deployment.stack
+    database = KILLED.split("__", 1)[1]
+    open_uploads = _uploads_of(deployment.catalog_file, database)
+    assert open_uploads() == [], "an upload open before the backup"
+    started = time.monotonic()
+    stack.api("oncall", "PATCH", f"/dags/{KILLED}", json={"is_paused": False})
+    run_id = stack.trigger("oncall", KILLED)
+    ti_path = f"/dags/{KILLED}/dagRuns/{run_id}/taskInstances/take_backup"
+
+    def uploading() -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        ti = stack.api("oncall", "GET", ti_path)
+        assert ti["state"] in (None, "scheduled", "queued", "running"), f"take_backup ended: {ti['state']}"
+        uploads = open_uploads() if ti["state"] == "running" else []
+        return (ti, uploads) if ti["state"] == "running" and ti["hostname"] and uploads else None
+
+    ti, uploads = wait_for("take_backup streaming into S3", uploading, timeout=UPLOAD_TIMEOUT, interval=0.2)
+    killed = ti["hostname"]
+    assert killed in {w.name for w in WORKERS}, ti
+    said: list[str] = []
+    pids = deployment.launcher.kill(killed, said.append)
+    killed_at = time.monotonic()
+    assert len(pids) > 1, f"the worker had no task process below it: {said}"
+    assert open_uploads() == uploads, "the upload ended before the kill: not killed mid-upload"
+    state = stack.wait_run_end("oncall", KILLED, run_id, RUN_TIMEOUT)
+    seconds = time.monotonic() - started
+    print(
+        f"celery e2e: {killed} killed {killed_at - started:.1f} s after the trigger; run {state} "
+        f"{seconds - (killed_at - started):.1f} s after the kill ({seconds:.1f} s in all)"
+    )
+    assert state == "success", stack.tails()
+
+    tries = stack.api("oncall", "GET", f"{ti_path}/tries")["task_instances"]
+    by_try = {t["try_number"]: t for t in tries}
+    assert sorted(by_try) == [1, 2], tries
+    assert by_try[1]["hostname"] == killed, by_try[1]
+    assert by_try[1]["state"] == "failed", by_try[1]
+    survivor = by_try[2]["hostname"]
+    assert survivor in {w.name for w in WORKERS} - {killed}, by_try[2]
+    assert by_try[2]["state"] == "success", by_try[2]
+
+    # The killed try's upload: aborted by the retry, named in the ledger, no longer open in S3.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CLOUDOPS_EVIDENCE_DB_SCHEMA", deployment.schema)
+        ledger = open_ledger(backend="postgres")
+        verdict = ledger.verify()
+        records = [r for r in ledger.records() if r.fields.get("run_id") == run_id]
+    assert verdict.ok, verdict.problem
+    orphans = {
+        r.fields["data"]["upload_id"]: r.fields["data"] for r in records if r.kind == BACKUP_ORPHAN_UPLOAD
+    }
+    for upload in uploads:
+        assert orphans.get(upload["upload_id"], {}).get("action") == "aborted", (upload, orphans)
+    assert open_uploads() == [], "the killed try's upload is still open"
+    started_by = {
+        r.fields["data"]["try_number"]: r.fields["data"] for r in records if r.kind == BACKUP_STARTED
+    }
+    assert sorted(started_by) == [1, 2], started_by
+    assert {o["backup_id"] for o in orphans.values()} == {started_by[1]["backup_id"]}
+
+    # Each try at most once; the retry and the steps after it on the surviving worker.
+    steps = [(r.fields["task_id"], r.fields["try_number"]) for r in records if r.kind == STEP_TRY]
+    assert len(steps) == len(set(steps)), "a try recorded twice"
+    hosts = {
+        (r.fields["task_id"], r.fields["try_number"]): r.fields["data"]["hostname"]
+        for r in records
+        if r.kind == STEP_TRY
+    }
+    assert hosts.get(("take_backup", 2)) == survivor, hosts
+    # The killed try is recorded too (Airflow fails it for its missing heartbeats), on the killed worker.
+    assert hosts.get(("take_backup", 1)) == killed, hosts
+    killed_try = next(
+        r
+        for r in records
+        if r.kind == STEP_TRY and (r.fields["task_id"], r.fields["try_number"]) == ("take_backup", 1)
+    )
+    assert killed_try.fields["data"]["state"] == "failed", killed_try.fields
+    assert {"verify_backup", "apply_retention"} <= {task for task, _ in steps}, steps

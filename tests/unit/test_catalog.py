@@ -388,6 +388,28 @@ def test_a_database_name_never_starts_like_an_option(tmp_path: Path, name: str) 
     assert "databases[0].database" in message
 
 
+def test_the_backup_retry_delay_defaults_to_a_minute_and_stays_between_1s_and_15m(tmp_path: Path) -> None:
+    shop = load_catalog_file(write(tmp_path, VALID)).database("shop")
+    assert shop.backup is not None
+    assert shop.backup.retry_delay == timedelta(minutes=1)
+    for written, expected in (("5s", timedelta(seconds=5)), ("15m", timedelta(minutes=15))):
+        text = VALID.replace(
+            "      retention: {keep_daily: 7}",
+            f"      retention: {{keep_daily: 7}}\n      retry_delay: {written}",
+        )
+        backup = load_catalog_file(write(tmp_path, text)).database("shop").backup
+        assert backup is not None
+        assert backup.retry_delay == expected
+    for refused in ("0s", "16m"):
+        text = VALID.replace(
+            "      retention: {keep_daily: 7}",
+            f"      retention: {{keep_daily: 7}}\n      retry_delay: {refused}",
+        )
+        (message,) = messages(write(tmp_path, text))
+        assert "databases[0].backup.retry_delay" in message
+        assert "between 1s and 15m" in message
+
+
 def test_the_backup_lock_bound_defaults_to_2s_and_stays_between_1s_and_60s(tmp_path: Path) -> None:
     shop = load_catalog_file(write(tmp_path, VALID)).database("shop")
     assert shop.backup is not None

@@ -225,7 +225,14 @@ class BackupPolicy(CatalogModel):
         ),
     )
     retries: Annotated[int, Field(ge=0, le=10)] = Field(
-        default=2, description="Retries of a failed step, with exponential backoff from 1 minute."
+        default=2, description="Retries of a failed step, with exponential backoff from retry_delay."
+    )
+    retry_delay: Duration = Field(
+        default=timedelta(minutes=1),
+        description=(
+            "The wait before a step's first retry (doubled for each further one, at most 15 minutes), "
+            "e.g. after its worker died. 1s to 15m."
+        ),
     )
     max_lock_wait: Duration = Field(
         default=timedelta(seconds=2),
@@ -236,6 +243,13 @@ class BackupPolicy(CatalogModel):
     )
 
     _check_schedule = field_validator("schedule")(_check_cron)
+
+    @field_validator("retry_delay")
+    @classmethod
+    def _check_retry_delay(cls, value: timedelta) -> timedelta:
+        if not timedelta(seconds=1) <= value <= timedelta(minutes=15):
+            raise ValueError("must be between 1s and 15m (the longest wait between retries)")
+        return value
 
     @field_validator("max_lock_wait")
     @classmethod

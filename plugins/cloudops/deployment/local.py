@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudops.deployment.topology import SERVICES, SHARED_SETTINGS, WORKERS, Service
+from cloudops.deployment.topology import service as service_named
 from cloudops.errors import SandboxError
 from cloudops.sandbox.credentials import CredentialStore
 from cloudops.sandbox.layout import LOOPBACK, SandboxLayout, read_env_file
@@ -419,6 +420,44 @@ class LocalDeployment:
                 list(pool.map(stop, group))
         if errors:
             raise SandboxError("\n".join(errors))
+
+    def kill(self, name: str, say: Say) -> list[int]:
+        """SIGKILL one service and every process below it at once, as a lost machine ends them: no
+        warm shutdown, no task cleanup. For drills and tests of what a lost worker leaves behind;
+        `up` starts the service again.
+
+        :return: the pids killed (the service's first).
+        :raises SandboxError: the service is not running, or a process outlived SIGKILL.
+        """
+        import psutil
+
+        try:
+            found = service_named(name)
+        except KeyError as error:
+            raise SandboxError(str(error.args[0])) from None
+        daemon = self.daemon(found)
+        state, pid = daemon.state()
+        what = f"{self.instance.name} {found.name}"
+        if state != RUNNING or pid is None:
+            raise SandboxError(f"{what} is not running ({state}): nothing killed")
+        # Collected before the first signal: task processes may sit in sessions of their own.
+        tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        for member in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                member.send_signal(signal.SIGKILL)
+        _, alive = psutil.wait_procs(tree, timeout=KILL_TIMEOUT)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        daemon.forget()
+        if alive:
+            raise SandboxError(
+                f"{what}: pids {[p.pid for p in alive]} outlived SIGKILL: look at them by hand"
+            )
+        pids = [p.pid for p in tree]
+        say(f"{what}: killed (SIGKILL) pids {pids}")
+        return pids
 
     def status(self) -> list[tuple[str, str, int | None, str]]:
         """(service, address, pid, state) of each service, from the pid files alone."""

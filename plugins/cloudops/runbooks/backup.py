@@ -963,7 +963,11 @@ def build_backup_dags(loaded: LoadedCatalog) -> Iterator[DAG]:
             max_active_runs=1,
             dagrun_timeout=timedelta(hours=12),
             default_args=default_args(
-                catalog.owner, alerts=notifier, retries=policy.retries, execution_timeout=timedelta(hours=6)
+                catalog.owner,
+                alerts=notifier,
+                retries=policy.retries,
+                retry_delay=policy.retry_delay,
+                execution_timeout=timedelta(hours=6),
             ),
             is_paused_upon_creation=created_paused(policy.paused),
             deadline=_deadline_alert(loaded, database) if deadline_alerts_enabled() else None,
