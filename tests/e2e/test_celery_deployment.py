@@ -33,7 +33,8 @@ import yaml
 
 from tests.e2e.airflow_stack import AirflowStack, Process, wait_for
 
-pytestmark = pytest.mark.e2e
+# The module's deployment starts inside its first test's setup (45-90 s, more under load).
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 BACKUP = "backup__inventory_mariadb"
 DRILL = "restore_drill__inventory_mariadb"
@@ -114,6 +115,12 @@ def _catalog(folder: Path, project_root: Path) -> Path:
             # zstd at level 12 streams orders_pg's ~45 MB dump for a few seconds (level 3: about one),
             # long enough to find its upload open and kill the worker then.
             database["backup"]["compression_level"] = KILLED_COMPRESSION
+    for cluster in document["clusters"]:
+        if f"failover_drill__{cluster['name']}" == FAILOVER:
+            # This module proves routing, retries and the ledger on Celery, not the drill's speed: the
+            # drill runs beside a backup and a patch wave on two cores, so its write-downtime target is
+            # widened here (the sandbox's 1 s stands in the failover tests and benchmarks).
+            cluster["drill"]["targets"]["max_write_downtime_seconds"] = 5
     folder.mkdir()
     (folder / "sandbox.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
     return folder
