@@ -315,6 +315,7 @@ def wait_runs(
         backups_ended = [r for r in ended if r["dag_id"].startswith("backup__")]
         backups_ok = sum(r["state"] == "success" for r in backups_ended)
         drills_ended = [r for r in ended if r["dag_id"].startswith("restore_drill__")]
+        backup_runs = sum(r["dag_id"].startswith("backup__") for r in runs)
         if len(backups_ended) >= backups and len(drills_ended) >= backups_ok and len(ended) == len(runs):
             return runs, False
         if time.monotonic() > deadline:
@@ -324,7 +325,7 @@ def wait_runs(
             last_report = time.monotonic()
             say(
                 f"{what}: {time.monotonic() - started:.0f} s: backups ended {len(backups_ended)}, "
-                f"drills ended {len(drills_ended)} of {len(runs) - len(backups)} created, "
+                f"drills ended {len(drills_ended)} of {len(runs) - backup_runs} created, "
                 f"load {os.getloadavg()[0]:.1f}"
             )
         time.sleep(POLL)
