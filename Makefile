@@ -35,7 +35,7 @@ WITH_SANDBOX_ENV := set -a; . "$(ENV_FILE)"; set +a;
 DEBIAN_PACKAGES := postgresql postgresql-client mariadb-server mariadb-client openssh-client debootstrap zstd pgbackrest chromium chromium-driver etcd-server python3-venv libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core poppler-utils redis-server
 REQUIRED_BINARIES := /usr/lib/postgresql/15/bin/initdb /usr/sbin/mariadbd /usr/sbin/debootstrap /usr/bin/ssh /usr/bin/zstd /usr/bin/pg_dump /usr/bin/mariadb-dump /usr/bin/chromium /usr/bin/chromedriver /usr/bin/etcd /usr/bin/pdftoppm /usr/bin/redis-server
 
-.PHONY: up-celery sandbox-prepare bench-report bench-patch bench-backup bench-evidence bench-pipeline help setup system-packages venv lock sandbox sandbox-down airflow-db demo test test-unit lint schema up down bench clean probes bench-probes bench-failover
+.PHONY: up-celery bench-celery sandbox-prepare bench-report bench-patch bench-backup bench-evidence bench-pipeline help setup system-packages venv lock sandbox sandbox-down airflow-db demo test test-unit lint schema up down bench clean probes bench-probes bench-failover
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
@@ -127,6 +127,9 @@ bench-evidence: venv  ## evidence ledger: append 100k, verify, export a month (~
 
 bench-ledger-pg: sandbox  ## PostgreSQL ledger vs file ledger, two writers at once: batches, one by one, verify (~3 min)
 	@$(WITH_SANDBOX_ENV) $(BIN)/python tests/benchmarks/bench_ledger_pg.py
+
+bench-celery: sandbox  ## 40 backups and their drills at once on the Celery deployment, one worker vs two (~40 min; BENCH_ARGS="--databases 10")
+	@$(WITH_SANDBOX_ENV) nice -n 10 $(BIN)/python tests/benchmarks/bench_celery_scale.py $(BENCH_ARGS)
 
 bench-patch: sandbox  ## patch wave vs ansible-playbook and the ideal, 6 and 30 hosts (ansible-core in its own venv under the sandbox dir)
 	@$(WITH_SANDBOX_ENV) nice -n 10 $(BIN)/python tests/benchmarks/bench_patch_wave.py
