@@ -122,7 +122,9 @@ def test_closed_days_ship_locked_with_signed_chained_digests_and_verify(
         for object_key in (segment_key, digest_key):
             head = s3.head_object(Bucket=settings.bucket, Key=object_key)
             assert head["ObjectLockMode"] == "GOVERNANCE"
-            assert head["ObjectLockRetainUntilDate"] > datetime.now(UTC) + timedelta(hours=23)
+            # Locked for lock_days from the shipping's own clock (TODAY, noon): not from the wall clock,
+            # which would fail this after 13:00 UTC.
+            assert head["ObjectLockRetainUntilDate"] >= TODAY + timedelta(days=settings.lock_days)
             assert head["ServerSideEncryption"] == "AES256"
         recorded = json.loads((shipped.directory / "shipped" / f"{day}.json").read_text())
         assert recorded["digest_sha256"] == previous_sha

@@ -48,6 +48,7 @@ EXPECTED_COMPONENTS = {
     "moto",
     "smtp-sink",
     "probes",  # `cloudops probe run`, started last (docs/probes.md)
+    "redis",  # the Celery broker of `make up-celery` and the Celery e2e tests
 }
 
 
