@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,11 @@ def test_every_volume_is_snapshotted_and_old_snapshots_pruned(
     path = catalog(tmp_path, estate, ["web-1", "web-2"], {"keep_last": 1})
     try:
         first = snapshot_volumes(path, estate, "web")
+        # A backup id carries the second it was taken in, and retention orders backups by it: two runs
+        # in one second (a quiet machine) would tie for "newest". The second run starts in a later one.
+        taken = int(time.time())
+        while int(time.time()) == taken:
+            time.sleep(0.05)
         second = snapshot_volumes(path, estate, "web")
         assert {s["host"] for s in first["snapshots"]} == {"web-1", "web-2"}
         assert len(second["snapshots"]) == len(first["snapshots"]) >= 2
