@@ -47,6 +47,30 @@ def test_sandbox_backup_runs_to_a_complete_backup(
     assert json.loads(airflow_env["AIRFLOW_CONN_SANDBOX_MARIADB"])["password"] not in output
 
 
+def _one_database_catalog(folder: Path, estate: str, database: dict[str, object], **extra: object) -> Path:
+    """A catalog folder of its own: ``estate`` with one database backed up to the sandbox's bucket."""
+    folder.mkdir()
+    document = {
+        "estate": estate,
+        "owner": "tests",
+        "clouds": [{"name": "aws", "provider": "aws", "aws_conn_id": "sandbox_aws", "region": "eu-west-1"}],
+        "repositories": [
+            {"name": "r", "cloud": "aws", "bucket": "cloudops-sandbox-backups", "region": "eu-west-1"}
+        ],
+        "databases": [
+            {
+                "name": f"{estate}_db",
+                "engine": "postgres",
+                **database,
+                "backup": {"repository": "r", "retention": {"keep_last": 3}, "retries": 0},
+            }
+        ],
+        **extra,
+    }
+    (folder / f"{estate}.yaml").write_text(yaml.safe_dump(document))
+    return folder
+
+
 def test_failed_backup_alerts_on_call_naming_the_step(
     dags_test: DagsTest, tmp_path: Path, airflow_env: dict[str, str]
 ) -> None:
@@ -54,38 +78,13 @@ def test_failed_backup_alerts_on_call_naming_the_step(
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
     estate = f"alerting_{uuid.uuid4().hex[:6]}"
-    catalogs = tmp_path / "runbooks"
-    catalogs.mkdir()
-    (catalogs / "alerting.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "estate": estate,
-                "owner": "tests",
-                "clouds": [
-                    {"name": "aws", "provider": "aws", "aws_conn_id": "sandbox_aws", "region": "eu-west-1"}
-                ],
-                "repositories": [
-                    {"name": "r", "cloud": "aws", "bucket": "cloudops-sandbox-backups", "region": "eu-west-1"}
-                ],
-                "databases": [
-                    {
-                        "name": f"{estate}_db",
-                        "engine": "postgres",
-                        "conn_id": "lost_pg",
-                        "database": "x",
-                        "backup": {"repository": "r", "retention": {"keep_last": 3}, "retries": 0},
-                    }
-                ],
-                "notifications": [
-                    {
-                        "name": "mail",
-                        "kind": "smtp",
-                        "smtp_conn_id": "sandbox_smtp",
-                        "to": ["oncall@sandbox.example"],
-                    }
-                ],
-            }
-        )
+    catalogs = _one_database_catalog(
+        tmp_path / "runbooks",
+        estate,
+        {"conn_id": "lost_pg", "database": "x"},
+        notifications=[
+            {"name": "mail", "kind": "smtp", "smtp_conn_id": "sandbox_smtp", "to": ["oncall@sandbox.example"]}
+        ],
     )
     mail_dir = Path(airflow_env["CLOUDOPS_SANDBOX_DIR"]) / "mail"
     before = set(mail_dir.glob("*.eml"))
@@ -127,31 +126,10 @@ def test_what_a_backup_creates_in_the_cloud_carries_its_cost_tags(
     from cloudops.evidence.ledger import Ledger
 
     estate = f"tags_{uuid.uuid4().hex[:6]}"
-    catalogs = tmp_path / "runbooks"
-    catalogs.mkdir()
-    (catalogs / "tags.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "estate": estate,
-                "owner": "tests",
-                "clouds": [
-                    {"name": "aws", "provider": "aws", "aws_conn_id": "sandbox_aws", "region": "eu-west-1"}
-                ],
-                "repositories": [
-                    {"name": "r", "cloud": "aws", "bucket": "cloudops-sandbox-backups", "region": "eu-west-1"}
-                ],
-                "databases": [
-                    {
-                        "name": f"{estate}_db",
-                        "engine": "postgres",
-                        "conn_id": "sandbox_pg_primary",
-                        "database": "postgres",
-                        "rds_instance_id": "orders-pg",
-                        "backup": {"repository": "r", "retention": {"keep_last": 3}, "retries": 0},
-                    }
-                ],
-            }
-        )
+    catalogs = _one_database_catalog(
+        tmp_path / "runbooks",
+        estate,
+        {"conn_id": "sandbox_pg_primary", "database": "postgres", "rds_instance_id": "orders-pg"},
     )
 
     run = dags_test(
